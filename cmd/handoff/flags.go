@@ -1,0 +1,189 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/runtime"
+)
+
+var errHelp = errors.New("help shown")
+
+type logConfig struct {
+	format, level string
+}
+
+type listenFlag struct{ values []string }
+
+func (l *listenFlag) String() string     { return strings.Join(l.values, ",") }
+func (l *listenFlag) Set(v string) error { l.values = append(l.values, v); return nil }
+
+const runUsage = `Usage: handoff run [flags] -- COMMAND [ARG...]
+
+Runs COMMAND as --workers worker processes that share the listening sockets.
+
+Flags:
+  --listen [NAME=]ADDR     socket to listen on, repeatable: HOST:PORT (TCP) or
+                           unix:PATH. Workers get them as fds 3, 4, ... in this
+                           order; NAME goes into LISTEN_FDNAMES (default
+                           listener0, listener1, ...)
+  --workers N              worker processes (default: the CPUs available, %d here)
+  --ready MODE             how a worker tells it is ready (default delay:1s):
+                             notify          it sends READY=1 to $NOTIFY_SOCKET
+                             delay:DURATION  it has stayed up that long (a
+                                             READY=1 sent earlier counts too)
+  --ready-timeout DURATION a new worker not ready by then is killed and the
+                           deploy aborted (default 60s)
+  --drain-timeout DURATION time a retiring worker has after the stop signal
+                           before SIGKILL (default 30s)
+  --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
+  --pid-file PATH          file holding the pid of the primary that owns the
+                           listeners now, replaced atomically on each upgrade
+  --log-format FORMAT      console or json (default console)
+  --log-level LEVEL        debug, info, warn or error (default info)
+
+Signals to the primary:
+  HUP        deploy what is on disk now: replace the workers one at a time
+             (and the primary first, when its own executable changed)
+  TERM, INT  graceful shutdown: drain every worker, then exit 0
+
+Every worker gets LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (systemd socket
+activation), NOTIFY_SOCKET (sd_notify, private to the worker), HANDOFF_WORKER
+(its slot, 0..N-1) and HANDOFF_GENERATION (the deploy it belongs to).
+`
+
+// parseRun reads the flags of 'handoff run'.
+func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error) {
+	var (
+		cfg     runtime.Config
+		lc      logConfig
+		listens listenFlag
+		ready   string
+		stop    string
+	)
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Var(&listens, "listen", "")
+	fs.IntVar(&cfg.Workers, "workers", 0, "")
+	fs.StringVar(&ready, "ready", "delay:1s", "")
+	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", runtime.DefaultReadyTimeout, "")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
+	fs.StringVar(&stop, "stop-signal", "TERM", "")
+	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
+	fs.StringVar(&lc.format, "log-format", "console", "")
+	fs.StringVar(&lc.level, "log-level", "info", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, runUsage, defaultWorkers())
+			return cfg, lc, errHelp
+		}
+		return cfg, lc, usageError{flagError(err)}
+	}
+
+	fail := func(format string, a ...any) (runtime.Config, logConfig, error) {
+		return cfg, lc, usageError{fmt.Errorf(format, a...)}
+	}
+	cfg.Command = fs.Args()
+	if len(cfg.Command) == 0 {
+		return fail("no worker command: put it after --, e.g. handoff run --listen :8080 -- ./server")
+	}
+	if len(listens.values) == 0 {
+		return fail("no --listen given: add --listen HOST:PORT or --listen unix:PATH")
+	}
+	for i, v := range listens.values {
+		l, err := runtime.ParseListen(v, i)
+		if err != nil {
+			return cfg, lc, usageError{err}
+		}
+		cfg.Listeners = append(cfg.Listeners, l)
+	}
+	if cfg.Workers < 0 || (cfg.Workers == 0 && flagSet(fs, "workers")) {
+		return fail("--workers %d: must be at least 1", cfg.Workers)
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = defaultWorkers()
+	}
+	switch {
+	case ready == "notify":
+		cfg.Ready = runtime.ReadyNotify
+	case strings.HasPrefix(ready, "delay:"):
+		d, err := time.ParseDuration(strings.TrimPrefix(ready, "delay:"))
+		if err != nil || d <= 0 {
+			return fail("--ready %q: the delay must be a positive duration such as delay:1s", ready)
+		}
+		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, d
+	default:
+		return fail("--ready %q: use notify or delay:DURATION (e.g. delay:1s)", ready)
+	}
+	if cfg.ReadyTimeout <= 0 {
+		return fail("--ready-timeout %s: must be positive", cfg.ReadyTimeout)
+	}
+	if cfg.DrainTimeout <= 0 {
+		return fail("--drain-timeout %s: must be positive", cfg.DrainTimeout)
+	}
+	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
+		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)
+	}
+	sig, err := parseSignal(stop)
+	if err != nil {
+		return cfg, lc, usageError{err}
+	}
+	cfg.StopSignal = sig
+	return cfg, lc, nil
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// flagError rewrites the flag package's errors into one line that says
+// what to do.
+func flagError(err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return fmt.Errorf("unknown flag --%s: see 'handoff run --help'", name)
+	}
+	if rest, ok := strings.CutPrefix(msg, "invalid value "); ok {
+		// invalid value "x" for flag -ready-timeout: parse error
+		if v, f, ok := strings.Cut(rest, " for flag -"); ok {
+			name, _, _ := strings.Cut(f, ":")
+			return fmt.Errorf("--%s %s: not a valid value (durations look like 500ms, 30s, 2m; counts are whole numbers)", name, v)
+		}
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return fmt.Errorf("--%s needs a value: see 'handoff run --help'", name)
+	}
+	return fmt.Errorf("%s: see 'handoff run --help'", msg)
+}
+
+// parseSignal reads TERM, SIGTERM, sigterm or 15.
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("--stop-signal %s: not a signal number", s)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	sig := unix.SignalNum(name)
+	if sig == 0 {
+		return 0, fmt.Errorf("--stop-signal %s: unknown signal (use a name like TERM, INT, QUIT, USR1)", s)
+	}
+	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
+		return 0, fmt.Errorf("--stop-signal %s: a worker cannot catch it to drain; use TERM, INT, QUIT or USR1", s)
+	}
+	return sig, nil
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	goruntime "runtime"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// defaultWorkers is the number of CPUs this process may run on, as Node's
+// os.availableParallelism.
+func defaultWorkers() int {
+	return goruntime.NumCPU()
+}
+
+// newLogger builds the primary's logger: every event, unsampled, to w.
+func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(lc.level)
+	if err != nil || level > zapcore.ErrorLevel {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", lc.level)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	switch lc.format {
+	case "json":
+		enc = zapcore.NewJSONEncoder(ec)
+	case "console":
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	default:
+		return nil, fmt.Errorf("--log-format %q: use console or json", lc.format)
+	}
+	ws := zapcore.AddSync(w)
+	if f, ok := w.(*os.File); ok {
+		ws = zapcore.Lock(f)
+	}
+	return zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(ws)), nil
+}

@@ -1,0 +1,87 @@
+// Command handoff keeps a port served through every deploy: a primary owns
+// the listening sockets and runs worker processes that share them, and a
+// SIGHUP replaces the workers one at a time. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/handoff-dev/handoff/internal/shim"
+	"github.com/handoff-dev/handoff/runtime"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// exitUsage is the exit code of a mistake on the command line.
+const exitUsage = 2
+
+func main() {
+	// A worker's exec step runs this same executable; it never returns.
+	shim.Main()
+	// Catch HUP, TERM and INT before anything else, so a deploy or stop
+	// asked for during start-up waits for the primary instead of killing it.
+	sigs := runtime.CatchSignals()
+	os.Exit(run(os.Args[1:], sigs, os.Stdout, os.Stderr))
+}
+
+// usageError is a command-line mistake: exit code 2.
+type usageError struct{ error }
+
+func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = runCommand(args[1:], sigs, stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "handoff", version)
+	case "help", "--help", "-help", "-h":
+		fmt.Fprint(stdout, topUsage)
+	default:
+		err = usageError{fmt.Errorf("unknown command %q: see 'handoff help'", args[0])}
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errHelp):
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintln(stderr, "handoff:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "handoff:", err)
+		return 1
+	}
+}
+
+func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) error {
+	cfg, logCfg, err := parseRun(args, stdout)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(logCfg, stderr)
+	if err != nil {
+		return usageError{err}
+	}
+	cfg.Logger = log
+	cfg.Signals = sigs
+	return runtime.Run(context.Background(), cfg)
+}
+
+const topUsage = `handoff keeps a port served through every deploy.
+
+Usage:
+  handoff run [flags] -- COMMAND [ARG...]   run COMMAND as workers sharing the listeners
+  handoff version                           print the version
+  handoff help                              this text
+
+Run 'handoff run --help' for the flags, signals and the worker contract.
+`

@@ -1,0 +1,143 @@
+// Package integration holds handoff's end-to-end tests: they build the
+// handoff CLI and the test worker (integration/testserver), run real
+// primaries on 127.0.0.1 and check what a user would see: requests answered,
+// versions served, processes started and gone, and the primary's JSON log.
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Built once by TestMain into a temporary directory; tests copy what they
+// need into their own t.TempDir().
+var (
+	buildDir   string
+	handoffBin string
+	// servers maps a variant name to a testserver binary.
+	servers = map[string]string{}
+)
+
+// serverVariant is one testserver build: its version string and mode.
+type serverVariant struct{ name, version, mode string }
+
+var serverVariants = []serverVariant{
+	{"v1", "v1", "ok"},
+	{"v2", "v2", "ok"},
+	{"v3", "v3", "ok"},
+	{"v4", "v4", "ok"},
+	{"v5", "v5", "ok"},
+	{"crash", "vcrash", "crash"},
+	{"noready", "vnoready", "noready"},
+	{"slowready", "vslow", "slowready"},
+	{"crashlater", "vcrashlater", "crashlater"},
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "handoff-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.Exit(1)
+	}
+	if err := buildAll(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: build:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %v", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside a module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+func buildAll(dir string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	buildDir = dir
+	handoffBin = filepath.Join(dir, "handoff")
+	type job struct {
+		out  string
+		args []string
+	}
+	jobs := []job{{handoffBin, []string{"build", "-o", handoffBin, "./cmd/handoff"}}}
+	for _, v := range serverVariants {
+		out := filepath.Join(dir, "testserver-"+v.name)
+		servers[v.name] = out
+		jobs = append(jobs, job{out, []string{"build", "-o", out,
+			"-ldflags", fmt.Sprintf("-X main.version=%s -X main.mode=%s", v.version, v.mode),
+			"./integration/testserver"}})
+	}
+	// Two at a time: the machine has two cores and the link steps dominate.
+	sem := make(chan struct{}, 2)
+	var mu sync.Mutex
+	var errs []string
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cmd := exec.Command("go", j.args...)
+			cmd.Dir = root
+			var buf bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &buf, &buf
+			if err := cmd.Run(); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Sprintf("go %s: %v\n%s", strings.Join(j.args, " "), err, buf.String()))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "\n"))
+	}
+	return nil
+}
+
+// copyFile copies src to dst with mode perm, through a temporary name in
+// dst's directory and a rename, the way a deploy replaces a running binary.
+func copyFile(src, dst string, perm os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".new")
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, perm); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}

@@ -1,0 +1,89 @@
+// Package shim is the exec step between the primary and a worker's command.
+//
+// The systemd socket-activation protocol wants LISTEN_PID to be the pid of
+// the process that reads LISTEN_FDS, which os/exec cannot know before the
+// fork. The primary therefore starts its own executable (/proc/self/exe) with
+// EnvMarker set; that process, still the same pid, sets LISTEN_PID to its
+// own pid, marks every fd past the listeners close-on-exec, and execs the
+// worker's command in place.
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// EnvMarker is set in the environment of a process that must act as the
+// shim. Its value is the resolved path of the command to exec; the command's
+// argv follows argv[0] of the shim (argv[1:]).
+const EnvMarker = "HANDOFF_SHIM_EXEC"
+
+// Exit codes of a shim that could not exec its command, as shells use them.
+const (
+	ExitNotFound   = 127
+	ExitCannotExec = 126
+)
+
+// textBusyRetry bounds how long exec is retried while the file is still
+// open for writing elsewhere (ETXTBSY, golang/go#22315).
+const textBusyRetry = time.Second
+
+// Main turns this process into the worker's command when it was started as
+// a shim, and returns at once otherwise. Call it first in main, before any
+// other work: it never returns in a shim.
+func Main() {
+	path, ok := os.LookupEnv(EnvMarker)
+	if !ok {
+		return
+	}
+	os.Exit(run(path, os.Args[1:], os.Environ()))
+}
+
+// run execs path and only returns (with an exit code) when that failed.
+func run(path string, argv, environ []string) int {
+	if len(argv) == 0 {
+		argv = []string{path}
+	}
+	env := make([]string, 0, len(environ)+1)
+	nfds := 0
+	for _, kv := range environ {
+		switch {
+		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"):
+			continue
+		case hasKey(kv, "LISTEN_FDS"):
+			nfds, _ = strconv.Atoi(kv[len("LISTEN_FDS="):])
+		}
+		env = append(env, kv)
+	}
+	if nfds > 0 {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	// Nothing past stdio and the listeners reaches the command, even an fd
+	// that was inherited by the primary without close-on-exec.
+	_ = unix.CloseRange(uint(3+nfds), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+
+	deadline := time.Now().Add(textBusyRetry)
+	for {
+		err := syscall.Exec(path, argv, env)
+		if errors.Is(err, syscall.ETXTBSY) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
+		if errors.Is(err, syscall.ENOENT) {
+			return ExitNotFound
+		}
+		return ExitCannotExec
+	}
+}
+
+func hasKey(kv, key string) bool {
+	return len(kv) > len(key) && kv[len(key)] == '=' && kv[:len(key)] == key
+}

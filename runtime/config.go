@@ -1,0 +1,122 @@
+// Package runtime is handoff's primary: it owns the listening sockets, runs a
+// pool of worker processes that share them, replaces the workers one at a time
+// on every deploy, and upgrades itself with tableflip when its own executable
+// has changed.
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ReadyMode says how the primary learns that a new worker is ready to serve.
+type ReadyMode int
+
+const (
+	// ReadyNotify: the worker sends READY=1 to the datagram socket named in
+	// its NOTIFY_SOCKET (the sd_notify protocol).
+	ReadyNotify ReadyMode = iota
+	// ReadyDelay: the worker counts as ready once it has stayed alive for
+	// Config.ReadyDelay.
+	ReadyDelay
+)
+
+// Listener is one socket the primary binds and hands to every worker.
+type Listener struct {
+	// Name goes into LISTEN_FDNAMES.
+	Name string
+	// Network is "tcp" or "unix".
+	Network string
+	// Address is HOST:PORT for tcp and a file system path for unix.
+	Address string
+}
+
+// Config is what a primary runs. The zero values of the optional fields take
+// the defaults documented on each field, which are also the CLI's defaults.
+type Config struct {
+	// Listeners, in the order workers see them as fds 3, 4, ...
+	Listeners []Listener
+	// Command is the worker program and its arguments; Command[0] is looked
+	// up in PATH and resolved through symlinks anew on every deploy.
+	Command []string
+	// Workers is the number of worker processes; 0 means the number of CPUs
+	// available to the process.
+	Workers int
+	// Ready selects how readiness is detected; ReadyDelay with ReadyDelay
+	// duration is the CLI default (see cmd/handoff).
+	Ready ReadyMode
+	// ReadyDelay is the time a worker must stay alive to count as ready in
+	// ReadyDelay mode.
+	ReadyDelay time.Duration
+	// ReadyTimeout bounds how long a new worker may take to become ready;
+	// default 60s.
+	ReadyTimeout time.Duration
+	// DrainTimeout is how long a retiring worker has after the stop signal
+	// before SIGKILL; default 30s.
+	DrainTimeout time.Duration
+	// StopSignal is sent to retire a worker; default SIGTERM.
+	StopSignal syscall.Signal
+	// PIDFile, if set, always holds the pid of the primary that owns the
+	// listeners now; it is replaced atomically.
+	PIDFile string
+	// Logger receives structured events; nil means no logging.
+	Logger *zap.Logger
+	// WorkerStdout is inherited by the workers as their stdout; nil means
+	// the primary's. WorkerStderr receives their stderr, whole lines at a
+	// time; nil means the primary's.
+	WorkerStdout *os.File
+	WorkerStderr io.Writer
+	// Signals delivers HUP, TERM and INT; nil means Run catches them
+	// itself. See CatchSignals.
+	Signals <-chan os.Signal
+}
+
+// Defaults.
+const (
+	DefaultReadyTimeout = 60 * time.Second
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultReadyDelay   = 1 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.Workers <= 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.Ready == ReadyDelay && c.ReadyDelay <= 0 {
+		c.ReadyDelay = DefaultReadyDelay
+	}
+	if c.StopSignal == 0 {
+		c.StopSignal = syscall.SIGTERM
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Validate reports the first problem with c as an error that names the
+// setting and says what to do.
+func (c *Config) Validate() error {
+	if len(c.Command) == 0 || c.Command[0] == "" {
+		return errors.New("no worker command given: put it after --, e.g. handoff run --listen :8080 -- ./server")
+	}
+	if len(c.Listeners) == 0 {
+		return errors.New("no listener given: add --listen HOST:PORT or --listen unix:PATH")
+	}
+	if c.Workers < 0 {
+		return fmt.Errorf("--workers %d: must be at least 1", c.Workers)
+	}
+	return nil
+}

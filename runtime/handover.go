@@ -1,0 +1,175 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// envHandover names the unix socket on which an old primary waits for the
+// new primary it started with tableflip. It is set only while an upgrade
+// runs and never reaches a worker.
+const envHandover = "HANDOFF_HANDOVER"
+
+// The hand-over protocol, one JSON object a line over a unix stream socket:
+//
+//	new → old  hello{pid}              old → new  state{generation}
+//	new → old  retire{slot}            old → new  retired{slot}
+//	new → old  rollback                (old rolls its slots back, asking
+//	                                    new: retire{slot} → retired{slot})
+//	                                   old → new  rolledback
+//
+// The new primary fills the slots one at a time; once its worker in a slot
+// is ready it asks the old primary to retire that slot's worker, so the two
+// together never run fewer than N ready workers nor more than N+1 not
+// draining. The new primary calls tableflip's Ready only once every slot is
+// its own; the old one then waits for its draining workers and exits.
+type message struct {
+	Op         string `json:"op"`
+	Slot       int    `json:"slot,omitempty"`
+	Pid        int    `json:"pid,omitempty"`
+	Generation int    `json:"generation,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// peer is one end of a hand-over connection.
+type peer struct {
+	conn    net.Conn
+	wmu     sync.Mutex
+	enc     *json.Encoder
+	replies chan message
+	closed  chan struct{}
+	// onRetire retires this side's worker of a slot; onRollback (old
+	// primary only) rolls the handed-over slots back.
+	onRetire   func(slot int) error
+	onRollback func() error
+}
+
+func newPeer(conn net.Conn, onRetire func(int) error, onRollback func() error) *peer {
+	p := &peer{conn: conn, enc: json.NewEncoder(conn), replies: make(chan message, 16),
+		closed: make(chan struct{}), onRetire: onRetire, onRollback: onRollback}
+	go p.read()
+	return p
+}
+
+func (p *peer) send(m message) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	return p.enc.Encode(m)
+}
+
+func (p *peer) read() {
+	defer close(p.closed)
+	sc := bufio.NewScanner(p.conn)
+	for sc.Scan() {
+		var m message
+		if json.Unmarshal(sc.Bytes(), &m) != nil {
+			continue
+		}
+		switch m.Op {
+		case "retire":
+			reply := message{Op: "retired", Slot: m.Slot}
+			if err := p.onRetire(m.Slot); err != nil {
+				reply.Error = err.Error()
+			}
+			p.send(reply)
+		case "rollback":
+			if p.onRollback == nil {
+				continue
+			}
+			// Rolling back asks the other side to retire workers, whose
+			// replies this goroutine must keep reading.
+			go func() {
+				reply := message{Op: "rolledback"}
+				if err := p.onRollback(); err != nil {
+					reply.Error = err.Error()
+				}
+				p.send(reply)
+			}()
+		default:
+			select {
+			case p.replies <- m:
+			default:
+			}
+		}
+	}
+}
+
+// await returns the next reply with op, or an error once ctx ends or the
+// other side has gone.
+func (p *peer) await(ctx context.Context, op string) (message, error) {
+	for {
+		select {
+		case m := <-p.replies:
+			if m.Op != op {
+				continue
+			}
+			if m.Error != "" {
+				return m, errors.New(m.Error)
+			}
+			return m, nil
+		case <-p.closed:
+			return message{}, fmt.Errorf("other primary went away while waiting for %s", op)
+		case <-ctx.Done():
+			return message{}, context.Cause(ctx)
+		}
+	}
+}
+
+// retire asks the other side to retire its worker of slot and waits until
+// it has (the worker is draining).
+func (p *peer) retire(ctx context.Context, slot int) error {
+	if err := p.send(message{Op: "retire", Slot: slot}); err != nil {
+		return err
+	}
+	_, err := p.await(ctx, "retired")
+	return err
+}
+
+func (p *peer) close() { p.conn.Close() }
+
+// listenHandover opens the old primary's end in dir.
+func listenHandover(dir string) (*net.UnixListener, error) {
+	path := dir + "/handover.sock"
+	os.Remove(path)
+	return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+}
+
+// acceptHandover waits for the new primary. Only a process of this
+// primary's own user may connect.
+func acceptHandover(ln *net.UnixListener) (*net.UnixConn, int, error) {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			return nil, 0, err
+		}
+		cred, err := peerCred(c)
+		if err != nil || cred.Uid != uint32(os.Getuid()) {
+			c.Close()
+			continue
+		}
+		return c, int(cred.Pid), nil
+	}
+}
+
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}

@@ -1,0 +1,125 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ParseListen reads a --listen value: [NAME=]HOST:PORT or [NAME=]unix:PATH.
+// i is the listener's position, used for the default name.
+func ParseListen(s string, i int) (Listener, error) {
+	name, addr := "", s
+	if k, v, ok := strings.Cut(s, "="); ok {
+		name, addr = k, v
+		if name == "" || len(name) > 255 || strings.ContainsAny(name, ": \t\n") {
+			return Listener{}, fmt.Errorf("--listen %q: the name before '=' must be 1-255 characters without ':' or spaces", s)
+		}
+	}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return Listener{}, fmt.Errorf("--listen %q: unix: needs a socket path, e.g. unix:/run/app.sock", s)
+		}
+		if len(path) > 107 {
+			return Listener{}, fmt.Errorf("--listen %q: a unix socket path may have at most 107 bytes", s)
+		}
+		return Listener{Name: defaultName(name, i), Network: "unix", Address: path}, nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return Listener{}, fmt.Errorf("--listen %q: not HOST:PORT or unix:PATH (e.g. 127.0.0.1:8080, :8080, [::1]:8080, unix:/run/app.sock)", s)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		return Listener{}, fmt.Errorf("--listen %q: port %q is not a number from 0 to 65535", s, port)
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		if _, err := net.LookupHost(host); err != nil {
+			return Listener{}, fmt.Errorf("--listen %q: unknown host %q", s, host)
+		}
+	}
+	return Listener{Name: defaultName(name, i), Network: "tcp", Address: addr}, nil
+}
+
+// defaultName is what LISTEN_FDNAMES holds for a listener given no name,
+// as systemd names sockets after their unit when FileDescriptorName= is
+// not set.
+func defaultName(name string, i int) string {
+	if name != "" {
+		return name
+	}
+	return "listener" + strconv.Itoa(i)
+}
+
+// listenError rewrites a bind failure as one line that says what to do.
+func listenError(l Listener, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
+	}
+	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
+}
+
+func unwrapAll(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+// removeStaleSocket removes a unix socket file that nobody listens on, left
+// behind by a process that died; anything else at path is left alone.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("listen unix:%s: the path exists and is not a socket", path)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("listen unix:%s: another process is listening there", path)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return os.Remove(path)
+	}
+	return nil
+}
+
+// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
+// os.File.Fd, which would put the socket into blocking mode for every
+// process that shares it (golang/go#43894).
+func rawFd(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no file descriptor", ln)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+	}); err != nil {
+		return -1, err
+	}
+	return dup, derr
+}

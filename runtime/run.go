@@ -1,0 +1,481 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// CatchSignals starts catching the signals a primary acts on: HUP (deploy),
+// TERM and INT (graceful shutdown). Call it first in main, before any other
+// work, so that a signal sent during start-up is queued rather than fatal,
+// and pass the channel as Config.Signals.
+func CatchSignals() chan os.Signal {
+	ch := make(chan os.Signal, 16)
+	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	return ch
+}
+
+type primary struct {
+	cfg    Config
+	log    *zap.Logger
+	upg    *tableflip.Upgrader
+	pool   *workerpool.Pool
+	dir    string
+	gen    int // the last generation handed out; only the deploying goroutine changes it
+	selfID fileID
+	env    []string
+	// successor is the pid of the primary that took over, once one has.
+	successor int
+}
+
+// errHandedOver ends a deploy after which another primary owns the
+// listeners.
+var errHandedOver = errors.New("handed over to a new primary")
+
+// Run is a primary: it binds cfg.Listeners (or inherits them from the
+// primary that started it with tableflip), runs cfg.Workers workers of
+// cfg.Command, deploys on SIGHUP and shuts down gracefully on TERM or INT
+// or when ctx ends. It returns nil after a graceful shutdown or after
+// handing over to a new primary, and an error, with nothing left running,
+// when it cannot start.
+func Run(ctx context.Context, cfg Config) (err error) {
+	sigs := cfg.Signals
+	if sigs == nil {
+		ch := CatchSignals()
+		defer signal.Stop(ch)
+		sigs = ch
+	}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: workerEnv(os.Environ())}
+	p.selfID, _ = statID("/proc/self/exe")
+
+	path, err := ResolveCommand(cfg.Command[0])
+	if err != nil {
+		return err
+	}
+	// tableflip's upgrade bound: the new primary calls Ready after rolling
+	// every worker, each of which may take up to ReadyTimeout.
+	p.upg, err = tableflip.New(tableflip.Options{
+		PIDFile:        cfg.PIDFile,
+		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("cannot set up upgrades: %v", err)
+	}
+	defer p.upg.Stop()
+
+	fds, names, err := p.listen()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}()
+
+	p.dir, err = os.MkdirTemp("", "handoff-")
+	if err != nil {
+		return fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
+	}
+	defer os.RemoveAll(p.dir)
+
+	launcher := &workerpool.OSLauncher{
+		Listeners:  fds,
+		Names:      names,
+		Ready:      workerpool.ReadyMode(cfg.Ready),
+		ReadyDelay: cfg.ReadyDelay,
+		NotifyDir:  p.dir,
+		Stdout:     cfg.WorkerStdout,
+		Stderr:     cfg.WorkerStderr,
+		Logger:     p.log,
+	}
+	p.pool = workerpool.New(workerpool.Config{
+		Size:         cfg.Workers,
+		Launcher:     launcher,
+		ReadyTimeout: cfg.ReadyTimeout,
+		DrainTimeout: cfg.DrainTimeout,
+		StopSignal:   cfg.StopSignal,
+		Logger:       p.log,
+	})
+
+	if p.upg.HasParent() {
+		return p.takeOver(ctx, sigs, path)
+	}
+
+	p.gen = 1
+	spec := p.spec(path, p.gen)
+	if err := p.pool.Start(ctx, spec); err != nil {
+		return startFailure(err)
+	}
+	if err := p.upg.Ready(); err != nil {
+		p.pool.Shutdown()
+		return fmt.Errorf("--pid-file %s: %v", cfg.PIDFile, unwrapAll(err))
+	}
+	p.log.Info("primary ready", zap.Int("workers", cfg.Workers), zap.Int("generation", p.gen))
+	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	return p.loop(ctx, sigs)
+}
+
+// startFailure makes one line of a failed first generation.
+func startFailure(err error) error {
+	var se *workerpool.StartError
+	if errors.As(err, &se) {
+		msg := "first workers failed: " + se.Error()
+		if last := lastLine(se.Exit.StderrTail); last != "" {
+			msg += "; its stderr ends: " + last
+		}
+		return errors.New(msg)
+	}
+	return fmt.Errorf("first workers failed: %v", err)
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// listen binds (or inherits) every listener and returns raw duplicates of
+// their fds for the workers, with their names.
+func (p *primary) listen() (fds []int, names []string, err error) {
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				syscall.Close(fd)
+			}
+		}
+	}()
+	for _, l := range p.cfg.Listeners {
+		if l.Network == "unix" && !p.upg.HasParent() {
+			if err := removeStaleSocket(l.Address); err != nil {
+				return fds, nil, err
+			}
+		}
+		ln, err := p.upg.Listen(l.Network, l.Address)
+		if err != nil {
+			return fds, nil, listenError(l, err)
+		}
+		fd, err := rawFd(ln)
+		if err != nil {
+			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+		}
+		fds = append(fds, fd)
+		names = append(names, l.Name)
+		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", ln.Addr().String()))
+	}
+	return fds, names, nil
+}
+
+func (p *primary) spec(path string, gen int) *workerpool.Spec {
+	args := append([]string(nil), p.cfg.Command...)
+	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
+}
+
+// loop acts on signals and runs deploys one at a time; a deploy asked for
+// while one runs is queued, and further requests fold into it.
+func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal) error {
+	var (
+		done     = make(chan error, 1)
+		running  bool
+		pending  bool
+		cancel   context.CancelFunc = func() {}
+		deployCh                    = func() {}
+	)
+	deployCh = func() {
+		running = true
+		var dctx context.Context
+		dctx, cancel = context.WithCancel(ctx)
+		go func() { done <- p.deploy(dctx) }()
+	}
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				if running {
+					if !pending {
+						p.log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
+					}
+					pending = true
+					continue
+				}
+				deployCh()
+			default:
+				p.log.Info("shutdown started", zap.String("signal", sig.String()))
+				if running {
+					cancel()
+					<-done
+				}
+				return p.shutdown()
+			}
+		case err := <-done:
+			running = false
+			cancel()
+			if errors.Is(err, errHandedOver) {
+				return p.retireAfterHandOver(sigs, pending)
+			}
+			if pending {
+				pending = false
+				deployCh()
+			}
+		case <-ctx.Done():
+			p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
+			if running {
+				<-done
+			}
+			return p.shutdown()
+		}
+	}
+}
+
+// deploy rolls the workers onto the command now on disk, first upgrading
+// the primary itself when its executable has changed.
+func (p *primary) deploy(ctx context.Context) error {
+	p.gen++
+	gen := p.gen
+	start := time.Now()
+	notifySystemd(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=deploying generation %d", monotonicUsec(), gen))
+	defer notifySystemd(fmt.Sprintf("READY=1\nSTATUS=serving generation %d", gen))
+
+	if p.selfChanged() {
+		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
+		err := p.upgradeSelf(ctx, gen)
+		if err == nil {
+			return errHandedOver
+		}
+		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", "new primary: "+err.Error()))
+		return err
+	}
+
+	p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "workers"))
+	path, err := ResolveCommand(p.cfg.Command[0])
+	if err != nil {
+		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", err.Error()))
+		return err
+	}
+	err = p.pool.Roll(ctx, p.spec(path, gen), nil, p.progress(gen))
+	if err != nil {
+		p.logAbort(gen, err)
+		return err
+	}
+	p.log.Info("upgrade finished", zap.Int("generation", gen), zap.Duration("duration", time.Since(start)))
+	return nil
+}
+
+func (p *primary) progress(gen int) func(step, steps int) {
+	return func(step, steps int) {
+		p.log.Info("upgrade step", zap.Int("generation", gen), zap.Int("step", step), zap.Int("steps", steps))
+	}
+}
+
+func (p *primary) logAbort(gen int, err error) {
+	fields := []zap.Field{zap.Int("generation", gen), zap.String("reason", err.Error())}
+	var se *workerpool.StartError
+	if errors.As(err, &se) {
+		fields = append(fields, zap.Int("slot", se.Slot), zap.Int("pid", se.Pid),
+			zap.String("status", se.Exit.Status), zap.String("stderr", se.Exit.StderrTail))
+	}
+	p.log.Error("upgrade aborted", fields...)
+}
+
+// upgradeSelf starts the executable now on disk as a new primary through
+// tableflip and hands the workers over to it, slot by slot. It returns nil
+// once the new primary owns everything.
+func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
+	if err := p.upg.WaitForParent(ctx); err != nil {
+		return fmt.Errorf("the previous primary has not exited yet: %v", err)
+	}
+	ln, err := listenHandover(p.dir)
+	if err != nil {
+		return err
+	}
+	os.Setenv(envHandover, ln.Addr().String())
+	defer os.Unsetenv(envHandover)
+
+	peers := make(chan *peer, 1)
+	go func() {
+		conn, pid, err := acceptHandover(ln)
+		if err != nil {
+			return
+		}
+		var pr *peer
+		pr = newPeer(conn, p.pool.HandOver, func() error {
+			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
+			return p.pool.RollBack(ctx, pr.retire)
+		})
+		pr.send(message{Op: "state", Generation: gen})
+		p.successor = pid
+		peers <- pr
+	}()
+
+	upErr := p.upg.Upgrade()
+	ln.Close()
+	var pr *peer
+	select {
+	case pr = <-peers:
+		defer pr.close()
+	default:
+	}
+	if upErr == nil {
+		return nil
+	}
+	// The new primary is gone, and its workers with it: refill whatever
+	// it had taken over and did not roll back.
+	if n := p.pool.Remote(); n > 0 {
+		p.log.Warn("reclaiming slots from the failed new primary", zap.Int("slots", n))
+		p.pool.Reclaim()
+	}
+	return upErr
+}
+
+// takeOver is a new primary started by tableflip: it fills every slot
+// while the old primary retires its workers one at a time, then becomes
+// the primary that owns the listeners.
+func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path string) error {
+	addr := os.Getenv(envHandover)
+	os.Unsetenv(envHandover)
+	if addr == "" {
+		return errors.New("started by an upgrade but no hand-over socket was given")
+	}
+	conn, err := net.Dial("unix", addr)
+	if err != nil {
+		return fmt.Errorf("cannot reach the old primary: %v", err)
+	}
+	pr := newPeer(conn, p.pool.HandOver, nil)
+	defer pr.close()
+	pr.send(message{Op: "hello", Pid: os.Getpid()})
+	st, err := pr.await(ctx, "state")
+	if err != nil {
+		return err
+	}
+	p.gen = st.Generation
+	start := time.Now()
+	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()))
+
+	p.pool.Adopt()
+	err = p.pool.Roll(ctx, p.spec(path, p.gen), pr.retire, p.progress(p.gen))
+	if err != nil {
+		p.logAbort(p.gen, err)
+		if p.pool.Remote() < p.pool.Size() {
+			// Some slots are ours already: the old primary takes them
+			// back one at a time before this one goes.
+			rctx, cancel := context.WithTimeout(ctx, time.Duration(p.pool.Size()+1)*p.cfg.ReadyTimeout)
+			if serr := pr.send(message{Op: "rollback"}); serr == nil {
+				if _, rerr := pr.await(rctx, "rolledback"); rerr != nil {
+					p.log.Warn("roll-back incomplete", zap.Error(rerr))
+				}
+			}
+			cancel()
+		}
+		p.pool.Shutdown()
+		return fmt.Errorf("upgrade aborted: %v", err)
+	}
+	if err := p.upg.Ready(); err != nil {
+		p.log.Error("cannot write the pid file", zap.Error(err))
+	}
+	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
+	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
+	p.log.Info("primary ready", zap.Int("workers", p.cfg.Workers), zap.Int("generation", p.gen))
+	pr.close()
+	return p.loop(ctx, sigs)
+}
+
+// retireAfterHandOver waits for the workers still draining, then returns
+// so the old primary exits. A deploy asked for meanwhile goes to the new
+// primary.
+func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
+	p.log.Info("handed over", zap.Int("new_primary", p.successor))
+	forward := func() {
+		if p.successor > 0 {
+			syscall.Kill(p.successor, syscall.SIGHUP)
+		}
+	}
+	if pending {
+		forward()
+	}
+	done := make(chan struct{})
+	go func() {
+		p.pool.Shutdown()
+		close(done)
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				forward()
+			}
+		case <-done:
+			p.log.Info("old primary exiting")
+			return nil
+		}
+	}
+}
+
+func (p *primary) shutdown() error {
+	notifySystemd("STOPPING=1")
+	p.pool.Shutdown()
+	if p.cfg.PIDFile != "" {
+		if b, err := os.ReadFile(p.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+			os.Remove(p.cfg.PIDFile)
+		}
+	}
+	p.log.Info("shutdown finished")
+	return nil
+}
+
+// selfChanged reports whether the executable tableflip would start now is
+// another file than the one this primary runs.
+func (p *primary) selfChanged() bool {
+	path, err := exec.LookPath(os.Args[0])
+	if err != nil {
+		return false
+	}
+	id, err := statID(path)
+	return err == nil && id != p.selfID
+}
+
+type fileID struct{ dev, ino uint64 }
+
+func statID(path string) (fileID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// notifySystemd tells systemd (when it started the primary with
+// NOTIFY_SOCKET) about the primary's state. Workers never see that socket.
+func notifySystemd(state string) {
+	daemon.SdNotify(false, state)
+}
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}

@@ -1,0 +1,519 @@
+// Package workerpool runs the worker processes of a primary: a fixed number
+// of slots, each held by one worker; dead workers are restarted with
+// backoff, and a roll replaces every slot's worker one at a time so that at
+// no moment fewer than Size workers are ready and not draining.
+package workerpool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Config is a pool's fixed settings.
+type Config struct {
+	// Size is the number of slots (workers serving at steady state).
+	Size int
+	// Launcher starts workers.
+	Launcher Launcher
+	// ReadyTimeout bounds how long a new worker may take to become ready.
+	ReadyTimeout time.Duration
+	// DrainTimeout is how long a retiring worker has after StopSignal
+	// before it is killed.
+	DrainTimeout time.Duration
+	// StopSignal asks a worker to drain and exit.
+	StopSignal syscall.Signal
+	// BackoffMin is the delay before the second restart in a row of a slot
+	// (the first is immediate); it doubles up to BackoffMax. A worker that
+	// stays up StableAfter resets the count.
+	BackoffMin, BackoffMax, StableAfter time.Duration
+	// Logger gets one event per lifecycle step.
+	Logger *zap.Logger
+}
+
+// Defaults for Config's zero values.
+const (
+	DefaultBackoffMin  = 100 * time.Millisecond
+	DefaultBackoffMax  = 10 * time.Second
+	DefaultStableAfter = 10 * time.Second
+)
+
+// Pool runs the workers. Its methods are safe for concurrent use, but Start
+// and Roll must not run at the same time as each other (the primary runs
+// deploys one at a time).
+type Pool struct {
+	cfg Config
+	log *zap.Logger
+
+	mu       sync.Mutex
+	slots    []*slot
+	all      map[*worker]struct{} // every worker not yet reaped
+	serving  bool                 // after Start: unexpected exits are restarted
+	closing  bool
+	monitors sync.WaitGroup // one per live worker and per drain timer
+}
+
+type slot struct {
+	cur      *worker
+	spec     *Spec
+	remote   bool // held by a worker of another primary (hand-over)
+	failures int
+	restart  *time.Timer
+}
+
+type worker struct {
+	proc     Process
+	slot     int
+	gen      int
+	started  time.Time
+	log      *zap.Logger
+	ready    bool
+	retiring bool
+	// readyOnce logs readiness exactly once, before anything acts on it:
+	// the event stream then never shows an old worker retired before its
+	// replacement was ready.
+	readyOnce sync.Once
+}
+
+// noteReady records and logs that w is ready.
+func (p *Pool) noteReady(w *worker) {
+	w.readyOnce.Do(func() {
+		p.mu.Lock()
+		w.ready = true
+		p.mu.Unlock()
+		w.log.Info("worker ready", zap.Duration("took", time.Since(w.started)))
+	})
+}
+
+// New returns a pool with Size empty slots.
+func New(cfg Config) *Pool {
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = DefaultBackoffMin
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = DefaultBackoffMax
+	}
+	if cfg.StableAfter <= 0 {
+		cfg.StableAfter = DefaultStableAfter
+	}
+	if cfg.StopSignal == 0 {
+		cfg.StopSignal = syscall.SIGTERM
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}}
+	for i := 0; i < cfg.Size; i++ {
+		p.slots = append(p.slots, &slot{})
+	}
+	return p
+}
+
+// Size is the number of slots.
+func (p *Pool) Size() int { return len(p.slots) }
+
+// StartError is returned by Start and Roll when a new worker failed: it
+// exited, or was not ready in time.
+type StartError struct {
+	Slot   int
+	Pid    int
+	Reason string // "exited" or "not ready within 5s" or "cannot start: …"
+	Exit   Exit   // how the worker ended (it is always ended)
+}
+
+func (e *StartError) Error() string {
+	msg := fmt.Sprintf("worker %d (pid %d) %s", e.Slot, e.Pid, e.Reason)
+	if e.Exit.Status != "" && e.Reason == "exited" {
+		msg = fmt.Sprintf("worker %d (pid %d) exited at start: %s", e.Slot, e.Pid, e.Exit.Status)
+	}
+	return msg
+}
+
+// ErrClosing is returned when the pool is shutting down.
+var ErrClosing = errors.New("pool is shutting down")
+
+// Start fills every slot with a worker running spec and waits until all are
+// ready. If one fails, every worker started is killed and the failure is
+// returned.
+func (p *Pool) Start(ctx context.Context, spec *Spec) error {
+	var started []*worker
+	for i := range p.slots {
+		w, err := p.launch(i, spec, true)
+		if err != nil {
+			p.killAll(started)
+			return err
+		}
+		started = append(started, w)
+	}
+	for _, w := range started {
+		if err := p.awaitReady(ctx, w); err != nil {
+			p.killAll(started)
+			return err
+		}
+	}
+	p.mu.Lock()
+	p.serving = true
+	p.mu.Unlock()
+	return nil
+}
+
+// Adopt marks every slot as held by a worker of another primary: the pool
+// starts no worker of its own and fills the slots by a Roll whose retire
+// hook asks that primary to retire its worker. Call it instead of Start.
+func (p *Pool) Adopt() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.slots {
+		s.remote = true
+	}
+	p.serving = true
+}
+
+// RetireHook is called by Roll once a new worker is ready in a slot that
+// was held by another primary; it returns once that primary has retired
+// its worker.
+type RetireHook func(ctx context.Context, slot int) error
+
+// Roll replaces the worker of every slot, in order, by one running spec:
+// start the new one, wait until it is ready, retire the old one. On the
+// first failure it stops and returns a *StartError; the slots already
+// rolled keep their new workers, the others their old ones, so Size ready
+// workers keep serving. A slot held by another primary (see Adopt) is
+// retired there through remote. progress, if not nil, is told each step as
+// it begins.
+func (p *Pool) Roll(ctx context.Context, spec *Spec, remote RetireHook, progress func(step, steps int)) error {
+	slots := make([]int, len(p.slots))
+	for i := range slots {
+		slots[i] = i
+	}
+	return p.roll(ctx, slots, func(int) *Spec { return spec }, remote, progress)
+}
+
+// RollBack refills, one at a time, the slots given away by HandOver with
+// each slot's last spec, asking the other primary through remote to retire
+// its worker as each new one is ready: a hand-over that failed half-way is
+// undone without ever having fewer than Size ready workers.
+func (p *Pool) RollBack(ctx context.Context, remote RetireHook) error {
+	var slots []int
+	p.mu.Lock()
+	for i, s := range p.slots {
+		if s.remote && s.spec != nil {
+			slots = append(slots, i)
+		}
+	}
+	p.mu.Unlock()
+	return p.roll(ctx, slots, func(i int) *Spec {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.slots[i].spec
+	}, remote, nil)
+}
+
+func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, remote RetireHook, progress func(step, steps int)) error {
+	for step, i := range slots {
+		if progress != nil {
+			progress(step+1, len(slots))
+		}
+		spec := specFor(i)
+		w, err := p.launch(i, spec, false)
+		if err != nil {
+			return err
+		}
+		if err := p.awaitReady(ctx, w); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		s := p.slots[i]
+		old, wasRemote := s.cur, s.remote
+		s.cur, s.spec, s.remote, s.failures = w, spec, false, 0
+		if s.restart != nil {
+			s.restart.Stop()
+			s.restart = nil
+		}
+		p.mu.Unlock()
+		if old != nil {
+			p.retire(old, "replaced")
+		}
+		if wasRemote && remote != nil {
+			if err := remote(ctx, i); err != nil {
+				p.log.Warn("other primary did not confirm retiring its worker", zap.Int("slot", i), zap.Error(err))
+			}
+		}
+	}
+	return nil
+}
+
+// HandOver retires the worker of slot i because a worker of another
+// primary has taken its place; the slot is not refilled until Reclaim.
+func (p *Pool) HandOver(i int) error {
+	if i < 0 || i >= len(p.slots) {
+		return fmt.Errorf("no slot %d", i)
+	}
+	p.mu.Lock()
+	s := p.slots[i]
+	old := s.cur
+	s.cur, s.remote = nil, true
+	if s.restart != nil {
+		s.restart.Stop()
+		s.restart = nil
+	}
+	p.mu.Unlock()
+	if old != nil {
+		p.retire(old, "handed over")
+	}
+	return nil
+}
+
+// Reclaim refills, at once, every slot given away by HandOver: the other
+// primary is gone, and its workers with it.
+func (p *Pool) Reclaim() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, s := range p.slots {
+		if s.remote {
+			s.remote = false
+			p.scheduleLocked(i, 0)
+		}
+	}
+}
+
+// Remote reports how many slots are held by another primary.
+func (p *Pool) Remote() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.slots {
+		if s.remote {
+			n++
+		}
+	}
+	return n
+}
+
+// Shutdown retires every worker with the stop signal and returns once all
+// have exited (each is killed after DrainTimeout). No worker is started
+// after Shutdown has begun.
+func (p *Pool) Shutdown() {
+	p.mu.Lock()
+	p.closing = true
+	var live []*worker
+	for _, s := range p.slots {
+		if s.restart != nil {
+			s.restart.Stop()
+			s.restart = nil
+		}
+	}
+	for w := range p.all {
+		live = append(live, w)
+	}
+	p.mu.Unlock()
+	for _, w := range live {
+		p.retire(w, "shutdown")
+	}
+	p.monitors.Wait()
+}
+
+// Workers returns a snapshot of the live workers.
+func (p *Pool) Workers() []WorkerInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []WorkerInfo
+	for w := range p.all {
+		out = append(out, WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready,
+			Draining: w.retiring, Started: w.started, Current: p.slots[w.slot].cur == w})
+	}
+	return out
+}
+
+// WorkerInfo describes one live worker.
+type WorkerInfo struct {
+	Slot, Pid, Generation int
+	Ready, Draining       bool
+	// Current is false for a worker that is not (yet) the one holding its
+	// slot: a new worker of a roll before it is ready.
+	Current bool
+	Started time.Time
+}
+
+// launch starts a worker for slot i. A worker started by Start becomes the
+// slot's current worker at once; one started by Roll only when ready.
+func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return nil, ErrClosing
+	}
+	proc, err := p.cfg.Launcher.Launch(i, spec)
+	if err != nil {
+		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
+	}
+	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(),
+		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
+	p.all[w] = struct{}{}
+	if current {
+		p.slots[i].cur, p.slots[i].spec = w, spec
+	}
+	w.log.Info("worker spawned")
+	p.monitors.Add(1)
+	go p.monitor(w)
+	return w, nil
+}
+
+// monitor follows one worker from start to reap.
+func (p *Pool) monitor(w *worker) {
+	defer p.monitors.Done()
+	select {
+	case <-w.proc.Ready():
+		p.noteReady(w)
+	case <-w.proc.Done():
+	}
+	<-w.proc.Done()
+	exit := w.proc.Exit()
+
+	p.mu.Lock()
+	delete(p.all, w)
+	s := p.slots[w.slot]
+	unexpected := s.cur == w && !w.retiring
+	if unexpected {
+		s.cur = nil
+	}
+	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
+	if unexpected {
+		fields = append(fields, zap.String("stderr", exit.StderrTail))
+	}
+	if unexpected && p.serving && !p.closing {
+		w.log.Warn("worker exited", fields...)
+		if exit.Uptime >= p.cfg.StableAfter {
+			s.failures = 0
+		}
+		s.failures++
+		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+	} else {
+		w.log.Info("worker exited", fields...)
+	}
+	p.mu.Unlock()
+}
+
+// Backoff is the delay before restarting a slot whose worker has failed
+// failures times in a row: none for the first, then min doubling up to max.
+func Backoff(failures int, min, max time.Duration) time.Duration {
+	if failures <= 1 {
+		return 0
+	}
+	d := min
+	for i := 2; i < failures && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d
+}
+
+func (p *Pool) scheduleLocked(i int, delay time.Duration) {
+	s := p.slots[i]
+	if s.restart != nil {
+		s.restart.Stop()
+	}
+	p.log.Info("worker restart scheduled", zap.Int("slot", i), zap.Duration("backoff", delay), zap.Int("failures", s.failures))
+	s.restart = time.AfterFunc(delay, func() { p.restart(i) })
+}
+
+func (p *Pool) restart(i int) {
+	p.mu.Lock()
+	s := p.slots[i]
+	s.restart = nil
+	if p.closing || s.cur != nil || s.remote || s.spec == nil {
+		p.mu.Unlock()
+		return
+	}
+	spec := s.spec
+	p.mu.Unlock()
+	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) {
+		p.mu.Lock()
+		s.failures++
+		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
+		if !p.closing {
+			p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+		}
+		p.mu.Unlock()
+	}
+}
+
+// awaitReady waits until w is ready. If it exits, is not ready within
+// ReadyTimeout, or ctx ends first, it is killed and reaped and a
+// *StartError (or ctx's error) is returned.
+func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
+	t := time.NewTimer(p.cfg.ReadyTimeout)
+	defer t.Stop()
+	var reason string
+	select {
+	case <-w.proc.Ready():
+		p.noteReady(w)
+		return nil
+	case <-w.proc.Done():
+		reason = "exited"
+	case <-t.C:
+		reason = fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
+	case <-ctx.Done():
+		reason = "cancelled: " + context.Cause(ctx).Error()
+	}
+	p.mu.Lock()
+	w.retiring = true
+	p.mu.Unlock()
+	w.proc.Kill()
+	<-w.proc.Done()
+	if ctx.Err() != nil && reason != "exited" {
+		return context.Cause(ctx)
+	}
+	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
+}
+
+// retire asks w to drain and kills it after DrainTimeout.
+func (p *Pool) retire(w *worker, reason string) {
+	p.mu.Lock()
+	if w.retiring {
+		p.mu.Unlock()
+		return
+	}
+	w.retiring = true
+	p.mu.Unlock()
+	w.log.Info("worker retiring", zap.String("reason", reason))
+	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
+		return
+	}
+	p.monitors.Add(1)
+	go func() {
+		defer p.monitors.Done()
+		t := time.NewTimer(p.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-w.proc.Done():
+		case <-t.C:
+			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", p.cfg.DrainTimeout))
+			w.proc.Kill()
+		}
+	}()
+}
+
+func (p *Pool) killAll(ws []*worker) {
+	p.mu.Lock()
+	for _, w := range ws {
+		w.retiring = true
+		if p.slots[w.slot].cur == w {
+			p.slots[w.slot].cur = nil
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range ws {
+		w.proc.Kill()
+	}
+	for _, w := range ws {
+		<-w.proc.Done()
+	}
+}
