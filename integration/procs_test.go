@@ -19,7 +19,7 @@ import (
 // markEnv is set, with a value unique to one test, in the environment of
 // every primary a test starts; workers inherit it, so every process a test
 // caused can be found in /proc even after it was re-parented.
-const markEnv = "HANDOFF_ITEST_MARK"
+const markEnv = "ITEST_HANDOFF_MARK"
 
 // procStat is what the tests need from /proc/PID/stat.
 type procStat struct {

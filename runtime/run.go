@@ -160,6 +160,7 @@ func lastLine(s string) string {
 // listen binds (or inherits) every listener and returns raw duplicates of
 // their fds for the workers, with their names.
 func (p *primary) listen() (fds []int, names []string, err error) {
+	var addrs []string
 	defer func() {
 		if err != nil {
 			for _, fd := range fds {
@@ -183,7 +184,12 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
-		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", ln.Addr().String()))
+		addrs = append(addrs, ln.Addr().String())
+	}
+	// Logged once all are bound, so a failed start prints its one error line
+	// and nothing else.
+	for i, l := range p.cfg.Listeners {
+		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", addrs[i]))
 	}
 	return fds, names, nil
 }
@@ -314,7 +320,11 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	os.Setenv(envHandover, ln.Addr().String())
 	defer os.Unsetenv(envHandover)
 
-	peers := make(chan *peer, 1)
+	type handover struct {
+		peer *peer
+		pid  int
+	}
+	accepted := make(chan handover, 1)
 	go func() {
 		conn, pid, err := acceptHandover(ln)
 		if err != nil {
@@ -325,20 +335,27 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
 			return p.pool.RollBack(ctx, pr.retire)
 		})
+		accepted <- handover{pr, pid}
 		pr.send(message{Op: "state", Generation: gen})
-		p.successor = pid
-		peers <- pr
 	}()
 
 	upErr := p.upg.Upgrade()
 	ln.Close()
-	var pr *peer
-	select {
-	case pr = <-peers:
-		defer pr.close()
-	default:
+	var ho handover
+	if upErr == nil {
+		// The new primary connected before it could become ready.
+		ho = <-accepted
+	} else {
+		select {
+		case ho = <-accepted:
+		default:
+		}
+	}
+	if ho.peer != nil {
+		defer ho.peer.close()
 	}
 	if upErr == nil {
+		p.successor = ho.pid
 		return nil
 	}
 	// The new primary is gone, and its workers with it: refill whatever

@@ -1,0 +1,46 @@
+# handoff — see README.md.
+GO       ?= go
+BIN      ?= bin
+ADDR     ?= 127.0.0.1:8080
+WORKERS  ?= 2
+
+.PHONY: all build run deploy test unit integration vet fmt-check clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/handoff ./cmd/handoff
+
+# Serve examples/wrapped-go under handoff on $(ADDR). Deploy a rebuilt
+# example with: make deploy   (or kill -HUP $$(cat $(BIN)/handoff.pid))
+run: build
+	$(GO) build -ldflags "-X main.version=v1" -o $(BIN)/wrapped-go ./examples/wrapped-go
+	@echo "serving on http://$(ADDR)/ — try: curl $(ADDR); make deploy; Ctrl-C stops"
+	$(BIN)/handoff run --listen $(ADDR) --workers $(WORKERS) --ready notify \
+		--pid-file $(BIN)/handoff.pid -- $(BIN)/wrapped-go
+
+# Rebuild the example as a new version and deploy it into a running 'make run'.
+deploy:
+	$(GO) build -ldflags "-X main.version=$$(date +v%H%M%S)" -o $(BIN)/wrapped-go.new ./examples/wrapped-go
+	mv $(BIN)/wrapped-go.new $(BIN)/wrapped-go
+	kill -HUP $$(cat $(BIN)/handoff.pid)
+
+# Everything: vet, formatting, unit tests under the race detector, then the
+# end-to-end tests against real processes.
+test: vet fmt-check unit integration
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+integration:
+	$(GO) test -count=1 -timeout 10m ./integration/...
+
+clean:
+	rm -rf $(BIN)
