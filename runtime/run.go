@@ -123,9 +123,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	p.gen = 1
-	spec := p.spec(path, p.gen)
-	if err := p.pool.Start(ctx, spec); err != nil {
+	pending, stop, err := p.start(ctx, sigs, p.spec(path, p.gen))
+	if err != nil {
 		return startFailure(err)
+	}
+	if stop != nil {
+		p.log.Info("shutdown started", zap.String("signal", stop.String()))
+		return p.shutdown()
 	}
 	if err := p.upg.Ready(); err != nil {
 		p.pool.Shutdown()
@@ -133,7 +137,41 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	p.log.Info("primary ready", zap.Int("workers", cfg.Workers), zap.Int("generation", p.gen))
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	return p.loop(ctx, sigs)
+	return p.loop(ctx, sigs, pending)
+}
+
+// start runs the first generation while acting on signals: a HUP is kept
+// for after start-up (pending), a TERM or INT ends the start and is
+// returned so the caller drains what was started.
+func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, spec *workerpool.Spec) (pending bool, stop os.Signal, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.pool.Start(sctx, spec) }()
+	for {
+		select {
+		case err := <-done:
+			if stop != nil || ctx.Err() != nil {
+				if stop == nil {
+					stop = syscall.SIGTERM
+				}
+				return pending, stop, nil
+			}
+			return pending, nil, err
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if !pending {
+					p.log.Info("upgrade queued", zap.String("why", "the primary is starting"))
+				}
+				pending = true
+				continue
+			}
+			if stop == nil {
+				stop = sig
+				cancel()
+			}
+		}
+	}
 }
 
 // startFailure makes one line of a failed first generation.
@@ -201,19 +239,21 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 
 // loop acts on signals and runs deploys one at a time; a deploy asked for
 // while one runs is queued, and further requests fold into it.
-func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal) error {
+func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, pending bool) error {
 	var (
-		done     = make(chan error, 1)
-		running  bool
-		pending  bool
-		cancel   context.CancelFunc = func() {}
-		deployCh                    = func() {}
+		done    = make(chan error, 1)
+		running bool
+		cancel  context.CancelFunc = func() {}
 	)
-	deployCh = func() {
+	startDeploy := func() {
 		running = true
 		var dctx context.Context
 		dctx, cancel = context.WithCancel(ctx)
 		go func() { done <- p.deploy(dctx) }()
+	}
+	if pending {
+		pending = false
+		startDeploy()
 	}
 	for {
 		select {
@@ -227,7 +267,7 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal) error {
 					pending = true
 					continue
 				}
-				deployCh()
+				startDeploy()
 			default:
 				p.log.Info("shutdown started", zap.String("signal", sig.String()))
 				if running {
@@ -244,7 +284,7 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal) error {
 			}
 			if pending {
 				pending = false
-				deployCh()
+				startDeploy()
 			}
 		case <-ctx.Done():
 			p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
@@ -416,7 +456,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.cfg.Workers), zap.Int("generation", p.gen))
 	pr.close()
-	return p.loop(ctx, sigs)
+	return p.loop(ctx, sigs, false)
 }
 
 // retireAfterHandOver waits for the workers still draining, then returns

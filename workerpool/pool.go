@@ -138,8 +138,9 @@ func (e *StartError) Error() string {
 var ErrClosing = errors.New("pool is shutting down")
 
 // Start fills every slot with a worker running spec and waits until all are
-// ready. If one fails, every worker started is killed and the failure is
-// returned.
+// ready. If one fails, every worker started is killed and a *StartError is
+// returned. If ctx ends first, the workers are left running and ctx's cause
+// is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 	var started []*worker
 	for i := range p.slots {
@@ -150,11 +151,18 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 		}
 		started = append(started, w)
 	}
+	deadline := time.NewTimer(p.cfg.ReadyTimeout)
+	defer deadline.Stop()
 	for _, w := range started {
-		if err := p.awaitReady(ctx, w); err != nil {
-			p.killAll(started)
-			return err
+		reason := p.waitReady(ctx, w, deadline.C)
+		if reason == "" {
+			continue
 		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		p.killAll(started)
+		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 	}
 	p.mu.Lock()
 	p.serving = true
@@ -445,23 +453,31 @@ func (p *Pool) restart(i int) {
 	}
 }
 
-// awaitReady waits until w is ready. If it exits, is not ready within
-// ReadyTimeout, or ctx ends first, it is killed and reaped and a
-// *StartError (or ctx's error) is returned.
-func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
-	t := time.NewTimer(p.cfg.ReadyTimeout)
-	defer t.Stop()
-	var reason string
+// waitReady waits until w is ready and returns "", or returns why not:
+// it exited, deadline fired, or ctx ended.
+func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Time) string {
 	select {
 	case <-w.proc.Ready():
 		p.noteReady(w)
-		return nil
+		return ""
 	case <-w.proc.Done():
-		reason = "exited"
-	case <-t.C:
-		reason = fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
+		return "exited"
+	case <-deadline:
+		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
 	case <-ctx.Done():
-		reason = "cancelled: " + context.Cause(ctx).Error()
+		return "cancelled: " + context.Cause(ctx).Error()
+	}
+}
+
+// awaitReady waits until w is ready. If it exits, is not ready within
+// ReadyTimeout, or ctx ends first, it is killed and reaped and a
+// *StartError (or ctx's cause) is returned.
+func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
+	t := time.NewTimer(p.cfg.ReadyTimeout)
+	defer t.Stop()
+	reason := p.waitReady(ctx, w, t.C)
+	if reason == "" {
+		return nil
 	}
 	p.mu.Lock()
 	w.retiring = true
