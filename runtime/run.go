@@ -379,7 +379,18 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		pr.send(message{Op: "state", Generation: gen})
 	}()
 
+	// tableflip's Upgrade takes no context: a shutdown asked for meanwhile
+	// stops the upgrader, which kills the new primary (and so its workers).
+	upgraded := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			p.upg.Stop()
+		case <-upgraded:
+		}
+	}()
 	upErr := p.upg.Upgrade()
+	close(upgraded)
 	ln.Close()
 	var ho handover
 	if upErr == nil {
@@ -400,7 +411,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	}
 	// The new primary is gone, and its workers with it: refill whatever
 	// it had taken over and did not roll back.
-	if n := p.pool.Remote(); n > 0 {
+	if n := p.pool.Remote(); n > 0 && ctx.Err() == nil {
 		p.log.Warn("reclaiming slots from the failed new primary", zap.Int("slots", n))
 		p.pool.Reclaim()
 	}
