@@ -1,0 +1,289 @@
+// Command testserver is the worker program of handoff's integration tests:
+// a plain HTTP server that takes its listeners from systemd socket
+// activation (LISTEN_FDS, strict LISTEN_PID check), reports READY=1 on
+// NOTIFY_SOCKET and drains without losing a request on SIGTERM or SIGINT.
+//
+// Build-time knobs:
+//
+//	go build -ldflags "-X main.version=v2 -X main.mode=crash"
+//
+// The mode can be overridden at run time by HANDOFF_TEST_MODE and, above
+// that, by --mode:
+//
+//	ok          serve; READY=1 once listening; drain on SIGTERM/SIGINT, exit 0
+//	crash       print "testserver: crashing at start (mode=crash)", exit 3
+//	noready     like ok, never sends READY=1
+//	crashlater  like ok, exits 4 after --crash-after (default 300ms)
+//	slowready   like ok, sends READY=1 only after --ready-after (default 2s)
+//
+// Without LISTEN_FDS it listens on --listen (default 127.0.0.1:8080). If
+// LISTEN_FDS is set but yields no listener (LISTEN_PID mismatch, bad fds) it
+// exits 2 rather than fall back, so protocol bugs show.
+//
+// Every request (any path, any method) is answered 200 after its body has
+// been read, with
+//
+//	<version> pid=<pid> worker=<HANDOFF_WORKER> gen=<HANDOFF_GENERATION>
+//
+// /slow?ms=N sleeps N ms first. /exit?code=N answers, then exits with code N
+// 50ms later. /env answers with the environment the process started with
+// (sorted, one per line; it includes LISTEN_* although activation removes
+// them from the live environment), then "fds=" with the fds open when the
+// process started (what it inherited, e.g. 0,1,2,3,4) and "fds_now=" with
+// the fds open now (includes the runtime's own, e.g. epoll).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/handoff-dev/handoff/internal/drain"
+)
+
+// Set with -ldflags "-X main.version=… -X main.mode=…".
+var (
+	version = "v1"
+	mode    = "ok"
+)
+
+// Taken before main runs and before activation unsets LISTEN_*.
+var (
+	startFDs = openFDs()
+	startEnv = os.Environ()
+)
+
+// Exit codes.
+const (
+	exitCrash      = 3
+	exitCrashLater = 4
+	exitUsage      = 2
+)
+
+func main() {
+	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
+	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready (overrides HANDOFF_TEST_MODE and the build-time mode)")
+	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
+	drainTimeout := fs.Duration("drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
+	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
+	readyAfter := fs.Duration("ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(exitUsage)
+	}
+	m := mode
+	if env := os.Getenv("HANDOFF_TEST_MODE"); env != "" {
+		m = env
+	}
+	if *modeFlag != "" {
+		m = *modeFlag
+	}
+	switch m {
+	case "ok", "noready", "crashlater", "slowready":
+	case "crash":
+		fmt.Fprintf(os.Stderr, "testserver: crashing at start (mode=%s)\n", m)
+		os.Exit(exitCrash)
+	default:
+		fmt.Fprintf(os.Stderr, "testserver: unknown mode %q\n", m)
+		os.Exit(exitUsage)
+	}
+
+	// Catch signals before anything can make the primary send one.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+
+	lns, err := listeners(*listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testserver: %v\n", err)
+		os.Exit(exitUsage)
+	}
+	worker := os.Getenv("HANDOFF_WORKER")
+	gen := os.Getenv("HANDOFF_GENERATION")
+	var addrs []string
+	for _, ln := range lns {
+		addrs = append(addrs, ln.Addr().String())
+	}
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d worker=%s listening on %s\n",
+		version, os.Getpid(), worker, strings.Join(addrs, ","))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	h := handler(fmt.Sprintf("%s pid=%d worker=%s gen=%s\n", version, os.Getpid(), worker, gen))
+	done := make(chan error, len(lns))
+	for _, ln := range lns {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Minute}
+		go func() { done <- drain.Serve(ctx, srv, ln, *drainTimeout) }()
+	}
+
+	switch m {
+	case "ok", "crashlater":
+		notifyReady()
+	case "slowready":
+		go func() {
+			time.Sleep(*readyAfter)
+			if ctx.Err() == nil {
+				notifyReady()
+			}
+		}()
+	}
+	if m == "crashlater" {
+		go func() {
+			time.Sleep(*crashAfter)
+			fmt.Fprintf(os.Stderr, "testserver: crashing after %v (mode=crashlater)\n", *crashAfter)
+			os.Exit(exitCrashLater)
+		}()
+	}
+
+	var sig os.Signal
+	select {
+	case sig = <-sigs:
+	case err := <-done:
+		// A listener failed on its own.
+		fmt.Fprintf(os.Stderr, "testserver: serve: %v\n", err)
+		cancel()
+		os.Exit(1)
+	}
+	begin := time.Now()
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: %v, draining (bound %v)\n", version, os.Getpid(), sig, *drainTimeout)
+	cancel() // further signals stay caught and are ignored: the drain is bounded
+	var errs []error
+	for range lns {
+		if err := <-done; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(os.Stderr, "testserver %s pid=%d: drain: %v\n", version, os.Getpid(), err)
+	}
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: drained in %v, exiting 0\n", version, os.Getpid(), time.Since(begin).Round(time.Millisecond))
+	os.Exit(0)
+}
+
+// listeners returns the socket-activation listeners, or one on addr when
+// none were passed.
+func listeners(addr string) ([]net.Listener, error) {
+	passed := os.Getenv("LISTEN_FDS")
+	// activation.Files checks LISTEN_PID strictly, marks the fds
+	// close-on-exec and unsets LISTEN_*; the *os.File names come from
+	// LISTEN_FDNAMES. activation.Listeners does the same but drops the names.
+	var lns []net.Listener
+	for _, f := range activation.Files(true) {
+		ln, err := net.FileListener(f)
+		f.Close() // ln holds its own dup
+		if err != nil {
+			// As activation.Listeners does, skip what is not a listener.
+			fmt.Fprintf(os.Stderr, "testserver: skipping %s: %v\n", f.Name(), err)
+			continue
+		}
+		lns = append(lns, ln)
+	}
+	if len(lns) > 0 {
+		return lns, nil
+	}
+	if passed != "" && passed != "0" {
+		return nil, fmt.Errorf("LISTEN_FDS=%s but no listener taken (LISTEN_PID=%q, pid %d)", passed, os.Getenv("LISTEN_PID"), os.Getpid())
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return []net.Listener{ln}, nil
+}
+
+func notifyReady() {
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		return
+	}
+	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady); !ok || err != nil {
+		fmt.Fprintf(os.Stderr, "testserver: READY=1 not sent: sent=%v err=%v\n", ok, err)
+	}
+}
+
+func handler(reply string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, reply)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, reply)
+	})
+	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		env := slices.Clone(startEnv)
+		sort.Strings(env)
+		var b strings.Builder
+		for _, kv := range env {
+			b.WriteString(kv + "\n")
+		}
+		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\n", joinInts(startFDs), joinInts(openFDs()))
+		io.WriteString(w, b.String())
+	})
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		code, err := strconv.Atoi(r.URL.Query().Get("code"))
+		if err != nil {
+			http.Error(w, "exit: want ?code=N", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, reply)
+		http.NewResponseController(w).Flush()
+		fmt.Fprintf(os.Stderr, "testserver %s pid=%d: /exit, exiting %d\n", version, os.Getpid(), code)
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			os.Exit(code)
+		}()
+	})
+	return mux
+}
+
+// openFDs lists the fds open in this process, without the one used to read
+// /proc/self/fd.
+func openFDs() []int {
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	self := int(d.Fd())
+	names, _ := d.Readdirnames(-1)
+	var fds []int
+	for _, n := range names {
+		if fd, err := strconv.Atoi(n); err == nil && fd != self {
+			fds = append(fds, fd)
+		}
+	}
+	sort.Ints(fds)
+	return fds
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
