@@ -17,10 +17,12 @@ import (
 // i is the listener's position, used for the default name.
 func ParseListen(s string, i int) (Listener, error) {
 	name, addr := "", s
-	if k, v, ok := strings.Cut(s, "="); ok {
+	// A name has no ':', an address always has one before any '=' (so a
+	// unix:PATH may contain '=').
+	if k, v, ok := strings.Cut(s, "="); ok && !strings.Contains(k, ":") {
 		name, addr = k, v
-		if name == "" || len(name) > 255 || strings.ContainsAny(name, ": \t\n") {
-			return Listener{}, fmt.Errorf("--listen %q: the name before '=' must be 1-255 characters without ':' or spaces", s)
+		if name == "" || len(name) > 255 || strings.ContainsAny(name, " \t\n") {
+			return Listener{}, fmt.Errorf("--listen %q: the name before '=' must be 1-255 characters without spaces", s)
 		}
 	}
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {

@@ -165,6 +165,15 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 	}
 	p.mu.Lock()
+	for _, w := range started {
+		// A worker that exited after it was ready has left its slot empty,
+		// and the pool, not serving yet, would never refill it.
+		if p.slots[w.slot].cur != w {
+			p.mu.Unlock()
+			p.killAll(started)
+			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+		}
+	}
 	p.serving = true
 	p.mu.Unlock()
 	return nil

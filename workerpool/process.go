@@ -188,7 +188,8 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		log:     log.With(zap.Int("slot", slot), zap.Int("generation", spec.Generation)),
 	}
 	forked := make(chan error, 1)
-	go p.forkAndWait(self, spec.Args, attr, forked)
+	// The shim execs its argv[1:] (see internal/shim): argv[0] is its own.
+	go p.forkAndWait(self, append([]string{self}, spec.Args...), attr, forked)
 	err = <-forked
 	unix.Close(pipe[1])
 	if err != nil {

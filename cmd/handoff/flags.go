@@ -168,19 +168,21 @@ func flagError(err error) error {
 
 // parseSignal reads TERM, SIGTERM, sigterm or 15.
 func parseSignal(s string) (syscall.Signal, error) {
+	var sig syscall.Signal
 	if n, err := strconv.Atoi(s); err == nil {
 		if n <= 0 || n > 64 {
 			return 0, fmt.Errorf("--stop-signal %s: not a signal number", s)
 		}
-		return syscall.Signal(n), nil
-	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	sig := unix.SignalNum(name)
-	if sig == 0 {
-		return 0, fmt.Errorf("--stop-signal %s: unknown signal (use a name like TERM, INT, QUIT, USR1)", s)
+		sig = syscall.Signal(n)
+	} else {
+		name := strings.ToUpper(s)
+		if !strings.HasPrefix(name, "SIG") {
+			name = "SIG" + name
+		}
+		sig = unix.SignalNum(name)
+		if sig == 0 {
+			return 0, fmt.Errorf("--stop-signal %s: unknown signal (use a name like TERM, INT, QUIT, USR1)", s)
+		}
 	}
 	if sig == unix.SIGKILL || sig == unix.SIGSTOP {
 		return 0, fmt.Errorf("--stop-signal %s: a worker cannot catch it to drain; use TERM, INT, QUIT or USR1", s)

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	goruntime "runtime"
 
 	"go.uber.org/zap"
@@ -35,9 +34,6 @@ func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: use console or json", lc.format)
 	}
-	ws := zapcore.AddSync(w)
-	if f, ok := w.(*os.File); ok {
-		ws = zapcore.Lock(f)
-	}
+	ws := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(ws)), nil
 }
