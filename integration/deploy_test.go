@@ -136,6 +136,10 @@ func TestDeployNewPrimary(t *testing.T) {
 		t.Errorf("old primary %d still running 30s after the upgrade finished", old)
 	} else {
 		t.Logf("old primary %d: %s", old, st)
+		// Only the new primary's private directory is left.
+		if left := p.TmpEntries(); len(left) > 1 {
+			t.Errorf("TMPDIR holds %v after the old primary exited, want only the new primary's directory", left)
+		}
 	}
 	if _, ok := p.Log.Wait(u.Started.Seq, 5*time.Second, func(e Event) bool {
 		return e.Msg == "primary ready" && e.Int0("primary") == successor
@@ -167,12 +171,14 @@ func TestDeployNewPrimary(t *testing.T) {
 // TestBadDeploysRefused: a build that crashes at start and one that never
 // tells it is ready are refused with "upgrade aborted", the old version
 // keeps serving without a failed request, and a good deploy then works.
+// Each deploy runs under its own load, so a failure is pinned to one.
 func TestBadDeploysRefused(t *testing.T) {
 	t.Parallel()
 	p := StartPrimary(t, Options{Flags: []string{"--ready-timeout", "2s"}})
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
-	load := startLoad(t, p.URL())
 
+	t.Log("deploying the crash build")
+	load := startLoad(t, p.URL())
 	p.Install("crash")
 	u := p.Deploy(30 * time.Second)
 	if !u.Aborted() {
@@ -189,7 +195,13 @@ func TestBadDeploysRefused(t *testing.T) {
 		}
 	}
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	res := checkLoad(t, load, "v1")
+	if n := res.Versions["vcrash"]; n != 0 {
+		t.Errorf("%d requests answered by the crash build", n)
+	}
 
+	t.Log("deploying the noready build")
+	load = startLoad(t, p.URL())
 	p.Install("noready")
 	u = p.Deploy(30 * time.Second)
 	if !u.Aborted() {
@@ -198,12 +210,12 @@ func TestBadDeploysRefused(t *testing.T) {
 		t.Errorf("noready build: \"upgrade aborted\" has no reason: %s", u.End.Raw)
 	}
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	checkLoad(t, load, "v1")
 
+	t.Log("deploying a good build")
+	load = startLoad(t, p.URL())
 	deployUnderLoad(t, p, load, "v2", "v2")
-	res := checkLoad(t, load, "v2")
-	if n := res.Versions["vcrash"]; n != 0 {
-		t.Errorf("%d requests answered by the crash build", n)
-	}
+	checkLoad(t, load, "v2")
 
 	if p.Exited() {
 		t.Errorf("primary exited")

@@ -270,6 +270,9 @@ type Primary struct {
 	Bin     string // DIR/handoff, the path the primary was started as
 	Server  string // DIR/server, the worker command
 	PIDFile string
+	// TmpDir is the primaries' TMPDIR, inside Dir, so that what they
+	// leave there goes with the test.
+	TmpDir  string
 	Mark    string
 	Workers int
 	Cmd     *exec.Cmd
@@ -312,6 +315,7 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		Bin:     filepath.Join(dir, "handoff"),
 		Server:  filepath.Join(dir, "server"),
 		PIDFile: filepath.Join(dir, "handoff.pid"),
+		TmpDir:  filepath.Join(dir, "tmp"),
 		Mark:    newMark(t),
 		Workers: o.Workers,
 		Log:     newEventLog(),
@@ -319,6 +323,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		done:    make(chan struct{}),
 	}
 	if err := copyFile(handoffBin, p.Bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(p.TmpDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	p.Install(o.Server)
@@ -335,7 +342,7 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 
 	cmd := exec.Command(p.Bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), markEnv+"="+p.Mark), o.Env...)
+	cmd.Env = append(append(os.Environ(), markEnv+"="+p.Mark, "TMPDIR="+p.TmpDir), o.Env...)
 	cmd.ExtraFiles = o.ExtraFiles
 	// Our own pipes rather than io.Writers: exec.Cmd.Wait would otherwise
 	// wait for the copy to end, which is when every process holding the
@@ -461,6 +468,16 @@ func (p *Primary) WaitExit(d time.Duration) *os.ProcessState {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+// TmpEntries lists what the primaries left in their TMPDIR.
+func (p *Primary) TmpEntries() []string {
+	ents, _ := os.ReadDir(p.TmpDir)
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
 }
 
 // PIDFromFile reads the pid file (0 if it cannot be read).
@@ -871,4 +888,3 @@ func writeBytes(t *testing.T, path string, b []byte, perm os.FileMode) {
 		t.Fatal(err)
 	}
 }
-

@@ -8,12 +8,15 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Built once by TestMain into a temporary directory; tests copy what they
@@ -41,6 +44,11 @@ var serverVariants = []serverVariant{
 }
 
 func TestMain(m *testing.M) {
+	// Whatever this process inherited from its own parent must not reach
+	// the processes the tests start: the tests check exactly which fds a
+	// primary passes on, with an inherited fd of their own (see
+	// TestWorkerEnvironment).
+	unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
 	dir, err := os.MkdirTemp("", "handoff-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)

@@ -203,14 +203,14 @@ func waitGone(pids []int, d time.Duration) []int {
 // waitRefused polls until a TCP connection to addr is refused.
 func waitRefused(addr string, d time.Duration) error {
 	end := time.Now().Add(d)
-	for {
+	for n := 0; ; n++ {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 		} else if errors.Is(err, syscall.ECONNREFUSED) {
 			return nil
 		}
-		if time.Now().After(end) {
+		if time.Now().After(end) || n >= 1000 {
 			if err == nil {
 				return fmt.Errorf("%s still accepts connections after %s", addr, d)
 			}
