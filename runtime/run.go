@@ -93,7 +93,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}()
 
-	p.dir, err = os.MkdirTemp("", "handoff-")
+	p.dir, err = privateDir()
 	if err != nil {
 		return fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
 	}
@@ -217,12 +217,16 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			return fds, nil, listenError(l, err)
 		}
 		fd, err := rawFd(ln)
+		addr := ln.Addr().String()
+		// tableflip keeps its own duplicate for upgrades and the workers
+		// get fd; this one would only linger until a finalizer closed it.
+		ln.Close()
 		if err != nil {
 			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
-		addrs = append(addrs, ln.Addr().String())
+		addrs = append(addrs, addr)
 	}
 	// Logged once all are bound, so a failed start prints its one error line
 	// and nothing else.

@@ -138,15 +138,15 @@ func (e *StartError) Error() string {
 var ErrClosing = errors.New("pool is shutting down")
 
 // Start fills every slot with a worker running spec and waits until all are
-// ready. If one fails, every worker started is killed and a *StartError is
-// returned. If ctx ends first, the workers are left running and ctx's cause
+// ready. If one fails, every worker started is retired and a *StartError
+// is returned. If ctx ends first, the workers are left running and ctx's cause
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 	var started []*worker
 	for i := range p.slots {
 		w, err := p.launch(i, spec, true)
 		if err != nil {
-			p.killAll(started)
+			p.stopAndWait(started, "start aborted")
 			return err
 		}
 		started = append(started, w)
@@ -161,7 +161,7 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		p.killAll(started)
+		p.stopAndWait(started, "start aborted")
 		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 	}
 	p.mu.Lock()
@@ -170,7 +170,7 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 		// and the pool, not serving yet, would never refill it.
 		if p.slots[w.slot].cur != w {
 			p.mu.Unlock()
-			p.killAll(started)
+			p.stopAndWait(started, "start aborted")
 			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
 		}
 	}
@@ -479,8 +479,9 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 }
 
 // awaitReady waits until w is ready. If it exits, is not ready within
-// ReadyTimeout, or ctx ends first, it is killed and reaped and a
-// *StartError (or ctx's cause) is returned.
+// ReadyTimeout, or ctx ends first, it is retired (stop signal, then SIGKILL
+// after DrainTimeout) and reaped, and a *StartError (or ctx's cause) is
+// returned.
 func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 	t := time.NewTimer(p.cfg.ReadyTimeout)
 	defer t.Stop()
@@ -488,11 +489,7 @@ func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 	if reason == "" {
 		return nil
 	}
-	p.mu.Lock()
-	w.retiring = true
-	p.mu.Unlock()
-	w.proc.Kill()
-	<-w.proc.Done()
+	p.stopAndWait([]*worker{w}, "not started: "+reason)
 	if ctx.Err() != nil && reason != "exited" {
 		return context.Cause(ctx)
 	}
@@ -526,17 +523,21 @@ func (p *Pool) retire(w *worker, reason string) {
 	}()
 }
 
-func (p *Pool) killAll(ws []*worker) {
+// stopAndWait retires workers that failed to start and waits until they
+// have exited. They get the stop signal and the drain timeout like any
+// retired worker, not SIGKILL at once: one that was not ready may still
+// have accepted connections on the shared socket, and its clients must
+// get their answers.
+func (p *Pool) stopAndWait(ws []*worker, reason string) {
 	p.mu.Lock()
 	for _, w := range ws {
-		w.retiring = true
 		if p.slots[w.slot].cur == w {
 			p.slots[w.slot].cur = nil
 		}
 	}
 	p.mu.Unlock()
 	for _, w := range ws {
-		w.proc.Kill()
+		p.retire(w, reason)
 	}
 	for _, w := range ws {
 		<-w.proc.Done()

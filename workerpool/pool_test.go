@@ -252,6 +252,13 @@ func (p *fakeProc) sigs() []syscall.Signal {
 	return append([]syscall.Signal(nil), p.signals...)
 }
 
+// stoppedGracefully reports whether p was retired the way every worker is:
+// the stop signal, and no SIGKILL since it drained in time.
+func (p *fakeProc) stoppedGracefully() bool {
+	s := p.sigs()
+	return p.exited() && p.killCount() == 0 && len(s) == 1 && s[0] == p.l.stop
+}
+
 func (p *fakeProc) killCount() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -529,8 +536,8 @@ func TestStartFailsWhenAWorkerExits(t *testing.T) {
 		t.Fatalf("Error() = %q, want %q", se.Error(), want)
 	}
 	for _, p := range []*fakeProc{p0, p2} {
-		if !p.exited() || p.killCount() == 0 {
-			t.Fatalf("pid %d not killed", p.pid)
+		if !p.stoppedGracefully() {
+			t.Fatalf("pid %d not stopped with the stop signal: signals %v kills %d", p.pid, p.sigs(), p.killCount())
 		}
 	}
 	for _, p := range []*fakeProc{p0, p1, p2} {
@@ -552,11 +559,11 @@ func TestStartFailsWhenAWorkerIsNotReadyInTime(t *testing.T) {
 	if took := time.Since(begin); took < 30*time.Millisecond {
 		t.Fatalf("gave up after %s", took)
 	}
-	if se.Slot != 1 || se.Pid != p1.pid || se.Reason != "not ready within 30ms" || se.Exit.Status != "signal: killed" {
+	if se.Slot != 1 || se.Pid != p1.pid || se.Reason != "not ready within 30ms" || se.Exit.Status != "exit status 0" {
 		t.Fatalf("StartError %+v", se)
 	}
-	if p0.killCount() == 0 || p1.killCount() == 0 || !p0.exited() || !p1.exited() {
-		t.Fatal("workers left running")
+	if !p0.stoppedGracefully() || !p1.stoppedGracefully() {
+		t.Fatal("workers not stopped with the stop signal")
 	}
 	tp.waitReaped(t, p0)
 	tp.waitReaped(t, p1)
@@ -575,8 +582,8 @@ func TestStartFailsWhenALaunchFails(t *testing.T) {
 		t.Fatalf("%d workers launched", len(procs))
 	}
 	for _, p := range procs {
-		if !p.exited() || p.killCount() != 1 {
-			t.Fatalf("pid %d not killed", p.pid)
+		if !p.stoppedGracefully() {
+			t.Fatalf("pid %d not stopped with the stop signal", p.pid)
 		}
 		tp.waitReaped(t, p)
 	}
@@ -633,8 +640,8 @@ func TestStartFailsWhenAReadyWorkerExitsBeforeTheOthers(t *testing.T) {
 	if se.Slot != 0 || se.Pid != p0.pid || se.Reason != "exited" || se.Exit.Code != 1 {
 		t.Fatalf("StartError %+v", se)
 	}
-	if !p1.exited() || p1.killCount() == 0 {
-		t.Fatal("worker 1 left running after a failed start")
+	if !p1.stoppedGracefully() {
+		t.Fatal("worker 1 not stopped after a failed start")
 	}
 	tp.waitReaped(t, p1)
 	if r := tp.restartsScheduled(); len(r) != 0 {
@@ -801,10 +808,12 @@ func TestRollAbortWhenNotReadyInTime(t *testing.T) {
 	go func() { errc <- tp.Roll(context.Background(), spec(2), nil, nil) }()
 	p := tp.l.next(t)
 	se := asStartError(t, recvErr(t, errc))
-	if se.Slot != 0 || se.Pid != p.pid || se.Reason != "not ready within 25ms" || se.Exit.Status != "signal: killed" {
+	if se.Slot != 0 || se.Pid != p.pid || se.Reason != "not ready within 25ms" || se.Exit.Status != "exit status 0" {
 		t.Fatalf("StartError %+v", se)
 	}
-	if p.killCount() != 1 || len(p.sigs()) != 0 {
+	// Not ready is not the same as not serving: it gets the stop signal
+	// and its drain, like any retired worker.
+	if !p.stoppedGracefully() {
 		t.Fatalf("new worker: kills %d signals %v", p.killCount(), p.sigs())
 	}
 	for _, o := range old {
@@ -830,8 +839,8 @@ func TestRollAbortWhenCancelled(t *testing.T) {
 	if err := recvErr(t, errc); err != cause {
 		t.Fatalf("Roll: %v, want %v", err, cause)
 	}
-	if p.killCount() != 1 || !p.exited() {
-		t.Fatal("new worker not killed")
+	if !p.stoppedGracefully() {
+		t.Fatal("new worker not stopped with the stop signal")
 	}
 	for _, o := range old {
 		if len(o.sigs()) != 0 || o.exited() {
@@ -1205,6 +1214,31 @@ func TestRollBackRefillsHandedOverSlots(t *testing.T) {
 		t.Fatal("slot 1 was touched")
 	}
 	if err := checkServing(tp.Workers(), 3); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A new worker that is not ready in time and ignores the stop signal is
+// killed once the drain timeout has passed, and only then is the roll
+// aborted.
+func TestRollAbortKillsAStuckNewWorkerAfterDrainTimeout(t *testing.T) {
+	tp := newTestPool(t, 1, func(c *Config) {
+		c.ReadyTimeout = 20 * time.Millisecond
+		c.DrainTimeout = 30 * time.Millisecond
+	})
+	tp.l.setAutoReady(0)
+	tp.start(t, spec(1))
+	tp.l.setAutoReady()
+	tp.l.setIgnoreStop(true)
+	errc := make(chan error, 1)
+	go func() { errc <- tp.Roll(context.Background(), spec(2), nil, nil) }()
+	p := tp.l.next(t)
+	se := asStartError(t, recvErr(t, errc))
+	if se.Exit.Status != "signal: killed" || p.killCount() != 1 || len(p.sigs()) != 1 {
+		t.Fatalf("StartError %+v, kills %d, signals %v", se, p.killCount(), p.sigs())
+	}
+	tp.l.setIgnoreStop(false)
+	if err := checkServing(tp.Workers(), 1); err != nil {
 		t.Fatal(err)
 	}
 }
