@@ -1,7 +1,6 @@
 package workerpool
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,10 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -134,29 +134,11 @@ func childMain(string) int {
 	return 0
 }
 
-// syncBuffer is a bytes.Buffer safe for the launcher's stderr copier.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type procEnv struct {
 	l      *OSLauncher
 	fd     int // the launcher's duplicate of the listener
 	ln     net.Listener
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	dir    string // for reports
 	exe    string
 }
@@ -185,7 +167,7 @@ func newProcEnv(t *testing.T) *procEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stdout.Close() })
-	e := &procEnv{fd: fd, ln: ln, stderr: &syncBuffer{}, dir: t.TempDir(), exe: exe}
+	e := &procEnv{fd: fd, ln: ln, stderr: &testutil.SyncBuffer{}, dir: t.TempDir(), exe: exe}
 	e.l = &OSLauncher{
 		Listeners: []int{fd},
 		Names:     []string{"web"},

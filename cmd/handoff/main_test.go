@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/runtime"
@@ -22,27 +23,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// lockedBuffer is written by the primary's logger from several goroutines
-// if a test reaches runtime.Run.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func runArgs(args ...string) (code int, stdout, stderr string) {
-	var out, errb lockedBuffer
+	var out, errb testutil.SyncBuffer
 	sigs := make(chan os.Signal, 1)
 	sigs <- syscall.SIGTERM
 	code = run(args, sigs, &out, &errb)
