@@ -28,19 +28,23 @@ var (
 	servers = map[string]string{}
 )
 
-// serverVariant is one testserver build: its version string and mode.
-type serverVariant struct{ name, version, mode string }
+// serverVariant is one worker build: its version string and mode; pkg is
+// the program, ./integration/testserver when empty.
+type serverVariant struct{ name, version, mode, pkg string }
 
 var serverVariants = []serverVariant{
-	{"v1", "v1", "ok"},
-	{"v2", "v2", "ok"},
-	{"v3", "v3", "ok"},
-	{"v4", "v4", "ok"},
-	{"v5", "v5", "ok"},
-	{"crash", "vcrash", "crash"},
-	{"noready", "vnoready", "noready"},
-	{"slowready", "vslow", "slowready"},
-	{"crashlater", "vcrashlater", "crashlater"},
+	{"v1", "v1", "ok", ""},
+	{"v2", "v2", "ok", ""},
+	{"v3", "v3", "ok", ""},
+	{"v4", "v4", "ok", ""},
+	{"v5", "v5", "ok", ""},
+	{"crash", "vcrash", "crash", ""},
+	{"noready", "vnoready", "noready", ""},
+	{"slowready", "vslow", "slowready", ""},
+	{"crashlater", "vcrashlater", "crashlater", ""},
+	// The example README.md and 'make run' show.
+	{"wrapped-v1", "v1", "", "./examples/wrapped-go"},
+	{"wrapped-v2", "v2", "", "./examples/wrapped-go"},
 }
 
 func TestMain(m *testing.M) {
@@ -91,9 +95,11 @@ func buildAll(dir string) error {
 	for _, v := range serverVariants {
 		out := filepath.Join(dir, "testserver-"+v.name)
 		servers[v.name] = out
-		jobs = append(jobs, job{out, []string{"build", "-o", out,
-			"-ldflags", fmt.Sprintf("-X main.version=%s -X main.mode=%s", v.version, v.mode),
-			"./integration/testserver"}})
+		pkg, ldflags := v.pkg, fmt.Sprintf("-X main.version=%s", v.version)
+		if pkg == "" {
+			pkg, ldflags = "./integration/testserver", ldflags+" -X main.mode="+v.mode
+		}
+		jobs = append(jobs, job{out, []string{"build", "-o", out, "-ldflags", ldflags, pkg}})
 	}
 	// Two at a time: the machine has two cores and the link steps dominate.
 	sem := make(chan struct{}, 2)

@@ -46,7 +46,7 @@ func main() {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 
 	s := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s pid=%d\n", version, os.Getpid())
+		fmt.Fprintf(w, "%s pid=%d worker=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"))
 	}))
 	served := make(chan error, 1)
 	go func() { served <- s.srv.Serve(ln) }()
