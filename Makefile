@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy test unit integration vet fmt-check clean
+.PHONY: all build run deploy soak test unit integration vet fmt-check clean
 
 all: build
 
@@ -44,3 +44,8 @@ integration:
 
 clean:
 	rm -rf $(BIN)
+
+# Back-to-back deploys under load; fails on a single failed request.
+SOAK ?= 300
+soak:
+	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|soak_test|load:'
