@@ -48,4 +48,4 @@ clean:
 # Back-to-back deploys under load; fails on a single failed request.
 SOAK ?= 300
 soak:
-	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/ 2>&1 | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|soak_test|load:'
+	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
