@@ -15,10 +15,19 @@ const dirPrefix = "handoff-"
 
 // privateDir creates this primary's directory, first removing those left by
 // primaries of the same user that were killed before they could clean up.
+// A unix socket path has at most 107 bytes, and the sockets inside are
+// named like w12-3456.sock: a longer $TMPDIR falls back to /tmp.
 func privateDir() (string, error) {
-	removeStaleDirs(os.TempDir())
-	return os.MkdirTemp("", dirPrefix+strconv.Itoa(os.Getpid())+"-")
+	tmp := os.TempDir()
+	if len(tmp) > maxTmpDirLen {
+		tmp = "/tmp"
+	}
+	removeStaleDirs(tmp)
+	return os.MkdirTemp(tmp, dirPrefix+strconv.Itoa(os.Getpid())+"-")
 }
+
+// maxTmpDirLen leaves room for /handoff-PID-RANDOM/wSLOT-SEQ.sock.
+const maxTmpDirLen = 107 - len("/handoff-4194304-1234567890/w9999-99999999.sock")
 
 func removeStaleDirs(tmp string) {
 	entries, err := os.ReadDir(tmp)
