@@ -13,8 +13,16 @@ import (
 // until the test stops it (bounded by 2 minutes in any case).
 func startLoad(t *testing.T, url string) *loadgen.Run {
 	t.Helper()
+	return startLoadVia(t, url, "")
+}
+
+// startLoadVia is startLoad, over the unix socket at unixSocket if that is
+// not empty.
+func startLoadVia(t *testing.T, url, unixSocket string) *loadgen.Run {
+	t.Helper()
 	r := loadgen.Start(context.Background(), loadgen.Config{
 		URL:         url,
+		UnixSocket:  unixSocket,
 		KeepAlive:   8,
 		NewConn:     8,
 		Duration:    2 * time.Minute,

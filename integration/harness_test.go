@@ -244,7 +244,8 @@ func (b *lineBuf) Lines() []string {
 type Options struct {
 	// Workers is --workers; 0 means 2.
 	Workers int
-	// Listen are the --listen values; nil means one 127.0.0.1:0.
+	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
+	// in them stands for the test's directory.
 	Listen []string
 	// Ready is --ready; "" means "notify".
 	Ready string
@@ -252,7 +253,10 @@ type Options struct {
 	Flags []string
 	// Server is the testserver variant copied to DIR/server; "" means v1.
 	Server string
-	// Args follow DIR/server after --.
+	// Command replaces DIR/server as the worker command after --; "$DIR"
+	// in it stands for the test's directory.
+	Command string
+	// Args follow the command after --.
 	Args []string
 	// Env is added to the primary's environment.
 	Env []string
@@ -260,6 +264,9 @@ type Options struct {
 	ExtraFiles []*os.File
 	// NoWait: return once started, without waiting for "primary ready".
 	NoWait bool
+	// Prepare, if set, is called with the test's directory once DIR/handoff
+	// and DIR/server are in place, before the primary starts.
+	Prepare func(dir string)
 }
 
 // Primary is one `handoff run` a test started, and whatever it became:
@@ -329,15 +336,22 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		t.Fatal(err)
 	}
 	p.Install(o.Server)
+	if o.Prepare != nil {
+		o.Prepare(dir)
+	}
 
 	args := []string{"run", "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 		"--ready", o.Ready, "--pid-file", p.PIDFile}
 	for _, l := range o.Listen {
-		args = append(args, "--listen", l)
+		args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
 	}
 	args = append(args, o.Flags...)
 	args = append(args, "--")
-	args = append(args, p.Server)
+	if o.Command != "" {
+		args = append(args, strings.ReplaceAll(o.Command, "$DIR", dir))
+	} else {
+		args = append(args, p.Server)
+	}
 	args = append(args, o.Args...)
 
 	cmd := exec.Command(p.Bin, args...)
@@ -739,7 +753,12 @@ func get(c *http.Client, url string) (int, string, error) {
 // primary's worker slots among them. It fails the test after d.
 func (p *Primary) WaitServing(base, version string, d time.Duration) {
 	p.t.Helper()
-	c := freshClient(2 * time.Second)
+	p.WaitServingVia(freshClient(2*time.Second), base, version, d)
+}
+
+// WaitServingVia is WaitServing with the client c (e.g. unixClient).
+func (p *Primary) WaitServingVia(c *http.Client, base, version string, d time.Duration) {
+	p.t.Helper()
 	end := time.Now().Add(d)
 	streak := 0
 	slots := map[int]bool{}

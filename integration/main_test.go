@@ -42,6 +42,8 @@ var serverVariants = []serverVariant{
 	{"noready", "vnoready", "noready", ""},
 	{"slowready", "vslow", "slowready", ""},
 	{"crashlater", "vcrashlater", "crashlater", ""},
+	// Crashes at start in slot 1 only (HANDOFF_WORKER=1), serves elsewhere.
+	{"crashslot", "vcrashslot", "crashslot", ""},
 	// The example README.md and 'make run' show.
 	{"wrapped-v1", "v1", "", "./examples/wrapped-go"},
 	{"wrapped-v2", "v2", "", "./examples/wrapped-go"},

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,6 +43,9 @@ type primary struct {
 	env    []string
 	// successor is the pid of the primary that took over, once one has.
 	successor int
+	// owner is set once this primary owns the listeners: at once for the
+	// first primary, after the hand-over for a new one.
+	owner bool
 }
 
 // errHandedOver ends a deploy after which another primary owns the
@@ -81,7 +85,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot set up upgrades: %v", err)
 	}
-	defer p.upg.Stop()
+	defer p.stopUpgrader()
 
 	fds, names, err := p.listen()
 	if err != nil {
@@ -122,14 +126,18 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return p.takeOver(ctx, sigs, path)
 	}
 
+	p.owner = true
 	p.gen = 1
-	pending, stop, err := p.start(ctx, sigs, p.spec(path, p.gen))
+	spec := p.spec(path, p.gen)
+	pending, stop, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
+		return p.pool.Start(ctx, spec)
+	})
+	if stop != nil {
+		// What did start gets drained; a start that failed left nothing.
+		return p.shutdown()
+	}
 	if err != nil {
 		return startFailure(err)
-	}
-	if stop != nil {
-		p.log.Info("shutdown started", zap.String("signal", stop.String()))
-		return p.shutdown()
 	}
 	if err := p.upg.Ready(); err != nil {
 		p.pool.Shutdown()
@@ -140,33 +148,32 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	return p.loop(ctx, sigs, pending)
 }
 
-// start runs the first generation while acting on signals: a HUP is kept
-// for after start-up (pending), a TERM or INT ends the start and is
-// returned so the caller drains what was started.
-func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, spec *workerpool.Spec) (pending bool, stop os.Signal, err error) {
-	sctx, cancel := context.WithCancel(ctx)
+// underSignals runs fn while acting on signals, for the phases before the
+// deploy loop runs (start-up, a new primary's take-over): a HUP is kept
+// for after it (pending), a TERM or INT cancels fn's context and is
+// returned as stop, as is the end of ctx (as TERM).
+func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (pending bool, stop os.Signal, err error) {
+	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- p.pool.Start(sctx, spec) }()
+	go func() { done <- fn(fctx) }()
 	for {
 		select {
 		case err := <-done:
-			if stop != nil || ctx.Err() != nil {
-				if stop == nil {
-					stop = syscall.SIGTERM
-				}
-				return pending, stop, nil
+			if stop == nil && ctx.Err() != nil {
+				stop = syscall.SIGTERM
 			}
-			return pending, nil, err
+			return pending, stop, err
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				if !pending {
-					p.log.Info("upgrade queued", zap.String("why", "the primary is starting"))
+					p.log.Info("upgrade queued", zap.String("why", phase))
 				}
 				pending = true
 				continue
 			}
 			if stop == nil {
+				p.log.Info("shutdown started", zap.String("signal", sig.String()))
 				stop = sig
 				cancel()
 			}
@@ -185,6 +192,19 @@ func startFailure(err error) error {
 		return errors.New(msg)
 	}
 	return fmt.Errorf("first workers failed: %v", err)
+}
+
+// stopUpgrader stops tableflip as the primary returns. Stop only asks:
+// tableflip closes its listeners, and removes unix socket files, in its
+// own goroutine, which must be done before the process exits. A new
+// primary that never took over leaves them alone: they are the old
+// primary's, which still serves on them.
+func (p *primary) stopUpgrader() {
+	if !p.owner {
+		return
+	}
+	p.upg.Stop()
+	<-p.upg.Exit()
 }
 
 func lastLine(s string) string {
@@ -369,13 +389,29 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		pid  int
 	}
 	accepted := make(chan handover, 1)
+	var (
+		mu     sync.Mutex
+		newPID int // the connected new primary, unless ctx ended first
+	)
 	go func() {
 		conn, pid, err := acceptHandover(ln)
 		if err != nil {
 			return
 		}
+		mu.Lock()
+		if ctx.Err() != nil {
+			mu.Unlock()
+			conn.Close()
+			return
+		}
+		newPID = pid
+		mu.Unlock()
 		var pr *peer
 		pr = newPeer(conn, p.pool.HandOver, func() error {
+			if err := ctx.Err(); err != nil {
+				// Shutting down: the new primary drains what it has.
+				return err
+			}
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
 			return p.pool.RollBack(ctx, pr.retire)
 		})
@@ -383,15 +419,33 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		pr.send(message{Op: "state", Generation: gen})
 	}()
 
-	// tableflip's Upgrade takes no context: a shutdown asked for meanwhile
-	// stops the upgrader, which kills the new primary (and so its workers).
+	// tableflip's Upgrade takes no context. On a shutdown asked for
+	// meanwhile, a connected new primary gets TERM: it ends the hand-over
+	// and drains its workers like any primary that shuts down. Only one
+	// that has not connected yet (it has no worker), or does not exit in
+	// time, is killed, with its workers, by stopping the upgrader.
 	upgraded := make(chan struct{})
 	go func() {
 		select {
 		case <-ctx.Done():
-			p.upg.Stop()
 		case <-upgraded:
+			return
 		}
+		mu.Lock()
+		pid := newPID
+		mu.Unlock()
+		if pid > 0 && syscall.Kill(pid, syscall.SIGTERM) == nil {
+			p.log.Info("stopping the new primary", zap.Int("new_primary", pid))
+			t := time.NewTimer(2*p.cfg.DrainTimeout + 10*time.Second)
+			defer t.Stop()
+			select {
+			case <-upgraded:
+				return
+			case <-t.C:
+				p.log.Warn("the new primary did not exit in time, killing it", zap.Int("new_primary", pid))
+			}
+		}
+		p.upg.Stop()
 	}()
 	upErr := p.upg.Upgrade()
 	close(upgraded)
@@ -447,7 +501,16 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()))
 
 	p.pool.Adopt()
-	err = p.pool.Roll(ctx, p.spec(path, p.gen), pr.retire, p.progress(p.gen))
+	// A TERM or INT ends the roll; the slots taken are handed back (unless
+	// the old primary is shutting down too) and the workers drained.
+	pending, stop, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
+		return p.pool.Roll(ctx, p.spec(path, p.gen), pr.retire, p.progress(p.gen))
+	})
+	if stop != nil {
+		// Told to stop: this primary does not take over, even if every
+		// slot is already its own.
+		err = fmt.Errorf("shutdown asked for (%v)", stop)
+	}
 	if err != nil {
 		p.logAbort(p.gen, err)
 		if p.pool.Remote() < p.pool.Size() {
@@ -461,9 +524,13 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 			}
 			cancel()
 		}
+		if stop != nil {
+			return p.shutdown()
+		}
 		p.pool.Shutdown()
 		return fmt.Errorf("upgrade aborted: %v", err)
 	}
+	p.owner = true
 	if err := p.upg.Ready(); err != nil {
 		p.log.Error("cannot write the pid file", zap.Error(err))
 	}
@@ -471,7 +538,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.cfg.Workers), zap.Int("generation", p.gen))
 	pr.close()
-	return p.loop(ctx, sigs, false)
+	return p.loop(ctx, sigs, pending)
 }
 
 // retireAfterHandOver waits for the workers still draining, then returns

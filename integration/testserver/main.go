@@ -15,6 +15,8 @@
 //	noready     like ok, never sends READY=1
 //	crashlater  like ok, exits 4 after --crash-after (default 300ms)
 //	slowready   like ok, sends READY=1 only after --ready-after (default 2s)
+//	crashslot   like crash in slot --crash-slot (HANDOFF_WORKER, default 1),
+//	            like ok in every other slot
 //
 // Without LISTEN_FDS it listens on --listen (default 127.0.0.1:8080). If
 // LISTEN_FDS is set but yields no listener (LISTEN_PID mismatch, bad fds) it
@@ -77,11 +79,12 @@ const (
 
 func main() {
 	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
-	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready (overrides HANDOFF_TEST_MODE and the build-time mode)")
+	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready|crashslot (overrides HANDOFF_TEST_MODE and the build-time mode)")
 	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
 	drainTimeout := fs.Duration("drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
 	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
 	readyAfter := fs.Duration("ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
+	crashSlot := fs.String("crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -91,6 +94,13 @@ func main() {
 	}
 	if *modeFlag != "" {
 		m = *modeFlag
+	}
+	if m == "crashslot" {
+		if w := os.Getenv("HANDOFF_WORKER"); w == *crashSlot {
+			fmt.Fprintf(os.Stderr, "testserver: crashing at start (mode=crashslot, worker=%s)\n", w)
+			os.Exit(exitCrash)
+		}
+		m = "ok"
 	}
 	switch m {
 	case "ok", "noready", "crashlater", "slowready":

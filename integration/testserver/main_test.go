@@ -205,6 +205,25 @@ func TestFailureModes(t *testing.T) {
 			t.Fatalf("exit %d, want 4", code)
 		}
 	})
+	t.Run("crashslot", func(t *testing.T) {
+		cmd := exec.Command(binary, "--mode", "crashslot", "--listen", "127.0.0.1:0")
+		cmd.Env = append(os.Environ(), "HANDOFF_WORKER=1")
+		p := startProc(t, cmd)
+		if code := p.wait(t, 5*time.Second); code != 3 {
+			t.Fatalf("slot 1: exit %d, want 3", code)
+		}
+		if !strings.Contains(p.stderr.String(), "testserver: crashing at start (mode=crashslot, worker=1)") {
+			t.Fatalf("stderr: %s", p.stderr)
+		}
+		cmd = exec.Command(binary, "--mode", "crashslot", "--crash-slot", "2", "--listen", "127.0.0.1:0")
+		cmd.Env = append(os.Environ(), "HANDOFF_WORKER=1")
+		p = startProc(t, cmd)
+		get(t, "http://"+p.listening(t)+"/")
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if code := p.wait(t, 5*time.Second); code != 0 {
+			t.Fatalf("slot 1 with --crash-slot 2: exit %d after SIGTERM, want 0", code)
+		}
+	})
 	t.Run("exit-endpoint", func(t *testing.T) {
 		p := startProc(t, exec.Command(binary, "--listen", "127.0.0.1:0"))
 		get(t, "http://"+p.listening(t)+"/exit?code=9")

@@ -69,6 +69,10 @@ type Config struct {
 	MaxRequests int64         // hard stop on total requests (0 = 1_000_000)
 	Timeout     time.Duration // per request, default 5s
 	Pause       time.Duration // optional pause between requests per client
+	// UnixSocket, if set, is the path of a unix stream socket every
+	// connection is made to instead of URL's host (which then only names
+	// the Host header).
+	UnixSocket string
 }
 
 // Result holds the figures of a run.
@@ -142,7 +146,7 @@ func Start(ctx context.Context, cfg Config) *Run {
 
 	var transports []*http.Transport
 	for i := 0; i < cfg.KeepAlive+cfg.NewConn; i++ {
-		tr := newTransport(cfg.Timeout, i >= cfg.KeepAlive)
+		tr := newTransport(cfg.Timeout, i >= cfg.KeepAlive, cfg.UnixSocket)
 		transports = append(transports, tr)
 		client := &http.Client{
 			Transport: tr,
@@ -164,11 +168,17 @@ func Start(ctx context.Context, cfg Config) *Run {
 	return r
 }
 
-func newTransport(timeout time.Duration, newConn bool) *http.Transport {
+func newTransport(timeout time.Duration, newConn bool, unixSocket string) *http.Transport {
 	d := &net.Dialer{Timeout: timeout}
+	dial := d.DialContext
+	if unixSocket != "" {
+		dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", unixSocket)
+		}
+	}
 	tr := &http.Transport{
 		Proxy:                 nil,
-		DialContext:           d.DialContext,
+		DialContext:           dial,
 		ForceAttemptHTTP2:     false,
 		DisableCompression:    true,
 		MaxIdleConns:          1,

@@ -236,3 +236,24 @@ func TestDurationRequired(t *testing.T) {
 	}()
 	Start(context.Background(), Config{URL: "http://127.0.0.1:1/"})
 }
+
+func TestUnixSocket(t *testing.T) {
+	path := t.TempDir() + "/s.sock"
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "vunix pid=7 worker=0 gen=1\n")
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	res := Start(context.Background(), Config{
+		URL: "http://unix/", UnixSocket: path, KeepAlive: 2, NewConn: 2,
+		Duration: 5 * time.Second, MaxRequests: 40,
+	}).Wait()
+	if res.Requests != 40 || res.Failures != 0 || res.Versions["vunix"] != 40 {
+		t.Fatalf("want 40 answers over the unix socket: %v", res)
+	}
+}
