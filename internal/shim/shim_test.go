@@ -1,0 +1,121 @@
+package shim
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The test binary is also the shim: started with EnvMarker set, it execs.
+func TestMain(m *testing.M) {
+	Main()
+	os.Exit(m.Run())
+}
+
+// shim runs this test binary as the shim for path, with argv (the
+// command's, from its argv[0]) and env added.
+func shim(t *testing.T, path string, env []string, argv ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], argv...)
+	cmd.Env = append(append(os.Environ(), EnvMarker+"="+path), env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	return cmd, &stderr
+}
+
+func script(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "worker")
+	if err := os.WriteFile(path, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestExecSetsListenPIDAndKeepsArgv(t *testing.T) {
+	path := script(t, `echo "$0|$1|$LISTEN_PID|$$|${HANDOFF_SHIM_EXEC-unset}"`)
+	cmd, _ := shim(t, path, []string{"LISTEN_FDS=0", "LISTEN_PID=1"}, "worker", "first")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Split(strings.TrimSpace(string(out)), "|")
+	if len(f) != 5 || f[0] != path || f[1] != "first" || f[4] != "unset" {
+		t.Fatalf("worker saw %q", out)
+	}
+	// No listeners: LISTEN_PID is not set (a stale one is dropped).
+	if f[2] != "" {
+		t.Fatalf("LISTEN_PID = %q with LISTEN_FDS=0", f[2])
+	}
+
+	cmd, _ = shim(t, path, []string{"LISTEN_FDS=1", "LISTEN_PID=1"}, "worker", "first")
+	if os.Getenv("LISTEN_FDS") != "" {
+		t.Skip("LISTEN_FDS set in the test's own environment")
+	}
+	devnull, _ := os.Open(os.DevNull)
+	defer devnull.Close()
+	cmd.ExtraFiles = []*os.File{devnull}
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f = strings.Split(strings.TrimSpace(string(out)), "|")
+	if len(f) != 5 || f[2] != f[3] || f[2] == "" {
+		t.Fatalf("LISTEN_PID %q, worker pid %q", f[2], f[3])
+	}
+}
+
+// A binary still open for writing (a deploy that just wrote it) fails to
+// exec with ETXTBSY; the shim retries until the writer has closed it.
+func TestExecRetriesTextBusy(t *testing.T) {
+	path := script(t, "exit 7\n")
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, stderr := shim(t, path, nil)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	const held = 200 * time.Millisecond
+	time.Sleep(held) // the writer is busy this long; the shim must wait
+	w.Close()
+	err = cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 7 {
+		t.Fatalf("exit code %d (%v), want the worker's 7; stderr %q", code, err, stderr)
+	}
+}
+
+func TestExecFailures(t *testing.T) {
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "plain")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	for _, tc := range []struct {
+		path string
+		code int
+	}{
+		{filepath.Join(dir, "missing"), ExitNotFound},
+		{notExec, ExitCannotExec},
+	} {
+		cmd, stderr := shim(t, tc.path, nil)
+		cmd.Run()
+		if code := cmd.ProcessState.ExitCode(); code != tc.code {
+			t.Errorf("%s: exit code %d, want %d", tc.path, code, tc.code)
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: cannot exec worker command "+tc.path) {
+			t.Errorf("%s: stderr %q, want one handoff: line", tc.path, stderr)
+		}
+	}
+}
+
+func TestHasKey(t *testing.T) {
+	for kv, want := range map[string]bool{"LISTEN_PID=1": true, "LISTEN_PID=": true, "LISTEN_PIDS=1": false, "LISTEN_PID": false} {
+		if got := hasKey(kv, "LISTEN_PID"); got != want {
+			t.Errorf("hasKey(%q) = %v", kv, got)
+		}
+	}
+}
