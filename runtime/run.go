@@ -232,8 +232,18 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 				return fds, nil, err
 			}
 		}
-		ln, err := p.upg.Listen(l.Network, l.Address)
+		// tableflip flattens the bind error into text: keep the original,
+		// which listenError turns into advice.
+		var bindErr error
+		ln, err := p.upg.ListenWithCallback(l.Network, l.Address, func(network, addr string) (net.Listener, error) {
+			ln, err := net.Listen(network, addr)
+			bindErr = err
+			return ln, err
+		})
 		if err != nil {
+			if bindErr != nil {
+				err = bindErr
+			}
 			return fds, nil, listenError(l, err)
 		}
 		fd, err := rawFd(ln)

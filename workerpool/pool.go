@@ -400,7 +400,7 @@ func (p *Pool) monitor(w *worker) {
 		s.cur = nil
 	}
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
-	if unexpected {
+	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
 	}
 	if unexpected && p.serving && !p.closing {
@@ -505,6 +505,11 @@ func (p *Pool) retire(w *worker, reason string) {
 	}
 	w.retiring = true
 	p.mu.Unlock()
+	select {
+	case <-w.proc.Done():
+		return // it has exited already: nothing to retire
+	default:
+	}
 	w.log.Info("worker retiring", zap.String("reason", reason))
 	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
 		return
