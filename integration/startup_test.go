@@ -26,14 +26,16 @@ func TestStartupMistakes(t *testing.T) {
 		// args get DIR substituted with the case's directory, which holds
 		// an executable "server" and a non-executable "notexec".
 		args []string
+		// want is what the line must say: the problem, by name.
+		want string
 	}{
-		{"unknown flag", []string{"run", "--bogus", "--listen", "127.0.0.1:0", "--", "DIR/server"}},
-		{"bad address", []string{"run", "--listen", "nope", "--", "DIR/server"}},
-		{"port in use", []string{"run", "--listen", busy.Addr().String(), "--", "DIR/server"}},
-		{"command missing", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/no-such-server"}},
-		{"command not executable", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/notexec"}},
-		{"no command after --", []string{"run", "--listen", "127.0.0.1:0", "--"}},
-		{"no command at all", []string{"run", "--listen", "127.0.0.1:0"}},
+		{"unknown flag", []string{"run", "--bogus", "--listen", "127.0.0.1:0", "--", "DIR/server"}, "unknown flag --bogus"},
+		{"bad address", []string{"run", "--listen", "nope", "--", "DIR/server"}, `--listen "nope"`},
+		{"port in use", []string{"run", "--listen", busy.Addr().String(), "--", "DIR/server"}, busy.Addr().String() + ": address already in use"},
+		{"command missing", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/no-such-server"}, "no-such-server"},
+		{"command not executable", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/notexec"}, "not executable"},
+		{"no command after --", []string{"run", "--listen", "127.0.0.1:0", "--"}, "no worker command"},
+		{"no command at all", []string{"run", "--listen", "127.0.0.1:0"}, "no worker command"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -98,6 +100,8 @@ func TestStartupMistakes(t *testing.T) {
 			}
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: ") {
 				t.Errorf("stderr is %d lines, want exactly one beginning \"handoff: \":\n%s", len(lines), stderr)
+			} else if !strings.Contains(lines[0], c.want) {
+				t.Errorf("stderr %q does not name the problem (%q)", lines[0], c.want)
 			}
 			if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
 				t.Errorf("processes left running: %v", left)
