@@ -40,7 +40,7 @@ Flags:
                              notify          it sends READY=1 to $NOTIFY_SOCKET
                              delay:DURATION  it has stayed up that long (a
                                              READY=1 sent earlier counts too)
-  --ready-timeout DURATION a new worker not ready by then is killed and the
+  --ready-timeout DURATION a new worker not ready by then is stopped and the
                            deploy aborted (default 60s)
   --drain-timeout DURATION time a retiring worker has after the stop signal
                            before SIGKILL (default 30s)
