@@ -14,18 +14,20 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // ReadyMode says how the primary learns that a new worker is ready to serve.
-type ReadyMode int
+type ReadyMode = workerpool.ReadyMode
 
 const (
 	// ReadyNotify: the worker sends READY=1 to the datagram socket named in
 	// its NOTIFY_SOCKET (the sd_notify protocol).
-	ReadyNotify ReadyMode = iota
+	ReadyNotify = workerpool.ReadyNotify
 	// ReadyDelay: the worker counts as ready once it has stayed alive for
-	// Config.ReadyDelay.
-	ReadyDelay
+	// Config.ReadyDelay, or at READY=1 if that comes first.
+	ReadyDelay = workerpool.ReadyDelay
 )
 
 // Listener is one socket the primary binds and hands to every worker.
@@ -49,11 +51,11 @@ type Config struct {
 	// Workers is the number of worker processes; 0 means the number of CPUs
 	// available to the process.
 	Workers int
-	// Ready selects how readiness is detected; ReadyDelay with ReadyDelay
-	// duration is the CLI default (see cmd/handoff).
+	// Ready selects how readiness is detected; the zero value is
+	// ReadyNotify. The CLI's default is ReadyDelay with one second.
 	Ready ReadyMode
 	// ReadyDelay is the time a worker must stay alive to count as ready in
-	// ReadyDelay mode.
+	// ReadyDelay mode; default DefaultReadyDelay.
 	ReadyDelay time.Duration
 	// ReadyTimeout bounds how long a new worker may take to become ready;
 	// default 60s.

@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	launcher := &workerpool.OSLauncher{
 		Listeners:  fds,
 		Names:      names,
-		Ready:      workerpool.ReadyMode(cfg.Ready),
+		Ready:      cfg.Ready,
 		ReadyDelay: cfg.ReadyDelay,
 		NotifyDir:  p.dir,
 		Stdout:     cfg.WorkerStdout,
