@@ -36,6 +36,7 @@ func TestStartupMistakes(t *testing.T) {
 		{"command not executable", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/notexec"}, "not executable"},
 		{"no command after --", []string{"run", "--listen", "127.0.0.1:0", "--"}, "no worker command"},
 		{"no command at all", []string{"run", "--listen", "127.0.0.1:0"}, "no worker command"},
+		{"pid file directory missing", []string{"run", "--pid-file", "DIR/nope/handoff.pid", "--listen", "127.0.0.1:0", "--", "DIR/server"}, "DIR/nope does not exist"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -100,8 +101,8 @@ func TestStartupMistakes(t *testing.T) {
 			}
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: ") {
 				t.Errorf("stderr is %d lines, want exactly one beginning \"handoff: \":\n%s", len(lines), stderr)
-			} else if !strings.Contains(lines[0], c.want) {
-				t.Errorf("stderr %q does not name the problem (%q)", lines[0], c.want)
+			} else if want := strings.ReplaceAll(c.want, "DIR", dir); !strings.Contains(lines[0], want) {
+				t.Errorf("stderr %q does not name the problem (%q)", lines[0], want)
 			}
 			if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
 				t.Errorf("processes left running: %v", left)

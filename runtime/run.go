@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +75,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	path, err := ResolveCommand(cfg.Command[0])
 	if err != nil {
+		return err
+	}
+	if err := checkPIDFileDir(cfg.PIDFile); err != nil {
 		return err
 	}
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
@@ -591,6 +595,23 @@ func (p *primary) shutdown() error {
 		}
 	}
 	p.log.Info("shutdown finished")
+	return nil
+}
+
+// checkPIDFileDir fails early, before anything starts, when the pid file
+// could not be written.
+func checkPIDFileDir(path string) error {
+	if path == "" {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() {
+		return fmt.Errorf("--pid-file %s: the directory %s does not exist", path, dir)
+	}
+	if unix.Access(dir, unix.W_OK) != nil {
+		return fmt.Errorf("--pid-file %s: the directory %s is not writable", path, dir)
+	}
 	return nil
 }
 
