@@ -98,11 +98,16 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	if len(listens.values) == 0 {
 		return fail("no --listen given: add --listen HOST:PORT or --listen unix:PATH")
 	}
+	seen := map[string]bool{}
 	for i, v := range listens.values {
 		l, err := runtime.ParseListen(v, i)
 		if err != nil {
 			return cfg, lc, usageError{err}
 		}
+		if seen[l.Network+" "+l.Address] {
+			return fail("--listen %s is given twice", l.Address)
+		}
+		seen[l.Network+" "+l.Address] = true
 		cfg.Listeners = append(cfg.Listeners, l)
 	}
 	if cfg.Workers < 0 || (cfg.Workers == 0 && flagSet(fs, "workers")) {
