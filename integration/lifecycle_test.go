@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -450,4 +452,77 @@ func kindOf(link string) string {
 		return link[:i]
 	}
 	return link
+}
+
+// TestClosedOutputDoesNotKillPrimary: the reader of the primary's stdout
+// and stderr goes away (journald restarted, a pager quit): the primary
+// keeps serving and still deploys on HUP, instead of dying of SIGPIPE and
+// taking its workers with it.
+func TestClosedOutputDoesNotKillPrimary(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bin, server, sock := filepath.Join(dir, "handoff"), filepath.Join(dir, "server"), filepath.Join(dir, "app.sock")
+	if err := copyFile(handoffBin, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := copyFile(servers["v1"], server, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := newMark(t)
+	cmd := exec.Command(bin, "run", "--listen", "unix:"+sock, "--workers", "2", "--ready", "notify", "--", server)
+	cmd.Env = append(os.Environ(), markEnv+"="+mark, "TMPDIR="+dir)
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		for _, pid := range append(markedPIDs(mark), cmd.Process.Pid) {
+			signalOurs(pid, syscall.SIGKILL, mark, dir)
+		}
+	})
+	c := unixClient(sock, 5*time.Second)
+	serving := func(version string) {
+		t.Helper()
+		end := time.Now().Add(20 * time.Second)
+		for {
+			if code, body, err := get(c, "http://unix/"); err == nil && code == 200 && strings.HasPrefix(body, version+" ") {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s not served within 20s", version)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	serving("v1")
+	r.Close() // nobody reads the primary's output any more
+
+	if err := copyFile(servers["v2"], server, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := signalOurs(cmd.Process.Pid, syscall.SIGHUP, mark, dir); err != nil {
+		t.Fatal(err)
+	}
+	serving("v2")
+	if err := signalOurs(cmd.Process.Pid, syscall.SIGTERM, mark, dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("primary still running 30s after TERM")
+	}
+	if st := cmd.ProcessState; st.ExitCode() != 0 {
+		t.Errorf("primary ended with %s, want exit status 0", st)
+	}
+	if left := waitGone(markedPIDs(mark), 5*time.Second); len(left) > 0 {
+		t.Errorf("processes left running: %v", left)
+	}
 }
