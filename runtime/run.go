@@ -285,6 +285,19 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 // loop acts on signals and runs deploys one at a time; a deploy asked for
 // while one runs is queued, and further requests fold into it.
 func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, pending bool) error {
+	return deployLoop(ctx, p.log, sigs, pending, p.deploy, p.shutdown, func(pending bool) error {
+		return p.retireAfterHandOver(sigs, pending)
+	})
+}
+
+// deployLoop is the primary's state machine once it serves. A HUP starts
+// deploy, or, while one runs, marks one more as pending: never two at once,
+// at most one queued. TERM or INT (or the end of ctx) cancels a running
+// deploy, waits for it, and returns shutdown(). A deploy that ends in
+// errHandedOver returns handedOver(pending): another primary owns the
+// listeners now.
+func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pending bool,
+	deploy func(context.Context) error, shutdown func() error, handedOver func(pending bool) error) error {
 	var (
 		done    = make(chan error, 1)
 		running bool
@@ -294,7 +307,7 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, pending bool)
 		running = true
 		var dctx context.Context
 		dctx, cancel = context.WithCancel(ctx)
-		go func() { done <- p.deploy(dctx) }()
+		go func() { done <- deploy(dctx) }()
 	}
 	if pending {
 		pending = false
@@ -307,36 +320,36 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, pending bool)
 			case syscall.SIGHUP:
 				if running {
 					if !pending {
-						p.log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
+						log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
 					}
 					pending = true
 					continue
 				}
 				startDeploy()
 			default:
-				p.log.Info("shutdown started", zap.String("signal", sig.String()))
+				log.Info("shutdown started", zap.String("signal", sig.String()))
 				if running {
 					cancel()
 					<-done
 				}
-				return p.shutdown()
+				return shutdown()
 			}
 		case err := <-done:
 			running = false
 			cancel()
 			if errors.Is(err, errHandedOver) {
-				return p.retireAfterHandOver(sigs, pending)
+				return handedOver(pending)
 			}
 			if pending {
 				pending = false
 				startDeploy()
 			}
 		case <-ctx.Done():
-			p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
+			log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
 			if running {
 				<-done
 			}
-			return p.shutdown()
+			return shutdown()
 		}
 	}
 }
