@@ -137,6 +137,8 @@ func (e *StartError) Error() string {
 // ErrClosing is returned when the pool is shutting down.
 var ErrClosing = errors.New("pool is shutting down")
 
+var errSlotTaken = errors.New("slot taken")
+
 // Start fills every slot with a worker running spec and waits until all are
 // ready. If one fails, every worker started is retired and a *StartError
 // is returned. If ctx ends first, the workers are left running and ctx's cause
@@ -233,6 +235,9 @@ func (p *Pool) RollBack(ctx context.Context, remote RetireHook) error {
 
 func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, remote RetireHook, progress func(step, steps int)) error {
 	for step, i := range slots {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		if progress != nil {
 			progress(step+1, len(slots))
 		}
@@ -245,6 +250,12 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 			return err
 		}
 		p.mu.Lock()
+		if _, alive := p.all[w]; !alive {
+			// Ready, then gone before it could take the slot: a failed
+			// start, not a dead worker left holding the slot.
+			p.mu.Unlock()
+			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+		}
 		s := p.slots[i]
 		old, wasRemote := s.cur, s.remote
 		s.cur, s.spec, s.remote, s.failures = w, spec, false, 0
@@ -258,7 +269,8 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 		}
 		if wasRemote && remote != nil {
 			if err := remote(ctx, i); err != nil {
-				p.log.Warn("other primary did not confirm retiring its worker", zap.Int("slot", i), zap.Error(err))
+				// Going on could leave both primaries serving this slot.
+				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 			}
 		}
 	}
@@ -365,6 +377,11 @@ func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
 	if p.closing {
 		return nil, ErrClosing
 	}
+	if current && (p.slots[i].cur != nil || p.slots[i].remote) {
+		// A roll or a hand-over took the slot since the restart was
+		// decided.
+		return nil, errSlotTaken
+	}
 	proc, err := p.cfg.Launcher.Launch(i, spec)
 	if err != nil {
 		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
@@ -451,7 +468,7 @@ func (p *Pool) restart(i int) {
 	}
 	spec := s.spec
 	p.mu.Unlock()
-	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) {
+	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
 		p.mu.Lock()
 		s.failures++
 		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
@@ -489,10 +506,13 @@ func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 	if reason == "" {
 		return nil
 	}
-	p.stopAndWait([]*worker{w}, "not started: "+reason)
 	if ctx.Err() != nil && reason != "exited" {
+		// Shutting down: this worker drains alongside all the others
+		// (Shutdown waits for it) rather than before them.
+		p.retire(w, "not started: "+reason)
 		return context.Cause(ctx)
 	}
+	p.stopAndWait([]*worker{w}, "not started: "+reason)
 	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 }
 
