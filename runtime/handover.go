@@ -46,6 +46,8 @@ type peer struct {
 	enc     *json.Encoder
 	replies chan message
 	closed  chan struct{}
+	// rollbacks counts roll-backs still running.
+	rollbacks sync.WaitGroup
 	// onRetire retires this side's worker of a slot; onRollback (old
 	// primary only) rolls the handed-over slots back.
 	onRetire   func(slot int) error
@@ -86,7 +88,9 @@ func (p *peer) read() {
 			}
 			// Rolling back asks the other side to retire workers, whose
 			// replies this goroutine must keep reading.
+			p.rollbacks.Add(1)
 			go func() {
+				defer p.rollbacks.Done()
 				reply := message{Op: "rolledback"}
 				if err := p.onRollback(); err != nil {
 					reply.Error = err.Error()
@@ -134,6 +138,13 @@ func (p *peer) retire(ctx context.Context, slot int) error {
 }
 
 func (p *peer) close() { p.conn.Close() }
+
+// wait returns once the reader has ended (close the peer first) and no
+// roll-back runs.
+func (p *peer) wait() {
+	<-p.closed
+	p.rollbacks.Wait()
+}
 
 // listenHandover opens the old primary's end in dir.
 func listenHandover(dir string) (*net.UnixListener, error) {

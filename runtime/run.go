@@ -49,8 +49,8 @@ type primary struct {
 	gen    int // the last generation handed out; only the deploying goroutine changes it
 	selfID fileID
 	env    []string
-	// successor is the pid of the primary that took over, once one has.
-	successor int
+	// successor is the primary that took over, once one has.
+	successor *process
 	// owner is set once this primary owns the listeners: at once for the
 	// first primary, after the hand-over for a new one.
 	owner bool
@@ -88,10 +88,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
-	// every worker, each of which may take up to ReadyTimeout.
+	// every worker, each of which may take up to ReadyTimeout; one that
+	// fails drains its new worker and rolls back before it exits.
 	p.upg, err = tableflip.New(tableflip.Options{
 		PIDFile:        cfg.PIDFile,
-		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + time.Minute,
+		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute,
 	})
 	if err != nil {
 		return fmt.Errorf("cannot set up upgrades: %v", err)
@@ -420,25 +421,29 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 
 	type handover struct {
 		peer *peer
-		pid  int
+		proc *process
 	}
 	accepted := make(chan handover, 1)
+	acceptDone := make(chan struct{})
 	var (
-		mu     sync.Mutex
-		newPID int // the connected new primary, unless ctx ended first
+		mu      sync.Mutex
+		newProc *process // the connected new primary, unless ctx ended first
 	)
 	go func() {
+		defer close(acceptDone)
 		conn, pid, err := acceptHandover(ln)
 		if err != nil {
 			return
 		}
+		proc := openProcess(pid)
 		mu.Lock()
 		if ctx.Err() != nil {
 			mu.Unlock()
 			conn.Close()
+			proc.release()
 			return
 		}
-		newPID = pid
+		newProc = proc
 		mu.Unlock()
 		var pr *peer
 		pr = newPeer(conn, p.pool.HandOver, func() error {
@@ -449,7 +454,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
 			return p.pool.RollBack(ctx, pr.retire)
 		})
-		accepted <- handover{pr, pid}
+		accepted <- handover{pr, proc}
 		pr.send(message{Op: "state", Generation: gen})
 	}()
 
@@ -466,17 +471,17 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 			return
 		}
 		mu.Lock()
-		pid := newPID
+		proc := newProc
 		mu.Unlock()
-		if pid > 0 && syscall.Kill(pid, syscall.SIGTERM) == nil {
-			p.log.Info("stopping the new primary", zap.Int("new_primary", pid))
+		if proc != nil && proc.signal(syscall.SIGTERM) == nil {
+			p.log.Info("stopping the new primary", zap.Int("new_primary", proc.pid))
 			t := time.NewTimer(2*p.cfg.DrainTimeout + 10*time.Second)
 			defer t.Stop()
 			select {
 			case <-upgraded:
 				return
 			case <-t.C:
-				p.log.Warn("the new primary did not exit in time, killing it", zap.Int("new_primary", pid))
+				p.log.Warn("the new primary did not exit in time, killing it", zap.Int("new_primary", proc.pid))
 			}
 		}
 		p.upg.Stop()
@@ -484,23 +489,23 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	upErr := p.upg.Upgrade()
 	close(upgraded)
 	ln.Close()
+	<-acceptDone
 	var ho handover
-	if upErr == nil {
-		// The new primary connected before it could become ready.
-		ho = <-accepted
-	} else {
-		select {
-		case ho = <-accepted:
-		default:
-		}
+	select {
+	case ho = <-accepted: // always, if the new primary became ready
+	default:
 	}
 	if ho.peer != nil {
-		defer ho.peer.close()
+		// Nothing from the hand-over may act on the pool once this
+		// returns: close it and wait for its reader and any roll-back.
+		ho.peer.close()
+		ho.peer.wait()
 	}
 	if upErr == nil {
-		p.successor = ho.pid
+		p.successor = ho.proc
 		return nil
 	}
+	ho.proc.release()
 	// The new primary is gone, and its workers with it: refill whatever
 	// it had taken over and did not roll back.
 	if n := p.pool.Remote(); n > 0 && ctx.Err() == nil {
@@ -579,12 +584,9 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 // so the old primary exits. A deploy asked for meanwhile goes to the new
 // primary.
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
-	p.log.Info("handed over", zap.Int("new_primary", p.successor))
-	forward := func() {
-		if p.successor > 0 {
-			syscall.Kill(p.successor, syscall.SIGHUP)
-		}
-	}
+	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
+	defer p.successor.release()
+	forward := func() { p.successor.signal(syscall.SIGHUP) }
 	if pending {
 		forward()
 	}

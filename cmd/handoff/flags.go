@@ -92,7 +92,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		return cfg, lc, usageError{fmt.Errorf(format, a...)}
 	}
 	cfg.Command = fs.Args()
-	if len(cfg.Command) == 0 {
+	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
 		return fail("no worker command: put it after --, e.g. handoff run --listen :8080 -- ./server")
 	}
 	if len(listens.values) == 0 {
@@ -104,7 +104,8 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		if err != nil {
 			return cfg, lc, usageError{err}
 		}
-		if seen[l.Network+" "+l.Address] {
+		// Port 0 asks for a new port each time: never the same socket.
+		if seen[l.Network+" "+l.Address] && !strings.HasSuffix(l.Address, ":0") {
 			return fail("--listen %s is given twice", l.Address)
 		}
 		seen[l.Network+" "+l.Address] = true

@@ -41,6 +41,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"serve"}, `unknown command "serve"`},
 		{"unknown flag", []string{"run", "--bogus", "--listen", ":0", "--", "true"}, "unknown flag --bogus"},
 		{"same address twice", []string{"run", "--listen", "a=127.0.0.1:9", "--listen", "b=127.0.0.1:9", "--", "true"}, "--listen 127.0.0.1:9 is given twice"},
+		{"empty command", []string{"run", "--listen", ":0", "--", ""}, "no worker command"},
 		{"flag without value", []string{"run", "--listen"}, "--listen needs a value"},
 		{"missing command", []string{"run", "--listen", ":0"}, "no worker command"},
 		{"missing command after --", []string{"run", "--listen", ":0", "--"}, "no worker command"},
