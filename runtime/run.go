@@ -329,11 +329,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pen
 				startDeploy()
 			default:
 				log.Info("shutdown started", zap.String("signal", sig.String()))
-				if running {
-					cancel()
-					<-done
-				}
-				return shutdown()
+				return stopWhileDeploying(running, cancel, done, shutdown)
 			}
 		case err := <-done:
 			running = false
@@ -347,12 +343,22 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pen
 			}
 		case <-ctx.Done():
 			log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
-			if running {
-				<-done
-			}
-			return shutdown()
+			return stopWhileDeploying(running, cancel, done, shutdown)
 		}
 	}
+}
+
+// stopWhileDeploying cancels a running deploy and shuts down at the same
+// time, so that every worker, old and new, drains at once instead of one
+// drain after the other; it returns once both are over.
+func stopWhileDeploying(running bool, cancel context.CancelFunc, done <-chan error, shutdown func() error) error {
+	if !running {
+		return shutdown()
+	}
+	cancel()
+	err := shutdown()
+	<-done
+	return err
 }
 
 // deploy rolls the workers onto the command now on disk, first upgrading
@@ -362,7 +368,11 @@ func (p *primary) deploy(ctx context.Context) error {
 	gen := p.gen
 	start := time.Now()
 	notifySystemd(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=deploying generation %d", monotonicUsec(), gen))
-	defer notifySystemd(fmt.Sprintf("READY=1\nSTATUS=serving generation %d", gen))
+	defer func() {
+		if ctx.Err() == nil {
+			notifySystemd(fmt.Sprintf("READY=1\nSTATUS=serving generation %d", gen))
+		}
+	}()
 
 	if p.selfChanged() {
 		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
