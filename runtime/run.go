@@ -329,7 +329,11 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pen
 				startDeploy()
 			default:
 				log.Info("shutdown started", zap.String("signal", sig.String()))
-				return stopWhileDeploying(running, cancel, done, shutdown)
+				if running {
+					cancel()
+					<-done
+				}
+				return shutdown()
 			}
 		case err := <-done:
 			running = false
@@ -343,22 +347,13 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pen
 			}
 		case <-ctx.Done():
 			log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
-			return stopWhileDeploying(running, cancel, done, shutdown)
+			if running {
+				cancel()
+				<-done
+			}
+			return shutdown()
 		}
 	}
-}
-
-// stopWhileDeploying cancels a running deploy and shuts down at the same
-// time, so that every worker, old and new, drains at once instead of one
-// drain after the other; it returns once both are over.
-func stopWhileDeploying(running bool, cancel context.CancelFunc, done <-chan error, shutdown func() error) error {
-	if !running {
-		return shutdown()
-	}
-	cancel()
-	err := shutdown()
-	<-done
-	return err
 }
 
 // deploy rolls the workers onto the command now on disk, first upgrading

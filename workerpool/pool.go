@@ -78,6 +78,10 @@ type worker struct {
 	// the event stream then never shows an old worker retired before its
 	// replacement was ready.
 	readyOnce sync.Once
+	// reaped is closed by the monitor once the exit is logged and the
+	// pool's records updated: what follows a failed start comes after its
+	// "worker exited" in the event stream.
+	reaped chan struct{}
 }
 
 // noteReady records and logs that w is ready.
@@ -386,7 +390,7 @@ func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
 	if err != nil {
 		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
 	}
-	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(),
+	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(), reaped: make(chan struct{}),
 		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
 	p.all[w] = struct{}{}
 	if current {
@@ -401,6 +405,7 @@ func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
 // monitor follows one worker from start to reap.
 func (p *Pool) monitor(w *worker) {
 	defer p.monitors.Done()
+	defer close(w.reaped)
 	select {
 	case <-w.proc.Ready():
 		p.noteReady(w)
@@ -565,6 +570,6 @@ func (p *Pool) stopAndWait(ws []*worker, reason string) {
 		p.retire(w, reason)
 	}
 	for _, w := range ws {
-		<-w.proc.Done()
+		<-w.reaped
 	}
 }
