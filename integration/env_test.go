@@ -142,7 +142,7 @@ func standaloneFDs(t *testing.T) []int {
 		t.Fatal(err)
 	}
 	cmd.Stderr = errW
-	if err := cmd.Start(); err != nil {
+	if cmd, err = startCmd(cmd); err != nil {
 		t.Fatal(err)
 	}
 	errW.Close()

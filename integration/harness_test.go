@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -370,7 +371,7 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	if err := cmd.Start(); err != nil {
+	if cmd, err = startCmd(cmd); err != nil {
 		t.Fatal(err)
 	}
 	outW.Close()
@@ -905,5 +906,22 @@ func writeBytes(t *testing.T, path string, b []byte, perm os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(path, b, perm); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// startCmd starts cmd, retrying while its executable is still open for
+// writing in a process that another test forked meanwhile (ETXTBSY,
+// golang/go#22315: the copy's fd lives in the child until it execs). It
+// returns the Cmd that started; only *os.File stdio may be set.
+func startCmd(cmd *exec.Cmd) (*exec.Cmd, error) {
+	end := time.Now().Add(5 * time.Second)
+	for {
+		err := cmd.Start()
+		if err == nil || !errors.Is(err, syscall.ETXTBSY) || time.Now().After(end) {
+			return cmd, err
+		}
+		time.Sleep(10 * time.Millisecond)
+		cmd = &exec.Cmd{Path: cmd.Path, Args: cmd.Args, Env: cmd.Env, Dir: cmd.Dir, Stdin: cmd.Stdin,
+			Stdout: cmd.Stdout, Stderr: cmd.Stderr, ExtraFiles: cmd.ExtraFiles, SysProcAttr: cmd.SysProcAttr}
 	}
 }

@@ -476,7 +476,7 @@ func TestClosedOutputDoesNotKillPrimary(t *testing.T) {
 	cmd := exec.Command(bin, "run", "--listen", "unix:"+sock, "--workers", "2", "--ready", "notify", "--", server)
 	cmd.Env = append(os.Environ(), markEnv+"="+mark, "TMPDIR="+dir)
 	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
+	if cmd, err = startCmd(cmd); err != nil {
 		t.Fatal(err)
 	}
 	w.Close()

@@ -67,7 +67,7 @@ func TestStartupMistakes(t *testing.T) {
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), markEnv+"="+mark)
 			cmd.Stdout, cmd.Stderr = outF, errF
-			if err := cmd.Start(); err != nil {
+			if cmd, err = startCmd(cmd); err != nil {
 				t.Fatal(err)
 			}
 			outF.Close()
