@@ -372,6 +372,13 @@ func (p *primary) deploy(ctx context.Context) error {
 	if p.selfChanged() {
 		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
 		err := p.upgradeSelf(ctx, gen)
+		// A binary written a moment ago may still be open for writing
+		// somewhere (golang/go#22315); tableflip reports it as text.
+		for end := time.Now().Add(time.Second); err != nil && ctx.Err() == nil && time.Now().Before(end) &&
+			strings.Contains(err.Error(), syscall.ETXTBSY.Error()); {
+			time.Sleep(20 * time.Millisecond)
+			err = p.upgradeSelf(ctx, gen)
+		}
 		if err == nil {
 			return errHandedOver
 		}
