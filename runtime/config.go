@@ -88,7 +88,7 @@ const (
 )
 
 func (c *Config) setDefaults() {
-	if c.Workers <= 0 {
+	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
 	}
 	if c.ReadyTimeout <= 0 {

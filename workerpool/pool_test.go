@@ -252,6 +252,17 @@ func (p *fakeProc) sigs() []syscall.Signal {
 	return append([]syscall.Signal(nil), p.signals...)
 }
 
+// untouched fails the test if any of the old workers was signalled or
+// has exited.
+func untouched(t *testing.T, old []*fakeProc) {
+	t.Helper()
+	for _, o := range old {
+		if len(o.sigs()) != 0 || o.exited() {
+			t.Fatalf("old worker %d touched: signals %v", o.pid, o.sigs())
+		}
+	}
+}
+
 // stoppedGracefully reports whether p was retired the way every worker is:
 // the stop signal, and no SIGKILL since it drained in time.
 func (p *fakeProc) stoppedGracefully() bool {
@@ -816,11 +827,7 @@ func TestRollAbortWhenNotReadyInTime(t *testing.T) {
 	if !p.stoppedGracefully() {
 		t.Fatalf("new worker: kills %d signals %v", p.killCount(), p.sigs())
 	}
-	for _, o := range old {
-		if len(o.sigs()) != 0 || o.exited() {
-			t.Fatal("old worker touched")
-		}
-	}
+	untouched(t, old)
 	tp.waitReaped(t, p)
 	if err := checkServing(tp.Workers(), 2); err != nil {
 		t.Fatal(err)
@@ -842,11 +849,7 @@ func TestRollAbortWhenCancelled(t *testing.T) {
 	if !p.stoppedGracefully() {
 		t.Fatal("new worker not stopped with the stop signal")
 	}
-	for _, o := range old {
-		if len(o.sigs()) != 0 || o.exited() {
-			t.Fatal("old worker touched")
-		}
-	}
+	untouched(t, old)
 	tp.waitReaped(t, p)
 	if err := checkServing(tp.Workers(), 2); err != nil {
 		t.Fatal(err)
