@@ -54,6 +54,12 @@ func (f *fakeDeploys) counts() (started, maxRunning int) {
 	return f.started, f.maxRunning
 }
 
+func (f *fakeDeploys) runningNow() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.running
+}
+
 func (f *fakeDeploys) awaitBegun(t *testing.T) {
 	t.Helper()
 	select {
@@ -74,6 +80,7 @@ func (f *fakeDeploys) noneBegun(t *testing.T) {
 
 type loopRun struct {
 	sigs     chan os.Signal
+	reqs     chan request
 	deploys  *fakeDeploys
 	result   chan error
 	stopped  chan struct{}
@@ -83,10 +90,14 @@ type loopRun struct {
 func startLoop(t *testing.T, pending bool) *loopRun {
 	t.Helper()
 	// Unbuffered: a send returns once the loop has taken the signal.
-	r := &loopRun{sigs: make(chan os.Signal), deploys: newFakeDeploys(), result: make(chan error, 1),
+	r := &loopRun{sigs: make(chan os.Signal), reqs: make(chan request), deploys: newFakeDeploys(), result: make(chan error, 1),
 		stopped: make(chan struct{}, 1), handover: make(chan bool, 1)}
+	var queue jobQueue
+	if pending {
+		queue.add(request{op: "deploy"})
+	}
 	go func() {
-		r.result <- deployLoop(context.Background(), zap.NewNop(), r.sigs, pending, r.deploys.deploy,
+		r.result <- deployLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
 			func() error { r.stopped <- struct{}{}; return nil },
 			func(pending bool) error { r.handover <- pending; return nil })
 	}()
@@ -165,6 +176,133 @@ func TestLoopHandsOverWithThePendingDeploy(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("loop did not hand over")
+	}
+	r.end(t)
+}
+
+func awaitOutcome(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("no outcome")
+		return nil
+	}
+}
+
+func noOutcome(t *testing.T, ch <-chan error) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("outcome %v too early", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func TestLoopRequestsGetTheOutcomeOfTheDeployTheyJoined(t *testing.T) {
+	r := startLoop(t, false)
+	first, firstDone := deployRequest()
+	r.reqs <- first
+	r.deploys.awaitBegun(t)
+	// Asked for while one runs: both wait for the next deploy, which reads
+	// what is on disk after they asked.
+	second, secondDone := deployRequest()
+	third, thirdDone := deployRequest()
+	r.reqs <- second
+	r.sigs <- syscall.SIGHUP
+	r.reqs <- third
+	noOutcome(t, firstDone)
+	r.deploys.release <- nil
+	if err := awaitOutcome(t, firstDone); err != nil {
+		t.Fatalf("first: %v", err)
+	}
+	r.deploys.awaitBegun(t)
+	noOutcome(t, secondDone)
+	aborted := errors.New("aborted")
+	r.deploys.release <- aborted
+	for _, ch := range []<-chan error{secondDone, thirdDone} {
+		if err := awaitOutcome(t, ch); err != aborted {
+			t.Fatalf("got %v, want %v", err, aborted)
+		}
+	}
+	r.deploys.noneBegun(t)
+	r.sigs <- syscall.SIGTERM
+	<-r.stopped
+	r.end(t)
+}
+
+func TestLoopRunsOtherJobsInTurnNeverBesideADeploy(t *testing.T) {
+	r := startLoop(t, false)
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	ran := make(chan string, 4)
+	job := func(name string) (request, <-chan error) {
+		done := make(chan error, 1)
+		return request{op: name, run: func(ctx context.Context) error {
+			if r.deploys.runningNow() != 0 {
+				t.Errorf("%s ran beside a deploy", name)
+			}
+			ran <- name
+			return nil
+		}, done: done}, done
+	}
+	a, aDone := job("a")
+	b, bDone := job("b")
+	r.reqs <- a
+	r.sigs <- syscall.SIGHUP // after a, before b
+	r.reqs <- b
+	select {
+	case name := <-ran:
+		t.Fatalf("%s ran during the deploy", name)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.deploys.release <- nil
+	if err := awaitOutcome(t, aDone); err != nil {
+		t.Fatal(err)
+	}
+	r.deploys.awaitBegun(t)
+	noOutcome(t, bDone)
+	r.deploys.release <- nil
+	if err := awaitOutcome(t, bDone); err != nil {
+		t.Fatal(err)
+	}
+	if got := []string{<-ran, <-ran}; got[0] != "a" || got[1] != "b" {
+		t.Fatalf("jobs ran in order %v", got)
+	}
+	r.sigs <- syscall.SIGTERM
+	<-r.stopped
+	r.end(t)
+}
+
+func TestLoopAnswersQueuedRequestsOnShutdownAndHandOver(t *testing.T) {
+	r := startLoop(t, false)
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	queued, queuedDone := deployRequest()
+	r.reqs <- queued
+	r.sigs <- syscall.SIGTERM
+	if err := awaitOutcome(t, queuedDone); !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("queued deploy at shutdown: %v", err)
+	}
+	<-r.stopped
+	r.end(t)
+
+	r = startLoop(t, false)
+	running, runningDone := deployRequest()
+	r.reqs <- running
+	r.deploys.awaitBegun(t)
+	other := make(chan error, 1)
+	r.reqs <- request{op: "scale", run: func(context.Context) error { return nil }, done: other}
+	r.deploys.release <- errHandedOver
+	if err := awaitOutcome(t, runningDone); err != nil {
+		t.Fatalf("the deploy that handed over: %v", err)
+	}
+	if err := awaitOutcome(t, other); !errors.Is(err, errHandedOver) {
+		t.Fatalf("queued job at hand-over: %v", err)
+	}
+	if pending := <-r.handover; pending {
+		t.Fatal("no deploy was queued")
 	}
 	r.end(t)
 }

@@ -54,6 +54,22 @@ type primary struct {
 	// owner is set once this primary owns the listeners: at once for the
 	// first primary, after the hand-over for a new one.
 	owner bool
+	// reqs carries jobs asked for by other parts of the primary (see ask);
+	// closed is closed when Run returns, after which nothing reads reqs.
+	reqs   chan request
+	closed chan struct{}
+}
+
+// ask hands r to the primary's loop. If the primary has stopped, r is
+// answered with ErrShuttingDown.
+func (p *primary) ask(r request) {
+	select {
+	case p.reqs <- r:
+	case <-p.closed:
+		if r.done != nil {
+			r.done <- ErrShuttingDown
+		}
+	}
 }
 
 // errHandedOver ends a deploy after which another primary owns the
@@ -77,7 +93,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: workerEnv(os.Environ())}
+	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: workerEnv(os.Environ()),
+		reqs: make(chan request), closed: make(chan struct{})}
+	defer close(p.closed)
 	p.selfID, _ = statID("/proc/self/exe")
 
 	path, err := ResolveCommand(cfg.Command[0])
@@ -141,7 +159,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	p.owner = true
 	p.gen = 1
 	spec := p.spec(path, p.gen)
-	pending, stop, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
+	queue, stop, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
 	})
 	if stop != nil {
@@ -149,6 +167,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return p.shutdown()
 	}
 	if err != nil {
+		queue.finish(ErrShuttingDown)
 		return startFailure(err)
 	}
 	if err := p.upg.Ready(); err != nil {
@@ -157,31 +176,39 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	p.log.Info("primary ready", zap.Int("workers", cfg.Workers), zap.Int("generation", p.gen))
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	return p.loop(ctx, sigs, pending)
+	return p.loop(ctx, sigs, queue)
 }
 
-// underSignals runs fn while acting on signals, for the phases before the
-// deploy loop runs (start-up, a new primary's take-over): a HUP is kept
-// for after it (pending), a TERM or INT cancels fn's context and is
-// returned as stop, as is the end of ctx (as TERM).
-func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (pending bool, stop os.Signal, err error) {
+// underSignals runs fn while acting on signals and requests, for the
+// phases before the deploy loop runs (start-up, a new primary's take-over):
+// a HUP or a request is queued for the loop, a TERM or INT cancels fn's
+// context and is returned as stop, as is the end of ctx (as TERM).
+func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (queue jobQueue, stop os.Signal, err error) {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- fn(fctx) }()
+	add := func(r request) {
+		if !queue.add(r) || r.run != nil {
+			return
+		}
+		p.log.Info("upgrade queued", zap.String("why", phase))
+	}
 	for {
 		select {
 		case err := <-done:
 			if stop == nil && ctx.Err() != nil {
 				stop = syscall.SIGTERM
 			}
-			return pending, stop, err
+			if stop != nil {
+				queue.finish(ErrShuttingDown)
+			}
+			return queue, stop, err
+		case r := <-p.reqs:
+			add(r)
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				if !pending {
-					p.log.Info("upgrade queued", zap.String("why", phase))
-				}
-				pending = true
+			if r, ok := signalRequest(sig); ok {
+				add(r)
 				continue
 			}
 			if stop == nil {
@@ -283,77 +310,13 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
 }
 
-// loop acts on signals and runs deploys one at a time; a deploy asked for
-// while one runs is queued, and further requests fold into it.
-func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, pending bool) error {
-	return deployLoop(ctx, p.log, sigs, pending, p.deploy, p.shutdown, func(pending bool) error {
+// loop acts on signals and requests and runs their jobs one at a time; a
+// deploy asked for while one runs is queued, and further ones fold into
+// it (see deployLoop).
+func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
+	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.shutdown, func(pending bool) error {
 		return p.retireAfterHandOver(sigs, pending)
 	})
-}
-
-// deployLoop is the primary's state machine once it serves. A HUP starts
-// deploy, or, while one runs, marks one more as pending: never two at once,
-// at most one queued. TERM or INT (or the end of ctx) cancels a running
-// deploy, waits for it, and returns shutdown(). A deploy that ends in
-// errHandedOver returns handedOver(pending): another primary owns the
-// listeners now.
-func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, pending bool,
-	deploy func(context.Context) error, shutdown func() error, handedOver func(pending bool) error) error {
-	var (
-		done    = make(chan error, 1)
-		running bool
-		cancel  context.CancelFunc = func() {}
-	)
-	startDeploy := func() {
-		running = true
-		var dctx context.Context
-		dctx, cancel = context.WithCancel(ctx)
-		go func() { done <- deploy(dctx) }()
-	}
-	if pending {
-		pending = false
-		startDeploy()
-	}
-	for {
-		select {
-		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP:
-				if running {
-					if !pending {
-						log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
-					}
-					pending = true
-					continue
-				}
-				startDeploy()
-			default:
-				log.Info("shutdown started", zap.String("signal", sig.String()))
-				if running {
-					cancel()
-					<-done
-				}
-				return shutdown()
-			}
-		case err := <-done:
-			running = false
-			cancel()
-			if errors.Is(err, errHandedOver) {
-				return handedOver(pending)
-			}
-			if pending {
-				pending = false
-				startDeploy()
-			}
-		case <-ctx.Done():
-			log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
-			if running {
-				cancel()
-				<-done
-			}
-			return shutdown()
-		}
-	}
 }
 
 // deploy rolls the workers onto the command now on disk, first upgrading
@@ -554,7 +517,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.pool.Adopt()
 	// A TERM or INT ends the roll; the slots taken are handed back (unless
 	// the old primary is shutting down too) and the workers drained.
-	pending, stop, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
+	queue, stop, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
 		return p.pool.Roll(ctx, p.spec(path, p.gen), pr.retire, p.progress(p.gen))
 	})
 	if stop != nil {
@@ -563,6 +526,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		err = fmt.Errorf("shutdown asked for (%v)", stop)
 	}
 	if err != nil {
+		queue.finish(ErrShuttingDown)
 		p.logAbort(p.gen, err)
 		if p.pool.Remote() < p.pool.Size() {
 			// Some slots are ours already: the old primary takes them
@@ -589,12 +553,12 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.cfg.Workers), zap.Int("generation", p.gen))
 	pr.close()
-	return p.loop(ctx, sigs, pending)
+	return p.loop(ctx, sigs, queue)
 }
 
 // retireAfterHandOver waits for the workers still draining, then returns
 // so the old primary exits. A deploy asked for meanwhile goes to the new
-// primary.
+// primary; every request is answered with errHandedOver.
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
 	defer p.successor.release()
@@ -612,6 +576,13 @@ func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				forward()
+			}
+		case r := <-p.reqs:
+			if r.run == nil {
+				forward()
+			}
+			if r.done != nil {
+				r.done <- errHandedOver
 			}
 		case <-done:
 			p.log.Info("old primary exiting")

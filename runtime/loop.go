@@ -1,0 +1,183 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+
+	"go.uber.org/zap"
+)
+
+// ErrShuttingDown is the outcome of a request that the primary dropped
+// because it is shutting down.
+var ErrShuttingDown = errors.New("the primary is shutting down")
+
+// request asks the primary's loop for one job. Jobs run one at a time, in
+// the order asked for: a deploy (run == nil) folds into a deploy already
+// queued, so a burst of HUPs, file changes or reload commands yields one
+// deploy after the running one; any other job (run != nil: scaling,
+// replacing a worker) runs on its own, in turn.
+type request struct {
+	// op names the job in logs: "deploy", "scale", ...
+	op  string
+	run func(context.Context) error
+	// done, if not nil, receives the job's outcome exactly once; it must
+	// have room for it (capacity 1).
+	done chan<- error
+}
+
+// deployRequest asks for a deploy; the outcome arrives on the returned
+// channel.
+func deployRequest() (request, <-chan error) {
+	done := make(chan error, 1)
+	return request{op: "deploy", done: done}, done
+}
+
+// job is a queued or running request with everyone waiting for it.
+type job struct {
+	op      string
+	run     func(context.Context) error
+	waiters []chan<- error
+}
+
+func (j *job) finish(err error) {
+	for _, w := range j.waiters {
+		w <- err
+	}
+	j.waiters = nil
+}
+
+// jobQueue holds the jobs not yet started.
+type jobQueue []*job
+
+// add queues r, folding a deploy into one already queued. It reports
+// whether r started a new job.
+func (q *jobQueue) add(r request) bool {
+	if r.run == nil {
+		for _, j := range *q {
+			if j.run == nil {
+				if r.done != nil {
+					j.waiters = append(j.waiters, r.done)
+				}
+				return false
+			}
+		}
+	}
+	j := &job{op: r.op, run: r.run}
+	if j.op == "" {
+		j.op = "deploy"
+	}
+	if r.done != nil {
+		j.waiters = append(j.waiters, r.done)
+	}
+	*q = append(*q, j)
+	return true
+}
+
+func (q *jobQueue) hasDeploy() bool {
+	for _, j := range *q {
+		if j.run == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// finish answers every queued job with err and empties the queue.
+func (q *jobQueue) finish(err error) {
+	for _, j := range *q {
+		j.finish(err)
+	}
+	*q = nil
+}
+
+// take removes the first job.
+func (q *jobQueue) take() *job {
+	j := (*q)[0]
+	*q = (*q)[1:]
+	return j
+}
+
+// signalRequest turns a signal into a request: HUP is a deploy. ok is
+// false for the signals that stop the primary.
+func signalRequest(sig os.Signal) (r request, ok bool) {
+	switch sig {
+	case syscall.SIGHUP:
+		return request{op: "deploy"}, true
+	}
+	return request{}, false
+}
+
+// deployLoop is the primary's state machine once it serves: it takes
+// requests from signals (HUP) and from reqs, and runs their jobs one at a
+// time, never two at once, starting with queue. TERM or INT (or the end of
+// ctx) cancels the running job, waits for it, answers every queued one
+// with ErrShuttingDown and returns shutdown(). A deploy that ends in
+// errHandedOver returns handedOver(pending), pending being whether a deploy
+// was queued: another primary owns the listeners now, and every other
+// queued job is answered with errHandedOver.
+func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
+	deploy func(context.Context) error, shutdown func() error, handedOver func(pending bool) error) error {
+	var (
+		done    = make(chan error, 1)
+		running *job
+		cancel  context.CancelFunc = func() {}
+	)
+	next := func() {
+		if running != nil || len(queue) == 0 {
+			return
+		}
+		running = queue.take()
+		run := running.run
+		if run == nil {
+			run = deploy
+		}
+		var jctx context.Context
+		jctx, cancel = context.WithCancel(ctx)
+		go func() { done <- run(jctx) }()
+	}
+	add := func(r request) {
+		isNew := queue.add(r)
+		if running != nil && isNew && r.run == nil {
+			log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
+		}
+		next()
+	}
+	stop := func(why zap.Field) error {
+		log.Info("shutdown started", why)
+		if running != nil {
+			cancel()
+			running.finish(<-done)
+		}
+		queue.finish(ErrShuttingDown)
+		return shutdown()
+	}
+	next()
+	for {
+		select {
+		case sig := <-sigs:
+			r, ok := signalRequest(sig)
+			if !ok {
+				return stop(zap.String("signal", sig.String()))
+			}
+			add(r)
+		case r := <-reqs:
+			add(r)
+		case err := <-done:
+			cancel()
+			j := running
+			running = nil
+			if errors.Is(err, errHandedOver) {
+				j.finish(nil)
+				pending := queue.hasDeploy()
+				queue.finish(errHandedOver)
+				return handedOver(pending)
+			}
+			j.finish(err)
+			next()
+		case <-ctx.Done():
+			return stop(zap.String("why", context.Cause(ctx).Error()))
+		}
+	}
+}
