@@ -5,9 +5,11 @@
 package workerpool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -63,6 +65,7 @@ type slot struct {
 	spec     *Spec
 	remote   bool // held by a worker of another primary (hand-over)
 	failures int
+	restarts int // crash restarts of this slot so far
 	restart  *time.Timer
 }
 
@@ -351,15 +354,23 @@ func (p *Pool) Shutdown() {
 	p.monitors.Wait()
 }
 
-// Workers returns a snapshot of the live workers.
+// Workers returns a snapshot of the live workers, ordered by slot, then
+// start time.
 func (p *Pool) Workers() []WorkerInfo {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	var out []WorkerInfo
 	for w := range p.all {
+		s := p.slots[w.slot]
 		out = append(out, WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready,
-			Draining: w.retiring, Started: w.started, Current: p.slots[w.slot].cur == w})
+			Draining: w.retiring, Started: w.started, Current: s.cur == w, Restarts: s.restarts})
 	}
+	p.mu.Unlock()
+	slices.SortFunc(out, func(a, b WorkerInfo) int {
+		if c := cmp.Compare(a.Slot, b.Slot); c != 0 {
+			return c
+		}
+		return a.Started.Compare(b.Started)
+	})
 	return out
 }
 
@@ -371,6 +382,19 @@ type WorkerInfo struct {
 	// slot: a new worker of a roll before it is ready.
 	Current bool
 	Started time.Time
+	// Restarts counts the crash restarts of the worker's slot.
+	Restarts int
+}
+
+// State is "starting", "ready" or "draining".
+func (w WorkerInfo) State() string {
+	switch {
+	case w.Draining:
+		return "draining"
+	case w.Ready:
+		return "ready"
+	}
+	return "starting"
 }
 
 // launch starts a worker for slot i. A worker started by Start becomes the
@@ -472,6 +496,7 @@ func (p *Pool) restart(i int) {
 		return
 	}
 	spec := s.spec
+	s.restarts++
 	p.mu.Unlock()
 	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
 		p.mu.Lock()

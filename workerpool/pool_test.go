@@ -916,6 +916,11 @@ func TestCrashRestartsAtOnceThenWithBackoff(t *testing.T) {
 	if len(procs[1].sigs()) != 0 || procs[1].exited() {
 		t.Fatal("the other slot was touched")
 	}
+	for _, w := range tp.Workers() {
+		if want := map[int]int{0: 5, 1: 0}[w.Slot]; w.Restarts != want {
+			t.Fatalf("slot %d: %d restarts counted, want %d", w.Slot, w.Restarts, want)
+		}
+	}
 }
 
 func TestStableWorkerResetsFailureCount(t *testing.T) {
