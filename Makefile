@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy soak test unit integration vet fmt-check clean
+.PHONY: all build run deploy hello hello-deploy soak test unit integration vet fmt-check clean
 
 all: build
 
@@ -24,6 +24,18 @@ deploy:
 	$(GO) build -ldflags "-X main.version=$$(date +v%H%M%S)" -o $(BIN)/wrapped-go.new ./examples/wrapped-go
 	mv $(BIN)/wrapped-go.new $(BIN)/wrapped-go
 	kill -HUP $$(cat $(BIN)/handoff.pid)
+
+# examples/hello, a program in library mode (its own primary), on $(ADDR).
+# Deploy a rebuilt binary into it with: make hello-deploy
+hello:
+	$(GO) build -ldflags "-X main.version=v1" -o $(BIN)/hello ./examples/hello
+	@echo "serving on http://$(ADDR)/ — try: curl $(ADDR); make hello-deploy; Ctrl-C stops"
+	$(BIN)/hello --listen $(ADDR) --workers $(WORKERS) --pid-file $(BIN)/hello.pid
+
+hello-deploy:
+	$(GO) build -ldflags "-X main.version=$$(date +v%H%M%S)" -o $(BIN)/hello.new ./examples/hello
+	mv $(BIN)/hello.new $(BIN)/hello
+	kill -HUP $$(cat $(BIN)/hello.pid)
 
 # Everything: vet, formatting, unit tests under the race detector, then the
 # end-to-end tests against real processes.

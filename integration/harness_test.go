@@ -268,6 +268,11 @@ type Options struct {
 	// Prepare, if set, is called with the test's directory once DIR/handoff
 	// and DIR/server are in place, before the primary starts.
 	Prepare func(dir string)
+	// Lib, if set, names a library-mode program (a variant in servers):
+	// it is copied to DIR/app and started itself, as its own primary, with
+	// --log-format json --workers N --pid-file PATH --listen ADDR, then
+	// Flags and Args. Ready, Server and Command do not apply.
+	Lib string
 }
 
 // Primary is one `handoff run` a test started, and whatever it became:
@@ -330,30 +335,43 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		Stdout:  &lineBuf{},
 		done:    make(chan struct{}),
 	}
-	if err := copyFile(handoffBin, p.Bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.Mkdir(p.TmpDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	p.Install(o.Server)
-	if o.Prepare != nil {
-		o.Prepare(dir)
-	}
-
-	args := []string{"run", "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
-		"--ready", o.Ready, "--pid-file", p.PIDFile}
-	for _, l := range o.Listen {
-		args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
-	}
-	args = append(args, o.Flags...)
-	args = append(args, "--")
-	if o.Command != "" {
-		args = append(args, strings.ReplaceAll(o.Command, "$DIR", dir))
+	var args []string
+	if o.Lib != "" {
+		p.Bin = filepath.Join(dir, "app")
+		p.InstallLib(o.Lib)
+		if o.Prepare != nil {
+			o.Prepare(dir)
+		}
+		args = []string{"--log-format", "json", "--workers", strconv.Itoa(o.Workers), "--pid-file", p.PIDFile}
+		for _, l := range o.Listen {
+			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
+		}
+		args = append(append(args, o.Flags...), o.Args...)
 	} else {
-		args = append(args, p.Server)
+		if err := copyFile(handoffBin, p.Bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		p.Install(o.Server)
+		if o.Prepare != nil {
+			o.Prepare(dir)
+		}
+		args = []string{"run", "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
+			"--ready", o.Ready, "--pid-file", p.PIDFile}
+		for _, l := range o.Listen {
+			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
+		}
+		args = append(args, o.Flags...)
+		args = append(args, "--")
+		if o.Command != "" {
+			args = append(args, strings.ReplaceAll(o.Command, "$DIR", dir))
+		} else {
+			args = append(args, p.Server)
+		}
+		args = append(args, o.Args...)
 	}
-	args = append(args, o.Args...)
 
 	cmd := exec.Command(p.Bin, args...)
 	cmd.Dir = dir
@@ -530,6 +548,19 @@ func (p *Primary) Install(variant string) {
 		p.t.Fatalf("no testserver variant %q", variant)
 	}
 	if err := copyFile(src, p.Server, 0o755); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// InstallLib renames a fresh copy of a library-mode variant over the
+// program a Lib primary runs (DIR/app): what the next SIGHUP deploys.
+func (p *Primary) InstallLib(variant string) {
+	p.t.Helper()
+	src, ok := servers[variant]
+	if !ok {
+		p.t.Fatalf("no program variant %q", variant)
+	}
+	if err := copyFile(src, p.Bin, 0o755); err != nil {
 		p.t.Fatal(err)
 	}
 }
@@ -751,7 +782,8 @@ func get(c *http.Client, url string) (int, string, error) {
 
 // WaitServing polls base (http://ADDR) with new connections until only
 // version answers: 20 answers in a row from it, with every one of the
-// primary's worker slots among them. It fails the test after d.
+// primary's worker slots (or, for a program that does not name its slot,
+// as many distinct pids) among them. It fails the test after d.
 func (p *Primary) WaitServing(base, version string, d time.Duration) {
 	p.t.Helper()
 	p.WaitServingVia(freshClient(2*time.Second), base, version, d)
@@ -772,7 +804,12 @@ func (p *Primary) WaitServingVia(c *http.Client, base, version string, d time.Du
 		r := parseReply(status, body)
 		if err == nil && status == 200 && r.Version == version {
 			streak++
-			slots[r.Slot] = true
+			// A program that does not name its slot counts by pid.
+			if r.Slot >= 0 {
+				slots[r.Slot] = true
+			} else {
+				slots[-1-r.PID] = true
+			}
 			if streak >= 20 && len(slots) >= p.Workers {
 				return
 			}

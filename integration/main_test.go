@@ -47,6 +47,12 @@ var serverVariants = []serverVariant{
 	// The example README.md and 'make run' show.
 	{"wrapped-v1", "v1", "", "./examples/wrapped-go"},
 	{"wrapped-v2", "v2", "", "./examples/wrapped-go"},
+	// Library mode: the program is its own primary.
+	{"hello-v1", "v1", "", "./examples/hello"},
+	{"hello-v2", "v2", "", "./examples/hello"},
+	{"libapp-v1", "v1", "", "./integration/libapp"},
+	{"libapp-v2", "v2", "", "./integration/libapp"},
+	{"libapp-crash", "vcrash", "crash", "./integration/libapp"},
 }
 
 func TestMain(m *testing.M) {
@@ -99,7 +105,10 @@ func buildAll(dir string) error {
 		servers[v.name] = out
 		pkg, ldflags := v.pkg, fmt.Sprintf("-X main.version=%s", v.version)
 		if pkg == "" {
-			pkg, ldflags = "./integration/testserver", ldflags+" -X main.mode="+v.mode
+			pkg = "./integration/testserver"
+		}
+		if v.mode != "" {
+			ldflags += " -X main.mode=" + v.mode
 		}
 		jobs = append(jobs, job{out, []string{"build", "-o", out, "-ldflags", ldflags, pkg}})
 	}

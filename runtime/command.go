@@ -61,7 +61,7 @@ func workerEnv(environ []string) []string {
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), k == "NOTIFY_SOCKET", strings.HasPrefix(k, "WATCHDOG_"),
 			k == envHandover, k == "HANDOFF_WORKER", k == "HANDOFF_GENERATION", k == "HANDOFF_SHIM_EXEC",
-			k == "TABLEFLIP_HAS_PARENT_7DIU3":
+			k == "TABLEFLIP_HAS_PARENT_7DIU3", k == "HANDOFF_CHANNEL_FD", strings.HasPrefix(k, "NODE_CHANNEL_"), k == envStandalone:
 			continue
 		}
 		out = append(out, kv)

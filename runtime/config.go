@@ -78,6 +78,13 @@ type Config struct {
 	// Signals delivers HUP, TERM and INT; nil means Run catches them
 	// itself. See CatchSignals.
 	Signals <-chan os.Signal
+	// IPC gives every worker a message channel (the CLI's --ipc): the fd
+	// after the listeners, named in HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD.
+	// A worker may say {"handoff":"ready"} on it instead of READY=1.
+	IPC bool
+	// Hub, if set, is the primary's end of the message channels (IPC is
+	// then implied): send to workers, receive from them.
+	Hub *Hub
 }
 
 // Defaults.

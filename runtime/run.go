@@ -143,6 +143,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Stderr:     cfg.WorkerStderr,
 		Logger:     p.log,
 	}
+	if cfg.IPC || cfg.Hub != nil {
+		launcher.Channel = true
+	}
 	p.pool = workerpool.New(workerpool.Config{
 		Size:         cfg.Workers,
 		Launcher:     launcher,
@@ -151,6 +154,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		StopSignal:   cfg.StopSignal,
 		Logger:       p.log,
 	})
+	if cfg.Hub != nil {
+		launcher.OnMessage = cfg.Hub.deliver
+		cfg.Hub.attach(p.pool)
+	}
 
 	if p.upg.HasParent() {
 		return p.takeOver(ctx, sigs, path)

@@ -3,6 +3,7 @@ package workerpool
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/internal/channel"
 	"github.com/handoff-dev/handoff/internal/sdnotify"
 	"github.com/handoff-dev/handoff/internal/shim"
 )
@@ -112,6 +114,17 @@ type OSLauncher struct {
 	Self string
 	// Logger gets STATUS= and STOPPING=1 from workers.
 	Logger *zap.Logger
+	// Channel gives every worker a message channel (internal/channel): a
+	// unix stream socket whose worker end is the fd right after the
+	// listeners, named in HANDOFF_CHANNEL_FD and, for Node.js's built-in
+	// IPC, NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json).
+	// Control messages on it ({"handoff":"ready"}, see Control) count as
+	// sd_notify's; every other value goes to OnMessage.
+	Channel bool
+	// OnMessage receives, serially per worker, each value a worker sends
+	// on its channel that is not a control message. It should not block
+	// for long: that worker's further messages wait for it.
+	OnMessage func(Message)
 
 	seq      atomic.Uint64
 	stderrMu sync.Mutex
@@ -150,6 +163,18 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		sock.Close()
 		return nil, err
 	}
+	chanFD := -1 // the primary's end of the message channel
+	var workerEnd int
+	if l.Channel {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			sock.Close()
+			unix.Close(pipe[0])
+			unix.Close(pipe[1])
+			return nil, fmt.Errorf("message channel: %v", err)
+		}
+		chanFD, workerEnd = fds[0], fds[1]
+	}
 
 	env := make([]string, 0, len(spec.Env)+6)
 	env = append(env, spec.Env...)
@@ -164,6 +189,11 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	files := []uintptr{uintptr(devnull), stdout.Fd(), uintptr(pipe[1])}
 	for _, fd := range l.Listeners {
 		files = append(files, uintptr(fd))
+	}
+	if chanFD >= 0 {
+		n := strconv.Itoa(len(files))
+		files = append(files, uintptr(workerEnd))
+		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,
@@ -186,18 +216,29 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		started: time.Now(),
 		sock:    sock,
 		log:     log.With(zap.Int("slot", slot), zap.Int("generation", spec.Generation)),
+		opened:  make(chan struct{}),
 	}
 	forked := make(chan error, 1)
 	// The shim execs its argv[1:] (see internal/shim): argv[0] is its own.
 	go p.forkAndWait(self, append([]string{self}, spec.Args...), attr, forked)
 	err = <-forked
 	unix.Close(pipe[1])
+	if chanFD >= 0 {
+		unix.Close(workerEnd)
+	}
 	if err != nil {
 		unix.Close(pipe[0])
 		sock.Close()
+		if chanFD >= 0 {
+			unix.Close(chanFD)
+		}
 		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
 	}
 	p.log = p.log.With(zap.Int("pid", p.pid))
+	if chanFD >= 0 {
+		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
+	}
+	close(p.opened)
 
 	p.copied = make(chan struct{})
 	go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
@@ -228,6 +269,8 @@ type osProcess struct {
 	copied  chan struct{}
 	sock    *sdnotify.Socket
 	log     *zap.Logger
+	ch      *channel.Conn // nil without a message channel
+	opened  chan struct{} // closed once Launch has set ch
 
 	readyOnce sync.Once
 	mu        sync.Mutex
@@ -306,6 +349,16 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 	uptime := time.Since(p.started)
 
 	p.sock.Close()
+	<-p.opened
+	if p.ch != nil {
+		// What the worker sent before it exited is still read: the
+		// channel ends by itself once nothing holds the worker's end.
+		select {
+		case <-p.ch.Done():
+		case <-time.After(200 * time.Millisecond):
+			p.ch.Close()
+		}
+	}
 	// The stderr pipe reaches EOF when the worker has gone, unless
 	// something it started still holds it: do not wait for that long.
 	select {
@@ -365,6 +418,89 @@ func (p *osProcess) readNotify() {
 			p.markReady()
 		}
 	}
+}
+
+// Message is a value a worker sent on its message channel.
+type Message struct {
+	Slot, Pid, Generation int
+	// Data is one JSON value.
+	Data []byte
+	// Reply sends one JSON value back to this very worker (not to its
+	// slot, which may hold another worker by then).
+	Reply func(data []byte) error
+}
+
+// Control is a message of handoff's own on the channel: an object with a
+// "handoff" key. "ready" marks the worker ready (like READY=1), "status"
+// logs Status (like STATUS=), "stopping" logs that it drains (STOPPING=1).
+type Control struct {
+	Handoff string `json:"handoff"`
+	Status  string `json:"status,omitempty"`
+}
+
+// ErrNoChannel is returned when sending to a worker without a message
+// channel.
+var ErrNoChannel = errors.New("worker has no message channel")
+
+// Send queues one JSON value for the worker; it never blocks.
+func (p *osProcess) Send(data []byte) error {
+	<-p.opened
+	if p.ch == nil {
+		return ErrNoChannel
+	}
+	return p.ch.SendRaw(data)
+}
+
+func (p *osProcess) openChannel(fd, slot, gen int, onMessage func(Message)) {
+	nc, err := channel.FromFDConn(fd)
+	if err != nil {
+		p.log.Warn("worker message channel unusable", zap.Error(err))
+		return
+	}
+	p.ch = channel.New(nc, channel.Options{
+		OnMessage: func(line []byte) {
+			if ctl, ok := ParseControl(line); ok {
+				p.control(ctl)
+				return
+			}
+			if onMessage == nil {
+				p.log.Debug("worker message", zap.ByteString("data", line))
+				return
+			}
+			onMessage(Message{Slot: slot, Pid: p.pid, Generation: gen, Data: line, Reply: p.Send})
+		},
+		OnClose: func(err error) {
+			if err != nil {
+				p.log.Warn("worker message channel failed", zap.Error(err))
+			}
+		},
+	})
+}
+
+func (p *osProcess) control(c Control) {
+	switch c.Handoff {
+	case "ready":
+		p.markReady()
+	case "status":
+		p.log.Info("worker status", zap.String("status", c.Status))
+	case "stopping":
+		p.log.Info("worker stopping")
+	default:
+		p.log.Warn("worker sent an unknown control message", zap.String("handoff", c.Handoff))
+	}
+}
+
+// ParseControl recognises a control message: a JSON object with a string
+// "handoff" key.
+func ParseControl(line []byte) (Control, bool) {
+	if len(line) == 0 || line[0] != '{' || !bytes.Contains(line, []byte(`"handoff"`)) {
+		return Control{}, false
+	}
+	var c Control
+	if json.Unmarshal(line, &c) != nil || c.Handoff == "" {
+		return Control{}, false
+	}
+	return c, true
 }
 
 func (p *osProcess) readyAfter(d time.Duration) {

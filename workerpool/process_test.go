@@ -91,6 +91,7 @@ type report struct {
 //	WP_GRANDCHILD=1     start a grandchild that sleeps, pid in the report
 //	WP_STDERR=text      write text to stderr
 //	WP_NOTIFY=1         send READY=1 to NOTIFY_SOCKET
+//	WP_CHANNEL=1        say ready on the message channel and echo what comes
 //	WP_EXIT=n           exit with n; otherwise sleep until killed
 func childMain(string) int {
 	if path := os.Getenv("WP_REPORT"); path != "" {
@@ -125,6 +126,9 @@ func childMain(string) int {
 		c.Write([]byte("STATUS=warming up\n"))
 		c.Write([]byte("READY=1\nSTATUS=serving"))
 		c.Close()
+	}
+	if os.Getenv("WP_CHANNEL") != "" {
+		return channelChild()
 	}
 	if s := os.Getenv("WP_EXIT"); s != "" {
 		n, _ := strconv.Atoi(s)

@@ -25,6 +25,10 @@ import (
 // argv follows argv[0] of the shim (argv[1:]).
 const EnvMarker = "HANDOFF_SHIM_EXEC"
 
+// EnvChannelFD names the worker's end of its message channel, when it has
+// one: always the fd right after the listeners (3+LISTEN_FDS).
+const EnvChannelFD = "HANDOFF_CHANNEL_FD"
+
 // Exit codes of a shim that could not exec its command, as shells use them.
 const (
 	ExitNotFound   = 127
@@ -52,22 +56,29 @@ func run(path string, argv, environ []string) int {
 		argv = []string{path}
 	}
 	env := make([]string, 0, len(environ)+1)
-	nfds := 0
+	nfds, chanFD := 0, -1
 	for _, kv := range environ {
 		switch {
 		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"):
 			continue
 		case hasKey(kv, "LISTEN_FDS"):
 			nfds, _ = strconv.Atoi(kv[len("LISTEN_FDS="):])
+		case hasKey(kv, EnvChannelFD):
+			chanFD, _ = strconv.Atoi(kv[len(EnvChannelFD)+1:])
 		}
 		env = append(env, kv)
 	}
 	if nfds > 0 {
 		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	}
-	// Nothing past stdio and the listeners reaches the command, even an fd
-	// that was inherited by the primary without close-on-exec.
-	_ = unix.CloseRange(uint(3+nfds), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	// Nothing past stdio and the listeners (and the message channel, which
+	// comes right after them) reaches the command, even an fd that was
+	// inherited by the primary without close-on-exec.
+	keep := 3 + nfds
+	if chanFD == keep {
+		keep++
+	}
+	_ = unix.CloseRange(uint(keep), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
 
 	deadline := time.Now().Add(textBusyRetry)
 	for {

@@ -119,3 +119,38 @@ func TestHasKey(t *testing.T) {
 		}
 	}
 }
+
+// The message channel, right after the listeners, reaches the command; an
+// fd past it does not, nor does a channel fd named anywhere else.
+func TestChannelFDKept(t *testing.T) {
+	if os.Getenv("LISTEN_FDS") != "" {
+		t.Skip("LISTEN_FDS set in the test's own environment")
+	}
+	path := script(t, `for fd in 3 4 5; do if [ -e /proc/$$/fd/$fd ]; then printf "$fd "; fi; done`)
+	open := func() *os.File {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"LISTEN_FDS=1", EnvChannelFD + "=4"}, "3 4"},
+		{[]string{"LISTEN_FDS=1"}, "3"},
+		{[]string{"LISTEN_FDS=1", EnvChannelFD + "=5"}, "3"},
+	} {
+		cmd, stderr := shim(t, path, tc.env)
+		cmd.ExtraFiles = []*os.File{open(), open(), open()}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%v: %v %s", tc.env, err, stderr)
+		}
+		if got := strings.TrimSpace(string(out)); got != tc.want {
+			t.Errorf("%v: the command has fds %q, want %q", tc.env, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,176 @@
+// Command libapp is the library-mode program of handoff's integration
+// tests: its own primary (runtime.Main), exercising the message channel.
+//
+// Build-time knobs: -X main.version=v2; -X main.mode=crash makes every
+// worker exit 3 at start (a build whose primary starts but whose workers
+// never get ready).
+//
+// Flags: --listen, --workers, --pid-file, --log-format json|console, and
+// --tick (how often the primary broadcasts).
+//
+// The primary broadcasts {"tick":n} and sends each slot {"direct":n,
+// "slot":i} every --tick, and answers every {"ask":id} from a worker with
+// {"answer":id,"primary":pid,"slot":s,"pid":p} (Message.Reply).
+//
+// Workers answer HTTP:
+//
+//	/       "<version> pid=<pid> worker=<slot> gen=<generation>"
+//	/ask    sends {"ask":id} to the primary and waits (5s) for the answer:
+//	        "answer primary=<pid> to=<pid> slot=<slot>" (500 without one)
+//	/stats  "ticks=<n> directs=<n> mismatches=<n> pid=<pid>": messages
+//	        received; a mismatch is a direct message for another slot, or
+//	        an answer naming another worker
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/handoff-dev/handoff/runtime"
+)
+
+var (
+	version = "v1"
+	mode    = "ok"
+)
+
+type msg struct {
+	Tick    *int   `json:"tick,omitempty"`
+	Direct  *int   `json:"direct,omitempty"`
+	Slot    int    `json:"slot"`
+	Ask     string `json:"ask,omitempty"`
+	Answer  string `json:"answer,omitempty"`
+	Primary int    `json:"primary,omitempty"`
+	Pid     int    `json:"pid,omitempty"`
+}
+
+func main() {
+	if mode == "crash" && os.Getenv("HANDOFF_WORKER") != "" {
+		fmt.Fprintln(os.Stderr, "libapp: crashing at start (mode=crash)")
+		os.Exit(3)
+	}
+	listen := flag.String("listen", "127.0.0.1:8080", "")
+	workers := flag.Int("workers", 2, "")
+	pidFile := flag.String("pid-file", "", "")
+	logFormat := flag.String("log-format", "json", "")
+	tick := flag.Duration("tick", 20*time.Millisecond, "")
+	flag.Parse()
+	l, err := runtime.ParseListen(*listen, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "libapp:", err)
+		os.Exit(2)
+	}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	if *logFormat == "console" {
+		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	}
+	log := zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
+
+	err = runtime.Main(context.Background(), runtime.App{
+		Config: runtime.Config{
+			Listeners: []runtime.Listener{l},
+			Workers:   *workers,
+			PIDFile:   *pidFile,
+			Logger:    log,
+		},
+		Primary: func(ctx context.Context, h *runtime.Hub) {
+			t := time.NewTicker(*tick)
+			defer t.Stop()
+			for n := 1; ; n++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				h.Broadcast(msg{Tick: &n})
+				for i := 0; i < *workers; i++ {
+					h.Send(i, msg{Direct: &n, Slot: i})
+				}
+			}
+		},
+		OnMessage: func(m runtime.Message) {
+			var in msg
+			if err := m.Decode(&in); err != nil || in.Ask == "" {
+				log.Warn("unexpected message", zap.ByteString("data", m.Data))
+				return
+			}
+			m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
+		},
+		Worker: worker,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "libapp:", err)
+		os.Exit(1)
+	}
+}
+
+func worker(ctx context.Context, w *runtime.Worker) error {
+	var ticks, directs, mismatches atomic.Int64
+	var mu sync.Mutex
+	waiting := map[string]chan msg{}
+	w.OnMessage(func(data json.RawMessage) {
+		var m msg
+		if json.Unmarshal(data, &m) != nil {
+			mismatches.Add(1)
+			return
+		}
+		switch {
+		case m.Tick != nil:
+			ticks.Add(1)
+		case m.Direct != nil:
+			if m.Slot == w.Slot() {
+				directs.Add(1)
+			} else {
+				mismatches.Add(1)
+			}
+		case m.Answer != "":
+			if m.Pid != os.Getpid() || m.Slot != w.Slot() {
+				mismatches.Add(1)
+			}
+			mu.Lock()
+			ch := waiting[m.Answer]
+			delete(waiting, m.Answer)
+			mu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+		}
+	})
+	var seq atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ask", func(rw http.ResponseWriter, r *http.Request) {
+		id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(seq.Add(1), 10)
+		ch := make(chan msg, 1)
+		mu.Lock()
+		waiting[id] = ch
+		mu.Unlock()
+		if err := w.Send(msg{Ask: id}); err != nil {
+			http.Error(rw, "send: "+err.Error(), 500)
+			return
+		}
+		select {
+		case m := <-ch:
+			fmt.Fprintf(rw, "answer primary=%d to=%d slot=%d\n", m.Primary, m.Pid, m.Slot)
+		case <-time.After(5 * time.Second):
+			http.Error(rw, "no answer from the primary", 500)
+		}
+	})
+	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", ticks.Load(), directs.Load(), mismatches.Load(), os.Getpid())
+	})
+	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), w.Slot(), w.Generation())
+	})
+	return w.Serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil)
+}

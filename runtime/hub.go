@@ -1,0 +1,126 @@
+package runtime
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// Hub is the primary's side of the message channels to its workers, as
+// Node's worker.send and cluster.on('message'): send to one worker, to
+// all, and receive what workers send. Values are encoded as JSON, one per
+// line; Send never blocks serving (each worker has a bounded queue and a
+// writer of its own; a full queue is an error). Messages to and from one
+// worker keep their order, and the handler is called serially per worker.
+//
+// Nothing survives an upgrade of the primary: the new primary has its own
+// Hub and its own workers; a message sent to the old primary's workers
+// while they drain reaches them, nothing is forwarded or replayed.
+//
+// An object with a "handoff" key is handoff's own control message
+// ({"handoff":"ready"} marks the worker ready, "status" and "stopping" are
+// logged) and never reaches the handler; Node.js treats an object whose
+// "cmd" starts with "NODE_" as internal. Do not send such values.
+type Hub struct {
+	onMessage func(Message)
+	mu        sync.Mutex
+	pool      *workerpool.Pool
+	// local is the one worker of a standalone program.
+	local func([]byte) error
+}
+
+// NewHub returns a hub whose messages from workers go to onMessage (nil
+// drops them). Pass it as Config.Hub.
+func NewHub(onMessage func(Message)) *Hub { return &Hub{onMessage: onMessage} }
+
+// Message is one value a worker sent to the primary.
+type Message struct {
+	// Slot, Pid and Generation identify the worker.
+	Slot, Pid, Generation int
+	// Data is the JSON value it sent.
+	Data  json.RawMessage
+	reply func([]byte) error
+}
+
+// Decode unmarshals the message into v.
+func (m Message) Decode(v any) error { return json.Unmarshal(m.Data, v) }
+
+// Reply sends v to the worker that sent m (even if it is draining by
+// now and its slot has a new worker).
+func (m Message) Reply(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("message: %w", err)
+	}
+	return m.reply(b)
+}
+
+// ErrNoPool is returned by a Hub that no running primary uses yet.
+var ErrNoPool = errors.New("no workers yet: the primary is not running")
+
+func (h *Hub) attach(p *workerpool.Pool) {
+	h.mu.Lock()
+	h.pool = p
+	h.mu.Unlock()
+}
+
+func (h *Hub) getPool() (*workerpool.Pool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pool == nil {
+		return nil, ErrNoPool
+	}
+	return h.pool, nil
+}
+
+// Send queues v for the worker that serves slot now (0..Workers-1). It
+// fails when the slot has no ready worker of this primary (restarting, or
+// not taken over yet) or its queue is full.
+func (h *Hub) Send(slot int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("message: %w", err)
+	}
+	if h.local != nil {
+		if slot != 0 {
+			return workerpool.ErrNoWorker
+		}
+		return h.local(b)
+	}
+	p, err := h.getPool()
+	if err != nil {
+		return err
+	}
+	return p.Send(slot, b)
+}
+
+// Broadcast queues v for every worker of this primary that is not
+// draining (new ones not ready yet included). It returns how many it
+// reached, and the errors of the others.
+func (h *Hub) Broadcast(v any) (int, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("message: %w", err)
+	}
+	if h.local != nil {
+		if err := h.local(b); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	p, err := h.getPool()
+	if err != nil {
+		return 0, err
+	}
+	return p.Broadcast(b)
+}
+
+func (h *Hub) deliver(m workerpool.Message) {
+	if h.onMessage == nil {
+		return
+	}
+	h.onMessage(Message{Slot: m.Slot, Pid: m.Pid, Generation: m.Generation, Data: m.Data, reply: m.Reply})
+}
