@@ -87,6 +87,34 @@ type Result struct {
 	// log-linear buckets (relative error below 1/16); never above Max.
 	P50, P99, P999, Max time.Duration
 	Elapsed             time.Duration // since Start, until the run ended (or now, for Snapshot)
+	// Steady and Windows split the run by the windows opened with
+	// BeginWindow and closed with EndWindow (e.g. the time a deploy
+	// takes). A request belongs to Windows if any part of it, from start
+	// to completion, fell in a window; to Steady otherwise. With no window,
+	// Steady holds every request.
+	Steady, Windows Phase
+}
+
+// Phase holds the figures of one part of a run (see Result.Steady).
+type Phase struct {
+	Requests       int64 // requests that belong to the phase, successes and failures
+	Failures       int64
+	FailuresByKind map[string]int64
+	// Latency of the phase's requests.
+	P50, P99, P999, Max time.Duration
+	// Duration is the time the run spent in the phase; Completed counts
+	// the requests that completed during it, so Completed/Duration is the
+	// phase's throughput.
+	Duration  time.Duration
+	Completed int64
+}
+
+// RPS is the phase's throughput: requests completed per second of it.
+func (p Phase) RPS() float64 {
+	if p.Duration <= 0 {
+		return 0
+	}
+	return float64(p.Completed) / p.Duration.Seconds()
 }
 
 // String is a one-line summary, handy in test logs.
@@ -98,18 +126,24 @@ func (r Result) String() string {
 
 // Run is a load run started by Start.
 type Run struct {
-	cfg     Config
-	start   time.Time
-	reqCtx  context.Context // parent of per-request contexts: never cancelled by stopping
-	cancel  context.CancelFunc
-	runCtx  context.Context
-	issued  atomic.Int64 // request slots taken, bounded by MaxRequests
-	reqs    atomic.Int64
-	fails   atomic.Int64
-	maxLat  atomic.Int64
-	buckets [numBuckets]atomic.Int64
+	cfg    Config
+	start  time.Time
+	reqCtx context.Context // parent of per-request contexts: never cancelled by stopping
+	cancel context.CancelFunc
+	runCtx context.Context
+	issued atomic.Int64 // request slots taken, bounded by MaxRequests
+	reqs   atomic.Int64
+	fails  atomic.Int64
+	all    histogram
+	// epoch counts BeginWindow and EndWindow calls: odd while a window is
+	// open. A request whose start and completion saw the same even epoch
+	// is steady; any other is in a window.
+	epoch  atomic.Int64
+	phases [2]phaseStats // [0] steady, [1] windows
 
 	mu          sync.Mutex
+	windowOpen  time.Time     // when the open window began
+	windowTotal time.Duration // closed windows
 	kinds       map[string]int64
 	firstErrors []string
 	versions    map[string]int64
@@ -138,6 +172,7 @@ func Start(ctx context.Context, cfg Config) *Run {
 		start:    time.Now(),
 		reqCtx:   context.WithoutCancel(ctx),
 		kinds:    map[string]int64{},
+		phases:   [2]phaseStats{{kinds: map[string]int64{}}, {kinds: map[string]int64{}}},
 		versions: map[string]int64{},
 		pids:     map[string]int64{},
 		done:     make(chan struct{}),
@@ -197,7 +232,6 @@ func (r *Run) Snapshot() Result {
 	res := Result{
 		Requests: r.reqs.Load(),
 		Failures: r.fails.Load(),
-		Max:      time.Duration(r.maxLat.Load()),
 		Elapsed:  time.Since(r.start),
 	}
 	select {
@@ -205,23 +239,48 @@ func (r *Run) Snapshot() Result {
 		res.Elapsed = r.final.Elapsed
 	default:
 	}
+	res.P50, res.P99, res.P999, res.Max = r.all.percentiles()
+	for i, ph := range []*Phase{&res.Steady, &res.Windows} {
+		s := &r.phases[i]
+		ph.Requests, ph.Failures, ph.Completed = s.reqs.Load(), s.fails.Load(), s.completed.Load()
+		ph.P50, ph.P99, ph.P999, ph.Max = s.hist.percentiles()
+	}
 	r.mu.Lock()
 	res.FailuresByKind = copyMap(r.kinds)
 	res.FirstErrors = append([]string(nil), r.firstErrors...)
 	res.Versions = copyMap(r.versions)
 	res.PIDs = copyMap(r.pids)
-	r.mu.Unlock()
-
-	var counts [numBuckets]int64
-	var total int64
-	for i := range counts {
-		counts[i] = r.buckets[i].Load()
-		total += counts[i]
+	res.Steady.FailuresByKind = copyMap(r.phases[0].kinds)
+	res.Windows.FailuresByKind = copyMap(r.phases[1].kinds)
+	res.Windows.Duration = r.windowTotal
+	if !r.windowOpen.IsZero() {
+		res.Windows.Duration += time.Since(r.windowOpen)
 	}
-	res.P50 = percentile(&counts, total, 0.50, res.Max)
-	res.P99 = percentile(&counts, total, 0.99, res.Max)
-	res.P999 = percentile(&counts, total, 0.999, res.Max)
+	r.mu.Unlock()
+	res.Steady.Duration = res.Elapsed - res.Windows.Duration
 	return res
+}
+
+// BeginWindow opens a window (see Result.Windows); it does nothing if one
+// is open already.
+func (r *Run) BeginWindow() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.windowOpen.IsZero() {
+		r.windowOpen = time.Now()
+		r.epoch.Add(1)
+	}
+}
+
+// EndWindow closes the open window, if any.
+func (r *Run) EndWindow() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.windowOpen.IsZero() {
+		r.windowTotal += time.Since(r.windowOpen)
+		r.windowOpen = time.Time{}
+		r.epoch.Add(1)
+	}
 }
 
 // Stop stops all clients from starting new requests, waits for the requests
@@ -271,16 +330,17 @@ func (r *Run) one(c *http.Client) {
 	ctx, cancel := context.WithTimeout(r.reqCtx, r.cfg.Timeout)
 	defer cancel()
 	begin := time.Now()
+	epoch := r.epoch.Load()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.URL, &body{bytes.NewReader(payload)})
 	if err != nil {
-		r.record(begin, nil, err)
+		r.record(begin, epoch, nil, err)
 		return
 	}
 	req.ContentLength = int64(len(payload)) // no chunking, still no GetBody
 	req.Header.Set("Content-Type", "text/plain")
 	resp, err := c.Do(req)
 	if err != nil {
-		r.record(begin, nil, err)
+		r.record(begin, epoch, nil, err)
 		return
 	}
 	// Read the whole body (keeps the connection reusable), parse its start.
@@ -290,14 +350,14 @@ func (r *Run) one(c *http.Client) {
 	}
 	resp.Body.Close()
 	if err != nil {
-		r.record(begin, nil, fmt.Errorf("reading response body (status %d): %w", resp.StatusCode, err))
+		r.record(begin, epoch, nil, fmt.Errorf("reading response body (status %d): %w", resp.StatusCode, err))
 		return
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		r.record(begin, nil, &statusError{code: resp.StatusCode, body: head})
+		r.record(begin, epoch, nil, &statusError{code: resp.StatusCode, body: head})
 		return
 	}
-	r.record(begin, head, nil)
+	r.record(begin, epoch, head, nil)
 }
 
 type statusError struct {
@@ -313,19 +373,23 @@ func (e *statusError) Error() string {
 	return fmt.Sprintf("status %d: %s", e.code, b)
 }
 
-func (r *Run) record(begin time.Time, okBody []byte, err error) {
+func (r *Run) record(begin time.Time, epoch int64, okBody []byte, err error) {
 	lat := time.Since(begin)
-	r.buckets[bucketOf(int64(lat))].Add(1)
-	for {
-		m := r.maxLat.Load()
-		if int64(lat) <= m || r.maxLat.CompareAndSwap(m, int64(lat)) {
-			break
-		}
+	now := r.epoch.Load()
+	r.all.add(lat)
+	ph := &r.phases[0]
+	if epoch%2 == 1 || now != epoch {
+		ph = &r.phases[1]
 	}
+	ph.hist.add(lat)
+	ph.reqs.Add(1)
+	r.phases[now%2].completed.Add(1)
 	if err != nil {
 		kind := Classify(err)
+		ph.fails.Add(1)
 		r.mu.Lock()
 		r.kinds[kind]++
+		ph.kinds[kind]++
 		if len(r.firstErrors) < maxFirstErrors {
 			r.firstErrors = append(r.firstErrors, kind+": "+err.Error())
 		}
@@ -401,6 +465,42 @@ func copyMap(m map[string]int64) map[string]int64 {
 		c[k] = v
 	}
 	return c
+}
+
+// phaseStats are the figures of one phase; kinds is guarded by Run.mu.
+type phaseStats struct {
+	reqs, fails, completed atomic.Int64
+	hist                   histogram
+	kinds                  map[string]int64
+}
+
+// histogram is a lock-free latency histogram with its maximum.
+type histogram struct {
+	buckets [numBuckets]atomic.Int64
+	max     atomic.Int64
+}
+
+func (h *histogram) add(lat time.Duration) {
+	h.buckets[bucketOf(int64(lat))].Add(1)
+	for {
+		m := h.max.Load()
+		if int64(lat) <= m || h.max.CompareAndSwap(m, int64(lat)) {
+			return
+		}
+	}
+}
+
+// percentiles returns p50, p99, p99.9 and the maximum.
+func (h *histogram) percentiles() (p50, p99, p999, max time.Duration) {
+	max = time.Duration(h.max.Load())
+	var counts [numBuckets]int64
+	var total int64
+	for i := range counts {
+		counts[i] = h.buckets[i].Load()
+		total += counts[i]
+	}
+	return percentile(&counts, total, 0.50, max), percentile(&counts, total, 0.99, max),
+		percentile(&counts, total, 0.999, max), max
 }
 
 // Latency histogram: values below 16ns get one bucket each; above, each

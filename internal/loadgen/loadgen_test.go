@@ -257,3 +257,48 @@ func TestUnixSocket(t *testing.T) {
 		t.Fatalf("want 40 answers over the unix socket: %v", res)
 	}
 }
+
+func TestWindowsSplitTheRun(t *testing.T) {
+	var failing atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if failing.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "v1 pid=1\n")
+	}))
+	defer srv.Close()
+	run := Start(context.Background(), Config{URL: srv.URL, KeepAlive: 2, Duration: 10 * time.Second, Pause: time.Millisecond})
+	waitFor := func(n int64) {
+		deadline := time.Now().Add(5 * time.Second)
+		for run.Snapshot().Requests < n && time.Now().Before(deadline) {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	waitFor(20)
+	run.BeginWindow()
+	failing.Store(true)
+	before := run.Snapshot().Requests
+	waitFor(before + 20)
+	failing.Store(false)
+	run.EndWindow()
+	waitFor(run.Snapshot().Requests + 20)
+	res := run.Stop()
+	t.Log(res, res.Steady, res.Windows)
+	if res.Steady.Failures != 0 {
+		t.Errorf("steady phase has failures: %+v", res.Steady)
+	}
+	if res.Windows.Failures == 0 || res.Windows.Failures != res.Failures || res.Windows.FailuresByKind["status_503"] != res.Failures {
+		t.Errorf("window failures not counted in the window: %+v (all %v)", res.Windows, res.FailuresByKind)
+	}
+	if res.Steady.Requests+res.Windows.Requests != res.Requests || res.Steady.Completed+res.Windows.Completed != res.Requests {
+		t.Errorf("phases do not add up: steady %+v windows %+v total %d", res.Steady, res.Windows, res.Requests)
+	}
+	if res.Windows.Duration <= 0 || res.Steady.Duration <= 0 || res.Windows.Duration+res.Steady.Duration != res.Elapsed {
+		t.Errorf("phase durations: steady %v windows %v elapsed %v", res.Steady.Duration, res.Windows.Duration, res.Elapsed)
+	}
+	if res.Windows.RPS() <= 0 || res.Windows.P99 > res.Max {
+		t.Errorf("window figures: %+v", res.Windows)
+	}
+}
