@@ -1,0 +1,553 @@
+// Package bench measures what handoff costs and how it holds up, side by
+// side with the same server run directly, restarted naively (stop, then
+// start) and upgraded by the pattern of tableflip's README. The load comes
+// from internal/loadgen, which counts every failed request (non-replayable
+// POSTs, no hidden retries).
+//
+// Run drives real processes on loopback: the handoff CLI and the bench
+// server (internal/bench/benchserver), both built beforehand. Figures that
+// compare two set-ups are taken in the same run, interleaved round by
+// round, and reported as medians, because the machines this runs on are
+// noisy. cmd/bench prints the tables and writes them as markdown
+// (docs/BENCHMARKS.md); the smoke test runs it all at tiny sizes.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/loadgen"
+)
+
+// Config sizes a benchmark run. Zero fields take Full's values.
+type Config struct {
+	Handoff string // the handoff CLI
+	Server  string // the bench server
+	Dir     string // a private directory for pid files
+
+	Rounds     int           // steady-state rounds (medians are reported)
+	Steady     time.Duration // length of one steady-state measurement
+	Warmup     time.Duration // load before a measurement starts, not counted
+	Clients    int           // concurrent clients of every load
+	Upgrades   int           // upgrades per disruption run
+	Gap        time.Duration // steady load before, between and after upgrades
+	Workers    []int         // worker counts of the upgrade-duration benchmark
+	Deploys    int           // deploys per worker count
+	ReadyDelay time.Duration // the slow app's time to get ready
+	Balance    []int         // worker counts of the balance benchmark
+	Reloads    int           // dev-loop reloads
+
+	Progress io.Writer // one line per step; nil for none
+}
+
+// Full is the configuration of 'make bench'.
+var Full = Config{
+	Rounds: 5, Steady: 5 * time.Second, Warmup: 500 * time.Millisecond, Clients: 64,
+	Upgrades: 10, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10,
+}
+
+// Quick is the configuration of 'make bench BENCH_QUICK=1'.
+var Quick = Config{
+	Rounds: 1, Steady: 2 * time.Second, Warmup: 200 * time.Millisecond, Clients: 64,
+	Upgrades: 3, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3,
+}
+
+func (c *Config) fill() {
+	d := Full
+	if c.Rounds == 0 {
+		c.Rounds = d.Rounds
+	}
+	if c.Steady == 0 {
+		c.Steady = d.Steady
+	}
+	if c.Warmup == 0 {
+		c.Warmup = d.Warmup
+	}
+	if c.Clients == 0 {
+		c.Clients = d.Clients
+	}
+	if c.Upgrades == 0 {
+		c.Upgrades = d.Upgrades
+	}
+	if c.Gap == 0 {
+		c.Gap = d.Gap
+	}
+	if len(c.Workers) == 0 {
+		c.Workers = d.Workers
+	}
+	if c.Deploys == 0 {
+		c.Deploys = d.Deploys
+	}
+	if c.ReadyDelay == 0 {
+		c.ReadyDelay = d.ReadyDelay
+	}
+	if len(c.Balance) == 0 {
+		c.Balance = d.Balance
+	}
+	if c.Reloads == 0 {
+		c.Reloads = d.Reloads
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+}
+
+// Table is one block of results.
+type Table struct {
+	Title  string
+	Header []string
+	Rows   [][]string
+	Notes  []string
+}
+
+// Report is the outcome of Run.
+type Report struct {
+	Machine  Machine
+	Config   Config
+	Started  time.Time
+	Took     time.Duration
+	Tables   []Table
+	Verdicts []Verdict // the targets, met or not
+}
+
+// Verdict is a target and whether this run met it.
+type Verdict struct {
+	Target   string
+	Measured string
+	Met      bool
+	Skipped  bool
+}
+
+// Run runs every benchmark and returns the report; it stops at the first
+// benchmark that cannot run (a process that does not start, an upgrade
+// that aborts).
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.fill()
+	r := &Report{Machine: ReadMachine(), Config: cfg, Started: time.Now()}
+	b := &bencher{cfg: cfg, r: r}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"steady-state overhead and the primary's cost under load", b.overhead},
+		{"deploy disruption", b.disruption},
+		{"upgrade duration against workers, and the primary's cost per worker", b.scaling},
+		{"dev loop", b.devLoop},
+		{"balance across workers", b.balance},
+	}
+	for _, s := range steps {
+		b.progress("== %s", s.name)
+		if err := s.fn(ctx); err != nil {
+			return r, fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	b.primaryTable()
+	r.Took = time.Since(r.Started)
+	return r, nil
+}
+
+type bencher struct {
+	cfg Config
+	r   *Report
+	// The primary's cost, gathered along the way.
+	loadCPU  []float64 // share of one core the primary used under load
+	loadRSS  []int64
+	idle     []idleSample
+	deployMs []float64 // primary CPU per deploy
+}
+
+type idleSample struct {
+	workers int
+	rss     int64
+	cpu     float64 // share of one core while idle
+}
+
+func (b *bencher) progress(format string, a ...any) {
+	fmt.Fprintf(b.cfg.Progress, "bench: "+format+"\n", a...)
+}
+
+func (b *bencher) load(ctx context.Context, addr string, newConn bool, d time.Duration) *loadgen.Run {
+	cfg := loadgen.Config{URL: "http://" + addr + "/", Duration: d, MaxRequests: math.MaxInt64}
+	if newConn {
+		cfg.NewConn = b.cfg.Clients
+	} else {
+		cfg.KeepAlive = b.cfg.Clients
+	}
+	return loadgen.Start(ctx, cfg)
+}
+
+// measure warms addr up, then loads it for cfg.Steady.
+func (b *bencher) measure(ctx context.Context, addr string, newConn bool) loadgen.Result {
+	b.load(ctx, addr, newConn, b.cfg.Warmup).Wait()
+	return b.load(ctx, addr, newConn, b.cfg.Steady).Wait()
+}
+
+// 1. Steady-state overhead (and item 5's figures under load).
+func (b *bencher) overhead(ctx context.Context) error {
+	type setup struct {
+		name    string
+		workers int // 0: direct
+	}
+	setups := []setup{{"direct (one process)", 0}, {"handoff, 1 worker", 1}, {"handoff, 2 workers", 2}}
+	type sample struct {
+		rps      float64
+		p50, p99 time.Duration
+		failures int64
+	}
+	samples := make([][]sample, len(setups))
+	for round := 1; round <= b.cfg.Rounds; round++ {
+		// Each round starts with another set-up, so that none always runs
+		// first (or last) on a machine whose load drifts.
+		for k := range setups {
+			i := (k + round - 1) % len(setups)
+			s := setups[i]
+			var (
+				addr string
+				stop func()
+				p    *primary
+			)
+			if s.workers == 0 {
+				a, err := freeAddr()
+				if err != nil {
+					return err
+				}
+				srv, err := startServer(b.cfg.Server, "--listen", a)
+				if err != nil {
+					return err
+				}
+				addr, stop = a, func() { srv.stop(sigTERM) }
+				if err := waitAnswer(ctx, addr, time.Minute, func(string) bool { return true }); err != nil {
+					stop()
+					return fmt.Errorf("%w (server: %s)", err, srv.stderr)
+				}
+			} else {
+				var err error
+				p, addr, err = startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers)
+				if err != nil {
+					return err
+				}
+				stop = p.stop
+			}
+			b.load(ctx, addr, false, b.cfg.Warmup).Wait()
+			var cpu0 time.Duration
+			if p != nil {
+				cpu0, _ = procCPU(p.pid())
+			}
+			res := b.load(ctx, addr, false, b.cfg.Steady).Wait()
+			if p != nil {
+				cpu1, _ := procCPU(p.pid())
+				b.loadCPU = append(b.loadCPU, (cpu1-cpu0).Seconds()/res.Elapsed.Seconds())
+				if rss, err := procRSS(p.pid()); err == nil {
+					b.loadRSS = append(b.loadRSS, rss)
+				}
+			}
+			stop()
+			sm := sample{rps: float64(res.Requests) / res.Elapsed.Seconds(), p50: res.P50, p99: res.P99, failures: res.Failures}
+			samples[i] = append(samples[i], sm)
+			b.progress("round %d %-22s %8.0f req/s p50 %-9v p99 %-9v failed %d", round, s.name, sm.rps, sm.p50, sm.p99, sm.failures)
+		}
+	}
+	t := Table{
+		Title:  "1. Steady-state overhead (keep-alive load)",
+		Header: []string{"set-up", "req/s", "vs direct", "p50", "p99", "failed"},
+		Notes: []string{fmt.Sprintf("%d keep-alive clients, %v per measurement after %v of warm-up; medians of %d rounds, each round runs the set-ups one after the other, starting with a different one; \"vs direct\" is the median of the per-round ratios.",
+			b.cfg.Clients, b.cfg.Steady, b.cfg.Warmup, b.cfg.Rounds)},
+	}
+	var worst float64 = math.Inf(1)
+	for i, s := range setups {
+		var rps, ratio []float64
+		var p50, p99 []time.Duration
+		var failed int64
+		for round, sm := range samples[i] { // samples[0] is direct
+			rps = append(rps, sm.rps)
+			ratio = append(ratio, sm.rps/samples[0][round].rps)
+			p50, p99 = append(p50, sm.p50), append(p99, sm.p99)
+			failed += sm.failures
+		}
+		vs := "1"
+		if i > 0 {
+			m := median(ratio)
+			worst = math.Min(worst, m)
+			vs = fmt.Sprintf("%.3f", m)
+		}
+		t.Rows = append(t.Rows, []string{s.name, fmt.Sprintf("%.0f", median(rps)), vs,
+			fmtDur(medianDur(p50)), fmtDur(medianDur(p99)), fmt.Sprint(failed)})
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	b.r.Verdicts = append(b.r.Verdicts, Verdict{
+		Target:   "steady state: handoff at least 0.97 of direct req/s",
+		Measured: fmt.Sprintf("worst set-up %.3f", worst),
+		Met:      worst >= 0.97,
+	})
+	return nil
+}
+
+// 2. Deploy disruption.
+func (b *bencher) disruption(ctx context.Context) error {
+	t := Table{
+		Title: "2. Deploy disruption",
+		Header: []string{"system", "load", "upgrades", "failed (raw)", "failures by kind",
+			"steady p99", "window p99", "window p99.9", "p99 window/steady", "req/s window/steady", "upgrade (median)"},
+		Notes: []string{
+			fmt.Sprintf("%d clients, %d upgrades each, %v of steady load before, between and after them. A window lasts from the upgrade signal until the old process has exited and the new one answers; a request belongs to it if any part of it fell inside. Failures are raw: every request is a POST that cannot be replayed and no client retries; a refused connection is retried at once by the next request of the same client, so a dark port piles failures up.",
+				b.cfg.Clients, b.cfg.Upgrades, b.cfg.Gap),
+			"handoff runs 2 workers with --ready notify; the naive restarter sends SIGTERM (the server drains), waits for the exit, starts the new process; the tableflip process does Upgrade on SIGHUP and http.Server.Shutdown once Exit() fires.",
+		},
+	}
+	for _, newConn := range []bool{false, true} {
+		mode := "keep-alive"
+		if newConn {
+			mode = "new connection"
+		}
+		systems := []system{
+			&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2},
+			&naiveSystem{server: b.cfg.Server},
+			&tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir},
+		}
+		for _, sys := range systems {
+			row, res, err := b.disrupt(ctx, sys, newConn)
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
+			}
+			t.Rows = append(t.Rows, append([]string{sys.name(), mode}, row...))
+			if _, ok := sys.(*handoffSystem); ok {
+				ratio := float64(res.Windows.P99) / float64(res.Steady.P99)
+				b.r.Verdicts = append(b.r.Verdicts,
+					Verdict{Target: "deploys (" + mode + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", res.Failures, res.Requests), Met: res.Failures == 0},
+					Verdict{Target: "deploys (" + mode + "): handoff p99 in upgrade windows within 2x steady p99", Measured: fmt.Sprintf("%.2fx (%s vs %s)", ratio, fmtDur(res.Windows.P99), fmtDur(res.Steady.P99)), Met: ratio <= 2})
+			}
+		}
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	return nil
+}
+
+func (b *bencher) disrupt(ctx context.Context, sys system, newConn bool) ([]string, loadgen.Result, error) {
+	defer sys.stop()
+	addr, err := sys.start(ctx)
+	if err != nil {
+		return nil, loadgen.Result{}, err
+	}
+	b.load(ctx, addr, newConn, b.cfg.Warmup).Wait()
+	run := b.load(ctx, addr, newConn, time.Hour)
+	defer run.Stop()
+	var took []time.Duration
+	for i := 0; i < b.cfg.Upgrades; i++ {
+		if err := sleep(ctx, b.cfg.Gap); err != nil {
+			return nil, loadgen.Result{}, err
+		}
+		run.BeginWindow()
+		start := time.Now()
+		err := sys.upgrade(ctx)
+		run.EndWindow()
+		if err != nil {
+			return nil, loadgen.Result{}, fmt.Errorf("upgrade %d: %w", i+1, err)
+		}
+		took = append(took, time.Since(start))
+	}
+	if err := sleep(ctx, b.cfg.Gap); err != nil {
+		return nil, loadgen.Result{}, err
+	}
+	res := run.Stop()
+	b.progress("%-26s newconn=%-5v failed %d/%d kinds %v steady p99 %v window p99 %v p99.9 %v",
+		sys.name(), newConn, res.Failures, res.Requests, res.FailuresByKind, res.Steady.P99, res.Windows.P99, res.Windows.P999)
+	return []string{
+		fmt.Sprint(len(took)),
+		fmt.Sprintf("%d of %d", res.Failures, res.Requests),
+		kinds(res.FailuresByKind),
+		fmtDur(res.Steady.P99), fmtDur(res.Windows.P99), fmtDur(res.Windows.P999),
+		fmt.Sprintf("%.2f", float64(res.Windows.P99)/float64(res.Steady.P99)),
+		fmt.Sprintf("%.2f", res.Windows.RPS()/res.Steady.RPS()),
+		fmtDur(medianDur(took)),
+	}, res, nil
+}
+
+// 3. Upgrade duration against the number of workers; item 5's idle and
+// per-worker figures come from the same primaries.
+func (b *bencher) scaling(ctx context.Context) error {
+	delays := []time.Duration{0, b.cfg.ReadyDelay}
+	med := make([][]time.Duration, len(delays))
+	for di, delay := range delays {
+		for _, n := range b.cfg.Workers {
+			p, _, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, n, "--ready-delay", delay.String())
+			if err != nil {
+				return err
+			}
+			if delay == 0 {
+				if err := b.idleCost(ctx, p, n); err != nil {
+					p.stop()
+					return err
+				}
+			}
+			var took []time.Duration
+			cpu0, _ := procCPU(p.pid())
+			for d := 0; d < b.cfg.Deploys; d++ {
+				dur, _, err := p.deploy(ctx)
+				if err != nil {
+					p.stop()
+					return fmt.Errorf("%d workers, ready after %v: %w", n, delay, err)
+				}
+				took = append(took, dur)
+			}
+			cpu1, _ := procCPU(p.pid())
+			if delay == 0 {
+				b.deployMs = append(b.deployMs, float64((cpu1-cpu0).Milliseconds())/float64(b.cfg.Deploys))
+			}
+			p.stop()
+			med[di] = append(med[di], medianDur(took))
+			b.progress("%2d workers, ready after %-6v: upgrade %v (median of %d)", n, delay, medianDur(took), len(took))
+		}
+	}
+	t := Table{
+		Title:  "3. Upgrade duration against the number of workers",
+		Header: []string{"workers", "ready at once", fmt.Sprintf("ready after %v", b.cfg.ReadyDelay), fmt.Sprintf("N × %v", b.cfg.ReadyDelay)},
+		Notes: []string{fmt.Sprintf("Time from SIGHUP to the primary's \"upgrade finished\" (every slot has a new ready worker; the old ones drain after), no load, median of %d deploys. Workers are replaced one at a time, so the time grows with N.", b.cfg.Deploys)},
+	}
+	for i, n := range b.cfg.Workers {
+		t.Rows = append(t.Rows, []string{fmt.Sprint(n), fmtDur(med[0][i]), fmtDur(med[1][i]), fmtDur(time.Duration(n) * b.cfg.ReadyDelay)})
+	}
+	ns := make([]float64, len(b.cfg.Workers))
+	for i, n := range b.cfg.Workers {
+		ns[i] = float64(n)
+	}
+	for di, delay := range delays {
+		ys := make([]float64, len(med[di]))
+		for i, d := range med[di] {
+			ys[i] = d.Seconds()
+		}
+		slope, icept, r2 := linearFit(ns, ys)
+		what := "ready at once"
+		if delay > 0 {
+			what = fmt.Sprintf("ready after %v", delay)
+		}
+		t.Notes = append(t.Notes, fmt.Sprintf("%s: least-squares fit %s per worker + %s (R² %.3f).", what,
+			fmtDur(time.Duration(slope*float64(time.Second))), fmtDur(time.Duration(icept*float64(time.Second))), r2))
+		if delay > 0 {
+			perWorker := time.Duration(slope * float64(time.Second))
+			b.r.Verdicts = append(b.r.Verdicts, Verdict{
+				Target:   fmt.Sprintf("upgrade time linear in N, near N × time-to-ready (%v)", delay),
+				Measured: fmt.Sprintf("%s per worker, R² %.3f", fmtDur(perWorker), r2),
+				Met:      r2 >= 0.98 && perWorker >= delay && perWorker <= delay*3/2,
+			})
+		}
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	return nil
+}
+
+// idleCost records the primary's RSS and its CPU over a second of idling.
+func (b *bencher) idleCost(ctx context.Context, p *primary, n int) error {
+	// Let start-up settle before measuring.
+	if err := sleep(ctx, 300*time.Millisecond); err != nil {
+		return err
+	}
+	cpu0, _ := procCPU(p.pid())
+	start := time.Now()
+	if err := sleep(ctx, time.Second); err != nil {
+		return err
+	}
+	cpu1, _ := procCPU(p.pid())
+	rss, err := procRSS(p.pid())
+	if err != nil {
+		return err
+	}
+	b.idle = append(b.idle, idleSample{workers: n, rss: rss, cpu: (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()})
+	return nil
+}
+
+// 5. The primary's own cost, from what the other benchmarks gathered.
+func (b *bencher) primaryTable() {
+	t := Table{
+		Title:  "5. The primary's own cost",
+		Header: []string{"workers", "RSS idle", "CPU idle", "CPU per deploy"},
+		Notes: []string{"RSS is VmRSS of /proc/PID/status; CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the interval: idle is a share of one core over a second, a deploy's is the CPU time it took (all workers replaced, no load). The workers' own cost is not included: a worker is the user's process, exec'd with nothing of handoff left in it."},
+	}
+	var ns, rss []float64
+	for i, s := range b.idle {
+		row := []string{fmt.Sprint(s.workers), fmtBytes(s.rss), fmt.Sprintf("%.1f%%", 100*s.cpu), "—"}
+		if i < len(b.deployMs) {
+			row[3] = fmt.Sprintf("%.1f ms", b.deployMs[i])
+		}
+		t.Rows = append(t.Rows, row)
+		ns, rss = append(ns, float64(s.workers)), append(rss, float64(s.rss))
+	}
+	if len(ns) >= 2 {
+		slope, icept, _ := linearFit(ns, rss)
+		t.Notes = append(t.Notes, fmt.Sprintf("Per-worker overhead (fit of idle RSS against workers): %s per worker over a base of %s.",
+			fmtBytes(int64(slope)), fmtBytes(int64(icept))))
+	}
+	if len(b.loadCPU) > 0 {
+		var maxRSS int64
+		for _, r := range b.loadRSS {
+			maxRSS = max(maxRSS, r)
+		}
+		t.Notes = append(t.Notes, fmt.Sprintf("Under the keep-alive load of benchmark 1 (1 and 2 workers): CPU median %.2f%% of a core (max %.2f%%), RSS at most %s. The primary never touches a request: the workers accept on the shared socket themselves.",
+			100*median(b.loadCPU), 100*maxF(b.loadCPU), fmtBytes(maxRSS)))
+	}
+	b.r.Tables = append(b.r.Tables, t)
+}
+
+// 6. Balance across workers on the shared socket.
+func (b *bencher) balance(ctx context.Context) error {
+	t := Table{
+		Title:  "6. Balance across workers on the shared socket",
+		Header: []string{"workers", "load", "fair share", "busiest worker", "idlest worker", "failed"},
+		Notes: []string{fmt.Sprintf("Share of the requests each worker answered (the pid in every answer), %d clients for %v. With keep-alive a connection stays with the worker that accepted it, so the split is made once per connection; with a new connection per request it is made per request.",
+			b.cfg.Clients, b.cfg.Steady)},
+	}
+	for _, n := range b.cfg.Balance {
+		p, addr, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, n)
+		if err != nil {
+			return err
+		}
+		p.mu.Lock()
+		var pids []string
+		for pid := range p.alive {
+			pids = append(pids, fmt.Sprint(pid))
+		}
+		p.mu.Unlock()
+		for _, newConn := range []bool{false, true} {
+			res := b.measure(ctx, addr, newConn)
+			var counts []int64
+			var total int64
+			for _, pid := range pids {
+				counts = append(counts, res.PIDs[pid])
+				total += res.PIDs[pid]
+			}
+			sort.Slice(counts, func(i, j int) bool { return counts[i] < counts[j] })
+			mode := "keep-alive"
+			if newConn {
+				mode = "new connection"
+			}
+			share := func(c int64) string {
+				if total == 0 {
+					return "—"
+				}
+				return fmt.Sprintf("%.1f%%", 100*float64(c)/float64(total))
+			}
+			t.Rows = append(t.Rows, []string{fmt.Sprint(n), mode, fmt.Sprintf("%.1f%%", 100/float64(n)),
+				share(counts[len(counts)-1]), share(counts[0]), fmt.Sprint(res.Failures)})
+			b.progress("%d workers %-14s per worker %v", n, mode, counts)
+		}
+		p.stop()
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

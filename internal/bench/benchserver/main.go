@@ -1,0 +1,128 @@
+// Command benchserver is the hello-world HTTP server the benchmarks measure
+// (internal/bench). One program, three ways to run it:
+//
+//   - alone, listening itself on --listen: the "direct" baseline, and the
+//     server a naive stop-then-start restarter kills and starts again;
+//   - under handoff: it takes its listener by socket activation
+//     (LISTEN_FDS), sends READY=1 to $NOTIFY_SOCKET once it serves, and
+//     drains with internal/drain (zero loss) on SIGTERM;
+//   - with --tableflip: the pattern of tableflip's README in one process —
+//     upg.Listen, upg.Ready, Upgrade on SIGHUP, and http.Server.Shutdown
+//     once upg.Exit() fires.
+//
+// --ready-delay makes it take that long to get ready (before it serves and
+// before READY=1), to model an application with a slow start.
+//
+// Every answer is "VERSION pid=PID worker=SLOT", which the load generator
+// counts per version and per pid.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/handoff-dev/handoff/internal/drain"
+)
+
+func main() {
+	addr := flag.String("listen", "127.0.0.1:8080", "address to listen on when not socket-activated")
+	version := flag.String("version", "v1", "first word of every answer")
+	readyDelay := flag.Duration("ready-delay", 0, "time the server takes to get ready before it serves and sends READY=1")
+	drainTimeout := flag.Duration("drain", 10*time.Second, "bound of the drain on SIGTERM")
+	useTableflip := flag.Bool("tableflip", false, "run as tableflip's README shows: Upgrade on SIGHUP, Shutdown on Exit")
+	pidFile := flag.String("pid-file", "", "with --tableflip: the pid file tableflip maintains")
+	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix(fmt.Sprintf("benchserver %s pid=%d: ", *version, os.Getpid()))
+
+	worker := os.Getenv("HANDOFF_WORKER")
+	answer := fmt.Sprintf("%s pid=%d worker=%s\n", *version, os.Getpid(), worker)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, answer)
+	})
+	if *useTableflip {
+		if err := runTableflip(*addr, *pidFile, *readyDelay, handler); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+
+	ln, err := listener(*addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	time.Sleep(*readyDelay)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- drain.Serve(ctx, srv, ln, *drainTimeout) }()
+	daemon.SdNotify(false, daemon.SdNotifyReady) // a no-op without NOTIFY_SOCKET
+	if err := <-done; err != nil {
+		log.Fatal(err)
+	}
+}
+
+// listener takes the first socket-activated listener, or binds addr.
+func listener(addr string) (net.Listener, error) {
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, err
+	}
+	if len(lns) > 0 && lns[0] != nil {
+		return lns[0], nil
+	}
+	return net.Listen("tcp", addr)
+}
+
+// runTableflip follows the README of github.com/cloudflare/tableflip and its
+// HTTP example: a SIGHUP upgrades (the new process inherits the listener),
+// and the old process calls http.Server.Shutdown when upg.Exit() fires.
+// SIGTERM stops it the same way.
+func runTableflip(addr, pidFile string, readyDelay time.Duration, h http.Handler) error {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile})
+	if err != nil {
+		return err
+	}
+	defer upg.Stop()
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM)
+		for s := range sig {
+			if s == syscall.SIGTERM {
+				upg.Stop()
+				return
+			}
+			if err := upg.Upgrade(); err != nil {
+				log.Println("upgrade failed:", err)
+			}
+		}
+	}()
+	ln, err := upg.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	time.Sleep(readyDelay)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	if err := upg.Ready(); err != nil {
+		return err
+	}
+	<-upg.Exit()
+	time.AfterFunc(30*time.Second, func() { os.Exit(1) })
+	return srv.Shutdown(context.Background())
+}
