@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy hello hello-deploy soak test unit integration vet fmt-check clean
+.PHONY: all build run deploy hello hello-deploy soak bench test unit integration vet fmt-check clean
 
 all: build
 
@@ -61,3 +61,19 @@ clean:
 SOAK ?= 300
 soak:
 	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
+
+# Benchmarks (not part of 'make test'; a smoke run of the harness is): what
+# handoff costs and how deploys hold up, next to the same server run
+# directly, restarted naively and upgraded by tableflip's README pattern.
+# Prints the tables and writes them to $(BIN)/benchmarks.md. About 5 minutes
+# on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
+# to also put the results into docs/BENCHMARKS.md.
+BENCH_QUICK ?=
+BENCH_DOC   ?=
+bench:
+	$(GO) build -o $(BIN)/handoff ./cmd/handoff
+	$(GO) build -o $(BIN)/benchserver ./internal/bench/benchserver
+	$(GO) build -o $(BIN)/bench ./internal/bench/cmd/bench
+	$(BIN)/bench --handoff $(BIN)/handoff --server $(BIN)/benchserver $(if $(BENCH_QUICK),--quick) \
+		--out $(BIN)/benchmarks.md $(if $(BENCH_DOC),--doc docs/BENCHMARKS.md) \
+		--command "make bench$(if $(BENCH_QUICK), BENCH_QUICK=1)"

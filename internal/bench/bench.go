@@ -46,7 +46,7 @@ type Config struct {
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
-	Rounds: 5, Steady: 5 * time.Second, Warmup: 500 * time.Millisecond, Clients: 64,
+	Rounds: 10, Steady: 2 * time.Second, Warmup: 300 * time.Millisecond, Clients: 64,
 	Upgrades: 10, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
 	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10,
 }
@@ -148,6 +148,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	b.primaryTable()
+	// In the order of their numbers, whatever order they ran in.
+	sort.SliceStable(r.Tables, func(i, j int) bool { return r.Tables[i].Title < r.Tables[j].Title })
 	r.Took = time.Since(r.Started)
 	return r, nil
 }
@@ -200,46 +202,48 @@ func (b *bencher) overhead(ctx context.Context) error {
 		p50, p99 time.Duration
 		failures int64
 	}
+	// Every set-up is started once and stays up (idle, it costs nothing);
+	// the load moves from one to the next, round after round, so that a
+	// drift in the machine's load hits them all alike.
+	addrs := make([]string, len(setups))
+	prims := make([]*primary, len(setups))
+	for i, s := range setups {
+		if s.workers > 0 {
+			p, addr, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers)
+			if err != nil {
+				return err
+			}
+			defer p.stop()
+			prims[i], addrs[i] = p, addr
+			continue
+		}
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		srv, err := startServer(b.cfg.Server, "--listen", addr)
+		if err != nil {
+			return err
+		}
+		defer srv.stop(sigTERM)
+		if err := waitAnswer(ctx, addr, time.Minute, func(string) bool { return true }); err != nil {
+			return fmt.Errorf("%w (server: %s)", err, srv.stderr)
+		}
+		addrs[i] = addr
+	}
 	samples := make([][]sample, len(setups))
 	for round := 1; round <= b.cfg.Rounds; round++ {
 		// Each round starts with another set-up, so that none always runs
-		// first (or last) on a machine whose load drifts.
+		// first (or last).
 		for k := range setups {
 			i := (k + round - 1) % len(setups)
-			s := setups[i]
-			var (
-				addr string
-				stop func()
-				p    *primary
-			)
-			if s.workers == 0 {
-				a, err := freeAddr()
-				if err != nil {
-					return err
-				}
-				srv, err := startServer(b.cfg.Server, "--listen", a)
-				if err != nil {
-					return err
-				}
-				addr, stop = a, func() { srv.stop(sigTERM) }
-				if err := waitAnswer(ctx, addr, time.Minute, func(string) bool { return true }); err != nil {
-					stop()
-					return fmt.Errorf("%w (server: %s)", err, srv.stderr)
-				}
-			} else {
-				var err error
-				p, addr, err = startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers)
-				if err != nil {
-					return err
-				}
-				stop = p.stop
-			}
-			b.load(ctx, addr, false, b.cfg.Warmup).Wait()
+			p := prims[i]
+			b.load(ctx, addrs[i], false, b.cfg.Warmup).Wait()
 			var cpu0 time.Duration
 			if p != nil {
 				cpu0, _ = procCPU(p.pid())
 			}
-			res := b.load(ctx, addr, false, b.cfg.Steady).Wait()
+			res := b.load(ctx, addrs[i], false, b.cfg.Steady).Wait()
 			if p != nil {
 				cpu1, _ := procCPU(p.pid())
 				b.loadCPU = append(b.loadCPU, (cpu1-cpu0).Seconds()/res.Elapsed.Seconds())
@@ -247,16 +251,15 @@ func (b *bencher) overhead(ctx context.Context) error {
 					b.loadRSS = append(b.loadRSS, rss)
 				}
 			}
-			stop()
 			sm := sample{rps: float64(res.Requests) / res.Elapsed.Seconds(), p50: res.P50, p99: res.P99, failures: res.Failures}
 			samples[i] = append(samples[i], sm)
-			b.progress("round %d %-22s %8.0f req/s p50 %-9v p99 %-9v failed %d", round, s.name, sm.rps, sm.p50, sm.p99, sm.failures)
+			b.progress("round %d %-22s %8.0f req/s p50 %-9v p99 %-9v failed %d", round, setups[i].name, sm.rps, sm.p50, sm.p99, sm.failures)
 		}
 	}
 	t := Table{
 		Title:  "1. Steady-state overhead (keep-alive load)",
 		Header: []string{"set-up", "req/s", "vs direct", "p50", "p99", "failed"},
-		Notes: []string{fmt.Sprintf("%d keep-alive clients, %v per measurement after %v of warm-up; medians of %d rounds, each round runs the set-ups one after the other, starting with a different one; \"vs direct\" is the median of the per-round ratios.",
+		Notes: []string{fmt.Sprintf("%d keep-alive clients, %v per measurement after %v of warm-up; medians of %d rounds, the three set-ups run side by side for the whole benchmark and the load moves from one to the next, each round starting with a different one; \"vs direct\" is the median of the per-round ratios.",
 			b.cfg.Clients, b.cfg.Steady, b.cfg.Warmup, b.cfg.Rounds)},
 	}
 	var worst float64 = math.Inf(1)
@@ -407,7 +410,7 @@ func (b *bencher) scaling(ctx context.Context) error {
 	t := Table{
 		Title:  "3. Upgrade duration against the number of workers",
 		Header: []string{"workers", "ready at once", fmt.Sprintf("ready after %v", b.cfg.ReadyDelay), fmt.Sprintf("N × %v", b.cfg.ReadyDelay)},
-		Notes: []string{fmt.Sprintf("Time from SIGHUP to the primary's \"upgrade finished\" (every slot has a new ready worker; the old ones drain after), no load, median of %d deploys. Workers are replaced one at a time, so the time grows with N.", b.cfg.Deploys)},
+		Notes:  []string{fmt.Sprintf("Time from SIGHUP to the primary's \"upgrade finished\" (every slot has a new ready worker; the old ones drain after), no load, median of %d deploys. Workers are replaced one at a time, so the time grows with N.", b.cfg.Deploys)},
 	}
 	for i, n := range b.cfg.Workers {
 		t.Rows = append(t.Rows, []string{fmt.Sprint(n), fmtDur(med[0][i]), fmtDur(med[1][i]), fmtDur(time.Duration(n) * b.cfg.ReadyDelay)})
@@ -466,7 +469,7 @@ func (b *bencher) primaryTable() {
 	t := Table{
 		Title:  "5. The primary's own cost",
 		Header: []string{"workers", "RSS idle", "CPU idle", "CPU per deploy"},
-		Notes: []string{"RSS is VmRSS of /proc/PID/status; CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the interval: idle is a share of one core over a second, a deploy's is the CPU time it took (all workers replaced, no load). The workers' own cost is not included: a worker is the user's process, exec'd with nothing of handoff left in it."},
+		Notes:  []string{"RSS is VmRSS of /proc/PID/status; CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the interval: idle is a share of one core over a second, a deploy's is the CPU time it took (all workers replaced, no load). The workers' own cost is not included: a worker is the user's process, exec'd with nothing of handoff left in it."},
 	}
 	var ns, rss []float64
 	for i, s := range b.idle {

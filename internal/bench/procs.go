@@ -53,9 +53,15 @@ type primary struct {
 // startPrimary runs handoff with n workers of the bench server on a port
 // of its choosing and waits until it is ready. serverArgs go to the server.
 func startPrimary(ctx context.Context, handoff, server string, n int, serverArgs ...string) (*primary, string, error) {
+	return startPrimaryWith(ctx, handoff, nil, server, n, serverArgs...)
+}
+
+// startPrimaryWith is startPrimary with further flags for handoff.
+func startPrimaryWith(ctx context.Context, handoff string, flags []string, server string, n int, serverArgs ...string) (*primary, string, error) {
 	args := []string{"run", "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--ready", "notify",
-		"--log-format", "json", "--drain-timeout", "10s", "--", server}
-	cmd := exec.Command(handoff, append(args, serverArgs...)...)
+		"--log-format", "json", "--drain-timeout", "10s"}
+	args = append(append(append(args, flags...), "--", server), serverArgs...)
+	cmd := exec.Command(handoff, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -172,6 +178,12 @@ func (p *primary) deploy(ctx context.Context) (took, settled time.Duration, err 
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		return 0, 0, err
 	}
+	return p.awaitDeploy(ctx, from, start)
+}
+
+// awaitDeploy waits for the deploy that began at start, looking at the
+// events from index from on; see deploy.
+func (p *primary) awaitDeploy(ctx context.Context, from int, start time.Time) (took, settled time.Duration, err error) {
 	i, err := p.wait(ctx, from, 2*time.Minute, func(e event) bool { return e.msg == "upgrade finished" })
 	if err != nil {
 		return 0, 0, err

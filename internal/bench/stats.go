@@ -80,7 +80,9 @@ func linearFit(xs, ys []float64) (slope, intercept, r2 float64) {
 // fmtDur rounds a duration to 3 significant digits.
 func fmtDur(d time.Duration) string {
 	switch {
-	case d <= 0:
+	case d < 0:
+		return "-" + fmtDur(-d)
+	case d == 0:
 		return "0"
 	case d < time.Microsecond:
 		return d.String()
