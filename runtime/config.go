@@ -85,6 +85,19 @@ type Config struct {
 	// Hub, if set, is the primary's end of the message channels (IPC is
 	// then implied): send to workers, receive from them.
 	Hub *Hub
+	// Watch deploys on every change of the worker command's executable
+	// (Command[0] as resolved at start, and the symlink that led to it),
+	// exactly as a HUP does. A change is acted on once the file is
+	// complete (see reload.Complete) and the events have been quiet for
+	// WatchQuiet. When the primary runs its own executable as the worker
+	// command (library mode), this watches its own executable.
+	Watch bool
+	// WatchPaths are further files and directories (watched recursively)
+	// whose changes deploy; they imply Watch. Each must exist at start.
+	WatchPaths []string
+	// WatchQuiet is the debounce of the watch; default
+	// reload.DefaultQuiet.
+	WatchQuiet time.Duration
 }
 
 // Defaults.
@@ -113,6 +126,9 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
+	if len(c.WatchPaths) > 0 {
+		c.Watch = true
+	}
 }
 
 // Validate reports the first problem with c as an error that names the
@@ -126,6 +142,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Workers < 0 {
 		return fmt.Errorf("--workers %d: must be at least 1", c.Workers)
+	}
+	for _, p := range c.WatchPaths {
+		if p == "" {
+			return errors.New("--watch-path needs a file or directory")
+		}
 	}
 	return nil
 }

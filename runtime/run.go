@@ -105,6 +105,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := checkPIDFileDir(cfg.PIDFile); err != nil {
 		return err
 	}
+	watcher, err := p.newWatcher(path)
+	if err != nil {
+		return err
+	}
+	// Until it runs, stopping the watch is closing it.
+	stopWatch := func() {
+		if watcher != nil {
+			watcher.Close()
+		}
+	}
+	defer func() { stopWatch() }()
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
 	// every worker, each of which may take up to ReadyTimeout; one that
 	// fails drains its new worker and rolls back before it exits.
@@ -158,6 +169,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool)
 	}
+
+	// Every primary watches, a new one after a self-upgrade too: its
+	// changes queue a deploy like a HUP, also while it starts or takes over.
+	stopWatch = p.runWatcher(watcher, path)
 
 	if p.upg.HasParent() {
 		return p.takeOver(ctx, sigs, path)
@@ -585,7 +600,9 @@ func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error
 				forward()
 			}
 		case r := <-p.reqs:
-			if r.run == nil {
+			// The new primary watches the same files since before it
+			// connected: a change seen here is seen there too.
+			if r.run == nil && r.op != opWatch {
 				forward()
 			}
 			if r.done != nil {

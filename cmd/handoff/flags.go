@@ -47,6 +47,12 @@ Flags:
   --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
   --pid-file PATH          file holding the pid of the primary that owns the
                            listeners now, replaced atomically on each upgrade
+  --watch                  deploy, as HUP does, whenever COMMAND's executable
+                           changes (replaced by rename, rewritten, chmodded);
+                           a half-written file is waited for, never started
+  --watch-path PATH        also deploy when PATH changes (a file, or a
+                           directory watched recursively); repeatable,
+                           implies --watch
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
 
@@ -66,6 +72,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		cfg     runtime.Config
 		lc      logConfig
 		listens listenFlag
+		watches listenFlag
 		ready   string
 		stop    string
 	)
@@ -78,6 +85,8 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
 	fs.StringVar(&stop, "stop-signal", "TERM", "")
 	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
+	fs.BoolVar(&cfg.Watch, "watch", false, "")
+	fs.Var(&watches, "watch-path", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
 	if err := fs.Parse(args); err != nil {
@@ -137,6 +146,15 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	}
 	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
 		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)
+	}
+	for _, w := range watches.values {
+		if w == "" {
+			return fail("--watch-path needs a file or directory")
+		}
+	}
+	cfg.WatchPaths = watches.values
+	if len(cfg.WatchPaths) > 0 {
+		cfg.Watch = true
 	}
 	sig, err := parseSignal(stop)
 	if err != nil {

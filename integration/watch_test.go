@@ -1,0 +1,210 @@
+package integration
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// awaitWatchedUpgrade waits for the deploy a file change caused after
+// index from: a "change detected", then the upgrade it asked for.
+func (p *Primary) awaitWatchedUpgrade(from int, d time.Duration) Upgrade {
+	p.t.Helper()
+	ch, ok := p.Log.Wait(from, d, isMsg("change detected"))
+	if !ok {
+		p.t.Fatalf("no \"change detected\" within %s\n%s", d, p.Tail(60))
+	}
+	return p.AwaitUpgrade(ch.Seq, d)
+}
+
+// countMsg counts the events with msg.
+func (p *Primary) countMsg(msg string) int { return len(p.Log.Filter(msg)) }
+
+// TestWatchDeploysUnderLoad: with --watch, a new executable renamed over
+// the worker command rolls out without a HUP and without a failed request,
+// one deploy per change; a build that crashes is refused and the old one
+// keeps serving.
+func TestWatchDeploysUnderLoad(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Flags: []string{"--watch", "--ready-timeout", "5s"}})
+	if _, ok := p.Log.Wait(0, time.Second, isMsg("watching")); !ok {
+		t.Errorf("no \"watching\" event\n%s", p.Tail(20))
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+
+	for _, v := range []string{"v2", "v3", "v4"} {
+		mark := p.Log.Len()
+		p.Install(v)
+		u := p.awaitWatchedUpgrade(mark, 60*time.Second)
+		if u.Aborted() {
+			t.Fatalf("%s: generation %d aborted: %s", v, u.Gen, u.End.Raw)
+		}
+		if k := u.Started.Str("kind"); k != "workers" {
+			t.Errorf("%s: kind %q, want workers", v, k)
+		}
+		p.WaitServing(p.URL(), v, 20*time.Second)
+	}
+	noFailuresSoFar(t, load, "after three watched deploys")
+
+	mark := p.Log.Len()
+	p.Install("crash")
+	if u := p.awaitWatchedUpgrade(mark, 60*time.Second); !u.Aborted() {
+		t.Errorf("the crash build was not refused: %s", u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v4", 20*time.Second)
+	mark = p.Log.Len()
+	p.Install("v5")
+	if u := p.awaitWatchedUpgrade(mark, 60*time.Second); u.Aborted() {
+		t.Fatalf("v5 after the crash build: %s", u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v5", 20*time.Second)
+	res := checkLoad(t, load, "v5")
+	if res.Versions["vcrash"] != 0 {
+		t.Errorf("the crash build answered %d requests", res.Versions["vcrash"])
+	}
+	if n := p.countMsg("upgrade started"); n != 5 {
+		t.Errorf("%d upgrades for 5 changes, want one each", n)
+	}
+	events := p.Log.Events()
+	checkPrimaryField(t, events, p.PID)
+	checkInvariant(t, events, p.Workers)
+}
+
+// TestWatchHalfWrittenNeverStarted: the worker command deleted and then
+// written in place slowly, with long pauses, is waited for: nothing is
+// started until the whole file is there, and then it rolls out.
+func TestWatchHalfWrittenNeverStarted(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Flags: []string{"--watch"}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+	v2, err := os.ReadFile(servers["v2"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := p.Log.Len()
+	if err := os.Remove(p.Server); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p.Server, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	nothingStarts := func(when string) {
+		t.Helper()
+		// Far longer than the watch's debounce: a deploy of the partial
+		// file would have begun.
+		if e, ok := p.Log.Wait(mark, 1500*time.Millisecond, isMsg("change detected", "upgrade started", "worker spawned")); ok {
+			t.Fatalf("%s: %s", when, e.Raw)
+		}
+	}
+	nothingStarts("missing executable")
+	for i, end := range []int{4096, len(v2) / 2, len(v2) - 1} {
+		start := []int{0, 4096, len(v2) / 2}[i]
+		if _, err := f.Write(v2[start:end]); err != nil {
+			t.Fatal(err)
+		}
+		nothingStarts("partly written executable")
+	}
+	if _, err := f.Write(v2[len(v2)-1:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	u := p.awaitWatchedUpgrade(mark, 60*time.Second)
+	if u.Aborted() {
+		t.Fatalf("the completed file was refused: %s", u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v2", 20*time.Second)
+	checkLoad(t, load, "v2")
+	for _, e := range p.Log.Filter("worker exited") {
+		if g := e.Int0("generation"); g > 1 {
+			t.Errorf("a new worker exited: %s", e.Raw)
+		}
+	}
+	if n := p.countMsg("upgrade started"); n != 1 {
+		t.Errorf("%d upgrades, want 1", n)
+	}
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// TestWatchChangeDuringUpgradeQueues: a change while a watched deploy runs
+// queues exactly one more deploy; the last version wins.
+func TestWatchChangeDuringUpgradeQueues(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Flags: []string{"--watch"}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+	mark := p.Log.Len()
+	p.Install("slowready") // READY=1 after 2s: the deploy takes a while
+	st, ok := p.Log.Wait(mark, 30*time.Second, isMsg("upgrade started"))
+	if !ok {
+		t.Fatalf("no upgrade started\n%s", p.Tail(40))
+	}
+	from := st.Seq
+	for _, v := range []string{"v2", "v3"} {
+		p.Install(v)
+		e, ok := p.Log.Wait(from, 30*time.Second, isMsg("change detected"))
+		if !ok {
+			t.Fatalf("no change detected for %s", v)
+		}
+		from = e.Seq + 1
+	}
+	p.WaitServing(p.URL(), "v3", 60*time.Second)
+	if _, ok := p.Log.Wait(mark, 30*time.Second, func(e Event) bool {
+		return e.Msg == "upgrade finished" && e.Int0("generation") > st.Int0("generation")
+	}); !ok {
+		t.Fatalf("no later upgrade finished\n%s", p.Tail(40))
+	}
+	checkLoad(t, load, "v3")
+	ups := p.Log.Filter("upgrade started")
+	if len(ups) < 2 || len(ups) > 3 {
+		t.Errorf("%d upgrades for a change during an upgrade and two more, want 2 (or 3 if the first ended between the changes)", len(ups))
+	}
+	if len(p.Log.Filter("upgrade queued")) == 0 {
+		t.Errorf("no \"upgrade queued\"")
+	}
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// TestWatchSelfUpgrade: a change that comes with a new handoff binary
+// upgrades the primary; the new primary watches too.
+func TestWatchSelfUpgrade(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Flags: []string{"--watch"}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+	old := p.PID
+
+	mark := p.Log.Len()
+	p.InstallHandoff()
+	p.Install("v2")
+	u := p.awaitWatchedUpgrade(mark, 60*time.Second)
+	if u.Aborted() || u.Started.Str("kind") != "primary" {
+		t.Fatalf("want a finished primary upgrade: %s / %s", u.Started.Raw, u.End.Raw)
+	}
+	successor := p.waitSuccessor(old, 30*time.Second)
+	p.WaitServing(p.URL(), "v2", 20*time.Second)
+	if st := p.WaitExit(30 * time.Second); st == nil {
+		t.Fatalf("old primary %d still running", old)
+	}
+
+	mark = p.Log.Len()
+	p.Install("v3")
+	u = p.awaitWatchedUpgrade(mark, 60*time.Second)
+	if u.Aborted() || u.Started.Int0("primary") != successor || u.Started.Str("kind") != "workers" {
+		t.Fatalf("want a workers deploy by the new primary %d: %s / %s", successor, u.Started.Raw, u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v3", 20*time.Second)
+	checkLoad(t, load, "v3")
+	if n := p.countMsg("upgrade started"); n != 2 {
+		var ups []string
+		for _, e := range p.Log.Filter("upgrade started") {
+			ups = append(ups, e.Raw)
+		}
+		t.Errorf("%d upgrades for 2 changes:\n%s", n, strings.Join(ups, "\n"))
+	}
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}

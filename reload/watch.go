@@ -1,0 +1,352 @@
+package reload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+)
+
+// DefaultQuiet is the debounce of a Watcher: a change is reported once no
+// further event has come for this long.
+const DefaultQuiet = 50 * time.Millisecond
+
+// maxPoll bounds the re-checks of an executable that is not complete yet;
+// the events that complete it (a write, a chmod, a rename) re-check at once.
+const maxPoll = time.Second
+
+// Config says what a Watcher watches.
+type Config struct {
+	// Executables are watched through their directories, by name, so that
+	// a file replaced by rename, removed and written anew, or chmodded is
+	// seen. A change is reported only once every executable is Complete:
+	// one deleted and not replaced yet, or half-written, is waited for.
+	Executables []string
+	// Files are watched like Executables, without the completeness check.
+	Files []string
+	// Trees are directories watched recursively, subdirectories created
+	// later included. Within them, a file counts if it matches Include
+	// (every file when Include is empty) and nothing on its path matches
+	// Exclude.
+	Trees []string
+	// Include and Exclude are filepath.Match globs, tried against a file's
+	// base name, its path relative to its tree (with /) and its absolute
+	// path. An excluded directory is not descended into.
+	Include, Exclude []string
+	// Quiet is the debounce; default DefaultQuiet.
+	Quiet time.Duration
+	// Logger receives debug events; nil means none.
+	Logger *zap.Logger
+}
+
+// Change is one debounced burst of events.
+type Change struct {
+	// Paths are the changed paths, sorted, at most 20 of them; Lost says
+	// how many more there were.
+	Paths []string
+	Lost  int
+}
+
+func (c Change) String() string {
+	s := strings.Join(c.Paths, ", ")
+	if c.Lost > 0 {
+		s += fmt.Sprintf(" and %d more", c.Lost)
+	}
+	return s
+}
+
+// Watcher reports debounced changes of what its Config names.
+type Watcher struct {
+	cfg   Config
+	log   *zap.Logger
+	fw    *fsnotify.Watcher
+	files map[string]bool   // the watched files, absolute
+	trees map[string]string // every watched directory of a tree → its tree's root
+	close sync.Once
+}
+
+// CheckGlob reports whether pattern is a valid filepath.Match glob.
+func CheckGlob(pattern string) error {
+	if _, err := filepath.Match(pattern, ""); err != nil {
+		return fmt.Errorf("glob %q does not parse: %v", pattern, err)
+	}
+	return nil
+}
+
+// New checks cfg and sets up the watches: every path must exist, every
+// glob must parse. Run it, or Close it.
+func New(cfg Config) (w *Watcher, err error) {
+	if cfg.Quiet <= 0 {
+		cfg.Quiet = DefaultQuiet
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	for _, g := range append(append([]string(nil), cfg.Include...), cfg.Exclude...) {
+		if err := CheckGlob(g); err != nil {
+			return nil, err
+		}
+	}
+	fw, err := fsnotify.NewBufferedWatcher(256)
+	if err != nil {
+		return nil, fmt.Errorf("cannot watch files: %v", err)
+	}
+	cfg.Executables = append([]string(nil), cfg.Executables...)
+	w = &Watcher{cfg: cfg, log: cfg.Logger, fw: fw, files: map[string]bool{}, trees: map[string]string{}}
+	defer func() {
+		if err != nil {
+			fw.Close()
+		}
+	}()
+	for i, list := range [][]string{cfg.Executables, cfg.Files} {
+		for j, f := range list {
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				return nil, err
+			}
+			if i == 0 {
+				w.cfg.Executables[j] = abs
+			}
+			if _, err := os.Stat(abs); err != nil {
+				return nil, fmt.Errorf("%s: %v", f, describe(err))
+			}
+			if err := fw.Add(filepath.Dir(abs)); err != nil {
+				return nil, fmt.Errorf("cannot watch %s: %v", filepath.Dir(abs), describe(err))
+			}
+			w.files[abs] = true
+		}
+	}
+	for _, t := range cfg.Trees {
+		abs, err := filepath.Abs(t)
+		if err != nil {
+			return nil, err
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", t, describe(err))
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("%s: not a directory", t)
+		}
+		if _, err := w.addTree(abs, abs); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+func describe(err error) string {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "no such file or directory"
+	case errors.Is(err, fs.ErrPermission):
+		return "permission denied"
+	}
+	return unwrapPath(err).Error()
+}
+
+// addTree watches dir and every directory below it that is not excluded,
+// and returns the files found in them that count (for a directory created
+// after the watch began, whose files may have come before its watch).
+func (w *Watcher) addTree(root, dir string) (found []string, err error) {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path != dir && errors.Is(err, fs.ErrNotExist) {
+				return nil // gone meanwhile
+			}
+			return fmt.Errorf("cannot watch %s: %v", path, describe(err))
+		}
+		if w.excluded(root, path) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.IsDir() {
+			if w.included(root, path) {
+				found = append(found, path)
+			}
+			return nil
+		}
+		if err := w.fw.Add(path); err != nil {
+			if path != dir && errors.Is(err, fs.ErrNotExist) {
+				return filepath.SkipDir
+			}
+			return fmt.Errorf("cannot watch %s: %v", path, describe(err))
+		}
+		w.trees[path] = root
+		return nil
+	})
+	return found, err
+}
+
+func match(patterns []string, root, path string) bool {
+	rel, _ := filepath.Rel(root, path)
+	rel = filepath.ToSlash(rel)
+	base := filepath.Base(path)
+	for _, p := range patterns {
+		if m, _ := filepath.Match(p, base); m {
+			return true
+		}
+		if m, _ := filepath.Match(p, rel); m {
+			return true
+		}
+		if m, _ := filepath.Match(p, path); m {
+			return true
+		}
+	}
+	return false
+}
+
+// excluded reports whether path, or a directory between root and it,
+// matches an Exclude glob.
+func (w *Watcher) excluded(root, path string) bool {
+	if len(w.cfg.Exclude) == 0 {
+		return false
+	}
+	for p := path; len(p) > len(root); p = filepath.Dir(p) {
+		if match(w.cfg.Exclude, root, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *Watcher) included(root, path string) bool {
+	return len(w.cfg.Include) == 0 || match(w.cfg.Include, root, path)
+}
+
+// Close stops the watches; Run does it when it returns.
+func (w *Watcher) Close() error {
+	var err error
+	w.close.Do(func() { err = w.fw.Close() })
+	return err
+}
+
+// Run reports every debounced change to changed, from Run's goroutine,
+// until ctx ends; then it closes the watcher and returns. changed should
+// not block for long: events wait meanwhile.
+func (w *Watcher) Run(ctx context.Context, changed func(Change)) error {
+	defer w.Close()
+	var (
+		pending = map[string]bool{}
+		lost    int
+		timer   = time.NewTimer(time.Hour)
+		wait    = w.cfg.Quiet // the next re-check of an incomplete executable
+		waiting string        // why the last check did not report, logged once
+	)
+	timer.Stop()
+	arm := func(d time.Duration) { timer.Reset(d) }
+	note := func(path string) {
+		if !pending[path] && len(pending) >= 20 {
+			lost++
+		} else {
+			pending[path] = true
+		}
+		wait = w.cfg.Quiet
+		arm(w.cfg.Quiet)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case ev, ok := <-w.fw.Events:
+			if !ok {
+				return nil
+			}
+			for _, p := range w.relevant(ev) {
+				note(p)
+			}
+		case err, ok := <-w.fw.Errors:
+			if !ok {
+				return nil
+			}
+			w.log.Warn("file watch error", zap.Error(err))
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				lost++
+				arm(w.cfg.Quiet)
+			}
+		case <-timer.C:
+			if len(pending) == 0 && lost == 0 {
+				continue
+			}
+			if err := w.executablesComplete(); err != nil {
+				if msg := err.Error(); msg != waiting {
+					w.log.Debug("waiting for the executable", zap.String("reason", msg))
+					waiting = msg
+				}
+				arm(wait)
+				wait = min(2*wait, maxPoll)
+				continue
+			}
+			waiting = ""
+			c := Change{Lost: lost}
+			for p := range pending {
+				c.Paths = append(c.Paths, p)
+			}
+			sort.Strings(c.Paths)
+			clear(pending)
+			lost = 0
+			w.log.Debug("change", zap.Strings("paths", c.Paths), zap.Int("more", c.Lost))
+			changed(c)
+		}
+	}
+}
+
+func (w *Watcher) executablesComplete() error {
+	for _, e := range w.cfg.Executables {
+		if err := Complete(e, w.cfg.Quiet); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// relevant returns the paths an event changes that count, and watches a
+// directory created inside a tree.
+func (w *Watcher) relevant(ev fsnotify.Event) []string {
+	path := filepath.Clean(ev.Name)
+	if w.files[path] {
+		return []string{path}
+	}
+	if root, ok := w.trees[path]; ok && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+		// A watched directory went away: its watches go with it, and what
+		// was in it counts as changed.
+		for d := range w.trees {
+			if d == path || strings.HasPrefix(d, path+string(filepath.Separator)) {
+				delete(w.trees, d)
+			}
+		}
+		if path == root {
+			w.log.Warn("a watched directory was removed", zap.String("path", path))
+		}
+		return []string{path}
+	}
+	root, ok := w.trees[filepath.Dir(path)]
+	if !ok || w.excluded(root, path) {
+		return nil
+	}
+	if ev.Has(fsnotify.Create) {
+		if fi, err := os.Lstat(path); err == nil && fi.IsDir() {
+			found, err := w.addTree(root, path)
+			if err != nil {
+				w.log.Warn("cannot watch a new directory", zap.String("path", path), zap.Error(err))
+			}
+			return found
+		}
+	}
+	if w.included(root, path) {
+		return []string{path}
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/reload"
+)
+
+// opWatch names the deploys a watched change asks for.
+const opWatch = "deploy on change"
+
+// watchExcludes are never watched inside a --watch-path directory.
+var watchExcludes = []string{".git", ".hg", ".svn"}
+
+// newWatcher sets up the watch of Config.Watch and Config.WatchPaths, or
+// returns nil when there is none. path is the worker command as resolved
+// now. It fails, with nothing left watching, if a watch path does not
+// exist.
+func (p *primary) newWatcher(path string) (*reload.Watcher, error) {
+	if !p.cfg.Watch {
+		return nil, nil
+	}
+	cfg := reload.Config{Executables: []string{path}, Exclude: watchExcludes, Quiet: p.cfg.WatchQuiet, Logger: p.log}
+	// A symlink to the executable (current -> releases/42/server) is
+	// switched by deploys: watch the link too.
+	if link, err := exec.LookPath(p.cfg.Command[0]); err == nil {
+		if abs, err := filepath.Abs(link); err == nil && abs != path {
+			cfg.Files = append(cfg.Files, abs)
+		}
+	}
+	for _, wp := range p.cfg.WatchPaths {
+		fi, err := os.Stat(wp)
+		if err != nil {
+			return nil, fmt.Errorf("--watch-path %s: %s; give an existing file or directory", wp, describeStat(err))
+		}
+		if fi.IsDir() {
+			cfg.Trees = append(cfg.Trees, wp)
+		} else {
+			cfg.Files = append(cfg.Files, wp)
+		}
+	}
+	w, err := reload.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--watch: %v", err)
+	}
+	return w, nil
+}
+
+func describeStat(err error) string {
+	if os.IsNotExist(err) {
+		return "no such file or directory"
+	}
+	if os.IsPermission(err) {
+		return "permission denied"
+	}
+	return unwrapAll(err).Error()
+}
+
+// runWatcher turns every change w reports into a deploy request, until the
+// returned stop is called; stop returns once the watch has ended.
+func (p *primary) runWatcher(w *reload.Watcher, path string) (stop func()) {
+	if w == nil {
+		return func() {}
+	}
+	watched := []string{path}
+	watched = append(watched, p.cfg.WatchPaths...)
+	p.log.Info("watching", zap.String("paths", strings.Join(watched, ", ")))
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.Run(ctx, func(c reload.Change) {
+			p.log.Info("change detected", zap.String("paths", c.String()))
+			r, _ := deployRequest()
+			r.op = opWatch
+			select {
+			case p.reqs <- r:
+			case <-ctx.Done():
+			}
+		})
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
