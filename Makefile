@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy hello hello-deploy soak bench test unit integration vet fmt-check clean
+.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration vet fmt-check clean
 
 all: build
 
@@ -51,7 +51,12 @@ fmt-check:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
-integration:
+# node and gunicorn, for the examples' end-to-end tests (installed with
+# apt-get when missing).
+deps:
+	@.ci/deps
+
+integration: deps
 	$(GO) test -count=1 -timeout 10m ./integration/...
 
 clean:

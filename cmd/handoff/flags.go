@@ -53,6 +53,11 @@ Flags:
   --watch-path PATH        also deploy when PATH changes (a file, or a
                            directory watched recursively); repeatable,
                            implies --watch
+  --ipc                    give every worker a message channel: a unix stream
+                           socket after the listeners, named in
+                           HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
+                           process.send works on it); {"handoff":"ready"} on
+                           it counts as READY=1
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
 
@@ -87,6 +92,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
 	fs.BoolVar(&cfg.Watch, "watch", false, "")
 	fs.Var(&watches, "watch-path", "")
+	fs.BoolVar(&cfg.IPC, "ipc", false, "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
 	if err := fs.Parse(args); err != nil {

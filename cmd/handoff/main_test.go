@@ -105,7 +105,7 @@ func TestHelp(t *testing.T) {
 			t.Fatalf("%q: exit %d stderr %q", args, code, stderr)
 		}
 		for _, flag := range []string{"--listen", "--workers", "--ready", "--ready-timeout", "--drain-timeout",
-			"--stop-signal", "--pid-file", "--log-format", "--log-level"} {
+			"--stop-signal", "--pid-file", "--ipc", "--log-format", "--log-level"} {
 			if !strings.Contains(stdout, "  "+flag+" ") {
 				t.Errorf("%q: help does not mention %s", args, flag)
 			}
@@ -129,7 +129,7 @@ func TestParseRunValues(t *testing.T) {
 		"--listen", "web=127.0.0.1:0", "--listen", "unix:/tmp/x.sock",
 		"--workers", "3", "--ready", "notify", "--ready-timeout", "5s", "--drain-timeout", "2s",
 		"--stop-signal", "10", "--pid-file", "/run/h.pid", "--log-format", "json", "--log-level", "debug",
-		"--", "./server", "--port", "1",
+		"--ipc", "--", "./server", "--port", "1",
 	}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestParseRunValues(t *testing.T) {
 		t.Errorf("listeners %+v", cfg.Listeners)
 	}
 	if cfg.Workers != 3 || cfg.Ready != runtime.ReadyNotify || cfg.ReadyTimeout != 5*time.Second ||
-		cfg.DrainTimeout != 2*time.Second || cfg.StopSignal != syscall.SIGUSR1 || cfg.PIDFile != "/run/h.pid" {
+		cfg.DrainTimeout != 2*time.Second || cfg.StopSignal != syscall.SIGUSR1 || cfg.PIDFile != "/run/h.pid" || !cfg.IPC {
 		t.Errorf("config %+v", cfg)
 	}
 	if strings.Join(cfg.Command, " ") != "./server --port 1" || lc != (logConfig{"json", "debug"}) {
@@ -152,7 +152,7 @@ func TestParseRunValues(t *testing.T) {
 	}
 	if cfg.Workers != defaultWorkers() || cfg.Ready != runtime.ReadyDelay || cfg.ReadyDelay != time.Second ||
 		cfg.ReadyTimeout != runtime.DefaultReadyTimeout || cfg.DrainTimeout != runtime.DefaultDrainTimeout ||
-		cfg.StopSignal != syscall.SIGTERM || lc != (logConfig{"console", "info"}) {
+		cfg.StopSignal != syscall.SIGTERM || cfg.IPC || lc != (logConfig{"console", "info"}) {
 		t.Errorf("defaults %+v %+v", cfg, lc)
 	}
 }
