@@ -2,6 +2,38 @@
 // pool of worker processes that share them, replaces the workers one at a time
 // on every deploy, and upgrades itself with tableflip when its own executable
 // has changed.
+//
+// # Library mode
+//
+// A Go program can be its own primary, as with Node's cluster module: its
+// main calls Main with an App. Run by a user, Main is the primary (Run, with
+// the program's own executable and arguments as the worker command): it
+// binds the listeners, starts Config.Workers workers by running the same
+// executable again, deploys on SIGHUP and shuts down on TERM or INT. A
+// SIGHUP after the executable was rebuilt in place (by rename) upgrades the
+// primary itself first: the new binary becomes the new primary, inherits
+// the listeners, and rolls the workers one at a time, never below N ready.
+// Started by a primary (HANDOFF_WORKER and LISTEN_FDS in its environment),
+// the same Main call is the worker: it calls App.Worker with a *Worker that
+// holds the listeners, the slot and generation, a Serve helper that drains
+// an *http.Server with no lost request, and the message channel.
+// HANDOFF_STANDALONE=1 (or App.Standalone) serves in one process instead.
+//
+// Importing this package makes a program able to act as handoff's exec step
+// (internal/shim): when started with HANDOFF_SHIM_EXEC set, it execs that
+// command from package initialisation, before any code of the program runs.
+// Without that variable nothing happens.
+//
+// # Messages
+//
+// Each worker of a library-mode primary (and of `handoff run --ipc`) has a
+// message channel: a unix stream socket carrying one JSON value per line, the
+// worker's end being the fd after the listeners (HANDOFF_CHANNEL_FD, and
+// NODE_CHANNEL_FD, for it is also Node's IPC channel). Hub is the
+// primary's side (Send to a slot, Broadcast, App.OnMessage with Reply),
+// Worker.Send and Worker.OnMessage the worker's. Sending never blocks: a
+// bounded queue per worker, written in order by a goroutine; a full queue
+// is an error. Nothing is carried across an upgrade of the primary.
 package runtime
 
 import (
