@@ -42,10 +42,12 @@ const envStandalone = EnvStandalone
 // its workers, as with Node's cluster module.
 type App struct {
 	// Config is the primary's configuration, with the same meanings and
-	// defaults as Run's (and the CLI flags). Command must be empty: the
-	// workers run this program's own executable, with its arguments. A
+	// defaults as Run's (and the CLI flags), except that readiness
+	// defaults to ReadyNotify (the zero value): a worker is ready when it
+	// calls Worker.Ready, which Worker.Serve does. Command must be empty:
+	// the workers run this program's own executable, with its arguments. A
 	// rebuilt executable at that path is what a SIGHUP deploys: the
-	// primary upgrades itself, then rolls the workers.
+	// primary upgrades itself, then rolls the workers. IPC is implied.
 	Config Config
 	// Worker serves, in each worker process (and in a standalone one). ctx
 	// is cancelled when the worker must drain (the stop signal, TERM or
