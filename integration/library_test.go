@@ -173,3 +173,16 @@ func TestLibraryMessages(t *testing.T) {
 	checkInvariant(t, p.Log.Events(), p.Workers)
 	p.shutdownAll(p.Current())
 }
+
+// TestLibraryWorkerUnderHandoffRun: a library-mode program run as the
+// worker command of `handoff run` takes the worker side (HANDOFF_WORKER is
+// set), says READY=1, and deploys with no failed request.
+func TestLibraryWorkerUnderHandoffRun(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Server: "libapp-v1"})
+	p.WaitServing(p.URL(), "v1", 20*time.Second)
+	load := startLoad(t, p.URL())
+	deployUnderLoad(t, p, load, "libapp-v2", "v2")
+	checkLoad(t, load, "v2")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
