@@ -78,7 +78,8 @@ BENCH_DOC   ?=
 bench:
 	$(GO) build -o $(BIN)/handoff ./cmd/handoff
 	$(GO) build -o $(BIN)/benchserver ./internal/bench/benchserver
+	$(GO) build -o $(BIN)/hello-bench ./examples/hello
 	$(GO) build -o $(BIN)/bench ./internal/bench/cmd/bench
-	$(BIN)/bench --handoff $(BIN)/handoff --server $(BIN)/benchserver $(if $(BENCH_QUICK),--quick) \
+	$(BIN)/bench --handoff $(BIN)/handoff --server $(BIN)/benchserver --hello $(BIN)/hello-bench $(if $(BENCH_QUICK),--quick) \
 		--out $(BIN)/benchmarks.md $(if $(BENCH_DOC),--doc docs/BENCHMARKS.md) \
 		--command "make bench$(if $(BENCH_QUICK), BENCH_QUICK=1)"

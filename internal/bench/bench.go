@@ -27,6 +27,7 @@ import (
 type Config struct {
 	Handoff string // the handoff CLI
 	Server  string // the bench server
+	Hello   string // examples/hello (library mode), optional: compared too when set
 	Dir     string // a private directory for pid files
 
 	Rounds     int           // steady-state rounds (medians are reported)
@@ -195,8 +196,12 @@ func (b *bencher) overhead(ctx context.Context) error {
 	type setup struct {
 		name    string
 		workers int // 0: direct
+		library bool
 	}
-	setups := []setup{{"direct (one process)", 0}, {"handoff, 1 worker", 1}, {"handoff, 2 workers", 2}}
+	setups := []setup{{"direct (one process)", 0, false}, {"handoff, 1 worker", 1, false}, {"handoff, 2 workers", 2, false}}
+	if b.cfg.Hello != "" {
+		setups = append(setups, setup{"library mode (examples/hello), 2 workers", 2, true})
+	}
 	type sample struct {
 		rps      float64
 		p50, p99 time.Duration
@@ -209,7 +214,11 @@ func (b *bencher) overhead(ctx context.Context) error {
 	prims := make([]*primary, len(setups))
 	for i, s := range setups {
 		if s.workers > 0 {
-			p, addr, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers)
+			start := func() (*primary, string, error) { return startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers) }
+			if s.library {
+				start = func() (*primary, string, error) { return startLibrary(ctx, b.cfg.Hello, s.workers) }
+			}
+			p, addr, err := start()
 			if err != nil {
 				return err
 			}
@@ -238,6 +247,9 @@ func (b *bencher) overhead(ctx context.Context) error {
 		for k := range setups {
 			i := (k + round - 1) % len(setups)
 			p := prims[i]
+			if setups[i].library {
+				p = nil // its primary is the application too: not the CLI's cost
+			}
 			b.load(ctx, addrs[i], false, b.cfg.Warmup).Wait()
 			var cpu0 time.Duration
 			if p != nil {
@@ -259,7 +271,7 @@ func (b *bencher) overhead(ctx context.Context) error {
 	t := Table{
 		Title:  "1. Steady-state overhead (keep-alive load)",
 		Header: []string{"set-up", "req/s", "vs direct", "p50", "p99", "failed"},
-		Notes: []string{fmt.Sprintf("%d keep-alive clients, %v per measurement after %v of warm-up; medians of %d rounds, the three set-ups run side by side for the whole benchmark and the load moves from one to the next, each round starting with a different one; \"vs direct\" is the median of the per-round ratios.",
+		Notes: []string{fmt.Sprintf("%d keep-alive clients, %v per measurement after %v of warm-up; medians of %d rounds, the set-ups run side by side for the whole benchmark and the load moves from one to the next, each round starting with a different one; \"vs direct\" is the median of the per-round ratios.",
 			b.cfg.Clients, b.cfg.Steady, b.cfg.Warmup, b.cfg.Rounds)},
 	}
 	var worst float64 = math.Inf(1)
@@ -308,22 +320,26 @@ func (b *bencher) disruption(ctx context.Context) error {
 		if newConn {
 			mode = "new connection"
 		}
-		systems := []system{
-			&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2},
-			&naiveSystem{server: b.cfg.Server},
-			&tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir},
+		systems := []system{&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2}}
+		if b.cfg.Hello != "" {
+			systems = append(systems, &handoffSystem{bin: b.cfg.Hello, workers: 2, library: true})
 		}
+		systems = append(systems, &naiveSystem{server: b.cfg.Server}, &tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir})
 		for _, sys := range systems {
 			row, res, err := b.disrupt(ctx, sys, newConn)
 			if err != nil {
 				return fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
 			}
 			t.Rows = append(t.Rows, append([]string{sys.name(), mode}, row...))
-			if _, ok := sys.(*handoffSystem); ok {
+			if h, ok := sys.(*handoffSystem); ok {
+				label := mode
+				if h.library {
+					label += ", library mode"
+				}
 				ratio := float64(res.Windows.P99) / float64(res.Steady.P99)
 				b.r.Verdicts = append(b.r.Verdicts,
-					Verdict{Target: "deploys (" + mode + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", res.Failures, res.Requests), Met: res.Failures == 0},
-					Verdict{Target: "deploys (" + mode + "): handoff p99 in upgrade windows within 2x steady p99", Measured: fmt.Sprintf("%.2fx (%s vs %s)", ratio, fmtDur(res.Windows.P99), fmtDur(res.Steady.P99)), Met: ratio <= 2})
+					Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", res.Failures, res.Requests), Met: res.Failures == 0},
+					Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99", Measured: fmt.Sprintf("%.2fx (%s vs %s)", ratio, fmtDur(res.Windows.P99), fmtDur(res.Steady.P99)), Met: ratio <= 2})
 			}
 		}
 	}
@@ -429,8 +445,12 @@ func (b *bencher) scaling(ctx context.Context) error {
 		if delay > 0 {
 			what = fmt.Sprintf("ready after %v", delay)
 		}
-		t.Notes = append(t.Notes, fmt.Sprintf("%s: least-squares fit %s per worker + %s (R² %.3f).", what,
-			fmtDur(time.Duration(slope*float64(time.Second))), fmtDur(time.Duration(icept*float64(time.Second))), r2))
+		sign := "+"
+		if icept < 0 {
+			sign, icept = "−", -icept
+		}
+		t.Notes = append(t.Notes, fmt.Sprintf("%s: least-squares fit %s per worker %s %s (R² %.3f).", what,
+			fmtDur(time.Duration(slope*float64(time.Second))), sign, fmtDur(time.Duration(icept*float64(time.Second))), r2))
 		if delay > 0 {
 			perWorker := time.Duration(slope * float64(time.Second))
 			b.r.Verdicts = append(b.r.Verdicts, Verdict{
@@ -490,7 +510,7 @@ func (b *bencher) primaryTable() {
 		for _, r := range b.loadRSS {
 			maxRSS = max(maxRSS, r)
 		}
-		t.Notes = append(t.Notes, fmt.Sprintf("Under the keep-alive load of benchmark 1 (1 and 2 workers): CPU median %.2f%% of a core (max %.2f%%), RSS at most %s. The primary never touches a request: the workers accept on the shared socket themselves.",
+		t.Notes = append(t.Notes, fmt.Sprintf("Under the keep-alive load of benchmark 1 (the CLI with 1 and 2 workers): CPU median %.2f%% of a core (max %.2f%%), RSS at most %s. The primary never touches a request: the workers accept on the shared socket themselves.",
 			100*median(b.loadCPU), 100*maxF(b.loadCPU), fmtBytes(maxRSS)))
 	}
 	b.r.Tables = append(b.r.Tables, t)

@@ -61,7 +61,19 @@ func startPrimaryWith(ctx context.Context, handoff string, flags []string, serve
 	args := []string{"run", "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--ready", "notify",
 		"--log-format", "json", "--drain-timeout", "10s"}
 	args = append(append(append(args, flags...), "--", server), serverArgs...)
-	cmd := exec.Command(handoff, args...)
+	return startPrimaryCmd(ctx, exec.Command(handoff, args...))
+}
+
+// startLibrary runs examples/hello, a program in handoff's library mode
+// (its own primary), with n workers.
+func startLibrary(ctx context.Context, hello string, n int) (*primary, string, error) {
+	return startPrimaryCmd(ctx, exec.Command(hello, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n),
+		"--log-format", "json", "--drain-timeout", "10s"))
+}
+
+// startPrimaryCmd starts cmd, a primary that logs JSON to stderr, and
+// waits until it is ready.
+func startPrimaryCmd(ctx context.Context, cmd *exec.Cmd) (*primary, string, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

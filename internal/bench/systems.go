@@ -25,16 +25,32 @@ type system interface {
 
 // handoffSystem is handoff with n workers: an upgrade is SIGHUP, until the
 // upgrade finished and every old worker has drained and exited.
+// With library set, bin is examples/hello, its own primary.
 type handoffSystem struct {
 	bin, server string
 	workers     int
+	library     bool
 	p           *primary
 }
 
-func (h *handoffSystem) name() string { return fmt.Sprintf("handoff (%d workers)", h.workers) }
+func (h *handoffSystem) name() string {
+	if h.library {
+		return fmt.Sprintf("handoff library mode (examples/hello, %d workers)", h.workers)
+	}
+	return fmt.Sprintf("handoff (%d workers)", h.workers)
+}
 
 func (h *handoffSystem) start(ctx context.Context) (string, error) {
-	p, addr, err := startPrimary(ctx, h.bin, h.server, h.workers)
+	var (
+		p    *primary
+		addr string
+		err  error
+	)
+	if h.library {
+		p, addr, err = startLibrary(ctx, h.bin, h.workers)
+	} else {
+		p, addr, err = startPrimary(ctx, h.bin, h.server, h.workers)
+	}
 	h.p = p
 	return addr, err
 }

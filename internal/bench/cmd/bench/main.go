@@ -20,6 +20,7 @@ import (
 func main() {
 	handoff := flag.String("handoff", "bin/handoff", "the handoff executable")
 	server := flag.String("server", "bin/benchserver", "the bench server executable (internal/bench/benchserver)")
+	hello := flag.String("hello", "", "examples/hello built, to compare handoff's library mode too (optional)")
 	quick := flag.Bool("quick", false, "small sizes: about a minute instead of ten")
 	doc := flag.String("doc", "", "markdown file whose results section is replaced by this run's (e.g. docs/BENCHMARKS.md)")
 	out := flag.String("out", "", "file to write this run's results to as markdown")
@@ -32,7 +33,10 @@ func main() {
 	if *quick {
 		cfg = bench.Quick
 	}
-	for _, p := range []*string{handoff, server} {
+	for _, p := range []*string{handoff, server, hello} {
+		if *p == "" {
+			continue
+		}
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			fail(err)
@@ -42,7 +46,7 @@ func main() {
 		}
 		*p = abs
 	}
-	cfg.Handoff, cfg.Server = *handoff, *server
+	cfg.Handoff, cfg.Server, cfg.Hello = *handoff, *server, *hello
 	dir, err := os.MkdirTemp("", "handoff-bench-")
 	if err != nil {
 		fail(err)
