@@ -72,9 +72,11 @@ soak:
 # directly, restarted naively and upgraded by tableflip's README pattern.
 # Prints the tables and writes them to $(BIN)/benchmarks.md. About 5 minutes
 # on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
-# to also put the results into docs/BENCHMARKS.md.
+# to also put the results into docs/BENCHMARKS.md; BENCH_ONLY=devloop,balance
+# runs only those (of overhead, disruption, scaling, devloop, balance).
 BENCH_QUICK ?=
 BENCH_DOC   ?=
+BENCH_ONLY  ?=
 bench:
 	$(GO) build -o $(BIN)/handoff ./cmd/handoff
 	$(GO) build -o $(BIN)/benchserver ./internal/bench/benchserver
@@ -82,4 +84,4 @@ bench:
 	$(GO) build -o $(BIN)/bench ./internal/bench/cmd/bench
 	$(BIN)/bench --handoff $(BIN)/handoff --server $(BIN)/benchserver --hello $(BIN)/hello-bench $(if $(BENCH_QUICK),--quick) \
 		--out $(BIN)/benchmarks.md $(if $(BENCH_DOC),--doc docs/BENCHMARKS.md) \
-		--command "make bench$(if $(BENCH_QUICK), BENCH_QUICK=1)"
+		$(if $(BENCH_ONLY),--only $(BENCH_ONLY)) --command "make bench$(if $(BENCH_QUICK), BENCH_QUICK=1)$(if $(BENCH_ONLY), BENCH_ONLY=$(BENCH_ONLY))"

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -42,8 +43,16 @@ type Config struct {
 	Balance    []int         // worker counts of the balance benchmark
 	Reloads    int           // dev-loop reloads
 
+	// Only names the benchmarks to run (overhead, disruption, scaling,
+	// devloop, balance); empty runs them all. The primary's cost comes
+	// from overhead and scaling.
+	Only []string
+
 	Progress io.Writer // one line per step; nil for none
 }
+
+// Names of the benchmarks, for Config.Only.
+var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance"}
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
@@ -133,16 +142,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	r := &Report{Machine: ReadMachine(), Config: cfg, Started: time.Now()}
 	b := &bencher{cfg: cfg, r: r}
 	steps := []struct {
-		name string
-		fn   func(context.Context) error
+		key, name string
+		fn        func(context.Context) error
 	}{
-		{"steady-state overhead and the primary's cost under load", b.overhead},
-		{"deploy disruption", b.disruption},
-		{"upgrade duration against workers, and the primary's cost per worker", b.scaling},
-		{"dev loop", b.devLoop},
-		{"balance across workers", b.balance},
+		{"overhead", "steady-state overhead and the primary's cost under load", b.overhead},
+		{"disruption", "deploy disruption", b.disruption},
+		{"scaling", "upgrade duration against workers, and the primary's cost per worker", b.scaling},
+		{"devloop", "dev loop", b.devLoop},
+		{"balance", "balance across workers", b.balance},
 	}
 	for _, s := range steps {
+		if len(cfg.Only) > 0 && !slices.Contains(cfg.Only, s.key) {
+			continue
+		}
 		b.progress("== %s", s.name)
 		if err := s.fn(ctx); err != nil {
 			return r, fmt.Errorf("%s: %w", s.name, err)
@@ -486,6 +498,9 @@ func (b *bencher) idleCost(ctx context.Context, p *primary, n int) error {
 
 // 5. The primary's own cost, from what the other benchmarks gathered.
 func (b *bencher) primaryTable() {
+	if len(b.idle) == 0 && len(b.loadCPU) == 0 {
+		return
+	}
 	t := Table{
 		Title:  "5. The primary's own cost",
 		Header: []string{"workers", "RSS idle", "CPU idle", "CPU per deploy"},

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -24,6 +25,7 @@ func main() {
 	quick := flag.Bool("quick", false, "small sizes: about a minute instead of ten")
 	doc := flag.String("doc", "", "markdown file whose results section is replaced by this run's (e.g. docs/BENCHMARKS.md)")
 	out := flag.String("out", "", "file to write this run's results to as markdown")
+	only := flag.String("only", "", "comma-separated benchmarks to run, of: "+strings.Join(bench.Names, ", ")+" (default: all)")
 	command := flag.String("command", "", "the command to name in the results (default: this one)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -45,6 +47,14 @@ func main() {
 			fail(fmt.Errorf("%s: build it first (make bench does)", abs))
 		}
 		*p = abs
+	}
+	if *only != "" {
+		for _, name := range strings.Split(*only, ",") {
+			if !slices.Contains(bench.Names, name) {
+				fail(fmt.Errorf("--only %s: no such benchmark; use %s", name, strings.Join(bench.Names, ", ")))
+			}
+			cfg.Only = append(cfg.Only, name)
+		}
 	}
 	cfg.Handoff, cfg.Server, cfg.Hello = *handoff, *server, *hello
 	dir, err := os.MkdirTemp("", "handoff-bench-")
