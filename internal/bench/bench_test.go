@@ -30,7 +30,7 @@ func TestSmoke(t *testing.T) {
 	var progress bytes.Buffer
 	cfg := Config{
 		Handoff: filepath.Join(dir, "handoff"), Server: filepath.Join(dir, "benchserver"), Hello: filepath.Join(dir, "hello"), Dir: dir,
-		Rounds: 1, Steady: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Clients: 4,
+		Rounds: 1, Slice: 300 * time.Millisecond, Steady: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Clients: 4,
 		Upgrades: 2, Gap: 100 * time.Millisecond, Workers: []int{1, 2}, Deploys: 1,
 		ReadyDelay: 100 * time.Millisecond, Balance: []int{2}, Reloads: 2,
 		Progress: &progress,
@@ -53,7 +53,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	for _, tb := range rep.Tables {
-		if !strings.HasPrefix(tb.Title, "4.") && len(tb.Rows) == 0 {
+		if len(tb.Rows) == 0 {
 			t.Errorf("table %q has no rows", tb.Title)
 		}
 	}

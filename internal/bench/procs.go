@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,6 +235,18 @@ func (p *primary) awaitDeploy(ctx context.Context, from int, start time.Time) (t
 
 func (p *primary) pid() int { return p.cmd.Process.Pid }
 
+// workerPIDs are the workers running now, as the log tells.
+func (p *primary) workerPIDs() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var pids []int
+	for pid := range p.alive {
+		pids = append(pids, pid)
+	}
+	sort.Ints(pids)
+	return pids
+}
+
 // stop asks the primary to shut down and waits (killing its process group
 // after 30s).
 func (p *primary) stop() {
@@ -372,6 +385,17 @@ func procCPU(pid int) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// sumCPU is the CPU time the processes have used (those gone count 0).
+func sumCPU(pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		if d, err := procCPU(pid); err == nil {
+			sum += d
+		}
+	}
+	return sum
 }
 
 // procGone tells whether pid has exited (absent or a zombie).
