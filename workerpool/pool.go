@@ -1,5 +1,5 @@
-// Package workerpool runs the worker processes of a primary: a fixed number
-// of slots, each held by one worker; dead workers are restarted with
+// Package workerpool runs the worker processes of a primary: a number of
+// slots (changed only by Scale), each held by one worker; dead workers are restarted with
 // backoff, and a roll replaces every slot's worker one at a time so that at
 // no moment fewer than Size workers are ready and not draining.
 package workerpool
@@ -52,8 +52,11 @@ type Pool struct {
 	cfg Config
 	log *zap.Logger
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// slots[:size] are in use; those past size were removed by Scale and
+	// hold nothing but the memory of their draining workers' slot.
 	slots    []*slot
+	size     int
 	all      map[*worker]struct{} // every worker not yet reaped
 	serving  bool                 // after Start: unexpected exits are restarted
 	closing  bool
@@ -114,7 +117,7 @@ func New(cfg Config) *Pool {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}}
+	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}, size: cfg.Size}
 	for i := 0; i < cfg.Size; i++ {
 		p.slots = append(p.slots, &slot{})
 	}
@@ -122,7 +125,11 @@ func New(cfg Config) *Pool {
 }
 
 // Size is the number of slots.
-func (p *Pool) Size() int { return len(p.slots) }
+func (p *Pool) Size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.size
+}
 
 // StartError is returned by Start and Roll when a new worker failed: it
 // exited, or was not ready in time.
@@ -152,7 +159,7 @@ var errSlotTaken = errors.New("slot taken")
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 	var started []*worker
-	for i := range p.slots {
+	for i := range p.Size() {
 		w, err := p.launch(i, spec, true)
 		if err != nil {
 			p.stopAndWait(started, "start aborted")
@@ -194,7 +201,7 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 func (p *Pool) Adopt() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, s := range p.slots {
+	for _, s := range p.slots[:p.size] {
 		s.remote = true
 	}
 	p.serving = true
@@ -213,7 +220,7 @@ type RetireHook func(ctx context.Context, slot int) error
 // retired there through remote. progress, if not nil, is told each step as
 // it begins.
 func (p *Pool) Roll(ctx context.Context, spec *Spec, remote RetireHook, progress func(step, steps int)) error {
-	slots := make([]int, len(p.slots))
+	slots := make([]int, p.Size())
 	for i := range slots {
 		slots[i] = i
 	}
@@ -287,10 +294,11 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 // HandOver retires the worker of slot i because a worker of another
 // primary has taken its place; the slot is not refilled until Reclaim.
 func (p *Pool) HandOver(i int) error {
-	if i < 0 || i >= len(p.slots) {
+	p.mu.Lock()
+	if i < 0 || i >= p.size {
+		p.mu.Unlock()
 		return fmt.Errorf("no slot %d", i)
 	}
-	p.mu.Lock()
 	s := p.slots[i]
 	old := s.cur
 	s.cur, s.remote = nil, true
@@ -491,7 +499,7 @@ func (p *Pool) restart(i int) {
 	p.mu.Lock()
 	s := p.slots[i]
 	s.restart = nil
-	if p.closing || s.cur != nil || s.remote || s.spec == nil {
+	if p.closing || i >= p.size || s.cur != nil || s.remote || s.spec == nil {
 		p.mu.Unlock()
 		return
 	}
