@@ -97,6 +97,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
+	// Control is the path of the control socket (see ControlRequest);
+	// "" means DefaultControlPath for the first listener. A directory
+	// that does not exist is created with mode 0700.
+	Control string
 	// PIDFile, if set, always holds the pid of the primary that owns the
 	// listeners now; it is replaced atomically.
 	PIDFile string
@@ -107,7 +111,7 @@ type Config struct {
 	// time; nil means the primary's.
 	WorkerStdout *os.File
 	WorkerStderr io.Writer
-	// Signals delivers HUP, TERM and INT; nil means Run catches them
+	// Signals delivers HUP, TERM, INT, TTIN and TTOU; nil means Run catches them
 	// itself. See CatchSignals.
 	Signals <-chan os.Signal
 	// IPC gives every worker a message channel (the CLI's --ipc): the fd

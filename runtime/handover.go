@@ -20,13 +20,15 @@ const envHandover = "HANDOFF_HANDOVER"
 
 // The hand-over protocol, one JSON object a line over a unix stream socket:
 //
-//	new → old  hello{pid}              old → new  state{generation}
+//	new → old  hello{pid}              old → new  state{generation, size}
+//	new → old  step{slot: i, steps: N} (step i of N begins; for status)
 //	new → old  retire{slot}            old → new  retired{slot}
 //	new → old  rollback                (old rolls its slots back, asking
 //	                                    new: retire{slot} → retired{slot})
 //	                                   old → new  rolledback
 //
-// The new primary fills the slots one at a time; once its worker in a slot
+// size is the old primary's number of slots (scaled or not): the new one
+// takes it over. The new primary fills the slots one at a time; once its worker in a slot
 // is ready it asks the old primary to retire that slot's worker, so the two
 // together never run fewer than N ready workers nor more than N+1 not
 // draining. The new primary calls tableflip's Ready only once every slot is
@@ -36,6 +38,8 @@ type message struct {
 	Slot       int    `json:"slot,omitempty"`
 	Pid        int    `json:"pid,omitempty"`
 	Generation int    `json:"generation,omitempty"`
+	Size       int    `json:"size,omitempty"`
+	Steps      int    `json:"steps,omitempty"`
 	Error      string `json:"error,omitempty"`
 }
 
@@ -49,14 +53,16 @@ type peer struct {
 	// rollbacks counts roll-backs still running.
 	rollbacks sync.WaitGroup
 	// onRetire retires this side's worker of a slot; onRollback (old
-	// primary only) rolls the handed-over slots back.
+	// primary only) rolls the handed-over slots back; onStep (old primary
+	// only, may be nil) learns the new primary's progress.
 	onRetire   func(slot int) error
 	onRollback func() error
+	onStep     func(step, steps int)
 }
 
-func newPeer(conn net.Conn, onRetire func(int) error, onRollback func() error) *peer {
+func newPeer(conn net.Conn, onRetire func(int) error, onRollback func() error, onStep func(step, steps int)) *peer {
 	p := &peer{conn: conn, enc: json.NewEncoder(conn), replies: make(chan message, 16),
-		closed: make(chan struct{}), onRetire: onRetire, onRollback: onRollback}
+		closed: make(chan struct{}), onRetire: onRetire, onRollback: onRollback, onStep: onStep}
 	go p.read()
 	return p
 }
@@ -82,6 +88,10 @@ func (p *peer) read() {
 				reply.Error = err.Error()
 			}
 			p.send(reply)
+		case "step":
+			if p.onStep != nil {
+				p.onStep(m.Slot, m.Steps)
+			}
 		case "rollback":
 			if p.onRollback == nil {
 				continue

@@ -55,9 +55,9 @@ func peers(t *testing.T, newLog, oldLog *slotLog, rollback []int, rollbackErr er
 			}
 		}
 		return rollbackErr
-	})
+	}, nil)
 	close(ready)
-	newP = newPeer(a, newLog.retire, nil)
+	newP = newPeer(a, newLog.retire, nil, nil)
 	t.Cleanup(func() {
 		newP.close()
 		old.close()
@@ -167,7 +167,7 @@ func TestPeerRollbackError(t *testing.T) {
 func TestPeerWireFormat(t *testing.T) {
 	log := &slotLog{}
 	a, b := net.Pipe()
-	p := newPeer(a, log.retire, nil)
+	p := newPeer(a, log.retire, nil, nil)
 	defer func() {
 		p.close()
 		<-p.closed

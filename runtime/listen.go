@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,27 +80,6 @@ func unwrapAll(err error) error {
 		}
 		err = u
 	}
-}
-
-// removeStaleSocket removes a unix socket file that nobody listens on, left
-// behind by a process that died; anything else at path is left alone.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("listen unix:%s: the path exists and is not a socket", path)
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("listen unix:%s: another process is listening there", path)
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return os.Remove(path)
-	}
-	return nil
 }
 
 // rawFd returns a close-on-exec duplicate of a listener's fd, taken without

@@ -39,6 +39,10 @@ type job struct {
 	op      string
 	run     func(context.Context) error
 	waiters []chan<- error
+	// unanswered: a request that waits for no answer (a signal) folded
+	// into this deploy; after a hand-over it is passed on to the new
+	// primary, while those who wait are told to ask it themselves.
+	unanswered bool
 }
 
 func (j *job) finish(err error) {
@@ -59,6 +63,8 @@ func (q *jobQueue) add(r request) bool {
 			if j.run == nil {
 				if r.done != nil {
 					j.waiters = append(j.waiters, r.done)
+				} else {
+					j.unanswered = true
 				}
 				return false
 			}
@@ -70,14 +76,18 @@ func (q *jobQueue) add(r request) bool {
 	}
 	if r.done != nil {
 		j.waiters = append(j.waiters, r.done)
+	} else {
+		j.unanswered = true
 	}
 	*q = append(*q, j)
 	return true
 }
 
-func (q *jobQueue) hasDeploy() bool {
+// hasUnansweredDeploy reports whether a deploy is queued that a signal
+// asked for.
+func (q *jobQueue) hasUnansweredDeploy() bool {
 	for _, j := range *q {
-		if j.run == nil {
+		if j.run == nil && j.unanswered {
 			return true
 		}
 	}
@@ -99,26 +109,33 @@ func (q *jobQueue) take() *job {
 	return j
 }
 
-// signalRequest turns a signal into a request: HUP is a deploy. ok is
-// false for the signals that stop the primary.
-func signalRequest(sig os.Signal) (r request, ok bool) {
+// signalRequest turns a signal into a request: HUP is a deploy, TTIN and
+// TTOU a job of scale(+1) and scale(-1). ok is false for the signals that
+// stop the primary.
+func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) error) (r request, ok bool) {
 	switch sig {
 	case syscall.SIGHUP:
 		return request{op: "deploy"}, true
+	case syscall.SIGTTIN:
+		return request{op: "scale", run: scale(+1)}, true
+	case syscall.SIGTTOU:
+		return request{op: "scale", run: scale(-1)}, true
 	}
 	return request{}, false
 }
 
 // deployLoop is the primary's state machine once it serves: it takes
-// requests from signals (HUP) and from reqs, and runs their jobs one at a
+// requests from signals (HUP, TTIN, TTOU: see signalRequest, scale making
+// the scaling jobs) and from reqs, and runs their jobs one at a
 // time, never two at once, starting with queue. TERM or INT (or the end of
 // ctx) cancels the running job, waits for it, answers every queued one
 // with ErrShuttingDown and returns shutdown(). A deploy that ends in
 // errHandedOver returns handedOver(pending), pending being whether a deploy
-// was queued: another primary owns the listeners now, and every other
-// queued job is answered with errHandedOver.
+// that a signal asked for was queued: another primary owns the listeners
+// now, and every queued job is answered with errHandedOver.
 func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
-	deploy func(context.Context) error, shutdown func() error, handedOver func(pending bool) error) error {
+	deploy func(context.Context) error, scale func(delta int) func(context.Context) error,
+	shutdown func() error, handedOver func(pending bool) error) error {
 	var (
 		done    = make(chan error, 1)
 		running *job
@@ -157,7 +174,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 	for {
 		select {
 		case sig := <-sigs:
-			r, ok := signalRequest(sig)
+			r, ok := signalRequest(sig, scale)
 			if !ok {
 				return stop(zap.String("signal", sig.String()))
 			}
@@ -170,7 +187,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 			running = nil
 			if errors.Is(err, errHandedOver) {
 				j.finish(nil)
-				pending := queue.hasDeploy()
+				pending := queue.hasUnansweredDeploy()
 				queue.finish(errHandedOver)
 				return handedOver(pending)
 			}

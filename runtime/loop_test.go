@@ -85,19 +85,30 @@ type loopRun struct {
 	result   chan error
 	stopped  chan struct{}
 	handover chan bool
+	// scales receives the delta of every scaling job the loop runs.
+	scales chan int
 }
 
 func startLoop(t *testing.T, pending bool) *loopRun {
 	t.Helper()
 	// Unbuffered: a send returns once the loop has taken the signal.
 	r := &loopRun{sigs: make(chan os.Signal), reqs: make(chan request), deploys: newFakeDeploys(), result: make(chan error, 1),
-		stopped: make(chan struct{}, 1), handover: make(chan bool, 1)}
+		stopped: make(chan struct{}, 1), handover: make(chan bool, 1), scales: make(chan int, 16)}
 	var queue jobQueue
 	if pending {
 		queue.add(request{op: "deploy"})
 	}
 	go func() {
 		r.result <- deployLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
+			func(delta int) func(context.Context) error {
+				return func(context.Context) error {
+					if r.deploys.runningNow() != 0 {
+						t.Errorf("scale %+d ran beside a deploy", delta)
+					}
+					r.scales <- delta
+					return nil
+				}
+			},
 			func() error { r.stopped <- struct{}{}; return nil },
 			func(pending bool) error { r.handover <- pending; return nil })
 	}()
@@ -303,6 +314,53 @@ func TestLoopAnswersQueuedRequestsOnShutdownAndHandOver(t *testing.T) {
 	}
 	if pending := <-r.handover; pending {
 		t.Fatal("no deploy was queued")
+	}
+	r.end(t)
+}
+
+func TestLoopTTINAndTTOUScaleInTurn(t *testing.T) {
+	r := startLoop(t, false)
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	r.sigs <- syscall.SIGTTIN
+	r.sigs <- syscall.SIGTTOU
+	r.sigs <- syscall.SIGTTIN
+	select {
+	case d := <-r.scales:
+		t.Fatalf("scale %+d ran during the deploy", d)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.deploys.release <- nil
+	for _, want := range []int{+1, -1, +1} {
+		select {
+		case d := <-r.scales:
+			if d != want {
+				t.Fatalf("scale %+d, want %+d", d, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("scale job did not run")
+		}
+	}
+	r.sigs <- syscall.SIGTERM
+	<-r.stopped
+	r.end(t)
+}
+
+// A deploy asked for through a request is not passed on to the new
+// primary after a hand-over: its asker is told errHandedOver and asks the
+// new primary itself.
+func TestLoopHandOverPassesOnOnlySignalledDeploys(t *testing.T) {
+	r := startLoop(t, false)
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	asked, askedDone := deployRequest()
+	r.reqs <- asked
+	r.deploys.release <- errHandedOver
+	if err := awaitOutcome(t, askedDone); !errors.Is(err, errHandedOver) {
+		t.Fatalf("queued deploy request at hand-over: %v", err)
+	}
+	if pending := <-r.handover; pending {
+		t.Fatal("a requested deploy was passed on as pending")
 	}
 	r.end(t)
 }

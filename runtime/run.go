@@ -24,7 +24,8 @@ import (
 )
 
 // CatchSignals starts catching the signals a primary acts on: HUP (deploy),
-// TERM and INT (graceful shutdown). Call it first in main, before any other
+// TERM and INT (graceful shutdown), TTIN and TTOU (one worker more, one
+// less). Call it first in main, before any other
 // work, so that a signal sent during start-up is queued rather than fatal,
 // and pass the channel as Config.Signals.
 //
@@ -35,7 +36,7 @@ import (
 // workers at exec.
 func CatchSignals() chan os.Signal {
 	ch := make(chan os.Signal, 16)
-	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGTTIN, syscall.SIGTTOU)
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	return ch
 }
@@ -58,6 +59,20 @@ type primary struct {
 	// closed is closed when Run returns, after which nothing reads reqs.
 	reqs   chan request
 	closed chan struct{}
+	// stop ends Run's context: a graceful shutdown asked for on the
+	// control socket.
+	stop context.CancelCauseFunc
+	ctl  *controlServer
+	// current is the spec of the last start or deploy that finished: what
+	// new slots run. Only the loop's jobs use it.
+	current *workerpool.Spec
+
+	// For status, under stmu.
+	stmu    sync.Mutex
+	started time.Time
+	addrs   []string
+	serving int            // generation of the last start or deploy that finished
+	upgrade *UpgradeStatus // the deploy in progress, if any
 }
 
 // ask hands r to the primary's loop. If the primary has stopped, r is
@@ -93,8 +108,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: workerEnv(os.Environ()),
-		reqs: make(chan request), closed: make(chan struct{})}
+		reqs: make(chan request), closed: make(chan struct{}), stop: stop, started: time.Now()}
 	defer close(p.closed)
 	p.selfID, _ = statID("/proc/self/exe")
 
@@ -126,7 +143,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot set up upgrades: %v", err)
 	}
-	defer p.stopUpgrader()
+	defer func() {
+		p.stopUpgrader()
+		// Last: the socket file is gone (or a new primary's), and a stop
+		// request's client sees its connection end now.
+		p.ctl.close()
+	}()
 
 	fds, names, err := p.listen()
 	if err != nil {
@@ -137,6 +159,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			syscall.Close(fd)
 		}
 	}()
+	p.ctl, err = p.listenControl(cfg.Listeners[0].Network, p.addrs[0])
+	if err != nil {
+		return err
+	}
 
 	p.dir, err = privateDir()
 	if err != nil {
@@ -181,10 +207,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	p.owner = true
 	p.gen = 1
 	spec := p.spec(path, p.gen)
-	queue, stop, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
+	p.ctl.serve()
+	queue, stopSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
 	})
-	if stop != nil {
+	if stopSig != nil {
 		// What did start gets drained; a start that failed left nothing.
 		return p.shutdown()
 	}
@@ -196,7 +223,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		p.pool.Shutdown()
 		return fmt.Errorf("--pid-file %s: %v", cfg.PIDFile, unwrapAll(err))
 	}
-	p.log.Info("primary ready", zap.Int("workers", cfg.Workers), zap.Int("generation", p.gen))
+	p.current = spec
+	p.setServing(p.gen)
+	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
 	return p.loop(ctx, sigs, queue)
 }
@@ -216,8 +245,15 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 		}
 		p.log.Info("upgrade queued", zap.String("why", phase))
 	}
+	ctxDone := ctx.Done()
 	for {
 		select {
+		case <-ctxDone:
+			ctxDone = nil
+			if stop == nil {
+				p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
+				stop = syscall.SIGTERM
+			}
 		case err := <-done:
 			if stop == nil && ctx.Err() != nil {
 				stop = syscall.SIGTERM
@@ -229,7 +265,7 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 		case r := <-p.reqs:
 			add(r)
 		case sig := <-sigs:
-			if r, ok := signalRequest(sig); ok {
+			if r, ok := signalRequest(sig, p.scaleBy); ok {
 				add(r)
 				continue
 			}
@@ -290,7 +326,7 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 	for _, l := range p.cfg.Listeners {
 		if l.Network == "unix" && !p.upg.HasParent() {
 			if err := removeStaleSocket(l.Address); err != nil {
-				return fds, nil, err
+				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
 			}
 		}
 		// tableflip flattens the bind error into text: keep the original,
@@ -319,6 +355,7 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 		names = append(names, l.Name)
 		addrs = append(addrs, addr)
 	}
+	p.addrs = addrs
 	// Logged once all are bound, so a failed start prints its one error line
 	// and nothing else.
 	for i, l := range p.cfg.Listeners {
@@ -336,7 +373,7 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 // deploy asked for while one runs is queued, and further ones fold into
 // it (see deployLoop).
 func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
-	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.shutdown, func(pending bool) error {
+	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, p.shutdown, func(pending bool) error {
 		return p.retireAfterHandOver(sigs, pending)
 	})
 }
@@ -354,7 +391,9 @@ func (p *primary) deploy(ctx context.Context) error {
 		}
 	}()
 
+	defer p.setUpgrade(nil)
 	if p.selfChanged() {
+		p.setUpgrade(&UpgradeStatus{Generation: gen, Kind: "primary", Started: start})
 		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
 		err := p.upgradeSelf(ctx, gen)
 		// A binary written a moment ago may still be open for writing
@@ -371,25 +410,41 @@ func (p *primary) deploy(ctx context.Context) error {
 		return err
 	}
 
+	p.setUpgrade(&UpgradeStatus{Generation: gen, Kind: "workers", Started: start})
 	p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "workers"))
 	path, err := ResolveCommand(p.cfg.Command[0])
 	if err != nil {
 		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", err.Error()))
 		return err
 	}
-	err = p.pool.Roll(ctx, p.spec(path, gen), nil, p.progress(gen))
+	spec := p.spec(path, gen)
+	err = p.pool.Roll(ctx, spec, nil, p.progress(gen))
 	if err != nil {
 		p.logAbort(gen, err)
 		return err
 	}
+	p.current = spec
+	p.setServing(gen)
 	p.log.Info("upgrade finished", zap.Int("generation", gen), zap.Duration("duration", time.Since(start)))
 	return nil
 }
 
 func (p *primary) progress(gen int) func(step, steps int) {
 	return func(step, steps int) {
+		p.upgradeStep(step, steps)
 		p.log.Info("upgrade step", zap.Int("generation", gen), zap.Int("step", step), zap.Int("steps", steps))
 	}
+}
+
+// scaleBy makes the job of a TTIN (+1) or TTOU (-1).
+func (p *primary) scaleBy(delta int) func(context.Context) error {
+	return p.scaleJob(0, delta, nil)
+}
+
+func (p *primary) setServing(gen int) {
+	p.stmu.Lock()
+	p.serving = gen
+	p.stmu.Unlock()
 }
 
 func (p *primary) logAbort(gen int, err error) {
@@ -442,6 +497,11 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}
 		newProc = proc
 		mu.Unlock()
+		p.stmu.Lock()
+		if p.upgrade != nil {
+			p.upgrade.NewPrimary = pid
+		}
+		p.stmu.Unlock()
 		var pr *peer
 		pr = newPeer(conn, p.pool.HandOver, func() error {
 			if err := ctx.Err(); err != nil {
@@ -450,9 +510,9 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 			}
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
 			return p.pool.RollBack(ctx, pr.retire)
-		})
+		}, p.upgradeStep)
 		accepted <- handover{pr, proc}
-		pr.send(message{Op: "state", Generation: gen})
+		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size()})
 	}()
 
 	// tableflip's Upgrade takes no context. On a shutdown asked for
@@ -525,7 +585,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	if err != nil {
 		return fmt.Errorf("cannot reach the old primary: %v", err)
 	}
-	pr := newPeer(conn, p.pool.HandOver, nil)
+	pr := newPeer(conn, p.pool.HandOver, nil, nil)
 	defer pr.close()
 	pr.send(message{Op: "hello", Pid: os.Getpid()})
 	st, err := pr.await(ctx, "state")
@@ -534,18 +594,29 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.gen = st.Generation
 	start := time.Now()
-	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()))
+	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()), zap.Int("workers", st.Size))
+	if st.Size > 0 {
+		// The old primary's pool, scaled or not.
+		if err := p.pool.Scale(ctx, st.Size, nil); err != nil {
+			return fmt.Errorf("upgrade aborted: %v", err)
+		}
+	}
 
 	p.pool.Adopt()
+	spec := p.spec(path, p.gen)
 	// A TERM or INT ends the roll; the slots taken are handed back (unless
 	// the old primary is shutting down too) and the workers drained.
-	queue, stop, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
-		return p.pool.Roll(ctx, p.spec(path, p.gen), pr.retire, p.progress(p.gen))
+	queue, stopSig, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
+		progress := p.progress(p.gen)
+		return p.pool.Roll(ctx, spec, pr.retire, func(step, steps int) {
+			progress(step, steps)
+			pr.send(message{Op: "step", Slot: step, Steps: steps})
+		})
 	})
-	if stop != nil {
+	if stopSig != nil {
 		// Told to stop: this primary does not take over, even if every
 		// slot is already its own.
-		err = fmt.Errorf("shutdown asked for (%v)", stop)
+		err = fmt.Errorf("shutdown asked for (%v)", stopSig)
 	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
@@ -561,20 +632,25 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 			}
 			cancel()
 		}
-		if stop != nil {
+		if stopSig != nil {
 			return p.shutdown()
 		}
 		p.pool.Shutdown()
 		return fmt.Errorf("upgrade aborted: %v", err)
 	}
 	p.owner = true
+	p.current = spec
+	p.setServing(p.gen)
 	if err := p.upg.Ready(); err != nil {
 		p.log.Error("cannot write the pid file", zap.Error(err))
 	}
 	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
-	p.log.Info("primary ready", zap.Int("workers", p.cfg.Workers), zap.Int("generation", p.gen))
+	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	pr.close()
+	// The old primary has stopped accepting on the control socket, or
+	// will once it sees this primary ready: answer it from now on.
+	p.ctl.serve()
 	return p.loop(ctx, sigs, queue)
 }
 
@@ -583,6 +659,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 // primary; every request is answered with errHandedOver.
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
+	p.ctl.handedOver(p.successor.pid)
 	defer p.successor.release()
 	forward := func() { p.successor.signal(syscall.SIGHUP) }
 	if pending {
@@ -596,13 +673,16 @@ func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error
 	for {
 		select {
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				forward()
+			switch sig {
+			case syscall.SIGHUP, syscall.SIGTTIN, syscall.SIGTTOU:
+				p.successor.signal(sig.(syscall.Signal))
 			}
 		case r := <-p.reqs:
 			// The new primary watches the same files since before it
-			// connected: a change seen here is seen there too.
-			if r.run == nil && r.op != opWatch {
+			// connected: a change seen here is seen there too. One who
+			// waits for an answer is told to ask the new primary (see
+			// controlServer.retry).
+			if r.run == nil && r.done == nil && r.op != opWatch {
 				forward()
 			}
 			if r.done != nil {

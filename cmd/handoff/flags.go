@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +59,9 @@ Flags:
                            HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
                            process.send works on it); {"handoff":"ready"} on
                            it counts as READY=1
+  --control PATH           control socket for handoff status/reload/scale/stop
+                           (default: a socket named after the first listener
+                           in a private directory, see 'handoff help')
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
 
@@ -65,6 +69,7 @@ Signals to the primary:
   HUP        deploy what is on disk now: replace the workers one at a time
              (and the primary first, when its own executable changed)
   TERM, INT  graceful shutdown: drain every worker, then exit 0
+  TTIN, TTOU one worker more, one worker less (as handoff scale +1 / -1)
 
 Every worker gets LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (systemd socket
 activation), NOTIFY_SOCKET (sd_notify, private to the worker), HANDOFF_WORKER
@@ -93,6 +98,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.BoolVar(&cfg.Watch, "watch", false, "")
 	fs.Var(&watches, "watch-path", "")
 	fs.BoolVar(&cfg.IPC, "ipc", false, "")
+	fs.StringVar(&cfg.Control, "control", "", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
 	if err := fs.Parse(args); err != nil {
@@ -100,7 +106,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 			fmt.Fprintf(stdout, runUsage, defaultWorkers())
 			return cfg, lc, errHelp
 		}
-		return cfg, lc, usageError{flagError(err)}
+		return cfg, lc, usageError{flagError("run", err)}
 	}
 
 	fail := func(format string, a ...any) (runtime.Config, logConfig, error) {
@@ -162,6 +168,17 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	if len(cfg.WatchPaths) > 0 {
 		cfg.Watch = true
 	}
+	if cfg.Control != "" {
+		abs, err := filepath.Abs(cfg.Control)
+		if err != nil {
+			return fail("--control %s: %v", cfg.Control, err)
+		}
+		if len(abs) > 107 {
+			return fail("--control %s: a unix socket path may have at most 107 bytes", cfg.Control)
+		}
+		// A new primary after an upgrade resolves it the same way.
+		cfg.Control = abs
+	}
 	sig, err := parseSignal(stop)
 	if err != nil {
 		return cfg, lc, usageError{err}
@@ -178,10 +195,10 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 
 // flagError rewrites the flag package's errors into one line that says
 // what to do.
-func flagError(err error) error {
+func flagError(cmd string, err error) error {
 	msg := err.Error()
 	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
-		return fmt.Errorf("unknown flag --%s: see 'handoff run --help'", name)
+		return fmt.Errorf("unknown flag --%s: see 'handoff %s --help'", name, cmd)
 	}
 	if rest, ok := strings.CutPrefix(msg, "invalid value "); ok {
 		// invalid value "x" for flag -ready-timeout: parse error
@@ -191,9 +208,9 @@ func flagError(err error) error {
 		}
 	}
 	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
-		return fmt.Errorf("--%s needs a value: see 'handoff run --help'", name)
+		return fmt.Errorf("--%s needs a value: see 'handoff %s --help'", name, cmd)
 	}
-	return fmt.Errorf("%s: see 'handoff run --help'", msg)
+	return fmt.Errorf("%s: see 'handoff %s --help'", msg, cmd)
 }
 
 // parseSignal reads TERM, SIGTERM, sigterm or 15.

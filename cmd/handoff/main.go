@@ -41,6 +41,14 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runCommand(args[1:], sigs, stdout, stderr)
+	case "status":
+		err = statusCommand(args[1:], stdout)
+	case "reload":
+		err = reloadCommand(args[1:], stdout)
+	case "scale":
+		err = scaleCommand(args[1:], stdout)
+	case "stop":
+		err = stopCommand(args[1:], stdout)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "handoff", version)
 	case "help", "--help", "-help", "-h":
@@ -80,8 +88,19 @@ const topUsage = `handoff keeps a port served through every deploy.
 
 Usage:
   handoff run [flags] -- COMMAND [ARG...]   run COMMAND as workers sharing the listeners
+  handoff status [--control PATH] [--json]  show the workers and the deploy in progress
+  handoff reload [--control PATH]           deploy what is on disk now, wait for the outcome
+  handoff scale [--control PATH] N|+N|-N    set or change the number of workers
+  handoff stop [--control PATH]             shut down gracefully, wait until done
   handoff version                           print the version
   handoff help                              this text
 
-Run 'handoff run --help' for the flags, signals and the worker contract.
+Run 'handoff run --help' for the flags, signals and the worker contract, and
+'handoff COMMAND --help' for each command.
+
+status, reload, scale and stop talk to the primary over its control socket
+(handoff run --control PATH). Without --control, a primary puts it in
+$HANDOFF_CONTROL_DIR if set, else /run/handoff for root, else
+$XDG_RUNTIME_DIR/handoff, else $TMPDIR/handoff-UID, named after its first
+listener; the commands then find it there if exactly one primary runs.
 `

@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/handoff-dev/handoff/runtime"
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// The commands that talk to a running primary over its control socket.
+
+const statusUsage = `Usage: handoff status [--control PATH] [--json]
+
+Shows the running primary: its workers (slot, pid, generation, state,
+uptime, crash restarts, resident memory) and the deploy in progress, if any.
+
+Flags:
+  --control PATH  the primary's control socket (default: the one primary
+                  found in the default directory, see 'handoff help')
+  --json          print the status as JSON (field names are stable; see
+                  README.md)
+`
+
+const reloadUsage = `Usage: handoff reload [--control PATH]
+
+Deploys what is on disk now, as SIGHUP does, waits for the outcome and
+prints it in one line: exit 0 when the deploy finished, 1 when it was
+aborted (the reason follows) or the primary cannot be reached.
+
+Flags:
+  --control PATH  the primary's control socket (default: see 'handoff help')
+`
+
+const scaleUsage = `Usage: handoff scale [--control PATH] N|+N|-N
+
+Sets the number of workers to N, or changes it by +N or -N (SIGTTIN and
+SIGTTOU to the primary are +1 and -1). New workers start at once and count
+once ready; removed ones (the highest slots) drain. Exits 0 once done.
+
+Flags:
+  --control PATH  the primary's control socket (default: see 'handoff help')
+`
+
+const stopUsage = `Usage: handoff stop [--control PATH]
+
+Shuts the primary down gracefully, as SIGTERM does: every worker drains,
+then the primary exits. Returns once it has exited.
+
+Flags:
+  --control PATH  the primary's control socket (default: see 'handoff help')
+`
+
+// controlArgs parses the flags of a control command; positional are the
+// arguments that are not flags (a signed number such as -1 is one).
+func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON bool) (path string, asJSON bool, positional []string, err error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&path, "control", "", "")
+	if withJSON {
+		fs.BoolVar(&asJSON, "json", false, "")
+	}
+	signed := regexp.MustCompile(`^[+-][0-9]+$`)
+	var rest []string
+	for _, a := range args {
+		if signed.MatchString(a) {
+			positional = append(positional, a)
+			continue
+		}
+		rest = append(rest, a)
+	}
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(stdout, usage)
+				return "", false, nil, errHelp
+			}
+			return "", false, nil, usageError{flagError(name, err)}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		// Flags may follow the positional arguments too.
+		positional = append(positional, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if path == "" {
+		path, err = runtime.FindControl()
+		if err != nil {
+			return "", false, nil, err
+		}
+	}
+	return path, asJSON, positional, nil
+}
+
+// callPrimary sends req and turns a refusal into an error; ctx ends the
+// wait on Ctrl-C.
+func callPrimary(path string, req runtime.ControlRequest, timeout time.Duration) (runtime.ControlReply, error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	rep, err := runtime.Call(ctx, path, req)
+	if err != nil {
+		return rep, err
+	}
+	if !rep.OK {
+		return rep, refusal{rep.Error}
+	}
+	return rep, nil
+}
+
+// refusal is the primary's answer that it did not do what was asked.
+type refusal struct{ msg string }
+
+func (r refusal) Error() string { return r.msg }
+
+// statusTimeout bounds a status request: the primary answers it at once.
+const statusTimeout = 10 * time.Second
+
+func statusCommand(args []string, stdout io.Writer) error {
+	path, asJSON, pos, err := controlArgs("status", statusUsage, args, stdout, true)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("status takes no arguments (got %q): see 'handoff status --help'", pos[0])}
+	}
+	rep, err := callPrimary(path, runtime.ControlRequest{Op: "status"}, statusTimeout)
+	if err != nil {
+		return err
+	}
+	if rep.Status == nil {
+		return fmt.Errorf("%s: the answer has no status", path)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep.Status)
+	}
+	printStatus(stdout, rep.Status)
+	return nil
+}
+
+func printStatus(w io.Writer, st *runtime.Status) {
+	pr := st.Primary
+	fmt.Fprintf(w, "primary %d: generation %d, %d workers, up %s\n", pr.Pid, pr.Generation, pr.Workers, roundDuration(pr.UptimeSeconds))
+	fmt.Fprintf(w, "listening %s; control %s\n", strings.Join(pr.Listeners, ", "), pr.Control)
+	if u := st.Upgrade; u != nil {
+		kind := u.Kind
+		if u.NewPrimary != 0 {
+			kind += fmt.Sprintf(", new primary %d", u.NewPrimary)
+		}
+		step := "starting"
+		if u.Step > 0 {
+			step = fmt.Sprintf("step %d/%d", u.Step, u.Steps)
+		}
+		fmt.Fprintf(w, "upgrade to generation %d (%s): %s, %s elapsed\n", u.Generation, kind, step, roundDuration(u.ElapsedSeconds))
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tRSS")
+	for _, wk := range st.Workers {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
+			roundDuration(wk.UptimeSeconds), wk.Restarts, formatBytes(wk.RSSBytes))
+	}
+	tw.Flush()
+}
+
+func roundDuration(seconds float64) string {
+	d := time.Duration(seconds * float64(time.Second))
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+func formatBytes(n int64) string {
+	switch {
+	case n <= 0:
+		return "-"
+	case n < 1<<20:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+}
+
+func reloadCommand(args []string, stdout io.Writer) error {
+	path, _, pos, err := controlArgs("reload", reloadUsage, args, stdout, false)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("reload takes no arguments (got %q): see 'handoff reload --help'", pos[0])}
+	}
+	rep, err := callPrimary(path, runtime.ControlRequest{Op: "reload"}, 0)
+	if errors.As(err, new(refusal)) {
+		return fmt.Errorf("reload %v", err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "reload %s (primary %d)\n", rep.Message, rep.Pid)
+	return nil
+}
+
+func scaleCommand(args []string, stdout io.Writer) error {
+	path, _, pos, err := controlArgs("scale", scaleUsage, args, stdout, false)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{errors.New("scale needs one number of workers, N, +N or -N: e.g. handoff scale 4")}
+	}
+	req := runtime.ControlRequest{Op: "scale"}
+	arg := pos[0]
+	n, convErr := strconv.Atoi(arg)
+	switch {
+	case convErr != nil:
+		return usageError{fmt.Errorf("scale %q: not a number of workers (N, +N or -N, e.g. 4 or +1)", arg)}
+	case arg[0] == '+' || arg[0] == '-':
+		if n == 0 || n < -workerpool.MaxSize || n > workerpool.MaxSize {
+			return usageError{fmt.Errorf("scale %s: the change must be from 1 to %d workers, up or down", arg, workerpool.MaxSize)}
+		}
+		req.Delta = n
+	default:
+		if n < 1 || n > workerpool.MaxSize {
+			return usageError{fmt.Errorf("scale %s: the number of workers must be from 1 to %d", arg, workerpool.MaxSize)}
+		}
+		req.Workers = n
+	}
+	rep, err := callPrimary(path, req, 0)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "scaled to %d workers (primary %d)\n", rep.Workers, rep.Pid)
+	return nil
+}
+
+func stopCommand(args []string, stdout io.Writer) error {
+	path, _, pos, err := controlArgs("stop", stopUsage, args, stdout, false)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("stop takes no arguments (got %q): see 'handoff stop --help'", pos[0])}
+	}
+	rep, err := callPrimary(path, runtime.ControlRequest{Op: "stop"}, 0)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "stopped (primary %d)\n", rep.Pid)
+	return nil
+}

@@ -1,0 +1,420 @@
+package runtime
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// controlServer answers the control socket (see ControlRequest). The
+// socket is a tableflip listener: a new primary inherits it, and the path
+// never disappears during an upgrade. The old primary answers until it
+// has handed over, then stops accepting; the new primary starts accepting
+// once it has taken over, so connections made in between wait in the
+// socket's queue and get the new primary's answer.
+type controlServer struct {
+	p    *primary
+	path string
+	ln   *net.UnixListener
+
+	mu        sync.Mutex
+	accepting bool
+	conns     map[net.Conn]struct{}
+	// successor is the new primary's pid once this one has handed over:
+	// every request still pending is then told to retry.
+	successor int
+	quit      chan struct{}
+	closed    bool
+	wg        sync.WaitGroup
+}
+
+// controlIOTimeout bounds reading a request and writing a reply.
+const controlIOTimeout = 10 * time.Second
+
+// listenControl opens the control socket (inherited from the previous
+// primary on an upgrade), at cfg.Control or the default path for the
+// first listener's bound address. It does not accept yet (see serve).
+func (p *primary) listenControl(network, addr string) (*controlServer, error) {
+	path, isDefault := p.cfg.Control, false
+	if path == "" {
+		path, isDefault = DefaultControlPath(network, addr), true
+	}
+	flag := "--control " + path
+	if isDefault {
+		flag = "control socket " + path
+	}
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("%s: a unix socket path may have at most %d bytes", flag, maxSocketPath)
+	}
+	inherited := false
+	if p.upg.HasParent() {
+		ln, err := p.upg.Fds.Listener("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", flag, err)
+		}
+		if ln != nil {
+			inherited = true
+			return p.newControlServer(path, ln), nil
+		}
+	}
+	if !inherited {
+		if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
+			return nil, fmt.Errorf("%s: %v", flag, err)
+		}
+		if err := removeStaleSocket(path); err != nil {
+			var live *liveSocketError
+			switch {
+			case errors.Is(err, errNotSocket):
+				return nil, fmt.Errorf("%s: the path exists and is not a socket: remove it or give another --control path", flag)
+			case errors.As(err, &live):
+				return nil, fmt.Errorf("%s: %v (another handoff primary?): stop it, or give this one another --control path", flag, live)
+			}
+			return nil, fmt.Errorf("%s: %v", flag, unwrapAll(err))
+		}
+	}
+	ln, err := p.upg.ListenWithCallback("unix", path, func(network, addr string) (net.Listener, error) {
+		// Mode 0600 from the start: the umask is the process's, and
+		// nothing else creates files while the primary starts.
+		old := syscall.Umask(0o177)
+		defer syscall.Umask(old)
+		return net.Listen(network, addr)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", flag, err)
+	}
+	return p.newControlServer(path, ln), nil
+}
+
+func (p *primary) newControlServer(path string, ln net.Listener) *controlServer {
+	ul, _ := ln.(*net.UnixListener)
+	return &controlServer{p: p, path: path, ln: ul, conns: map[net.Conn]struct{}{}, quit: make(chan struct{})}
+}
+
+// serve starts accepting requests.
+func (s *controlServer) serve() {
+	if s == nil || s.ln == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.accepting || s.closed {
+		return
+	}
+	s.accepting = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := s.ln.AcceptUnix()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				// EMFILE and the like: keep going, a little later.
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				c.Close()
+				return
+			}
+			s.conns[c] = struct{}{}
+			s.wg.Add(1)
+			s.mu.Unlock()
+			go func() {
+				defer s.wg.Done()
+				s.handle(c)
+			}()
+		}
+	}()
+}
+
+// handedOver stops accepting: the new primary answers from now on, and
+// pending requests are told to retry there.
+func (s *controlServer) handedOver(successor int) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.successor = successor
+	s.mu.Unlock()
+	if s.ln != nil {
+		// Only this process's descriptor: the socket stays open in the
+		// new primary.
+		s.ln.Close()
+	}
+}
+
+// close stops accepting and ends every connection, waiting for their
+// goroutines. Call it last, once the socket file is gone or belongs to a
+// new primary: a stop request's client sees its connection end then.
+func (s *controlServer) close() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.quit)
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.wg.Wait()
+}
+
+func (s *controlServer) handle(c *net.UnixConn) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	reply := func(r ControlReply) {
+		r.Pid = os.Getpid()
+		c.SetWriteDeadline(time.Now().Add(controlIOTimeout))
+		b, _ := json.Marshal(r)
+		c.Write(append(b, '\n'))
+	}
+	cred, err := peerCred(c)
+	if err != nil {
+		reply(ControlReply{Error: "cannot tell who is asking: " + err.Error()})
+		return
+	}
+	if cred.Uid != 0 && cred.Uid != uint32(os.Getuid()) {
+		s.p.log.Warn("control request refused", zap.Int("uid", int(cred.Uid)), zap.Int("pid", int(cred.Pid)))
+		reply(ControlReply{Error: fmt.Sprintf("permission denied: uid %d may not control this primary (only uid %d and root may)", cred.Uid, os.Getuid())})
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(controlIOTimeout))
+	br := bufio.NewReaderSize(c, 512)
+	line, err := readLine(br, MaxControlLine)
+	if errors.Is(err, io.EOF) && len(line) > 0 {
+		err = nil // a last line without its newline
+	}
+	if err != nil {
+		if len(line) > 0 || errors.Is(err, errLineTooLong) {
+			reply(ControlReply{Error: "bad request: " + err.Error()})
+		}
+		// A probe that connects and goes away gets nothing.
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	req, err := ParseControlRequest(line)
+	if err != nil {
+		reply(ControlReply{Error: "bad request: " + err.Error()})
+		return
+	}
+	s.p.log.Info("control request", zap.String("op", req.Op), zap.Int("uid", int(cred.Uid)), zap.Int("client_pid", int(cred.Pid)))
+	if r, ok := s.retry(); ok {
+		reply(r)
+		return
+	}
+	switch req.Op {
+	case "status":
+		st := s.p.status()
+		reply(ControlReply{OK: true, Status: &st})
+	case "reload":
+		reply(s.reload())
+	case "scale":
+		reply(s.scale(req))
+	case "stop":
+		s.p.stop(errors.New("stop asked for on the control socket"))
+		reply(ControlReply{OK: true, Message: "stopping"})
+		// The connection ends when the primary has stopped (close).
+		c.CloseRead()
+		<-s.quit
+	}
+}
+
+// retry is the answer to every request once this primary has handed over.
+func (s *controlServer) retry() (ControlReply, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.successor == 0 {
+		return ControlReply{}, false
+	}
+	return ControlReply{Retry: true, Error: fmt.Sprintf("handed over to the new primary (pid %d)", s.successor)}, true
+}
+
+// await hands r to the primary's loop and waits for done. retry is true
+// when the primary handed over meanwhile: the new primary is the one to
+// ask.
+func (s *controlServer) await(r request, done <-chan error) (err error, retry bool) {
+	go s.p.ask(r)
+	select {
+	case err := <-done:
+		return err, errors.Is(err, errHandedOver)
+	case <-s.quit:
+		return ErrShuttingDown, false
+	}
+}
+
+// errLineTooLong is a request line longer than MaxControlLine.
+var errLineTooLong = fmt.Errorf("request longer than %d bytes", MaxControlLine)
+
+// readLine reads one line of at most max bytes, without its newline.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > max+1 {
+			return line, errLineTooLong
+		}
+		if err == nil {
+			return bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r")), nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, err
+		}
+	}
+}
+
+func (s *controlServer) reload() ControlReply {
+	r, done := deployRequest()
+	err, retry := s.await(r, done)
+	if retry {
+		return s.retryReply()
+	}
+	if err != nil {
+		return ControlReply{Error: "aborted: " + deployFailure(err)}
+	}
+	gen := s.p.servingGeneration()
+	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
+}
+
+func (s *controlServer) scale(req ControlRequest) ControlReply {
+	done := make(chan error, 1)
+	var to int
+	run := s.p.scaleJob(req.Workers, req.Delta, &to)
+	err, retry := s.await(request{op: "scale", run: run, done: done}, done)
+	if retry {
+		return s.retryReply()
+	}
+	if err != nil {
+		return ControlReply{Error: "scale aborted: " + deployFailure(err)}
+	}
+	return ControlReply{OK: true, Workers: to, Message: fmt.Sprintf("%d workers", to)}
+}
+
+func (s *controlServer) retryReply() ControlReply {
+	if r, ok := s.retry(); ok {
+		return r
+	}
+	return ControlReply{Retry: true, Error: "handed over to a new primary"}
+}
+
+// deployFailure makes one line of a failed deploy or scale: the worker's
+// failure and the last line of its stderr.
+func deployFailure(err error) string {
+	var se *workerpool.StartError
+	if errors.As(err, &se) {
+		msg := se.Error()
+		if last := lastLine(se.Exit.StderrTail); last != "" {
+			msg += "; its stderr ends: " + last
+		}
+		return msg
+	}
+	return err.Error()
+}
+
+// status is a snapshot of the primary for the control socket.
+func (p *primary) status() Status {
+	now := time.Now()
+	p.stmu.Lock()
+	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.serving, Started: p.started,
+		UptimeSeconds: now.Sub(p.started).Seconds(), Listeners: p.addrs, Command: p.cfg.Command}}
+	if u := p.upgrade; u != nil {
+		cp := *u
+		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
+		st.Upgrade = &cp
+	}
+	p.stmu.Unlock()
+	if p.ctl != nil {
+		st.Primary.Control = p.ctl.path
+	}
+	st.Primary.Workers = p.pool.Size()
+	st.Workers = []WorkerStatus{}
+	for _, w := range p.pool.Workers() {
+		rss, _ := workerpool.RSS(w.Pid)
+		st.Workers = append(st.Workers, WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
+			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss})
+	}
+	return st
+}
+
+func (p *primary) servingGeneration() int {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	return p.serving
+}
+
+// setUpgrade records the deploy in progress (nil: none) for status.
+func (p *primary) setUpgrade(u *UpgradeStatus) {
+	p.stmu.Lock()
+	p.upgrade = u
+	p.stmu.Unlock()
+}
+
+// upgradeStep records the step of the deploy in progress.
+func (p *primary) upgradeStep(step, steps int) {
+	p.stmu.Lock()
+	if p.upgrade != nil {
+		p.upgrade.Step, p.upgrade.Steps = step, steps
+	}
+	p.stmu.Unlock()
+}
+
+// scaleJob makes the job of a scale to n workers, or by delta when delta
+// is not 0; the number asked for is stored in *to (if not nil).
+func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
+	return func(ctx context.Context) error {
+		from := p.pool.Size()
+		want := n
+		if delta != 0 {
+			want = from + delta
+		}
+		if to != nil {
+			*to = want
+		}
+		if want < 1 || want > workerpool.MaxSize {
+			err := fmt.Errorf("cannot scale from %d to %d workers: the number must be from 1 to %d", from, want, workerpool.MaxSize)
+			p.log.Warn("scale refused", zap.Int("from", from), zap.Int("to", want), zap.String("reason", err.Error()))
+			return err
+		}
+		if want == from {
+			return nil
+		}
+		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
+		if err := p.pool.Scale(ctx, want, p.current); err != nil {
+			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", deployFailure(err)))
+			return err
+		}
+		p.log.Info("scale finished", zap.Int("from", from), zap.Int("to", want))
+		return nil
+	}
+}

@@ -1,0 +1,142 @@
+package runtime
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// EnvControlDir, when set, is the directory of default control sockets,
+// for the primary and the client alike.
+const EnvControlDir = "HANDOFF_CONTROL_DIR"
+
+// maxSocketPath is the longest path a unix socket may have on Linux.
+const maxSocketPath = 107
+
+// DefaultControlDir is the directory of a primary's control socket when
+// none is given: $HANDOFF_CONTROL_DIR; else /run/handoff for root; else
+// $XDG_RUNTIME_DIR/handoff; else $TMPDIR/handoff-UID.
+func DefaultControlDir() string {
+	return controlDirs()[0]
+}
+
+// controlDirs lists the directories a client searches, the primary's
+// default first: a primary started with another environment (a systemd
+// service has no XDG_RUNTIME_DIR) used one of the others.
+func controlDirs() []string {
+	if d := os.Getenv(EnvControlDir); d != "" {
+		return []string{d}
+	}
+	var dirs []string
+	if os.Geteuid() == 0 {
+		dirs = append(dirs, "/run/handoff")
+	}
+	if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" && filepath.IsAbs(x) {
+		dirs = append(dirs, filepath.Join(x, "handoff"))
+	}
+	dirs = append(dirs, filepath.Join(os.TempDir(), "handoff-"+strconv.Itoa(os.Geteuid())))
+	return slices.Compact(dirs)
+}
+
+// DefaultControlPath is the control socket of a primary whose first
+// listener is bound to addr: DefaultControlDir()/tcp-HOST:PORT.sock, or
+// unix-NAME-HASH.sock for a unix listener, so that several primaries on
+// one machine each have their own. A path that would be too long for a
+// unix socket gets a hash for a name.
+func DefaultControlPath(network, addr string) string {
+	dir := DefaultControlDir()
+	sum := sha256.Sum256([]byte(network + " " + addr))
+	hash := hex.EncodeToString(sum[:])
+	name := "tcp-" + addr + ".sock"
+	if network == "unix" {
+		name = "unix-" + filepath.Base(addr) + "-" + hash[:8] + ".sock"
+	}
+	path := filepath.Join(dir, name)
+	if len(path) > maxSocketPath {
+		path = filepath.Join(dir, network+"-"+hash[:16]+".sock")
+	}
+	return path
+}
+
+// prepareControlDir makes sure dir exists, creating it with mode 0700
+// (and its missing parents). The default directory must belong to this
+// user and is made 0700 if it is not; a directory named by --control is
+// used as it is.
+func prepareControlDir(dir string, isDefault bool) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("cannot create the directory %s: %v", dir, unwrapAll(err))
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("directory %s: %v", dir, unwrapAll(err))
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s exists and is not a directory", dir)
+	}
+	if !isDefault {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if ok && st.Uid != uint32(os.Geteuid()) {
+		return fmt.Errorf("the directory %s belongs to uid %d, not to this user (%d): remove it, or set %s or --control", dir, st.Uid, os.Geteuid(), EnvControlDir)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("cannot make %s private (mode 0700): %v", dir, unwrapAll(err))
+		}
+	}
+	return nil
+}
+
+// errNotSocket and errSocketLive are what probeSocket finds at a path
+// that a new socket cannot take.
+var errNotSocket = errors.New("the path exists and is not a socket")
+
+type liveSocketError struct{ pid int }
+
+func (e *liveSocketError) Error() string {
+	if e.pid > 0 {
+		return fmt.Sprintf("another process (pid %d) is listening there", e.pid)
+	}
+	return "another process is listening there"
+}
+
+// removeStaleSocket removes a unix socket file that nobody listens on, left
+// behind by a process that died. Anything else at path is left alone: a
+// file that is not a socket is errNotSocket, a socket that answers a
+// *liveSocketError naming its listener's pid when it can be told.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return errNotSocket
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		defer c.Close()
+		live := &liveSocketError{}
+		if uc, ok := c.(*net.UnixConn); ok {
+			if cred, err := peerCred(uc); err == nil {
+				live.pid = int(cred.Pid)
+			}
+		}
+		return live
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return os.Remove(path)
+	}
+	return nil
+}

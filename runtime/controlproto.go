@@ -1,0 +1,153 @@
+package runtime
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// The control protocol: over the primary's unix stream control socket, a
+// client sends one request, a JSON object on one line, and reads one reply
+// line (see ControlReply). A stop request's connection then stays open
+// until the primary has exited. Field names are a contract.
+//
+//	{"op":"status"}
+//	{"op":"reload"}
+//	{"op":"scale","workers":4}      {"op":"scale","delta":1}
+//	{"op":"stop"}
+
+// MaxControlLine bounds a request line; a longer one is refused.
+const MaxControlLine = 4096
+
+// ControlRequest is one request to the primary.
+type ControlRequest struct {
+	Op string `json:"op"`
+	// Workers is the number of workers a scale asks for; Delta, if not 0,
+	// asks for the current number plus Delta instead.
+	Workers int `json:"workers,omitempty"`
+	Delta   int `json:"delta,omitempty"`
+}
+
+// ControlReply is the primary's answer.
+type ControlReply struct {
+	OK bool `json:"ok"`
+	// Error says why not, in one line, when OK is false.
+	Error string `json:"error,omitempty"`
+	// Retry: this primary handed over to a new one while the request was
+	// pending; the same request should go to the control socket again,
+	// where the new primary answers.
+	Retry bool `json:"retry,omitempty"`
+	// Message is a one-line summary for people ("generation 3 serving").
+	Message string `json:"message,omitempty"`
+	// Pid is the primary that answered.
+	Pid int `json:"pid,omitempty"`
+	// Generation serving after a reload.
+	Generation int `json:"generation,omitempty"`
+	// Workers is the number of workers after a scale.
+	Workers int `json:"workers,omitempty"`
+	// Status answers a status request.
+	Status *Status `json:"status,omitempty"`
+}
+
+// Status is what `handoff status --json` prints.
+type Status struct {
+	Primary PrimaryStatus  `json:"primary"`
+	Workers []WorkerStatus `json:"workers"`
+	// Upgrade is the deploy in progress, or null.
+	Upgrade *UpgradeStatus `json:"upgrade"`
+}
+
+// PrimaryStatus describes the primary that answered.
+type PrimaryStatus struct {
+	Pid int `json:"pid"`
+	// Generation is the generation of the last deploy that finished (1
+	// for the first workers).
+	Generation int `json:"generation"`
+	// Workers is the number of slots (what --workers or a scale set).
+	Workers       int       `json:"workers"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	Control       string    `json:"control"`
+	Listeners     []string  `json:"listeners"`
+	Command       []string  `json:"command"`
+}
+
+// WorkerStatus is one live worker process, draining ones included.
+type WorkerStatus struct {
+	Slot       int `json:"slot"`
+	Pid        int `json:"pid"`
+	Generation int `json:"generation"`
+	// State is "starting", "ready" or "draining".
+	State         string    `json:"state"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	// Restarts counts the crash restarts of the slot.
+	Restarts int `json:"restarts"`
+	// RSSBytes is the resident set size; 0 if it could not be read.
+	RSSBytes int64 `json:"rss_bytes"`
+}
+
+// UpgradeStatus is a deploy in progress.
+type UpgradeStatus struct {
+	Generation int `json:"generation"`
+	// Kind is "workers" or "primary" (a self-upgrade).
+	Kind string `json:"kind"`
+	// Step of Steps is the slot being replaced now (1-based); 0 before
+	// the first step begins.
+	Step           int       `json:"step"`
+	Steps          int       `json:"steps"`
+	Started        time.Time `json:"started"`
+	ElapsedSeconds float64   `json:"elapsed_seconds"`
+	// NewPrimary is the pid of the new primary of a self-upgrade.
+	NewPrimary int `json:"new_primary,omitempty"`
+}
+
+// ParseControlRequest decodes and checks one request line (without its
+// newline). Unknown fields are ignored; anything else that is not one
+// valid request is an error that says what is wrong.
+func ParseControlRequest(line []byte) (ControlRequest, error) {
+	var r ControlRequest
+	if len(line) > MaxControlLine {
+		return r, fmt.Errorf("request longer than %d bytes", MaxControlLine)
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if err := dec.Decode(&r); err != nil {
+		return ControlRequest{}, errors.New("not a JSON request object")
+	}
+	if dec.More() {
+		return ControlRequest{}, errors.New("more than one JSON value on the request line")
+	}
+	switch r.Op {
+	case "status", "reload", "stop":
+		if r.Workers != 0 || r.Delta != 0 {
+			return ControlRequest{}, fmt.Errorf("%s takes no workers or delta", r.Op)
+		}
+	case "scale":
+		switch {
+		case r.Workers != 0 && r.Delta != 0:
+			return ControlRequest{}, errors.New("scale takes workers or delta, not both")
+		case r.Delta != 0:
+			if r.Delta < -workerpool.MaxSize || r.Delta > workerpool.MaxSize {
+				return ControlRequest{}, fmt.Errorf("scale delta %d: out of range", r.Delta)
+			}
+		case r.Workers < 1 || r.Workers > workerpool.MaxSize:
+			return ControlRequest{}, fmt.Errorf("scale to %d workers: the number must be from 1 to %d", r.Workers, workerpool.MaxSize)
+		}
+	case "":
+		return ControlRequest{}, errors.New("no op in the request")
+	default:
+		return ControlRequest{}, fmt.Errorf("unknown op %q (status, reload, scale, stop)", truncate(r.Op, 40))
+	}
+	return r, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
