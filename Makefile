@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration vet fmt-check clean
+.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration vet fmt-check clean fuzz
 
 all: build
 
@@ -85,3 +85,8 @@ bench:
 	$(BIN)/bench --handoff $(BIN)/handoff --server $(BIN)/benchserver --hello $(BIN)/hello-bench $(if $(BENCH_QUICK),--quick) \
 		--out $(BIN)/benchmarks.md $(if $(BENCH_DOC),--doc docs/BENCHMARKS.md) \
 		$(if $(BENCH_ONLY),--only $(BENCH_ONLY)) --command "make bench$(if $(BENCH_QUICK), BENCH_QUICK=1)$(if $(BENCH_ONLY), BENCH_ONLY=$(BENCH_ONLY))"
+
+# Fuzz the control socket's request decoder (its seeds run in 'make test').
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseControlRequest -fuzztime $(FUZZTIME) ./runtime/

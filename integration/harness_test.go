@@ -293,6 +293,10 @@ type Primary struct {
 	Log     *eventLog
 	Stdout  *lineBuf
 
+	// ControlDir is the primary's HANDOFF_CONTROL_DIR, where its control
+	// socket is (short, outside Dir: a socket path has at most 107 bytes).
+	ControlDir string
+
 	done      chan struct{} // closed once the started primary was reaped
 	state     *os.ProcessState
 	readersWG sync.WaitGroup
@@ -338,6 +342,12 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 	if err := os.Mkdir(p.TmpDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	ctlBase, err := os.MkdirTemp("", "hc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(ctlBase) })
+	p.ControlDir = filepath.Join(ctlBase, "c")
 	var args []string
 	if o.Lib != "" {
 		p.Bin = filepath.Join(dir, "app")
@@ -375,7 +385,7 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 
 	cmd := exec.Command(p.Bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), markEnv+"="+p.Mark, "TMPDIR="+p.TmpDir), o.Env...)
+	cmd.Env = append(append(os.Environ(), markEnv+"="+p.Mark, "TMPDIR="+p.TmpDir, "HANDOFF_CONTROL_DIR="+p.ControlDir), o.Env...)
 	cmd.ExtraFiles = o.ExtraFiles
 	// Our own pipes rather than io.Writers: exec.Cmd.Wait would otherwise
 	// wait for the copy to end, which is when every process holding the

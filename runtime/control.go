@@ -205,7 +205,7 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		return
 	}
 	if cred.Uid != 0 && cred.Uid != uint32(os.Getuid()) {
-		s.p.log.Warn("control request refused", zap.Int("uid", int(cred.Uid)), zap.Int("pid", int(cred.Pid)))
+		s.p.log.Warn("control request refused", zap.Int("uid", int(cred.Uid)), zap.Int("client_pid", int(cred.Pid)))
 		reply(ControlReply{Error: fmt.Sprintf("permission denied: uid %d may not control this primary (only uid %d and root may)", cred.Uid, os.Getuid())})
 		return
 	}

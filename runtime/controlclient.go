@@ -48,12 +48,15 @@ func call(ctx context.Context, path string, req ControlRequest) (ControlReply, e
 	stopWatch := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stopWatch()
 	b, _ := json.Marshal(req)
-	if _, err := c.Write(append(b, '\n')); err != nil {
-		return rep, fmt.Errorf("%s: cannot send the request: %v", path, unwrapAll(err))
-	}
+	// A primary that refuses this user answers at once and hangs up,
+	// maybe before the request is written: its answer is read anyway.
+	_, werr := c.Write(append(b, '\n'))
 	br := bufio.NewReader(io.LimitReader(c, maxReplyLine))
 	line, err := br.ReadBytes('\n')
 	if err != nil {
+		if werr != nil {
+			return rep, fmt.Errorf("%s: cannot send the request: %v", path, unwrapAll(werr))
+		}
 		if ctx.Err() != nil {
 			return rep, fmt.Errorf("%s: no answer in time", path)
 		}

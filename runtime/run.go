@@ -163,6 +163,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
+	p.logListening()
 
 	p.dir, err = privateDir()
 	if err != nil {
@@ -356,12 +357,15 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 		addrs = append(addrs, addr)
 	}
 	p.addrs = addrs
-	// Logged once all are bound, so a failed start prints its one error line
-	// and nothing else.
-	for i, l := range p.cfg.Listeners {
-		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", addrs[i]))
-	}
 	return fds, names, nil
+}
+
+// logListening logs the bound listeners, once the control socket is set
+// up too: a failed start prints its one error line and nothing else.
+func (p *primary) logListening() {
+	for i, l := range p.cfg.Listeners {
+		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", p.addrs[i]))
+	}
 }
 
 func (p *primary) spec(path string, gen int) *workerpool.Spec {
@@ -404,6 +408,7 @@ func (p *primary) deploy(ctx context.Context) error {
 			err = p.upgradeSelf(ctx, gen)
 		}
 		if err == nil {
+			p.setServing(gen)
 			return errHandedOver
 		}
 		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", "new primary: "+err.Error()))

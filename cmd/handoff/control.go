@@ -105,6 +105,14 @@ func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON b
 	return path, asJSON, positional, nil
 }
 
+// noArgs refuses the arguments of a command that takes none.
+func noArgs(name string, pos []string) error {
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments (got %q): see 'handoff %s --help'", name, pos[0], name)}
+	}
+	return nil
+}
+
 // callPrimary sends req and turns a refusal into an error; ctx ends the
 // wait on Ctrl-C.
 func callPrimary(path string, req runtime.ControlRequest, timeout time.Duration) (runtime.ControlReply, error) {
@@ -138,8 +146,8 @@ func statusCommand(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("status takes no arguments (got %q): see 'handoff status --help'", pos[0])}
+	if err := noArgs("status", pos); err != nil {
+		return err
 	}
 	rep, err := callPrimary(path, runtime.ControlRequest{Op: "status"}, statusTimeout)
 	if err != nil {
@@ -209,11 +217,11 @@ func reloadCommand(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("reload takes no arguments (got %q): see 'handoff reload --help'", pos[0])}
+	if err := noArgs("reload", pos); err != nil {
+		return err
 	}
 	rep, err := callPrimary(path, runtime.ControlRequest{Op: "reload"}, 0)
-	if errors.As(err, new(refusal)) {
+	if errors.As(err, new(refusal)) && strings.HasPrefix(err.Error(), "aborted") {
 		return fmt.Errorf("reload %v", err)
 	}
 	if err != nil {
@@ -261,8 +269,8 @@ func stopCommand(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("stop takes no arguments (got %q): see 'handoff stop --help'", pos[0])}
+	if err := noArgs("stop", pos); err != nil {
+		return err
 	}
 	rep, err := callPrimary(path, runtime.ControlRequest{Op: "stop"}, 0)
 	if err != nil {
