@@ -176,11 +176,16 @@ func (w *Worker) Context() context.Context { return w.ctx }
 // serving something else. Calls after the first do nothing.
 func (w *Worker) Ready() { w.readyOnce.Do(w.ready) }
 
+// ErrNoChannel is returned by Worker.Send in a worker with no message
+// channel: one run by `handoff run` without --ipc.
+var ErrNoChannel = errors.New("no message channel to the primary (under handoff run, add --ipc)")
+
 // Send queues v, encoded as JSON, for the primary (App.OnMessage). It
-// never blocks: it fails when the queue is full or there is no primary.
+// never blocks: it fails when the queue is full (the primary is not
+// reading), the channel has closed, or there is none.
 func (w *Worker) Send(v any) error {
 	if w.ch == nil {
-		return channel.ErrClosed
+		return ErrNoChannel
 	}
 	return w.ch.Send(v)
 }
@@ -277,7 +282,9 @@ func runWorker(ctx context.Context, app App) error {
 	gen, _ := strconv.Atoi(os.Getenv("HANDOFF_GENERATION"))
 	w := newWorker(wctx, &cfg, slot, gen)
 	chanFD := os.Getenv(shim.EnvChannelFD)
-	for _, k := range []string{shim.EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "HANDOFF_WORKER", "HANDOFF_GENERATION"} {
+	// The channel's fd is this process's alone: programs it starts must
+	// not believe they have one.
+	for _, k := range []string{shim.EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE"} {
 		os.Unsetenv(k)
 	}
 	files := activation.Files(true)

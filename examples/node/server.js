@@ -91,10 +91,21 @@ function drain(signal) {
   const started = Date.now();
   const tick = setInterval(() => {
     const now = Date.now();
+    const silent = [];
     for (const [socket, st] of conns) {
       if (!st.busy && now - Math.max(st.idleSince, started) >= graceMs && socket.bytesRead === st.readMark) {
-        socket.destroy();
+        silent.push([socket, st]);
       }
+    }
+    // Timers run before the event loop reads the sockets: a request
+    // that arrived while this process was not scheduled is still unread.
+    // Look again after the next poll phase has read what is there.
+    if (silent.length > 0) {
+      setImmediate(() => {
+        for (const [socket, st] of silent) {
+          if (!st.busy && socket.bytesRead === st.readMark) socket.destroy();
+        }
+      });
     }
     if (conns.size === 0 || now - started >= drainMs) {
       clearInterval(tick);
