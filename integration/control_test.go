@@ -288,9 +288,10 @@ func TestStatusDuringUpgrade(t *testing.T) {
 
 // TestControlAcrossSelfUpgrade: a scaled pool stays scaled when the
 // primary upgrades itself; the control socket answers throughout (polled
-// without a pause: never missing, never silent), the old primary shows
-// the new one's steps, and reload through the old primary reports done
-// once the new primary has finished.
+// every few milliseconds: never missing, never silent), the old primary
+// shows the new one's steps, reload through the old primary reports done
+// once the new primary has finished, and a scale asked for meanwhile is
+// done by the new primary.
 func TestControlAcrossSelfUpgrade(t *testing.T) {
 	t.Parallel()
 	p := StartPrimary(t, Options{Workers: 2})
@@ -337,7 +338,17 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 
 	p.Install("slowready")
 	p.InstallHandoff()
-	r := p.Ctl("reload")
+	reload := make(chan ctlResult, 1)
+	go func() { reload <- p.Ctl("reload") }()
+	// A scale asked of the old primary while it hands over waits behind
+	// the upgrade, is told to retry and is done by the new primary.
+	if _, ok := p.Log.Wait(0, 60*time.Second, func(e Event) bool {
+		return e.Msg == "upgrade step" && e.Int0("primary") != p.PID
+	}); !ok {
+		t.Fatalf("no step of the new primary\n%s", p.Tail(40))
+	}
+	scale := p.Ctl("scale", "4")
+	r := <-reload
 	newPID := p.Current()
 	// Keep polling a little past the hand-over.
 	time.Sleep(300 * time.Millisecond)
@@ -363,8 +374,11 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 	}
 	t.Logf("status answers %v, steps seen %v", answers, steps)
 
-	st := p.waitStatus("3 ready workers of the new primary", 30*time.Second, func(st runtime.Status) bool {
-		return st.Primary.Pid == newPID && exactly(3)(st)
+	if scale.code != 0 || !strings.Contains(scale.stdout, "scaled to 4 workers (primary "+strconv.Itoa(newPID)+")") {
+		t.Errorf("scale during the hand-over: %s, want it done by the new primary %d", scale, newPID)
+	}
+	st := p.waitStatus("4 ready workers of the new primary", 30*time.Second, func(st runtime.Status) bool {
+		return st.Primary.Pid == newPID && exactly(4)(st)
 	})
 	for _, w := range st.Workers {
 		if w.Generation != 2 {

@@ -228,7 +228,12 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		reply(ControlReply{Error: "bad request: " + err.Error()})
 		return
 	}
-	s.p.log.Info("control request", zap.String("op", req.Op), zap.Int("uid", int(cred.Uid)), zap.Int("client_pid", int(cred.Pid)))
+	// Status is what monitoring polls: kept out of the info-level log.
+	level := zap.InfoLevel
+	if req.Op == "status" {
+		level = zap.DebugLevel
+	}
+	s.p.log.Log(level, "control request", zap.String("op", req.Op), zap.Int("uid", int(cred.Uid)), zap.Int("client_pid", int(cred.Pid)))
 	if r, ok := s.retry(); ok {
 		reply(r)
 		return
