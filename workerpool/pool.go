@@ -36,7 +36,43 @@ type Config struct {
 	BackoffMin, BackoffMax, StableAfter time.Duration
 	// Logger gets one event per lifecycle step.
 	Logger *zap.Logger
+	// Observer, if not nil, is told of every worker's start, readiness,
+	// restart and exit (metrics).
+	Observer Observer
 }
+
+// Observer is told of the pool's lifecycle events as they happen. Its
+// methods are called from the pool's goroutines, sometimes with the pool's
+// lock held: they must return at once and must not call the pool.
+type Observer interface {
+	// WorkerStarted: a worker was forked for slot.
+	WorkerStarted(slot int)
+	// WorkerReady: a worker became ready took after it was started.
+	WorkerReady(slot int, took time.Duration)
+	// WorkerRestarted: slot's worker is being restarted after it crashed.
+	WorkerRestarted(slot int)
+	// WorkerExited: a worker was reaped; cause is one of the Exit* causes.
+	WorkerExited(slot int, cause string)
+}
+
+// Why a worker exited, as told to Observer.WorkerExited.
+const (
+	// ExitCrashed: it exited without being asked to (at any time, also
+	// before it was ready).
+	ExitCrashed = "crashed"
+	// ExitRetired: it exited after the stop signal (replaced, handed over,
+	// shut down, or a failed start stopped).
+	ExitRetired = "retired"
+	// ExitKilled: the pool killed it (it did not drain in time, or it hung).
+	ExitKilled = "killed"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) WorkerStarted(int)              {}
+func (nopObserver) WorkerReady(int, time.Duration) {}
+func (nopObserver) WorkerRestarted(int)            {}
+func (nopObserver) WorkerExited(int, string)       {}
 
 // Defaults for Config's zero values.
 const (
@@ -80,6 +116,7 @@ type worker struct {
 	log      *zap.Logger
 	ready    bool
 	retiring bool
+	killed   bool // the pool sent SIGKILL
 	// readyOnce logs readiness exactly once, before anything acts on it:
 	// the event stream then never shows an old worker retired before its
 	// replacement was ready.
@@ -96,7 +133,9 @@ func (p *Pool) noteReady(w *worker) {
 		p.mu.Lock()
 		w.ready = true
 		p.mu.Unlock()
-		w.log.Info("worker ready", zap.Duration("took", time.Since(w.started)))
+		took := time.Since(w.started)
+		w.log.Info("worker ready", zap.Duration("took", took))
+		p.cfg.Observer.WorkerReady(w.slot, took)
 	})
 }
 
@@ -116,6 +155,9 @@ func New(cfg Config) *Pool {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
 	}
 	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}, size: cfg.Size}
 	for i := 0; i < cfg.Size; i++ {
@@ -339,6 +381,90 @@ func (p *Pool) Remote() int {
 	return n
 }
 
+// ErrStale is returned by Replace when the worker to replace no longer
+// holds its slot: it exited, or a deploy or hand-over replaced it.
+var ErrStale = errors.New("the worker no longer holds its slot")
+
+// Replace replaces the worker pid of slot i by a new one running the slot's
+// spec, the way a roll replaces it: the new worker starts, and only once it
+// is ready does it take the slot and the old one retire, so the slot never
+// goes without a ready worker. reason is logged with the old worker's
+// retirement. An old worker that is hung is killed at once instead of
+// being sent the stop signal: it has stopped answering, so it would not
+// drain, and until the drain timeout it could still take connections it
+// never answers.
+//
+// If the new worker fails to start, it is stopped and a *StartError is
+// returned, and the old worker keeps the slot. If the old worker lost the
+// slot meanwhile, the new one is retired and ErrStale returned. Replace
+// must not run at the same time as Start, Roll or another Replace.
+func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, hung bool) error {
+	p.mu.Lock()
+	if i < 0 || i >= p.size {
+		p.mu.Unlock()
+		return fmt.Errorf("no slot %d", i)
+	}
+	s := p.slots[i]
+	old := s.cur
+	if p.closing {
+		p.mu.Unlock()
+		return ErrClosing
+	}
+	if s.remote || old == nil || old.proc.Pid() != pid || old.retiring {
+		p.mu.Unlock()
+		return ErrStale
+	}
+	spec := s.spec
+	p.mu.Unlock()
+
+	old.log.Info("worker replacing", zap.String("reason", reason))
+	w, err := p.launch(i, spec, false)
+	if err != nil {
+		return err
+	}
+	if err := p.awaitReady(ctx, w); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if _, alive := p.all[w]; !alive {
+		p.mu.Unlock()
+		return &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+	}
+	// The old worker may have crashed meanwhile; its slot then waits for
+	// a restart, which the new worker makes needless.
+	if s.remote || (s.cur != old && s.cur != nil) || p.closing || i >= p.size {
+		p.mu.Unlock()
+		p.retire(w, "not needed: the slot changed")
+		return ErrStale
+	}
+	s.cur, s.failures = w, 0
+	if s.restart != nil {
+		s.restart.Stop()
+		s.restart = nil
+	}
+	p.mu.Unlock()
+	if hung {
+		p.killNow(old, reason)
+	} else {
+		p.retire(old, reason)
+	}
+	return nil
+}
+
+// Ready reports how many slots are served by a ready worker that is not
+// draining, their own or one of another primary's (a slot handed over),
+// out of how many slots there are.
+func (p *Pool) Ready() (ready, size int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.slots[:p.size] {
+		if s.remote || (s.cur != nil && s.cur.ready && !s.cur.retiring) {
+			ready++
+		}
+	}
+	return ready, p.size
+}
+
 // Shutdown retires every worker with the stop signal and returns once all
 // have exited (each is killed after DrainTimeout). No worker is started
 // after Shutdown has begun.
@@ -369,8 +495,12 @@ func (p *Pool) Workers() []WorkerInfo {
 	var out []WorkerInfo
 	for w := range p.all {
 		s := p.slots[w.slot]
-		out = append(out, WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready,
-			Draining: w.retiring, Started: w.started, Current: s.cur == w, Restarts: s.restarts})
+		info := WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready,
+			Draining: w.retiring, Started: w.started, Current: s.cur == w, Restarts: s.restarts}
+		if wd, ok := w.proc.(WatchdogReporter); ok {
+			info.Watchdog, info.WatchdogTrigger = wd.Watchdog()
+		}
+		out = append(out, info)
 	}
 	p.mu.Unlock()
 	slices.SortFunc(out, func(a, b WorkerInfo) int {
@@ -392,6 +522,18 @@ type WorkerInfo struct {
 	Started time.Time
 	// Restarts counts the crash restarts of the worker's slot.
 	Restarts int
+	// Watchdog is when the worker last sent WATCHDOG=1 (zero if never);
+	// WatchdogTrigger is set once it sent WATCHDOG=trigger.
+	Watchdog        time.Time
+	WatchdogTrigger bool
+}
+
+// WatchdogReporter is implemented by a Process that reports the sd_notify
+// watchdog keep-alives its worker sends.
+type WatchdogReporter interface {
+	// Watchdog returns when WATCHDOG=1 last arrived (zero if never) and
+	// whether WATCHDOG=trigger did.
+	Watchdog() (last time.Time, trigger bool)
 }
 
 // State is "starting", "ready" or "draining".
@@ -429,6 +571,7 @@ func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
 		p.slots[i].cur, p.slots[i].spec = w, spec
 	}
 	w.log.Info("worker spawned")
+	p.cfg.Observer.WorkerStarted(i)
 	p.monitors.Add(1)
 	go p.monitor(w)
 	return w, nil
@@ -467,6 +610,14 @@ func (p *Pool) monitor(w *worker) {
 	} else {
 		w.log.Info("worker exited", fields...)
 	}
+	cause := ExitRetired
+	switch {
+	case w.killed:
+		cause = ExitKilled
+	case !w.retiring:
+		cause = ExitCrashed
+	}
+	p.cfg.Observer.WorkerExited(w.slot, cause)
 	p.mu.Unlock()
 }
 
@@ -505,6 +656,7 @@ func (p *Pool) restart(i int) {
 	}
 	spec := s.spec
 	s.restarts++
+	p.cfg.Observer.WorkerRestarted(i)
 	p.mu.Unlock()
 	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
 		p.mu.Lock()
@@ -581,9 +733,35 @@ func (p *Pool) retire(w *worker, reason string) {
 		case <-w.proc.Done():
 		case <-t.C:
 			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", p.cfg.DrainTimeout))
-			w.proc.Kill()
+			p.kill(w)
 		}
 	}()
+}
+
+// kill sends SIGKILL to w and remembers that the pool killed it.
+func (p *Pool) kill(w *worker) {
+	p.mu.Lock()
+	w.killed = true
+	p.mu.Unlock()
+	w.proc.Kill()
+}
+
+// killNow retires w by SIGKILL, without a drain.
+func (p *Pool) killNow(w *worker, reason string) {
+	p.mu.Lock()
+	if w.retiring {
+		p.mu.Unlock()
+		return
+	}
+	w.retiring = true
+	p.mu.Unlock()
+	select {
+	case <-w.proc.Done():
+		return
+	default:
+	}
+	w.log.Info("worker retiring", zap.String("reason", reason), zap.Bool("kill", true))
+	p.kill(w)
 }
 
 // stopAndWait retires workers that failed to start and waits until they

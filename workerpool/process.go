@@ -125,6 +125,15 @@ type OSLauncher struct {
 	// on its channel that is not a control message. It should not block
 	// for long: that worker's further messages wait for it.
 	OnMessage func(Message)
+	// Watchdog, if positive, reaches every worker as WATCHDOG_USEC (and
+	// WATCHDOG_PID, set by the shim): a worker that sends WATCHDOG=1 is
+	// expected to send it again within that time. The primary decides what
+	// to do about one that does not (see WatchdogReporter).
+	Watchdog time.Duration
+	// Credential, if not nil, is the user and groups the workers run as;
+	// each worker's notify socket is then owned by that user, and
+	// NotifyDir must be searchable by it.
+	Credential *syscall.Credential
 
 	seq      atomic.Uint64
 	stderrMu sync.Mutex
@@ -151,6 +160,12 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	sock, err := sdnotify.Listen(sockPath)
 	if err != nil {
 		return nil, err
+	}
+	if c := l.Credential; c != nil {
+		if err := os.Chown(sockPath, int(c.Uid), int(c.Gid)); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("notify socket: %w", err)
+		}
 	}
 	devnull, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -186,6 +201,9 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
 		shim.EnvMarker+"="+spec.Path,
 	)
+	if l.Watchdog > 0 {
+		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
+	}
 	files := []uintptr{uintptr(devnull), stdout.Fd(), uintptr(pipe[1])}
 	for _, fd := range l.Listeners {
 		files = append(files, uintptr(fd))
@@ -207,6 +225,9 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 			// Fires when the thread that forked the worker exits, so that
 			// thread stays locked until the worker is reaped (see wait).
 			Pdeathsig: syscall.SIGKILL,
+			// Go switches the user before it sets Pdeathsig, which the
+			// switch would otherwise clear.
+			Credential: l.Credential,
 		},
 	}
 
@@ -273,6 +294,10 @@ type osProcess struct {
 	opened  chan struct{} // closed once Launch has set ch
 
 	readyOnce sync.Once
+	// watchdog is the UnixNano of the last WATCHDOG=1 (0: never);
+	// triggered is set at WATCHDOG=trigger.
+	watchdog  atomic.Int64
+	triggered atomic.Bool
 	mu        sync.Mutex
 	exited    bool // the worker has exited; its pid may not be signalled
 	exit      Exit
@@ -282,6 +307,15 @@ type osProcess struct {
 func (p *osProcess) Pid() int               { return p.pid }
 func (p *osProcess) Ready() <-chan struct{} { return p.ready }
 func (p *osProcess) Done() <-chan struct{}  { return p.done }
+
+// Watchdog implements WatchdogReporter.
+func (p *osProcess) Watchdog() (time.Time, bool) {
+	var last time.Time
+	if ns := p.watchdog.Load(); ns != 0 {
+		last = time.Unix(0, ns)
+	}
+	return last, p.triggered.Load()
+}
 
 func (p *osProcess) Exit() Exit {
 	<-p.done
@@ -416,6 +450,12 @@ func (p *osProcess) readNotify() {
 		}
 		if m.Ready {
 			p.markReady()
+		}
+		if m.Watchdog {
+			p.watchdog.Store(time.Now().UnixNano())
+		}
+		if m.Fields["WATCHDOG"] == "trigger" && !p.triggered.Swap(true) {
+			p.log.Warn("worker watchdog triggered")
 		}
 	}
 }

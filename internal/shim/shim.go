@@ -5,7 +5,9 @@
 // fork. The primary therefore starts its own executable (/proc/self/exe) with
 // EnvMarker set; that process, still the same pid, sets LISTEN_PID to its
 // own pid, marks every fd past the listeners close-on-exec, and execs the
-// worker's command in place.
+// worker's command in place. WATCHDOG_PID is set the same way when
+// WATCHDOG_USEC is given: sd_watchdog_enabled() ignores a watchdog meant
+// for another pid.
 package shim
 
 import (
@@ -57,19 +59,25 @@ func run(path string, argv, environ []string) int {
 	}
 	env := make([]string, 0, len(environ)+1)
 	nfds, chanFD := 0, -1
+	watchdog := false
 	for _, kv := range environ {
 		switch {
-		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"):
+		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"), hasKey(kv, "WATCHDOG_PID"):
 			continue
 		case hasKey(kv, "LISTEN_FDS"):
 			nfds, _ = strconv.Atoi(kv[len("LISTEN_FDS="):])
 		case hasKey(kv, EnvChannelFD):
 			chanFD, _ = strconv.Atoi(kv[len(EnvChannelFD)+1:])
+		case hasKey(kv, "WATCHDOG_USEC"):
+			watchdog = true
 		}
 		env = append(env, kv)
 	}
 	if nfds > 0 {
 		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	if watchdog {
+		env = append(env, "WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
 	}
 	// Nothing past stdio and the listeners (and the message channel, which
 	// comes right after them) reaches the command, even an fd that was

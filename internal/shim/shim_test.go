@@ -68,6 +68,30 @@ func TestExecSetsListenPIDAndKeepsArgv(t *testing.T) {
 	}
 }
 
+// WATCHDOG_PID names the command's own pid when a watchdog is given (a
+// stale one is dropped), and is absent otherwise.
+func TestExecSetsWatchdogPID(t *testing.T) {
+	path := script(t, `echo "$$|${WATCHDOG_PID-unset}|${WATCHDOG_USEC-unset}"`)
+	for _, tc := range []struct {
+		env  []string
+		want func(pid string) string
+	}{
+		{[]string{"WATCHDOG_USEC=5000000", "WATCHDOG_PID=1"}, func(pid string) string { return pid + "|" + pid + "|5000000" }},
+		{[]string{"WATCHDOG_PID=1"}, func(pid string) string { return pid + "|unset|unset" }},
+	} {
+		cmd, _ := shim(t, path, tc.env, "worker")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.TrimSpace(string(out))
+		pid, _, _ := strings.Cut(got, "|")
+		if want := tc.want(pid); got != want {
+			t.Errorf("env %q: worker saw %q, want %q", tc.env, got, want)
+		}
+	}
+}
+
 // A binary still open for writing (a deploy that just wrote it) fails to
 // exec with ETXTBSY; the shim retries until the writer has closed it.
 func TestExecRetriesTextBusy(t *testing.T) {
