@@ -134,6 +134,26 @@ type Config struct {
 	// WatchQuiet is the debounce of the watch; default
 	// reload.DefaultQuiet.
 	WatchQuiet time.Duration
+	// Metrics, if set, is a HOST:PORT on which the primary serves
+	// Prometheus metrics (/metrics), /healthz and /readyz. The socket is
+	// handed to a new primary on a self-upgrade like the listeners, and
+	// never to the workers.
+	Metrics string
+	// User, if set, is USER or USER:GROUP (names or numeric ids) the
+	// workers run as; the primary keeps its own user, binds the listeners
+	// and must be root to switch. The supplementary groups are USER's.
+	User string
+	// MaxMemory, if positive, is a resident set size in bytes: a worker
+	// above it on MemorySamples samples in a row is replaced, one at a
+	// time, the way a deploy replaces it.
+	MaxMemory int64
+	// Watchdog, if positive, reaches every worker as WATCHDOG_USEC: a
+	// worker that has sent WATCHDOG=1 and then sends none for longer, or
+	// sends WATCHDOG=trigger, is considered hung and replaced.
+	Watchdog time.Duration
+	// SampleInterval is how often worker memory and watchdogs are checked;
+	// default one second (or a quarter of Watchdog if that is shorter).
+	SampleInterval time.Duration
 }
 
 // Defaults.
@@ -165,6 +185,12 @@ func (c *Config) setDefaults() {
 	if len(c.WatchPaths) > 0 {
 		c.Watch = true
 	}
+	if c.SampleInterval <= 0 {
+		c.SampleInterval = time.Second
+		if c.Watchdog > 0 && c.Watchdog/4 < c.SampleInterval {
+			c.SampleInterval = max(c.Watchdog/4, 10*time.Millisecond)
+		}
+	}
 }
 
 // Validate reports the first problem with c as an error that names the
@@ -182,6 +208,17 @@ func (c *Config) Validate() error {
 	for _, p := range c.WatchPaths {
 		if p == "" {
 			return errors.New("--watch-path needs a file or directory")
+		}
+	}
+	if c.MaxMemory < 0 {
+		return fmt.Errorf("--max-memory %d: must be positive", c.MaxMemory)
+	}
+	if c.Watchdog < 0 {
+		return fmt.Errorf("--watchdog %s: must be positive", c.Watchdog)
+	}
+	if c.Metrics != "" {
+		if err := checkHostPort(c.Metrics); err != nil {
+			return fmt.Errorf("--metrics %q: %v", c.Metrics, err)
 		}
 	}
 	return nil

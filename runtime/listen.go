@@ -32,19 +32,31 @@ func ParseListen(s string, i int) (Listener, error) {
 		}
 		return Listener{Name: defaultName(name, i), Network: "unix", Address: path}, nil
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return Listener{}, fmt.Errorf("--listen %q: not HOST:PORT or unix:PATH (e.g. 127.0.0.1:8080, :8080, [::1]:8080, unix:/run/app.sock)", s)
 	}
+	if err := checkHostPort(addr); err != nil {
+		return Listener{}, fmt.Errorf("--listen %q: %v", s, err)
+	}
+	return Listener{Name: defaultName(name, i), Network: "tcp", Address: addr}, nil
+}
+
+// checkHostPort checks a TCP HOST:PORT: a port from 0 to 65535 and a host
+// that is an IP address, empty (every address) or a name that resolves.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("not HOST:PORT (e.g. 127.0.0.1:9100, :9100, [::1]:9100)")
+	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
-		return Listener{}, fmt.Errorf("--listen %q: port %q is not a number from 0 to 65535", s, port)
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
 	}
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
 		if _, err := net.LookupHost(host); err != nil {
-			return Listener{}, fmt.Errorf("--listen %q: unknown host %q", s, host)
+			return fmt.Errorf("unknown host %q", host)
 		}
 	}
-	return Listener{Name: defaultName(name, i), Network: "tcp", Address: addr}, nil
+	return nil
 }
 
 // defaultName is what LISTEN_FDNAMES holds for a listener given no name,

@@ -73,6 +73,9 @@ type primary struct {
 	addrs   []string
 	serving int            // generation of the last start or deploy that finished
 	upgrade *UpgradeStatus // the deploy in progress, if any
+	// metrics and web are nil without --metrics.
+	metrics *metrics
+	web     *metricsServer
 }
 
 // ask hands r to the primary's loop. If the primary has stopped, r is
@@ -133,6 +136,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	defer func() { stopWatch() }()
+	cred, err := workerCredential(cfg.User)
+	if err != nil {
+		return err
+	}
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
 	// every worker, each of which may take up to ReadyTimeout; one that
 	// fails drains its new worker and rolls back before it exits.
@@ -150,6 +157,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		p.ctl.close()
 	}()
 
+	// The metrics socket first: its bind error is the one line of a
+	// failed start, before any "listening" event.
+	var metricsLn net.Listener
+	if cfg.Metrics != "" {
+		if metricsLn, err = p.listenMetrics(); err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+	}
 	fds, names, err := p.listen()
 	if err != nil {
 		return err
@@ -170,6 +186,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
 	}
 	defer os.RemoveAll(p.dir)
+	if cred != nil {
+		// The workers' user must reach its notify socket, which is its
+		// own (mode 0600); it may not list the directory. The hand-over
+		// socket there accepts only this primary's user.
+		if err := os.Chmod(p.dir, 0o711); err != nil {
+			return fmt.Errorf("cannot open the private directory to the workers' user: %v", err)
+		}
+		p.log.Info("workers run as", zap.String("user", cfg.User), zap.Uint32("uid", cred.Uid), zap.Uint32("gid", cred.Gid))
+	}
 
 	launcher := &workerpool.OSLauncher{
 		Listeners:  fds,
@@ -180,18 +205,31 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Stdout:     cfg.WorkerStdout,
 		Stderr:     cfg.WorkerStderr,
 		Logger:     p.log,
+		Watchdog:   cfg.Watchdog,
+		Credential: cred,
 	}
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
 	}
-	p.pool = workerpool.New(workerpool.Config{
+	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
 		Launcher:     launcher,
 		ReadyTimeout: cfg.ReadyTimeout,
 		DrainTimeout: cfg.DrainTimeout,
 		StopSignal:   cfg.StopSignal,
 		Logger:       p.log,
-	})
+	}
+	if metricsLn != nil {
+		p.log.Info("metrics listening", zap.String("addr", metricsLn.Addr().String()))
+		p.metrics = newMetrics()
+		poolCfg.Observer = p.metrics
+	}
+	p.pool = workerpool.New(poolCfg)
+	if metricsLn != nil {
+		p.metrics.collect(p.pool)
+		p.web = &metricsServer{m: p.metrics, pool: p.pool}
+		defer p.web.stop()
+	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool)
@@ -202,7 +240,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	stopWatch = p.runWatcher(watcher, path)
 
 	if p.upg.HasParent() {
-		return p.takeOver(ctx, sigs, path)
+		return p.takeOver(ctx, sigs, path, metricsLn)
+	}
+	if metricsLn != nil {
+		// From the start: /healthz answers, /readyz says 503 until the
+		// first workers are ready.
+		p.web.serve(metricsLn, p.log)
 	}
 
 	p.owner = true
@@ -227,6 +270,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	p.current = spec
 	p.setServing(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
+	p.metrics.setGeneration(p.gen)
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
 	return p.loop(ctx, sigs, queue)
 }
@@ -368,6 +412,29 @@ func (p *primary) logListening() {
 	}
 }
 
+// listenMetrics binds (or inherits) the --metrics socket through
+// tableflip, so that a new primary serves it on without a gap. It is never
+// passed to a worker: workers get only the raw fds of cfg.Listeners.
+//
+// tableflip finds an inherited socket by network and address, so the
+// metrics socket gets a name of its own: a --listen of the same address
+// spelling (say two :0) must not be taken for it.
+func (p *primary) listenMetrics() (net.Listener, error) {
+	var bindErr error
+	ln, err := p.upg.ListenWithCallback("tcp", "handoff-metrics "+p.cfg.Metrics, func(network, _ string) (net.Listener, error) {
+		ln, err := net.Listen(network, p.cfg.Metrics)
+		bindErr = err
+		return ln, err
+	})
+	if err != nil {
+		if bindErr != nil {
+			err = bindErr
+		}
+		return nil, fmt.Errorf("--metrics: %v", listenError(Listener{Network: "tcp", Address: p.cfg.Metrics}, err))
+	}
+	return ln, nil
+}
+
 func (p *primary) spec(path string, gen int) *workerpool.Spec {
 	args := append([]string(nil), p.cfg.Command...)
 	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
@@ -377,26 +444,43 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 // deploy asked for while one runs is queued, and further ones fold into
 // it (see deployLoop).
 func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
-	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, p.shutdown, func(pending bool) error {
+	wctx, stopRecycling := context.WithCancel(ctx)
+	defer stopRecycling()
+	go p.watchWorkers(wctx)
+	shutdown := func() error {
+		stopRecycling()
+		return p.shutdown()
+	}
+	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
+		stopRecycling()
 		return p.retireAfterHandOver(sigs, pending)
 	})
 }
 
 // deploy rolls the workers onto the command now on disk, first upgrading
 // the primary itself when its executable has changed.
-func (p *primary) deploy(ctx context.Context) error {
+func (p *primary) deploy(ctx context.Context) (err error) {
 	p.gen++
 	gen := p.gen
 	start := time.Now()
 	notifySystemd(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=deploying generation %d", monotonicUsec(), gen))
+	kind := kindWorkers
 	defer func() {
-		if ctx.Err() == nil {
+		// After a hand-over the new primary, now the main process, has
+		// said READY=1 itself; after a cancelled deploy the primary is
+		// stopping.
+		if ctx.Err() == nil && !errors.Is(err, errHandedOver) {
 			notifySystemd(fmt.Sprintf("READY=1\nSTATUS=serving generation %d", gen))
+		}
+		// The new primary counts a hand-over that succeeded.
+		if !errors.Is(err, errHandedOver) {
+			p.metrics.upgraded(kind, err, time.Since(start), gen)
 		}
 	}()
 
 	defer p.setUpgrade(nil)
 	if p.selfChanged() {
+		kind = kindPrimary
 		p.setUpgrade(&UpgradeStatus{Generation: gen, Kind: "primary", Started: start})
 		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
 		err := p.upgradeSelf(ctx, gen)
@@ -580,7 +664,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 // takeOver is a new primary started by tableflip: it fills every slot
 // while the old primary retires its workers one at a time, then becomes
 // the primary that owns the listeners.
-func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path string) error {
+func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path string, metricsLn net.Listener) error {
 	addr := os.Getenv(envHandover)
 	os.Unsetenv(envHandover)
 	if addr == "" {
@@ -650,6 +734,13 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		p.log.Error("cannot write the pid file", zap.Error(err))
 	}
 	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
+	if metricsLn != nil {
+		// The old primary answered until now and stops at the hand-over;
+		// both accept on the one socket meanwhile, so no scrape or probe
+		// finds it closed.
+		p.web.serve(metricsLn, p.log)
+	}
+	p.metrics.upgraded(kindPrimary, nil, time.Since(start), p.gen)
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	pr.close()
@@ -665,6 +756,8 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
 	p.ctl.handedOver(p.successor.pid)
+	// The new primary serves --metrics now.
+	p.web.stop()
 	defer p.successor.release()
 	forward := func() { p.successor.signal(syscall.SIGHUP) }
 	if pending {
@@ -702,6 +795,9 @@ func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error
 
 func (p *primary) shutdown() error {
 	notifySystemd("STOPPING=1")
+	if p.web != nil {
+		p.web.stopping.Store(true)
+	}
 	p.pool.Shutdown()
 	if p.cfg.PIDFile != "" {
 		if b, err := os.ReadFile(p.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {

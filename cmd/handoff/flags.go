@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +63,17 @@ Flags:
   --control PATH           control socket for handoff status/reload/scale/stop
                            (default: a socket named after the first listener
                            in a private directory, see 'handoff help')
+  --metrics ADDR           serve Prometheus /metrics, /healthz and /readyz on
+                           HOST:PORT (kept across self-upgrades, never passed
+                           to workers)
+  --user USER[:GROUP]      run the workers as USER (and GROUP, else USER's
+                           group; supplementary groups are USER's); the
+                           primary stays root and binds the listeners
+  --max-memory SIZE        replace a worker whose resident memory stays above
+                           SIZE (512M, 1G, 200MiB, or bytes), one at a time
+  --watchdog DURATION      workers get WATCHDOG_USEC; one that sent WATCHDOG=1
+                           and then none for longer, or WATCHDOG=trigger, is
+                           replaced as hung
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
 
@@ -73,7 +85,9 @@ Signals to the primary:
 
 Every worker gets LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (systemd socket
 activation), NOTIFY_SOCKET (sd_notify, private to the worker), HANDOFF_WORKER
-(its slot, 0..N-1) and HANDOFF_GENERATION (the deploy it belongs to).
+(its slot, 0..N-1) and HANDOFF_GENERATION (the deploy it belongs to); with
+--watchdog also WATCHDOG_USEC and WATCHDOG_PID. Otherwise workers inherit the
+primary's environment, less its own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_*.
 `
 
 // parseRun reads the flags of 'handoff run'.
@@ -85,6 +99,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		watches listenFlag
 		ready   string
 		stop    string
+		maxMem  string
 	)
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -101,6 +116,10 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.StringVar(&cfg.Control, "control", "", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
+	fs.StringVar(&cfg.Metrics, "metrics", "", "")
+	fs.StringVar(&cfg.User, "user", "", "")
+	fs.StringVar(&maxMem, "max-memory", "", "")
+	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stdout, runUsage, defaultWorkers())
@@ -184,8 +203,55 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		return cfg, lc, usageError{err}
 	}
 	cfg.StopSignal = sig
+	if flagSet(fs, "max-memory") {
+		if cfg.MaxMemory, err = parseSize(maxMem); err != nil {
+			return fail("--max-memory %q: %v", maxMem, err)
+		}
+	}
+	if flagSet(fs, "watchdog") && cfg.Watchdog < time.Millisecond {
+		return fail("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", cfg.Watchdog)
+	}
+	if flagSet(fs, "metrics") {
+		if err := cfg.Validate(); err != nil && strings.HasPrefix(err.Error(), "--metrics") {
+			return cfg, lc, usageError{err}
+		}
+		if seen["tcp "+cfg.Metrics] && !strings.HasSuffix(cfg.Metrics, ":0") {
+			return fail("--metrics %s is also a --listen address: give the metrics their own port", cfg.Metrics)
+		}
+	}
+	if flagSet(fs, "user") {
+		if name, group, ok := strings.Cut(cfg.User, ":"); name == "" || (ok && group == "") {
+			return fail("--user %q: give USER or USER:GROUP, e.g. --user www-data or --user www-data:www-data", cfg.User)
+		}
+	}
 	return cfg, lc, nil
 }
+
+// parseSize reads a memory size: bytes, or a number (a fraction allowed)
+// with K, M, G or T, optionally followed by B or iB, in any case. Every
+// unit is a power of 1024, as docker's --memory and PM2's
+// max_memory_restart read them.
+func parseSize(s string) (int64, error) {
+	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil || (m[2] == "" && m[3] != "") {
+		return 0, errors.New("use bytes or a number with K, M, G or T, e.g. 512M, 1G, 200MiB")
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return 0, errors.New("use bytes or a number with K, M, G or T, e.g. 512M, 1G, 200MiB")
+	}
+	shift := map[string]uint{"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[strings.ToUpper(m[2])]
+	bytes := v * float64(int64(1)<<shift)
+	switch {
+	case bytes >= 1<<62:
+		return 0, errors.New("too large")
+	case bytes < 1<<20:
+		return 0, errors.New("below 1MiB no worker fits; e.g. 512M")
+	}
+	return int64(bytes), nil
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)((?:[iI]?[bB])?)$`)
 
 func flagSet(fs *flag.FlagSet, name string) bool {
 	set := false
