@@ -168,6 +168,8 @@ func TestMetrics(t *testing.T) {
 	// A deploy that finishes, then one that is refused.
 	p.Install("v2")
 	p.DeployOK(30 * time.Second)
+	// Counted as the deploy returns, just after its last event.
+	waitMetric(t, base, `handoff_upgrades_total{kind="workers",outcome="done"}`, 10*time.Second, eq(1))
 	waitMetric(t, base, `handoff_worker_exits_total{cause="retired"}`, 10*time.Second, func(v float64) bool { return v >= 2 })
 	m = scrape(t, base)
 	if m[`handoff_upgrades_total{kind="workers",outcome="done"}`] != 1 ||
@@ -179,6 +181,7 @@ func TestMetrics(t *testing.T) {
 	if u := p.Deploy(30 * time.Second); !u.Aborted() {
 		t.Fatalf("a crashing version was not refused: %s", u.End.Raw)
 	}
+	waitMetric(t, base, `handoff_upgrades_total{kind="workers",outcome="aborted"}`, 10*time.Second, eq(1))
 	m = scrape(t, base)
 	if m[`handoff_upgrades_total{kind="workers",outcome="aborted"}`] != 1 || m[`handoff_last_upgrade_successful`] != 0 {
 		t.Errorf("after a refused deploy: %v", pick(m, "handoff_upgrade", "handoff_last"))
@@ -226,6 +229,7 @@ func TestMetrics(t *testing.T) {
 	if f := failures.Load(); f != 0 {
 		t.Errorf("%d of %d scrapes and probes failed across the self-upgrade; first: %v", f, scrapes.Load(), errMsg.Load())
 	}
+	waitMetric(t, base, `handoff_upgrades_total{kind="primary",outcome="done"}`, 10*time.Second, eq(1))
 	m = scrape(t, base)
 	if m[`handoff_upgrades_total{kind="primary",outcome="done"}`] != 1 || m[`handoff_generation`] != 4 {
 		t.Errorf("after the self-upgrade the metrics are not the new primary's: %v", pick(m, "handoff_upgrade", "handoff_generation"))
