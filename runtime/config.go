@@ -205,6 +205,9 @@ func (c *Config) Validate() error {
 	if c.Workers < 0 {
 		return fmt.Errorf("--workers %d: must be at least 1", c.Workers)
 	}
+	if c.Workers > workerpool.MaxSize {
+		return fmt.Errorf("--workers %d: at most %d", c.Workers, workerpool.MaxSize)
+	}
 	for _, p := range c.WatchPaths {
 		if p == "" {
 			return errors.New("--watch-path needs a file or directory")

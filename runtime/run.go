@@ -684,7 +684,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.gen = st.Generation
 	start := time.Now()
 	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()), zap.Int("workers", st.Size))
-	if st.Size > 0 {
+	if st.Size > 0 && st.Size != p.pool.Size() {
 		// The old primary's pool, scaled or not.
 		if err := p.pool.Scale(ctx, st.Size, nil); err != nil {
 			return fmt.Errorf("upgrade aborted: %v", err)

@@ -64,7 +64,8 @@ Flags:
 `
 
 // controlArgs parses the flags of a control command; positional are the
-// arguments that are not flags (a signed number such as -1 is one).
+// arguments that are not flags (a signed number such as -1 is one). path
+// is "" without --control: callPrimary then finds the socket.
 func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON bool) (path string, asJSON bool, positional []string, err error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -96,12 +97,6 @@ func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON b
 		positional = append(positional, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	if path == "" {
-		path, err = runtime.FindControl()
-		if err != nil {
-			return "", false, nil, err
-		}
-	}
 	return path, asJSON, positional, nil
 }
 
@@ -113,9 +108,17 @@ func noArgs(name string, pos []string) error {
 	return nil
 }
 
-// callPrimary sends req and turns a refusal into an error; ctx ends the
-// wait on Ctrl-C.
+// callPrimary sends req to the control socket at path (found with
+// runtime.FindControl if "") and turns a refusal into an error; Ctrl-C
+// ends the wait.
 func callPrimary(path string, req runtime.ControlRequest, timeout time.Duration) (runtime.ControlReply, error) {
+	if path == "" {
+		found, err := runtime.FindControl()
+		if err != nil {
+			return runtime.ControlReply{}, err
+		}
+		path = found
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if timeout > 0 {
@@ -154,7 +157,7 @@ func statusCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	if rep.Status == nil {
-		return fmt.Errorf("%s: the answer has no status", path)
+		return errors.New("the primary answered without a status")
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/runtime"
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 var errHelp = errors.New("help shown")
@@ -153,6 +154,9 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	}
 	if cfg.Workers < 0 || (cfg.Workers == 0 && flagSet(fs, "workers")) {
 		return fail("--workers %d: must be at least 1", cfg.Workers)
+	}
+	if cfg.Workers > workerpool.MaxSize {
+		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = defaultWorkers()
