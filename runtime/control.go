@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,38 +60,40 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 	if len(path) > maxSocketPath {
 		return nil, fmt.Errorf("%s: a unix socket path may have at most %d bytes", flag, maxSocketPath)
 	}
-	inherited := false
 	if p.upg.HasParent() {
 		ln, err := p.upg.Fds.Listener("unix", path)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", flag, err)
 		}
 		if ln != nil {
-			inherited = true
 			return p.newControlServer(path, ln), nil
 		}
 	}
-	if !inherited {
-		if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
-			return nil, fmt.Errorf("%s: %v", flag, err)
+	if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
+		return nil, fmt.Errorf("%s: %v", flag, err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		var live *liveSocketError
+		switch {
+		case errors.Is(err, errNotSocket):
+			return nil, fmt.Errorf("%s: the path exists and is not a socket: remove it or give another --control path", flag)
+		case errors.As(err, &live):
+			return nil, fmt.Errorf("%s: %v (another handoff primary?): stop it, or give this one another --control path", flag, live)
 		}
-		if err := removeStaleSocket(path); err != nil {
-			var live *liveSocketError
-			switch {
-			case errors.Is(err, errNotSocket):
-				return nil, fmt.Errorf("%s: the path exists and is not a socket: remove it or give another --control path", flag)
-			case errors.As(err, &live):
-				return nil, fmt.Errorf("%s: %v (another handoff primary?): stop it, or give this one another --control path", flag, live)
-			}
-			return nil, fmt.Errorf("%s: %v", flag, unwrapAll(err))
-		}
+		return nil, fmt.Errorf("%s: %v", flag, unwrapAll(err))
 	}
 	ln, err := p.upg.ListenWithCallback("unix", path, func(network, addr string) (net.Listener, error) {
-		// Mode 0600 from the start: the umask is the process's, and
-		// nothing else creates files while the primary starts.
-		old := syscall.Umask(0o177)
-		defer syscall.Umask(old)
-		return net.Listen(network, addr)
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// Until this chmod, the directory's mode and the credential
+		// check keep others out.
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", flag, err)
