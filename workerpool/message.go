@@ -18,10 +18,12 @@ var ErrNoWorker = errors.New("no worker in that slot")
 // Send queues one JSON value for the current worker of slot i: the ready
 // one that serves it, not a new one of a roll that is not ready yet.
 func (p *Pool) Send(i int, data []byte) error {
-	if i < 0 || i >= len(p.slots) {
-		return fmt.Errorf("no slot %d (the pool has %d)", i, len(p.slots))
-	}
 	p.mu.Lock()
+	if i < 0 || i >= p.size {
+		n := p.size
+		p.mu.Unlock()
+		return fmt.Errorf("no slot %d (the pool has %d)", i, n)
+	}
 	w := p.slots[i].cur
 	p.mu.Unlock()
 	if w == nil {
