@@ -33,8 +33,9 @@ func libDeploy(t *testing.T, p *Primary, variant, version string) int {
 // TestExampleHello: examples/hello, a library-mode program, deploys a
 // rebuilt binary of itself on SIGHUP: under keep-alive and new-connection
 // load, three upgrades fail no request, the primary's pid changes each
-// time, the last version is served, and at every event N workers were
-// ready and at most N+1 running.
+// time, the last version is served, a bad build (exits at start) is
+// refused, and at every event N workers were ready and at most N+1
+// running.
 func TestExampleHello(t *testing.T) {
 	t.Parallel()
 	p := StartPrimary(t, Options{Lib: "hello-v1"})
@@ -54,6 +55,20 @@ func TestExampleHello(t *testing.T) {
 		}
 		noFailuresSoFar(t, load, "after the deploy of "+v)
 	}
+	// A bad build, one that exits at start, is refused: the primary that
+	// serves stays, and so does v2.
+	cur := p.Current()
+	if err := copyFile(servers["crash"], p.Bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if u := p.Deploy(60 * time.Second); !u.Aborted() {
+		t.Errorf("a build that exits at start was deployed: %s", u.End.Raw)
+	}
+	if got := p.Current(); got != cur {
+		t.Errorf("after a refused deploy the primary is %d, want still %d", got, cur)
+	}
+	p.WaitServing(p.URL(), "v2", 20*time.Second)
+	waitRequests(t, load, 300, 20*time.Second)
 	checkLoad(t, load, "v2")
 	if alive(p.PID) {
 		t.Errorf("the first primary %d is still running", p.PID)

@@ -111,3 +111,32 @@ func TestServeDrainTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A Hub no primary runs yet, or given a value JSON cannot hold, says so.
+func TestHubErrors(t *testing.T) {
+	h := NewHub(nil)
+	if err := h.Send(0, "x"); !errors.Is(err, ErrNoPool) {
+		t.Errorf("Send before Run: %v", err)
+	}
+	if _, err := h.Broadcast("x"); !errors.Is(err, ErrNoPool) {
+		t.Errorf("Broadcast before Run: %v", err)
+	}
+	if err := h.Send(0, func() {}); err == nil {
+		t.Error("Send(func) succeeded")
+	}
+	w := &Worker{}
+	if err := w.Send(1); !errors.Is(err, ErrNoChannel) {
+		t.Errorf("Worker.Send without a channel: %v", err)
+	}
+}
+
+// Main refuses an App it cannot run, with one clear error.
+func TestMainMistakes(t *testing.T) {
+	if err := Main(context.Background(), App{}); err == nil || err.Error() != "runtime.App: Worker is required" {
+		t.Errorf("no Worker: %v", err)
+	}
+	err := Main(context.Background(), App{Config: Config{Command: []string{"x"}}, Worker: func(context.Context, *Worker) error { return nil }})
+	if err == nil {
+		t.Error("Config.Command accepted")
+	}
+}
