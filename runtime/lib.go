@@ -176,6 +176,18 @@ func (w *Worker) Context() context.Context { return w.ctx }
 // serving something else. Calls after the first do nothing.
 func (w *Worker) Ready() { w.readyOnce.Do(w.ready) }
 
+// Notify sends an sd_notify state to the primary, e.g. "STATUS=warming
+// caches" (logged) or "WATCHDOG=1" (a keep-alive, once Config.Watchdog is
+// set: a worker that has sent one must send the next within that time).
+// It does nothing when standalone.
+func (w *Worker) Notify(state string) error {
+	if w.standalone {
+		return nil
+	}
+	_, err := daemon.SdNotify(false, state)
+	return err
+}
+
 // ErrNoChannel is returned by Worker.Send in a worker with no message
 // channel: one run by `handoff run` without --ipc.
 var ErrNoChannel = errors.New("no message channel to the primary (under handoff run, add --ipc)")
