@@ -185,6 +185,15 @@ func TestLibraryMessages(t *testing.T) {
 	if len(seen) < p.Workers {
 		t.Errorf("/stats reached workers %v, want %d", seen, p.Workers)
 	}
+	statuses := 0
+	for _, e := range p.Log.Filter("worker status") {
+		if e.Str("status") == "libapp v1 serving" {
+			statuses++
+		}
+	}
+	if statuses < p.Workers {
+		t.Errorf("%d \"worker status\" events with Worker.Notify's STATUS, want at least %d", statuses, p.Workers)
+	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 	p.shutdownAll(p.Current())
 }

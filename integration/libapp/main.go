@@ -12,7 +12,7 @@
 // "slot":i} every --tick, and answers every {"ask":id} from a worker with
 // {"answer":id,"primary":pid,"slot":s,"pid":p} (Message.Reply).
 //
-// Workers answer HTTP:
+// Workers say STATUS=libapp <version> serving, then answer HTTP:
 //
 //	/       "<version> pid=<pid> worker=<slot> gen=<generation>"
 //	/ask    sends {"ask":id} to the primary and waits (5s) for the answer:
@@ -172,5 +172,6 @@ func worker(ctx context.Context, w *runtime.Worker) error {
 	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), w.Slot(), w.Generation())
 	})
+	w.Notify("STATUS=libapp " + version + " serving")
 	return w.Serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil)
 }
