@@ -265,6 +265,8 @@ type Options struct {
 	ExtraFiles []*os.File
 	// NoWait: return once started, without waiting for "primary ready".
 	NoWait bool
+	// Subcommand is the handoff subcommand; "" means "run".
+	Subcommand string
 	// Prepare, if set, is called with the test's directory once DIR/handoff
 	// and DIR/server are in place, before the primary starts.
 	Prepare func(dir string)
@@ -368,7 +370,10 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		if o.Prepare != nil {
 			o.Prepare(dir)
 		}
-		args = []string{"run", "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
+		if o.Subcommand == "" {
+			o.Subcommand = "run"
+		}
+		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 			"--ready", o.Ready, "--pid-file", p.PIDFile}
 		for _, l := range o.Listen {
 			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))

@@ -208,3 +208,34 @@ func TestWatchSelfUpgrade(t *testing.T) {
 	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
+
+// TestWatchLibraryMode: a library-mode program with Config.Watch
+// (examples/hello --watch) watches its own executable: each new build
+// renamed into place upgrades the primary and rolls the workers, with no
+// HUP and no failed request, and the new primary watches in turn.
+func TestWatchLibraryMode(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Lib: "hello-v1", Flags: []string{"--watch"}})
+	p.WaitServing(p.URL(), "v1", 20*time.Second)
+	load := startLoad(t, p.URL())
+	for _, v := range []string{"v2", "v1"} {
+		old := p.Current()
+		mark := p.Log.Len()
+		p.InstallLib("hello-" + v)
+		u := p.awaitWatchedUpgrade(mark, 60*time.Second)
+		if u.Aborted() || u.Started.Str("kind") != "primary" {
+			t.Fatalf("%s: want a finished upgrade of the primary: %s / %s", v, u.Started.Raw, u.End.Raw)
+		}
+		p.waitSuccessor(old, 30*time.Second)
+		p.WaitServing(p.URL(), v, 20*time.Second)
+		if left := waitGone([]int{old}, 30*time.Second); len(left) > 0 {
+			t.Errorf("old primary %d still running after handing over", old)
+		}
+	}
+	checkLoad(t, load, "v1")
+	if n := p.countMsg("upgrade started"); n != 2 {
+		t.Errorf("%d upgrades for 2 new builds", n)
+	}
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	p.shutdownAll(p.Current())
+}

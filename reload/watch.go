@@ -350,3 +350,20 @@ func (w *Watcher) relevant(ev fsnotify.Event) []string {
 	}
 	return nil
 }
+
+// SplitPaths sorts paths into Files and Trees: directories are trees. A
+// path that does not exist is an error that names it.
+func SplitPaths(paths []string) (files, trees []string, err error) {
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %s", p, describe(err))
+		}
+		if fi.IsDir() {
+			trees = append(trees, p)
+		} else {
+			files = append(files, p)
+		}
+	}
+	return files, trees, nil
+}

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -36,32 +35,17 @@ func (p *primary) newWatcher(path string) (*reload.Watcher, error) {
 			cfg.Files = append(cfg.Files, abs)
 		}
 	}
-	for _, wp := range p.cfg.WatchPaths {
-		fi, err := os.Stat(wp)
-		if err != nil {
-			return nil, fmt.Errorf("--watch-path %s: %s; give an existing file or directory", wp, describeStat(err))
-		}
-		if fi.IsDir() {
-			cfg.Trees = append(cfg.Trees, wp)
-		} else {
-			cfg.Files = append(cfg.Files, wp)
-		}
+	files, trees, err := reload.SplitPaths(p.cfg.WatchPaths)
+	if err != nil {
+		return nil, fmt.Errorf("--watch-path %v; give an existing file or directory", err)
 	}
+	cfg.Files = append(cfg.Files, files...)
+	cfg.Trees = trees
 	w, err := reload.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("--watch: %v", err)
 	}
 	return w, nil
-}
-
-func describeStat(err error) string {
-	if os.IsNotExist(err) {
-		return "no such file or directory"
-	}
-	if os.IsPermission(err) {
-		return "permission denied"
-	}
-	return unwrapAll(err).Error()
 }
 
 // runWatcher turns every change w reports into a deploy request, until the

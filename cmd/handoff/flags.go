@@ -91,18 +91,59 @@ activation), NOTIFY_SOCKET (sd_notify, private to the worker), HANDOFF_WORKER
 primary's environment, less its own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_*.
 `
 
+// command is a subcommand that takes the flags of 'handoff run'.
+type command struct {
+	name string
+	// usage is the --help text; %d in it is the default worker count.
+	usage string
+	// workers is the default of --workers; 0 means defaultWorkers().
+	workers int
+	// flags adds the command's own flags; the check it returns runs once
+	// the rest is parsed.
+	flags func(fs *flag.FlagSet, cfg *runtime.Config) (check func() error)
+}
+
+var runCmd = command{name: "run", usage: runUsage, flags: watchFlags}
+
 // parseRun reads the flags of 'handoff run'.
 func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error) {
+	return parseCommand(runCmd, args, stdout)
+}
+
+// watchFlags are --watch and --watch-path.
+func watchFlags(fs *flag.FlagSet, cfg *runtime.Config) func() error {
+	var watches listenFlag
+	fs.BoolVar(&cfg.Watch, "watch", false, "")
+	fs.Var(&watches, "watch-path", "")
+	return func() error {
+		for _, w := range watches.values {
+			if w == "" {
+				return usageError{errors.New("--watch-path needs a file or directory")}
+			}
+		}
+		cfg.WatchPaths = watches.values
+		if len(cfg.WatchPaths) > 0 {
+			cfg.Watch = true
+		}
+		return nil
+	}
+}
+
+// parseCommand reads the run flags and c's own.
+func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, logConfig, error) {
 	var (
 		cfg     runtime.Config
 		lc      logConfig
 		listens listenFlag
-		watches listenFlag
 		ready   string
 		stop    string
 		maxMem  string
 	)
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	workers := c.workers
+	if workers == 0 {
+		workers = defaultWorkers()
+	}
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Var(&listens, "listen", "")
 	fs.IntVar(&cfg.Workers, "workers", 0, "")
@@ -111,8 +152,6 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
 	fs.StringVar(&stop, "stop-signal", "TERM", "")
 	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
-	fs.BoolVar(&cfg.Watch, "watch", false, "")
-	fs.Var(&watches, "watch-path", "")
 	fs.BoolVar(&cfg.IPC, "ipc", false, "")
 	fs.StringVar(&cfg.Control, "control", "", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
@@ -121,12 +160,13 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	fs.StringVar(&cfg.User, "user", "", "")
 	fs.StringVar(&maxMem, "max-memory", "", "")
 	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
+	check := c.flags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, runUsage, defaultWorkers())
+			fmt.Fprintf(stdout, c.usage, workers)
 			return cfg, lc, errHelp
 		}
-		return cfg, lc, usageError{flagError("run", err)}
+		return cfg, lc, usageError{flagError(c.name, err)}
 	}
 
 	fail := func(format string, a ...any) (runtime.Config, logConfig, error) {
@@ -134,7 +174,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	}
 	cfg.Command = fs.Args()
 	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
-		return fail("no worker command: put it after --, e.g. handoff run --listen :8080 -- ./server")
+		return fail("no worker command: put it after --, e.g. handoff %s --listen :8080 -- ./server", c.name)
 	}
 	if len(listens.values) == 0 {
 		return fail("no --listen given: add --listen HOST:PORT or --listen unix:PATH")
@@ -159,7 +199,7 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = defaultWorkers()
+		cfg.Workers = workers
 	}
 	switch {
 	case ready == "notify":
@@ -182,14 +222,8 @@ func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error
 	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
 		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)
 	}
-	for _, w := range watches.values {
-		if w == "" {
-			return fail("--watch-path needs a file or directory")
-		}
-	}
-	cfg.WatchPaths = watches.values
-	if len(cfg.WatchPaths) > 0 {
-		cfg.Watch = true
+	if err := check(); err != nil {
+		return cfg, lc, err
 	}
 	if cfg.Control != "" {
 		abs, err := filepath.Abs(cfg.Control)

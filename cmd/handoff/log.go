@@ -17,9 +17,9 @@ func defaultWorkers() int {
 
 // newLogger builds the primary's logger: every event, unsampled, to w.
 func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(lc.level)
-	if err != nil || level > zapcore.ErrorLevel {
-		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", lc.level)
+	level, err := parseLevel(lc)
+	if err != nil {
+		return nil, err
 	}
 	ec := zap.NewProductionEncoderConfig()
 	ec.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -36,4 +36,12 @@ func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
 	}
 	ws := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(ws)), nil
+}
+
+func parseLevel(lc logConfig) (zapcore.Level, error) {
+	level, err := zapcore.ParseLevel(lc.level)
+	if err != nil || level > zapcore.ErrorLevel {
+		return 0, fmt.Errorf("--log-level %q: use debug, info, warn or error", lc.level)
+	}
+	return level, nil
 }

@@ -49,6 +49,8 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 		err = scaleCommand(args[1:], stdout)
 	case "stop":
 		err = stopCommand(args[1:], stdout)
+	case "dev":
+		err = devCommand(args[1:], sigs, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "handoff", version)
 	case "help", "--help", "-help", "-h":
@@ -92,6 +94,9 @@ Usage:
   handoff reload [--control PATH]           deploy what is on disk now, wait for the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
+  handoff dev [flags] --build CMD -- COMMAND [ARG...]
+                                            rebuild on every source change and roll
+                                            each build out without going dark
   handoff version                           print the version
   handoff help                              this text
 

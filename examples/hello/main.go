@@ -37,6 +37,7 @@ func main() {
 	pidFile := flag.String("pid-file", "", "file holding the primary's pid, for kill -HUP")
 	drainTimeout := flag.Duration("drain-timeout", runtime.DefaultDrainTimeout, "time a retiring worker has to drain")
 	logFormat := flag.String("log-format", "console", "console or json")
+	watch := flag.Bool("watch", false, "deploy whenever this program's executable is replaced (a new build), without a HUP")
 	flag.Parse()
 
 	l, err := runtime.ParseListen(*listen, 0)
@@ -53,6 +54,7 @@ func main() {
 			Workers:      *workers,
 			PIDFile:      *pidFile,
 			DrainTimeout: *drainTimeout,
+			Watch:        *watch,
 			Logger:       log,
 		},
 		Worker: func(ctx context.Context, w *runtime.Worker) error {

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Bad input to 'handoff dev' stops it at start, before any build: one
+// line, a non-zero exit.
+func TestDevBadInput(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	base := []string{"dev", "--listen", "127.0.0.1:0"}
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no build", []string{"--", "./bin/server"}, exitUsage, "no --build given"},
+		{"empty build", []string{"--build", " ", "--", "./bin/server"}, exitUsage, "no --build given"},
+		{"no command", []string{"--build", "go build"}, exitUsage, "no worker command: put it after --, e.g. handoff dev"},
+		{"bad include", []string{"--build", "go build", "--include", "[a-", "--", "./bin/server"}, exitUsage, `glob "[a-" does not parse`},
+		{"bad exclude", []string{"--build", "go build", "--exclude", "\\", "--", "./bin/server"}, exitUsage, `glob "\\" does not parse`},
+		{"empty watch path", []string{"--build", "go build", "--watch-path", "", "--", "./bin/server"}, exitUsage, "--watch-path needs a file or directory"},
+		{"unknown flag", []string{"--build", "go build", "--watch", "--", "./bin/server"}, exitUsage, "unknown flag --watch: see 'handoff dev --help'"},
+		{"missing watch path", []string{"--build", "go build", "--watch-path", missing, "--", "./bin/server"}, 1, "--watch-path " + missing + ": no such file or directory"},
+		{"build not found", []string{"--build", "no-such-compiler-xyz build", "--", "./bin/server"}, 1, "no-such-compiler-xyz is not found in PATH"},
+		{"build does not parse", []string{"--build", "go build (", "--", "./bin/server"}, 1, "does not parse"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, stdout, stderr := runArgs(append(append([]string(nil), base...), c.args...)...)
+			if code != c.code || stdout != "" {
+				t.Errorf("exit %d (want %d) stdout %q", code, c.code, stdout)
+			}
+			if !strings.HasPrefix(stderr, "handoff: ") || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
+				t.Errorf("stderr %q, want one 'handoff: ' line saying %q", stderr, c.want)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bin")); err == nil {
+		t.Errorf("a build ran")
+	}
+}
+
+func TestDevHelp(t *testing.T) {
+	code, stdout, stderr := runArgs("dev", "--help")
+	if code != 0 || stderr != "" || strings.Contains(stdout, "%!") {
+		t.Fatalf("exit %d stderr %q stdout %q", code, stderr, stdout)
+	}
+	for _, f := range []string{"--build CMD", "--watch-path PATH", "--include GLOB", "--exclude GLOB", "--workers N"} {
+		if !strings.Contains(stdout, "  "+f) {
+			t.Errorf("help does not mention %s", f)
+		}
+	}
+	if _, stdout, _ := runArgs("help"); !strings.Contains(stdout, "handoff dev") {
+		t.Errorf("top help does not mention handoff dev")
+	}
+}
+
+func TestParseDevDefaults(t *testing.T) {
+	cfg, _, dc, err := parseDev([]string{"--listen", ":0", "--build", "go build -o bin/s .", "--", "./bin/s"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 1 || cfg.Watch {
+		t.Errorf("config %+v", cfg)
+	}
+	if strings.Join(dc.paths, " ") != "." || strings.Join(dc.include, " ") != "*.go go.mod go.sum" ||
+		strings.Join(dc.exclude, " ") != ".git vendor node_modules" {
+		t.Errorf("dev config %+v", dc)
+	}
+	_, _, dc, err = parseDev([]string{"--listen", ":0", "--build", "make", "--watch-path", "src", "--include", "*.rs",
+		"--exclude", "target", "--workers", "3", "--", "./bin/s"}, &bytes.Buffer{})
+	if err != nil || strings.Join(dc.paths, " ") != "src" || strings.Join(dc.include, " ") != "*.rs" ||
+		strings.Join(dc.exclude, " ") != ".git vendor node_modules target" {
+		t.Errorf("dev config %+v %v", dc, err)
+	}
+}
+
+// The console of 'handoff dev': one line per build and per rollout, the
+// compiler's output indented under a failed build, worker chatter left out.
+func TestDevConsole(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newDevLogger(logConfig{"console", "info"}, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log = log.With(zap.Int("primary", 42))
+	log.Info("build finished", zap.Duration("duration", 1234*time.Millisecond), zap.Bool("changed", true))
+	log.Info("worker spawned", zap.Int("slot", 0))
+	log.Info("upgrade started", zap.Int("generation", 2))
+	log.Info("upgrade finished", zap.Int("generation", 2), zap.Duration("duration", 15*time.Millisecond))
+	log.Error("build failed", zap.Duration("duration", 400*time.Millisecond), zap.String("reason", "exit status 1"),
+		zap.String("output", "# example.com/x\n./main.go:3:1: syntax error\n"))
+	log.Info("build finished", zap.Duration("duration", 300*time.Millisecond), zap.Bool("changed", false))
+	log.Warn("file watch error", zap.String("error", "overflow"))
+	var lines []string
+	for _, l := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+		if len(l) > 9 && l[2] == ':' && l[5] == ':' {
+			l = l[9:] // the time
+		}
+		lines = append(lines, l)
+	}
+	want := []string{
+		"build ok in 1.23s",
+		"rollout ok: generation 2 in 15ms",
+		"build failed in 400ms",
+		"    # example.com/x",
+		"    ./main.go:3:1: syntax error",
+		"build ok in 300ms, executable unchanged: nothing to roll out",
+		"WARN file watch error error=overflow",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("console:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := newDevLogger(logConfig{"console", "loud"}, &buf); err == nil {
+		t.Errorf("a bad level is accepted")
+	}
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// newDevLogger is the logger of 'handoff dev': with --log-format json the
+// same events as 'handoff run' (and the builds'); with console, lines for
+// a developer at a terminal: one per build, one per rollout, and warnings.
+func newDevLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
+	if lc.format != "console" {
+		return newLogger(lc, w)
+	}
+	level, err := parseLevel(lc)
+	if err != nil {
+		return nil, err
+	}
+	ws := zapcore.Lock(zapcore.AddSync(w))
+	return zap.New(&devCore{LevelEnabler: level, out: ws, all: level <= zapcore.DebugLevel}, zap.ErrorOutput(ws)), nil
+}
+
+// devCore writes the events a developer wants to see as short lines.
+type devCore struct {
+	zapcore.LevelEnabler
+	out    zapcore.WriteSyncer
+	fields []zapcore.Field
+	all    bool // every event, as "LEVEL msg key=value ..."
+}
+
+func (c *devCore) With(fs []zapcore.Field) zapcore.Core {
+	cc := *c
+	cc.fields = append(slices.Clip(c.fields), fs...)
+	return &cc
+}
+
+func (c *devCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *devCore) Sync() error { return c.out.Sync() }
+
+func (c *devCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fs {
+		f.AddTo(enc)
+	}
+	line := devLine(e, devFields(enc.Fields), c.all)
+	if line == "" {
+		return nil
+	}
+	_, err := io.WriteString(c.out, e.Time.Format("15:04:05")+" "+line+"\n")
+	return err
+}
+
+type devFields map[string]any
+
+func (f devFields) str(k string) string {
+	if v, ok := f[k]; ok {
+		return fmt.Sprint(v)
+	}
+	return ""
+}
+
+func (f devFields) dur(k string) string {
+	if d, ok := f[k].(time.Duration); ok {
+		switch {
+		case d >= time.Second:
+			return d.Round(10 * time.Millisecond).String()
+		default:
+			return d.Round(time.Millisecond).String()
+		}
+	}
+	return f.str(k)
+}
+
+// indent sets text off under its line.
+func indent(text string) string {
+	text = strings.TrimRight(text, "\n")
+	if text == "" {
+		return ""
+	}
+	return "\n    " + strings.ReplaceAll(text, "\n", "\n    ")
+}
+
+// devLine renders one event, or "" to leave it out.
+func devLine(e zapcore.Entry, f devFields, all bool) string {
+	switch e.Message {
+	case "dev watching":
+		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"))
+	case "build finished":
+		if f["changed"] == false {
+			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))
+		}
+		return fmt.Sprintf("build ok in %s", f.dur("duration"))
+	case "build failed":
+		out := indent(f.str("output"))
+		if out == "" {
+			out = ": " + f.str("reason")
+		} else if strings.Contains(f.str("reason"), "could not start") {
+			out = ": " + f.str("reason") + out
+		}
+		return fmt.Sprintf("build failed in %s%s", f.dur("duration"), out)
+	case "listening":
+		return "listening on " + f.str("addr")
+	case "primary ready":
+		return fmt.Sprintf("serving: %s worker(s), generation %s", f.str("workers"), f.str("generation"))
+	case "upgrade finished":
+		return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), f.dur("duration"))
+	case "upgrade aborted":
+		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
+	case "shutdown started":
+		return "shutting down"
+	case "shutdown finished":
+		return "stopped"
+	case "worker exited":
+		if e.Level < zapcore.WarnLevel && !all {
+			return ""
+		}
+		return fmt.Sprintf("worker %s (pid %s) exited: %s%s", f.str("slot"), f.str("pid"), f.str("status"), indent(f.str("stderr")))
+	}
+	if e.Level < zapcore.WarnLevel && !all {
+		return ""
+	}
+	keys := make([]string, 0, len(f))
+	for k := range f {
+		if k != "primary" {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString(e.Level.CapitalString() + " " + e.Message)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%s", k, f.str(k))
+	}
+	return b.String()
+}

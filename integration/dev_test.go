@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// devServer is a tiny Go web server with only std imports: socket
+// activation on fd 3, READY=1 over NOTIFY_SOCKET, a graceful drain on
+// SIGTERM, and the testserver's answer format. VERSION is replaced.
+const devServer = `package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const version = "VERSION"
+
+func main() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	ln, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		panic(err)
+	}
+	reply := fmt.Sprintf("%s pid=%d worker=%s gen=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"), os.Getenv("HANDOFF_GENERATION"))
+	var draining atomic.Bool
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if draining.Load() {
+				w.Header().Set("Connection", "close")
+			}
+			fmt.Fprint(w, reply)
+		}),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			if st == http.StateClosed || st == http.StateHijacked {
+				delete(open, c)
+			} else {
+				open[c] = true
+			}
+		},
+	}
+	served := make(chan struct{})
+	go func() {
+		srv.Serve(ln)
+		close(served)
+	}()
+	if c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET")); err == nil {
+		c.Write([]byte("READY=1"))
+		c.Close()
+	}
+	<-sigs
+	// Answer with Connection: close, stop accepting, then wait (bounded)
+	// for the clients to close.
+	draining.Store(true)
+	ln.Close()
+	<-served
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(open)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
+	srv.Close()
+}
+`
+
+// writeDevSource writes main.go with version v (or raw source).
+func writeDevSource(t *testing.T, dir, src string) {
+	t.Helper()
+	// Written in place, as an editor saves.
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func devSource(v string) string { return strings.Replace(devServer, "VERSION", v, 1) }
+
+// startDev runs 'handoff dev' on a fresh module with a real go build.
+func startDev(t *testing.T, workers int, flags ...string) *Primary {
+	t.Helper()
+	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return StartPrimary(t, Options{
+		Subcommand: "dev",
+		Workers:    workers,
+		Command:    "./bin/server",
+		Flags:      append([]string{"--build", "go build -o bin/server ."}, flags...),
+		Env:        []string{"GOFLAGS=-mod=mod", "GOCACHE=" + strings.TrimSpace(string(gocache)), "GOTOOLCHAIN=local"},
+		Prepare: func(dir string) {
+			writeBytes(t, filepath.Join(dir, "go.mod"), []byte("module example.com/devserver\n\ngo 1.26\n"), 0o644)
+			writeDevSource(t, dir, devSource("one"))
+		},
+	})
+}
+
+// awaitBuild waits for the next "build finished" or "build failed" after
+// index from.
+func (p *Primary) awaitBuild(from int, d time.Duration) Event {
+	p.t.Helper()
+	e, ok := p.Log.Wait(from, d, isMsg("build finished", "build failed"))
+	if !ok {
+		p.t.Fatalf("no build within %s\n%s", d, p.Tail(40))
+	}
+	return e
+}
+
+// awaitRollout waits for a good build after index from, its rollout, and
+// version served by every worker.
+func (p *Primary) awaitRollout(from int, version string) {
+	p.t.Helper()
+	if b := p.awaitBuild(from, 2*time.Minute); b.Msg != "build finished" {
+		p.t.Fatalf("build of %s: %s", version, b.Raw)
+	}
+	if u := p.AwaitUpgrade(from, time.Minute); u.Aborted() {
+		p.t.Fatalf("rollout of %s: %s", version, u.End.Raw)
+	}
+	p.WaitServing(p.URL(), version, 20*time.Second)
+}
+
+// TestDevEditBuildServe: 'handoff dev' with a real go build builds at
+// start (no executable yet), serves it, rolls out an edit, keeps the old
+// version through a syntax error, then serves the fix; a burst of saves is
+// one build; no request fails throughout; TERM stops everything.
+func TestDevEditBuildServe(t *testing.T) {
+	t.Parallel()
+	p := startDev(t, 2)
+	first := p.awaitBuild(0, time.Second)
+	if first.Msg != "build finished" {
+		t.Fatalf("first build: %s", first.Raw)
+	}
+	if ready, _ := p.Log.Wait(0, 0, isMsg("primary ready")); ready.Seq < first.Seq {
+		t.Errorf("primary ready before the first build")
+	}
+	p.WaitServing(p.URL(), "one", 20*time.Second)
+	load := startLoad(t, p.URL())
+
+	t.Log("an edit")
+	mark := p.Log.Len()
+	writeDevSource(t, p.Dir, devSource("two"))
+	p.awaitRollout(mark, "two")
+
+	t.Log("a syntax error")
+	mark = p.Log.Len()
+	writeDevSource(t, p.Dir, strings.Replace(devSource("three"), "func main() {", "func main() {\n\tthis is not Go", 1))
+	b := p.awaitBuild(mark, 2*time.Minute)
+	if b.Msg != "build failed" || !strings.Contains(b.Str("output"), "main.go:") {
+		t.Fatalf("the broken build: %s", b.Raw)
+	}
+	p.WaitServing(p.URL(), "two", 20*time.Second)
+	if e, ok := p.Log.Wait(mark, 0, isMsg("upgrade started")); ok {
+		t.Errorf("a failed build rolled out: %s", e.Raw)
+	}
+
+	t.Log("the fix, saved in a burst")
+	mark = p.Log.Len()
+	for i := 0; i < 10; i++ {
+		writeDevSource(t, p.Dir, devSource("three"))
+	}
+	p.awaitRollout(mark, "three")
+	if n := len(filterFrom(p.Log.Events(), mark, "build finished", "build failed")); n != 1 {
+		t.Errorf("%d builds for one burst of saves, want 1", n)
+	}
+	if n := len(filterFrom(p.Log.Events(), mark, "upgrade started")); n != 1 {
+		t.Errorf("%d rollouts for one burst of saves, want 1", n)
+	}
+	checkLoad(t, load, "three")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+
+	p.Signal(p.PID, syscall.SIGTERM)
+	st := p.WaitExit(30 * time.Second)
+	if st == nil || st.ExitCode() != 0 {
+		t.Fatalf("after TERM: %v\n%s", st, p.Tail(20))
+	}
+	if live := p.LiveWorkers(); len(live) != 0 {
+		t.Errorf("workers left after exit: %v", keysOfEvents(live))
+	}
+}
+
+func filterFrom(events []Event, from int, msgs ...string) []Event {
+	var out []Event
+	for _, e := range events[from:] {
+		if isMsg(msgs...)(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func keysOfEvents(m map[int]Event) []int {
+	var out []int
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
