@@ -71,6 +71,10 @@ type Watcher struct {
 	fw    *fsnotify.Watcher
 	files map[string]bool   // the watched files, absolute
 	trees map[string]string // every watched directory of a tree → its tree's root
+	// sources are the directories of trees that have held a file that
+	// counts: one of them removed or renamed away is a change, another
+	// (a build's temporary directory) is not.
+	sources map[string]bool
 	close sync.Once
 }
 
@@ -101,7 +105,7 @@ func New(cfg Config) (w *Watcher, err error) {
 		return nil, fmt.Errorf("cannot watch files: %v", err)
 	}
 	cfg.Executables = append([]string(nil), cfg.Executables...)
-	w = &Watcher{cfg: cfg, log: cfg.Logger, fw: fw, files: map[string]bool{}, trees: map[string]string{}}
+	w = &Watcher{cfg: cfg, log: cfg.Logger, fw: fw, files: map[string]bool{}, trees: map[string]string{}, sources: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			fw.Close()
@@ -174,6 +178,7 @@ func (w *Watcher) addTree(root, dir string) (found []string, err error) {
 		if !d.IsDir() {
 			if w.included(root, path) {
 				found = append(found, path)
+				w.sources[filepath.Dir(path)] = true
 			}
 			return nil
 		}
@@ -320,17 +325,23 @@ func (w *Watcher) relevant(ev fsnotify.Event) []string {
 		return []string{path}
 	}
 	if root, ok := w.trees[path]; ok && ev.Has(fsnotify.Remove|fsnotify.Rename) {
-		// A watched directory went away: its watches go with it, and what
-		// was in it counts as changed.
+		// A watched directory went away: its watches go with it, and it
+		// is a change if it held sources.
+		had := false
 		for d := range w.trees {
 			if d == path || strings.HasPrefix(d, path+string(filepath.Separator)) {
+				had = had || w.sources[d]
 				delete(w.trees, d)
+				delete(w.sources, d)
 			}
 		}
 		if path == root {
 			w.log.Warn("a watched directory was removed", zap.String("path", path))
 		}
-		return []string{path}
+		if had {
+			return []string{path}
+		}
+		return nil
 	}
 	root, ok := w.trees[filepath.Dir(path)]
 	if !ok || w.excluded(root, path) {
@@ -346,6 +357,7 @@ func (w *Watcher) relevant(ev fsnotify.Event) []string {
 		}
 	}
 	if w.included(root, path) {
+		w.sources[filepath.Dir(path)] = true
 		return []string{path}
 	}
 	return nil

@@ -252,11 +252,22 @@ func TestTreeNewSubdirectory(t *testing.T) {
 	write("go.mod", "module x")
 	expectChange(t, ch, "go.mod")
 
-	// Removing a directory with sources is a change.
-	if err := os.RemoveAll(filepath.Join(root, "new")); err != nil {
+	// Moving a directory with sources away is a change.
+	if err := os.Rename(filepath.Join(root, "new"), filepath.Join(t.TempDir(), "moved")); err != nil {
 		t.Fatal(err)
 	}
 	expectChange(t, ch, "new")
+
+	// A build's temporary directories, made and removed with files that
+	// do not count, are no change.
+	for i := 0; i < 3; i++ {
+		write("tmp/go-build1/b001/exe/a.out", "x")
+		write("tmp/go-build1/b001/importcfg", "x")
+		if err := os.RemoveAll(filepath.Join(root, "tmp", "go-build1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectNone(t, ch, 6*DefaultQuiet)
 }
 
 func TestNewRefusesBadInput(t *testing.T) {
