@@ -75,7 +75,7 @@ type Watcher struct {
 	// counts: one of them removed or renamed away is a change, another
 	// (a build's temporary directory) is not.
 	sources map[string]bool
-	close sync.Once
+	close   sync.Once
 }
 
 // CheckGlob reports whether pattern is a valid filepath.Match glob.
