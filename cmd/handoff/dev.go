@@ -47,7 +47,7 @@ Flags:
 
 Every other flag of 'handoff run' works the same (see 'handoff run --help'):
 --listen (required), --ready, --ready-timeout, --drain-timeout,
---stop-signal, --pid-file, --ipc, --log-format, --log-level.
+--stop-signal, --pid-file, --ipc, --control, --log-format, --log-level.
 
 A change during a build cancels it; the next build starts once the changes
 have been quiet for 100ms, so a burst of saves is one build. The console
