@@ -45,9 +45,9 @@ Flags:
                            COMMAND itself)
   --workers N              worker processes (default %d)
 
-Every other flag of 'handoff run' works the same (see 'handoff run --help'):
---listen (required), --ready, --ready-timeout, --drain-timeout,
---stop-signal, --pid-file, --ipc, --control, --log-format, --log-level.
+Every other flag of 'handoff run' works the same: --listen (required),
+--ready, timeouts, signals, pid file, logs and the rest (see 'handoff run
+--help'); --watch-path here names sources, and --watch does not apply.
 
 A change during a build cancels it; the next build starts once the changes
 have been quiet for 100ms, so a burst of saves is one build. The console
