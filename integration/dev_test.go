@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,11 +85,15 @@ func main() {
 }
 `
 
-// writeDevSource writes main.go with version v (or raw source).
+// writeDevSource saves main.go as editors that save safely do: a
+// temporary file renamed over it, so a build never reads half a file.
 func writeDevSource(t *testing.T, dir, src string) {
 	t.Helper()
-	// Written in place, as an editor saves.
-	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+	tmp := filepath.Join(dir, ".main.go.swp")
+	if err := os.WriteFile(tmp, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "main.go")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -175,8 +180,15 @@ func TestDevEditBuildServe(t *testing.T) {
 
 	t.Log("the fix, saved in a burst")
 	mark = p.Log.Len()
+	// Ten saves as fast as they go: prepared first, then renamed in a
+	// tight loop, well within the 100ms debounce.
 	for i := 0; i < 10; i++ {
-		writeDevSource(t, p.Dir, devSource("three"))
+		writeBytes(t, filepath.Join(p.Dir, fmt.Sprintf(".save%d", i)), []byte(devSource("three")), 0o644)
+	}
+	for i := 0; i < 10; i++ {
+		if err := os.Rename(filepath.Join(p.Dir, fmt.Sprintf(".save%d", i)), filepath.Join(p.Dir, "main.go")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	p.awaitRollout(mark, "three")
 	if n := len(filterFrom(p.Log.Events(), mark, "build finished", "build failed")); n != 1 {
