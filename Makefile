@@ -65,7 +65,7 @@ clean:
 # Back-to-back deploys under load; fails on a single failed request.
 SOAK ?= 300
 soak:
-	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
+	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) HANDOFF_SOAK_LIB=$(HANDOFF_SOAK_LIB) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
 
 # Benchmarks (not part of 'make test'; a smoke run of the harness is): what
 # handoff costs and how deploys hold up, next to the same server run

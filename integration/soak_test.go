@@ -15,12 +15,19 @@ import (
 // single failed request. It is skipped unless HANDOFF_SOAK is set: run it
 // with 'make soak'. With HANDOFF_SOAK_PRIMARY set, every deploy also
 // replaces the handoff binary, so each one hands over to a new primary.
+// With HANDOFF_SOAK_LIB set, the program is examples/hello in library
+// mode, and every deploy is a rebuilt binary of it: a new primary each time.
 func TestSoakDeploys(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("HANDOFF_SOAK"))
 	if n <= 0 {
 		t.Skip("set HANDOFF_SOAK=N to run N deploys under load")
 	}
-	p := StartPrimary(t, Options{Flags: []string{"--drain-timeout", "5s"}})
+	lib := os.Getenv("HANDOFF_SOAK_LIB") != ""
+	opts := Options{Flags: []string{"--drain-timeout", "5s"}}
+	if lib {
+		opts.Lib = "hello-v1"
+	}
+	p := StartPrimary(t, opts)
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	load := loadgen.Start(context.Background(), loadgen.Config{
 		URL:         p.URL(),
@@ -32,14 +39,19 @@ func TestSoakDeploys(t *testing.T) {
 	})
 	t.Cleanup(func() { load.Stop() })
 	waitRequests(t, load, 100, 10*time.Second)
-	primary := os.Getenv("HANDOFF_SOAK_PRIMARY") != ""
+	primary := os.Getenv("HANDOFF_SOAK_PRIMARY") != "" || lib
 	start := time.Now()
 	var slowest time.Duration
 	for i := 0; i < n; i++ {
 		v := []string{"v2", "v1"}[i%2]
-		p.Install(v)
-		if primary {
+		switch {
+		case lib:
+			p.InstallLib("hello-" + v)
+		case primary:
+			p.Install(v)
 			p.InstallHandoff()
+		default:
+			p.Install(v)
 		}
 		u := p.DeployOK(60 * time.Second)
 		if k := u.Started.Str("kind"); primary && k != "primary" {
