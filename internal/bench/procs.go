@@ -59,10 +59,15 @@ func startPrimary(ctx context.Context, handoff, server string, n int, serverArgs
 
 // startPrimaryWith is startPrimary with further flags for handoff.
 func startPrimaryWith(ctx context.Context, handoff string, flags []string, server string, n int, serverArgs ...string) (*primary, string, error) {
+	return startPrimaryCmd(ctx, handoffCmd(handoff, flags, server, n, serverArgs...))
+}
+
+// handoffCmd is the command startPrimaryWith runs.
+func handoffCmd(handoff string, flags []string, server string, n int, serverArgs ...string) *exec.Cmd {
 	args := []string{"run", "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--ready", "notify",
 		"--log-format", "json", "--drain-timeout", "10s"}
 	args = append(append(append(args, flags...), "--", server), serverArgs...)
-	return startPrimaryCmd(ctx, exec.Command(handoff, args...))
+	return exec.Command(handoff, args...)
 }
 
 // startLibrary runs examples/hello, a program in handoff's library mode
