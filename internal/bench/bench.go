@@ -127,6 +127,9 @@ type Report struct {
 	Config   Config
 	Started  time.Time
 	Took     time.Duration
+	// The machine's load average (1, 5, 15 minutes) when the run started
+	// and ended: other work on the machine skews every figure.
+	LoadStart, LoadEnd string
 	Tables   []Table
 	Verdicts []Verdict // the targets, met or not
 }
@@ -144,7 +147,7 @@ type Verdict struct {
 // that aborts).
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg.fill()
-	r := &Report{Machine: ReadMachine(), Config: cfg, Started: time.Now()}
+	r := &Report{Machine: ReadMachine(), Config: cfg, Started: time.Now(), LoadStart: loadAvg()}
 	b := &bencher{cfg: cfg, r: r}
 	steps := []struct {
 		key, name string
@@ -169,6 +172,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// In the order of their numbers, whatever order they ran in.
 	sort.SliceStable(r.Tables, func(i, j int) bool { return r.Tables[i].Title < r.Tables[j].Title })
 	r.Took = time.Since(r.Started)
+	r.LoadEnd = loadAvg()
 	return r, nil
 }
 

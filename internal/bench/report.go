@@ -10,7 +10,8 @@ import (
 
 // WriteText prints the report as aligned tables for a terminal.
 func (r *Report) WriteText(w io.Writer, command string) {
-	fmt.Fprintf(w, "\nhandoff benchmarks — %s\n%s\ncommand: %s\n", r.Started.UTC().Format(time.RFC3339), r.Machine, command)
+	fmt.Fprintf(w, "\nhandoff benchmarks — %s\n%s\nload average %s at the start, %s at the end\ncommand: %s\n",
+		r.Started.UTC().Format(time.RFC3339), r.Machine, r.LoadStart, r.LoadEnd, command)
 	for _, t := range r.Tables {
 		fmt.Fprintf(w, "\n%s\n", t.Title)
 		if len(t.Rows) > 0 {
@@ -45,8 +46,8 @@ func (v Verdict) mark() string {
 // WriteMarkdown writes the report as the results section of
 // docs/BENCHMARKS.md.
 func (r *Report) WriteMarkdown(w io.Writer, command string) {
-	fmt.Fprintf(w, "Run of %s on %s.\n\nCommand: `%s` (took %v).\n\n",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Machine, command, r.Took.Round(time.Second))
+	fmt.Fprintf(w, "Run of %s on %s; load average (1, 5, 15 min) %s at the start, %s at the end.\n\nCommand: `%s` (took %v).\n\n",
+		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Machine, r.LoadStart, r.LoadEnd, command, r.Took.Round(time.Second))
 	fmt.Fprintf(w, "| target | measured | |\n| --- | --- | --- |\n")
 	for _, v := range r.Verdicts {
 		fmt.Fprintf(w, "| %s | %s | %s |\n", mdCell(v.Target), mdCell(v.Measured), v.mark())
