@@ -32,18 +32,19 @@ type Config struct {
 	Hello   string // examples/hello (library mode), optional: compared too when set
 	Dir     string // a private directory for pid files
 
-	Rounds     int           // rounds of benchmark 1 (medians are reported)
-	Slice      time.Duration // load on one set-up in one round of benchmark 1
-	Steady     time.Duration // length of one steady-state measurement of benchmark 6
-	Warmup     time.Duration // load before a measurement starts, not counted
-	Clients    int           // concurrent clients of every load
-	Upgrades   int           // upgrades per disruption run
-	Gap        time.Duration // steady load before, between and after upgrades
-	Workers    []int         // worker counts of the upgrade-duration benchmark
-	Deploys    int           // deploys per worker count
-	ReadyDelay time.Duration // the slow app's time to get ready
-	Balance    []int         // worker counts of the balance benchmark
-	Reloads    int           // dev-loop reloads
+	Rounds      int           // rounds of benchmark 1 (medians are reported)
+	Slice       time.Duration // load on one set-up in one round of benchmark 1
+	Steady      time.Duration // length of one steady-state measurement of benchmark 6
+	Warmup      time.Duration // load before a measurement starts, not counted
+	Clients     int           // concurrent clients of every load
+	Upgrades    int           // upgrades per disruption run
+	DisruptRuns int           // disruption runs per system and load
+	Gap         time.Duration // steady load before, between and after upgrades
+	Workers     []int         // worker counts of the upgrade-duration benchmark
+	Deploys     int           // deploys per worker count
+	ReadyDelay  time.Duration // the slow app's time to get ready
+	Balance     []int         // worker counts of the balance benchmark
+	Reloads     int           // dev-loop reloads
 
 	// Only names the benchmarks to run (overhead, disruption, scaling,
 	// devloop, balance); empty runs them all. The primary's cost comes
@@ -59,14 +60,14 @@ var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance"}
 // Full is the configuration of 'make bench'.
 var Full = Config{
 	Rounds: 30, Slice: 700 * time.Millisecond, Steady: 3 * time.Second, Warmup: 150 * time.Millisecond, Clients: 64,
-	Upgrades: 10, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
+	Upgrades: 10, DisruptRuns: 3, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
 	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10,
 }
 
 // Quick is the configuration of 'make bench BENCH_QUICK=1'.
 var Quick = Config{
 	Rounds: 5, Slice: 500 * time.Millisecond, Steady: 2 * time.Second, Warmup: 100 * time.Millisecond, Clients: 64,
-	Upgrades: 3, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
+	Upgrades: 3, DisruptRuns: 1, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
 	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3,
 }
 
@@ -89,6 +90,9 @@ func (c *Config) fill() {
 	}
 	if c.Upgrades == 0 {
 		c.Upgrades = d.Upgrades
+	}
+	if c.DisruptRuns == 0 {
+		c.DisruptRuns = d.DisruptRuns
 	}
 	if c.Gap == 0 {
 		c.Gap = d.Gap
@@ -123,15 +127,15 @@ type Table struct {
 
 // Report is the outcome of Run.
 type Report struct {
-	Machine  Machine
-	Config   Config
-	Started  time.Time
-	Took     time.Duration
+	Machine Machine
+	Config  Config
+	Started time.Time
+	Took    time.Duration
 	// The machine's load average (1, 5, 15 minutes) when the run started
 	// and ended: other work on the machine skews every figure.
 	LoadStart, LoadEnd string
-	Tables   []Table
-	Verdicts []Verdict // the targets, met or not
+	Tables             []Table
+	Verdicts           []Verdict // the targets, met or not
 }
 
 // Verdict is a target and whether this run met it.
@@ -371,48 +375,105 @@ func (b *bencher) disruption(ctx context.Context) error {
 		Header: []string{"system", "load", "upgrades", "failed (raw)", "failures by kind",
 			"steady p99", "window p99", "window p99.9", "p99 window/steady", "req/s window/steady", "upgrade (median)"},
 		Notes: []string{
-			fmt.Sprintf("%d clients, %d upgrades each, %v of steady load before, between and after them. A window lasts from the upgrade signal until the old process has exited and the new one answers; a request belongs to it if any part of it fell inside. Failures are raw: every request is a POST that cannot be replayed and no client retries; a refused connection is retried at once by the next request of the same client, so a dark port piles failures up.",
-				b.cfg.Clients, b.cfg.Upgrades, b.cfg.Gap),
+			fmt.Sprintf("%d clients, %d upgrades per run, %v of steady load before, between and after them; %d runs per row, taken in turn. Failures and upgrades are totals over the runs; latencies and ratios are medians of the runs, with the lowest and highest run in brackets. A window lasts from the upgrade signal until the old process has exited and the new one answers; a request belongs to it if any part of it fell inside. Failures are raw: every request is a POST that cannot be replayed and no client retries; a refused connection is retried at once by the next request of the same client, so a dark port piles failures up.",
+				b.cfg.Clients, b.cfg.Upgrades, b.cfg.Gap, b.cfg.DisruptRuns),
 			"handoff runs 2 workers with --ready notify; the naive restarter sends SIGTERM (the server drains), waits for the exit, starts the new process; the tableflip process does Upgrade on SIGHUP and http.Server.Shutdown once Exit() fires.",
 		},
 	}
-	for _, newConn := range []bool{false, true} {
-		mode := "keep-alive"
-		if newConn {
-			mode = "new connection"
-		}
-		systems := []system{&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2}}
+	systems := func() []system {
+		sys := []system{&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2}}
 		if b.cfg.Hello != "" {
-			systems = append(systems, &handoffSystem{bin: b.cfg.Hello, workers: 2, library: true})
+			sys = append(sys, &handoffSystem{bin: b.cfg.Hello, workers: 2, library: true})
 		}
-		systems = append(systems, &naiveSystem{server: b.cfg.Server}, &tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir})
-		for _, sys := range systems {
-			row, res, err := b.disrupt(ctx, sys, newConn)
-			if err != nil {
-				return fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
+		return append(sys, &naiveSystem{server: b.cfg.Server}, &tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir})
+	}
+	type runs struct {
+		sys  system
+		mode string
+		res  []loadgen.Result
+		took []time.Duration
+	}
+	var rows []*runs
+	for run := 0; run < b.cfg.DisruptRuns; run++ {
+		k := 0
+		for _, newConn := range []bool{false, true} {
+			mode := "keep-alive"
+			if newConn {
+				mode = "new connection"
 			}
-			t.Rows = append(t.Rows, append([]string{sys.name(), mode}, row...))
-			if h, ok := sys.(*handoffSystem); ok {
-				label := mode
-				if h.library {
-					label += ", library mode"
+			for _, sys := range systems() {
+				res, took, err := b.disrupt(ctx, sys, newConn)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
 				}
-				ratio := float64(res.Windows.P99) / float64(res.Steady.P99)
-				b.r.Verdicts = append(b.r.Verdicts,
-					Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", res.Failures, res.Requests), Met: res.Failures == 0},
-					Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99", Measured: fmt.Sprintf("%.2fx (%s vs %s)", ratio, fmtDur(res.Windows.P99), fmtDur(res.Steady.P99)), Met: math.Round(ratio*100) <= 200}) // judged as shown: latency buckets are 1/16 wide
+				if run == 0 {
+					rows = append(rows, &runs{sys: sys, mode: mode})
+				}
+				rows[k].res = append(rows[k].res, res)
+				rows[k].took = append(rows[k].took, took...)
+				k++
 			}
 		}
+	}
+	for _, r := range rows {
+		var failed, requests int64
+		allKinds := map[string]int64{}
+		var steady, window, window999 []time.Duration
+		var p99Ratio, rpsRatio []float64
+		for _, res := range r.res {
+			failed += res.Failures
+			requests += res.Requests
+			for k, v := range res.FailuresByKind {
+				allKinds[k] += v
+			}
+			steady, window, window999 = append(steady, res.Steady.P99), append(window, res.Windows.P99), append(window999, res.Windows.P999)
+			p99Ratio = append(p99Ratio, float64(res.Windows.P99)/float64(res.Steady.P99))
+			rpsRatio = append(rpsRatio, res.Windows.RPS()/res.Steady.RPS())
+		}
+		t.Rows = append(t.Rows, []string{r.sys.name(), r.mode, fmt.Sprint(len(r.took)),
+			fmt.Sprintf("%d of %d", failed, requests), kinds(allKinds),
+			spreadDur(steady), spreadDur(window), spreadDur(window999),
+			spread(p99Ratio), spread(rpsRatio), fmtDur(medianDur(r.took))})
+		h, ok := r.sys.(*handoffSystem)
+		if !ok {
+			continue
+		}
+		label := r.mode
+		if h.library {
+			label += ", library mode"
+		}
+		ratio := median(p99Ratio)
+		b.r.Verdicts = append(b.r.Verdicts,
+			Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", failed, requests), Met: failed == 0},
+			Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99",
+				Measured: fmt.Sprintf("%.2fx (median of %d runs; %s vs %s)", ratio, len(p99Ratio), fmtDur(medianDur(window)), fmtDur(medianDur(steady))),
+				Met:      math.Round(ratio*100) <= 200}) // judged as shown: latency buckets are 1/16 wide
 	}
 	b.r.Tables = append(b.r.Tables, t)
 	return nil
 }
 
-func (b *bencher) disrupt(ctx context.Context, sys system, newConn bool) ([]string, loadgen.Result, error) {
+// spread is the median of xs with the lowest and highest in brackets.
+func spread(xs []float64) string {
+	if len(xs) == 1 {
+		return fmt.Sprintf("%.2f", xs[0])
+	}
+	return fmt.Sprintf("%.2f (%.2f–%.2f)", median(xs), quantile(xs, 0), quantile(xs, 1))
+}
+
+func spreadDur(ds []time.Duration) string {
+	if len(ds) == 1 {
+		return fmtDur(ds[0])
+	}
+	return fmt.Sprintf("%s (%s–%s)", fmtDur(medianDur(ds)), fmtDur(quantileDur(ds, 0)), fmtDur(quantileDur(ds, 1)))
+}
+
+// disrupt runs one system under load through cfg.Upgrades upgrades.
+func (b *bencher) disrupt(ctx context.Context, sys system, newConn bool) (loadgen.Result, []time.Duration, error) {
 	defer sys.stop()
 	addr, err := sys.start(ctx)
 	if err != nil {
-		return nil, loadgen.Result{}, err
+		return loadgen.Result{}, nil, err
 	}
 	b.load(ctx, addr, newConn, b.cfg.Warmup).Wait()
 	run := b.load(ctx, addr, newConn, time.Hour)
@@ -420,32 +481,24 @@ func (b *bencher) disrupt(ctx context.Context, sys system, newConn bool) ([]stri
 	var took []time.Duration
 	for i := 0; i < b.cfg.Upgrades; i++ {
 		if err := sleep(ctx, b.cfg.Gap); err != nil {
-			return nil, loadgen.Result{}, err
+			return loadgen.Result{}, nil, err
 		}
 		run.BeginWindow()
 		start := time.Now()
 		err := sys.upgrade(ctx)
 		run.EndWindow()
 		if err != nil {
-			return nil, loadgen.Result{}, fmt.Errorf("upgrade %d: %w", i+1, err)
+			return loadgen.Result{}, nil, fmt.Errorf("upgrade %d: %w", i+1, err)
 		}
 		took = append(took, time.Since(start))
 	}
 	if err := sleep(ctx, b.cfg.Gap); err != nil {
-		return nil, loadgen.Result{}, err
+		return loadgen.Result{}, nil, err
 	}
 	res := run.Stop()
 	b.progress("%-26s newconn=%-5v failed %d/%d kinds %v steady p99 %v window p99 %v p99.9 %v",
 		sys.name(), newConn, res.Failures, res.Requests, res.FailuresByKind, res.Steady.P99, res.Windows.P99, res.Windows.P999)
-	return []string{
-		fmt.Sprint(len(took)),
-		fmt.Sprintf("%d of %d", res.Failures, res.Requests),
-		kinds(res.FailuresByKind),
-		fmtDur(res.Steady.P99), fmtDur(res.Windows.P99), fmtDur(res.Windows.P999),
-		fmt.Sprintf("%.2f", float64(res.Windows.P99)/float64(res.Steady.P99)),
-		fmt.Sprintf("%.2f", res.Windows.RPS()/res.Steady.RPS()),
-		fmtDur(medianDur(took)),
-	}, res, nil
+	return res, took, nil
 }
 
 // 3. Upgrade duration against the number of workers; item 5's idle and

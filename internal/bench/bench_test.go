@@ -31,7 +31,7 @@ func TestSmoke(t *testing.T) {
 	cfg := Config{
 		Handoff: filepath.Join(dir, "handoff"), Server: filepath.Join(dir, "benchserver"), Hello: filepath.Join(dir, "hello"), Dir: dir,
 		Rounds: 1, Slice: 300 * time.Millisecond, Steady: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Clients: 4,
-		Upgrades: 2, Gap: 100 * time.Millisecond, Workers: []int{1, 2}, Deploys: 1,
+		Upgrades: 2, DisruptRuns: 1, Gap: 100 * time.Millisecond, Workers: []int{1, 2}, Deploys: 1,
 		ReadyDelay: 100 * time.Millisecond, Balance: []int{2}, Reloads: 2,
 		Progress: &progress,
 	}
