@@ -70,7 +70,7 @@ soak:
 # Benchmarks (not part of 'make test'; a smoke run of the harness is): what
 # handoff costs and how deploys hold up, next to the same server run
 # directly, restarted naively and upgraded by tableflip's README pattern.
-# Prints the tables and writes them to $(BIN)/benchmarks.md. About 5 minutes
+# Prints the tables and writes them to $(BIN)/benchmarks.md. About 10 minutes
 # on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
 # to also put the results into docs/BENCHMARKS.md; BENCH_ONLY=devloop,balance
 # runs only those (of overhead, disruption, scaling, devloop, balance).
