@@ -259,9 +259,10 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if chanFD >= 0 {
 		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
 	}
+	// Before opened: the reaper reads it once opened is closed.
+	p.copied = make(chan struct{})
 	close(p.opened)
 
-	p.copied = make(chan struct{})
 	go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
 	go p.readNotify()
 	if l.Ready == ReadyDelay {
