@@ -70,6 +70,9 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 		}
 	}
 	if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
+		if isDefault {
+			return nil, fmt.Errorf("%s: %v (choose another place with --control PATH or %s)", flag, err, EnvControlDir)
+		}
 		return nil, fmt.Errorf("%s: %v", flag, err)
 	}
 	if err := removeStaleSocket(path); err != nil {

@@ -89,7 +89,7 @@ func prepareControlDir(dir string, isDefault bool) error {
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if ok && st.Uid != uint32(os.Geteuid()) {
-		return fmt.Errorf("the directory %s belongs to uid %d, not to this user (%d): remove it, or set %s or --control", dir, st.Uid, os.Geteuid(), EnvControlDir)
+		return fmt.Errorf("the directory %s belongs to uid %d, not to this user (%d)", dir, st.Uid, os.Geteuid())
 	}
 	if fi.Mode().Perm() != 0o700 {
 		if err := os.Chmod(dir, 0o700); err != nil {

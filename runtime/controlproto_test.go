@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,5 +117,47 @@ func TestDefaultControlPath(t *testing.T) {
 	t.Setenv(EnvControlDir, "/"+strings.Repeat("d", 80))
 	if got := DefaultControlPath("tcp", "[2001:db8::1234:5678]:65535"); len(got) > maxSocketPath {
 		t.Errorf("long: %d bytes: %s", len(got), got)
+	}
+}
+
+func TestPrepareControlDir(t *testing.T) {
+	base := t.TempDir()
+	// Created, with its parents, private.
+	dir := filepath.Join(base, "a", "b")
+	if err := prepareControlDir(dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("created: %v, %v", fi.Mode(), err)
+	}
+	// The default directory is made private again; one named by
+	// --control is left as it is.
+	os.Chmod(dir, 0o755)
+	if err := prepareControlDir(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o755 {
+		t.Fatalf("--control directory changed to %v", fi.Mode())
+	}
+	if err := prepareControlDir(dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("default directory left %v", fi.Mode())
+	}
+	file := filepath.Join(base, "file")
+	os.WriteFile(file, nil, 0o600)
+	if err := prepareControlDir(file, false); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("a file: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	// Someone else's default directory is refused.
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepareControlDir(dir, true); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("another user's directory: %v", err)
 	}
 }
