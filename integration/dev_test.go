@@ -103,6 +103,13 @@ func devSource(v string) string { return strings.Replace(devServer, "VERSION", v
 // startDev runs 'handoff dev' on a fresh module with a real go build.
 func startDev(t *testing.T, workers int, flags ...string) *Primary {
 	t.Helper()
+	return startDevWith(t, workers, devSource("one"), false, flags...)
+}
+
+// startDevWith is startDev with main.go holding src; noWait returns
+// without waiting for the primary to be ready.
+func startDevWith(t *testing.T, workers int, src string, noWait bool, flags ...string) *Primary {
+	t.Helper()
 	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -113,9 +120,10 @@ func startDev(t *testing.T, workers int, flags ...string) *Primary {
 		Command:    "./bin/server",
 		Flags:      append([]string{"--build", "go build -o bin/server ."}, flags...),
 		Env:        []string{"GOFLAGS=-mod=mod", "GOCACHE=" + strings.TrimSpace(string(gocache)), "GOTOOLCHAIN=local"},
+		NoWait:     noWait,
 		Prepare: func(dir string) {
 			writeBytes(t, filepath.Join(dir, "go.mod"), []byte("module example.com/devserver\n\ngo 1.26\n"), 0o644)
-			writeDevSource(t, dir, devSource("one"))
+			writeDevSource(t, dir, src)
 		},
 	})
 }
@@ -226,4 +234,33 @@ func keysOfEvents(m map[int]Event) []int {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestDevFirstBuildFails: with no executable yet and a first build that
+// fails, 'handoff dev' serves nothing, shows the compiler's output and
+// waits; the fix starts serving.
+func TestDevFirstBuildFails(t *testing.T) {
+	t.Parallel()
+	p := startDevWith(t, 1, strings.Replace(devSource("one"), "func main() {", "func main() {\n\tbroken(", 1), true)
+	b := p.awaitBuild(0, 2*time.Minute)
+	if b.Msg != "build failed" || !strings.Contains(b.Str("output"), "main.go:") {
+		t.Fatalf("first build: %s", b.Raw)
+	}
+	if e, ok := p.Log.Wait(0, 0, isMsg("listening", "primary ready", "worker spawned")); ok {
+		t.Fatalf("serving after a failed first build: %s", e.Raw)
+	}
+	if p.Exited() {
+		t.Fatalf("handoff dev exited after a failed first build\n%s", p.Tail(20))
+	}
+	mark := p.Log.Len()
+	writeDevSource(t, p.Dir, devSource("fixed"))
+	if b := p.awaitBuild(mark, 2*time.Minute); b.Msg != "build finished" {
+		t.Fatalf("build of the fix: %s", b.Raw)
+	}
+	p.WaitReady(time.Minute)
+	p.WaitServing(p.URL(), "fixed", 20*time.Second)
+	p.Signal(p.PID, syscall.SIGTERM)
+	if st := p.WaitExit(30 * time.Second); st == nil || st.ExitCode() != 0 {
+		t.Fatalf("after TERM: %v", st)
+	}
 }

@@ -222,7 +222,10 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 		select {
 		case sig := <-sigs:
 			if primaryDone != nil {
-				runSigs <- sig
+				select {
+				case runSigs <- sig:
+				default: // 16 queued already: the primary is not reading
+				}
 				continue
 			}
 			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
