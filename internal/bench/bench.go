@@ -578,15 +578,15 @@ func (b *bencher) scaling(ctx context.Context) error {
 	return nil
 }
 
-// idleCost records the primary's RSS and its CPU over a second of idling.
+// idleCost records the primary's RSS and its CPU over cfg.Gap of idling.
 func (b *bencher) idleCost(ctx context.Context, p *primary, n int) error {
 	// Let start-up settle before measuring.
-	if err := sleep(ctx, 300*time.Millisecond); err != nil {
+	if err := sleep(ctx, b.cfg.Gap/3); err != nil {
 		return err
 	}
 	cpu0, _ := procCPU(p.pid())
 	start := time.Now()
-	if err := sleep(ctx, time.Second); err != nil {
+	if err := sleep(ctx, b.cfg.Gap); err != nil {
 		return err
 	}
 	cpu1, _ := procCPU(p.pid())
@@ -606,7 +606,7 @@ func (b *bencher) primaryTable() {
 	t := Table{
 		Title:  "5. The primary's own cost",
 		Header: []string{"workers", "RSS idle", "CPU idle", "CPU per deploy"},
-		Notes:  []string{"RSS is VmRSS of /proc/PID/status; CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the interval: idle is a share of one core over a second, a deploy's is the CPU time it took (all workers replaced, no load). The workers' own cost is not included: a worker is the user's process, exec'd with nothing of handoff left in it."},
+		Notes:  []string{fmt.Sprintf("RSS is VmRSS of /proc/PID/status; CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the interval: idle is a share of one core over %v, a deploy's is the CPU time it took (all workers replaced, no load). The workers' own cost is not included: a worker is the user's process, exec'd with nothing of handoff left in it.", b.cfg.Gap)},
 	}
 	var ns, rss []float64
 	for i, s := range b.idle {

@@ -67,9 +67,9 @@ func (b *bencher) devLoop(ctx context.Context) error {
 		}
 		took = append(took, d)
 		b.progress("reload %d: new version on every worker after %v", k, d)
-		// Let the old workers go and the watch settle, so that reloads do
-		// not fold into one.
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+		// Let the old workers go and the watch settle (cfg.Gap is well
+		// above its debounce), so that reloads do not fold into one.
+		if err := sleep(ctx, max(b.cfg.Gap, 4*reload.DefaultQuiet)); err != nil {
 			return err
 		}
 	}

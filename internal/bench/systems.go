@@ -142,11 +142,20 @@ func (t *tableflipSystem) start(ctx context.Context) (string, error) {
 
 // waitPID waits until the pid file names a live process other than old.
 func (t *tableflipSystem) waitPID(ctx context.Context, old int) (int, error) {
+	read := func() int {
+		b, _ := os.ReadFile(t.pidFile())
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid
+	}
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(t.pidFile())
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid != old && !procGone(pid) {
+		if pid := read(); pid != 0 && pid != old && !procGone(pid) {
 			return pid, nil
+		}
+		// The old process leaves only after its successor is ready,
+		// which writes the pid file first.
+		if old != 0 && procGone(old) && read() == old {
+			return 0, fmt.Errorf("tableflip: process %d exited with no successor", old)
 		}
 		select {
 		case <-ctx.Done():

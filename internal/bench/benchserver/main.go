@@ -133,9 +133,11 @@ func runTableflip(addr, pidFile string, readyDelay time.Duration, h http.Handler
 		return err
 	}
 	defer upg.Stop()
+	// Notify before Ready: Ready writes the pid file, and a SIGHUP sent to
+	// that pid must find the handler in place, not kill the process.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM)
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM)
 		for s := range sig {
 			if s == syscall.SIGTERM {
 				upg.Stop()
