@@ -446,11 +446,18 @@ func (b *bencher) disruption(ctx context.Context) error {
 		b.r.Verdicts = append(b.r.Verdicts,
 			Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", failed, requests), Met: failed == 0},
 			Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99",
-				Measured: fmt.Sprintf("%.2fx (median of %d runs; %s vs %s)", ratio, len(p99Ratio), fmtDur(medianDur(window)), fmtDur(medianDur(steady))),
+				Measured: fmt.Sprintf("%.2fx (%s; %s vs %s)", ratio, runsOf(len(p99Ratio)), fmtDur(medianDur(window)), fmtDur(medianDur(steady))),
 				Met:      math.Round(ratio*100) <= 200}) // judged as shown: latency buckets are 1/16 wide
 	}
 	b.r.Tables = append(b.r.Tables, t)
 	return nil
+}
+
+func runsOf(n int) string {
+	if n == 1 {
+		return "1 run"
+	}
+	return fmt.Sprintf("median of %d runs", n)
 }
 
 // spread is the median of xs with the lowest and highest in brackets.
