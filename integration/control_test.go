@@ -406,7 +406,9 @@ func TestScaleUnderLoad(t *testing.T) {
 		t.Errorf("after scale 4: %d slots, %d workers, %d ready", st.Primary.Workers, len(st.Workers), readyWorkers(st))
 	}
 	waitRequests(t, load, 1000, 30*time.Second)
-	p.CtlOK("scale", "1")
+	if r := p.CtlOK("scale", "1"); !strings.Contains(r.stdout, "scaled to 1 worker (primary") {
+		t.Errorf("scale 1: %s", r)
+	}
 	st := p.Status()
 	if st.Primary.Workers != 1 || readyWorkers(st) != 1 {
 		t.Errorf("after scale 1: %d slots, %d ready", st.Primary.Workers, readyWorkers(st))

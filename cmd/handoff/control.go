@@ -263,7 +263,11 @@ func scaleCommand(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "scaled to %d workers (primary %d)\n", rep.Workers, rep.Pid)
+	unit := "workers"
+	if rep.Workers == 1 {
+		unit = "worker"
+	}
+	fmt.Fprintf(stdout, "scaled to %d %s (primary %d)\n", rep.Workers, unit, rep.Pid)
 	return nil
 }
 
