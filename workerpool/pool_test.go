@@ -1006,9 +1006,11 @@ func TestShutdownReturnsOnlyWhenAllAreDone(t *testing.T) {
 }
 
 func TestNoRestartAfterShutdownBegins(t *testing.T) {
-	tp := newTestPool(t, 2, func(c *Config) { c.BackoffMin = time.Minute })
+	tp := newTestPool(t, 2, func(c *Config) { c.BackoffMin, c.BackoffMax = time.Minute, time.Minute })
 	procs := tp.start(t, spec(1))
-	// Slot 0 crashes twice: its second restart waits a minute.
+	// Slot 0 crashes twice: its second restart waits a minute (BackoffMax
+	// too, or the test pool's 80ms cap would let it launch before
+	// Shutdown on a slow machine).
 	procs[0].crash()
 	tp.l.next(t).crash()
 	waitFor(t, "restart scheduled", func() bool { return len(tp.restartsScheduled()) == 2 })
