@@ -83,7 +83,7 @@ func TestScaleDownRetiresTheHighestSlotsOnly(t *testing.T) {
 }
 
 func TestScaleDownCancelsAPendingRestartOfARemovedSlot(t *testing.T) {
-	tp := newTestPool(t, 3, func(c *Config) { c.BackoffMin, c.BackoffMax = 100*time.Millisecond, 100*time.Millisecond })
+	tp := newTestPool(t, 3, func(c *Config) { c.BackoffMin, c.BackoffMax = time.Minute, time.Minute })
 	procs := tp.start(t, spec(1))
 	procs[2].crash()
 	again := tp.l.next(t) // the first restart is immediate
@@ -92,7 +92,15 @@ func TestScaleDownCancelsAPendingRestartOfARemovedSlot(t *testing.T) {
 	if err := tp.Scale(context.Background(), 2, spec(1)); err != nil {
 		t.Fatalf("Scale: %v", err)
 	}
-	tp.l.noLaunch(t, 300*time.Millisecond)
+	tp.mu.Lock()
+	pending := tp.slots[2].restart != nil
+	tp.mu.Unlock()
+	if pending {
+		t.Fatal("the removed slot's restart is still pending")
+	}
+	// A timer that fired as Scale ran finds the slot gone.
+	tp.restart(2)
+	tp.l.noLaunch(t, 50*time.Millisecond)
 	untouched(t, procs[:2])
 }
 
