@@ -296,7 +296,9 @@ func TestShutdownDrainsInflight(t *testing.T) {
 		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
 			GotConn: func(i httptrace.GotConnInfo) { gotConn <- i.Conn.LocalAddr() },
 		})
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/slow?ms=1500", nil)
+		// Long enough to be found in flight: reading /proc/PID/net/tcp
+		// of a machine busy with other tests' connections is slow.
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/slow?ms=6000", nil)
 		resp, err := freshClient(10 * time.Second).Do(req)
 		if err != nil {
 			done <- result{err: err}
@@ -321,7 +323,11 @@ func TestShutdownDrainsInflight(t *testing.T) {
 		if time.Now().After(end) {
 			t.Fatalf("no worker accepted the slow request's connection within 5s")
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case r := <-done:
+			t.Fatalf("slow request ended before a worker was seen holding it: %+v", r)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 
 	p.Signal(p.PID, syscall.SIGTERM)

@@ -303,10 +303,18 @@ func TestBoundWhenClientHoldsConn(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := listen(t)
 			inHandler := make(chan struct{}, 1)
+			accepted := make(chan struct{}, 1)
 			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				inHandler <- struct{}{}
 				<-release
-			})}
+			}), ConnState: func(_ net.Conn, st http.ConnState) {
+				if st == http.StateNew {
+					select {
+					case accepted <- struct{}{}:
+					default:
+					}
+				}
+			}}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			const bound = 400 * time.Millisecond
@@ -320,7 +328,14 @@ func TestBoundWhenClientHoldsConn(t *testing.T) {
 			if strings.Contains(tc.send, "stuck") {
 				<-inHandler
 			} else {
-				time.Sleep(50 * time.Millisecond) // let the server read the bytes
+				// Accepted (on a loaded machine that can take a while):
+				// the bytes are then the server's to read, or waiting
+				// in the socket, where the drain sees them.
+				select {
+				case <-accepted:
+				case <-time.After(10 * time.Second):
+					t.Fatal("connection not accepted within 10s")
+				}
 			}
 			begin := time.Now()
 			cancel()
