@@ -34,9 +34,11 @@ var recycleBackoff = struct{ min, max time.Duration }{time.Second, time.Minute}
 // the old one retires, so as many workers as there are slots stay ready.
 //
 // Only a slot's current, ready, not draining worker is checked. The
-// watchdog counts from a worker's first WATCHDOG=1: a worker that never
-// sends one is not watched, as systemd does not watch a service that never
-// pings. WATCHDOG=trigger marks a worker hung at once.
+// watchdog counts from the worker's readiness, as systemd's counts from a
+// service's start: a worker that hangs before its first WATCHDOG=1 is
+// caught too, and one that never sends any (a program that does not know
+// the protocol) is replaced every --watchdog, which the "worker recycle"
+// event says (pinged: false). WATCHDOG=trigger marks a worker hung at once.
 func (p *primary) watchWorkers(ctx context.Context) {
 	if p.cfg.MaxMemory <= 0 && p.cfg.Watchdog <= 0 {
 		return
@@ -56,12 +58,18 @@ func (p *primary) watchWorkers(ctx context.Context) {
 			continue
 		}
 		delete(over, w.Pid)
-		hung := reason == recycleWatchdog
+		// A worker suspected hung drains for one watchdog period at most:
+		// one that still serves loses nothing, one that is stuck is
+		// killed soon.
+		var drain time.Duration
+		if reason == recycleWatchdog {
+			drain = p.cfg.Watchdog
+		}
 		log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
 		log.Warn("worker recycle", append(fields, zap.String("reason", reason))...)
 		done := make(chan error, 1)
 		p.ask(request{op: "recycle", done: done, run: func(ctx context.Context) error {
-			return p.pool.Replace(ctx, w.Slot, w.Pid, reason, hung)
+			return p.pool.Replace(ctx, w.Slot, w.Pid, reason, drain)
 		}})
 		var err error
 		select {
@@ -111,11 +119,14 @@ func (p *primary) recycleCandidate(over map[int]int) (workerpool.WorkerInfo, str
 				pick, reason, fields = w, recycleWatchdog, []zap.Field{zap.Bool("trigger", true)}
 				continue
 			}
-			if !w.Watchdog.IsZero() {
-				if silent := time.Since(w.Watchdog); silent > d {
-					pick, reason, fields = w, recycleWatchdog, []zap.Field{zap.Duration("silent", silent), zap.Duration("watchdog", d)}
-					continue
-				}
+			last, pinged := w.Watchdog, !w.Watchdog.IsZero()
+			if !pinged {
+				last = w.ReadyAt
+			}
+			if silent := time.Since(last); silent > d {
+				pick, reason = w, recycleWatchdog
+				fields = []zap.Field{zap.Duration("silent", silent), zap.Duration("watchdog", d), zap.Bool("pinged", pinged)}
+				continue
 			}
 		}
 		if p.cfg.MaxMemory > 0 {

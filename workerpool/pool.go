@@ -115,6 +115,7 @@ type worker struct {
 	started  time.Time
 	log      *zap.Logger
 	ready    bool
+	readyAt  time.Time
 	retiring bool
 	killed   bool // the pool sent SIGKILL
 	// readyOnce logs readiness exactly once, before anything acts on it:
@@ -131,7 +132,7 @@ type worker struct {
 func (p *Pool) noteReady(w *worker) {
 	w.readyOnce.Do(func() {
 		p.mu.Lock()
-		w.ready = true
+		w.ready, w.readyAt = true, time.Now()
 		p.mu.Unlock()
 		took := time.Since(w.started)
 		w.log.Info("worker ready", zap.Duration("took", took))
@@ -389,16 +390,16 @@ var ErrStale = errors.New("the worker no longer holds its slot")
 // spec, the way a roll replaces it: the new worker starts, and only once it
 // is ready does it take the slot and the old one retire, so the slot never
 // goes without a ready worker. reason is logged with the old worker's
-// retirement. An old worker that is hung is killed at once instead of
-// being sent the stop signal: it has stopped answering, so it would not
-// drain, and until the drain timeout it could still take connections it
-// never answers.
+// retirement. The old worker gets the stop signal and drain (DrainTimeout
+// if drain <= 0) before SIGKILL: a worker suspected hung gets a short
+// drain, so that one that still serves loses nothing and one that is truly
+// stuck does not hold its connections for the whole DrainTimeout.
 //
 // If the new worker fails to start, it is stopped and a *StartError is
 // returned, and the old worker keeps the slot. If the old worker lost the
 // slot meanwhile, the new one is retired and ErrStale returned. Replace
 // must not run at the same time as Start, Roll or another Replace.
-func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, hung bool) error {
+func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain time.Duration) error {
 	p.mu.Lock()
 	if i < 0 || i >= p.size {
 		p.mu.Unlock()
@@ -443,11 +444,10 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, hung bool
 		s.restart = nil
 	}
 	p.mu.Unlock()
-	if hung {
-		p.killNow(old, reason)
-	} else {
-		p.retire(old, reason)
+	if drain <= 0 || drain > p.cfg.DrainTimeout {
+		drain = p.cfg.DrainTimeout
 	}
+	p.retireWithin(old, reason, drain)
 	return nil
 }
 
@@ -495,7 +495,7 @@ func (p *Pool) Workers() []WorkerInfo {
 	var out []WorkerInfo
 	for w := range p.all {
 		s := p.slots[w.slot]
-		info := WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready,
+		info := WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready, ReadyAt: w.readyAt,
 			Draining: w.retiring, Started: w.started, Current: s.cur == w, Restarts: s.restarts}
 		if wd, ok := w.proc.(WatchdogReporter); ok {
 			info.Watchdog, info.WatchdogTrigger = wd.Watchdog()
@@ -522,6 +522,8 @@ type WorkerInfo struct {
 	Started time.Time
 	// Restarts counts the crash restarts of the worker's slot.
 	Restarts int
+	// ReadyAt is when the worker became ready (zero before).
+	ReadyAt time.Time
 	// Watchdog is when the worker last sent WATCHDOG=1 (zero if never);
 	// WatchdogTrigger is set once it sent WATCHDOG=trigger.
 	Watchdog        time.Time
@@ -708,6 +710,11 @@ func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 
 // retire asks w to drain and kills it after DrainTimeout.
 func (p *Pool) retire(w *worker, reason string) {
+	p.retireWithin(w, reason, p.cfg.DrainTimeout)
+}
+
+// retireWithin is retire with drain instead of DrainTimeout.
+func (p *Pool) retireWithin(w *worker, reason string, drain time.Duration) {
 	p.mu.Lock()
 	if w.retiring {
 		p.mu.Unlock()
@@ -720,19 +727,23 @@ func (p *Pool) retire(w *worker, reason string) {
 		return // it has exited already: nothing to retire
 	default:
 	}
-	w.log.Info("worker retiring", zap.String("reason", reason))
+	fields := []zap.Field{zap.String("reason", reason)}
+	if drain != p.cfg.DrainTimeout {
+		fields = append(fields, zap.Duration("drain_timeout", drain))
+	}
+	w.log.Info("worker retiring", fields...)
 	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
 		return
 	}
 	p.monitors.Add(1)
 	go func() {
 		defer p.monitors.Done()
-		t := time.NewTimer(p.cfg.DrainTimeout)
+		t := time.NewTimer(drain)
 		defer t.Stop()
 		select {
 		case <-w.proc.Done():
 		case <-t.C:
-			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", p.cfg.DrainTimeout))
+			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", drain))
 			p.kill(w)
 		}
 	}()
@@ -744,24 +755,6 @@ func (p *Pool) kill(w *worker) {
 	w.killed = true
 	p.mu.Unlock()
 	w.proc.Kill()
-}
-
-// killNow retires w by SIGKILL, without a drain.
-func (p *Pool) killNow(w *worker, reason string) {
-	p.mu.Lock()
-	if w.retiring {
-		p.mu.Unlock()
-		return
-	}
-	w.retiring = true
-	p.mu.Unlock()
-	select {
-	case <-w.proc.Done():
-		return
-	default:
-	}
-	w.log.Info("worker retiring", zap.String("reason", reason), zap.Bool("kill", true))
-	p.kill(w)
 }
 
 // stopAndWait retires workers that failed to start and waits until they

@@ -21,7 +21,7 @@ func TestReplaceStartsNewThenRetiresOld(t *testing.T) {
 	stop := tp.watchServing(t)
 
 	errc := make(chan error, 1)
-	go func() { errc <- tp.Replace(context.Background(), 1, old[1].pid, "memory", false) }()
+	go func() { errc <- tp.Replace(context.Background(), 1, old[1].pid, "memory", 0) }()
 	p := tp.l.next(t)
 	if p.slot != 1 || p.gen != 1 {
 		t.Fatalf("launched slot %d generation %d, want slot 1 generation 1", p.slot, p.gen)
@@ -51,18 +51,19 @@ func TestReplaceStartsNewThenRetiresOld(t *testing.T) {
 	}
 }
 
-// A hung worker is killed once its replacement is ready, without a drain.
-func TestReplaceHungKillsOldAfterNewIsReady(t *testing.T) {
-	tp := newTestPool(t, 1, nil)
+// A worker that ignores the stop signal (hung) is killed after the short
+// drain Replace was given, once its replacement is ready.
+func TestReplaceHungKillsOldAfterShortDrain(t *testing.T) {
+	tp := newTestPool(t, 1, nil) // DrainTimeout: never
 	old := tp.start(t, spec(1))
 	old[0].setIgnoreStop(true)
 	tp.l.setAutoReady(0)
-	if err := tp.Replace(context.Background(), 0, old[0].pid, "watchdog", true); err != nil {
+	if err := tp.Replace(context.Background(), 0, old[0].pid, "watchdog", 20*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	tp.waitReaped(t, old[0])
-	if old[0].killCount() != 1 || len(old[0].sigs()) != 0 {
-		t.Fatalf("hung worker: signals %v, kills %d; want one SIGKILL", old[0].sigs(), old[0].killCount())
+	if s := old[0].sigs(); old[0].killCount() != 1 || len(s) != 1 || s[0] != syscall.SIGTERM {
+		t.Fatalf("hung worker: signals %v, kills %d; want the stop signal, then one SIGKILL", s, old[0].killCount())
 	}
 	evs := tp.l.ev.all()
 	ready, kill := -1, -1
@@ -84,7 +85,7 @@ func TestReplaceFailureKeepsOldWorker(t *testing.T) {
 	tp := newTestPool(t, 1, func(c *Config) { c.DrainTimeout = 50 * time.Millisecond })
 	old := tp.start(t, spec(1))
 	errc := make(chan error, 1)
-	go func() { errc <- tp.Replace(context.Background(), 0, old[0].pid, "memory", false) }()
+	go func() { errc <- tp.Replace(context.Background(), 0, old[0].pid, "memory", 0) }()
 	tp.l.next(t).crash()
 	se := asStartError(t, recvErr(t, errc))
 	if se.Slot != 0 || se.Reason != "exited" {
@@ -103,11 +104,11 @@ func TestReplaceStaleWorker(t *testing.T) {
 	for _, tc := range []struct {
 		slot, pid int
 	}{{0, old[1].pid}, {1, 99999}} {
-		if err := tp.Replace(context.Background(), tc.slot, tc.pid, "memory", false); !errors.Is(err, ErrStale) {
+		if err := tp.Replace(context.Background(), tc.slot, tc.pid, "memory", 0); !errors.Is(err, ErrStale) {
 			t.Fatalf("Replace(slot %d, pid %d): %v, want ErrStale", tc.slot, tc.pid, err)
 		}
 	}
-	if err := tp.Replace(context.Background(), 5, old[0].pid, "memory", false); err == nil || errors.Is(err, ErrStale) {
+	if err := tp.Replace(context.Background(), 5, old[0].pid, "memory", 0); err == nil || errors.Is(err, ErrStale) {
 		t.Fatalf("Replace of slot 5: %v", err)
 	}
 	tp.l.noLaunch(t, 20*time.Millisecond)
@@ -120,7 +121,7 @@ func TestReplaceWhenOldCrashesMeanwhile(t *testing.T) {
 	tp := newTestPool(t, 1, func(c *Config) { c.BackoffMin, c.BackoffMax = time.Hour, time.Hour })
 	old := tp.start(t, spec(1))
 	errc := make(chan error, 1)
-	go func() { errc <- tp.Replace(context.Background(), 0, old[0].pid, "memory", false) }()
+	go func() { errc <- tp.Replace(context.Background(), 0, old[0].pid, "memory", 0) }()
 	p := tp.l.next(t)
 	old[0].crash()
 	// The first restart is immediate: it takes the slot first.

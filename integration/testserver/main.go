@@ -33,6 +33,15 @@
 // them from the live environment), then "fds=" with the fds open when the
 // process started (what it inherited, e.g. 0,1,2,3,4) and "fds_now=" with
 // the fds open now (includes the runtime's own, e.g. epoll).
+//
+// /grow?mb=N allocates N MiB, touches every page and keeps it for the
+// life of the process (its resident memory grows by N MiB), then answers.
+// /orphan starts "sh -c 'sleep 0.2 & echo $!'" and answers "orphan=<pid>":
+// the sleep outlives its shell and is re-parented (to PID 1 or the nearest
+// subreaper) to exit there. With WATCHDOG_USEC and WATCHDOG_PID naming this
+// process (go-systemd's SdWatchdogEnabled) it sends WATCHDOG=1 three times
+// per period; /hang stops that (the server keeps answering), and
+// /hang?trigger=1 also sends WATCHDOG=trigger.
 package main
 
 import (
@@ -44,11 +53,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -148,6 +160,9 @@ func main() {
 				notifyReady()
 			}
 		}()
+	}
+	if usec, err := daemon.SdWatchdogEnabled(false); err == nil && usec > 0 {
+		go pingWatchdog(usec / 3)
 	}
 	if m == "crashlater" {
 		go func() {
@@ -251,6 +266,39 @@ func handler(reply string) http.Handler {
 		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\n", joinInts(startFDs), joinInts(openFDs()))
 		io.WriteString(w, b.String())
 	})
+	mux.HandleFunc("/grow", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
+		if err != nil || mb <= 0 || mb > 4096 {
+			http.Error(w, "grow: want ?mb=N (1-4096)", http.StatusBadRequest)
+			return
+		}
+		b := make([]byte, mb<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		grown.Lock()
+		grown.bufs = append(grown.bufs, b)
+		grown.Unlock()
+		io.WriteString(w, reply)
+	})
+	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!").Output()
+		if err != nil {
+			http.Error(w, "orphan: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
+	})
+	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		watchdogHung.Store(true)
+		if r.URL.Query().Get("trigger") == "1" {
+			daemon.SdNotify(false, "WATCHDOG=trigger")
+		}
+		io.WriteString(w, reply)
+	})
 	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		code, err := strconv.Atoi(r.URL.Query().Get("code"))
@@ -268,6 +316,25 @@ func handler(reply string) http.Handler {
 		}()
 	})
 	return mux
+}
+
+// grown keeps what /grow allocated.
+var grown struct {
+	sync.Mutex
+	bufs [][]byte
+}
+
+// watchdogHung is set by /hang: no more WATCHDOG=1.
+var watchdogHung atomic.Bool
+
+func pingWatchdog(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for range t.C {
+		if !watchdogHung.Load() {
+			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		}
+	}
 }
 
 // openFDs lists the fds open in this process, without the one used to read
