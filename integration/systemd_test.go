@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -8,13 +9,25 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// notification is one datagram a fake systemd received, with the pid of
+// its sender (SO_PASSCRED), as systemd checks it against NotifyAccess=.
+type notification struct {
+	pid    int
+	fields map[string]string
+	raw    string
+}
+
+func (n notification) String() string { return fmt.Sprintf("pid %d: %q", n.pid, n.raw) }
 
 // fakeSystemd is the receiving end of a NOTIFY_SOCKET, as systemd's.
 type fakeSystemd struct {
 	conn *net.UnixConn
 	mu   sync.Mutex
-	msgs []string
+	msgs []notification
 }
 
 func newFakeSystemd(t *testing.T) (*fakeSystemd, string) {
@@ -24,43 +37,70 @@ func newFakeSystemd(t *testing.T) (*fakeSystemd, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
 	f := &fakeSystemd{conn: conn}
 	t.Cleanup(func() { conn.Close() })
 	go func() {
-		buf := make([]byte, 4096)
+		buf, oob := make([]byte, 4096), make([]byte, 1024)
 		for {
-			n, err := conn.Read(buf)
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 			if err != nil {
 				return
 			}
+			m := notification{pid: -1, fields: map[string]string{}, raw: string(buf[:n])}
+			if scms, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, scm := range scms {
+					if cred, err := unix.ParseUnixCredentials(&scm); err == nil {
+						m.pid = int(cred.Pid)
+					}
+				}
+			}
+			for _, line := range strings.Split(m.raw, "\n") {
+				if k, v, ok := strings.Cut(line, "="); ok {
+					m.fields[k] = v
+				}
+			}
 			f.mu.Lock()
-			f.msgs = append(f.msgs, string(buf[:n]))
+			f.msgs = append(f.msgs, m)
 			f.mu.Unlock()
 		}
 	}()
 	return f, path
 }
 
+func (f *fakeSystemd) all() []notification {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]notification(nil), f.msgs...)
+}
+
 // waitFor returns the index of the first message from index from on that
-// holds every one of lines.
+// holds every one of lines (VAR=VALUE).
 func (f *fakeSystemd) waitFor(t *testing.T, from int, d time.Duration, lines ...string) int {
 	t.Helper()
 	end := time.Now().Add(d)
 	for {
-		f.mu.Lock()
-		msgs := append([]string(nil), f.msgs...)
-		f.mu.Unlock()
+		msgs := f.all()
 		for i := from; i < len(msgs); i++ {
 			all := true
 			for _, l := range lines {
-				all = all && strings.Contains("\n"+msgs[i]+"\n", "\n"+l+"\n")
+				k, v, _ := strings.Cut(l, "=")
+				got, ok := msgs[i].fields[k]
+				all = all && ok && got == v
 			}
 			if all {
 				return i
 			}
 		}
 		if time.Now().After(end) {
-			t.Fatalf("no notification with %q within %s; got %q", lines, d, msgs)
+			t.Fatalf("no notification with %q within %s; got %v", lines, d, msgs)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -68,25 +108,36 @@ func (f *fakeSystemd) waitFor(t *testing.T, from int, d time.Duration, lines ...
 
 // TestSystemdNotify: under systemd (NOTIFY_SOCKET set for the primary),
 // the primary says READY=1 once its workers are ready, RELOADING=1 then
-// READY=1 around a deploy, and after a hand-over the new primary sends
-// MAINPID= with its pid, so ExecReload's kill -HUP $MAINPID reaches it;
-// the workers never see that socket.
+// READY=1 around a deploy; around a self-upgrade the old primary says
+// RELOADING=1 and the new one MAINPID= with its pid and READY=1 (so
+// ExecReload's kill -HUP $MAINPID reaches it), with no READY=1 from the old
+// one after that; STOPPING=1 comes last, from the primary that stops. Every
+// notification comes from the main pid of its time or the new primary
+// announcing itself; workers never see the socket.
 func TestSystemdNotify(t *testing.T) {
 	t.Parallel()
 	sd, path := newFakeSystemd(t)
 	p := StartPrimary(t, Options{Env: []string{"NOTIFY_SOCKET=" + path}})
-	i := sd.waitFor(t, 0, 10*time.Second, "READY=1", "MAINPID="+strconv.Itoa(p.PID))
+	old := strconv.Itoa(p.PID)
+	i := sd.waitFor(t, 0, 10*time.Second, "READY=1", "MAINPID="+old)
 
 	p.Install("v2")
 	p.DeployOK(30 * time.Second)
 	i = sd.waitFor(t, i+1, 10*time.Second, "RELOADING=1")
+	if _, ok := sd.all()[i].fields["MONOTONIC_USEC"]; !ok {
+		t.Errorf("RELOADING=1 without MONOTONIC_USEC: %v", sd.all()[i])
+	}
 	i = sd.waitFor(t, i+1, 10*time.Second, "READY=1")
 
 	p.Install("v3")
 	p.InstallHandoff()
 	p.DeployOK(30 * time.Second)
 	successor := p.waitSuccessor(p.PID, 30*time.Second)
-	sd.waitFor(t, i+1, 10*time.Second, "MAINPID="+strconv.Itoa(successor), "READY=1")
+	reloading := sd.waitFor(t, i+1, 10*time.Second, "RELOADING=1")
+	i = sd.waitFor(t, reloading+1, 10*time.Second, "MAINPID="+strconv.Itoa(successor), "READY=1")
+	if left := waitGone([]int{p.PID}, 30*time.Second); len(left) > 0 {
+		t.Fatalf("old primary %d still running", p.PID)
+	}
 
 	// kill -HUP $MAINPID: a deploy through the new primary.
 	p.Install("v4")
@@ -103,5 +154,40 @@ func TestSystemdNotify(t *testing.T) {
 		t.Errorf("a worker sees the primary's NOTIFY_SOCKET %s", path)
 	}
 	p.shutdownAll(successor)
-	sd.waitFor(t, 0, 10*time.Second, "STOPPING=1")
+	stopping := sd.waitFor(t, i+1, 10*time.Second, "STOPPING=1")
+
+	msgs := sd.all()
+	if stopping != len(msgs)-1 || msgs[stopping].pid != successor {
+		t.Errorf("STOPPING=1 (from %d) is not the last notification, from the new primary %d: %v", msgs[stopping].pid, successor, msgs)
+	}
+	// Who said what: the old primary up to its RELOADING=1 of the
+	// self-upgrade, the new one from its MAINPID= on.
+	for k, m := range msgs {
+		want := p.PID
+		if k > reloading {
+			want = successor
+		}
+		if m.pid != want {
+			t.Errorf("notification %d %v: want it from %d", k, m, want)
+		}
+	}
+	// The order: READY, then pairs of RELOADING and READY (the one after
+	// the self-upgrade with MAINPID), then STOPPING.
+	var seq []string
+	for _, m := range msgs {
+		switch {
+		case m.fields["STOPPING"] == "1":
+			seq = append(seq, "STOPPING")
+		case m.fields["RELOADING"] == "1":
+			seq = append(seq, "RELOADING")
+		case m.fields["READY"] == "1" && m.fields["MAINPID"] != "" && m.fields["MAINPID"] != old:
+			seq = append(seq, "MAINPID+READY")
+		case m.fields["READY"] == "1":
+			seq = append(seq, "READY")
+		}
+	}
+	want := "READY RELOADING READY RELOADING MAINPID+READY RELOADING READY STOPPING"
+	if got := strings.Join(seq, " "); got != want {
+		t.Errorf("notifications in the order %s\nwant %s\n%v", got, want, msgs)
+	}
 }
