@@ -267,6 +267,10 @@ type Options struct {
 	NoWait bool
 	// Subcommand is the handoff subcommand; "" means "run".
 	Subcommand string
+	// Wrap, if set, runs the primary through this command line (e.g.
+	// unshare): Wrap[0] Wrap[1:]... DIR/handoff run ...; PID is then the
+	// wrapper's.
+	Wrap []string
 	// Prepare, if set, is called with the test's directory once DIR/handoff
 	// and DIR/server are in place, before the primary starts.
 	Prepare func(dir string)
@@ -389,6 +393,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 	}
 
 	cmd := exec.Command(p.Bin, args...)
+	if len(o.Wrap) > 0 {
+		cmd = exec.Command(o.Wrap[0], append(append(o.Wrap[1:len(o.Wrap):len(o.Wrap)], p.Bin), args...)...)
+	}
 	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), markEnv+"="+p.Mark, "TMPDIR="+p.TmpDir, "HANDOFF_CONTROL_DIR="+p.ControlDir), o.Env...)
 	cmd.ExtraFiles = o.ExtraFiles

@@ -230,6 +230,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		p.web = &metricsServer{m: p.metrics, pool: p.pool}
 		defer p.web.stop()
 	}
+	if os.Getpid() == 1 {
+		// A container without an init: orphans of the whole namespace
+		// come to this process, until its very end.
+		p.log.Info("running as PID 1: reaping orphans")
+		rctx, stopReaping := context.WithCancel(context.Background())
+		defer stopReaping()
+		go p.reapOrphans(rctx)
+	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool)
@@ -827,7 +835,13 @@ func checkPIDFileDir(path string) error {
 
 // selfChanged reports whether the executable tableflip would start now is
 // another file than the one this primary runs.
+//
+// As PID 1 the primary never upgrades itself: its exit would end the pid
+// namespace (the container) and every worker with it.
 func (p *primary) selfChanged() bool {
+	if os.Getpid() == 1 {
+		return false
+	}
 	path, err := exec.LookPath(os.Args[0])
 	if err != nil {
 		return false

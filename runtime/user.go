@@ -83,7 +83,7 @@ func lookupUser(name string) (*user.User, error) {
 	}
 	var unknown user.UnknownUserError
 	if errors.As(err, &unknown) {
-		return nil, fmt.Errorf("no such user %q on this machine", name)
+		return nil, fmt.Errorf("no such user %q on this machine: create it (e.g. useradd --system %s) or name another", name, name)
 	}
 	return nil, fmt.Errorf("cannot look up user %q: %v", name, err)
 }
@@ -103,7 +103,7 @@ func lookupGroup(name string) (*user.Group, error) {
 	}
 	var unknown user.UnknownGroupError
 	if errors.As(err, &unknown) {
-		return nil, fmt.Errorf("no such group %q on this machine", name)
+		return nil, fmt.Errorf("no such group %q on this machine: create it (e.g. groupadd --system %s) or name another", name, name)
 	}
 	return nil, fmt.Errorf("cannot look up group %q: %v", name, err)
 }

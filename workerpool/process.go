@@ -400,14 +400,16 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 	case <-p.copied:
 	case <-time.After(200 * time.Millisecond):
 	}
-	p.exit = Exit{Status: statusString(ws), Code: -1, Uptime: uptime, StderrTail: p.tail.String()}
+	p.exit = Exit{Status: StatusString(ws), Code: -1, Uptime: uptime, StderrTail: p.tail.String()}
 	if ws.Exited() {
 		p.exit.Code = ws.ExitStatus()
 	}
 	close(p.done)
 }
 
-func statusString(ws unix.WaitStatus) string {
+// StatusString describes a wait status as os.ProcessState does:
+// "exit status 3", "signal: killed".
+func StatusString(ws unix.WaitStatus) string {
 	switch {
 	case ws.Exited():
 		return "exit status " + strconv.Itoa(ws.ExitStatus())

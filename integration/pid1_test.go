@@ -1,0 +1,123 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPID1ReapsOrphansAndStopsOnTERM: handoff as PID 1 of a pid namespace
+// (a container without an init) reaps the orphan a worker leaves behind,
+// takes nothing from its own workers, and on TERM drains and exits 0.
+func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("unshare --pid needs root")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare")
+	}
+	p := StartPrimary(t, Options{Wrap: []string{unshare, "--pid", "--fork", "--mount-proc"}})
+	var url string
+	if ev, ok := p.Log.Wait(0, 0, isMsg("listening")); ok {
+		url = "http://" + ev.Str("addr") + "/"
+	}
+	if ev, ok := p.Log.Wait(0, 0, isMsg("primary ready")); !ok || ev.Int0("primary") != 1 {
+		t.Fatalf("the primary is not PID 1: %v", ev.Raw)
+	}
+	if _, ok := p.Log.Wait(0, 0, isMsg("running as PID 1: reaping orphans")); !ok {
+		t.Errorf("no \"running as PID 1\" event")
+	}
+	// The primary's pid outside the namespace: unshare's only child.
+	var host int
+	for _, pid := range allPIDs() {
+		if st, ok := readStat(pid); ok && st.PPid == p.PID {
+			host = pid
+		}
+	}
+	if host == 0 {
+		t.Fatalf("no child of unshare %d", p.PID)
+	}
+
+	c := freshClient(5 * time.Second)
+	for round := 0; round < 3; round++ {
+		mark := p.Log.Len()
+		status, body, err := get(c, url+"orphan")
+		if err != nil || status != 200 || !strings.HasPrefix(body, "orphan=") {
+			t.Fatalf("/orphan: %d %q %v", status, body, err)
+		}
+		orphan, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(body, "orphan=")))
+		ev, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "orphan reaped" && e.Int0("pid") == orphan })
+		if !ok {
+			t.Fatalf("orphan %d (pid in the namespace) not reaped; zombies of the primary: %v\n%s", orphan, zombiesOf(host), p.Tail(20))
+		}
+		if st := ev.Str("status"); st != "exit status 0" {
+			t.Errorf("orphan %d: %q", orphan, st)
+		}
+	}
+	if z := zombiesOf(host); len(z) != 0 {
+		t.Errorf("zombies left under the primary: %v", z)
+	}
+	// Its own workers are still its own: a crash is seen and restarted,
+	// not taken by the reaper.
+	mark := p.Log.Len()
+	get(c, url+"exit?code=9")
+	ev, ok := p.Log.Wait(mark, 10*time.Second, isMsg("worker exited"))
+	if !ok || ev.Str("status") != "exit status 9" {
+		t.Fatalf("worker crash as seen by the pool: %v", ev.Raw)
+	}
+	if _, ok := p.Log.Wait(mark, 10*time.Second, isMsg("worker restart scheduled")); !ok {
+		t.Fatalf("no restart after the crash")
+	}
+	for _, e := range p.Log.Events()[mark:] {
+		if e.Msg == "orphan reaped" {
+			t.Errorf("the reaper took a worker: %s", e.Raw)
+		}
+	}
+	p.WaitReadyWorkers(url, 10*time.Second)
+
+	p.Signal(host, syscall.SIGTERM)
+	st := p.WaitExit(30 * time.Second)
+	if st == nil || st.ExitCode() != 0 {
+		t.Fatalf("PID 1 after TERM: %v, want exit status 0\n%s", st, p.Tail(20))
+	}
+	if _, ok := p.Log.Wait(0, 0, isMsg("shutdown finished")); !ok {
+		t.Errorf("no \"shutdown finished\"")
+	}
+	for _, e := range p.Log.Filter("worker exited")[1:] {
+		if e.Str("status") != "exit status 0" {
+			t.Errorf("a worker did not drain: %s", e.Raw)
+		}
+	}
+}
+
+// WaitReadyWorkers waits until url answers on new connections.
+func (p *Primary) WaitReadyWorkers(url string, d time.Duration) {
+	p.t.Helper()
+	end := time.Now().Add(d)
+	for {
+		if status, _, err := get(freshClient(2*time.Second), url); err == nil && status == 200 {
+			return
+		}
+		if time.Now().After(end) {
+			p.t.Fatalf("%s does not answer", url)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// zombiesOf lists the zombie children of pid.
+func zombiesOf(pid int) []int {
+	var out []int
+	for _, c := range allPIDs() {
+		if st, ok := readStat(c); ok && st.PPid == pid && st.State == 'Z' {
+			out = append(out, c)
+		}
+	}
+	return out
+}

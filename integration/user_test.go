@@ -1,0 +1,141 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// openToAll makes dir and its parent (the test's temporary directories)
+// reachable by another user, as /srv/app would be.
+func openToAll(t *testing.T, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestUserRunsWorkersAsNobody: as root, --user nobody runs every worker as
+// nobody (uid, gid, no supplementary group of root's) while the primary
+// stays root; workers become ready through their notify sockets, a deploy
+// rolls them as nobody too, and the primary shuts down cleanly.
+func TestUserRunsWorkersAsNobody(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	p := StartPrimary(t, Options{Flags: []string{"--user", "nobody"}, Prepare: func(dir string) {
+		openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp"))
+	}})
+	check := func(gen string) {
+		t.Helper()
+		for pid := range p.LiveWorkers() {
+			st, ok := readStatus(pid)
+			if !ok {
+				continue
+			}
+			uids, gids := strings.Fields(st["Uid"]), strings.Fields(st["Gid"])
+			if len(uids) != 4 || len(gids) != 4 {
+				t.Fatalf("worker %d: Uid %q Gid %q", pid, st["Uid"], st["Gid"])
+			}
+			for _, u := range uids {
+				if u != nobody.Uid {
+					t.Errorf("%s worker %d runs with uids %v, want all %s (nobody)", gen, pid, uids, nobody.Uid)
+					break
+				}
+			}
+			for _, g := range gids {
+				if g != nobody.Gid {
+					t.Errorf("%s worker %d runs with gids %v, want all %s", gen, pid, gids, nobody.Gid)
+					break
+				}
+			}
+			for _, g := range strings.Fields(st["Groups"]) {
+				if g == "0" {
+					t.Errorf("%s worker %d keeps root's group: Groups %q", gen, pid, st["Groups"])
+				}
+			}
+		}
+	}
+	check("first")
+	if st, _ := readStatus(p.PID); !strings.HasPrefix(st["Uid"], "0\t") {
+		t.Errorf("the primary runs with Uid %q, want root", st["Uid"])
+	}
+	p.Install("v2")
+	p.DeployOK(30 * time.Second)
+	p.WaitServing(p.URL(), "v2", 10*time.Second)
+	check("deployed")
+	p.shutdownAll(p.PID)
+}
+
+// TestUserMistakes: an unknown user or group, and a primary that is not
+// root asking for another user, each stop the start with one clear line
+// and exit 1, before any worker runs.
+func TestUserMistakes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ user, want string }{
+		{"no-such-user-h7", `--user no-such-user-h7: no such user "no-such-user-h7"`},
+		{"nobody:no-such-group-h7", `--user nobody:no-such-group-h7: no such group "no-such-group-h7"`},
+	} {
+		p := StartPrimary(t, Options{NoWait: true, Flags: []string{"--user", c.user}})
+		st := p.WaitExit(20 * time.Second)
+		p.readersWG.Wait()
+		if st == nil || st.ExitCode() != 1 {
+			t.Errorf("--user %s: %v, want exit status 1", c.user, st)
+		}
+		if lines := p.Log.Lines(); len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: "+c.want) {
+			t.Errorf("--user %s: stderr %q, want one line starting %q", c.user, lines, c.want)
+		}
+	}
+
+	if os.Geteuid() != 0 {
+		return
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		return
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	dir := t.TempDir()
+	openToAll(t, filepath.Dir(dir), dir)
+	bin := filepath.Join(dir, "handoff")
+	if err := copyFile(handoffBin, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--listen", "127.0.0.1:0", "--user", "root", "--", "/bin/true")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "TMPDIR="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("a primary run as nobody with --user root did not stop")
+	}
+	want := "handoff: --user root: only root can run the workers as another user, and handoff runs as uid " + nobody.Uid
+	if cmd.ProcessState.ExitCode() != 1 || !strings.HasPrefix(stderr.String(), want) || strings.Count(stderr.String(), "\n") != 1 {
+		t.Errorf("as nobody, --user root: exit %d, stderr %q; want exit 1 and one line starting %q", cmd.ProcessState.ExitCode(), stderr.String(), want)
+	}
+}
