@@ -79,7 +79,10 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 			t.Errorf("the reaper took a worker: %s", e.Raw)
 		}
 	}
-	p.WaitReadyWorkers(url, 10*time.Second)
+	// TERM only once the restarted worker is ready (it catches TERM).
+	if _, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "worker ready" && e.Int0("slot") == ev.Int0("slot") }); !ok {
+		t.Fatalf("the restarted worker is not ready")
+	}
 
 	p.Signal(host, syscall.SIGTERM)
 	st := p.WaitExit(30 * time.Second)
@@ -93,21 +96,6 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 		if e.Str("status") != "exit status 0" {
 			t.Errorf("a worker did not drain: %s", e.Raw)
 		}
-	}
-}
-
-// WaitReadyWorkers waits until url answers on new connections.
-func (p *Primary) WaitReadyWorkers(url string, d time.Duration) {
-	p.t.Helper()
-	end := time.Now().Add(d)
-	for {
-		if status, _, err := get(freshClient(2*time.Second), url); err == nil && status == 200 {
-			return
-		}
-		if time.Now().After(end) {
-			p.t.Fatalf("%s does not answer", url)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
