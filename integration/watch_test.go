@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -238,4 +239,51 @@ func TestWatchLibraryMode(t *testing.T) {
 	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 	p.shutdownAll(p.Current())
+}
+
+// TestWatchSymlinkReleases: with COMMAND a symlink (current ->
+// releases/N/server), switching it deploys; deleting the old release is
+// no deploy; the next switch deploys again.
+func TestWatchSymlinkReleases(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Command: "$DIR/current", Flags: []string{"--watch"}, Prepare: func(dir string) {
+		for _, r := range []struct{ n, variant string }{{"1", "v1"}, {"2", "v2"}, {"3", "v3"}} {
+			if err := os.MkdirAll(filepath.Join(dir, "releases", r.n), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(servers[r.variant], filepath.Join(dir, "releases", r.n, "server"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		switchSymlink(t, filepath.Join(dir, "current"), "releases/1/server")
+	}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+	link := filepath.Join(p.Dir, "current")
+
+	mark := p.Log.Len()
+	switchSymlink(t, link, "releases/2/server")
+	if u := p.awaitWatchedUpgrade(mark, 60*time.Second); u.Aborted() {
+		t.Fatalf("release 2: %s", u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v2", 20*time.Second)
+
+	mark = p.Log.Len()
+	if err := os.RemoveAll(filepath.Join(p.Dir, "releases", "1")); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := p.Log.Wait(mark, time.Second, isMsg("change detected", "upgrade started")); ok {
+		t.Errorf("deleting the old release deployed: %s", e.Raw)
+	}
+
+	switchSymlink(t, link, "releases/3/server")
+	if u := p.awaitWatchedUpgrade(mark, 60*time.Second); u.Aborted() {
+		t.Fatalf("release 3: %s", u.End.Raw)
+	}
+	p.WaitServing(p.URL(), "v3", 20*time.Second)
+	checkLoad(t, load, "v3")
+	if n := p.countMsg("upgrade started"); n != 2 {
+		t.Errorf("%d upgrades for 2 switches", n)
+	}
+	checkInvariant(t, p.Log.Events(), p.Workers)
 }

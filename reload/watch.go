@@ -69,8 +69,12 @@ type Watcher struct {
 	cfg   Config
 	log   *zap.Logger
 	fw    *fsnotify.Watcher
-	files map[string]bool   // the watched files, absolute
-	trees map[string]string // every watched directory of a tree → its tree's root
+	files map[string]bool // the watched files, absolute
+	// targets maps each executable that is a symlink to the file it
+	// resolves to now, watched too (for a rewrite in place); a symlink
+	// switched to another release moves that watch along.
+	targets map[string]string
+	trees   map[string]string // every watched directory of a tree → its tree's root
 	// sources are the directories of trees that have held a file that
 	// counts: one of them removed or renamed away is a change, another
 	// (a build's temporary directory) is not.
@@ -105,7 +109,8 @@ func New(cfg Config) (w *Watcher, err error) {
 		return nil, fmt.Errorf("cannot watch files: %v", err)
 	}
 	cfg.Executables = append([]string(nil), cfg.Executables...)
-	w = &Watcher{cfg: cfg, log: cfg.Logger, fw: fw, files: map[string]bool{}, trees: map[string]string{}, sources: map[string]bool{}}
+	w = &Watcher{cfg: cfg, log: cfg.Logger, fw: fw, files: map[string]bool{}, targets: map[string]string{},
+		trees: map[string]string{}, sources: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			fw.Close()
@@ -129,6 +134,7 @@ func New(cfg Config) (w *Watcher, err error) {
 			w.files[abs] = true
 		}
 	}
+	w.retarget()
 	for _, t := range cfg.Trees {
 		abs, err := filepath.Abs(t)
 		if err != nil {
@@ -295,6 +301,7 @@ func (w *Watcher) Run(ctx context.Context, changed func(Change)) error {
 				continue
 			}
 			waiting = ""
+			w.retarget()
 			c := Change{Lost: lost}
 			for p := range pending {
 				c.Paths = append(c.Paths, p)
@@ -306,6 +313,43 @@ func (w *Watcher) Run(ctx context.Context, changed func(Change)) error {
 			changed(c)
 		}
 	}
+}
+
+// retarget follows each executable that is a symlink to its file now,
+// and watches that file instead of the one it led to before (which a
+// deploy may delete with its release, and which is no change then).
+func (w *Watcher) retarget() {
+	for _, e := range w.cfg.Executables {
+		target, err := filepath.EvalSymlinks(e)
+		if err != nil {
+			continue // missing for now: waited for
+		}
+		old, had := w.targets[e]
+		if target == e || (had && target == old) {
+			continue
+		}
+		if had && !w.given(old) {
+			delete(w.files, old)
+		}
+		if err := w.fw.Add(filepath.Dir(target)); err != nil {
+			w.log.Warn("cannot watch the executable's directory", zap.String("path", filepath.Dir(target)), zap.Error(err))
+			continue
+		}
+		w.files[target] = true
+		w.targets[e] = target
+	}
+}
+
+// given reports whether path is one of the files the Config names.
+func (w *Watcher) given(path string) bool {
+	for _, list := range [][]string{w.cfg.Executables, w.cfg.Files} {
+		for _, f := range list {
+			if abs, _ := filepath.Abs(f); abs == path {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (w *Watcher) executablesComplete() error {

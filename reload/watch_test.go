@@ -351,3 +351,51 @@ func TestComplete(t *testing.T) {
 		t.Errorf("a directory: %v", err)
 	}
 }
+
+// A symlink to the executable (current -> releases/N/server): switching it
+// is a change, the new target is watched for rewrites in place, and the
+// old release deleted afterwards is none.
+func TestSymlinkSwitch(t *testing.T) {
+	elf := elfBytes(t)
+	dir := t.TempDir()
+	release := func(n string) string {
+		p := filepath.Join(dir, "releases", n, "server")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		renameIn(t, p, elf, 0o755)
+		return p
+	}
+	link := filepath.Join(dir, "current")
+	switchTo := func(target string) {
+		t.Helper()
+		tmp := link + ".new"
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r1 := release("1")
+	switchTo(r1)
+	ch := watch(t, Config{Executables: []string{link}})
+
+	renameIn(t, r1, elf, 0o755) // the target rewritten
+	expectChange(t, ch, r1)
+
+	r2 := release("2")
+	expectNone(t, ch, 4*DefaultQuiet) // another release appearing is no change
+	switchTo(r2)
+	expectChange(t, ch, link)
+
+	if err := os.RemoveAll(filepath.Dir(r1)); err != nil {
+		t.Fatal(err)
+	}
+	expectNone(t, ch, 6*DefaultQuiet)
+
+	if err := os.WriteFile(r2, elf, 0o755); err != nil { // rewritten in place
+		t.Fatal(err)
+	}
+	expectChange(t, ch, r2)
+}

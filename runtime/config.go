@@ -122,7 +122,8 @@ type Config struct {
 	// then implied): send to workers, receive from them.
 	Hub *Hub
 	// Watch deploys on every change of the worker command's executable
-	// (Command[0] as resolved at start, and the symlink that led to it),
+	// (Command[0] as found in PATH; through a symlink, whatever file it
+	// points to now),
 	// exactly as a HUP does. A change is acted on once the file is
 	// complete (see reload.Complete) and the events have been quiet for
 	// WatchQuiet. When the primary runs its own executable as the worker

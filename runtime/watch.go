@@ -27,14 +27,16 @@ func (p *primary) newWatcher(path string) (*reload.Watcher, error) {
 	if !p.cfg.Watch {
 		return nil, nil
 	}
-	cfg := reload.Config{Executables: []string{path}, Exclude: watchExcludes, Quiet: p.cfg.WatchQuiet, Logger: p.log}
-	// A symlink to the executable (current -> releases/42/server) is
-	// switched by deploys: watch the link too.
-	if link, err := exec.LookPath(p.cfg.Command[0]); err == nil {
-		if abs, err := filepath.Abs(link); err == nil && abs != path {
-			cfg.Files = append(cfg.Files, abs)
+	// Watched as found in PATH, not as resolved: when that is a symlink
+	// (current -> releases/42/server), the watch follows it to each
+	// release it is switched to.
+	exe := path
+	if found, err := exec.LookPath(p.cfg.Command[0]); err == nil {
+		if abs, err := filepath.Abs(found); err == nil {
+			exe = abs
 		}
 	}
+	cfg := reload.Config{Executables: []string{exe}, Exclude: watchExcludes, Quiet: p.cfg.WatchQuiet, Logger: p.log}
 	files, trees, err := reload.SplitPaths(p.cfg.WatchPaths)
 	if err != nil {
 		return nil, fmt.Errorf("--watch-path %v; give an existing file or directory", err)
