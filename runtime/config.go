@@ -64,9 +64,10 @@ const (
 
 // Listener is one socket the primary binds and hands to every worker.
 type Listener struct {
-	// Name goes into LISTEN_FDNAMES.
+	// Name goes into LISTEN_FDNAMES; empty means "listener0",
+	// "listener1", ... by position.
 	Name string
-	// Network is "tcp" or "unix".
+	// Network is "tcp" (the default) or "unix".
 	Network string
 	// Address is HOST:PORT for tcp and a file system path for unix.
 	Address string
@@ -165,6 +166,16 @@ const (
 )
 
 func (c *Config) setDefaults() {
+	// A listener given no name is "listener0", "listener1", ... as with
+	// --listen, and no network is tcp (on a copy: the caller's slice stays
+	// as it was).
+	c.Listeners = append([]Listener(nil), c.Listeners...)
+	for i := range c.Listeners {
+		c.Listeners[i].Name = defaultName(c.Listeners[i].Name, i)
+		if c.Listeners[i].Network == "" {
+			c.Listeners[i].Network = "tcp"
+		}
+	}
 	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
 	}
