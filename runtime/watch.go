@@ -56,8 +56,7 @@ func (p *primary) runWatcher(w *reload.Watcher, path string) (stop func()) {
 	if w == nil {
 		return func() {}
 	}
-	watched := []string{path}
-	watched = append(watched, p.cfg.WatchPaths...)
+	watched := append([]string{path}, p.cfg.WatchPaths...)
 	p.log.Info("watching", zap.String("paths", strings.Join(watched, ", ")))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -269,7 +269,7 @@ type dev struct {
 }
 
 func (d *dev) started(c reload.Change) {
-	d.log.Debug("build started", zap.String("paths", c.String()))
+	d.log.Info("build started", zap.String("paths", c.String()))
 }
 
 // built logs a build and reports whether it succeeded and whether it
