@@ -147,9 +147,11 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.
 		if err == nil {
 			return unexpected(serveErr)
 		}
+		// What Shutdown could not end in time, counted before Close
+		// ends it.
+		left = tr.count()
 	}
 	_ = srv.Close()
-	left = tr.count()
 	if left == 0 {
 		// Everything ended right at the bound.
 		return unexpected(serveErr)
