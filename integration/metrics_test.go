@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -254,7 +255,8 @@ func pick(m map[string]float64, prefixes ...string) map[string]float64 {
 }
 
 // TestReadyzBeforeReady: /healthz answers as soon as the primary listens,
-// /readyz says 503 until every worker is ready, then 200.
+// /readyz says 503 until every worker is ready, then 200, and 503 again
+// from the start of a shutdown while the workers drain.
 func TestReadyzBeforeReady(t *testing.T) {
 	t.Parallel()
 	p := StartPrimary(t, Options{Server: "slowready", NoWait: true, Flags: []string{"--metrics", "127.0.0.1:0"}})
@@ -269,6 +271,33 @@ func TestReadyzBeforeReady(t *testing.T) {
 	p.WaitReady(30 * time.Second)
 	if status, body := probe(t, base, "/readyz"); status != 200 {
 		t.Errorf("/readyz once ready: %d %q", status, body)
+	}
+
+	// Shutting down: /readyz says 503 while the workers drain (one holds a
+	// slow request on a connection it has accepted), /healthz still
+	// answers.
+	c, err := dialPinned(p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	if err := c.send("/slow?ms=2000"); err != nil {
+		t.Fatal(err)
+	}
+	mark := p.Log.Len()
+	p.Signal(p.PID, syscall.SIGTERM)
+	p.mustLog(mark, 10*time.Second, p.PID, "shutdown started", nil)
+	if status, body := probe(t, base, "/readyz"); status != 503 || !strings.Contains(body, "shutting down") {
+		t.Errorf("/readyz during the shutdown: %d %q, want 503", status, body)
+	}
+	if status, _ := probe(t, base, "/healthz"); status != 200 {
+		t.Errorf("/healthz during the shutdown: %d", status)
+	}
+	if _, err := c.receive(); err != nil {
+		t.Errorf("the slow request in flight at the shutdown: %v", err)
+	}
+	if st := p.WaitExit(20 * time.Second); st == nil || st.ExitCode() != 0 {
+		t.Errorf("after TERM: %v", st)
 	}
 }
 

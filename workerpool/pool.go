@@ -338,7 +338,7 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 // primary has taken its place; the slot is not refilled until Reclaim.
 func (p *Pool) HandOver(i int) error {
 	p.mu.Lock()
-	if i < 0 || i >= p.size {
+	if i < 0 || i >= len(p.slots) {
 		p.mu.Unlock()
 		return fmt.Errorf("no slot %d", i)
 	}
@@ -401,7 +401,7 @@ var ErrStale = errors.New("the worker no longer holds its slot")
 // must not run at the same time as Start, Roll or another Replace.
 func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain time.Duration) error {
 	p.mu.Lock()
-	if i < 0 || i >= p.size {
+	if i < 0 || i >= len(p.slots) {
 		p.mu.Unlock()
 		return fmt.Errorf("no slot %d", i)
 	}
@@ -411,7 +411,9 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 		p.mu.Unlock()
 		return ErrClosing
 	}
-	if s.remote || old == nil || old.proc.Pid() != pid || old.retiring {
+	// A slot removed by a scale-down since the worker was picked is
+	// stale too.
+	if i >= p.size || s.remote || old == nil || old.proc.Pid() != pid || old.retiring {
 		p.mu.Unlock()
 		return ErrStale
 	}

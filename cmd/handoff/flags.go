@@ -72,9 +72,10 @@ Flags:
                            primary stays root and binds the listeners
   --max-memory SIZE        replace a worker whose resident memory stays above
                            SIZE (512M, 1G, 200MiB, or bytes), one at a time
-  --watchdog DURATION      workers get WATCHDOG_USEC; one that sent WATCHDOG=1
-                           and then none for longer, or WATCHDOG=trigger, is
-                           replaced as hung
+  --watchdog DURATION      workers get WATCHDOG_USEC and WATCHDOG_PID; one that
+                           sends no WATCHDOG=1 for longer (counted from its
+                           readiness), or sends WATCHDOG=trigger, is hung: it
+                           is replaced, then drains for DURATION at most
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
 
