@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -140,10 +142,24 @@ func TestWatchChangeDuringUpgradeQueues(t *testing.T) {
 	load := startLoad(t, p.URL())
 	mark := p.Log.Len()
 	p.Install("slowready") // READY=1 after 2s: the deploy takes a while
+	slow := fileIno(t, p.Server)
 	st, ok := p.Log.Wait(mark, 30*time.Second, isMsg("upgrade started"))
 	if !ok {
 		t.Fatalf("no upgrade started\n%s", p.Tail(40))
 	}
+	// The next change must come while the slow build runs: wait until its
+	// first worker has exec'd it, or a quick rename would put v2 in its
+	// place before the exec and no deploy would be slow.
+	sp, ok := p.Log.Wait(st.Seq, 30*time.Second, func(e Event) bool {
+		return e.Msg == "worker spawned" && e.Int0("generation") == st.Int0("generation")
+	})
+	if !ok {
+		t.Fatalf("no worker spawned for the slow deploy\n%s", p.Tail(40))
+	}
+	waitUntil(t, 10*time.Second, "the slow build running", func() bool {
+		ino, err := fileInoErr(fmt.Sprintf("/proc/%d/exe", sp.Int0("pid")))
+		return err == nil && ino == slow
+	})
 	from := st.Seq
 	for _, v := range []string{"v2", "v3"} {
 		p.Install(v)
@@ -286,4 +302,32 @@ func TestWatchSymlinkReleases(t *testing.T) {
 		t.Errorf("%d upgrades for 2 switches", n)
 	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+func fileIno(t *testing.T, path string) uint64 {
+	t.Helper()
+	ino, err := fileInoErr(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ino
+}
+
+func fileInoErr(path string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// waitUntil polls cond every 10ms and fails the test if it does not hold
+// within d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("not %s within %s", what, d)
+		}
+	}
 }
