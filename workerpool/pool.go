@@ -299,27 +299,14 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 			progress(step+1, len(slots))
 		}
 		spec := specFor(i)
-		w, err := p.launch(i, spec, false)
+		w, err := p.launchReady(ctx, i, spec)
 		if err != nil {
 			return err
 		}
-		if err := p.awaitReady(ctx, w); err != nil {
-			return err
-		}
-		p.mu.Lock()
-		if _, alive := p.all[w]; !alive {
-			// Ready, then gone before it could take the slot: a failed
-			// start, not a dead worker left holding the slot.
-			p.mu.Unlock()
-			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
-		}
 		s := p.slots[i]
 		old, wasRemote := s.cur, s.remote
-		s.cur, s.spec, s.remote, s.failures = w, spec, false, 0
-		if s.restart != nil {
-			s.restart.Stop()
-			s.restart = nil
-		}
+		s.spec, s.remote = spec, false
+		s.installLocked(w)
 		p.mu.Unlock()
 		if old != nil {
 			p.retire(old, "replaced")
@@ -421,17 +408,9 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 	p.mu.Unlock()
 
 	old.log.Info("worker replacing", zap.String("reason", reason))
-	w, err := p.launch(i, spec, false)
+	w, err := p.launchReady(ctx, i, spec)
 	if err != nil {
 		return err
-	}
-	if err := p.awaitReady(ctx, w); err != nil {
-		return err
-	}
-	p.mu.Lock()
-	if _, alive := p.all[w]; !alive {
-		p.mu.Unlock()
-		return &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
 	}
 	// The old worker may have crashed meanwhile; its slot then waits for
 	// a restart, which the new worker makes needless.
@@ -440,11 +419,7 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 		p.retire(w, "not needed: the slot changed")
 		return ErrStale
 	}
-	s.cur, s.failures = w, 0
-	if s.restart != nil {
-		s.restart.Stop()
-		s.restart = nil
-	}
+	s.installLocked(w)
 	p.mu.Unlock()
 	if drain <= 0 || drain > p.cfg.DrainTimeout {
 		drain = p.cfg.DrainTimeout
@@ -686,6 +661,37 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
 	case <-ctx.Done():
 		return "cancelled: " + context.Cause(ctx).Error()
+	}
+}
+
+// launchReady starts a worker for slot i that does not hold the slot yet
+// and waits until it is ready (see awaitReady). It returns with p.mu held,
+// so that the caller installs the worker before anything else sees the
+// slot. A worker that was ready and then exited before that is a failed
+// start, not a dead worker left holding the slot.
+func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec) (*worker, error) {
+	w, err := p.launch(i, spec, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.awaitReady(ctx, w); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if _, alive := p.all[w]; !alive {
+		p.mu.Unlock()
+		return nil, &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+	}
+	return w, nil
+}
+
+// installLocked makes w the slot's worker, with a clean failure count and
+// no restart pending (w makes it needless). Call with p.mu held.
+func (s *slot) installLocked(w *worker) {
+	s.cur, s.failures = w, 0
+	if s.restart != nil {
+		s.restart.Stop()
+		s.restart = nil
 	}
 }
 
