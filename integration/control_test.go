@@ -56,6 +56,7 @@ func runHandoff(t *testing.T, bin string, env []string, cred *syscall.Credential
 	case err != nil:
 		t.Fatalf("handoff %v: %v", args, err)
 	}
+	checkNoRace(t, errb.String())
 	return ctlResult{out.String(), errb.String(), code}
 }
 

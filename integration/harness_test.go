@@ -728,6 +728,19 @@ func (p *Primary) cleanup() {
 	case <-time.After(5 * time.Second):
 		t.Errorf("cleanup: primary's stdout/stderr still open")
 	}
+	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
+}
+
+// checkNoRace fails t when a race build (HANDOFF_TEST_RACE=1) reported a
+// data race in out, a process's stderr.
+func checkNoRace(t *testing.T, out string) {
+	t.Helper()
+	if !raceBuild {
+		return
+	}
+	if i := strings.Index(out, raceWarning); i >= 0 {
+		t.Errorf("a process reported a data race:\n%s", out[max(0, i-200):])
+	}
 }
 
 func keys(m map[int]bool) []int {

@@ -26,7 +26,17 @@ var (
 	handoffBin string
 	// servers maps a variant name to a testserver binary.
 	servers = map[string]string{}
+	// raceBuild: HANDOFF_TEST_RACE=1 builds every primary (the handoff CLI
+	// and the library-mode programs) with -race, and a test fails when
+	// any process it started reported a data race ("WARNING: DATA RACE"
+	// on the primary's stderr, which its workers' stderr also reaches).
+	// Slower; run a subset with -run on a loaded machine:
+	//	HANDOFF_TEST_RACE=1 go test -count=1 ./integration/ -run TestX
+	raceBuild = os.Getenv("HANDOFF_TEST_RACE") == "1"
 )
+
+// raceWarning is how the race detector starts each report.
+const raceWarning = "WARNING: DATA RACE"
 
 // serverVariant is one worker build: its version string and mode; pkg is
 // the program, ./integration/testserver when empty.
@@ -99,7 +109,13 @@ func buildAll(dir string) error {
 		out  string
 		args []string
 	}
-	jobs := []job{{handoffBin, []string{"build", "-o", handoffBin, "./cmd/handoff"}}}
+	race := func(args ...string) []string {
+		if raceBuild {
+			return append([]string{"build", "-race"}, args[1:]...)
+		}
+		return args
+	}
+	jobs := []job{{handoffBin, race("build", "-o", handoffBin, "./cmd/handoff")}}
 	for _, v := range serverVariants {
 		out := filepath.Join(dir, "testserver-"+v.name)
 		servers[v.name] = out
@@ -110,7 +126,12 @@ func buildAll(dir string) error {
 		if v.mode != "" {
 			ldflags += " -X main.mode=" + v.mode
 		}
-		jobs = append(jobs, job{out, []string{"build", "-o", out, "-ldflags", ldflags, pkg}})
+		args := []string{"build", "-o", out, "-ldflags", ldflags, pkg}
+		if v.pkg != "" && v.pkg != "./examples/wrapped-go" {
+			// A library-mode program is a primary itself.
+			args = race(args...)
+		}
+		jobs = append(jobs, job{out, args})
 	}
 	// Two at a time: the machine has two cores and the link steps dominate.
 	sem := make(chan struct{}, 2)
