@@ -32,6 +32,8 @@ func TestStartupMistakes(t *testing.T) {
 		{"unknown flag", []string{"run", "--bogus", "--listen", "127.0.0.1:0", "--", "DIR/server"}, "unknown flag --bogus"},
 		{"bad address", []string{"run", "--listen", "nope", "--", "DIR/server"}, `--listen "nope"`},
 		{"port in use", []string{"run", "--listen", busy.Addr().String(), "--", "DIR/server"}, busy.Addr().String() + ": address already in use"},
+		// The unix socket bound first goes with the failed start.
+		{"port in use after a unix listener", []string{"run", "--listen", "unix:DIR/a.sock", "--listen", busy.Addr().String(), "--", "DIR/server"}, busy.Addr().String() + ": address already in use"},
 		{"command missing", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/no-such-server"}, "no-such-server"},
 		{"command not executable", []string{"run", "--listen", "127.0.0.1:0", "--", "DIR/notexec"}, "not executable"},
 		{"no command after --", []string{"run", "--listen", "127.0.0.1:0", "--"}, "no worker command"},
@@ -106,6 +108,12 @@ func TestStartupMistakes(t *testing.T) {
 			}
 			if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
 				t.Errorf("processes left running: %v", left)
+			}
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				if e.Type()&os.ModeSocket != 0 {
+					t.Errorf("socket file left behind: %s", e.Name())
+				}
 			}
 		})
 	}

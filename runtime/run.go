@@ -348,9 +348,11 @@ func startFailure(err error) error {
 // tableflip closes its listeners, and removes unix socket files, in its
 // own goroutine, which must be done before the process exits. A new
 // primary that never took over leaves them alone: they are the old
-// primary's, which still serves on them.
+// primary's, which still serves on them. A first primary that failed to
+// start stops it too: the listeners it did bind close, and a unix
+// socket file it created goes.
 func (p *primary) stopUpgrader() {
-	if !p.owner {
+	if !p.owner && p.upg.HasParent() {
 		return
 	}
 	p.upg.Stop()
