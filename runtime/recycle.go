@@ -68,9 +68,15 @@ func (p *primary) watchWorkers(ctx context.Context) {
 		log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
 		log.Warn("worker recycle", append(fields, zap.String("reason", reason))...)
 		done := make(chan error, 1)
-		p.ask(request{op: "recycle", done: done, run: func(ctx context.Context) error {
+		// Not p.ask: the loop waits for this goroutine once it stops
+		// reading requests, so a send must end with ctx.
+		select {
+		case p.reqs <- request{op: "recycle", done: done, run: func(ctx context.Context) error {
 			return p.pool.Replace(ctx, w.Slot, w.Pid, reason, drain)
-		}})
+		}}:
+		case <-ctx.Done():
+			return
+		}
 		var err error
 		select {
 		case err = <-done:

@@ -235,8 +235,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		// come to this process, until its very end.
 		p.log.Info("running as PID 1: reaping orphans")
 		rctx, stopReaping := context.WithCancel(context.Background())
-		defer stopReaping()
-		go p.reapOrphans(rctx)
+		reaperDone := make(chan struct{})
+		defer func() { stopReaping(); <-reaperDone }()
+		go func() { defer close(reaperDone); p.reapOrphans(rctx) }()
 	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
@@ -455,8 +456,9 @@ func (p *primary) spec(path string, gen int) *workerpool.Spec {
 // it (see deployLoop).
 func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
 	wctx, stopRecycling := context.WithCancel(ctx)
-	defer stopRecycling()
-	go p.watchWorkers(wctx)
+	recycleDone := make(chan struct{})
+	defer func() { stopRecycling(); <-recycleDone }()
+	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
 	shutdown := func() error {
 		stopRecycling()
 		return p.shutdown()
@@ -685,7 +687,8 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		return fmt.Errorf("cannot reach the old primary: %v", err)
 	}
 	pr := newPeer(conn, p.pool.HandOver, nil, nil)
-	defer pr.close()
+	// Its reader may be retiring a worker: it ends before Run returns.
+	defer func() { pr.close(); pr.wait() }()
 	pr.send(message{Op: "hello", Pid: os.Getpid()})
 	st, err := pr.await(ctx, "state")
 	if err != nil {

@@ -1,0 +1,39 @@
+package runtime
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A start that fails after binding leaves nothing: no socket file, and
+// (goleak, TestMain) no goroutine of the watcher or of tableflip. Run can
+// run once per process (tableflip allows one upgrader): this is the only
+// in-process Run.
+func TestRunStartFailureLeavesNothing(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "a.sock")
+	cfg := Config{
+		Listeners: []Listener{{Name: "a", Network: "unix", Address: sock}, {Name: "b", Network: "tcp", Address: busy.Addr().String()}},
+		Command:   []string{"/bin/true"},
+		Control:   filepath.Join(dir, "c.sock"),
+		Metrics:   "127.0.0.1:0",
+		Watch:     true,
+		Signals:   make(chan os.Signal, 1),
+	}
+	err = Run(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Run: %v, want the busy address named", err)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("the unix listener's socket file is left: %v", err)
+	}
+}
