@@ -461,6 +461,14 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueu
 	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
 	shutdown := func() error {
 		stopRecycling()
+		if p.successor != nil {
+			// The hand-over completed as the stop came (upgradeSelf
+			// passes a stop on only while it waits): the new primary
+			// owns the listeners and is the one to stop.
+			p.log.Info("stopping the new primary", zap.Int("new_primary", p.successor.pid))
+			p.successor.signal(syscall.SIGTERM)
+			p.successor.release()
+		}
 		return p.shutdown()
 	}
 	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
