@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration vet fmt-check clean fuzz
+.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration integration-race vet fmt-check clean fuzz
 
 all: build
 
@@ -58,6 +58,12 @@ deps:
 
 integration: deps
 	$(GO) test -count=1 -timeout 10m ./integration/...
+
+# The end-to-end tests with every primary (handoff, the library-mode
+# programs) built with -race: a test fails when one of its processes
+# reports a data race. RUN='TestX|TestY' runs a subset.
+integration-race: deps
+	HANDOFF_TEST_RACE=1 $(GO) test -count=1 -timeout 20m -run '$(RUN)' ./integration/...
 
 clean:
 	rm -rf $(BIN)
