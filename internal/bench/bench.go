@@ -13,6 +13,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -73,44 +74,22 @@ var Quick = Config{
 
 func (c *Config) fill() {
 	d := Full
-	if c.Rounds == 0 {
-		c.Rounds = d.Rounds
-	}
-	if c.Slice == 0 {
-		c.Slice = d.Slice
-	}
-	if c.Steady == 0 {
-		c.Steady = d.Steady
-	}
-	if c.Warmup == 0 {
-		c.Warmup = d.Warmup
-	}
-	if c.Clients == 0 {
-		c.Clients = d.Clients
-	}
-	if c.Upgrades == 0 {
-		c.Upgrades = d.Upgrades
-	}
-	if c.DisruptRuns == 0 {
-		c.DisruptRuns = d.DisruptRuns
-	}
-	if c.Gap == 0 {
-		c.Gap = d.Gap
-	}
+	c.Rounds = cmp.Or(c.Rounds, d.Rounds)
+	c.Slice = cmp.Or(c.Slice, d.Slice)
+	c.Steady = cmp.Or(c.Steady, d.Steady)
+	c.Warmup = cmp.Or(c.Warmup, d.Warmup)
+	c.Clients = cmp.Or(c.Clients, d.Clients)
+	c.Upgrades = cmp.Or(c.Upgrades, d.Upgrades)
+	c.DisruptRuns = cmp.Or(c.DisruptRuns, d.DisruptRuns)
+	c.Gap = cmp.Or(c.Gap, d.Gap)
+	c.Deploys = cmp.Or(c.Deploys, d.Deploys)
+	c.ReadyDelay = cmp.Or(c.ReadyDelay, d.ReadyDelay)
+	c.Reloads = cmp.Or(c.Reloads, d.Reloads)
 	if len(c.Workers) == 0 {
 		c.Workers = d.Workers
 	}
-	if c.Deploys == 0 {
-		c.Deploys = d.Deploys
-	}
-	if c.ReadyDelay == 0 {
-		c.ReadyDelay = d.ReadyDelay
-	}
 	if len(c.Balance) == 0 {
 		c.Balance = d.Balance
-	}
-	if c.Reloads == 0 {
-		c.Reloads = d.Reloads
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
