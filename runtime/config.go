@@ -153,6 +153,13 @@ type Config struct {
 	// worker that has sent WATCHDOG=1 and then sends none for longer, or
 	// sends WATCHDOG=trigger, is considered hung and replaced.
 	Watchdog time.Duration
+	// AdoptBind says whether a worker that binds a listener's address
+	// itself (a server written to run alone: listen(3000)) gets the
+	// primary's socket at that fd instead (Linux 5.9+, amd64 and arm64;
+	// workers then run with no_new_privs). The zero value is AdoptOff;
+	// the CLI's default is AdoptAuto. See README "Wrapping a server that
+	// binds its own port".
+	AdoptBind AdoptMode
 	// SampleInterval is how often worker memory and watchdogs are checked;
 	// default one second (or a quarter of Watchdog if that is shorter).
 	SampleInterval time.Duration

@@ -310,7 +310,7 @@ func (s *controlServer) reload() ControlReply {
 		return s.retryReply()
 	}
 	if err != nil {
-		return ControlReply{Error: "aborted: " + deployFailure(err)}
+		return ControlReply{Error: "aborted: " + s.p.deployFailure(err)}
 	}
 	gen := s.p.servingGeneration()
 	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
@@ -325,7 +325,7 @@ func (s *controlServer) scale(req ControlRequest) ControlReply {
 		return s.retryReply()
 	}
 	if err != nil {
-		return ControlReply{Error: "scale aborted: " + deployFailure(err)}
+		return ControlReply{Error: "scale aborted: " + s.p.deployFailure(err)}
 	}
 	return ControlReply{OK: true, Workers: to, Message: fmt.Sprintf("%d workers", to)}
 }
@@ -338,15 +338,11 @@ func (s *controlServer) retryReply() ControlReply {
 }
 
 // deployFailure makes one line of a failed deploy or scale: the worker's
-// failure and the last line of its stderr.
-func deployFailure(err error) string {
+// failure and the last lines of its stderr.
+func (p *primary) deployFailure(err error) string {
 	var se *workerpool.StartError
 	if errors.As(err, &se) {
-		msg := se.Error()
-		if last := lastLine(se.Exit.StderrTail); last != "" {
-			msg += "; its stderr ends: " + last
-		}
-		return msg
+		return se.Error() + p.workerFailure(se.Exit.StderrTail)
 	}
 	return err.Error()
 }
@@ -420,7 +416,7 @@ func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
 		}
 		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
 		if err := p.pool.Scale(ctx, want, p.current); err != nil {
-			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", deployFailure(err)))
+			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", p.deployFailure(err)))
 			return err
 		}
 		p.log.Info("scale finished", zap.Int("from", from), zap.Int("to", want))

@@ -76,6 +76,8 @@ type primary struct {
 	// metrics and web are nil without --metrics.
 	metrics *metrics
 	web     *metricsServer
+	// binds: PORT and bind adoption (adopt.go).
+	binds bindState
 }
 
 // ask hands r to the primary's loop. If the primary has stopped, r is
@@ -180,6 +182,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	p.logListening()
+	adopter, err := p.setUpBinds(fds)
+	if err != nil {
+		return err
+	}
+	defer adopter.Close()
 
 	p.dir, err = privateDir()
 	if err != nil {
@@ -207,6 +214,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Logger:     p.log,
 		Watchdog:   cfg.Watchdog,
 		Credential: cred,
+		PrepareFD:  p.adoptFD(adopter),
 	}
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
@@ -270,7 +278,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
-		return startFailure(err)
+		return p.startFailure(err)
 	}
 	if err := p.upg.Ready(); err != nil {
 		p.pool.Shutdown()
@@ -333,14 +341,10 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 }
 
 // startFailure makes one line of a failed first generation.
-func startFailure(err error) error {
+func (p *primary) startFailure(err error) error {
 	var se *workerpool.StartError
 	if errors.As(err, &se) {
-		msg := "first workers failed: " + se.Error()
-		if last := lastLine(se.Exit.StderrTail); last != "" {
-			msg += "; its stderr ends: " + last
-		}
-		return errors.New(msg)
+		return errors.New("first workers failed: " + se.Error() + p.workerFailure(se.Exit.StderrTail))
 	}
 	return fmt.Errorf("first workers failed: %v", err)
 }
@@ -358,14 +362,6 @@ func (p *primary) stopUpgrader() {
 	}
 	p.upg.Stop()
 	<-p.upg.Exit()
-}
-
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
 }
 
 // listen binds (or inherits) every listener and returns raw duplicates of

@@ -134,6 +134,9 @@ type OSLauncher struct {
 	// each worker's notify socket is then owned by that user, and
 	// NotifyDir must be searchable by it.
 	Credential *syscall.Credential
+	// PrepareFD, if set, gives each worker one more fd (see ExtraFD): bind
+	// adoption's channel to the primary (internal/adopt).
+	PrepareFD func(slot, generation int) (*ExtraFD, error)
 
 	seq      atomic.Uint64
 	stderrMu sync.Mutex
@@ -155,6 +158,11 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
+	extra, err := l.prepareFD(slot, spec.Generation)
+	if err != nil {
+		return nil, err
+	}
+	defer extra.release()
 
 	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
 	sock, err := sdnotify.Listen(sockPath)
@@ -213,6 +221,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		files = append(files, uintptr(workerEnd))
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
+	files, env = extra.add(files, env)
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,
 		Env:   env,
@@ -256,6 +265,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
 	}
 	p.log = p.log.With(zap.Int("pid", p.pid))
+	extra.forked(p.pid)
 	if chanFD >= 0 {
 		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
 	}

@@ -39,6 +39,15 @@ Flags:
                            order; NAME goes into LISTEN_FDNAMES (default
                            listener0, listener1, ...)
   --workers N              worker processes (default: the CPUs available, %d here)
+  --adopt-bind MODE        auto, on or off (default auto): a worker that binds
+                           a --listen address itself, as a server written to
+                           run alone does (listen(3000)), gets the primary's
+                           socket at that fd instead, and accepts from it as
+                           a LISTEN_FDS worker does. Every other bind runs
+                           untouched. Linux 5.9+ (seccomp user notification);
+                           workers then run with no_new_privs. auto: on where
+                           the system allows it, else off (one info line says
+                           why); on: a start-up error where it cannot work
   --ready MODE             how a worker tells it is ready (default delay:1s):
                              notify          it sends READY=1 to $NOTIFY_SOCKET
                              delay:DURATION  it has stayed up that long (a
@@ -87,8 +96,9 @@ Signals to the primary:
 
 Every worker gets LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID (systemd socket
 activation), NOTIFY_SOCKET (sd_notify, private to the worker), HANDOFF_WORKER
-(its slot, 0..N-1) and HANDOFF_GENERATION (the deploy it belongs to); with
---watchdog also WATCHDOG_USEC and WATCHDOG_PID. Otherwise workers inherit the
+(its slot, 0..N-1), HANDOFF_GENERATION (the deploy it belongs to) and PORT
+(the first TCP listener's port, unless the primary's environment sets PORT);
+with --watchdog also WATCHDOG_USEC and WATCHDOG_PID. Otherwise workers inherit the
 primary's environment, less its own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_*.
 `
 
@@ -139,6 +149,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		ready   string
 		stop    string
 		maxMem  string
+		adoptB  string
 	)
 	workers := c.workers
 	if workers == 0 {
@@ -161,6 +172,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&cfg.User, "user", "", "")
 	fs.StringVar(&maxMem, "max-memory", "", "")
 	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
+	fs.StringVar(&adoptB, "adopt-bind", "auto", "")
 	check := c.flags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -246,6 +258,9 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		if cfg.MaxMemory, err = parseSize(maxMem); err != nil {
 			return fail("--max-memory %q: %v", maxMem, err)
 		}
+	}
+	if cfg.AdoptBind, err = runtime.ParseAdoptMode(adoptB); err != nil {
+		return cfg, lc, usageError{err}
 	}
 	if flagSet(fs, "watchdog") && cfg.Watchdog < time.Millisecond {
 		return fail("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", cfg.Watchdog)

@@ -87,6 +87,10 @@ func run(path string, argv, environ []string) int {
 		keep++
 	}
 	_ = unix.CloseRange(uint(keep), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	env, ok := adoptBinds(env)
+	if !ok {
+		return ExitCannotExec
+	}
 
 	deadline := time.Now().Add(textBusyRetry)
 	for {

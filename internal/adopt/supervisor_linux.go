@@ -1,0 +1,655 @@
+//go:build linux && (amd64 || arm64)
+
+package adopt
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"unsafe"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Kernel structures of include/uapi/linux/seccomp.h (golang.org/x/sys/unix
+// has the constants, not these).
+type seccompData struct {
+	Nr                 int32
+	Arch               uint32
+	InstructionPointer uint64
+	Args               [6]uint64
+}
+
+type notif struct {
+	ID    uint64
+	Pid   uint32
+	Flags uint32
+	Data  seccompData
+}
+
+type notifResp struct {
+	ID    uint64
+	Val   int64
+	Error int32
+	Flags uint32
+}
+
+type notifAddfd struct {
+	ID         uint64
+	Flags      uint32
+	Srcfd      uint32
+	Newfd      uint32
+	NewfdFlags uint32
+}
+
+type notifSizes struct {
+	Notif, NotifResp, Data uint16
+}
+
+// Supervisor answers the binds of the workers it prepared: it installs a
+// listener at the fd of a bind that names the listener's address, and lets
+// every other bind run. Each worker's notification fd is waited on through
+// Go's netpoller (no thread per worker); each notification is answered at
+// once, with system calls that never wait on the worker.
+type Supervisor struct {
+	targets []target
+	// unlink: there is a unix listener, whose socket file workers'
+	// unlink calls must not remove.
+	unlink bool
+	log    *zap.Logger
+	// Buffer sizes of the ioctls, at least our structures' (the kernel
+	// writes its own size, which a newer kernel may have grown).
+	recvSize, respSize int
+
+	mu     sync.Mutex
+	closed bool
+	files  map[*os.File]struct{}
+	wg     sync.WaitGroup
+}
+
+// NewSupervisor makes a Supervisor of the listeners, logging to log (nil:
+// nowhere).
+func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	var sizes notifSizes
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_GET_NOTIF_SIZES, 0, uintptr(unsafe.Pointer(&sizes))); errno != 0 {
+		return nil, installError(errno)
+	}
+	s := &Supervisor{
+		log:      log,
+		recvSize: max(int(sizes.Notif), int(unsafe.Sizeof(notif{}))),
+		respSize: max(int(sizes.NotifResp), int(unsafe.Sizeof(notifResp{}))),
+		files:    map[*os.File]struct{}{},
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range ls {
+		t, ok := parseTarget(l, cwd)
+		if !ok {
+			return nil, fmt.Errorf("cannot adopt binds to %s %s", l.Network, l.Addr)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(l.FD, &st); err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.Addr, err)
+		}
+		t.dev, t.ino = st.Dev, st.Ino
+		if t.addr.Unix && !t.addr.Abstract {
+			s.unlink = true
+			if unix.Lstat(t.addr.Path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+				t.fileDev, t.fileIno = st.Dev, st.Ino
+			}
+		}
+		s.targets = append(s.targets, t)
+	}
+	return s, nil
+}
+
+// Pending is one worker's channel to the Supervisor, made before its fork.
+type Pending struct {
+	s *Supervisor
+	// FD is the worker's end, to be inherited by its exec step and named
+	// in its environment with Env.
+	FD  int
+	own int
+}
+
+// Prepare makes the channel for a worker about to be forked.
+func (s *Supervisor) Prepare() (*Pending, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("bind adoption: %w", err)
+	}
+	// Only the primary's end waits in the netpoller; the exec step's
+	// send must not fail with EAGAIN.
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, fmt.Errorf("bind adoption: %w", err)
+	}
+	return &Pending{s: s, FD: fds[1], own: fds[0]}, nil
+}
+
+// Env is the environment entry that names the worker's end, which is fd n
+// in the worker.
+func (p *Pending) Env(n int) string { return Env(n, p.s.unlink) }
+
+// Started is called once the fork is over, with the worker's pid, or 0 if
+// it did not start. It closes FD. With a pid, the Supervisor then answers
+// the worker's binds (and those of what it starts) until all of them are
+// gone or the Supervisor is closed; log gets the events.
+func (p *Pending) Started(pid int, log *zap.Logger) {
+	unix.Close(p.FD)
+	s := p.s
+	s.mu.Lock()
+	if pid <= 0 || s.closed {
+		s.mu.Unlock()
+		unix.Close(p.own)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	if log == nil {
+		log = s.log
+	}
+	go s.serve(p.own, log)
+}
+
+// Close stops answering: every notification fd is closed (a bind pending or
+// coming in a worker that is still alive then fails with ENOSYS) and Close
+// returns once nothing of the Supervisor runs. Listener fds are the
+// caller's.
+func (s *Supervisor) Close() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	s.closed = true
+	for f := range s.files {
+		f.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// track registers an fd to close on Close; false (and f closed) when
+// closed already.
+func (s *Supervisor) track(f *os.File) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		f.Close()
+		return false
+	}
+	s.files[f] = struct{}{}
+	return true
+}
+
+func (s *Supervisor) untrack(f *os.File) {
+	s.mu.Lock()
+	delete(s.files, f)
+	s.mu.Unlock()
+	f.Close()
+}
+
+// errGone: the worker ended, or the Supervisor was closed, before the
+// handshake.
+var errGone = errors.New("gone")
+
+func (s *Supervisor) serve(sock int, log *zap.Logger) {
+	defer s.wg.Done()
+	nfd, err := s.handshake(sock)
+	if err != nil {
+		if err != errGone {
+			log.Warn("bind adoption failed", zap.String("reason", err.Error()))
+		}
+		return
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		log.Warn("bind adoption failed", zap.String("reason", err.Error()))
+		return
+	}
+	f := os.NewFile(uintptr(nfd), "seccomp-notify")
+	if !s.track(f) {
+		return
+	}
+	defer s.untrack(f)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	// Answer every pending notification, then wait in the netpoller; end
+	// when the fd hangs up (every process under the filter is gone) or
+	// is closed.
+	rc.Read(func(fd uintptr) bool {
+		for {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, 0); err == unix.EINTR {
+				continue
+			} else if err != nil {
+				return true
+			}
+			switch {
+			case pfd[0].Revents&unix.POLLIN != 0:
+				if err := s.handle(int(fd), log); err != nil {
+					log.Warn("worker bind not adopted", zap.String("reason", err.Error()))
+				}
+			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
+				return true
+			default:
+				return false
+			}
+		}
+	})
+}
+
+// handshake receives the notification fd the exec step sends, or the
+// reason it could not.
+func (s *Supervisor) handshake(sock int) (int, error) {
+	f := os.NewFile(uintptr(sock), "adopt-handshake")
+	if !s.track(f) {
+		return -1, errGone
+	}
+	defer s.untrack(f)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	buf := make([]byte, 512)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	var n, oobn int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		return rerr != unix.EAGAIN
+	}); err != nil {
+		return -1, errGone
+	}
+	if rerr != nil {
+		return -1, rerr
+	}
+	var fds []int
+	if cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+		for _, c := range cmsgs {
+			if got, err := unix.ParseUnixRights(&c); err == nil {
+				fds = append(fds, got...)
+			}
+		}
+	}
+	msg := string(buf[:n])
+	if len(fds) == 1 && msg == "ok" {
+		return fds[0], nil
+	}
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+	if n == 0 {
+		return -1, errGone
+	}
+	if rest, ok := bytes.CutPrefix(buf[:n], []byte("error: ")); ok {
+		return -1, errors.New(string(rest))
+	}
+	return -1, fmt.Errorf("unexpected message from the exec step: %q", msg)
+}
+
+// handle answers one notification. It returns why a bind that named a
+// listener was not adopted, when that is unexpected.
+func (s *Supervisor) handle(nfd int, log *zap.Logger) error {
+	n, err := s.recv(nfd)
+	if err != nil {
+		// ENOENT: the process was killed, or a signal interrupted the
+		// call (which restarts it) before it was read.
+		if err == unix.ENOENT {
+			return nil
+		}
+		return fmt.Errorf("SECCOMP_IOCTL_NOTIF_RECV: %w", err)
+	}
+	if n.Data.Arch == auditArch {
+		switch nr := uint32(n.Data.Nr); {
+		case nr == unix.SYS_BIND:
+			return s.bind(nfd, n, log)
+		case s.unlink && isUnlink(nr):
+			return s.unlinkCall(nfd, n, log)
+		}
+	}
+	s.proceed(nfd, n.ID)
+	return nil
+}
+
+func isUnlink(nr uint32) bool {
+	for _, u := range unlinkCalls {
+		if nr == u {
+			return true
+		}
+	}
+	return false
+}
+
+// bind adopts a bind that names a listener, and lets any other run.
+func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger) error {
+	tid := int(n.Pid)
+	fd := int(int32(n.Data.Args[0]))
+	addrlen := int(uint32(n.Data.Args[2]))
+	if addrlen < 2 || addrlen > maxSockaddr {
+		s.proceed(nfd, n.ID)
+		return nil
+	}
+	raw := make([]byte, addrlen)
+	if got, err := readMem(tid, n.Data.Args[1], raw); err != nil || got < addrlen {
+		gone := s.idValid(nfd, n.ID) != nil
+		s.proceed(nfd, n.ID)
+		if gone || err == nil {
+			return nil
+		}
+		return fmt.Errorf("cannot read the address the worker binds: %w", err)
+	}
+	a, ok := parseSockaddr(raw)
+	if !ok || (!a.Unix && a.Port == 0) {
+		s.proceed(nfd, n.ID)
+		return nil
+	}
+	if a.Unix && !a.Abstract && !filepath.IsAbs(a.Path) {
+		cwd, err := os.Readlink("/proc/" + strconv.Itoa(tid) + "/cwd")
+		if err != nil {
+			s.proceed(nfd, n.ID)
+			return nil
+		}
+		a.Path = absPath(a.Path, cwd)
+	}
+	i := match(s.targets, a)
+	if i < 0 && a.Unix && !a.Abstract {
+		i = s.matchFile(a.Path)
+	}
+	if i < 0 {
+		s.proceed(nfd, n.ID)
+		return nil
+	}
+	t := &s.targets[i]
+	log = log.With(zap.String("addr", a.String()), zap.String("listener", t.Name), zap.Int("tid", tid))
+	why, err := s.adopt(nfd, n, fd, t)
+	switch {
+	case err != nil:
+		s.proceed(nfd, n.ID)
+		return fmt.Errorf("bind of %s (listener %s): %w", a, t.Name, err)
+	case why != "":
+		// Not for us (a datagram socket on the port, say): the kernel
+		// answers as it would without handoff.
+		s.proceed(nfd, n.ID)
+		log.Debug("worker bind left alone", zap.String("why", why))
+	default:
+		log.Info("worker bind adopted")
+	}
+	return nil
+}
+
+// matchFile finds the unix listener whose socket file path names (through
+// other spellings: symlinks, ..).
+func (s *Supervisor) matchFile(path string) int {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil {
+		return -1
+	}
+	for i, t := range s.targets {
+		if t.fileIno != 0 && st.Ino == t.fileIno && st.Dev == t.fileDev {
+			return i
+		}
+	}
+	return -1
+}
+
+// adopt installs t's socket at fd in the worker and answers the bind with
+// success. why says why the bind is not one to adopt; err, why it could
+// not be. Either way the caller lets the bind run.
+func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, err error) {
+	tid := int(n.Pid)
+	tgid, err := tgidOf(tid)
+	if err != nil {
+		return "gone", nil
+	}
+	pidfd, err := unix.PidfdOpen(tgid, 0)
+	if err != nil {
+		if err == unix.ESRCH {
+			return "gone", nil
+		}
+		return "", fmt.Errorf("pidfd_open: %w", err)
+	}
+	defer unix.Close(pidfd)
+	// pidfd names the process that made the call only if the call is
+	// still pending: the pid may have been reused.
+	if s.idValid(nfd, n.ID) != nil {
+		return "gone", nil
+	}
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		if err == unix.EBADF {
+			return "not an open fd", nil
+		}
+		return "", fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	defer unix.Close(dup)
+	var st unix.Stat_t
+	if err := unix.Fstat(dup, &st); err != nil {
+		return "", err
+	}
+	if st.Ino != t.ino || st.Dev != t.dev {
+		typ, err := unix.GetsockoptInt(dup, unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil {
+			return "not a socket", nil
+		}
+		dom, err := unix.GetsockoptInt(dup, unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if err != nil {
+			return "", err
+		}
+		switch {
+		case typ != unix.SOCK_STREAM:
+			return "not a stream socket", nil
+		case t.addr.Unix != (dom == unix.AF_UNIX):
+			return "another address family", nil
+		case bound(dup):
+			return "bound already", nil
+		}
+		flags := 0
+		if cloexec(tid, fd) {
+			flags = unix.O_CLOEXEC
+		}
+		if s.idValid(nfd, n.ID) != nil {
+			return "gone", nil
+		}
+		if err := s.addfd(nfd, n.ID, t.FD, fd, flags); err != nil {
+			if err == unix.ENOENT {
+				return "gone", nil
+			}
+			return "", fmt.Errorf("SECCOMP_IOCTL_NOTIF_ADDFD: %w", err)
+		}
+	}
+	// Else the fd is the listener already: a bind answered once and then
+	// restarted by a signal before it returned.
+	s.respond(nfd, &notifResp{ID: n.ID})
+	return "", nil
+}
+
+// unlinkCall answers an unlink of a unix listener's socket file with
+// success, leaving the file, and lets any other run.
+func (s *Supervisor) unlinkCall(nfd int, n *notif, log *zap.Logger) error {
+	tid := int(n.Pid)
+	dirfd, ptr := int32(unix.AT_FDCWD), n.Data.Args[0]
+	if uint32(n.Data.Nr) == unix.SYS_UNLINKAT {
+		dirfd, ptr = int32(n.Data.Args[0]), n.Data.Args[1]
+		if n.Data.Args[2]&unix.AT_REMOVEDIR != 0 {
+			s.proceed(nfd, n.ID)
+			return nil
+		}
+	}
+	path, err := readString(tid, ptr)
+	if err != nil || path == "" {
+		s.proceed(nfd, n.ID)
+		return nil
+	}
+	if !filepath.IsAbs(path) {
+		base := "/proc/" + strconv.Itoa(tid) + "/cwd"
+		if dirfd != unix.AT_FDCWD {
+			base = "/proc/" + strconv.Itoa(tid) + "/fd/" + strconv.Itoa(int(dirfd))
+		}
+		dir, err := os.Readlink(base)
+		if err != nil {
+			s.proceed(nfd, n.ID)
+			return nil
+		}
+		path = filepath.Join(dir, path)
+	}
+	i := s.matchFile(path)
+	if i < 0 || s.idValid(nfd, n.ID) != nil {
+		s.proceed(nfd, n.ID)
+		return nil
+	}
+	s.respond(nfd, &notifResp{ID: n.ID})
+	log.Info("worker unlink of a listener's socket file ignored", zap.Int("tid", tid), zap.String("path", path), zap.String("listener", s.targets[i].Name))
+	return nil
+}
+
+func (s *Supervisor) recv(nfd int) (*notif, error) {
+	buf := make([]uint64, (s.recvSize+7)/8)
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(nfd), unix.SECCOMP_IOCTL_NOTIF_RECV, uintptr(unsafe.Pointer(&buf[0])))
+		if errno == unix.EINTR {
+			clear(buf)
+			continue
+		}
+		if errno != 0 {
+			return nil, errno
+		}
+		n := *(*notif)(unsafe.Pointer(&buf[0]))
+		return &n, nil
+	}
+}
+
+func (s *Supervisor) respond(nfd int, r *notifResp) error {
+	buf := make([]uint64, (s.respSize+7)/8)
+	*(*notifResp)(unsafe.Pointer(&buf[0])) = *r
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(nfd), unix.SECCOMP_IOCTL_NOTIF_SEND, uintptr(unsafe.Pointer(&buf[0])))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// proceed lets the call run as if there were no filter.
+func (s *Supervisor) proceed(nfd int, id uint64) {
+	s.respond(nfd, &notifResp{ID: id, Flags: unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE})
+}
+
+// idValid checks that the notification is still pending: the process that
+// made the call is the one its pid names, and is still in the call.
+func (s *Supervisor) idValid(nfd int, id uint64) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(nfd), unix.SECCOMP_IOCTL_NOTIF_ID_VALID, uintptr(unsafe.Pointer(&id)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// addfd puts a duplicate of src at fd number dst in the process of the
+// notification, replacing what was there (as dup2 does).
+func (s *Supervisor) addfd(nfd int, id uint64, src, dst, flags int) error {
+	a := notifAddfd{ID: id, Flags: unix.SECCOMP_ADDFD_FLAG_SETFD, Srcfd: uint32(src), Newfd: uint32(dst), NewfdFlags: uint32(flags)}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(nfd), unix.SECCOMP_IOCTL_NOTIF_ADDFD, uintptr(unsafe.Pointer(&a)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// readMem reads len(b) bytes at addr in the memory of task tid, or as many
+// as are mapped from there.
+func readMem(tid int, addr uint64, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, err := unix.ProcessVMReadv(tid,
+		[]unix.Iovec{{Base: &b[0], Len: uint64(len(b))}},
+		[]unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}, 0)
+	if err == nil || err == unix.EFAULT || err == unix.ESRCH {
+		return n, err
+	}
+	// process_vm_readv refused (a seccomp profile may forbid it): the
+	// same access through /proc.
+	f, ferr := os.Open("/proc/" + strconv.Itoa(tid) + "/mem")
+	if ferr != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, ferr = f.ReadAt(b, int64(addr))
+	if n > 0 {
+		return n, nil
+	}
+	return 0, ferr
+}
+
+// readString reads a NUL-terminated path at addr in task tid's memory.
+func readString(tid int, addr uint64) (string, error) {
+	const pathMax = 4096
+	var out []byte
+	buf := make([]byte, pathMax)
+	for len(out) < pathMax {
+		// Up to the end of the page: the next one may not be mapped.
+		chunk := buf[:min(pathMax-len(out), 4096-int((addr+uint64(len(out)))%4096))]
+		n, err := readMem(tid, addr+uint64(len(out)), chunk)
+		if n <= 0 {
+			return "", err
+		}
+		if i := bytes.IndexByte(chunk[:n], 0); i >= 0 {
+			return string(append(out, chunk[:i]...)), nil
+		}
+		out = append(out, chunk[:n]...)
+	}
+	return "", unix.ENAMETOOLONG
+}
+
+// tgidOf returns the process (thread group) of task tid.
+func tgidOf(tid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	if _, rest, ok := bytes.Cut(b, []byte("\nTgid:")); ok {
+		line, _, _ := bytes.Cut(rest, []byte("\n"))
+		return strconv.Atoi(string(bytes.TrimSpace(line)))
+	}
+	return 0, errors.New("no Tgid in /proc/PID/status")
+}
+
+// cloexec reports whether fd is close-on-exec in task tid, so that the
+// installed socket keeps the flag the program gave its own.
+func cloexec(tid, fd int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return true
+	}
+	if _, rest, ok := bytes.Cut(b, []byte("flags:")); ok {
+		line, _, _ := bytes.Cut(rest, []byte("\n"))
+		if v, err := strconv.ParseUint(string(bytes.TrimSpace(line)), 8, 64); err == nil {
+			return v&unix.O_CLOEXEC != 0
+		}
+	}
+	return true
+}
+
+// bound reports whether a socket has an address already.
+func bound(fd int) bool {
+	var buf [maxSockaddr]byte
+	l := uint32(len(buf))
+	if _, _, errno := unix.Syscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l))); errno != 0 {
+		return false
+	}
+	a, ok := parseSockaddr(buf[:min(int(l), len(buf))])
+	return ok && (a.Unix || a.Port != 0)
+}

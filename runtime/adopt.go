@@ -1,0 +1,145 @@
+package runtime
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// AdoptMode says whether a worker that binds a listener's address itself
+// gets the primary's socket (Config.AdoptBind, the CLI's --adopt-bind).
+type AdoptMode int
+
+const (
+	// AdoptOff: the workers' binds run untouched, so a worker must take
+	// its sockets from LISTEN_FDS. The zero value: library mode's
+	// default, whose workers take Worker.Listener.
+	AdoptOff AdoptMode = iota
+	// AdoptAuto: adopt where the kernel and the seccomp policy allow it,
+	// else off, with one "bind adoption off" info line that says why. The
+	// CLI's default.
+	AdoptAuto
+	// AdoptOn: adopt; a start-up error where it cannot work.
+	AdoptOn
+)
+
+// ParseAdoptMode reads auto, on or off.
+func ParseAdoptMode(s string) (AdoptMode, error) {
+	switch s {
+	case "auto":
+		return AdoptAuto, nil
+	case "on":
+		return AdoptOn, nil
+	case "off":
+		return AdoptOff, nil
+	}
+	return AdoptOff, fmt.Errorf("--adopt-bind %q: use auto, on or off", s)
+}
+
+func (m AdoptMode) String() string {
+	switch m {
+	case AdoptAuto:
+		return "auto"
+	case AdoptOn:
+		return "on"
+	}
+	return "off"
+}
+
+// probeAdoption says why binds cannot be adopted here (nil: they can);
+// tests put a refusal in its place.
+var probeAdoption = adopt.Probe
+
+// bindState is what the primary knows of bind adoption.
+type bindState struct {
+	// on: workers' binds are adopted; else off says why not.
+	on  bool
+	off string
+	// addrs are the listeners' bound addresses, for advice.
+	addrs []string
+}
+
+// setUpBinds prepares the workers to bind their port as they would alone:
+// PORT in their environment (the first TCP listener's port, unless the
+// primary's environment has PORT), and bind adoption as cfg.AdoptBind
+// asks. fds are the raw listener fds, which must outlive the returned
+// Supervisor (nil when adoption is off; Close is nil-safe).
+func (p *primary) setUpBinds(fds []int) (*adopt.Supervisor, error) {
+	p.env = withPort(p.env, p.cfg.Listeners, p.addrs)
+	p.binds.addrs = p.addrs
+	mode := p.cfg.AdoptBind
+	if mode == AdoptOff {
+		p.binds.off = "--adopt-bind off"
+		return nil, nil
+	}
+	if err := probeAdoption(); err != nil {
+		if mode == AdoptOn {
+			return nil, fmt.Errorf("--adopt-bind on: %v; use --adopt-bind off and have the workers take their sockets from fd 3 (LISTEN_FDS)", err)
+		}
+		p.binds.off = err.Error()
+		p.log.Info("bind adoption off", zap.String("reason", err.Error()))
+		return nil, nil
+	}
+	ls := make([]adopt.Listener, len(fds))
+	for i, fd := range fds {
+		l := p.cfg.Listeners[i]
+		ls[i] = adopt.Listener{Name: l.Name, Network: l.Network, Addr: p.addrs[i], FD: fd}
+	}
+	s, err := adopt.NewSupervisor(ls, p.log)
+	if err != nil {
+		if mode == AdoptOn {
+			return nil, fmt.Errorf("--adopt-bind on: %v", err)
+		}
+		p.binds.off = err.Error()
+		p.log.Info("bind adoption off", zap.String("reason", err.Error()))
+		return nil, nil
+	}
+	p.binds.on = true
+	p.log.Debug("bind adoption on")
+	return s, nil
+}
+
+// adoptFD is the launcher's PrepareFD for s: each worker's channel to the
+// Supervisor. Nil when s is.
+func (p *primary) adoptFD(s *adopt.Supervisor) func(slot, generation int) (*workerpool.ExtraFD, error) {
+	if s == nil {
+		return nil
+	}
+	return func(slot, generation int) (*workerpool.ExtraFD, error) {
+		pend, err := s.Prepare()
+		if err != nil {
+			return nil, err
+		}
+		log := p.log.With(zap.Int("slot", slot), zap.Int("generation", generation))
+		return &workerpool.ExtraFD{FD: pend.FD, Env: pend.Env, Started: func(pid int) {
+			pend.Started(pid, log.With(zap.Int("pid", pid)))
+		}}, nil
+	}
+}
+
+// withPort adds PORT, the port of the first TCP listener (as bound: a
+// port 0 shows the real one), to the workers' environment, as Heroku,
+// Cloud Run and most frameworks name the port to listen on, unless env
+// has PORT already.
+func withPort(env []string, ls []Listener, addrs []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PORT=") {
+			return env
+		}
+	}
+	for i, l := range ls {
+		if l.Network != "tcp" || i >= len(addrs) {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addrs[i]); err == nil {
+			return append(env[:len(env):len(env)], "PORT="+port)
+		}
+		break
+	}
+	return env
+}
