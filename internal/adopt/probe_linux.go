@@ -46,9 +46,17 @@ func Probe() error {
 		return err
 	}
 
+	// The probe's thread says it is done on a pipe, which the loop below
+	// polls with the notification fd.
+	var done [2]int
+	if err := unix.Pipe2(done[:], unix.O_CLOEXEC); err != nil {
+		return err
+	}
+	defer unix.Close(done[0])
 	installed := make(chan int, 1)
 	result := make(chan error, 1)
 	go func() {
+		defer unix.Close(done[1])
 		// Never unlocked: the thread carries the filter and no_new_privs,
 		// and ends with this goroutine. (Go never starts a thread from a
 		// locked one, so nothing else inherits them.)
@@ -66,30 +74,29 @@ func Probe() error {
 	if nfd < 0 {
 		return <-result
 	}
-	closeOnce := func() {
+	defer func() {
 		if nfd >= 0 {
 			unix.Close(nfd)
-			nfd = -1
 		}
-	}
-	defer closeOnce()
+	}()
 	var failed error
 	deadline := time.Now().Add(probeTimeout)
 	for {
-		select {
-		case err := <-result:
-			return errors.Join(failed, err)
-		default:
-		}
-		pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}}
-		if n, _ := unix.Poll(pfd, 10); n > 0 && pfd[0].Revents&unix.POLLIN != 0 {
+		pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}, {Fd: int32(done[0]), Events: unix.POLLIN}}
+		unix.Poll(pfd, 100)
+		if pfd[0].Revents&unix.POLLIN != 0 {
 			if err := s.handle(nfd, s.log); err != nil && failed == nil {
 				failed = err
 			}
+			continue
+		}
+		if pfd[1].Revents != 0 {
+			return errors.Join(failed, <-result)
 		}
 		if time.Now().After(deadline) {
 			// A bind still waiting for an answer fails with ENOSYS.
-			closeOnce()
+			unix.Close(nfd)
+			nfd = -1
 			failed = errors.Join(failed, errors.New("no answer to the probe's bind in time"))
 			return errors.Join(failed, <-result)
 		}

@@ -1,0 +1,381 @@
+//go:build linux && (amd64 || arm64)
+
+package adopt
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
+)
+
+// The test binary plays the worker: with roleEnv=shim it is the exec step
+// (Worker, then exec of itself on the same thread), with roleEnv=bind the
+// program, which binds what bindsEnv lists and says what it got.
+const (
+	roleEnv  = "ADOPT_TEST_ROLE"
+	bindsEnv = "ADOPT_TEST_BINDS"
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(roleEnv) {
+	case "shim":
+		fd, unlink, err := ParseEnv(os.Getenv(EnvFD))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		if fatal, err := Worker(fd, unlink); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			if fatal {
+				os.Exit(126)
+			}
+		}
+		var env []string
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, roleEnv+"=") && !strings.HasPrefix(kv, EnvFD+"=") {
+				env = append(env, kv)
+			}
+		}
+		env = append(env, roleEnv+"=bind")
+		err = syscall.Exec(os.Args[0], os.Args, env)
+		fmt.Fprintln(os.Stderr, "exec:", err)
+		os.Exit(126)
+	case "bind":
+		for _, b := range strings.Split(os.Getenv(bindsEnv), ";") {
+			fmt.Println(bindOne(b))
+		}
+		os.Exit(0)
+	case "deny":
+		// A seccomp policy that refuses seccomp(), as some container
+		// runtimes' do: the probe must say so.
+		if err := denySeccomp(); err != nil {
+			fmt.Println("deny:", err)
+			os.Exit(1)
+		}
+		fmt.Println("probe:", Probe())
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// bindOne does one "KIND ADDR" of bindsEnv: KIND is tcp4, tcp6, tcp4-inherit
+// (no SOCK_CLOEXEC), udp4, unix or unlink (of a path), and prints
+// "ok ino=N cloexec=B listening=B" or "err ERRNO".
+func bindOne(spec string) string {
+	kind, addr, _ := strings.Cut(spec, " ")
+	if kind == "unlink" {
+		if err := unix.Unlink(addr); err != nil {
+			return "err " + err.Error()
+		}
+		return "ok"
+	}
+	domain, typ, flags := unix.AF_INET, unix.SOCK_STREAM, unix.SOCK_CLOEXEC
+	var sa unix.Sockaddr
+	switch kind {
+	case "tcp6":
+		domain = unix.AF_INET6
+	case "udp4":
+		typ = unix.SOCK_DGRAM
+	case "tcp4-inherit":
+		flags = 0
+	case "unix":
+		domain = unix.AF_UNIX
+		sa = &unix.SockaddrUnix{Name: addr}
+	}
+	if sa == nil {
+		ap, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			return "err " + err.Error()
+		}
+		if domain == unix.AF_INET6 {
+			s6 := &unix.SockaddrInet6{Port: ap.Port}
+			copy(s6.Addr[:], ap.IP.To16())
+			sa = s6
+		} else {
+			s4 := &unix.SockaddrInet4{Port: ap.Port}
+			copy(s4.Addr[:], ap.IP.To4())
+			sa = s4
+		}
+	}
+	fd, err := unix.Socket(domain, typ|flags, 0)
+	if err != nil {
+		return "err " + err.Error()
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return "err " + err.Error()
+	}
+	// A server listens next: on an adopted socket, which listens already,
+	// that must succeed too.
+	if typ == unix.SOCK_STREAM {
+		if err := unix.Listen(fd, 128); err != nil {
+			return "err listen " + err.Error()
+		}
+	}
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return fmt.Sprintf("ok ino=%d cloexec=%v", st.Ino, fl&unix.FD_CLOEXEC != 0)
+}
+
+func denySeccomp() error {
+	prog := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0},
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_SECCOMP, Jf: 1},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// listener makes a listening socket of the test's.
+func listener(t *testing.T, network, addr string) (fd int, bound string, ino uint64) {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	rc, err := ln.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(f uintptr) { fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 3) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	return fd, ln.Addr().String(), st.Ino
+}
+
+// runWorker runs the test binary as a worker of s that binds what binds
+// lists, in dir, and returns one answer per bind.
+func runWorker(t *testing.T, s *Supervisor, dir string, binds ...string) []string {
+	t.Helper()
+	pend, err := s.Prepare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup, err := unix.FcntlInt(uintptr(pend.FD), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "worker-end")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), roleEnv+"=shim", pend.Env(3), bindsEnv+"="+strings.Join(binds, ";"))
+	cmd.ExtraFiles = []*os.File{f}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		pend.Started(0, nil)
+		t.Fatal(err)
+	}
+	f.Close()
+	pend.Started(cmd.Process.Pid, nil)
+	var out bytes.Buffer
+	out.ReadFrom(stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("worker: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != len(binds) {
+		t.Fatalf("worker answered %q to %q\n%s", lines, binds, stderr.String())
+	}
+	return lines
+}
+
+func newSupervisor(t *testing.T, ls ...Listener) (*Supervisor, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	s, err := NewSupervisor(ls, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, logs
+}
+
+func TestBindsAdoptedOrLeftAlone(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	fd, addr, ino := listener(t, "tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(addr)
+	// A port held by a socket that is not a listener of the primary.
+	_, busy, _ := listener(t, "tcp", "127.0.0.1:0")
+	s, logs := newSupervisor(t, Listener{Name: "web", Network: "tcp", Addr: addr, FD: fd})
+
+	adopted := fmt.Sprintf("ok ino=%d cloexec=true", ino)
+	binds := []struct{ spec, want string }{
+		{"tcp4 127.0.0.1:0", "own"}, // Go's probes bind port 0: untouched
+		{"tcp6 [::1]:0", "own"},
+		{"tcp4 127.0.0.1:" + port, adopted},
+		{"tcp6 [::]:" + port, adopted}, // Node's and Go's default
+		{"tcp4 0.0.0.0:" + port, adopted},
+		{"tcp4-inherit 127.0.0.1:" + port, fmt.Sprintf("ok ino=%d cloexec=false", ino)},
+		{"udp4 127.0.0.1:" + port, "own"}, // a datagram socket on the port is not replaced
+		{"tcp4 " + busy, "err address already in use"},
+	}
+	var specs []string
+	for _, b := range binds {
+		specs = append(specs, b.spec)
+	}
+	got := runWorker(t, s, "", specs...)
+	for i, b := range binds {
+		switch {
+		case b.want == "own":
+			if !strings.HasPrefix(got[i], "ok ") || strings.Contains(got[i], fmt.Sprintf("ino=%d ", ino)) {
+				t.Errorf("%s: %q, want a socket of its own", b.spec, got[i])
+			}
+		case got[i] != b.want:
+			t.Errorf("%s: %q, want %q", b.spec, got[i], b.want)
+		}
+	}
+	if n := len(logs.FilterMessage("worker bind adopted").All()); n != 4 {
+		t.Errorf("%d \"worker bind adopted\" events, want 4: %v", n, logs.All())
+	}
+	waitUntracked(t, s)
+}
+
+// The unix listener's path, given relative to the worker's directory or
+// not, is adopted; the worker's unlink of it succeeds and leaves the file,
+// which still reaches the listener; other unlinks run.
+func TestUnixBindAndUnlink(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.sock")
+	fd, _, ino := listener(t, "unix", path)
+	other := filepath.Join(dir, "other")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, logs := newSupervisor(t, Listener{Name: "sock", Network: "unix", Addr: path, FD: fd})
+	got := runWorker(t, s, dir, "unlink app.sock", "unix app.sock", "unix "+path, "unlink "+path, "unlink other")
+	adopted := fmt.Sprintf("ok ino=%d cloexec=true", ino)
+	want := []string{"ok", adopted, adopted, "ok", "ok"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("answer %d: %q, want %q", i, got[i], want[i])
+		}
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Errorf("the listener's socket file is gone: %v", err)
+	}
+	if _, err := os.Lstat(other); !os.IsNotExist(err) {
+		t.Errorf("another file was not removed: %v", err)
+	}
+	if n := len(logs.FilterMessage("worker unlink of a listener's socket file ignored").All()); n != 2 {
+		t.Errorf("%d unlinks logged as ignored, want 2", n)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		t.Fatalf("the socket file no longer reaches the listener: %v", err)
+	}
+	c.Close()
+	waitUntracked(t, s)
+}
+
+// A worker that exits leaves nothing open in the Supervisor.
+func waitUntracked(t *testing.T, s *Supervisor) {
+	t.Helper()
+	end := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.files)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("%d fds still open 5s after the worker exited", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Closing the Supervisor ends its goroutines and fds at once, even with a
+// worker still running.
+func TestCloseWithWorkerRunning(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	fd, addr, _ := listener(t, "tcp", "127.0.0.1:0")
+	s, _ := newSupervisor(t, Listener{Network: "tcp", Addr: addr, FD: fd})
+	pend, err := s.Prepare()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup, _ := unix.FcntlInt(uintptr(pend.FD), unix.F_DUPFD_CLOEXEC, 3)
+	f := os.NewFile(uintptr(dup), "worker-end")
+	// A worker that never sends: a plain sleep, holding the other end.
+	cmd := exec.Command("sleep", "30")
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer cmd.Process.Kill()
+	pend.Started(cmd.Process.Pid, nil)
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked on a live worker")
+	}
+}
+
+// Under a seccomp policy that refuses seccomp(), the probe says so.
+func TestProbeRefused(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=deny")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "probe: seccomp() refused") || !strings.Contains(string(out), "operation not permitted") {
+		t.Fatalf("probe under a policy refusing seccomp(): %s", out)
+	}
+}
+
+func TestProbeTime(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	const n = 20
+	start := time.Now()
+	for range n {
+		if err := Probe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("Probe: %s each", time.Since(start)/n)
+}
