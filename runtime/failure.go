@@ -21,9 +21,10 @@ var errorLine = regexp.MustCompile(`^\s*([\w.$]*(Error|Exception)\b|panic:|fatal
 var addrInUse = regexp.MustCompile(`(?i)address already in use|EADDRINUSE`)
 
 // stderrEnd quotes the end of a worker's stderr on one line: its last few
-// non-empty lines, joined with " | ", preceded (after "… | ") by the
-// last line that states an error if that came earlier, as with Node, whose
-// crash ends with a stack, the error's fields and a version banner.
+// non-empty lines, joined with " | ", preceded (then "… | ") by the last
+// line that states an error (else that names an address in use) if that
+// came earlier, as with Node, whose crash ends with a stack, the error's
+// fields and a version banner.
 func stderrEnd(tail string) string {
 	var lines []string
 	for _, l := range strings.Split(tail, "\n") {
@@ -36,14 +37,11 @@ func stderrEnd(tail string) string {
 	}
 	cut := max(len(lines)-stderrLines, 0)
 	quote := lines[cut:]
-	for i := cut - 1; i >= 0; i-- {
-		if errorLine.MatchString(lines[i]) || addrInUse.MatchString(lines[i]) {
-			if i < cut-1 {
-				quote = append([]string{lines[i], "…"}, quote...)
-			} else {
-				quote = append([]string{lines[i]}, quote...)
-			}
-			break
+	if i := lastMatch(lines[:cut], errorLine, addrInUse); i >= 0 {
+		if i < cut-1 {
+			quote = append([]string{lines[i], "…"}, quote...)
+		} else {
+			quote = append([]string{lines[i]}, quote...)
 		}
 	}
 	for i, l := range quote {
@@ -58,6 +56,19 @@ func stderrEnd(tail string) string {
 		s = "…" + s[len(s)-stderrQuoteMax:]
 	}
 	return s
+}
+
+// lastMatch is the index of the last line that the first of res to match
+// any line matches, or -1.
+func lastMatch(lines []string, res ...*regexp.Regexp) int {
+	for _, re := range res {
+		for i := len(lines) - 1; i >= 0; i-- {
+			if re.MatchString(lines[i]) {
+				return i
+			}
+		}
+	}
+	return -1
 }
 
 // workerFailure is what a failed worker's one line says after its status:
