@@ -14,9 +14,9 @@ import (
 // amd64 or arm64); Probe says whether this system allows it.
 const Supported = true
 
-// filter is the BPF program: a call of this build's ABI to bind (and, with
-// unlink, to unlink and unlinkat) goes to the supervisor; everything else,
-// calls of another ABI included, runs untouched.
+// filter is the BPF program: a call of this build's ABI to bind or listen
+// (and, with unlink, to unlink and unlinkat) goes to the supervisor;
+// everything else, calls of another ABI included, runs untouched.
 func filter(unlink bool) []unix.SockFilter {
 	const (
 		ldAbs = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
@@ -26,7 +26,7 @@ func filter(unlink bool) []unix.SockFilter {
 		offNr   = 0
 		offArch = 4
 	)
-	nrs := []uint32{unix.SYS_BIND}
+	nrs := []uint32{unix.SYS_BIND, unix.SYS_LISTEN}
 	if unlink {
 		nrs = append(nrs, unlinkCalls...)
 	}

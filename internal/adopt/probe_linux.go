@@ -132,5 +132,8 @@ func probeBinds(lfd, port int) error {
 	if got.Ino != want.Ino || got.Dev != want.Dev {
 		return errors.New("a bind to a listener's address did not get the listener")
 	}
+	if err := unix.Listen(fd, 1); err != nil {
+		return fmt.Errorf("listen on an adopted socket: %w", err)
+	}
 	return nil
 }

@@ -317,6 +317,9 @@ func (s *Supervisor) handle(nfd int, log *zap.Logger) error {
 		switch nr := uint32(n.Data.Nr); {
 		case nr == unix.SYS_BIND:
 			return s.bind(nfd, n, log)
+		case nr == unix.SYS_LISTEN:
+			s.listenCall(nfd, n, log)
+			return nil
 		case s.unlink && isUnlink(nr):
 			return s.unlinkCall(nfd, n, log)
 		}
@@ -406,41 +409,54 @@ func (s *Supervisor) matchFile(path string) int {
 	return -1
 }
 
-// adopt installs t's socket at fd in the worker and answers the bind with
-// success. why says why the bind is not one to adopt; err, why it could
-// not be. Either way the caller lets the bind run.
-func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, err error) {
-	tid := int(n.Pid)
-	tgid, err := tgidOf(tid)
+// peerFD duplicates fd of the process that made the call n into this one.
+// why says why there is none to look at (gone, not open).
+func (s *Supervisor) peerFD(nfd int, n *notif, fd int) (dup int, why string, err error) {
+	tgid, err := tgidOf(int(n.Pid))
 	if err != nil {
-		return "gone", nil
+		return -1, "gone", nil
 	}
 	pidfd, err := unix.PidfdOpen(tgid, 0)
 	if err != nil {
 		if err == unix.ESRCH {
-			return "gone", nil
+			return -1, "gone", nil
 		}
-		return "", fmt.Errorf("pidfd_open: %w", err)
+		return -1, "", fmt.Errorf("pidfd_open: %w", err)
 	}
 	defer unix.Close(pidfd)
 	// pidfd names the process that made the call only if the call is
 	// still pending: the pid may have been reused.
 	if s.idValid(nfd, n.ID) != nil {
-		return "gone", nil
+		return -1, "gone", nil
 	}
-	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	dup, err = unix.PidfdGetfd(pidfd, fd, 0)
 	if err != nil {
 		if err == unix.EBADF {
-			return "not an open fd", nil
+			return -1, "not an open fd", nil
 		}
-		return "", fmt.Errorf("pidfd_getfd: %w", err)
+		return -1, "", fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	return dup, "", nil
+}
+
+// is reports whether dup is t's socket.
+func (t *target) is(dup int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(dup, &st) == nil && st.Ino == t.ino && st.Dev == t.dev
+}
+
+// adopt installs t's socket at fd in the worker and answers the bind with
+// success. why says why the bind is not one to adopt; err, why it could
+// not be. Either way the caller lets the bind run.
+func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, err error) {
+	dup, why, err := s.peerFD(nfd, n, fd)
+	if dup < 0 {
+		return why, err
 	}
 	defer unix.Close(dup)
-	var st unix.Stat_t
-	if err := unix.Fstat(dup, &st); err != nil {
-		return "", err
-	}
-	if st.Ino != t.ino || st.Dev != t.dev {
+	// A fd that is the listener already is a bind answered once and then
+	// restarted by a signal before it returned: success again.
+	if !t.is(dup) {
 		typ, err := unix.GetsockoptInt(dup, unix.SOL_SOCKET, unix.SO_TYPE)
 		if err != nil {
 			return "not a socket", nil
@@ -458,7 +474,7 @@ func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, er
 			return "bound already", nil
 		}
 		flags := 0
-		if cloexec(tid, fd) {
+		if cloexec(int(n.Pid), fd) {
 			flags = unix.O_CLOEXEC
 		}
 		if s.idValid(nfd, n.ID) != nil {
@@ -471,10 +487,27 @@ func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, er
 			return "", fmt.Errorf("SECCOMP_IOCTL_NOTIF_ADDFD: %w", err)
 		}
 	}
-	// Else the fd is the listener already: a bind answered once and then
-	// restarted by a signal before it returned.
 	s.respond(nfd, &notifResp{ID: n.ID})
 	return "", nil
+}
+
+// listenCall answers a listen() on an adopted socket with success, leaving
+// the socket as the primary made it: the backlog stays the primary's
+// (a program's own choice, Python's socketserver asks for 5, would be
+// every worker's). Any other listen runs.
+func (s *Supervisor) listenCall(nfd int, n *notif, log *zap.Logger) {
+	dup, _, _ := s.peerFD(nfd, n, int(int32(n.Data.Args[0])))
+	if dup >= 0 {
+		defer unix.Close(dup)
+		for i := range s.targets {
+			if s.targets[i].is(dup) && s.idValid(nfd, n.ID) == nil {
+				s.respond(nfd, &notifResp{ID: n.ID})
+				log.Debug("worker listen on an adopted socket: backlog kept", zap.String("listener", s.targets[i].Name), zap.Int("backlog", int(int32(n.Data.Args[1]))))
+				return
+			}
+		}
+	}
+	s.proceed(nfd, n.ID)
 }
 
 // unlinkCall answers an unlink of a unix listener's socket file with

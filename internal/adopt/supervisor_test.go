@@ -260,6 +260,15 @@ func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 	if n := len(logs.FilterMessage("worker bind adopted").All()); n != 4 {
 		t.Errorf("%d \"worker bind adopted\" events, want 4: %v", n, logs.All())
 	}
+	// The worker's listen(fd, 128) on the adopted socket left the
+	// listener's backlog as the primary made it (Go: somaxconn).
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Sacked == 128 || info.Sacked == 0 {
+		t.Errorf("the listener's backlog is %d after the worker's listen(fd, 128)", info.Sacked)
+	}
 	waitUntracked(t, s)
 }
 
