@@ -63,6 +63,9 @@ var serverVariants = []serverVariant{
 	{"libapp-v1", "v1", "", "./integration/libapp"},
 	{"libapp-v2", "v2", "", "./integration/libapp"},
 	{"libapp-crash", "vcrash", "crash", "./integration/libapp"},
+	// Binds its own port ($PORT): bind adoption.
+	{"bind-v1", "v1", "", "./integration/bindserver"},
+	{"bind-v2", "v2", "", "./integration/bindserver"},
 }
 
 func TestMain(m *testing.M) {

@@ -1,13 +1,15 @@
 // Command bindserver is an ordinary Go HTTP server that knows nothing of
-// handoff: it binds its own port with http.ListenAndServe(":"+$PORT) and
-// shuts down with Shutdown on SIGTERM. The end-to-end tests wrap it with
-// handoff run, which adopts its bind (--adopt-bind).
+// handoff: it binds its own port with ListenAndServe(":"+$PORT) and shuts
+// down with Shutdown on SIGTERM. The end-to-end tests wrap it with handoff
+// run, which adopts its bind (--adopt-bind).
 //
-// To lose no request on a keep-alive connection during a drain, every
-// response from the SIGTERM on says "Connection: close", and Shutdown waits
-// a short grace first, in which a busy client sends its next request on
-// its idle connection (and gets that header): Shutdown alone closes idle
-// connections at once, racing a client that is sending on one.
+// Shutdown alone loses requests, whoever runs the server: it drops a
+// request it reads after it began (a connection accepted a moment before),
+// and it closes idle keep-alive connections at once, racing a client that
+// is sending on one. So on SIGTERM, before Shutdown, the server stops
+// accepting (it closes the listener, which BaseContext hands it), answers
+// every further request with "Connection: close", and gives its open
+// connections a grace to finish.
 package main
 
 import (
@@ -15,9 +17,11 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,6 +30,9 @@ import (
 // version is set at build time: go build -ldflags "-X main.version=v2".
 var version = "dev"
 
+// grace is how long open connections get to finish before Shutdown.
+const grace = 500 * time.Millisecond
+
 func main() {
 	log.SetFlags(0)
 	log.SetPrefix(fmt.Sprintf("bindserver %s pid=%d: ", version, os.Getpid()))
@@ -33,7 +40,12 @@ func main() {
 	if port == "" {
 		port = "8080"
 	}
-	var draining atomic.Bool
+	var (
+		draining atomic.Bool
+		mu       sync.Mutex
+		ln       net.Listener
+		conns    = map[net.Conn]http.ConnState{}
+	)
 	srv := &http.Server{
 		Addr: ":" + port,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -43,6 +55,21 @@ func main() {
 			fmt.Fprintf(w, "%s pid=%d worker=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"))
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(l net.Listener) context.Context {
+			mu.Lock()
+			ln = l
+			mu.Unlock()
+			return context.Background()
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			if st == http.StateClosed || st == http.StateHijacked {
+				delete(conns, c)
+			} else {
+				conns[c] = st
+			}
+			mu.Unlock()
+		},
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
@@ -56,14 +83,24 @@ func main() {
 		log.Printf("%s: draining", sig)
 	}
 	draining.Store(true)
-	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	if ln != nil {
+		ln.Close()
+	}
+	mu.Unlock()
+	<-served // every accepted connection is tracked now
+	for end := time.Now().Add(grace); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(conns)
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		log.Fatalf("shutdown: %v", err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		log.Fatal(err)
 	}
 	log.Printf("drained")
 }

@@ -1,0 +1,296 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Servers that bind their own port, run under handoff unmodified: the
+// primary adopts their bind (--adopt-bind), so they accept from its socket.
+
+// needAdoption skips the test where the kernel or the seccomp policy does
+// not allow bind adoption (as --adopt-bind auto would turn it off),
+// except under CI, where it must work.
+func needAdoption(t *testing.T) {
+	t.Helper()
+	r := runHandoff(t, "", nil, nil, "run", "--adopt-bind", "on", "--listen", "127.0.0.1:0", "--workers", "1",
+		"--ready", "delay:10ms", "--", "/bin/false")
+	if strings.Contains(r.stderr, "--adopt-bind on:") {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("bind adoption unavailable: %s", r.stderr)
+		}
+		t.Skipf("bind adoption unavailable here: %s", r.stderr)
+	}
+}
+
+// listenWatch samples the TCP sockets listening on a port, every few
+// milliseconds, for as long as a test runs: there must be exactly one, the
+// same one throughout.
+type listenWatch struct {
+	port    int
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	samples int
+	inodes  map[string]bool // every listening socket seen on the port
+	bad     []string        // samples with other than exactly one
+}
+
+func watchListening(t *testing.T, port int) *listenWatch {
+	t.Helper()
+	w := &listenWatch{port: port, stop: make(chan struct{}), done: make(chan struct{}), inodes: map[string]bool{}}
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			got := listeningInodes(port)
+			w.mu.Lock()
+			w.samples++
+			for _, ino := range got {
+				w.inodes[ino] = true
+			}
+			if len(got) != 1 && len(w.bad) < 10 {
+				w.bad = append(w.bad, fmt.Sprintf("%s: %d listening sockets %v", time.Now().Format("15:04:05.000"), len(got), got))
+			}
+			w.mu.Unlock()
+			select {
+			case <-w.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(w.end)
+	return w
+}
+
+func (w *listenWatch) end() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+// check ends the watch and fails the test unless exactly one socket
+// listened on the port at every sample, always the same, held by primary.
+func (w *listenWatch) check(t *testing.T, primary int) {
+	t.Helper()
+	w.end()
+	t.Logf("port %d: %d samples, listening sockets seen %v", w.port, w.samples, w.inodes)
+	if len(w.bad) > 0 {
+		t.Errorf("port %d: not exactly one listening socket: %q", w.port, w.bad)
+	}
+	if len(w.inodes) != 1 {
+		t.Errorf("port %d: %d different listening sockets over the test, want the primary's alone", w.port, len(w.inodes))
+	}
+	links, err := fdLinks(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ino := range w.inodes {
+		held := false
+		for _, l := range links {
+			held = held || l == "socket:["+ino+"]"
+		}
+		if !held {
+			t.Errorf("port %d: the listening socket %s is not the primary's (%d)", w.port, ino, primary)
+		}
+	}
+}
+
+// listeningInodes returns the inodes of the TCP sockets (IPv4 and IPv6)
+// that listen on port, in this network namespace. The kernel lists the
+// listening sockets first: the reading stops at the first other one, which
+// keeps a sample short on a machine with many connections.
+func listeningInodes(port int) []string {
+	var out []string
+	local := fmt.Sprintf(":%04X", port)
+	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(name)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Scan() // the header
+		for sc.Scan() {
+			// sl local_address rem_address st ... inode
+			fs := strings.Fields(sc.Text())
+			if len(fs) < 10 || fs[3] != "0A" {
+				break
+			}
+			if strings.HasSuffix(fs[1], local) && !slices.Contains(out, fs[9]) {
+				out = append(out, fs[9])
+			}
+		}
+		f.Close()
+	}
+	return out
+}
+
+func (p *Primary) port() int {
+	_, port, err := net.SplitHostPort(p.Addr())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// checkAdopted fails the test unless every worker started logged that its
+// bind was adopted.
+func checkAdopted(t *testing.T, p *Primary) {
+	t.Helper()
+	adopted := map[int]bool{}
+	for _, e := range p.Log.Filter("worker bind adopted") {
+		adopted[e.Int0("pid")] = true
+	}
+	for _, e := range p.Log.Filter("worker spawned") {
+		if pid := e.Int0("pid"); !adopted[pid] {
+			t.Errorf("worker %d: no \"worker bind adopted\"", pid)
+		}
+	}
+	if len(adopted) == 0 {
+		t.Error("no bind adopted")
+	}
+}
+
+// TestAdoptGoListenAndServe: a Go net/http server calling
+// ListenAndServe(":"+$PORT), with Shutdown on SIGTERM (integration/
+// bindserver), serves under handoff run through deploys of new binaries
+// and a self-upgrade of the primary (whose successor adopts its own
+// workers' binds) under load: no failed request, the new version at the
+// end, and one listening socket on the port, the primary's, throughout.
+func TestAdoptGoListenAndServe(t *testing.T) {
+	t.Parallel()
+	needAdoption(t)
+	p := StartPrimary(t, Options{Server: "bind-v1", Ready: "delay:300ms", Flags: []string{"--adopt-bind", "on"}})
+	watch := watchListening(t, p.port())
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+	for _, v := range []string{"v2", "v1"} {
+		deployUnderLoad(t, p, load, "bind-"+v, v)
+		waitRequests(t, load, 300, 10*time.Second)
+		noFailuresSoFar(t, load, "deploy of "+v)
+	}
+	old := p.Current()
+	p.InstallHandoff()
+	if u := deployUnderLoad(t, p, load, "bind-v2", "v2"); u.Started.Str("kind") != "primary" {
+		t.Errorf("deploy with a new handoff binary: kind %q, want primary", u.Started.Str("kind"))
+	}
+	successor := p.waitSuccessor(old, 30*time.Second)
+	waitRequests(t, load, 300, 10*time.Second)
+	noFailuresSoFar(t, load, "self-upgrade")
+	deployUnderLoad(t, p, load, "bind-v1", "v1")
+	waitRequests(t, load, 300, 10*time.Second)
+	noFailuresSoFar(t, load, "deploy from the new primary")
+	checkLoad(t, load, "v1")
+	watch.check(t, successor)
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	checkAdopted(t, p)
+	p.shutdownAll(successor)
+}
+
+// exampleBinding runs a program that binds $PORT under handoff run with
+// bind adoption, deploys new versions (a VERSION file) under load, and
+// checks what TestAdoptGoListenAndServe does.
+func exampleBinding(t *testing.T, o Options, versions ...string) {
+	t.Helper()
+	needAdoption(t)
+	prepare := o.Prepare
+	o.Prepare = func(dir string) {
+		installFile(t, filepath.Join(dir, "VERSION"), "v1\n")
+		prepare(dir)
+	}
+	o.Ready = "delay:500ms"
+	o.Flags = append(o.Flags, "--adopt-bind", "on", "--drain-timeout", "15s")
+	p := StartPrimary(t, o)
+	watch := watchListening(t, p.port())
+	p.WaitServing(p.URL(), "v1", 30*time.Second)
+	load := startLoad(t, p.URL())
+	for _, v := range versions {
+		deployVersionFile(t, p, v)
+		waitRequests(t, load, 300, 30*time.Second)
+	}
+	checkLoad(t, load, versions[len(versions)-1])
+	watch.check(t, p.PID)
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	checkAdopted(t, p)
+	p.shutdownAll(p.Current())
+}
+
+// TestAdoptNodeListen: examples/node-port, a Node server calling
+// server.listen(PORT) and closing its server on SIGTERM.
+func TestAdoptNodeListen(t *testing.T) {
+	t.Parallel()
+	node := needProgram(t, "node")
+	exampleBinding(t, Options{
+		Command: node,
+		Args:    []string{"server.js"},
+		Prepare: func(dir string) { copyExample(t, "node-port", dir, "server.js") },
+	}, "v2", "v3", "v4")
+}
+
+// TestAdoptPythonHTTPServer: Python's http.server (integration/bindpy),
+// binding ("", PORT).
+func TestAdoptPythonHTTPServer(t *testing.T) {
+	t.Parallel()
+	python := needProgram(t, "python3")
+	exampleBinding(t, Options{
+		Command: python,
+		Args:    []string{"server.py"},
+		Prepare: func(dir string) {
+			root, err := moduleRoot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(filepath.Join(root, "integration", "bindpy", "server.py"), filepath.Join(dir, "server.py"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}, "v2", "v3", "v4")
+}
+
+// TestAdoptOffSaysWhy: with --adopt-bind off, a server that binds the
+// --listen port fails at the first start, and the one line says so and
+// what to do, quoting the end of the worker's stderr; nothing is left
+// running.
+func TestAdoptOffSaysWhy(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	server := filepath.Join(dir, "server")
+	if err := copyFile(servers["bind-v1"], server, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mark := newMark(t)
+	r := runHandoff(t, "", []string{markEnv + "=" + mark}, nil, "run", "--adopt-bind", "off", "--listen", "127.0.0.1:0",
+		"--workers", "2", "--ready", "delay:2s", "--", server)
+	t.Logf("stderr: %s", r.stderr)
+	oneLine(t, "a server binding the --listen port, adoption off", lastLine(r.stderr), "first workers failed",
+		"exited at start: exit status 1", "its stderr ends: ", "bind: address already in use",
+		"if it binds a --listen address itself", "--adopt-bind auto or on", "fd 3 (LISTEN_FDS)")
+	if r.code != 1 {
+		t.Errorf("exit status %d, want 1", r.code)
+	}
+	if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
+		t.Errorf("processes left running: %v", left)
+	}
+}
+
+// lastLine is the last line of s: a failed start's one line comes last,
+// after the workers' own stderr, which is the primary's.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1] + "\n"
+}
