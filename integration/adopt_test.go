@@ -203,8 +203,8 @@ func TestAdoptGoListenAndServe(t *testing.T) {
 }
 
 // exampleBinding runs a program that binds $PORT under handoff run with
-// bind adoption, deploys new versions (a VERSION file) under load, and
-// checks what TestAdoptGoListenAndServe does.
+// bind adoption and --ready bind, deploys new versions (a VERSION file)
+// under load, and checks what TestAdoptGoListenAndServe does.
 func exampleBinding(t *testing.T, o Options, versions ...string) {
 	t.Helper()
 	needAdoption(t)
@@ -213,7 +213,9 @@ func exampleBinding(t *testing.T, o Options, versions ...string) {
 		installFile(t, filepath.Join(dir, "VERSION"), "v1\n")
 		prepare(dir)
 	}
-	o.Ready = "delay:500ms"
+	// Ready when its bind is adopted: Python under pyenv can take seconds
+	// to get there on a busy machine.
+	o.Ready = "bind"
 	o.Flags = append(o.Flags, "--adopt-bind", "on", "--drain-timeout", "15s")
 	p := StartPrimary(t, o)
 	watch := watchListening(t, p.port())

@@ -73,35 +73,46 @@ func (p *primary) setUpBinds(fds []int) (*adopt.Supervisor, error) {
 	p.env = withPort(p.env, p.cfg.Listeners, p.addrs)
 	p.binds.addrs = p.addrs
 	mode := p.cfg.AdoptBind
+	// What cannot work without adoption makes its absence an error.
+	need := ""
+	switch {
+	case mode == AdoptOn:
+		need = "--adopt-bind on"
+	case p.cfg.Ready == ReadyBind:
+		need = "--ready bind"
+	}
 	if mode == AdoptOff {
 		p.binds.off = "--adopt-bind off"
+		if need != "" {
+			return nil, fmt.Errorf("%s needs bind adoption, which --adopt-bind off turns off: use --adopt-bind auto, or --ready delay:DURATION", need)
+		}
 		return nil, nil
 	}
+	s, err := p.startAdoption(fds)
+	if err == nil {
+		p.binds.on = true
+		p.log.Debug("bind adoption on")
+		return s, nil
+	}
+	if need != "" {
+		return nil, fmt.Errorf("%s: bind adoption cannot work here: %v; use --adopt-bind off and have the workers take their sockets from fd 3 (LISTEN_FDS)", need, err)
+	}
+	p.binds.off = err.Error()
+	p.log.Info("bind adoption off", zap.String("reason", err.Error()))
+	return nil, nil
+}
+
+// startAdoption probes and makes the Supervisor.
+func (p *primary) startAdoption(fds []int) (*adopt.Supervisor, error) {
 	if err := probeAdoption(); err != nil {
-		if mode == AdoptOn {
-			return nil, fmt.Errorf("--adopt-bind on: %v; use --adopt-bind off and have the workers take their sockets from fd 3 (LISTEN_FDS)", err)
-		}
-		p.binds.off = err.Error()
-		p.log.Info("bind adoption off", zap.String("reason", err.Error()))
-		return nil, nil
+		return nil, err
 	}
 	ls := make([]adopt.Listener, len(fds))
 	for i, fd := range fds {
 		l := p.cfg.Listeners[i]
 		ls[i] = adopt.Listener{Name: l.Name, Network: l.Network, Addr: p.addrs[i], FD: fd}
 	}
-	s, err := adopt.NewSupervisor(ls, p.log)
-	if err != nil {
-		if mode == AdoptOn {
-			return nil, fmt.Errorf("--adopt-bind on: %v", err)
-		}
-		p.binds.off = err.Error()
-		p.log.Info("bind adoption off", zap.String("reason", err.Error()))
-		return nil, nil
-	}
-	p.binds.on = true
-	p.log.Debug("bind adoption on")
-	return s, nil
+	return adopt.NewSupervisor(ls, p.log)
 }
 
 // adoptFD is the launcher's PrepareFD for s: each worker's channel to the
@@ -116,8 +127,11 @@ func (p *primary) adoptFD(s *adopt.Supervisor) func(slot, generation int) (*work
 			return nil, err
 		}
 		log := p.log.With(zap.Int("slot", slot), zap.Int("generation", generation))
-		return &workerpool.ExtraFD{FD: pend.FD, Env: pend.Env, Started: func(pid int) {
-			pend.Started(pid, log.With(zap.Int("pid", pid)))
+		return &workerpool.ExtraFD{FD: pend.FD, Env: pend.Env, Started: func(pid int, ready func()) {
+			if p.cfg.Ready != ReadyBind {
+				ready = nil
+			}
+			pend.Started(pid, log.With(zap.Int("pid", pid)), ready)
 		}}, nil
 	}
 }

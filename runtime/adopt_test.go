@@ -184,17 +184,33 @@ func TestAdoptModes(t *testing.T) {
 
 	p, fds, logs = testPrimary(t, AdoptOn)
 	s, err = p.setUpBinds(fds)
-	if err == nil || s != nil || !strings.HasPrefix(err.Error(), "--adopt-bind on: seccomp() refused") || !strings.Contains(err.Error(), "--adopt-bind off") {
+	if err == nil || s != nil || !strings.HasPrefix(err.Error(), "--adopt-bind on: bind adoption cannot work here: seccomp() refused") || !strings.Contains(err.Error(), "--adopt-bind off") {
 		t.Fatalf("on, refused: %v, %v", s, err)
 	}
 	if logs.Len() != 0 {
 		t.Errorf("on, refused: logged %v", logs.All())
 	}
 
+	// --ready bind cannot work without adoption: auto becomes on.
+	p, fds, logs = testPrimary(t, AdoptAuto)
+	p.cfg.Ready = ReadyBind
+	s, err = p.setUpBinds(fds)
+	if err == nil || s != nil || !strings.HasPrefix(err.Error(), "--ready bind: bind adoption cannot work here: seccomp() refused") {
+		t.Fatalf("auto, --ready bind, refused: %v, %v", s, err)
+	}
+	if logs.Len() != 0 {
+		t.Errorf("auto, --ready bind, refused: logged %v", logs.All())
+	}
+
 	probed = 0
 	p, fds, _ = testPrimary(t, AdoptOff)
 	if s, err = p.setUpBinds(fds); err != nil || s != nil || probed != 0 {
 		t.Fatalf("off: %v, %v, probed %d times", s, err, probed)
+	}
+	p, fds, _ = testPrimary(t, AdoptOff)
+	p.cfg.Ready = ReadyBind
+	if s, err = p.setUpBinds(fds); err == nil || !strings.HasPrefix(err.Error(), "--ready bind needs bind adoption, which --adopt-bind off turns off") || probed != 0 {
+		t.Fatalf("off, --ready bind: %v, %v, probed %d times", s, err, probed)
 	}
 }
 
@@ -224,7 +240,7 @@ func TestAdoptOn(t *testing.T) {
 		if err := unix.Fstat(x.FD, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 			t.Errorf("%v: the worker's fd is not a socket: %v", mode, err)
 		}
-		x.Started(0)
+		x.Started(0, nil)
 		if err := unix.Fstat(x.FD, &st); err == nil {
 			t.Errorf("%v: the worker's fd is still open after a failed start", mode)
 		}

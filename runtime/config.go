@@ -60,6 +60,11 @@ const (
 	// ReadyDelay: the worker counts as ready once it has stayed alive for
 	// Config.ReadyDelay, or at READY=1 if that comes first.
 	ReadyDelay = workerpool.ReadyDelay
+	// ReadyBind: the worker counts as ready once it has bound a listener's
+	// address, which the primary adopted (Config.AdoptBind; it accepts
+	// from the shared socket from then on), or at READY=1 if that comes
+	// first.
+	ReadyBind = workerpool.ReadyBind
 )
 
 // Listener is one socket the primary binds and hands to every worker.

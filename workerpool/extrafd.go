@@ -8,9 +8,10 @@ type ExtraFD struct {
 	// Env returns the environment entry that names the fd, which is
 	// number n in the worker.
 	Env func(n int) string
-	// Started is called once the fork is over, with the worker's pid, or
-	// 0 when it did not start; it owns FD from then on (and closes it).
-	Started func(pid int)
+	// Started is called once the fork is over, with the worker's pid and
+	// a func that marks the worker ready, or with 0 and nil when it did
+	// not start; it owns FD from then on (and closes it).
+	Started func(pid int, ready func())
 
 	done bool
 }
@@ -32,12 +33,12 @@ func (x *ExtraFD) add(files []uintptr, env []string) ([]uintptr, []string) {
 }
 
 // forked reports the started worker.
-func (x *ExtraFD) forked(pid int) {
+func (x *ExtraFD) forked(pid int, ready func()) {
 	if x != nil && !x.done {
 		x.done = true
-		x.Started(pid)
+		x.Started(pid, ready)
 	}
 }
 
 // release reports a worker that did not start, unless forked was called.
-func (x *ExtraFD) release() { x.forked(0) }
+func (x *ExtraFD) release() { x.forked(0, nil) }

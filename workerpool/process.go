@@ -82,6 +82,9 @@ const (
 	// ReadyDelay counts a worker ready once it has been alive for the
 	// delay, or at READY=1 if that comes first.
 	ReadyDelay
+	// ReadyBind counts a worker ready once its bind of a listener's
+	// address was adopted (see ExtraFD.Started), or at READY=1.
+	ReadyBind
 )
 
 // stderrTailBytes bounds the stderr kept for exit reports.
@@ -265,7 +268,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
 	}
 	p.log = p.log.With(zap.Int("pid", p.pid))
-	extra.forked(p.pid)
+	extra.forked(p.pid, p.markReady)
 	if chanFD >= 0 {
 		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
 	}

@@ -50,6 +50,9 @@ Flags:
                            why); on: a start-up error where it cannot work
   --ready MODE             how a worker tells it is ready (default delay:1s):
                              notify          it sends READY=1 to $NOTIFY_SOCKET
+                             bind            it has bound a --listen address
+                                             itself (see --adopt-bind), or
+                                             sent READY=1
                              delay:DURATION  it has stayed up that long (a
                                              READY=1 sent earlier counts too)
   --ready-timeout DURATION a new worker not ready by then is stopped and the
@@ -217,6 +220,8 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	switch {
 	case ready == "notify":
 		cfg.Ready = runtime.ReadyNotify
+	case ready == "bind":
+		cfg.Ready = runtime.ReadyBind
 	case strings.HasPrefix(ready, "delay:"):
 		d, err := time.ParseDuration(strings.TrimPrefix(ready, "delay:"))
 		if err != nil || d <= 0 {
@@ -224,7 +229,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		}
 		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, d
 	default:
-		return fail("--ready %q: use notify or delay:DURATION (e.g. delay:1s)", ready)
+		return fail("--ready %q: use notify, bind or delay:DURATION (e.g. delay:1s)", ready)
 	}
 	if cfg.ReadyTimeout <= 0 {
 		return fail("--ready-timeout %s: must be positive", cfg.ReadyTimeout)

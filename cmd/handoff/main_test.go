@@ -50,7 +50,7 @@ func TestUsageErrors(t *testing.T) {
 		{"bad listen port", []string{"run", "--listen", ":70000", "--", "true"}, `port "70000"`},
 		{"bad listen name", []string{"run", "--listen", "=:80", "--", "true"}, "the name before '='"},
 		{"second listen bad", []string{"run", "--listen", ":0", "--listen", "unix:", "--", "true"}, "unix: needs a socket path"},
-		{"bad ready", []string{"run", "--listen", ":0", "--ready", "systemd", "--", "true"}, `--ready "systemd": use notify or delay:DURATION`},
+		{"bad ready", []string{"run", "--listen", ":0", "--ready", "systemd", "--", "true"}, `--ready "systemd": use notify, bind or delay:DURATION`},
 		{"bad ready delay", []string{"run", "--listen", ":0", "--ready", "delay:soon", "--", "true"}, "the delay must be a positive duration"},
 		{"zero ready delay", []string{"run", "--listen", ":0", "--ready", "delay:0s", "--", "true"}, "the delay must be a positive duration"},
 		{"ready delay too long", []string{"run", "--listen", ":0", "--ready", "delay:2m", "--", "true"}, "is not shorter than --ready-timeout"},

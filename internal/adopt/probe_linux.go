@@ -85,7 +85,7 @@ func Probe() error {
 		pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}, {Fd: int32(done[0]), Events: unix.POLLIN}}
 		unix.Poll(pfd, 100)
 		if pfd[0].Revents&unix.POLLIN != 0 {
-			if err := s.handle(nfd, s.log); err != nil && failed == nil {
+			if err := s.handle(nfd, s.log, func() {}); err != nil && failed == nil {
 				failed = err
 			}
 			continue

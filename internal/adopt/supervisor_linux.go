@@ -145,8 +145,9 @@ func (p *Pending) Env(n int) string { return Env(n, p.s.unlink) }
 // Started is called once the fork is over, with the worker's pid, or 0 if
 // it did not start. It closes FD. With a pid, the Supervisor then answers
 // the worker's binds (and those of what it starts) until all of them are
-// gone or the Supervisor is closed; log gets the events.
-func (p *Pending) Started(pid int, log *zap.Logger) {
+// gone or the Supervisor is closed; log gets the events, and adopted (if
+// not nil) is called after each bind adopted.
+func (p *Pending) Started(pid int, log *zap.Logger, adopted func()) {
 	unix.Close(p.FD)
 	s := p.s
 	s.mu.Lock()
@@ -160,7 +161,7 @@ func (p *Pending) Started(pid int, log *zap.Logger) {
 	if log == nil {
 		log = s.log
 	}
-	go s.serve(p.own, log)
+	go s.serve(p.own, log, adopted)
 }
 
 // Close stops answering: every notification fd is closed (a bind pending or
@@ -204,7 +205,10 @@ func (s *Supervisor) untrack(f *os.File) {
 // handshake.
 var errGone = errors.New("gone")
 
-func (s *Supervisor) serve(sock int, log *zap.Logger) {
+func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
+	if adopted == nil {
+		adopted = func() {}
+	}
 	defer s.wg.Done()
 	nfd, err := s.handshake(sock)
 	if err != nil {
@@ -240,7 +244,7 @@ func (s *Supervisor) serve(sock int, log *zap.Logger) {
 			}
 			switch {
 			case pfd[0].Revents&unix.POLLIN != 0:
-				if err := s.handle(int(fd), log); err != nil {
+				if err := s.handle(int(fd), log, adopted); err != nil {
 					log.Warn("worker bind not adopted", zap.String("reason", err.Error()))
 				}
 			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
@@ -303,7 +307,7 @@ func (s *Supervisor) handshake(sock int) (int, error) {
 
 // handle answers one notification. It returns why a bind that named a
 // listener was not adopted, when that is unexpected.
-func (s *Supervisor) handle(nfd int, log *zap.Logger) error {
+func (s *Supervisor) handle(nfd int, log *zap.Logger, adopted func()) error {
 	n, err := s.recv(nfd)
 	if err != nil {
 		// ENOENT: the process was killed, or a signal interrupted the
@@ -316,7 +320,7 @@ func (s *Supervisor) handle(nfd int, log *zap.Logger) error {
 	if n.Data.Arch == auditArch {
 		switch nr := uint32(n.Data.Nr); {
 		case nr == unix.SYS_BIND:
-			return s.bind(nfd, n, log)
+			return s.bind(nfd, n, log, adopted)
 		case nr == unix.SYS_LISTEN:
 			s.listenCall(nfd, n, log)
 			return nil
@@ -338,7 +342,7 @@ func isUnlink(nr uint32) bool {
 }
 
 // bind adopts a bind that names a listener, and lets any other run.
-func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger) error {
+func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger, adopted func()) error {
 	tid := int(n.Pid)
 	fd := int(int32(n.Data.Args[0]))
 	addrlen := int(uint32(n.Data.Args[2]))
@@ -390,6 +394,7 @@ func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger) error {
 		log.Debug("worker bind left alone", zap.String("why", why))
 	default:
 		log.Info("worker bind adopted")
+		adopted()
 	}
 	return nil
 }

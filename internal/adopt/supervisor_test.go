@@ -193,11 +193,11 @@ func runWorker(t *testing.T, s *Supervisor, dir string, binds ...string) []strin
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		pend.Started(0, nil)
+		pend.Started(0, nil, nil)
 		t.Fatal(err)
 	}
 	f.Close()
-	pend.Started(cmd.Process.Pid, nil)
+	pend.Started(cmd.Process.Pid, nil, nil)
 	var out bytes.Buffer
 	out.ReadFrom(stdout)
 	if err := cmd.Wait(); err != nil {
@@ -352,7 +352,7 @@ func TestCloseWithWorkerRunning(t *testing.T) {
 	}
 	f.Close()
 	defer cmd.Process.Kill()
-	pend.Started(cmd.Process.Pid, nil)
+	pend.Started(cmd.Process.Pid, nil, nil)
 	done := make(chan struct{})
 	go func() { s.Close(); close(done) }()
 	select {

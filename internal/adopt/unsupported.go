@@ -39,4 +39,4 @@ type Pending struct{ FD int }
 func (p *Pending) Env(n int) string { return "" }
 
 // Started does nothing.
-func (p *Pending) Started(pid int, log *zap.Logger) {}
+func (p *Pending) Started(pid int, log *zap.Logger, adopted func()) {}

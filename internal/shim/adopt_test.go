@@ -88,11 +88,11 @@ func TestExecAdoptsBinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		pend.Started(0, nil)
+		pend.Started(0, nil, nil)
 		t.Fatal(err)
 	}
 	end.Close()
-	pend.Started(cmd.Process.Pid, nil)
+	pend.Started(cmd.Process.Pid, nil, nil)
 	out, _ := io.ReadAll(stdout)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("%v; stderr %q", err, stderr)
