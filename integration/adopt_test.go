@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -266,7 +267,8 @@ func TestAdoptPythonHTTPServer(t *testing.T) {
 
 // TestAdoptOffSaysWhy: with --adopt-bind off, a server that binds the
 // --listen port fails at the first start, and the one line says so and
-// what to do, quoting the end of the worker's stderr; nothing is left
+// what to do, quoting the end of the worker's stderr (for Node, the error
+// as well as the version banner its crash ends with); nothing is left
 // running.
 func TestAdoptOffSaysWhy(t *testing.T) {
 	t.Parallel()
@@ -275,18 +277,66 @@ func TestAdoptOffSaysWhy(t *testing.T) {
 	if err := copyFile(servers["bind-v1"], server, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mark := newMark(t)
-	r := runHandoff(t, "", []string{markEnv + "=" + mark}, nil, "run", "--adopt-bind", "off", "--listen", "127.0.0.1:0",
-		"--workers", "2", "--ready", "delay:2s", "--", server)
-	t.Logf("stderr: %s", r.stderr)
-	oneLine(t, "a server binding the --listen port, adoption off", lastLine(r.stderr), "first workers failed",
-		"exited at start: exit status 1", "its stderr ends: ", "bind: address already in use",
-		"if it binds a --listen address itself", "--adopt-bind auto or on", "fd 3 (LISTEN_FDS)")
-	if r.code != 1 {
-		t.Errorf("exit status %d, want 1", r.code)
+	cases := []struct {
+		name    string
+		command []string
+		want    []string
+	}{
+		{"go", []string{server}, []string{"exited at start: exit status 1", "bind: address already in use"}},
 	}
-	if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
-		t.Errorf("processes left running: %v", left)
+	if node, err := exec.LookPath("node"); err == nil {
+		copyExample(t, "node-port", dir, "server.js")
+		cases = append(cases, struct {
+			name    string
+			command []string
+			want    []string
+		}{"node", []string{node, filepath.Join(dir, "server.js")}, []string{"exited at start: exit status 1",
+			"Error: listen EADDRINUSE: address already in use", "Node.js v"}})
+	}
+	for _, c := range cases {
+		mark := newMark(t)
+		args := append([]string{"run", "--adopt-bind", "off", "--listen", "127.0.0.1:0", "--workers", "2", "--ready", "delay:5s", "--"}, c.command...)
+		r := runHandoff(t, "", []string{markEnv + "=" + mark}, nil, args...)
+		line := lastLine(r.stderr)
+		t.Logf("%s: %s", c.name, line)
+		oneLine(t, c.name+": a server binding the --listen port, adoption off", line, append(c.want, "first workers failed",
+			"its stderr ends: ", "if it binds a --listen address itself", "--adopt-bind auto or on", "fd 3 (LISTEN_FDS)")...)
+		if r.code != 1 {
+			t.Errorf("%s: exit status %d, want 1", c.name, r.code)
+		}
+		if left := waitGone(markedPIDs(mark), 3*time.Second); len(left) > 0 {
+			t.Errorf("%s: processes left running: %v", c.name, left)
+		}
+	}
+}
+
+// TestAdoptAutoRefused: where the seccomp policy refuses seccomp() (a
+// container runtime's, simulated by integration/noseccomp), the default
+// --adopt-bind auto turns adoption off with one info line that says why,
+// and a LISTEN_FDS worker serves as ever; --adopt-bind on, and --ready
+// bind, are start-up errors that name the cause.
+func TestAdoptAutoRefused(t *testing.T) {
+	t.Parallel()
+	wrap := []string{servers["noseccomp"]}
+	p := StartPrimary(t, Options{Wrap: wrap})
+	offs := p.Log.Filter("bind adoption off")
+	if len(offs) != 1 || !strings.Contains(offs[0].Str("reason"), "seccomp() refused") || offs[0].Str("level") != "info" {
+		t.Errorf("events %v, want one info \"bind adoption off\" saying seccomp() was refused", offs)
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	if n := len(p.Log.Filter("worker bind adopted", "bind adoption failed")); n != 0 {
+		t.Errorf("%d adoption events with adoption off", n)
+	}
+	p.shutdownAll(p.PID)
+
+	for _, flag := range [][]string{{"--adopt-bind", "on"}, {"--ready", "bind"}} {
+		args := append(append([]string{handoffBin, "run"}, flag...), "--listen", "127.0.0.1:0", "--", servers["v1"])
+		r := runHandoff(t, servers["noseccomp"], nil, nil, args...)
+		oneLine(t, strings.Join(flag, " ")+" under a policy refusing seccomp()", r.stderr,
+			strings.Join(flag, " ")+": bind adoption cannot work here: seccomp() refused", "operation not permitted")
+		if r.code != 1 {
+			t.Errorf("%s: exit status %d, want 1", flag, r.code)
+		}
 	}
 }
 

@@ -271,6 +271,12 @@ func TestWorkerEnvironment(t *testing.T) {
 			t.Errorf("workers %d and %d share NOTIFY_SOCKET %q", other, pid, ns)
 		}
 		notify[ns] = pid
+		if _, port, _ := net.SplitHostPort(web); r.Env["PORT"] != port {
+			t.Errorf("worker %d: PORT=%q, want %s, the first TCP listener's port", pid, r.Env["PORT"], port)
+		}
+		if _, ok := r.Env["HANDOFF_ADOPT_FD"]; ok {
+			t.Errorf("worker %d: HANDOFF_ADOPT_FD, the exec step's, reached the command", pid)
+		}
 		if r.Env[markEnv] != p.Mark {
 			t.Errorf("worker %d: the primary's environment (%s) did not reach it", pid, markEnv)
 		}

@@ -66,6 +66,8 @@ var serverVariants = []serverVariant{
 	// Binds its own port ($PORT): bind adoption.
 	{"bind-v1", "v1", "", "./integration/bindserver"},
 	{"bind-v2", "v2", "", "./integration/bindserver"},
+	// Runs a command under a seccomp policy that refuses seccomp().
+	{"noseccomp", "", "", "./integration/noseccomp"},
 }
 
 func TestMain(m *testing.M) {

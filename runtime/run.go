@@ -181,12 +181,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	p.logListening()
 	adopter, err := p.setUpBinds(fds)
 	if err != nil {
 		return err
 	}
 	defer adopter.Close()
+	p.logListening()
 
 	p.dir, err = privateDir()
 	if err != nil {
