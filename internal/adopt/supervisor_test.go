@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -387,4 +388,45 @@ func TestProbeTime(t *testing.T) {
 		}
 	}
 	t.Logf("Probe: %s each", time.Since(start)/n)
+}
+
+// What the filter adds to every system call of a worker: getpid on a
+// thread under the filter (which ends with the benchmark) against one
+// without.
+func BenchmarkSyscall(b *testing.B) {
+	if err := Probe(); err != nil {
+		b.Skipf("bind adoption unavailable here: %v", err)
+	}
+	for _, filtered := range []bool{false, true} {
+		name := "plain"
+		if filtered {
+			name = "filtered"
+		}
+		b.Run(name, func(b *testing.B) {
+			done := make(chan error, 1)
+			go func() {
+				// Never unlocked: a filtered thread ends with its goroutine.
+				runtime.LockOSThread()
+				if filtered {
+					nfd, err := install(false)
+					if err != nil {
+						done <- err
+						return
+					}
+					defer unix.Close(nfd)
+				} else {
+					defer runtime.UnlockOSThread()
+				}
+				b.ResetTimer()
+				for range b.N {
+					unix.Getpid()
+				}
+				b.StopTimer()
+				done <- nil
+			}()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }

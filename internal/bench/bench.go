@@ -46,9 +46,10 @@ type Config struct {
 	ReadyDelay  time.Duration // the slow app's time to get ready
 	Balance     []int         // worker counts of the balance benchmark
 	Reloads     int           // dev-loop reloads
+	Starts      int           // worker starts per mode of the adoption benchmark
 
 	// Only names the benchmarks to run (overhead, disruption, scaling,
-	// devloop, balance); empty runs them all. The primary's cost comes
+	// devloop, balance, adoption); empty runs them all. The primary's cost comes
 	// from overhead and scaling.
 	Only []string
 
@@ -56,20 +57,20 @@ type Config struct {
 }
 
 // Names of the benchmarks, for Config.Only.
-var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance"}
+var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "adoption"}
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
 	Rounds: 30, Slice: 700 * time.Millisecond, Steady: 3 * time.Second, Warmup: 150 * time.Millisecond, Clients: 64,
 	Upgrades: 10, DisruptRuns: 3, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
-	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10, Starts: 30,
 }
 
 // Quick is the configuration of 'make bench BENCH_QUICK=1'.
 var Quick = Config{
 	Rounds: 5, Slice: 500 * time.Millisecond, Steady: 2 * time.Second, Warmup: 100 * time.Millisecond, Clients: 64,
 	Upgrades: 3, DisruptRuns: 1, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
-	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3, Starts: 10,
 }
 
 func (c *Config) fill() {
@@ -85,6 +86,7 @@ func (c *Config) fill() {
 	c.Deploys = cmp.Or(c.Deploys, d.Deploys)
 	c.ReadyDelay = cmp.Or(c.ReadyDelay, d.ReadyDelay)
 	c.Reloads = cmp.Or(c.Reloads, d.Reloads)
+	c.Starts = cmp.Or(c.Starts, d.Starts)
 	if len(c.Workers) == 0 {
 		c.Workers = d.Workers
 	}
@@ -141,6 +143,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"scaling", "upgrade duration against workers, and the primary's cost per worker", b.scaling},
 		{"devloop", "dev loop", b.devLoop},
 		{"balance", "balance across workers", b.balance},
+		{"adoption", "bind adoption: a worker's start", b.adoption},
 	}
 	for _, s := range steps {
 		if len(cfg.Only) > 0 && !slices.Contains(cfg.Only, s.key) {
@@ -202,6 +205,8 @@ func (b *bencher) overhead(ctx context.Context) error {
 		workers int // 0: direct
 		library bool
 		procs1  bool // GOMAXPROCS=1 in every process
+		// flags go to handoff, args to the server: bind adoption.
+		flags, args []string
 	}
 	setups := []setup{
 		{name: "direct (one process)"},
@@ -210,6 +215,13 @@ func (b *bencher) overhead(ctx context.Context) error {
 		// Not a target: it tells whether what 2 workers cost beyond 1
 		// comes from two Go runtimes each scheduling for every core.
 		{name: "handoff, 2 workers, GOMAXPROCS=1", workers: 2, procs1: true},
+		// The rows above run with --adopt-bind auto, the default: their
+		// workers take LISTEN_FDS under the bind filter. These two tell
+		// what the filter costs, and what a server binding its own port
+		// (adopted) gets.
+		{name: "handoff, 2 workers, --adopt-bind off", workers: 2, flags: []string{"--adopt-bind", "off"}},
+		{name: "handoff, 2 workers, the server binds :$PORT (adopted)", workers: 2,
+			flags: []string{"--adopt-bind", "on"}, args: []string{"--bind"}},
 	}
 	if b.cfg.Hello != "" {
 		setups = append(setups, setup{name: "library mode (examples/hello), 2 workers", workers: 2, library: true})
@@ -229,7 +241,9 @@ func (b *bencher) overhead(ctx context.Context) error {
 	pids := make([][]int, len(setups)) // every process of the set-up
 	for i, s := range setups {
 		if s.workers > 0 {
-			start := func() (*primary, string, error) { return startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, s.workers) }
+			start := func() (*primary, string, error) {
+				return startPrimaryWith(ctx, b.cfg.Handoff, s.flags, b.cfg.Server, s.workers, s.args...)
+			}
 			if s.procs1 {
 				start = func() (*primary, string, error) {
 					cmd := handoffCmd(b.cfg.Handoff, nil, b.cfg.Server, s.workers)
@@ -336,6 +350,7 @@ func (b *bencher) overhead(ctx context.Context) error {
 		t.Rows = append(t.Rows, []string{s.name, fmt.Sprintf("%.0f", median(rps)), vs, iqr,
 			fmtDur(medianDur(p50)), fmtDur(medianDur(p99)), fmt.Sprint(failed), fmtDur(cpuPerReq[i]), cpuVs})
 	}
+	t.Notes = append(t.Notes, "The handoff rows run with --adopt-bind auto (the default) unless they say otherwise: the workers take their socket from LISTEN_FDS, under the seccomp filter that sends their bind() and listen() calls to the primary, which every system call of theirs passes through. The --adopt-bind off row has no filter; in the last row the server binds :$PORT itself and is given the primary's socket (bind adoption), then serves exactly as a LISTEN_FDS worker does.")
 	t.Notes = append(t.Notes, "The GOMAXPROCS=1 row is not a target: it runs each worker's Go runtime on one thread, to tell whether what 2 workers cost beyond 1 comes from two runtimes each scheduling (and spinning) for every core of the machine. The verdict takes the worst of the other handoff rows.")
 	t.Notes = append(t.Notes, "Server CPU per request is the utime+stime of all the set-up's processes (direct server; or handoff's primary and workers) over all rounds, divided by the requests they answered. It depends much less than req/s on what else the machine runs, and it shows what handoff adds to the work of answering a request.")
 	b.r.Tables = append(b.r.Tables, t)

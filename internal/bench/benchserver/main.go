@@ -10,6 +10,9 @@
 //     upg.Listen, upg.Ready, Upgrade on SIGHUP, and http.Server.Shutdown
 //     once upg.Exit() fires.
 //
+// --bind makes it bind its own port, :$PORT, even under handoff (a server
+// written to run alone), for handoff's bind adoption (--adopt-bind).
+//
 // --ready-delay makes it take that long to get ready (before it serves and
 // before READY=1), to model an application with a slow start.
 //
@@ -45,6 +48,7 @@ func main() {
 	drainTimeout := flag.Duration("drain", 10*time.Second, "bound of the drain on SIGTERM")
 	useTableflip := flag.Bool("tableflip", false, "run as tableflip's README shows: Upgrade on SIGHUP, Shutdown on Exit")
 	pidFile := flag.String("pid-file", "", "with --tableflip: the pid file tableflip maintains")
+	bind := flag.Bool("bind", false, "bind :$PORT itself, ignoring LISTEN_FDS (bind adoption under handoff)")
 	flag.Parse()
 	if *version == "" {
 		*version = trailerVersion()
@@ -65,7 +69,7 @@ func main() {
 		return
 	}
 
-	ln, err := listener(*addr)
+	ln, err := listener(*addr, *bind)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -111,8 +115,12 @@ func trailerVersion() string {
 	return strings.TrimSpace(tail[i+len(trailerPrefix):])
 }
 
-// listener takes the first socket-activated listener, or binds addr.
-func listener(addr string) (net.Listener, error) {
+// listener takes the first socket-activated listener, or binds addr; with
+// bind, it binds :$PORT.
+func listener(addr string, bind bool) (net.Listener, error) {
+	if bind {
+		return net.Listen("tcp", ":"+os.Getenv("PORT"))
+	}
 	lns, err := activation.Listeners()
 	if err != nil {
 		return nil, err
