@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -424,6 +425,89 @@ func BenchmarkSyscall(b *testing.B) {
 				b.StopTimer()
 				done <- nil
 			}()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// What a bind costs under the filter, answered by a Supervisor in this
+// process: a bind to port 0 (let run, as Go's start-up probes) and a bind
+// of a listener's address (adopted), against a bind to port 0 with no
+// filter.
+func BenchmarkBind(b *testing.B) {
+	if err := Probe(); err != nil {
+		b.Skipf("bind adoption unavailable here: %v", err)
+	}
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	loopback := [4]byte{127, 0, 0, 1}
+	unix.Bind(lfd, &unix.SockaddrInet4{Addr: loopback})
+	unix.Listen(lfd, 16)
+	sa, _ := unix.Getsockname(lfd)
+	port := sa.(*unix.SockaddrInet4).Port
+	s, err := NewSupervisor([]Listener{{Network: "tcp", Addr: "127.0.0.1:" + strconv.Itoa(port), FD: lfd}}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		filtered bool
+		port     int
+	}{{"plain, port 0", false, 0}, {"filtered, port 0 (let run)", true, 0}, {"filtered, listener (adopted)", true, port}} {
+		b.Run(tc.name, func(b *testing.B) {
+			nfds := make(chan int, 1)
+			done := make(chan error, 1)
+			go func() {
+				runtime.LockOSThread() // never unlocked when filtered
+				if !tc.filtered {
+					defer runtime.UnlockOSThread()
+					nfds <- -1
+				} else {
+					nfd, err := install(false)
+					if err != nil {
+						nfds <- -1
+						done <- err
+						return
+					}
+					nfds <- nfd
+				}
+				b.ResetTimer()
+				for range b.N {
+					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+					if err != nil {
+						done <- err
+						return
+					}
+					if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: loopback, Port: tc.port}); err != nil {
+						done <- err
+						return
+					}
+					unix.Close(fd)
+				}
+				b.StopTimer()
+				done <- nil
+			}()
+			nfd := <-nfds
+			if nfd >= 0 {
+				defer unix.Close(nfd)
+				go func() {
+					for {
+						pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}}
+						if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+							return
+						}
+						if pfd[0].Revents&unix.POLLIN == 0 {
+							return
+						}
+						s.handle(nfd, s.log, func() {})
+					}
+				}()
+			}
 			if err := <-done; err != nil {
 				b.Fatal(err)
 			}
