@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/adopt"
 )
 
 // ResolveCommand finds the executable a deploy runs: looked up in PATH and
@@ -61,7 +63,8 @@ func workerEnv(environ []string) []string {
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), k == "NOTIFY_SOCKET", strings.HasPrefix(k, "WATCHDOG_"),
 			k == envHandover, k == "HANDOFF_WORKER", k == "HANDOFF_GENERATION", k == "HANDOFF_SHIM_EXEC",
-			k == "TABLEFLIP_HAS_PARENT_7DIU3", k == "HANDOFF_CHANNEL_FD", strings.HasPrefix(k, "NODE_CHANNEL_"), k == envStandalone:
+			k == "TABLEFLIP_HAS_PARENT_7DIU3", k == "HANDOFF_CHANNEL_FD", strings.HasPrefix(k, "NODE_CHANNEL_"), k == envStandalone,
+			k == adopt.EnvFD:
 			continue
 		}
 		out = append(out, kv)

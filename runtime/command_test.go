@@ -125,6 +125,7 @@ func TestWorkerEnv(t *testing.T) {
 		"HANDOFF_SHIM_EXEC=/bin/x",
 		"HANDOFF_HANDOVER=/tmp/h.sock",
 		"TABLEFLIP_HAS_PARENT_7DIU3=yes",
+		"HANDOFF_ADOPT_FD=9,unlink",
 		"HANDOFF_API_KEY=secret",
 		"HANDOFF_WORKERS_EXTRA=keep",
 		"MY_LISTEN_FDS=keep",

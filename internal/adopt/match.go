@@ -4,16 +4,17 @@
 // A server written to run alone calls bind() on its port, which the primary
 // already holds: the bind fails with EADDRINUSE. On Linux the exec step
 // (internal/shim) installs a small seccomp filter on the thread that execs
-// the worker's command, which sends every bind() of the worker (and of what
-// it starts) to the primary as a seccomp user notification (Linux 5.0;
-// SECCOMP_IOCTL_NOTIF_ADDFD 5.9). The notification fd reaches the primary
+// the worker's command, which sends every bind() and listen() of the
+// worker (and of what it starts) to the primary as a seccomp user
+// notification (Linux 5.0; SECCOMP_IOCTL_NOTIF_ADDFD 5.9). The notification fd reaches the primary
 // over a unix socket. The primary (Supervisor) reads the address from the
 // worker's memory, and when it names one of the listeners, installs its own
 // listening socket at the fd being bound (SECCOMP_IOCTL_NOTIF_ADDFD with
 // SECCOMP_ADDFD_FLAG_SETFD) and answers success; the program's listen()
-// then succeeds on a socket that is already listening, and it accepts from
+// then succeeds on a socket that is already listening (it is answered
+// without running, so the primary's backlog stays), and it accepts from
 // the queue the primary and every worker share, as a LISTEN_FDS worker
-// does. Every other bind continues untouched
+// does. Every other call continues untouched
 // (SECCOMP_USER_NOTIF_FLAG_CONTINUE).
 //
 // This is a convenience, never a security boundary: the worker could change

@@ -7,7 +7,9 @@
 // own pid, marks every fd past the listeners close-on-exec, and execs the
 // worker's command in place. WATCHDOG_PID is set the same way when
 // WATCHDOG_USEC is given: sd_watchdog_enabled() ignores a watchdog meant
-// for another pid.
+// for another pid. With bind adoption (internal/adopt), it also installs
+// the filter that sends the command's binds to the primary, on the thread
+// that then execs (adopt.go).
 package shim
 
 import (
