@@ -234,7 +234,14 @@ func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
 	// Answer every pending notification, then wait in the netpoller; end
 	// when the fd hangs up (every process under the filter is gone) or
 	// is closed.
-	rc.Read(func(fd uintptr) bool {
+	hup := false
+	defer func() {
+		if err != nil && !hup && !errors.Is(err, os.ErrClosed) {
+			// The worker's binds fail with ENOSYS from now on.
+			log.Warn("bind adoption stopped", zap.String("reason", err.Error()))
+		}
+	}()
+	err = rc.Read(func(fd uintptr) bool {
 		for {
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 			if _, err := unix.Poll(pfd, 0); err == unix.EINTR {
@@ -248,6 +255,7 @@ func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
 					log.Warn("worker bind not adopted", zap.String("reason", err.Error()))
 				}
 			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
+				hup = true
 				return true
 			default:
 				return false
