@@ -498,10 +498,9 @@ func BenchmarkBind(b *testing.B) {
 				go func() {
 					for {
 						pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}}
-						if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
-							return
-						}
-						if pfd[0].Revents&unix.POLLIN == 0 {
+						if _, err := unix.Poll(pfd, -1); err == unix.EINTR {
+							continue
+						} else if err != nil || pfd[0].Revents&unix.POLLIN == 0 {
 							return
 						}
 						s.handle(nfd, s.log, func() {})
