@@ -3,7 +3,6 @@ package runtime
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,8 +15,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // controlServer answers the control socket (see ControlRequest). The
@@ -335,95 +332,4 @@ func (s *controlServer) retryReply() ControlReply {
 		return r
 	}
 	return ControlReply{Retry: true, Error: "handed over to a new primary"}
-}
-
-// deployFailure makes one line of a failed deploy or scale: the worker's
-// failure and the last line of its stderr.
-func deployFailure(err error) string {
-	var se *workerpool.StartError
-	if errors.As(err, &se) {
-		msg := se.Error()
-		if last := lastLine(se.Exit.StderrTail); last != "" {
-			msg += "; its stderr ends: " + last
-		}
-		return msg
-	}
-	return err.Error()
-}
-
-// status is a snapshot of the primary for the control socket.
-func (p *primary) status() Status {
-	now := time.Now()
-	p.stmu.Lock()
-	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.serving, Started: p.started,
-		UptimeSeconds: now.Sub(p.started).Seconds(), Listeners: p.addrs, Command: p.cfg.Command}}
-	if u := p.upgrade; u != nil {
-		cp := *u
-		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
-		st.Upgrade = &cp
-	}
-	p.stmu.Unlock()
-	if p.ctl != nil {
-		st.Primary.Control = p.ctl.path
-	}
-	st.Primary.Workers = p.pool.Size()
-	st.Workers = []WorkerStatus{}
-	for _, w := range p.pool.Workers() {
-		rss, _ := workerpool.RSS(w.Pid)
-		st.Workers = append(st.Workers, WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
-			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss})
-	}
-	return st
-}
-
-func (p *primary) servingGeneration() int {
-	p.stmu.Lock()
-	defer p.stmu.Unlock()
-	return p.serving
-}
-
-// setUpgrade records the deploy in progress (nil: none) for status.
-func (p *primary) setUpgrade(u *UpgradeStatus) {
-	p.stmu.Lock()
-	p.upgrade = u
-	p.stmu.Unlock()
-}
-
-// upgradeStep records the step of the deploy in progress.
-func (p *primary) upgradeStep(step, steps int) {
-	p.stmu.Lock()
-	if p.upgrade != nil {
-		p.upgrade.Step, p.upgrade.Steps = step, steps
-	}
-	p.stmu.Unlock()
-}
-
-// scaleJob makes the job of a scale to n workers, or by delta when delta
-// is not 0; the number asked for is stored in *to (if not nil).
-func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
-	return func(ctx context.Context) error {
-		from := p.pool.Size()
-		want := n
-		if delta != 0 {
-			want = from + delta
-		}
-		if to != nil {
-			*to = want
-		}
-		if want < 1 || want > workerpool.MaxSize {
-			err := fmt.Errorf("cannot scale from %d to %d workers: the number must be from 1 to %d", from, want, workerpool.MaxSize)
-			p.log.Warn("scale refused", zap.Int("from", from), zap.Int("to", want), zap.String("reason", err.Error()))
-			return err
-		}
-		if want == from {
-			return nil
-		}
-		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
-		if err := p.pool.Scale(ctx, want, p.current); err != nil {
-			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", deployFailure(err)))
-			return err
-		}
-		p.log.Info("scale finished", zap.Int("from", from), zap.Int("to", want))
-		return nil
-	}
 }

@@ -6,9 +6,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // ParseListen reads a --listen value: [NAME=]HOST:PORT or [NAME=]unix:PATH.
@@ -69,21 +66,6 @@ func defaultName(name string, i int) string {
 	return "listener" + strconv.Itoa(i)
 }
 
-// listenError rewrites a bind failure as one line that says what to do.
-func listenError(l Listener, err error) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
-	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
-	case errors.Is(err, syscall.ENOENT):
-		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
-	}
-	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
-}
-
 func unwrapAll(err error) error {
 	for {
 		u := errors.Unwrap(err)
@@ -92,25 +74,4 @@ func unwrapAll(err error) error {
 		}
 		err = u
 	}
-}
-
-// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
-// os.File.Fd, which would put the socket into blocking mode for every
-// process that shares it (golang/go#43894).
-func rawFd(ln net.Listener) (int, error) {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return -1, fmt.Errorf("%T has no file descriptor", ln)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	dup, derr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) {
-		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
-	}); err != nil {
-		return -1, err
-	}
-	return dup, derr
 }

@@ -109,21 +109,6 @@ func (q *jobQueue) take() *job {
 	return j
 }
 
-// signalRequest turns a signal into a request: HUP is a deploy, TTIN and
-// TTOU a job of scale(+1) and scale(-1). ok is false for the signals that
-// stop the primary.
-func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) error) (r request, ok bool) {
-	switch sig {
-	case syscall.SIGHUP:
-		return request{op: "deploy"}, true
-	case syscall.SIGTTIN:
-		return request{op: "scale", run: scale(+1)}, true
-	case syscall.SIGTTOU:
-		return request{op: "scale", run: scale(-1)}, true
-	}
-	return request{}, false
-}
-
 // deployLoop is the primary's state machine once it serves: it takes
 // requests from signals (HUP, TTIN, TTOU: see signalRequest, scale making
 // the scaling jobs) and from reqs, and runs their jobs one at a
@@ -197,4 +182,30 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 			return stop(zap.String("why", context.Cause(ctx).Error()))
 		}
 	}
+}
+
+// loop acts on signals and requests and runs their jobs one at a time; a
+// deploy asked for while one runs is queued, and further ones fold into
+// it (see deployLoop).
+func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
+	wctx, stopRecycling := context.WithCancel(ctx)
+	recycleDone := make(chan struct{})
+	defer func() { stopRecycling(); <-recycleDone }()
+	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
+	shutdown := func() error {
+		stopRecycling()
+		if p.successor != nil {
+			// The hand-over completed as the stop came (upgradeSelf
+			// passes a stop on only while it waits): the new primary
+			// owns the listeners and is the one to stop.
+			p.log.Info("stopping the new primary", zap.Int("new_primary", p.successor.pid))
+			p.successor.signal(syscall.SIGTERM)
+			p.successor.release()
+		}
+		return p.shutdown()
+	}
+	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
+		stopRecycling()
+		return p.retireAfterHandOver(sigs, pending)
+	})
 }

@@ -1,0 +1,125 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// listen binds (or inherits) every listener and returns raw duplicates of
+// their fds for the workers, with their names.
+func (p *primary) listen() (fds []int, names []string, err error) {
+	var addrs []string
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				syscall.Close(fd)
+			}
+		}
+	}()
+	for _, l := range p.cfg.Listeners {
+		if l.Network == "unix" && !p.upg.HasParent() {
+			if err := removeStaleSocket(l.Address); err != nil {
+				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
+			}
+		}
+		// tableflip flattens the bind error into text: keep the original,
+		// which listenError turns into advice.
+		var bindErr error
+		ln, err := p.upg.ListenWithCallback(l.Network, l.Address, func(network, addr string) (net.Listener, error) {
+			ln, err := net.Listen(network, addr)
+			bindErr = err
+			return ln, err
+		})
+		if err != nil {
+			if bindErr != nil {
+				err = bindErr
+			}
+			return fds, nil, listenError(l, err)
+		}
+		fd, err := rawFd(ln)
+		addr := ln.Addr().String()
+		// tableflip keeps its own duplicate for upgrades and the workers
+		// get fd; this one would only linger until a finalizer closed it.
+		ln.Close()
+		if err != nil {
+			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+		}
+		fds = append(fds, fd)
+		names = append(names, l.Name)
+		addrs = append(addrs, addr)
+	}
+	p.addrs = addrs
+	return fds, names, nil
+}
+
+// logListening logs the bound listeners, once the control socket is set
+// up too: a failed start prints its one error line and nothing else.
+func (p *primary) logListening() {
+	for i, l := range p.cfg.Listeners {
+		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", p.addrs[i]))
+	}
+}
+
+// listenMetrics binds (or inherits) the --metrics socket through
+// tableflip, so that a new primary serves it on without a gap. It is never
+// passed to a worker: workers get only the raw fds of cfg.Listeners.
+//
+// tableflip finds an inherited socket by network and address, so the
+// metrics socket gets a name of its own: a --listen of the same address
+// spelling (say two :0) must not be taken for it.
+func (p *primary) listenMetrics() (net.Listener, error) {
+	var bindErr error
+	ln, err := p.upg.ListenWithCallback("tcp", "handoff-metrics "+p.cfg.Metrics, func(network, _ string) (net.Listener, error) {
+		ln, err := net.Listen(network, p.cfg.Metrics)
+		bindErr = err
+		return ln, err
+	})
+	if err != nil {
+		if bindErr != nil {
+			err = bindErr
+		}
+		return nil, fmt.Errorf("--metrics: %v", listenError(Listener{Network: "tcp", Address: p.cfg.Metrics}, err))
+	}
+	return ln, nil
+}
+
+// listenError rewrites a bind failure as one line that says what to do.
+func listenError(l Listener, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
+	}
+	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
+}
+
+// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
+// os.File.Fd, which would put the socket into blocking mode for every
+// process that shares it (golang/go#43894).
+func rawFd(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no file descriptor", ln)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+	}); err != nil {
+		return -1, err
+	}
+	return dup, derr
+}

@@ -1,0 +1,91 @@
+package runtime
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+)
+
+// CatchSignals starts catching the signals a primary acts on: HUP (deploy),
+// TERM and INT (graceful shutdown), TTIN and TTOU (one worker more, one
+// less). Call it first in main, before any other
+// work, so that a signal sent during start-up is queued rather than fatal,
+// and pass the channel as Config.Signals.
+//
+// It also catches SIGPIPE, so that a write to a stdout or stderr whose
+// reader has gone (journald restarted, a pipe into a pager closed) fails
+// with EPIPE instead of killing the primary and with it every worker. A
+// caught signal, unlike an ignored one, is reset to its default in the
+// workers at exec.
+func CatchSignals() chan os.Signal {
+	ch := make(chan os.Signal, 16)
+	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGTTIN, syscall.SIGTTOU)
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	return ch
+}
+
+// underSignals runs fn while acting on signals and requests, for the
+// phases before the deploy loop runs (start-up, a new primary's take-over):
+// a HUP or a request is queued for the loop, a TERM or INT cancels fn's
+// context and is returned as stop, as is the end of ctx (as TERM).
+func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (queue jobQueue, stop os.Signal, err error) {
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- fn(fctx) }()
+	add := func(r request) {
+		if !queue.add(r) || r.run != nil {
+			return
+		}
+		p.log.Info("upgrade queued", zap.String("why", phase))
+	}
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case <-ctxDone:
+			ctxDone = nil
+			if stop == nil {
+				p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
+				stop = syscall.SIGTERM
+			}
+		case err := <-done:
+			if stop == nil && ctx.Err() != nil {
+				stop = syscall.SIGTERM
+			}
+			if stop != nil {
+				queue.finish(ErrShuttingDown)
+			}
+			return queue, stop, err
+		case r := <-p.reqs:
+			add(r)
+		case sig := <-sigs:
+			if r, ok := signalRequest(sig, p.scaleBy); ok {
+				add(r)
+				continue
+			}
+			if stop == nil {
+				p.log.Info("shutdown started", zap.String("signal", sig.String()))
+				stop = sig
+				cancel()
+			}
+		}
+	}
+}
+
+// signalRequest turns a signal into a request: HUP is a deploy, TTIN and
+// TTOU a job of scale(+1) and scale(-1). ok is false for the signals that
+// stop the primary.
+func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) error) (r request, ok bool) {
+	switch sig {
+	case syscall.SIGHUP:
+		return request{op: "deploy"}, true
+	case syscall.SIGTTIN:
+		return request{op: "scale", run: scale(+1)}, true
+	case syscall.SIGTTOU:
+		return request{op: "scale", run: scale(-1)}, true
+	}
+	return request{}, false
+}

@@ -1,0 +1,61 @@
+package runtime
+
+import (
+	"os"
+	"time"
+
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+func (p *primary) setServing(gen int) {
+	p.stmu.Lock()
+	p.serving = gen
+	p.stmu.Unlock()
+}
+
+// status is a snapshot of the primary for the control socket.
+func (p *primary) status() Status {
+	now := time.Now()
+	p.stmu.Lock()
+	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.serving, Started: p.started,
+		UptimeSeconds: now.Sub(p.started).Seconds(), Listeners: p.addrs, Command: p.cfg.Command}}
+	if u := p.upgrade; u != nil {
+		cp := *u
+		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
+		st.Upgrade = &cp
+	}
+	p.stmu.Unlock()
+	if p.ctl != nil {
+		st.Primary.Control = p.ctl.path
+	}
+	st.Primary.Workers = p.pool.Size()
+	st.Workers = []WorkerStatus{}
+	for _, w := range p.pool.Workers() {
+		rss, _ := workerpool.RSS(w.Pid)
+		st.Workers = append(st.Workers, WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
+			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss})
+	}
+	return st
+}
+
+func (p *primary) servingGeneration() int {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	return p.serving
+}
+
+// setUpgrade records the deploy in progress (nil: none) for status.
+func (p *primary) setUpgrade(u *UpgradeStatus) {
+	p.stmu.Lock()
+	p.upgrade = u
+	p.stmu.Unlock()
+}
+
+// upgradeStep records the step of the deploy in progress.
+func (p *primary) upgradeStep(step, steps int) {
+	p.stmu.Lock()
+	if p.upgrade != nil {
+		p.upgrade.Step, p.upgrade.Steps = step, steps
+	}
+	p.stmu.Unlock()
+}

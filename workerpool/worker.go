@@ -1,0 +1,244 @@
+package workerpool
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+type worker struct {
+	proc     Process
+	slot     int
+	gen      int
+	started  time.Time
+	log      *zap.Logger
+	ready    bool
+	readyAt  time.Time
+	retiring bool
+	killed   bool // the pool sent SIGKILL
+	// readyOnce logs readiness exactly once, before anything acts on it:
+	// the event stream then never shows an old worker retired before its
+	// replacement was ready.
+	readyOnce sync.Once
+	// reaped is closed by the monitor once the exit is logged and the
+	// pool's records updated: what follows a failed start comes after its
+	// "worker exited" in the event stream.
+	reaped chan struct{}
+}
+
+// noteReady records and logs that w is ready.
+func (p *Pool) noteReady(w *worker) {
+	w.readyOnce.Do(func() {
+		p.mu.Lock()
+		w.ready, w.readyAt = true, time.Now()
+		p.mu.Unlock()
+		took := time.Since(w.started)
+		w.log.Info("worker ready", zap.Duration("took", took))
+		p.cfg.Observer.WorkerReady(w.slot, took)
+	})
+}
+
+// launch starts a worker for slot i. A worker started by Start becomes the
+// slot's current worker at once; one started by Roll only when ready.
+func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return nil, ErrClosing
+	}
+	if current && (p.slots[i].cur != nil || p.slots[i].remote) {
+		// A roll or a hand-over took the slot since the restart was
+		// decided.
+		return nil, errSlotTaken
+	}
+	proc, err := p.cfg.Launcher.Launch(i, spec)
+	if err != nil {
+		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
+	}
+	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(), reaped: make(chan struct{}),
+		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
+	p.all[w] = struct{}{}
+	if current {
+		p.slots[i].cur, p.slots[i].spec = w, spec
+	}
+	w.log.Info("worker spawned")
+	p.cfg.Observer.WorkerStarted(i)
+	p.monitors.Add(1)
+	go p.monitor(w)
+	return w, nil
+}
+
+// monitor follows one worker from start to reap.
+func (p *Pool) monitor(w *worker) {
+	defer p.monitors.Done()
+	defer close(w.reaped)
+	select {
+	case <-w.proc.Ready():
+		p.noteReady(w)
+	case <-w.proc.Done():
+	}
+	<-w.proc.Done()
+	exit := w.proc.Exit()
+
+	p.mu.Lock()
+	delete(p.all, w)
+	s := p.slots[w.slot]
+	unexpected := s.cur == w && !w.retiring
+	if unexpected {
+		s.cur = nil
+	}
+	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
+	if unexpected && exit.StderrTail != "" {
+		fields = append(fields, zap.String("stderr", exit.StderrTail))
+	}
+	if unexpected && p.serving && !p.closing {
+		w.log.Warn("worker exited", fields...)
+		if exit.Uptime >= p.cfg.StableAfter {
+			s.failures = 0
+		}
+		s.failures++
+		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+	} else {
+		w.log.Info("worker exited", fields...)
+	}
+	cause := ExitRetired
+	switch {
+	case w.killed:
+		cause = ExitKilled
+	case !w.retiring:
+		cause = ExitCrashed
+	}
+	p.cfg.Observer.WorkerExited(w.slot, cause)
+	p.mu.Unlock()
+}
+
+// waitReady waits until w is ready and returns "", or returns why not:
+// it exited, deadline fired, or ctx ended.
+func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Time) string {
+	select {
+	case <-w.proc.Ready():
+		p.noteReady(w)
+		return ""
+	case <-w.proc.Done():
+		return "exited"
+	case <-deadline:
+		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
+	case <-ctx.Done():
+		return "cancelled: " + context.Cause(ctx).Error()
+	}
+}
+
+// launchReady starts a worker for slot i that does not hold the slot yet
+// and waits until it is ready (see awaitReady). It returns with p.mu held,
+// so that the caller installs the worker before anything else sees the
+// slot. A worker that was ready and then exited before that is a failed
+// start, not a dead worker left holding the slot.
+func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec) (*worker, error) {
+	w, err := p.launch(i, spec, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.awaitReady(ctx, w); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if _, alive := p.all[w]; !alive {
+		p.mu.Unlock()
+		return nil, &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+	}
+	return w, nil
+}
+
+// awaitReady waits until w is ready. If it exits, is not ready within
+// ReadyTimeout, or ctx ends first, it is retired (stop signal, then SIGKILL
+// after DrainTimeout) and reaped, and a *StartError (or ctx's cause) is
+// returned.
+func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
+	t := time.NewTimer(p.cfg.ReadyTimeout)
+	defer t.Stop()
+	reason := p.waitReady(ctx, w, t.C)
+	if reason == "" {
+		return nil
+	}
+	if ctx.Err() != nil && reason != "exited" {
+		// Shutting down: this worker drains alongside all the others
+		// (Shutdown waits for it) rather than before them.
+		p.retire(w, "not started: "+reason)
+		return context.Cause(ctx)
+	}
+	p.stopAndWait([]*worker{w}, "not started: "+reason)
+	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
+}
+
+// retire asks w to drain and kills it after DrainTimeout.
+func (p *Pool) retire(w *worker, reason string) {
+	p.retireWithin(w, reason, p.cfg.DrainTimeout)
+}
+
+// retireWithin is retire with drain instead of DrainTimeout.
+func (p *Pool) retireWithin(w *worker, reason string, drain time.Duration) {
+	p.mu.Lock()
+	if w.retiring {
+		p.mu.Unlock()
+		return
+	}
+	w.retiring = true
+	p.mu.Unlock()
+	select {
+	case <-w.proc.Done():
+		return // it has exited already: nothing to retire
+	default:
+	}
+	fields := []zap.Field{zap.String("reason", reason)}
+	if drain != p.cfg.DrainTimeout {
+		fields = append(fields, zap.Duration("drain_timeout", drain))
+	}
+	w.log.Info("worker retiring", fields...)
+	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
+		return
+	}
+	p.monitors.Add(1)
+	go func() {
+		defer p.monitors.Done()
+		t := time.NewTimer(drain)
+		defer t.Stop()
+		select {
+		case <-w.proc.Done():
+		case <-t.C:
+			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", drain))
+			p.kill(w)
+		}
+	}()
+}
+
+// kill sends SIGKILL to w and remembers that the pool killed it.
+func (p *Pool) kill(w *worker) {
+	p.mu.Lock()
+	w.killed = true
+	p.mu.Unlock()
+	w.proc.Kill()
+}
+
+// stopAndWait retires workers that failed to start and waits until they
+// have exited. They get the stop signal and the drain timeout like any
+// retired worker, not SIGKILL at once: one that was not ready may still
+// have accepted connections on the shared socket, and its clients must
+// get their answers.
+func (p *Pool) stopAndWait(ws []*worker, reason string) {
+	p.mu.Lock()
+	for _, w := range ws {
+		if p.slots[w.slot].cur == w {
+			p.slots[w.slot].cur = nil
+		}
+	}
+	p.mu.Unlock()
+	for _, w := range ws {
+		p.retire(w, reason)
+	}
+	for _, w := range ws {
+		<-w.reaped
+	}
+}
