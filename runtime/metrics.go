@@ -168,7 +168,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for state, n := range counts {
 		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(n), state)
 	}
-	ready, size := c.pool.Ready()
+	ready, size := c.pool.ReadySlots()
 	ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(size))
 	ch <- prometheus.MustNewConstMetric(readySlotsDesc, prometheus.GaugeValue, float64(ready))
 }
@@ -194,7 +194,7 @@ func (s *metricsServer) handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		ready, size := s.pool.Ready()
+		ready, size := s.pool.ReadySlots()
 		switch {
 		case s.stopping.Load():
 			w.WriteHeader(http.StatusServiceUnavailable)

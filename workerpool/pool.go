@@ -94,7 +94,7 @@ type Pool struct {
 	slots    []*slot
 	size     int
 	all      map[*worker]struct{} // every worker not yet reaped
-	serving  bool                 // after Start: unexpected exits are restarted
+	started  bool                 // after Start or Adopt; before, Scale only sets the size
 	closing  bool
 	monitors sync.WaitGroup // one per live worker and per drain timer
 }
@@ -160,51 +160,98 @@ var errSlotTaken = errors.New("slot taken")
 // is returned. If ctx ends first, the workers are left running and ctx's cause
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
+	slots := make([]int, p.Size())
+	for i := range slots {
+		slots[i] = i
+	}
+	return p.startBatch(ctx, slots, spec, batch{
+		hold:    slotStarting,
+		aborted: "start aborted",
+		// Left running: Shutdown drains them with the others.
+		cancelled: func([]*worker) {},
+		commit: func(ws []*worker) error {
+			for _, w := range ws {
+				p.slots[w.slot].serve()
+			}
+			p.started = true
+			return nil
+		},
+	})
+}
+
+// batch says how startBatch treats its workers.
+type batch struct {
+	// hold is the state each slot takes with its new worker at launch
+	// (slotStarting: Start), or slotEmpty: the workers take their slots
+	// in commit (a growing Scale).
+	hold slotState
+	// aborted is the reason every new worker is retired with when one
+	// fails.
+	aborted string
+	// cancelled deals with the new workers when ctx ends first.
+	cancelled func(ws []*worker)
+	// commit runs with p.mu held once every new worker is ready and
+	// alive; its error is startBatch's.
+	commit func(ws []*worker) error
+}
+
+// startBatch launches a worker running spec in each of slots, all at once,
+// and waits, under one ReadyTimeout, until every one is ready; then it
+// runs b.commit. If one fails (the launch, or it exits, or it is not ready
+// in time), every new worker is retired and waited for, and a
+// *StartError (or the launch's error) is returned; if ctx ends first,
+// b.cancelled gets them and ctx's cause is returned. Start and a growing
+// Scale are this batch.
+func (p *Pool) startBatch(ctx context.Context, slots []int, spec *Spec, b batch) error {
 	var started []*worker
-	for i := range p.Size() {
-		w, err := p.launch(i, spec, true)
-		if err != nil {
-			p.stopAndWait(started, "start aborted")
+	// fail ends the batch on the failure of w (nil: of the launch, err).
+	fail := func(w *worker, reason string, err error) error {
+		if ctx.Err() != nil {
+			b.cancelled(started)
+			return context.Cause(ctx)
+		}
+		p.retireAndWait(started, b.aborted)
+		if w == nil {
 			return err
+		}
+		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
+	}
+	for _, i := range slots {
+		w, err := p.launch(i, spec, b.hold)
+		if err != nil {
+			return fail(nil, "", err)
 		}
 		started = append(started, w)
 	}
 	deadline := time.NewTimer(p.cfg.ReadyTimeout)
 	defer deadline.Stop()
 	for _, w := range started {
-		reason := p.waitReady(ctx, w, deadline.C)
-		if reason == "" {
-			continue
+		if reason := p.waitReady(ctx, w, deadline.C); reason != "" {
+			return fail(w, reason, nil)
 		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		p.stopAndWait(started, "start aborted")
-		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 	}
 	p.mu.Lock()
 	for _, w := range started {
-		// A worker that exited after it was ready has left its slot empty,
-		// and the pool, not serving yet, would never refill it.
-		if p.slots[w.slot].cur != w {
+		if _, alive := p.all[w]; !alive {
+			// Ready, then gone before the batch ended: its slot would
+			// stay empty, nothing refills it.
 			p.mu.Unlock()
-			p.stopAndWait(started, "start aborted")
-			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+			return fail(w, "exited", nil)
 		}
 	}
-	p.serving = true
+	err := b.commit(started)
 	p.mu.Unlock()
-	return nil
+	return err
 }
 
-// Ready reports how many slots are served by a ready worker that is not
+// ReadySlots reports how many slots are served by a ready worker that is not
 // draining, their own or one of another primary's (a slot handed over),
 // out of how many slots there are.
-func (p *Pool) Ready() (ready, size int) {
+func (p *Pool) ReadySlots() (ready, size int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.slots[:p.size] {
-		if s.remote || (s.cur != nil && s.cur.ready && !s.cur.retiring) {
+		if s.state == slotRemote || (s.cur != nil && s.cur.ready && !s.cur.retiring) {
 			ready++
 		}
 	}
@@ -219,10 +266,7 @@ func (p *Pool) Shutdown() {
 	p.closing = true
 	var live []*worker
 	for _, s := range p.slots {
-		if s.restart != nil {
-			s.restart.Stop()
-			s.restart = nil
-		}
+		s.cancelRestart()
 	}
 	for w := range p.all {
 		live = append(live, w)

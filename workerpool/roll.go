@@ -16,9 +16,9 @@ func (p *Pool) Adopt() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.slots[:p.size] {
-		s.remote = true
+		s.adopt()
 	}
-	p.serving = true
+	p.started = true
 }
 
 // RetireHook is called by Roll once a new worker is ready in a slot that
@@ -49,7 +49,7 @@ func (p *Pool) RollBack(ctx context.Context, remote RetireHook) error {
 	var slots []int
 	p.mu.Lock()
 	for i, s := range p.slots {
-		if s.remote && s.spec != nil {
+		if s.state == slotRemote && s.spec != nil {
 			slots = append(slots, i)
 		}
 	}
@@ -70,15 +70,14 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 			progress(step+1, len(slots))
 		}
 		spec := specFor(i)
-		w, err := p.launchReady(ctx, i, spec)
-		if err != nil {
+		var old *worker
+		var wasRemote bool
+		if err := p.launchReady(ctx, i, spec, func(s *slot, w *worker) error {
+			old, wasRemote = s.install(w, spec)
+			return nil
+		}); err != nil {
 			return err
 		}
-		s := p.slots[i]
-		old, wasRemote := s.cur, s.remote
-		s.spec, s.remote = spec, false
-		s.installLocked(w)
-		p.mu.Unlock()
 		if old != nil {
 			p.retire(old, "replaced")
 		}
@@ -100,13 +99,7 @@ func (p *Pool) HandOver(i int) error {
 		p.mu.Unlock()
 		return fmt.Errorf("no slot %d", i)
 	}
-	s := p.slots[i]
-	old := s.cur
-	s.cur, s.remote = nil, true
-	if s.restart != nil {
-		s.restart.Stop()
-		s.restart = nil
-	}
+	old := p.slots[i].handOver()
 	p.mu.Unlock()
 	if old != nil {
 		p.retire(old, "handed over")
@@ -120,8 +113,7 @@ func (p *Pool) Reclaim() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, s := range p.slots {
-		if s.remote {
-			s.remote = false
+		if s.reclaim() {
 			p.scheduleLocked(i, 0)
 		}
 	}
@@ -133,7 +125,7 @@ func (p *Pool) Remote() int {
 	defer p.mu.Unlock()
 	n := 0
 	for _, s := range p.slots {
-		if s.remote {
+		if s.state == slotRemote {
 			n++
 		}
 	}
@@ -169,9 +161,10 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 		p.mu.Unlock()
 		return ErrClosing
 	}
-	// A slot removed by a scale-down since the worker was picked is
-	// stale too.
-	if i >= p.size || s.remote || old == nil || old.proc.Pid() != pid || old.retiring {
+	// No worker of this pool holds a slot that is empty, restarting or
+	// remote; a slot removed by a scale-down since the worker was picked
+	// is stale too.
+	if i >= p.size || old == nil || old.proc.Pid() != pid || old.retiring {
 		p.mu.Unlock()
 		return ErrStale
 	}
@@ -179,19 +172,17 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 	p.mu.Unlock()
 
 	old.log.Info("worker replacing", zap.String("reason", reason))
-	w, err := p.launchReady(ctx, i, spec)
-	if err != nil {
+	if err := p.launchReady(ctx, i, spec, func(s *slot, w *worker) error {
+		// The old worker may have crashed meanwhile; its slot then waits
+		// for a restart, which the new worker makes needless.
+		if !(s.cur == old || s.vacant()) || p.closing || i >= p.size {
+			return ErrStale
+		}
+		s.install(w, s.spec)
+		return nil
+	}); err != nil {
 		return err
 	}
-	// The old worker may have crashed meanwhile; its slot then waits for
-	// a restart, which the new worker makes needless.
-	if s.remote || (s.cur != old && s.cur != nil) || p.closing || i >= p.size {
-		p.mu.Unlock()
-		p.retire(w, "not needed: the slot changed")
-		return ErrStale
-	}
-	s.installLocked(w)
-	p.mu.Unlock()
 	if drain <= 0 || drain > p.cfg.DrainTimeout {
 		drain = p.cfg.DrainTimeout
 	}

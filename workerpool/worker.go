@@ -41,15 +41,17 @@ func (p *Pool) noteReady(w *worker) {
 	})
 }
 
-// launch starts a worker for slot i. A worker started by Start becomes the
-// slot's current worker at once; one started by Roll only when ready.
-func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
+// launch starts a worker for slot i. hold is the state the slot takes with
+// the worker as its own at once: slotStarting (Start) or slotServing (a
+// restart). With slotEmpty the worker runs beside the slot until it is
+// ready and installed (a roll, Replace, a growing Scale).
+func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
 		return nil, ErrClosing
 	}
-	if current && (p.slots[i].cur != nil || p.slots[i].remote) {
+	if hold != slotEmpty && !p.slots[i].vacant() {
 		// A roll or a hand-over took the slot since the restart was
 		// decided.
 		return nil, errSlotTaken
@@ -61,8 +63,8 @@ func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
 	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(), reaped: make(chan struct{}),
 		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
 	p.all[w] = struct{}{}
-	if current {
-		p.slots[i].cur, p.slots[i].spec = w, spec
+	if hold != slotEmpty {
+		p.slots[i].hold(w, spec, hold)
 	}
 	w.log.Info("worker spawned")
 	p.cfg.Observer.WorkerStarted(i)
@@ -87,14 +89,12 @@ func (p *Pool) monitor(w *worker) {
 	delete(p.all, w)
 	s := p.slots[w.slot]
 	unexpected := s.cur == w && !w.retiring
-	if unexpected {
-		s.cur = nil
-	}
+	restart := unexpected && s.lost(w, p.closing)
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
 	}
-	if unexpected && p.serving && !p.closing {
+	if restart {
 		w.log.Warn("worker exited", fields...)
 		if exit.Uptime >= p.cfg.StableAfter {
 			s.failures = 0
@@ -131,25 +131,32 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 	}
 }
 
-// launchReady starts a worker for slot i that does not hold the slot yet
-// and waits until it is ready (see awaitReady). It returns with p.mu held,
-// so that the caller installs the worker before anything else sees the
-// slot. A worker that was ready and then exited before that is a failed
-// start, not a dead worker left holding the slot.
-func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec) (*worker, error) {
-	w, err := p.launch(i, spec, false)
+// launchReady starts a worker for slot i that does not hold the slot yet,
+// waits until it is ready (see awaitReady), then runs take with p.mu held,
+// so that the worker takes the slot (take calls the slot's install) before
+// anything else sees the slot. A worker that was ready and then exited
+// before that is a failed start, not a dead worker left holding the slot.
+// If take refuses (returns an error), the worker is retired as not needed
+// and take's error returned.
+func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec, take func(s *slot, w *worker) error) error {
+	w, err := p.launch(i, spec, slotEmpty)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := p.awaitReady(ctx, w); err != nil {
-		return nil, err
+		return err
 	}
 	p.mu.Lock()
 	if _, alive := p.all[w]; !alive {
 		p.mu.Unlock()
-		return nil, &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+		return &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
 	}
-	return w, nil
+	err = take(p.slots[i], w)
+	p.mu.Unlock()
+	if err != nil {
+		p.retire(w, "not needed: the slot changed")
+	}
+	return err
 }
 
 // awaitReady waits until w is ready. If it exits, is not ready within
@@ -169,7 +176,7 @@ func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 		p.retire(w, "not started: "+reason)
 		return context.Cause(ctx)
 	}
-	p.stopAndWait([]*worker{w}, "not started: "+reason)
+	p.retireAndWait([]*worker{w}, "not started: "+reason)
 	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 }
 
@@ -222,17 +229,15 @@ func (p *Pool) kill(w *worker) {
 	w.proc.Kill()
 }
 
-// stopAndWait retires workers that failed to start and waits until they
+// retireAndWait retires workers that failed to start and waits until they
 // have exited. They get the stop signal and the drain timeout like any
 // retired worker, not SIGKILL at once: one that was not ready may still
 // have accepted connections on the shared socket, and its clients must
 // get their answers.
-func (p *Pool) stopAndWait(ws []*worker, reason string) {
+func (p *Pool) retireAndWait(ws []*worker, reason string) {
 	p.mu.Lock()
 	for _, w := range ws {
-		if p.slots[w.slot].cur == w {
-			p.slots[w.slot].cur = nil
-		}
+		p.slots[w.slot].drop(w)
 	}
 	p.mu.Unlock()
 	for _, w := range ws {
