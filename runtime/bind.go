@@ -27,18 +27,8 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
 			}
 		}
-		// tableflip flattens the bind error into text: keep the original,
-		// which listenError turns into advice.
-		var bindErr error
-		ln, err := p.upg.ListenWithCallback(l.Network, l.Address, func(network, addr string) (net.Listener, error) {
-			ln, err := net.Listen(network, addr)
-			bindErr = err
-			return ln, err
-		})
+		ln, err := p.bind(l.Network, l.Address, l.Address)
 		if err != nil {
-			if bindErr != nil {
-				err = bindErr
-			}
 			return fds, nil, listenError(l, err)
 		}
 		fd, err := rawFd(ln)
@@ -73,19 +63,28 @@ func (p *primary) logListening() {
 // metrics socket gets a name of its own: a --listen of the same address
 // spelling (say two :0) must not be taken for it.
 func (p *primary) listenMetrics() (net.Listener, error) {
-	var bindErr error
-	ln, err := p.upg.ListenWithCallback("tcp", "handoff-metrics "+p.cfg.Metrics, func(network, _ string) (net.Listener, error) {
-		ln, err := net.Listen(network, p.cfg.Metrics)
-		bindErr = err
-		return ln, err
-	})
+	ln, err := p.bind("tcp", "handoff-metrics "+p.cfg.Metrics, p.cfg.Metrics)
 	if err != nil {
-		if bindErr != nil {
-			err = bindErr
-		}
 		return nil, fmt.Errorf("--metrics: %v", listenError(Listener{Network: "tcp", Address: p.cfg.Metrics}, err))
 	}
 	return ln, nil
+}
+
+// bind binds addr through tableflip, which knows the socket as name (and
+// hands an inherited one of that network and name back instead). On a
+// failure it returns the bind's own error: tableflip flattens it into
+// text, and listenError turns the original into advice.
+func (p *primary) bind(network, name, addr string) (net.Listener, error) {
+	var bindErr error
+	ln, err := p.upg.ListenWithCallback(network, name, func(network, _ string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		bindErr = err
+		return ln, err
+	})
+	if err != nil && bindErr != nil {
+		err = bindErr
+	}
+	return ln, err
 }
 
 // listenError rewrites a bind failure as one line that says what to do.

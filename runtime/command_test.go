@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/handoff-dev/handoff/internal/shim"
 )
 
 // realTempDir is a fresh directory with every symlink on its path
@@ -142,7 +144,13 @@ func TestWorkerEnv(t *testing.T) {
 		"EMPTY=",
 		"NOEQUALS",
 	}
-	if got := workerEnv(in); !slices.Equal(got, want) {
-		t.Fatalf("workerEnv:\n got %q\nwant %q", got, want)
+	if got := shim.WorkerEnv(in); !slices.Equal(got, want) {
+		t.Fatalf("shim.WorkerEnv:\n got %q\nwant %q", got, want)
+	}
+	// The runtime's own variables are in shim's list too.
+	for _, k := range []string{envHandover, EnvStandalone} {
+		if !shim.PrimaryOnly(k) {
+			t.Errorf("%s reaches the workers", k)
+		}
 	}
 }

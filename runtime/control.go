@@ -248,7 +248,7 @@ func (s *controlServer) handle(c *net.UnixConn) {
 	case "scale":
 		reply(s.scale(req))
 	case "stop":
-		s.p.stop(errors.New("stop asked for on the control socket"))
+		s.p.askShutdown(errors.New("stop asked for on the control socket"))
 		reply(ControlReply{OK: true, Message: "stopping"})
 		// The connection ends when the primary has stopped (close).
 		c.CloseRead()
@@ -307,7 +307,7 @@ func (s *controlServer) reload() ControlReply {
 		return s.retryReply()
 	}
 	if err != nil {
-		return ControlReply{Error: "aborted: " + deployFailure(err)}
+		return ControlReply{Error: "aborted: " + failureLine(err)}
 	}
 	gen := s.p.servingGeneration()
 	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
@@ -322,7 +322,7 @@ func (s *controlServer) scale(req ControlRequest) ControlReply {
 		return s.retryReply()
 	}
 	if err != nil {
-		return ControlReply{Error: "scale aborted: " + deployFailure(err)}
+		return ControlReply{Error: "scale aborted: " + failureLine(err)}
 	}
 	return ControlReply{OK: true, Workers: to, Message: fmt.Sprintf("%d workers", to)}
 }

@@ -12,27 +12,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// startFailure makes one line of a failed first generation.
-func startFailure(err error) error {
-	var se *workerpool.StartError
-	if errors.As(err, &se) {
-		msg := "first workers failed: " + se.Error()
-		if last := lastLine(se.Exit.StderrTail); last != "" {
-			msg += "; its stderr ends: " + last
-		}
-		return errors.New(msg)
-	}
-	return fmt.Errorf("first workers failed: %v", err)
-}
-
-func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
-}
-
 func (p *primary) spec(path string, gen int) *workerpool.Spec {
 	args := append([]string(nil), p.cfg.Command...)
 	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
@@ -116,9 +95,9 @@ func (p *primary) logAbort(gen int, err error) {
 	p.log.Error("upgrade aborted", fields...)
 }
 
-// deployFailure makes one line of a failed deploy or scale: the worker's
-// failure and the last line of its stderr.
-func deployFailure(err error) string {
+// failureLine makes one line of a failed start, deploy or scale: the
+// worker's failure and the last line of its stderr.
+func failureLine(err error) string {
 	var se *workerpool.StartError
 	if errors.As(err, &se) {
 		msg := se.Error()
@@ -128,4 +107,13 @@ func deployFailure(err error) string {
 		return msg
 	}
 	return err.Error()
+}
+
+// lastLine is the last line of s.
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
 }

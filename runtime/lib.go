@@ -296,7 +296,7 @@ func runWorker(ctx context.Context, app App) error {
 	chanFD := os.Getenv(shim.EnvChannelFD)
 	// The channel's fd is this process's alone: programs it starts must
 	// not believe they have one.
-	for _, k := range []string{shim.EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE"} {
+	for _, k := range shim.ChannelEnv {
 		os.Unsetenv(k)
 	}
 	files := activation.Files(true)

@@ -209,7 +209,7 @@ func (s *metricsServer) handler() http.Handler {
 	return mux
 }
 
-// serve answers on ln until stop; a scrape under way when it stops gets
+// serve answers on ln until close; a scrape under way when it stops gets
 // its answer (internal/drain).
 func (s *metricsServer) serve(ln net.Listener, log *zap.Logger) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -223,9 +223,9 @@ func (s *metricsServer) serve(ln net.Listener, log *zap.Logger) {
 	}()
 }
 
-// stop stops serving and waits until the server is gone. It does nothing
+// close stops serving and waits until the server is gone. It does nothing
 // if serve was never called.
-func (s *metricsServer) stop() {
+func (s *metricsServer) close() {
 	if s == nil || s.cancel == nil {
 		return
 	}

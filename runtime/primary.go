@@ -18,6 +18,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/internal/shim"
+	"github.com/handoff-dev/handoff/reload"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -39,10 +41,10 @@ type primary struct {
 	// closed is closed when Run returns, after which nothing reads reqs.
 	reqs   chan request
 	closed chan struct{}
-	// stop ends Run's context: a graceful shutdown asked for on the
-	// control socket.
-	stop context.CancelCauseFunc
-	ctl  *controlServer
+	// askShutdown ends Run's context: a graceful shutdown asked for on
+	// the control socket.
+	askShutdown context.CancelCauseFunc
+	ctl         *controlServer
 	// current is the spec of the last start or deploy that finished: what
 	// new slots run. Only the loop's jobs use it.
 	current *workerpool.Spec
@@ -80,45 +82,136 @@ var errHandedOver = errors.New("handed over to a new primary")
 // or when ctx ends. It returns nil after a graceful shutdown or after
 // handing over to a new primary, and an error, with nothing left running,
 // when it cannot start.
-func Run(ctx context.Context, cfg Config) (err error) {
+//
+// It reads as what happens: set up (bind, the private directory, the
+// pool), start the first workers or take over from the old primary, run
+// the job loop until a shutdown or a hand-over, and close what the set-up
+// opened (resources.close, in the order it gives).
+func Run(ctx context.Context, cfg Config) error {
+	var res resources
+	defer res.close()
 	sigs := cfg.Signals
 	if sigs == nil {
 		ch := CatchSignals()
-		defer signal.Stop(ch)
+		res.ownSignals = ch
 		sigs = ch
 	}
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	ctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: workerEnv(os.Environ()),
-		reqs: make(chan request), closed: make(chan struct{}), stop: stop, started: time.Now()}
-	defer close(p.closed)
+	ctx, cancel := context.WithCancelCause(ctx)
+	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: shim.WorkerEnv(os.Environ()),
+		reqs: make(chan request), closed: make(chan struct{}), askShutdown: cancel, started: time.Now()}
+	res.p, res.cancel = p, cancel
 	p.selfID, _ = statID("/proc/self/exe")
 
-	path, err := ResolveCommand(cfg.Command[0])
+	path, metricsLn, err := p.setUp(&res)
 	if err != nil {
 		return err
+	}
+	// Every primary watches, a new one after a self-upgrade too: its
+	// changes queue a deploy like a HUP, also while it starts or takes over.
+	res.stopWatch = p.runWatcher(res.watcher, path)
+
+	if p.upg.HasParent() {
+		return p.takeOver(ctx, sigs, path, metricsLn)
+	}
+	return p.start(ctx, sigs, path, metricsLn)
+}
+
+// resources are what Run sets up and must close, whatever way it returns:
+// after a shutdown, a hand-over, or a start that failed half-way (a field
+// not set up yet is skipped).
+type resources struct {
+	p          *primary
+	ownSignals chan os.Signal // caught by Run itself (no Config.Signals)
+	cancel     context.CancelCauseFunc
+	watcher    *reload.Watcher // nil without --watch
+	stopWatch  func()          // set once the watcher runs
+	upgrader   bool            // tableflip is set up
+	metricsLn  net.Listener
+	fds        []int  // the workers' duplicates of the listeners
+	dir        string // the private directory
+	stopReaper func() // as PID 1
+}
+
+// close releases everything, in this order:
+//
+//  1. The orphan reaper (PID 1) and the metrics server stop: the workers
+//     are gone (the pool has shut down or been handed over), nothing is
+//     left to reap or to report.
+//  2. The private directory (notify and hand-over sockets) goes, and the
+//     workers' duplicates of the listeners and this process's metrics
+//     listener close.
+//  3. tableflip stops (closeUpgrader): it closes its listeners and removes
+//     the unix socket files this primary created, unless a new primary
+//     owns them; Run waits for that.
+//  4. The control socket closes, after the socket file is gone (or is a
+//     new primary's): a stop request's client sees its connection end
+//     only now, so its EOF means "exited".
+//  5. The watcher stops (or is closed, if it never ran), then requests
+//     are refused (ask answers ErrShuttingDown), Run's context ends and
+//     signals are no longer caught.
+func (r *resources) close() {
+	p := r.p
+	if r.stopReaper != nil {
+		r.stopReaper()
+	}
+	if p != nil {
+		p.web.close()
+	}
+	if r.dir != "" {
+		os.RemoveAll(r.dir)
+	}
+	for _, fd := range r.fds {
+		syscall.Close(fd)
+	}
+	if r.metricsLn != nil {
+		r.metricsLn.Close()
+	}
+	if r.upgrader {
+		p.closeUpgrader()
+	}
+	if p != nil {
+		p.ctl.close()
+	}
+	if r.stopWatch != nil {
+		r.stopWatch()
+	} else if r.watcher != nil {
+		r.watcher.Close()
+	}
+	if p != nil {
+		close(p.closed)
+	}
+	if r.cancel != nil {
+		r.cancel(nil)
+	}
+	if r.ownSignals != nil {
+		signal.Stop(r.ownSignals)
+	}
+}
+
+// setUp makes everything the primary needs before a worker starts, each
+// step recorded in res: it resolves the command, binds (or inherits) the
+// metrics socket, the listeners and the control socket, makes the private
+// directory and the pool. It returns the resolved command and the metrics
+// listener (nil without --metrics).
+func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, err error) {
+	cfg := p.cfg
+	path, err = ResolveCommand(cfg.Command[0])
+	if err != nil {
+		return "", nil, err
 	}
 	if err := checkPIDFileDir(cfg.PIDFile); err != nil {
-		return err
+		return "", nil, err
 	}
-	watcher, err := p.newWatcher(path)
-	if err != nil {
-		return err
+	if res.watcher, err = p.newWatcher(path); err != nil {
+		return "", nil, err
 	}
-	// Until it runs, stopping the watch is closing it.
-	stopWatch := func() {
-		if watcher != nil {
-			watcher.Close()
-		}
-	}
-	defer func() { stopWatch() }()
 	cred, err := workerCredential(cfg.User)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
 	// every worker, each of which may take up to ReadyTimeout; one that
@@ -128,50 +221,40 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute,
 	})
 	if err != nil {
-		return fmt.Errorf("cannot set up upgrades: %v", err)
+		return "", nil, fmt.Errorf("cannot set up upgrades: %v", err)
 	}
-	defer func() {
-		p.stopUpgrader()
-		// Last: the socket file is gone (or a new primary's), and a stop
-		// request's client sees its connection end now.
-		p.ctl.close()
-	}()
+	res.upgrader = true
 
 	// The metrics socket first: its bind error is the one line of a
 	// failed start, before any "listening" event.
-	var metricsLn net.Listener
 	if cfg.Metrics != "" {
 		if metricsLn, err = p.listenMetrics(); err != nil {
-			return err
+			return "", nil, err
 		}
-		defer metricsLn.Close()
+		res.metricsLn = metricsLn
 	}
 	fds, names, err := p.listen()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
-	defer func() {
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}()
+	res.fds = fds
 	p.ctl, err = p.listenControl(cfg.Listeners[0].Network, p.addrs[0])
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	p.logListening()
 
 	p.dir, err = privateDir()
 	if err != nil {
-		return fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
+		return "", nil, fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
 	}
-	defer os.RemoveAll(p.dir)
+	res.dir = p.dir
 	if cred != nil {
 		// The workers' user must reach its notify socket, which is its
 		// own (mode 0600); it may not list the directory. The hand-over
 		// socket there accepts only this primary's user.
 		if err := os.Chmod(p.dir, 0o711); err != nil {
-			return fmt.Errorf("cannot open the private directory to the workers' user: %v", err)
+			return "", nil, fmt.Errorf("cannot open the private directory to the workers' user: %v", err)
 		}
 		p.log.Info("workers run as", zap.String("user", cfg.User), zap.Uint32("uid", cred.Uid), zap.Uint32("gid", cred.Gid))
 	}
@@ -208,29 +291,26 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if metricsLn != nil {
 		p.metrics.collect(p.pool)
 		p.web = &metricsServer{m: p.metrics, pool: p.pool}
-		defer p.web.stop()
 	}
 	if os.Getpid() == 1 {
 		// A container without an init: orphans of the whole namespace
 		// come to this process, until its very end.
 		p.log.Info("running as PID 1: reaping orphans")
-		rctx, stopReaping := context.WithCancel(context.Background())
+		rctx, cancel := context.WithCancel(context.Background())
 		reaperDone := make(chan struct{})
-		defer func() { stopReaping(); <-reaperDone }()
+		res.stopReaper = func() { cancel(); <-reaperDone }
 		go func() { defer close(reaperDone); p.reapOrphans(rctx) }()
 	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool)
 	}
+	return path, metricsLn, nil
+}
 
-	// Every primary watches, a new one after a self-upgrade too: its
-	// changes queue a deploy like a HUP, also while it starts or takes over.
-	stopWatch = p.runWatcher(watcher, path)
-
-	if p.upg.HasParent() {
-		return p.takeOver(ctx, sigs, path, metricsLn)
-	}
+// start is a first primary: it fills every slot with a worker of
+// generation 1, then runs the job loop.
+func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string, metricsLn net.Listener) error {
 	if metricsLn != nil {
 		// From the start: /healthz answers, /readyz says 503 until the
 		// first workers are ready.
@@ -250,11 +330,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
-		return startFailure(err)
+		return errors.New("first workers failed: " + failureLine(err))
 	}
 	if err := p.upg.Ready(); err != nil {
 		p.pool.Shutdown()
-		return fmt.Errorf("--pid-file %s: %v", cfg.PIDFile, unwrapAll(err))
+		return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 	}
 	p.current = spec
 	p.setServing(p.gen)
@@ -264,14 +344,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	return p.loop(ctx, sigs, queue)
 }
 
-// stopUpgrader stops tableflip as the primary returns. Stop only asks:
+// closeUpgrader stops tableflip as the primary returns. Stop only asks:
 // tableflip closes its listeners, and removes unix socket files, in its
 // own goroutine, which must be done before the process exits. A new
 // primary that never took over leaves them alone: they are the old
 // primary's, which still serves on them. A first primary that failed to
 // start stops it too: the listeners it did bind close, and a unix
 // socket file it created goes.
-func (p *primary) stopUpgrader() {
+func (p *primary) closeUpgrader() {
 	if !p.owner && p.upg.HasParent() {
 		return
 	}

@@ -35,7 +35,7 @@ func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
 		}
 		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
 		if err := p.pool.Scale(ctx, want, p.current); err != nil {
-			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", deployFailure(err)))
+			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", failureLine(err)))
 			return err
 		}
 		p.log.Info("scale finished", zap.Int("from", from), zap.Int("to", want))

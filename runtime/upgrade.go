@@ -227,7 +227,7 @@ func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
 	p.ctl.handedOver(p.successor.pid)
 	// The new primary serves --metrics now.
-	p.web.stop()
+	p.web.close()
 	defer p.successor.release()
 	forward := func() { p.successor.signal(syscall.SIGHUP) }
 	if pending {
