@@ -309,7 +309,7 @@ func (s *controlServer) reload() ControlReply {
 	if err != nil {
 		return ControlReply{Error: "aborted: " + failureLine(err)}
 	}
-	gen := s.p.servingGeneration()
+	gen := s.p.serving()
 	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
 }
 

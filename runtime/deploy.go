@@ -34,14 +34,14 @@ func (p *primary) deploy(ctx context.Context) (err error) {
 		}
 		// The new primary counts a hand-over that succeeded.
 		if !errors.Is(err, errHandedOver) {
-			p.metrics.upgraded(kind, err, time.Since(start), gen)
+			p.metrics.deployed(kind, err, time.Since(start), gen)
 		}
 	}()
 
-	defer p.setUpgrade(nil)
+	defer p.setDeploying(nil)
 	if p.selfChanged() {
 		kind = kindPrimary
-		p.setUpgrade(&UpgradeStatus{Generation: gen, Kind: "primary", Started: start})
+		p.setDeploying(&UpgradeStatus{Generation: gen, Kind: "primary", Started: start})
 		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
 		err := p.upgradeSelf(ctx, gen)
 		// A binary written a moment ago may still be open for writing
@@ -52,14 +52,14 @@ func (p *primary) deploy(ctx context.Context) (err error) {
 			err = p.upgradeSelf(ctx, gen)
 		}
 		if err == nil {
-			p.setServing(gen)
+			p.setServingGen(gen)
 			return errHandedOver
 		}
 		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", "new primary: "+err.Error()))
 		return err
 	}
 
-	p.setUpgrade(&UpgradeStatus{Generation: gen, Kind: "workers", Started: start})
+	p.setDeploying(&UpgradeStatus{Generation: gen, Kind: "workers", Started: start})
 	p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "workers"))
 	path, err := ResolveCommand(p.cfg.Command[0])
 	if err != nil {
@@ -73,14 +73,14 @@ func (p *primary) deploy(ctx context.Context) (err error) {
 		return err
 	}
 	p.current = spec
-	p.setServing(gen)
+	p.setServingGen(gen)
 	p.log.Info("upgrade finished", zap.Int("generation", gen), zap.Duration("duration", time.Since(start)))
 	return nil
 }
 
 func (p *primary) progress(gen int) func(step, steps int) {
 	return func(step, steps int) {
-		p.upgradeStep(step, steps)
+		p.deployStep(step, steps)
 		p.log.Info("upgrade step", zap.Int("generation", gen), zap.Int("step", step), zap.Int("steps", steps))
 	}
 }

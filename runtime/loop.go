@@ -109,7 +109,7 @@ func (q *jobQueue) take() *job {
 	return j
 }
 
-// deployLoop is the primary's state machine once it serves: it takes
+// jobLoop is the primary's state machine once it serves: it takes
 // requests from signals (HUP, TTIN, TTOU: see signalRequest, scale making
 // the scaling jobs) and from reqs, and runs their jobs one at a
 // time, never two at once, starting with queue. TERM or INT (or the end of
@@ -118,7 +118,7 @@ func (q *jobQueue) take() *job {
 // errHandedOver returns handedOver(pending), pending being whether a deploy
 // that a signal asked for was queued: another primary owns the listeners
 // now, and every queued job is answered with errHandedOver.
-func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
+func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
 	deploy func(context.Context) error, scale func(delta int) func(context.Context) error,
 	shutdown func() error, handedOver func(pending bool) error) error {
 	var (
@@ -146,7 +146,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 		}
 		next()
 	}
-	stop := func(why zap.Field) error {
+	shutDown := func(why zap.Field) error {
 		log.Info("shutdown started", why)
 		if running != nil {
 			cancel()
@@ -161,7 +161,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 		case sig := <-sigs:
 			r, ok := signalRequest(sig, scale)
 			if !ok {
-				return stop(zap.String("signal", sig.String()))
+				return shutDown(zap.String("signal", sig.String()))
 			}
 			add(r)
 		case r := <-reqs:
@@ -179,21 +179,21 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 			j.finish(err)
 			next()
 		case <-ctx.Done():
-			return stop(zap.String("why", context.Cause(ctx).Error()))
+			return shutDown(zap.String("why", context.Cause(ctx).Error()))
 		}
 	}
 }
 
 // loop acts on signals and requests and runs their jobs one at a time; a
 // deploy asked for while one runs is queued, and further ones fold into
-// it (see deployLoop).
+// it (see jobLoop).
 func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
-	wctx, stopRecycling := context.WithCancel(ctx)
+	wctx, cancelRecycling := context.WithCancel(ctx)
 	recycleDone := make(chan struct{})
-	defer func() { stopRecycling(); <-recycleDone }()
+	defer func() { cancelRecycling(); <-recycleDone }()
 	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
 	shutdown := func() error {
-		stopRecycling()
+		cancelRecycling()
 		if p.successor != nil {
 			// The hand-over completed as the stop came (upgradeSelf
 			// passes a stop on only while it waits): the new primary
@@ -204,8 +204,8 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueu
 		}
 		return p.shutdown()
 	}
-	return deployLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
-		stopRecycling()
+	return jobLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
+		cancelRecycling()
 		return p.retireAfterHandOver(sigs, pending)
 	})
 }

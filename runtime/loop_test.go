@@ -99,7 +99,7 @@ func startLoop(t *testing.T, pending bool) *loopRun {
 		queue.add(request{op: "deploy"})
 	}
 	go func() {
-		r.result <- deployLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
+		r.result <- jobLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
 			func(delta int) func(context.Context) error {
 				return func(context.Context) error {
 					if r.deploys.runningNow() != 0 {

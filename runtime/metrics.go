@@ -104,7 +104,7 @@ func (m *metrics) WorkerRestarted(int)              { m.restarts.Inc() }
 func (m *metrics) WorkerExited(_ int, cause string) { m.exits.WithLabelValues(cause).Inc() }
 
 // upgraded records one deploy.
-func (m *metrics) upgraded(kind string, err error, took time.Duration, gen int) {
+func (m *metrics) deployed(kind string, err error, took time.Duration, gen int) {
 	if m == nil {
 		return
 	}

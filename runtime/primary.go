@@ -50,11 +50,11 @@ type primary struct {
 	current *workerpool.Spec
 
 	// For status, under stmu.
-	stmu    sync.Mutex
-	started time.Time
-	addrs   []string
-	serving int            // generation of the last start or deploy that finished
-	upgrade *UpgradeStatus // the deploy in progress, if any
+	stmu       sync.Mutex
+	started    time.Time
+	addrs      []string
+	servingGen int            // generation of the last start or deploy that finished
+	deploying  *UpgradeStatus // the deploy in progress, if any
 	// metrics and web are nil without --metrics.
 	metrics *metrics
 	web     *metricsServer
@@ -321,10 +321,10 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 	p.gen = 1
 	spec := p.spec(path, p.gen)
 	p.ctl.serve()
-	queue, stopSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
+	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
 	})
-	if stopSig != nil {
+	if shutdownSig != nil {
 		// What did start gets drained; a start that failed left nothing.
 		return p.shutdown()
 	}
@@ -337,7 +337,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 		return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 	}
 	p.current = spec
-	p.setServing(p.gen)
+	p.setServingGen(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	p.metrics.setGeneration(p.gen)
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))

@@ -30,8 +30,8 @@ func CatchSignals() chan os.Signal {
 // underSignals runs fn while acting on signals and requests, for the
 // phases before the deploy loop runs (start-up, a new primary's take-over):
 // a HUP or a request is queued for the loop, a TERM or INT cancels fn's
-// context and is returned as stop, as is the end of ctx (as TERM).
-func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (queue jobQueue, stop os.Signal, err error) {
+// context and is returned as shutdownSig, as is the end of ctx (as TERM).
+func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (queue jobQueue, shutdownSig os.Signal, err error) {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -47,18 +47,18 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 		select {
 		case <-ctxDone:
 			ctxDone = nil
-			if stop == nil {
+			if shutdownSig == nil {
 				p.log.Info("shutdown started", zap.String("why", context.Cause(ctx).Error()))
-				stop = syscall.SIGTERM
+				shutdownSig = syscall.SIGTERM
 			}
 		case err := <-done:
-			if stop == nil && ctx.Err() != nil {
-				stop = syscall.SIGTERM
+			if shutdownSig == nil && ctx.Err() != nil {
+				shutdownSig = syscall.SIGTERM
 			}
-			if stop != nil {
+			if shutdownSig != nil {
 				queue.finish(ErrShuttingDown)
 			}
-			return queue, stop, err
+			return queue, shutdownSig, err
 		case r := <-p.reqs:
 			add(r)
 		case sig := <-sigs:
@@ -66,9 +66,9 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 				add(r)
 				continue
 			}
-			if stop == nil {
+			if shutdownSig == nil {
 				p.log.Info("shutdown started", zap.String("signal", sig.String()))
-				stop = sig
+				shutdownSig = sig
 				cancel()
 			}
 		}

@@ -7,9 +7,10 @@ import (
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
-func (p *primary) setServing(gen int) {
+// setServingGen records the generation now serving, for status.
+func (p *primary) setServingGen(gen int) {
 	p.stmu.Lock()
-	p.serving = gen
+	p.servingGen = gen
 	p.stmu.Unlock()
 }
 
@@ -17,9 +18,9 @@ func (p *primary) setServing(gen int) {
 func (p *primary) status() Status {
 	now := time.Now()
 	p.stmu.Lock()
-	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.serving, Started: p.started,
+	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.servingGen, Started: p.started,
 		UptimeSeconds: now.Sub(p.started).Seconds(), Listeners: p.addrs, Command: p.cfg.Command}}
-	if u := p.upgrade; u != nil {
+	if u := p.deploying; u != nil {
 		cp := *u
 		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
 		st.Upgrade = &cp
@@ -38,24 +39,24 @@ func (p *primary) status() Status {
 	return st
 }
 
-func (p *primary) servingGeneration() int {
+func (p *primary) serving() int {
 	p.stmu.Lock()
 	defer p.stmu.Unlock()
-	return p.serving
+	return p.servingGen
 }
 
-// setUpgrade records the deploy in progress (nil: none) for status.
-func (p *primary) setUpgrade(u *UpgradeStatus) {
+// setDeploying records the deploy in progress (nil: none) for status.
+func (p *primary) setDeploying(u *UpgradeStatus) {
 	p.stmu.Lock()
-	p.upgrade = u
+	p.deploying = u
 	p.stmu.Unlock()
 }
 
-// upgradeStep records the step of the deploy in progress.
-func (p *primary) upgradeStep(step, steps int) {
+// deployStep records the step of the deploy in progress.
+func (p *primary) deployStep(step, steps int) {
 	p.stmu.Lock()
-	if p.upgrade != nil {
-		p.upgrade.Step, p.upgrade.Steps = step, steps
+	if p.deploying != nil {
+		p.deploying.Step, p.deploying.Steps = step, steps
 	}
 	p.stmu.Unlock()
 }

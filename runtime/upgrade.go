@@ -56,8 +56,8 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		newProc = proc
 		mu.Unlock()
 		p.stmu.Lock()
-		if p.upgrade != nil {
-			p.upgrade.NewPrimary = pid
+		if p.deploying != nil {
+			p.deploying.NewPrimary = pid
 		}
 		p.stmu.Unlock()
 		var pr *peer
@@ -68,7 +68,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 			}
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
 			return p.pool.RollBack(ctx, pr.retire)
-		}, p.upgradeStep)
+		}, p.deployStep)
 		accepted <- handover{pr, proc}
 		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size()})
 	}()
@@ -165,17 +165,17 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	spec := p.spec(path, p.gen)
 	// A TERM or INT ends the roll; the slots taken are handed back (unless
 	// the old primary is shutting down too) and the workers drained.
-	queue, stopSig, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
+	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
 		progress := p.progress(p.gen)
 		return p.pool.Roll(ctx, spec, pr.retire, func(step, steps int) {
 			progress(step, steps)
 			pr.send(message{Op: "step", Slot: step, Steps: steps})
 		})
 	})
-	if stopSig != nil {
+	if shutdownSig != nil {
 		// Told to stop: this primary does not take over, even if every
 		// slot is already its own.
-		err = fmt.Errorf("shutdown asked for (%v)", stopSig)
+		err = fmt.Errorf("shutdown asked for (%v)", shutdownSig)
 	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
@@ -191,7 +191,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 			}
 			cancel()
 		}
-		if stopSig != nil {
+		if shutdownSig != nil {
 			return p.shutdown()
 		}
 		p.pool.Shutdown()
@@ -199,7 +199,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.owner = true
 	p.current = spec
-	p.setServing(p.gen)
+	p.setServingGen(p.gen)
 	if err := p.upg.Ready(); err != nil {
 		p.log.Error("cannot write the pid file", zap.Error(err))
 	}
@@ -210,7 +210,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// finds it closed.
 		p.web.serve(metricsLn, p.log)
 	}
-	p.metrics.upgraded(kindPrimary, nil, time.Since(start), p.gen)
+	p.metrics.deployed(kindPrimary, nil, time.Since(start), p.gen)
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	pr.close()
