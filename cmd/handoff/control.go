@@ -38,9 +38,10 @@ Flags:
 
 const reloadUsage = `Usage: handoff reload [--control PATH]
 
-Deploys what is on disk now, as SIGHUP does, waits for the outcome and
-prints it in one line: exit 0 when the deploy finished, 1 when it was
-aborted (the reason follows) or the primary cannot be reached.
+Deploys what is on disk now, as SIGHUP does, waits for the outcome
+(probation included, see --min-uptime) and prints it in one line: exit 0
+when the deploy finished, 1 when it was aborted or rolled back (the reason
+follows) or the primary cannot be reached.
 
 Flags:
   --control PATH  the primary's control socket (default: see 'handoff help')
@@ -283,8 +284,12 @@ func deployCommand(name, usage string, args []string, stdout io.Writer) error {
 		return err
 	}
 	rep, err := callPrimary(path, runtime.ControlRequest{Op: name}, 0)
-	if errors.As(err, new(refusal)) && (strings.HasPrefix(err.Error(), "aborted") || strings.HasPrefix(err.Error(), "refused")) {
-		return fmt.Errorf("%s %v", name, err)
+	if errors.As(err, new(refusal)) {
+		for _, outcome := range []string{"aborted", "refused", "rolled back"} {
+			if strings.HasPrefix(err.Error(), outcome) {
+				return fmt.Errorf("%s %v", name, err)
+			}
+		}
 	}
 	if err != nil {
 		return err

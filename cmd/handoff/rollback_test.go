@@ -58,6 +58,10 @@ func TestRollbackCommand(t *testing.T) {
 			"", "handoff: rollback refused: no previous generation to roll back to\n"},
 		{"aborted", runtime.ControlReply{Pid: 42, Error: "aborted: worker 0 (pid 7) exited at start: exit status 1"}, 1,
 			"", "handoff: rollback aborted: worker 0 (pid 7) exited at start: exit status 1\n"},
+		{"rolled back", runtime.ControlReply{Pid: 42, Error: "rolled back: worker 1 (pid 8) exited 2s after it was ready; generation 3 serving"}, 1,
+			"", "handoff: rollback rolled back: worker 1 (pid 8) exited 2s after it was ready; generation 3 serving\n"},
+		{"other refusal", runtime.ControlReply{Pid: 42, Error: "the primary is shutting down"}, 1,
+			"", "handoff: the primary is shutting down\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path, got := fakePrimary(t, c.rep)
@@ -148,5 +152,18 @@ func TestMinUptimeFlag(t *testing.T) {
 	cfg, _, _, err := parseDev([]string{"--listen", "127.0.0.1:0", "--build", "true", "--min-uptime", "2s", "--", "true"}, &bytes.Buffer{})
 	if err != nil || cfg.MinUptime != 2*time.Second {
 		t.Errorf("dev --min-uptime 2s: %v, %v", cfg.MinUptime, err)
+	}
+}
+
+// handoff reload reports a deploy rolled back after its probation in one
+// line, exit 1.
+func TestReloadRolledBack(t *testing.T) {
+	path, got := fakePrimary(t, runtime.ControlReply{Pid: 42, Error: "rolled back: worker 0 (pid 9) exited 2s after it was ready; generation 3 serving"})
+	code, stdout, stderr := runArgs("reload", "--control", path)
+	if req := <-got; req.Op != "reload" {
+		t.Errorf("request %+v", req)
+	}
+	if want := "handoff: reload rolled back: worker 0 (pid 9) exited 2s after it was ready; generation 3 serving\n"; code != 1 || stdout != "" || stderr != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 1 and %q", code, stdout, stderr, want)
 	}
 }
