@@ -596,3 +596,26 @@ func TestExecLinkNamesTheProcess(t *testing.T) {
 func sameIdentity(a, b Identity) bool {
 	return a.Path == b.Path && a.Size == b.Size && a.ModTime.Equal(b.ModTime) && a.SHA256 == b.SHA256
 }
+
+// An execute-only file is pinned by an O_PATH descriptor: exec'd all the
+// same, without a hash or a copy. (Root reads any file: only as another
+// user is the file unreadable.)
+func TestPinExecuteOnly(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may read an execute-only file")
+	}
+	yes, no := system(t, "true"), system(t, "false")
+	path := filepath.Join(t.TempDir(), "server")
+	install(t, path, yes)
+	if err := os.Chmod(path, 0o111); err != nil {
+		t.Fatal(err)
+	}
+	f := pinT(t, path, Options{})
+	if id := f.Identity(); id.SHA256 != "" || id.Size != int64(len(yes)) || f.HasCopy() || f.CopyError() == nil {
+		t.Errorf("identity %+v, copy %v (%v)", id, f.HasCopy(), f.CopyError())
+	}
+	install(t, path, no)
+	if code, out := run(t, f); code != 0 {
+		t.Fatalf("exit %d %s, want the pinned true", code, out)
+	}
+}
