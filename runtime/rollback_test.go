@@ -141,7 +141,7 @@ func TestStatusGenerations(t *testing.T) {
 	p.gens.set(cur, generationStatus(1, pin.Identity{Path: "/srv/app/releases/41/server", Size: 99, ModTime: mtime}))
 	p.current = &workerpool.Spec{Path: "/srv/app/releases/42/server", Generation: 2}
 	p.setServingGen(2) // does not replace what set recorded
-	cur.Size = 1    // set keeps copies
+	cur.Size = 1       // set keeps copies
 	b, _ = json.Marshal(p.status().Generations)
 	want := `{"current":{"generation":2,"path":"/srv/app/releases/42/server","size":1234,"mtime":"2026-01-02T03:04:05Z","sha256":"abcdef0123456789","rollback_of":1},` +
 		`"previous":{"generation":1,"path":"/srv/app/releases/41/server","size":99,"mtime":"2026-01-02T03:04:05Z"}}`
