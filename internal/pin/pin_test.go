@@ -18,6 +18,8 @@ import (
 
 	"github.com/cloudflare/tableflip"
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // tableflip's *Fds is the Store a self-upgrade uses.
@@ -110,31 +112,10 @@ func (s *mapStore) close() {
 	}
 }
 
-// system returns the contents of a program of the system (true, false).
-func system(t *testing.T, name string) []byte {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s: %v", name, err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// install writes b to path by rename, as a deploy does.
-func install(t *testing.T, path string, b []byte) {
-	t.Helper()
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
+var (
+	system  = testutil.Program
+	install = testutil.Install
+)
 
 // rewrite writes b into the file at path, in place (same inode).
 func rewrite(t *testing.T, path string, b []byte) {
@@ -451,23 +432,30 @@ func TestOpenRacesClose(t *testing.T) {
 	}
 }
 
-// A pin handed over (as to a new primary) runs the pinned content even
-// when the original was replaced, rewritten and deleted meanwhile, and
-// the exporter's File is closed.
-func TestHandOver(t *testing.T) {
-	yes, no := system(t, "true"), system(t, "false")
+// exported pins a copy of true, exports it to a store and then rewrites
+// the file in place (as false) and deletes it.
+func exported(t *testing.T) (*File, *mapStore, Token) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "server")
-	install(t, path, yes)
+	install(t, path, system(t, "true"))
 	f := pinT(t, path, Options{})
 	s := &mapStore{}
-	defer s.close()
+	t.Cleanup(s.close)
 	tok, err := f.Export(s, "handoff-pin-current")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	rewrite(t, path, no)
+	rewrite(t, path, system(t, "false"))
 	os.Remove(path)
+	return f, s, tok
+}
+
+// A pin handed over (as to a new primary) runs the pinned content even
+// when the original was replaced, rewritten and deleted meanwhile, and
+// the exporter's File is closed.
+func TestHandOver(t *testing.T) {
+	f, s, tok := exported(t)
+	f.Close()
 
 	b, _ := json.Marshal(tok)
 	var back Token
@@ -491,7 +479,7 @@ func TestHandOver(t *testing.T) {
 		t.Errorf("Import of a key not handed over: %v", err)
 	}
 	other := filepath.Join(t.TempDir(), "other")
-	install(t, other, yes)
+	install(t, other, system(t, "true"))
 	o := pinT(t, other, Options{CopyMax: -1})
 	if _, err := o.Export(s, "handoff-pin-current"); err != nil {
 		t.Fatal(err)
@@ -512,18 +500,7 @@ func TestHandOver(t *testing.T) {
 // second process runs the pinned file although the first rewrote and
 // deleted it.
 func TestHandOverToAnotherProcess(t *testing.T) {
-	yes, no := system(t, "true"), system(t, "false")
-	path := filepath.Join(t.TempDir(), "server")
-	install(t, path, yes)
-	f := pinT(t, path, Options{})
-	s := &mapStore{}
-	defer s.close()
-	tok, err := f.Export(s, "handoff-pin-current")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rewrite(t, path, no)
-	os.Remove(path)
+	_, s, tok := exported(t)
 	orig, _ := s.File(tok.Key)
 	cp, _ := s.File(copyKey(tok.Key))
 	defer orig.Close()

@@ -9,31 +9,13 @@ import (
 	"testing"
 
 	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
-// install writes b at path by rename, as a deploy does.
-func install(t *testing.T, path string, b []byte) {
-	t.Helper()
-	if err := os.WriteFile(path+".new", b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".new", path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func systemBinary(t *testing.T, name string) []byte {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s: %v", name, err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var (
+	install      = testutil.Install
+	systemBinary = testutil.Program
+)
 
 // pinned runs the shim for path with the pinned file of f passed as a
 // launcher passes it: after nfds listeners (/dev/null here), named in
