@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/sdnotify"
 	"github.com/handoff-dev/handoff/internal/shim"
 	"go.uber.org/zap"
@@ -33,6 +34,9 @@ type Spec struct {
 	Dir string
 	// Generation counts deploys; it reaches the worker as HANDOFF_GENERATION.
 	Generation int
+	// Pin, if not nil, is the file the generation pinned (internal/pin):
+	// OSLauncher execs it, whatever is at Path now. nil execs Path.
+	Pin *pin.File
 }
 
 // Launcher starts a worker for a slot.
@@ -119,6 +123,17 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
+	// The generation's pinned file: open before anything else, so that a
+	// pin that cannot be exec'd any more fails the launch with nothing to
+	// undo. Its descriptor is the worker's until the fork.
+	var exe *os.File
+	if spec.Pin != nil {
+		var err error
+		if exe, err = spec.Pin.Open(); err != nil {
+			return nil, err
+		}
+		defer exe.Close()
+	}
 
 	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
 	sock, err := sdnotify.Listen(sockPath)
@@ -176,6 +191,17 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		n := strconv.Itoa(len(files))
 		files = append(files, uintptr(workerEnd))
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
+	}
+	if exe != nil {
+		// Past the listeners and the channel: the shim execs it (see
+		// internal/shim's pinned.go), through a link named like the
+		// command so that the worker is named after it.
+		n := len(files)
+		files = append(files, exe.Fd())
+		env = append(env, shim.EnvExecFD+"="+strconv.Itoa(n))
+		if link, err := pin.ExecLink(l.NotifyDir, n, filepath.Base(spec.Path)); err == nil {
+			env = append(env, shim.EnvExecVia+"="+link)
+		}
 	}
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,

@@ -96,6 +96,7 @@ type Pool struct {
 	all      map[*worker]struct{} // every worker not yet reaped
 	started  bool                 // after Start or Adopt; before, Scale only sets the size
 	closing  bool
+	prob     *probation     // the probation of a RollWith, while it runs
 	monitors sync.WaitGroup // one per live worker and per drain timer
 }
 

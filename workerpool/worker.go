@@ -89,19 +89,27 @@ func (p *Pool) monitor(w *worker) {
 	delete(p.all, w)
 	s := p.slots[w.slot]
 	unexpected := s.cur == w && !w.retiring
-	restart := unexpected && s.lost(w, p.closing)
+	now := time.Now()
+	// A new worker that fails its deploy's probation is not restarted:
+	// that would run the failed build again (see RollWith).
+	failed := unexpected && p.prob.fails(w, now)
+	restart := unexpected && s.lost(w, p.closing) && !failed
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
 	}
-	if restart {
+	switch {
+	case failed:
+		w.log.Warn("worker exited", fields...)
+		p.failProbation(p.prob, w, exit, now.Sub(w.readyAt))
+	case restart:
 		w.log.Warn("worker exited", fields...)
 		if exit.Uptime >= p.cfg.StableAfter {
 			s.failures = 0
 		}
 		s.failures++
 		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
-	} else {
+	default:
 		w.log.Info("worker exited", fields...)
 	}
 	cause := ExitRetired
