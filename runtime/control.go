@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -308,11 +307,7 @@ func (s *controlServer) reload() ControlReply {
 	if retry {
 		return s.retryReply()
 	}
-	if err != nil {
-		return ControlReply{Error: "aborted: " + failureLine(err)}
-	}
-	gen := s.p.serving()
-	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
+	return s.deployReply(err)
 }
 
 func (s *controlServer) scale(req ControlRequest) ControlReply {

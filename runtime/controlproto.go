@@ -125,7 +125,8 @@ type WorkerStatus struct {
 // UpgradeStatus is a deploy in progress.
 type UpgradeStatus struct {
 	Generation int `json:"generation"`
-	// Kind is "workers" or "primary" (a self-upgrade).
+	// Kind is "workers", "primary" (a self-upgrade) or "rollback"
+	// (handoff rollback).
 	Kind string `json:"kind"`
 	// Step of Steps is the slot being replaced now (1-based); 0 before
 	// the first step begins.
@@ -135,6 +136,9 @@ type UpgradeStatus struct {
 	ElapsedSeconds float64   `json:"elapsed_seconds"`
 	// NewPrimary is the pid of the new primary of a self-upgrade.
 	NewPrimary int `json:"new_primary,omitempty"`
+	// RollingBack: the deploy failed and its workers are being rolled
+	// back to the previous generation.
+	RollingBack bool `json:"rolling_back,omitempty"`
 }
 
 // ParseControlRequest decodes and checks one request line (without its

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/pin"
 )
 
 // envHandover names the unix socket on which an old primary waits for the
@@ -20,7 +22,8 @@ const envHandover = "HANDOFF_HANDOVER"
 
 // The hand-over protocol, one JSON object a line over a unix stream socket:
 //
-//	new → old  hello{pid}              old → new  state{generation, size}
+//	new → old  hello{pid}              old → new  state{generation, size,
+//	                                                    current, previous}
 //	new → old  step{slot: i, steps: N} (step i of N begins; for status)
 //	new → old  retire{slot}            old → new  retired{slot}
 //	new → old  rollback                (old rolls its slots back, asking
@@ -28,7 +31,9 @@ const envHandover = "HANDOFF_HANDOVER"
 //	                                   old → new  rolledback
 //
 // size is the old primary's number of slots (scaled or not): the new one
-// takes it over. The new primary fills the slots one at a time; once its worker in a slot
+// takes it over. current and previous are the old primary's generations,
+// their pinned files handed over with tableflip's descriptors (pin.Token):
+// the new primary keeps them for a rollback. The new primary fills the slots one at a time; once its worker in a slot
 // is ready it asks the old primary to retire that slot's worker, so the two
 // together never run fewer than N ready workers nor more than N+1 not
 // draining. The new primary calls tableflip's Ready only once every slot is
@@ -41,6 +46,18 @@ type message struct {
 	Size       int    `json:"size,omitempty"`
 	Steps      int    `json:"steps,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// Current and Previous (state only) are the old primary's
+	// generations.
+	Current  *generationToken `json:"current,omitempty"`
+	Previous *generationToken `json:"previous,omitempty"`
+}
+
+// generationToken is a generation handed over to a new primary: its
+// pinned file travels as tableflip descriptors, named in Pin.
+type generationToken struct {
+	Generation int       `json:"generation"`
+	RollbackOf int       `json:"rollback_of,omitempty"`
+	Pin        pin.Token `json:"pin"`
 }
 
 // peer is one end of a hand-over connection.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -34,6 +35,13 @@ func deployRequest() (request, <-chan error) {
 	return request{op: "deploy", done: done}, done
 }
 
+// opRollback names the job of a rollback request.
+const opRollback = "rollback"
+
+// isDeploy reports whether r asks for a deploy or a rollback: what ends
+// the probation of a deploy that runs (see newerDeploy).
+func (r request) isDeploy() bool { return r.run == nil || r.op == opRollback }
+
 // job is a queued or running request with everyone waiting for it.
 type job struct {
 	op      string
@@ -43,6 +51,37 @@ type job struct {
 	// into this deploy; after a hand-over it is passed on to the new
 	// primary, while those who wait are told to ask it themselves.
 	unanswered bool
+	// newer is closed once a deploy or a rollback is asked for while
+	// this job runs (or was queued behind it).
+	newer *newer
+}
+
+// newer is a channel closed at most once.
+type newer struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newNewer() *newer { return &newer{ch: make(chan struct{})} }
+
+func (n *newer) close() { n.once.Do(func() { close(n.ch) }) }
+
+type newerKey struct{}
+
+// withNewer gives a job's context the channel newerDeploy returns.
+func withNewer(ctx context.Context, n *newer) context.Context {
+	return context.WithValue(ctx, newerKey{}, n)
+}
+
+// newerDeploy returns a channel closed once a deploy or a rollback has
+// been asked for after the job of ctx began, or queued behind it: a
+// deploy in its probation then ends it, and the next one starts at once
+// (nil, which never closes, outside a job).
+func newerDeploy(ctx context.Context) <-chan struct{} {
+	if n, ok := ctx.Value(newerKey{}).(*newer); ok {
+		return n.ch
+	}
+	return nil
 }
 
 func (j *job) finish(err error) {
@@ -54,6 +93,16 @@ func (j *job) finish(err error) {
 
 // jobQueue holds the jobs not yet started.
 type jobQueue []*job
+
+// hasDeploy reports whether a deploy or a rollback is queued.
+func (q jobQueue) hasDeploy() bool {
+	for _, j := range q {
+		if j.run == nil || j.op == opRollback {
+			return true
+		}
+	}
+	return false
+}
 
 // add queues r, folding a deploy into one already queued. It reports
 // whether r started a new job.
@@ -135,14 +184,22 @@ func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <
 		if run == nil {
 			run = deploy
 		}
+		running.newer = newNewer()
+		if queue.hasDeploy() {
+			running.newer.close()
+		}
 		var jctx context.Context
 		jctx, cancel = context.WithCancel(ctx)
+		jctx = withNewer(jctx, running.newer)
 		go func() { done <- run(jctx) }()
 	}
 	add := func(r request) {
 		isNew := queue.add(r)
 		if running != nil && isNew && r.run == nil {
 			log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
+		}
+		if running != nil && r.isDeploy() {
+			running.newer.close()
 		}
 		next()
 	}

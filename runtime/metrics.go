@@ -38,11 +38,16 @@ type metrics struct {
 
 // upgrade kinds and outcomes, as labels.
 const (
-	kindWorkers     = "workers"
-	kindPrimary     = "primary"
-	outcomeDone     = "done"
-	outcomeAborted  = "aborted"
-	metricNamespace = "handoff"
+	kindWorkers  = "workers"
+	kindPrimary  = "primary"
+	kindRollback = "rollback" // handoff rollback
+	outcomeDone  = "done"
+	// outcomeAborted: nothing was replaced; the old workers serve.
+	outcomeAborted = "aborted"
+	// outcomeRolledBack: the deploy failed after replacing workers, which
+	// were rolled back to the generation before it.
+	outcomeRolledBack = "rolled_back"
+	metricNamespace   = "handoff"
 )
 
 func newMetrics() *metrics {
@@ -59,7 +64,7 @@ func newMetrics() *metrics {
 		Name: "worker_ready_seconds", Help: "Time from a worker's start until it was ready.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
 	m.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricNamespace,
-		Name: "upgrades_total", Help: "Deploys, by kind (workers: the workers were rolled; primary: the primary upgraded itself) and outcome (done, aborted)."},
+		Name: "upgrades_total", Help: "Deploys, by kind (workers: the workers were rolled; primary: the primary upgraded itself; rollback: handoff rollback) and outcome (done; aborted: nothing replaced; rolled_back: failed after replacing workers, which went back to the previous generation)."},
 		[]string{"kind", "outcome"})
 	m.upgradeSecs = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricNamespace,
 		Name: "upgrade_duration_seconds", Help: "Duration of deploys, by kind and outcome.",
@@ -69,15 +74,15 @@ func newMetrics() *metrics {
 		Name: "worker_recycles_total", Help: "Workers replaced one at a time because of --max-memory (memory) or --watchdog (watchdog)."},
 		[]string{"reason"})
 	m.lastUpgrade = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
-		Name: "last_upgrade_successful", Help: "1 if the last deploy this primary ran (or took over by) finished, 0 if it was aborted."})
+		Name: "last_upgrade_successful", Help: "1 if the last deploy this primary ran (or took over by) finished, 0 if it was aborted or rolled back."})
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
-		Name: "generation", Help: "The generation (deploy count) the workers run."})
+		Name: "generation", Help: "The generation (deploy count) the workers run: the last one that finished."})
 	m.lastUpgrade.Set(1)
 	for _, c := range []string{workerpool.ExitCrashed, workerpool.ExitRetired, workerpool.ExitKilled} {
 		m.exits.WithLabelValues(c)
 	}
-	for _, k := range []string{kindWorkers, kindPrimary} {
-		for _, o := range []string{outcomeDone, outcomeAborted} {
+	for _, k := range []string{kindWorkers, kindPrimary, kindRollback} {
+		for _, o := range []string{outcomeDone, outcomeAborted, outcomeRolledBack} {
 			m.upgrades.WithLabelValues(k, o)
 		}
 	}
@@ -103,19 +108,18 @@ func (m *metrics) WorkerReady(_ int, took time.Duration) {
 func (m *metrics) WorkerRestarted(int)              { m.restarts.Inc() }
 func (m *metrics) WorkerExited(_ int, cause string) { m.exits.WithLabelValues(cause).Inc() }
 
-// upgraded records one deploy.
-func (m *metrics) deployed(kind string, err error, took time.Duration, gen int) {
+// deployed records one deploy and its outcome; serving is the generation
+// the workers run after it.
+func (m *metrics) deployed(kind, outcome string, took time.Duration, serving int) {
 	if m == nil {
 		return
 	}
-	outcome := outcomeDone
-	if err != nil {
-		outcome = outcomeAborted
-		m.lastUpgrade.Set(0)
-	} else {
+	if outcome == outcomeDone {
 		m.lastUpgrade.Set(1)
-		m.generation.Set(float64(gen))
+	} else {
+		m.lastUpgrade.Set(0)
 	}
+	m.generation.Set(float64(serving))
 	m.upgrades.WithLabelValues(kind, outcome).Inc()
 	m.upgradeSecs.WithLabelValues(kind, outcome).Observe(took.Seconds())
 }

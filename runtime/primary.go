@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/reload"
 	"github.com/handoff-dev/handoff/workerpool"
@@ -45,9 +46,15 @@ type primary struct {
 	// the control socket.
 	askShutdown context.CancelCauseFunc
 	ctl         *controlServer
-	// current is the spec of the last start or deploy that finished: what
-	// new slots run. Only the loop's jobs use it.
-	current *workerpool.Spec
+	// cur is the generation of the last start or deploy that finished
+	// (what new slots run), prev the one before it (what a rollback
+	// deploys). Only the loop's jobs (and the start or take-over before
+	// it) use them.
+	cur, prev *generation
+	// pins are the pinned files the primary holds open (see
+	// releasePins).
+	pinsMu sync.Mutex
+	pins   map[*pin.File]struct{}
 	// gens is what status and rollback know of the generations kept.
 	gens generations
 
@@ -176,6 +183,11 @@ func (r *resources) close() {
 		p.closeUpgrader()
 	}
 	if p != nil {
+		// The workers are gone, and tableflip holds its own copies of
+		// what was handed to a new primary.
+		p.closePins()
+	}
+	if p != nil {
 		p.ctl.close()
 	}
 	if r.stopWatch != nil {
@@ -216,11 +228,13 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		return "", nil, err
 	}
 	// tableflip's upgrade bound: the new primary calls Ready after rolling
-	// every worker, each of which may take up to ReadyTimeout; one that
-	// fails drains its new worker and rolls back before it exits.
+	// every worker, each of which may take up to ReadyTimeout, and after
+	// the last one's probation; one that fails drains its new worker and
+	// rolls back before it exits.
 	p.upg, err = tableflip.New(tableflip.Options{
-		PIDFile:        cfg.PIDFile,
-		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute,
+		PIDFile: cfg.PIDFile,
+		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute +
+			2*max(cfg.MinUptime, 0),
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("cannot set up upgrades: %v", err)
@@ -322,6 +336,11 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 	p.owner = true
 	p.gen = 1
 	spec := p.spec(path, p.gen)
+	pf, err := p.pinCommand(path)
+	if err != nil {
+		return fmt.Errorf("cannot pin the worker command: %v", err)
+	}
+	spec.Pin = pf
 	p.ctl.serve()
 	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
@@ -338,7 +357,8 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 		p.pool.Shutdown()
 		return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 	}
-	p.current = spec
+	p.cur = &generation{gen: p.gen, spec: spec}
+	p.publishGenerations()
 	p.setServingGen(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	p.metrics.setGeneration(p.gen)

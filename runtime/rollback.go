@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync"
 
 	"go.uber.org/zap"
@@ -12,41 +11,142 @@ import (
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
+// generation is one generation the primary keeps: its number and what its
+// workers run, the pinned file included (spec.Pin).
+type generation struct {
+	gen  int
+	spec *workerpool.Spec
+	// rollbackOf is the generation whose file a rollback deployed again
+	// as this one; 0 otherwise.
+	rollbackOf int
+}
+
+// status describes g for status (nil: none).
+func (g *generation) status() *GenerationStatus {
+	if g == nil {
+		return nil
+	}
+	var st *GenerationStatus
+	if g.spec.Pin != nil {
+		st = generationStatus(g.gen, g.spec.Pin.Identity())
+	} else {
+		st = &GenerationStatus{Generation: g.gen, Path: g.spec.Path}
+	}
+	st.RollbackOf = g.rollbackOf
+	return st
+}
+
+// sameFile reports whether a and b run the same file: same content (or,
+// for files the primary may not read, the same inode, size and
+// modification time).
+func sameFile(a, b *generation) bool {
+	if a == nil || b == nil || a.spec.Pin == nil || b.spec.Pin == nil {
+		return false
+	}
+	return a.spec.Pin.Same(b.spec.Pin)
+}
+
+// pinCommand pins the executable a generation runs (internal/pin) and
+// keeps it among the pins the primary holds.
+func (p *primary) pinCommand(path string) (*pin.File, error) {
+	f, err := pin.Pin(path, pin.Options{})
+	if err != nil {
+		return nil, err
+	}
+	p.keepPin(f)
+	return f, nil
+}
+
+func (p *primary) keepPin(f *pin.File) {
+	p.pinsMu.Lock()
+	defer p.pinsMu.Unlock()
+	if p.pins == nil {
+		p.pins = map[*pin.File]struct{}{}
+	}
+	p.pins[f] = struct{}{}
+}
+
+// releasePins closes the pins that neither a generation kept nor a slot
+// (whose restart runs its spec) refers to any more. Jobs run one at a
+// time: call it at the end of one. A launch that races the close fails
+// with pin.ErrClosed as a start failure, never a crash.
+func (p *primary) releasePins() {
+	used := map[*pin.File]bool{}
+	for _, g := range []*generation{p.cur, p.prev} {
+		if g != nil && g.spec.Pin != nil {
+			used[g.spec.Pin] = true
+		}
+	}
+	for _, s := range p.pool.Specs() {
+		if s.Pin != nil {
+			used[s.Pin] = true
+		}
+	}
+	p.pinsMu.Lock()
+	defer p.pinsMu.Unlock()
+	for f := range p.pins {
+		if !used[f] {
+			f.Close()
+			delete(p.pins, f)
+		}
+	}
+}
+
+// closePins closes every pin, as Run returns.
+func (p *primary) closePins() {
+	p.pinsMu.Lock()
+	defer p.pinsMu.Unlock()
+	for f := range p.pins {
+		f.Close()
+	}
+	p.pins = nil
+}
+
+// publishGenerations shows the primary's generation records in status
+// and makes a rollback possible when a previous one is kept. Call it from
+// a job (or before the loop runs).
+func (p *primary) publishGenerations() {
+	p.gens.set(p.cur.status(), p.prev.status())
+	if p.prev != nil {
+		p.gens.setRollback(p.rollbackPrevious)
+	} else {
+		p.gens.setRollback(nil)
+	}
+}
+
+// rollbackPrevious is the job of `handoff rollback`: a deploy, with its
+// probation and roll-back, of the previous generation's pinned file, as a
+// new generation. On success the generation it replaced is the previous
+// one (a second rollback goes forward again).
+func (p *primary) rollbackPrevious(ctx context.Context) error {
+	prev := p.prev
+	p.gen++
+	gen := p.gen
+	spec := *prev.spec
+	spec.Generation = gen
+	next := &generation{gen: gen, spec: &spec, rollbackOf: prev.gen}
+	d := p.beginDeploy(gen, kindRollback, zap.Int("rollback_of", prev.gen), zap.String("path", spec.Path))
+	return p.rollGeneration(ctx, d, next, false)
+}
+
 // errNoPrevious refuses a rollback when the primary keeps no generation
 // before the current one.
 var errNoPrevious = errors.New("no previous generation to roll back to")
 
-// generations is what the primary keeps of its generations for status
-// and for `handoff rollback`: the current one (what the last start or
-// deploy that finished runs) and the previous one. Its methods are safe
-// for concurrent use; the zero value keeps nothing.
-//
-// The primary records the current generation's path as each deploy
-// finishes (noteServing). Deploys that pin their executable (internal/pin)
-// replace both entries with the pinned files' identities (set), and
-// install the job that deploys the previous generation again
-// (setRollback); without it, a rollback is refused with errNoPrevious.
+// generations is what status and `handoff rollback` know of the
+// generations the primary keeps: the current one (what the last start or
+// deploy that finished runs) and the previous one (what a rollback
+// deploys again). Its methods are safe for concurrent use; the zero value
+// keeps nothing. The primary's loop publishes its generation records here
+// after every job (publishGenerations) and installs the rollback job
+// (setRollback); without both, a rollback is refused with errNoPrevious.
 type generations struct {
 	mu       sync.Mutex
 	current  *GenerationStatus
 	previous *GenerationStatus
-	// rollback deploys the previous generation again, as a deploy job of
-	// the primary's loop; nil while there is nothing to roll back to.
+	// rollback deploys the previous generation again, as a job of the
+	// primary's loop; nil while there is nothing to roll back to.
 	rollback func(context.Context) error
-}
-
-// noteServing records spec as the current generation once its deploy has
-// finished, unless that generation is recorded already (by set, with its
-// pinned file's identity).
-func (g *generations) noteServing(spec *workerpool.Spec) {
-	if spec == nil {
-		return
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.current == nil || g.current.Generation != spec.Generation {
-		g.current = &GenerationStatus{Generation: spec.Generation, Path: spec.Path}
-	}
 }
 
 // set records (copies of) the current and previous generations (nil:
@@ -109,15 +209,12 @@ func (p *primary) rollbackJob() func(context.Context) error {
 // the reason.
 func (s *controlServer) rollback() ControlReply {
 	done := make(chan error, 1)
-	err, retry := s.await(request{op: "rollback", run: s.p.rollbackJob(), done: done}, done)
+	err, retry := s.await(request{op: opRollback, run: s.p.rollbackJob(), done: done}, done)
 	switch {
 	case retry:
 		return s.retryReply()
 	case errors.Is(err, errNoPrevious):
 		return ControlReply{Error: "refused: " + err.Error()}
-	case err != nil:
-		return ControlReply{Error: "aborted: " + failureLine(err)}
 	}
-	gen := s.p.serving()
-	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
+	return s.deployReply(err)
 }

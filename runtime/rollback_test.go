@@ -3,6 +3,8 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -120,33 +122,59 @@ func TestRollbackAfterHandOverRetries(t *testing.T) {
 	}
 }
 
-// Status shows the current generation from the deploys that finished, and
-// the pinned identities once set replaced it.
+// Status shows the generation records the loop publishes: before the
+// first workers none; a generation without a pin by its path; pinned ones
+// with their files' identities; and a rollback becomes possible with a
+// previous generation.
 func TestStatusGenerations(t *testing.T) {
 	p := &primary{pool: workerpool.New(workerpool.Config{})}
+	p.publishGenerations()
 	st := p.status()
-	if st.Generations.Current != nil || st.Generations.Previous != nil {
+	if st.Generations.Current != nil || st.Generations.Previous != nil || p.gens.rollback != nil {
 		t.Errorf("before the first workers: %+v", st.Generations)
 	}
-	p.current = &workerpool.Spec{Path: "/srv/app/releases/41/server", Generation: 1}
-	p.setServingGen(1)
+	p.cur = &generation{gen: 1, spec: &workerpool.Spec{Path: "/srv/app/releases/41/server", Generation: 1}}
+	p.publishGenerations()
 	b, _ := json.Marshal(p.status())
 	if !strings.Contains(string(b), `"generations":{"current":{"generation":1,"path":"/srv/app/releases/41/server"},"previous":null}`) {
 		t.Errorf("status: %s", b)
 	}
+	if p.gens.rollback != nil {
+		t.Error("a rollback job without a previous generation")
+	}
 
-	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	cur := generationStatus(2, pin.Identity{Path: "/srv/app/releases/42/server", Size: 1234, ModTime: mtime, SHA256: "abcdef0123456789"})
-	cur.RollbackOf = 1
-	p.gens.set(cur, generationStatus(1, pin.Identity{Path: "/srv/app/releases/41/server", Size: 99, ModTime: mtime}))
-	p.current = &workerpool.Spec{Path: "/srv/app/releases/42/server", Generation: 2}
-	p.setServingGen(2) // does not replace what set recorded
-	cur.Size = 1       // set keeps copies
+	dir := t.TempDir()
+	pinned := func(name, content string) *pin.File {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+		if err := os.Chtimes(path, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+		f, err := pin.Pin(path, pin.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	a, c := pinned("a", "#!/bin/sh\n"), pinned("b", "#!/bin/sh\nexit 1\n")
+	p.prev = &generation{gen: 1, spec: &workerpool.Spec{Path: a.Identity().Path, Pin: a}}
+	p.cur = &generation{gen: 3, spec: &workerpool.Spec{Path: c.Identity().Path, Pin: c}, rollbackOf: 1}
+	p.publishGenerations()
 	b, _ = json.Marshal(p.status().Generations)
-	want := `{"current":{"generation":2,"path":"/srv/app/releases/42/server","size":1234,"mtime":"2026-01-02T03:04:05Z","sha256":"abcdef0123456789","rollback_of":1},` +
-		`"previous":{"generation":1,"path":"/srv/app/releases/41/server","size":99,"mtime":"2026-01-02T03:04:05Z"}}`
+	want := `{"current":{"generation":3,"path":"` + c.Identity().Path + `","size":17,"mtime":"2026-01-02T03:04:05Z","sha256":"` + c.Identity().SHA256 + `","rollback_of":1},` +
+		`"previous":{"generation":1,"path":"` + a.Identity().Path + `","size":10,"mtime":"2026-01-02T03:04:05Z","sha256":"` + a.Identity().SHA256 + `"}}`
 	if string(b) != want {
 		t.Errorf("generations:\n%s\nwant\n%s", b, want)
+	}
+	if p.gens.rollback == nil {
+		t.Error("no rollback job with a previous generation")
+	}
+	if !sameFile(p.prev, p.prev) || sameFile(p.prev, p.cur) {
+		t.Error("sameFile")
 	}
 }
 

@@ -34,7 +34,9 @@ func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
 			return nil
 		}
 		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
-		if err := p.pool.Scale(ctx, want, p.current); err != nil {
+		// A slot removed may have held the last reference to a pin.
+		defer p.releasePins()
+		if err := p.pool.Scale(ctx, want, p.cur.spec); err != nil {
 			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", failureLine(err)))
 			return err
 		}

@@ -34,9 +34,15 @@ func CatchSignals() chan os.Signal {
 func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase string, fn func(context.Context) error) (queue jobQueue, shutdownSig os.Signal, err error) {
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A new primary's probation ends when a deploy is asked for.
+	n := newNewer()
+	fctx = withNewer(fctx, n)
 	done := make(chan error, 1)
 	go func() { done <- fn(fctx) }()
 	add := func(r request) {
+		if r.isDeploy() {
+			n.close()
+		}
 		if !queue.add(r) || r.run != nil {
 			return
 		}

@@ -12,7 +12,6 @@ func (p *primary) setServingGen(gen int) {
 	p.stmu.Lock()
 	p.servingGen = gen
 	p.stmu.Unlock()
-	p.gens.noteServing(p.current)
 }
 
 // status is a snapshot of the primary for the control socket.

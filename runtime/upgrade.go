@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // upgradeSelf starts the executable now on disk as a new primary through
@@ -26,6 +29,8 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	if err != nil {
 		return err
 	}
+	// The new primary keeps this one's generations, pinned files and all.
+	curToken, prevToken := p.exportGenerations()
 	os.Setenv(envHandover, ln.Addr().String())
 	defer os.Unsetenv(envHandover)
 
@@ -38,6 +43,10 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	var (
 		mu      sync.Mutex
 		newProc *process // the connected new primary, unless ctx ended first
+		// rolledBack counts the slots the new primary had taken over
+		// when it asked for a roll-back; rollbackErr is how that went.
+		rolledBack  int
+		rollbackErr error
 	)
 	go func() {
 		defer close(acceptDone)
@@ -67,10 +76,15 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 				return err
 			}
 			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
-			return p.pool.RollBack(ctx, pr.retire)
+			n := p.pool.Remote()
+			err := p.pool.RollBack(ctx, pr.retire)
+			mu.Lock()
+			rolledBack, rollbackErr = n, err
+			mu.Unlock()
+			return err
 		}, p.deployStep)
 		accepted <- handover{pr, proc}
-		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size()})
+		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size(), Current: curToken, Previous: prevToken})
 	}()
 
 	// tableflip's Upgrade takes no context. On a shutdown asked for
@@ -127,7 +141,57 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		p.log.Warn("reclaiming slots from the failed new primary", zap.Int("slots", n))
 		p.pool.Reclaim()
 	}
+	mu.Lock()
+	defer mu.Unlock()
+	if rolledBack > 0 {
+		return &workerpool.RolledBackError{Cause: fmt.Errorf("new primary: %w", upErr), Slots: rolledBack, Err: rollbackErr}
+	}
 	return upErr
+}
+
+// Keys under which a primary hands its generations' pinned files to a new
+// one: fixed, since tableflip keeps what it is given until it stops, and
+// a later export under the same key replaces an earlier one.
+const (
+	pinKeyCurrent  = "handoff-pin-current"
+	pinKeyPrevious = "handoff-pin-previous"
+)
+
+// exportGenerations hands the pinned files of the current and previous
+// generations to tableflip, for a new primary (see importGeneration). A
+// generation that cannot be handed over is left out: the new primary
+// cannot roll back to it.
+func (p *primary) exportGenerations() (cur, prev *generationToken) {
+	export := func(g *generation, key string) *generationToken {
+		if g == nil || g.spec.Pin == nil {
+			return nil
+		}
+		t, err := g.spec.Pin.Export(p.upg.Fds, key)
+		if err != nil {
+			p.log.Warn("cannot hand over a generation", zap.Int("generation", g.gen), zap.Error(err))
+			return nil
+		}
+		return &generationToken{Generation: g.gen, RollbackOf: g.rollbackOf, Pin: t}
+	}
+	return export(p.cur, pinKeyCurrent), export(p.prev, pinKeyPrevious)
+}
+
+// importGeneration takes over a generation of the old primary, its pinned
+// file from tableflip's descriptors (nil if none was handed over, or it
+// cannot be imported: a warning says why).
+func (p *primary) importGeneration(t *generationToken) *generation {
+	if t == nil {
+		return nil
+	}
+	f, err := pin.Import(p.upg.Fds, t.Pin)
+	if err != nil {
+		p.log.Warn("cannot take over a generation", zap.Int("generation", t.Generation), zap.Error(err))
+		return nil
+	}
+	p.keepPin(f)
+	spec := p.spec(t.Pin.Identity.Path, t.Generation)
+	spec.Pin = f
+	return &generation{gen: t.Generation, spec: spec, rollbackOf: t.RollbackOf}
 }
 
 // takeOver is a new primary started by tableflip: it fills every slot
@@ -153,6 +217,12 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.gen = st.Generation
 	start := time.Now()
+	pf, err := p.pinCommand(path)
+	if err != nil {
+		return fmt.Errorf("upgrade aborted: cannot pin the worker command: %v", err)
+	}
+	// The old primary's generations: what a rollback goes back to.
+	oldCur, oldPrev := p.importGeneration(st.Current), p.importGeneration(st.Previous)
 	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", os.Getppid()), zap.Int("workers", st.Size))
 	if st.Size > 0 && st.Size != p.pool.Size() {
 		// The old primary's pool, scaled or not.
@@ -163,13 +233,22 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 
 	p.pool.Adopt()
 	spec := p.spec(path, p.gen)
+	spec.Pin = pf
 	// A TERM or INT ends the roll; the slots taken are handed back (unless
 	// the old primary is shutting down too) and the workers drained.
 	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
 		progress := p.progress(p.gen)
-		return p.pool.Roll(ctx, spec, pr.retire, func(step, steps int) {
-			progress(step, steps)
-			pr.send(message{Op: "step", Slot: step, Steps: steps})
+		// With its probation, before tableflip's Ready: a new build that
+		// dies soon after it is ready is still rolled back by the old
+		// primary.
+		return p.pool.RollWith(ctx, spec, workerpool.RollOptions{
+			Remote: pr.retire,
+			Progress: func(step, steps int) {
+				progress(step, steps)
+				pr.send(message{Op: "step", Slot: step, Steps: steps})
+			},
+			MinUptime:    p.cfg.MinUptime,
+			EndProbation: newerDeploy(ctx),
 		})
 	})
 	if shutdownSig != nil {
@@ -198,7 +277,15 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		return fmt.Errorf("upgrade aborted: %v", err)
 	}
 	p.owner = true
-	p.current = spec
+	p.cur = &generation{gen: p.gen, spec: spec}
+	// The old primary's current generation is the previous one, unless
+	// this one runs the same file (only handoff itself changed).
+	p.prev = oldCur
+	if sameFile(p.cur, oldCur) {
+		p.prev = oldPrev
+	}
+	p.releasePins()
+	p.publishGenerations()
 	p.setServingGen(p.gen)
 	if err := p.upg.Ready(); err != nil {
 		p.log.Error("cannot write the pid file", zap.Error(err))
@@ -210,7 +297,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// finds it closed.
 		p.web.serve(metricsLn, p.log)
 	}
-	p.metrics.deployed(kindPrimary, nil, time.Since(start), p.gen)
+	p.metrics.deployed(kindPrimary, outcomeDone, time.Since(start), p.gen)
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	pr.close()

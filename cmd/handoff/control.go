@@ -197,7 +197,10 @@ func printStatus(w io.Writer, st *runtime.Status) {
 			kind += fmt.Sprintf(", new primary %d", u.NewPrimary)
 		}
 		step := "starting"
-		if u.Step > 0 {
+		switch {
+		case u.RollingBack:
+			step = "failed, rolling back"
+		case u.Step > 0:
 			step = fmt.Sprintf("step %d/%d", u.Step, u.Steps)
 		}
 		fmt.Fprintf(w, "upgrade to generation %d (%s): %s, %s elapsed\n", u.Generation, kind, step, roundDuration(u.ElapsedSeconds))

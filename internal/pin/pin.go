@@ -338,6 +338,16 @@ func seal(mem *os.File) (*os.File, error) {
 // Identity says which file is pinned.
 func (f *File) Identity() Identity { return f.id }
 
+// Same reports whether f and g pin the same file: the same content (the
+// same SHA-256), or, when one could not be read, the same inode with the
+// same size and modification time.
+func (f *File) Same(g *File) bool {
+	if f.id.SHA256 != "" && g.id.SHA256 != "" {
+		return f.id.SHA256 == g.id.SHA256
+	}
+	return f.dev == g.dev && f.ino == g.ino && f.id.Size == g.id.Size && f.id.ModTime.Equal(g.id.ModTime)
+}
+
 // Script reports whether the file is a #! script.
 func (f *File) Script() bool { return f.script }
 
