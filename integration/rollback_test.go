@@ -404,5 +404,62 @@ func TestNewerDeployEndsProbation(t *testing.T) {
 	if !strings.Contains(r.stdout, "reload done: generation 4 serving") {
 		t.Errorf("reload: %s", r)
 	}
+	// A deploy of the same file again (restarting the workers, e.g. for
+	// a configuration) keeps the previous generation what a rollback
+	// goes back to.
+	v3, v4 := fileSHA256(t, servers["v3"]), fileSHA256(t, servers["v4"])
+	checkGenerations(t, p.Status(), 4, v4, 0, 3, v3)
+	p.CtlOK("reload")
+	checkGenerations(t, p.Status(), 5, v4, 0, 3, v3)
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// TestRollbackReleaseDirectories: an application whose code is not the
+// executable handoff pins (an interpreter's script, a binary next to a
+// launcher) pins its code with release directories: the command is a
+// small script in each release that runs what is next to it, and
+// `current -> releases/N` is switched by each deploy. A rollback runs the
+// previous release's script, which runs that release's code.
+func TestRollbackReleaseDirectories(t *testing.T) {
+	t.Parallel()
+	const start = "#!/bin/sh\nexec \"$(dirname \"$0\")/server\" \"$@\"\n"
+	p := StartPrimary(t, Options{Command: "$DIR/current/start", Prepare: func(dir string) {
+		for _, r := range []struct{ n, variant string }{{"1", "v1"}, {"2", "v2"}} {
+			rel := filepath.Join(dir, "releases", r.n)
+			if err := os.MkdirAll(rel, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := copyFile(servers[r.variant], filepath.Join(rel, "server"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeBytes(t, filepath.Join(rel, "start"), []byte(start), 0o755)
+		}
+		switchSymlink(t, filepath.Join(dir, "current"), "releases/1")
+	}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+
+	switchSymlink(t, filepath.Join(p.Dir, "current"), "releases/2")
+	p.DeployOK(30 * time.Second)
+	p.WaitServing(p.URL(), "v2", 10*time.Second)
+	st := p.Status()
+	if c, pr := st.Generations.Current, st.Generations.Previous; c == nil || !strings.HasSuffix(c.Path, "/releases/2/start") ||
+		pr == nil || !strings.HasSuffix(pr.Path, "/releases/1/start") {
+		t.Errorf("generations %+v %+v, want the start scripts of releases 2 and 1", c, pr)
+	}
+
+	// current still points to release 2: the rollback runs release 1's
+	// script, by its own path, and so release 1's code.
+	r := p.CtlOK("rollback")
+	if !strings.Contains(r.stdout, "rollback done: generation 3 serving") {
+		t.Errorf("rollback: %s", r)
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	release1, err := filepath.EvalSymlinks(filepath.Join(p.Dir, "releases", "1", "server"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExe(t, p.workersOfGeneration(3, 10*time.Second), release1)
+	checkLoad(t, load, "v1")
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }

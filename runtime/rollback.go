@@ -36,11 +36,13 @@ func (g *generation) status() *GenerationStatus {
 	return st
 }
 
-// sameFile reports whether a and b run the same file: same content (or,
-// for files the primary may not read, the same inode, size and
-// modification time).
+// sameFile reports whether a and b run the same file: the same path with
+// the same content (or, for a file the primary may not read, the same
+// inode, size and modification time). The path counts: the launcher
+// script of each release directory is often the same text, but each runs
+// the code next to it.
 func sameFile(a, b *generation) bool {
-	if a == nil || b == nil || a.spec.Pin == nil || b.spec.Pin == nil {
+	if a == nil || b == nil || a.spec.Pin == nil || b.spec.Pin == nil || a.spec.Path != b.spec.Path {
 		return false
 	}
 	return a.spec.Pin.Same(b.spec.Pin)

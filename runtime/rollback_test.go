@@ -176,6 +176,12 @@ func TestStatusGenerations(t *testing.T) {
 	if !sameFile(p.prev, p.prev) || sameFile(p.prev, p.cur) {
 		t.Error("sameFile")
 	}
+	// The same text at another path (a release directory's launcher) is
+	// another file.
+	twin := pinned("a2", "#!/bin/sh\n")
+	if sameFile(p.prev, &generation{gen: 4, spec: &workerpool.Spec{Path: twin.Identity().Path, Pin: twin}}) {
+		t.Error("sameFile of two paths with the same content")
+	}
 }
 
 func TestMinUptimeDefaults(t *testing.T) {
