@@ -137,6 +137,17 @@ func (p *Primary) workersOfGeneration(gen int, d time.Duration) []int {
 	return pids
 }
 
+// serveOnly loads the primary for a second, failing the test on a failed
+// request or an answer from another version than version.
+func serveOnly(t *testing.T, p *Primary, version, when string) {
+	t.Helper()
+	res := loadgen.Start(context.Background(), loadgen.Config{URL: p.URL(), NewConn: 4, KeepAlive: 4,
+		Duration: time.Second, MaxRequests: 2000, Timeout: 5 * time.Second, Pause: 2 * time.Millisecond}).Wait()
+	if res.Failures != 0 || res.Versions[version] != res.Requests {
+		t.Errorf("%s: %s, want every request answered by %s", when, res, version)
+	}
+}
+
 // TestRestartAfterRefusedDeployRunsThePinnedGeneration: a deploy refused
 // at start leaves the crashing build at the command's path; an old worker
 // killed afterwards is replaced by one of the old generation, running the
@@ -184,12 +195,7 @@ func TestRestartAfterRefusedDeployRunsThePinnedGeneration(t *testing.T) {
 			t.Errorf("a worker exited after the replacement: %s", e.Raw)
 		}
 	}
-	// Serving on both slots, with nothing lost.
-	res := loadgen.Start(context.Background(), loadgen.Config{URL: p.URL(), NewConn: 4, KeepAlive: 4,
-		Duration: time.Second, MaxRequests: 2000, Timeout: 5 * time.Second, Pause: 2 * time.Millisecond}).Wait()
-	if res.Failures != 0 || res.Versions["v1"] != res.Requests {
-		t.Errorf("after the replacement: %s", res)
-	}
+	serveOnly(t, p, "v1", "after the replacement")
 	if p.Exited() {
 		t.Errorf("primary exited")
 	}
@@ -251,11 +257,7 @@ func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	}
 	// Whatever failed was in flight on a worker as it crashed; from now
 	// on nothing fails.
-	after := loadgen.Start(context.Background(), loadgen.Config{URL: p.URL(), NewConn: 4, KeepAlive: 4,
-		Duration: time.Second, MaxRequests: 2000, Timeout: 5 * time.Second, Pause: 2 * time.Millisecond}).Wait()
-	if after.Failures != 0 || after.Versions["v1"] != after.Requests {
-		t.Errorf("after the roll-back: %s", after)
-	}
+	serveOnly(t, p, "v1", "after the roll-back")
 	if p.Exited() {
 		t.Fatalf("primary exited: %v", p.state)
 	}

@@ -122,6 +122,9 @@ func (p *primary) publishGenerations() {
 // one (a second rollback goes forward again).
 func (p *primary) rollbackPrevious(ctx context.Context) error {
 	prev := p.prev
+	if prev == nil {
+		return errNoPrevious
+	}
 	p.gen++
 	gen := p.gen
 	spec := *prev.spec
