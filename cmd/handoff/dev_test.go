@@ -101,6 +101,9 @@ func TestDevConsole(t *testing.T) {
 		zap.String("output", "# example.com/x\n./main.go:3:1: syntax error\n"))
 	log.Info("build finished", zap.Duration("duration", 300*time.Millisecond), zap.Bool("changed", false))
 	log.Warn("file watch error", zap.String("error", "overflow"))
+	log.Warn("upgrade rolling back", zap.Int("generation", 3), zap.String("reason", "worker 0 (pid 7) exited"))
+	log.Error("upgrade rolled back", zap.Int("generation", 3), zap.String("reason", "worker 0 (pid 7) exited 1s after it was ready"),
+		zap.Int("to", 2), zap.String("stderr", "panic: nil map\n"))
 	var lines []string
 	for _, l := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
 		if len(l) > 9 && l[2] == ':' && l[5] == ':' {
@@ -116,6 +119,8 @@ func TestDevConsole(t *testing.T) {
 		"    ./main.go:3:1: syntax error",
 		"build ok in 300ms, executable unchanged: nothing to roll out",
 		"WARN file watch error error=overflow",
+		"rollout rolled back: generation 3: worker 0 (pid 7) exited 1s after it was ready; generation 2 serving",
+		"    panic: nil map",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("console:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))

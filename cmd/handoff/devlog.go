@@ -122,6 +122,8 @@ func devLine(e zapcore.Entry, f devFields, all bool) string {
 		return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), f.dur("duration"))
 	case "upgrade aborted":
 		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
+	case "upgrade rolling back":
+		return "" // "upgrade rolled back" follows, with the reason
 	case "upgrade rolled back":
 		return fmt.Sprintf("rollout rolled back: generation %s: %s; generation %s serving%s", f.str("generation"), f.str("reason"), f.str("to"), indent(f.str("stderr")))
 	case "shutdown started":
