@@ -207,11 +207,12 @@ func TestRestartAfterRefusedDeployRunsThePinnedGeneration(t *testing.T) {
 // default --min-uptime: the reload reports the roll-back (exit 1, one
 // line), every slot serves the old version again, the bad build is not
 // started again, the primary lives, and the outcome is rolled_back in the
-// log and the metrics.
+// log, the metrics and systemd's status.
 func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	t.Parallel()
+	sd, notify := newFakeSystemd(t)
 	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Args: []string{"--crash-after", "1500ms"},
-		Flags: []string{"--metrics", "127.0.0.1:0"}})
+		Flags: []string{"--metrics", "127.0.0.1:0"}, Env: []string{"NOTIFY_SOCKET=" + notify}})
 	base := p.MetricsURL()
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	load := startLoad(t, p.URL())
@@ -265,6 +266,11 @@ func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	if m[`handoff_upgrades_total{kind="workers",outcome="rolled_back"}`] != 1 || m[`handoff_last_upgrade_successful`] != 0 ||
 		m[`handoff_generation`] != 1 {
 		t.Errorf("metrics after the roll-back: %v", pick(m, "handoff_upgrade", "handoff_last", "handoff_generation"))
+	}
+	i := sd.waitFor(t, 0, 5*time.Second, "RELOADING=1")
+	i = sd.waitFor(t, i+1, 5*time.Second, "READY=1")
+	if st := sd.all()[i].fields["STATUS"]; !strings.HasPrefix(st, "serving generation 1 (generation 2 rolled back: worker ") {
+		t.Errorf("systemd status after the roll-back: %q", st)
 	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
