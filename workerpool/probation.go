@@ -1,6 +1,7 @@
 package workerpool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,9 +115,8 @@ func (pr *probation) fails(w *worker, now time.Time) bool {
 	return pr != nil && !pr.rollingBack && w.gen == pr.gen && w.ready && now.Sub(w.readyAt) < pr.d
 }
 
-// fail records that w failed the probation (the first failure is the
-// roll's).
-// Call with p.mu held.
+// failProbation records that w failed the probation (the first failure
+// is the roll's). Call with p.mu held.
 func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.Duration) {
 	w.log.Warn("worker failed probation", zap.Duration("ready_for", readyFor), zap.Duration("min_uptime", pr.d),
 		zap.String("status", exit.Status))
@@ -124,12 +124,26 @@ func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.
 		pr.err = &ProbationError{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, ReadyFor: readyFor, MinUptime: pr.d, Exit: exit}
 		close(pr.failed)
 	}
-	if old := pr.standing; old != nil && old.slot == w.slot && !old.retiring && !p.closing {
-		if _, alive := p.all[old]; alive {
-			p.slots[w.slot].install(old, pr.standingSpec)
-			old.log.Info("worker reinstated")
-		}
+}
+
+// takeBack gives the slot of w, a worker of the new generation that has
+// just exited unasked, back to the old worker standing by for it, at once
+// and in the same step: the slot never lacks a ready worker. It reports
+// whether it did. Call with p.mu held.
+func (p *Pool) takeBack(pr *probation, w *worker) bool {
+	if pr == nil {
+		return false
 	}
+	old := pr.standing
+	if old == nil || old.slot != w.slot || w.gen != pr.gen || old.retiring || p.closing {
+		return false
+	}
+	if _, alive := p.all[old]; !alive {
+		return false
+	}
+	p.slots[w.slot].install(old, pr.standingSpec)
+	old.log.Info("worker reinstated")
+	return true
 }
 
 // errProbationFailed cancels the steps of a roll that failed probation.
@@ -342,19 +356,26 @@ func (p *Pool) reinstate(old *worker, spec *Spec, gen int) bool {
 	return true
 }
 
-// rollBack returns every slot of touched to spec to: from now on a
-// crash restart runs to; the last slot's old worker, standing by, takes
-// its slot back; slots whose new worker has died are refilled at once (as
-// crash restarts, in parallel: they add no worker beyond the slots'); the
-// others, one at a time, get a worker of to, which takes the slot once
-// ready, and then the new worker retires. It returns the first failure to
-// start a worker of to; the slots not rolled back by then keep their new
-// worker, and restart with to.
+// rollBack returns every slot of touched to spec to, keeping as many ready
+// workers as it can and never more than one worker beyond the slots:
+//
+//  1. From now on a crash restart of these slots runs to.
+//  2. Slots whose new worker died get a worker of to at once, all
+//     together (each fills an empty slot, as a crash restart would), and
+//     rollBack waits until they are ready.
+//  3. The last slot's old worker, standing by, takes its slot back; that
+//     slot's new worker retires.
+//  4. The other slots, one at a time, get a worker of to, which takes the
+//     slot once ready; then the new worker retires.
+//
+// It returns the first failure of a worker of to; the slots not rolled
+// back by then keep their new worker, whose restarts run to.
 func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, touched []int, standing *worker) error {
 	p.mu.Lock()
 	if pr != nil {
 		pr.rollingBack = true
 	}
+	var vacant []int
 	for _, i := range touched {
 		s := p.slots[i]
 		if i >= p.size {
@@ -363,22 +384,49 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 		if s.spec != nil && s.spec.Generation == gen {
 			s.spec = to
 		}
-		if s.state == slotRestarting && s.restart == nil && (standing == nil || standing.slot != i) {
+		if s.state == slotRestarting && s.restart == nil {
 			// Its worker failed probation: no restart was scheduled.
-			s.failures++
-			p.scheduleLocked(i, 0)
+			vacant = append(vacant, i)
 		}
 	}
 	p.mu.Unlock()
-	if standing != nil && !p.reinstate(standing, to, gen) {
-		// The slot's new worker is rolled back like the others; if it has
-		// died, its slot is refilled now.
-		p.mu.Lock()
-		if s := p.slots[standing.slot]; s.state == slotRestarting && s.restart == nil {
-			s.failures++
-			p.scheduleLocked(standing.slot, 0)
+
+	var failed error
+	var refills []*worker
+	for _, i := range vacant {
+		w, err := p.launch(i, to, slotServing)
+		switch {
+		case errors.Is(err, errSlotTaken):
+		case err != nil:
+			failed = cmp.Or(failed, err)
+			p.mu.Lock()
+			if s := p.slots[i]; s.state == slotRestarting && s.restart == nil && !p.closing {
+				s.failures++
+				p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+			}
+			p.mu.Unlock()
+		default:
+			refills = append(refills, w)
 		}
-		p.mu.Unlock()
+	}
+	deadline := time.NewTimer(p.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	for _, w := range refills {
+		// One that exits is restarted as any other; one that is not ready
+		// in time keeps its slot, as a restart would.
+		if reason := p.waitReady(ctx, w, deadline.C); reason != "" && failed == nil {
+			se := &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason}
+			if reason == "exited" {
+				se.Exit = w.proc.Exit()
+			}
+			failed = se
+		}
+	}
+	if standing != nil {
+		p.reinstate(standing, to, gen)
+	}
+	if failed != nil {
+		return failed
 	}
 	for _, i := range touched {
 		if ctx.Err() != nil {

@@ -251,30 +251,27 @@ func TestRollWithEndProbation(t *testing.T) {
 
 // The roll-back itself failing (the old spec does not start) leaves the
 // slots not rolled back yet with their new worker, restarting with the
-// old spec.
+// old spec; the standing worker has its slot back all the same.
 func TestRollWithRollBackFails(t *testing.T) {
 	tp := newTestPool(t, 3, nil)
-	tp.start(t, spec(1))
+	old := tp.start(t, spec(1))
 	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
 	fresh := tp.rollAll(t, 3, 2)
 	fresh[1].crash()
-	// Slot 1 is refilled (a restart of generation 1); slot 0's
-	// replacement, of generation 1 too, fails.
-	for range 2 {
-		p := tp.l.next(t)
-		if p.gen != 1 {
-			t.Fatalf("generation %d launched", p.gen)
-		}
-		if p.slot == 0 {
-			p.crash()
-		}
+	// Slot 1 is refilled with generation 1, which fails too.
+	r1 := tp.l.next(t)
+	if r1.slot != 1 || r1.gen != 1 {
+		t.Fatalf("refill of slot %d generation %d", r1.slot, r1.gen)
 	}
+	r1.crash()
 	rb := asRolledBack(t, recvErr(t, errc))
-	if rb.Err == nil || !errors.As(rb.Err, new(*StartError)) {
+	if se := asStartError(t, rb.Err); se.Slot != 1 || se.Pid != r1.pid {
 		t.Fatalf("%+v", rb)
 	}
-	if c := tp.current()[0]; c.Pid != fresh[0].pid {
-		t.Fatalf("slot 0 held by %d, want its new worker %d still", c.Pid, fresh[0].pid)
+	cur := tp.current()
+	if cur[0].Pid != fresh[0].pid || cur[2].Pid != old[2].pid {
+		t.Fatalf("slots 0 and 2 held by %d and %d, want the new worker %d and the old one %d",
+			cur[0].Pid, cur[2].Pid, fresh[0].pid, old[2].pid)
 	}
 	fresh[0].crash()
 	for {
@@ -284,6 +281,46 @@ func TestRollWithRollBackFails(t *testing.T) {
 		}
 		if p.slot == 0 {
 			break
+		}
+	}
+}
+
+// The roll-back keeps N workers ready whenever it can: a slot whose new
+// worker died is refilled, and ready, before the standing worker takes
+// the last slot back and that slot's (live) new worker retires.
+func TestRollWithRollBackKeepsCapacity(t *testing.T) {
+	const n = 3
+	tp := newTestPool(t, n, nil)
+	old := tp.start(t, spec(1))
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	fresh := tp.rollAll(t, n, 2)
+	fresh[0].crash()
+	r0 := tp.l.next(t)
+	if r0.slot != 0 || r0.gen != 1 {
+		t.Fatalf("refill of slot %d generation %d", r0.slot, r0.gen)
+	}
+	for _, p := range fresh[1:] {
+		if len(p.sigs()) != 0 {
+			t.Fatalf("new worker %d retired before the dead slot was refilled", p.pid)
+		}
+	}
+	if c := tp.current()[2]; c.Pid != fresh[2].pid {
+		t.Fatalf("slot 2 held by %d before the refill was ready", c.Pid)
+	}
+	r0.markReady()
+	waitFor(t, "the standing worker back in slot 2", func() bool { return tp.current()[2].Pid == old[2].pid })
+	waitFor(t, "slot 2's new worker retired", fresh[2].stoppedGracefully)
+	r1 := tp.l.next(t)
+	if r1.slot != 1 || r1.gen != 1 {
+		t.Fatalf("launched slot %d generation %d", r1.slot, r1.gen)
+	}
+	stop := tp.watchServing(t)
+	r1.markReady()
+	asRolledBack(t, recvErr(t, errc))
+	stop()
+	for i, g := range tp.currentGens() {
+		if g != 1 {
+			t.Errorf("slot %d runs generation %d", i, g)
 		}
 	}
 }

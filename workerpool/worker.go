@@ -91,9 +91,12 @@ func (p *Pool) monitor(w *worker) {
 	unexpected := s.cur == w && !w.retiring
 	now := time.Now()
 	// A new worker that fails its deploy's probation is not restarted:
-	// that would run the failed build again (see RollWith).
+	// that would run the failed build again (see RollWith). The last
+	// slot's old worker, standing by, takes its slot back at once.
 	failed := unexpected && p.prob.fails(w, now)
-	restart := unexpected && s.lost(w, p.closing) && !failed
+	lost := unexpected && s.lost(w, p.closing)
+	tookBack := lost && p.takeBack(p.prob, w)
+	restart := lost && !failed && !tookBack
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
