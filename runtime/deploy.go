@@ -122,8 +122,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		p.logAbort(next.gen, err)
 		p.endDeploy(ctx, d, outcomeAborted, err)
 	}
-	p.releasePins()
-	p.publishGenerations()
+	p.keepGenerations()
 	return err
 }
 

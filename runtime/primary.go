@@ -358,7 +358,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 		return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 	}
 	p.cur = &generation{gen: p.gen, spec: spec}
-	p.publishGenerations()
+	p.keepGenerations()
 	p.setServingGen(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	p.metrics.setGeneration(p.gen)

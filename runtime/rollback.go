@@ -104,6 +104,19 @@ func (p *primary) closePins() {
 	p.pins = nil
 }
 
+// keepGenerations makes what the primary holds follow its generation
+// records, after a start, a take-over or a deploy: the pins no longer
+// needed close, status shows the records, and tableflip's copies of the
+// pins (what a new primary would inherit) are the current and previous
+// ones, so that it keeps no generation's file either once it is gone.
+func (p *primary) keepGenerations() {
+	p.releasePins()
+	p.publishGenerations()
+	if p.upg != nil {
+		p.exportGenerations()
+	}
+}
+
 // publishGenerations shows the primary's generation records in status
 // and makes a rollback possible when a previous one is kept. Call it from
 // a job (or before the loop runs).

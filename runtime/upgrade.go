@@ -158,9 +158,10 @@ const (
 )
 
 // exportGenerations hands the pinned files of the current and previous
-// generations to tableflip, for a new primary (see importGeneration). A
-// generation that cannot be handed over is left out: the new primary
-// cannot roll back to it.
+// generations to tableflip, for a new primary (see importGeneration),
+// replacing what an earlier export (or the old primary's) left under the
+// same keys. A generation that cannot be handed over is left out: the new
+// primary cannot roll back to it.
 func (p *primary) exportGenerations() (cur, prev *generationToken) {
 	export := func(g *generation, key string) *generationToken {
 		if g == nil || g.spec.Pin == nil {
@@ -284,8 +285,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	if sameFile(p.cur, oldCur) {
 		p.prev = oldPrev
 	}
-	p.releasePins()
-	p.publishGenerations()
+	p.keepGenerations()
 	p.setServingGen(p.gen)
 	if err := p.upg.Ready(); err != nil {
 		p.log.Error("cannot write the pid file", zap.Error(err))

@@ -471,7 +471,9 @@ func copyKey(key string) string { return key + ".copy" }
 // the Token that Import needs. tableflip keeps what it is given until it
 // stops, passing it to every new primary: use a fixed set of keys (one per
 // generation kept, such as "handoff-pin-current"), so that a later Export
-// under the same key replaces what an earlier one added.
+// under the same key replaces what an earlier one added. Without a copy,
+// key.copy gets the original again: a copy an earlier Export left there
+// is dropped rather than kept in memory.
 func (f *File) Export(s Store, key string) (Token, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -486,10 +488,12 @@ func (f *File) Export(s Store, key string) (Token, error) {
 	if err := s.AddFile(key, f.orig); err != nil {
 		return Token{}, fmt.Errorf("hand over %s: %w", f.id.Path, err)
 	}
-	if f.copy != nil {
-		if err := s.AddFile(copyKey(key), f.copy); err != nil {
-			return Token{}, fmt.Errorf("hand over the copy of %s: %w", f.id.Path, err)
-		}
+	cp := f.copy
+	if cp == nil {
+		cp = f.orig
+	}
+	if err := s.AddFile(copyKey(key), cp); err != nil {
+		return Token{}, fmt.Errorf("hand over the copy of %s: %w", f.id.Path, err)
 	}
 	return t, nil
 }

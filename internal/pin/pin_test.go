@@ -493,6 +493,16 @@ func TestHandOver(t *testing.T) {
 	} else {
 		g.Close()
 	}
+	// The copy the first Export left under the key is gone: a pin without
+	// a copy puts its original there.
+	left, _ := s.File(copyKey("handoff-pin-current"))
+	if left == nil {
+		t.Fatal("nothing under the copy key")
+	}
+	defer left.Close()
+	if st, err := fstat(left); err != nil || uint64(st.Dev) != otok.Dev || st.Ino != otok.Ino {
+		t.Errorf("the copy key still holds another file than the original exported last: %v", err)
+	}
 }
 
 // The hand-over between two processes: the descriptors cross an exec (as
