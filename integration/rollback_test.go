@@ -321,6 +321,21 @@ func TestRollbackToAFileGoneFromDisk(t *testing.T) {
 	}
 	p.WaitServing(p.URL(), "v3", 10*time.Second)
 	checkGenerations(t, p.Status(), 5, v3, 0, 4, v2)
+	// The primary holds the pins of the two generations it keeps (each
+	// with its in-memory copy), no more.
+	links, err := fdLinks(p.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copies := 0
+	for _, l := range links {
+		if strings.Contains(l, "handoff-pin:") {
+			copies++
+		}
+	}
+	if copies != 2 {
+		t.Errorf("the primary holds %d pinned copies after 5 generations, want 2 (current and previous): %v", copies, links)
+	}
 	checkLoad(t, load, "v3")
 	events := p.Log.Events()
 	checkPrimaryField(t, events, p.PID)

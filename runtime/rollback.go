@@ -106,15 +106,16 @@ func (p *primary) closePins() {
 
 // keepGenerations makes what the primary holds follow its generation
 // records, after a start, a take-over or a deploy: the pins no longer
-// needed close, status shows the records, and tableflip's copies of the
-// pins (what a new primary would inherit) are the current and previous
-// ones, so that it keeps no generation's file either once it is gone.
+// needed close, and status shows the records.
+//
+// tableflip keeps its own descriptors of what a self-upgrade exported or
+// handed over (it has no way to drop one; a later export under the same
+// key replaces it, see exportGenerations): a primary that has been through
+// a self-upgrade, or tried one, holds those of at most two generations
+// beyond its own until the next one.
 func (p *primary) keepGenerations() {
 	p.releasePins()
 	p.publishGenerations()
-	if p.upg != nil {
-		p.exportGenerations()
-	}
 }
 
 // publishGenerations shows the primary's generation records in status
