@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration holds handoff's end-to-end tests: they build the
 // handoff CLI and the test worker (integration/testserver), run real
 // primaries on 127.0.0.1 and check what a user would see: requests answered,

@@ -1,7 +1,8 @@
+//go:build linux
+
 package runtime
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"syscall"
@@ -85,21 +86,6 @@ func (p *primary) bind(network, name, addr string) (net.Listener, error) {
 		err = bindErr
 	}
 	return ln, err
-}
-
-// listenError rewrites a bind failure as one line that says what to do.
-func listenError(l Listener, err error) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
-	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
-	case errors.Is(err, syscall.ENOENT):
-		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
-	}
-	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
 }
 
 // rawFd returns a close-on-exec duplicate of a listener's fd, taken without

@@ -129,9 +129,7 @@ func removeStaleSocket(path string) error {
 		defer c.Close()
 		live := &liveSocketError{}
 		if uc, ok := c.(*net.UnixConn); ok {
-			if cred, err := peerCred(uc); err == nil {
-				live.pid = int(cred.Pid)
-			}
+			live.pid = peerPID(uc)
 		}
 		return live
 	}

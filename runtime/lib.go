@@ -86,7 +86,11 @@ func Main(ctx context.Context, app App) error {
 	case isWorker():
 		return runWorker(ctx, app)
 	case app.Standalone || os.Getenv(envStandalone) == "1":
-		return runStandalone(ctx, app)
+		return runStandalone(ctx, app, nil)
+	case errNoPrimary != nil:
+		// No primary here (not Linux): the same binary serves as it
+		// would standalone, and says so.
+		return runStandalone(ctx, app, errNoPrimary)
 	}
 	cfg := app.Config
 	// Resolved as tableflip resolves it for an upgrade: os.Args[0], in
@@ -334,10 +338,15 @@ func runWorker(ctx context.Context, app App) error {
 }
 
 // runStandalone serves in this process: the listeners bound here, one
-// worker, and the primary's message side looped back in-process.
-func runStandalone(ctx context.Context, app App) error {
+// worker, and the primary's message side looped back in-process. why, if
+// not nil, is why there is no primary when one was asked for: it is logged
+// as a warning.
+func runStandalone(ctx context.Context, app App, why error) error {
 	cfg := app.Config
 	cfg.setDefaults()
+	if why != nil {
+		cfg.Logger.Warn("serving standalone", zap.String("reason", why.Error()+": one process, no workers, no deploys"))
+	}
 	if len(cfg.Listeners) == 0 {
 		return errors.New("no listener given: add one to Config.Listeners")
 	}
@@ -370,7 +379,7 @@ func runStandalone(ctx context.Context, app App) error {
 
 	// The message channel, looped back: the same code on both ends as
 	// with a primary.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := socketpair()
 	if err != nil {
 		return fmt.Errorf("message channel: %v", err)
 	}

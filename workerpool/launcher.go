@@ -1,3 +1,5 @@
+//go:build linux
+
 package workerpool
 
 import (
@@ -18,37 +20,6 @@ import (
 	"github.com/handoff-dev/handoff/internal/shim"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-)
-
-// Spec is what a worker runs: one deploy's resolved command.
-type Spec struct {
-	// Path is the resolved executable (absolute, symlinks followed).
-	Path string
-	// Args is the argv, Args[0] included.
-	Args []string
-	// Env is the environment before the worker contract's variables are
-	// added; it must not hold LISTEN_*, NOTIFY_SOCKET or HANDOFF_*.
-	Env []string
-	// Dir is the working directory; empty means the primary's.
-	Dir string
-	// Generation counts deploys; it reaches the worker as HANDOFF_GENERATION.
-	Generation int
-}
-
-// Launcher starts a worker for a slot.
-type Launcher interface {
-	Launch(slot int, spec *Spec) (Process, error)
-}
-
-// ReadyMode says how a worker's readiness is learnt.
-type ReadyMode int
-
-const (
-	// ReadyNotify waits for READY=1 on the worker's NOTIFY_SOCKET.
-	ReadyNotify ReadyMode = iota
-	// ReadyDelay counts a worker ready once it has been alive for the
-	// delay, or at READY=1 if that comes first.
-	ReadyDelay
 )
 
 // OSLauncher starts workers as real processes through the shim

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package shim is the exec step between the primary and a worker's command.
 //
 // The systemd socket-activation protocol wants LISTEN_PID to be the pid of
@@ -20,21 +22,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
-
-// EnvMarker is set in the environment of a process that must act as the
-// shim. Its value is the resolved path of the command to exec; the command's
-// argv follows argv[0] of the shim (argv[1:]).
-const EnvMarker = "HANDOFF_SHIM_EXEC"
-
-// EnvChannelFD names the worker's end of its message channel, when it has
-// one: always the fd right after the listeners (3+LISTEN_FDS).
-const EnvChannelFD = "HANDOFF_CHANNEL_FD"
-
-// Exit codes of a shim that could not exec its command, as shells use them.
-const (
-	ExitNotFound   = 127
-	ExitCannotExec = 126
 )
 
 // textBusyRetry bounds how long exec is retried while the file is still
