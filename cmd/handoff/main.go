@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	goruntime "runtime"
 
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/runtime"
@@ -36,6 +37,10 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, topUsage)
 		return exitUsage
+	}
+	if err := needsLinux(args[0], goos); err != nil {
+		fmt.Fprintln(stderr, "handoff:", err)
+		return 1
 	}
 	var err error
 	switch args[0] {
@@ -70,6 +75,19 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "handoff:", err)
 		return 1
 	}
+}
+
+// goos is the platform this handoff runs on (a variable for the tests).
+var goos = goruntime.GOOS
+
+// needsLinux says why cmd cannot run on goos: run and dev start a
+// primary, which needs Linux (see runtime/platform_linux.go). The other
+// commands, and library mode, build and run everywhere.
+func needsLinux(cmd, goos string) error {
+	if goos == "linux" || (cmd != "run" && cmd != "dev") {
+		return nil
+	}
+	return fmt.Errorf("handoff %s needs Linux (its primary forks workers with PR_SET_PDEATHSIG, signals through pidfds and checks peers with SO_PEERCRED; this is %s): run it in a Linux VM or container", cmd, goos)
 }
 
 func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) error {
