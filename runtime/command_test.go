@@ -127,6 +127,8 @@ func TestWorkerEnv(t *testing.T) {
 		"HANDOFF_WORKER=3",
 		"HANDOFF_GENERATION=4",
 		"HANDOFF_SHIM_EXEC=/bin/x",
+		"HANDOFF_SHIM_EXEC_FD=7",
+		"HANDOFF_SHIM_EXEC_VIA=/tmp/x",
 		"HANDOFF_HANDOVER=/tmp/h.sock",
 		"TABLEFLIP_HAS_PARENT_7DIU3=yes",
 		"HANDOFF_API_KEY=secret",

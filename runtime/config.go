@@ -97,6 +97,13 @@ type Config struct {
 	// DrainTimeout is how long a retiring worker has after the stop signal
 	// before SIGKILL; default 30s.
 	DrainTimeout time.Duration
+	// MinUptime is a deploy's probation (the CLI's --min-uptime): a new
+	// worker must stay up that long after it is ready, or the deploy
+	// fails and is rolled back as a whole to the previous generation; a
+	// deploy is done only once its last worker has passed it. 0 means
+	// DefaultMinUptime; a negative value turns probation off (a deploy
+	// is done once its workers are ready).
+	MinUptime time.Duration
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
 	// Control is the path of the control socket (see ControlRequest);
@@ -164,6 +171,7 @@ const (
 	DefaultReadyTimeout = 60 * time.Second
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultReadyDelay   = 1 * time.Second
+	DefaultMinUptime    = 5 * time.Second
 )
 
 func (c *Config) setDefaults() {
@@ -185,6 +193,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MinUptime == 0 {
+		c.MinUptime = DefaultMinUptime
 	}
 	if c.Ready == ReadyDelay && c.ReadyDelay <= 0 {
 		c.ReadyDelay = DefaultReadyDelay

@@ -247,6 +247,8 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		reply(ControlReply{OK: true, Status: &st})
 	case "reload":
 		reply(s.reload())
+	case "rollback":
+		reply(s.rollback())
 	case "scale":
 		reply(s.scale(req))
 	case "stop":

@@ -50,6 +50,8 @@ type primary struct {
 	// current is the spec of the last start or deploy that finished: what
 	// new slots run. Only the loop's jobs use it.
 	current *workerpool.Spec
+	// gens is what status and rollback know of the generations kept.
+	gens generations
 
 	// For status, under stmu.
 	stmu       sync.Mutex

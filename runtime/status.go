@@ -14,6 +14,7 @@ func (p *primary) setServingGen(gen int) {
 	p.stmu.Lock()
 	p.servingGen = gen
 	p.stmu.Unlock()
+	p.gens.noteServing(p.current)
 }
 
 // status is a snapshot of the primary for the control socket.
@@ -28,6 +29,7 @@ func (p *primary) status() Status {
 		st.Upgrade = &cp
 	}
 	p.stmu.Unlock()
+	st.Generations = p.gens.status()
 	if p.ctl != nil {
 		st.Primary.Control = p.ctl.path
 	}

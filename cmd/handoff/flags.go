@@ -47,6 +47,10 @@ Flags:
                            deploy aborted (default 60s)
   --drain-timeout DURATION time a retiring worker has after the stop signal
                            before SIGKILL (default 30s)
+  --min-uptime DURATION    probation of a deploy: a new worker that exits
+                           within DURATION of getting ready fails the deploy,
+                           which is rolled back as a whole (default 5s; 0
+                           turns probation off)
   --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
   --pid-file PATH          file holding the pid of the primary that owns the
                            listeners now, replaced atomically on each upgrade
@@ -61,7 +65,8 @@ Flags:
                            HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
                            process.send works on it); {"handoff":"ready"} on
                            it counts as READY=1
-  --control PATH           control socket for handoff status/reload/scale/stop
+  --control PATH           control socket for handoff status/reload/rollback/
+                           scale/stop
                            (default: a socket named after the first listener
                            in a private directory, see 'handoff help')
   --metrics ADDR           serve Prometheus /metrics, /healthz and /readyz on
@@ -139,6 +144,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		ready   string
 		stop    string
 		maxMem  string
+		uptime  time.Duration
 	)
 	workers := c.workers
 	if workers == 0 {
@@ -151,6 +157,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&ready, "ready", "delay:1s", "")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", runtime.DefaultReadyTimeout, "")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
+	fs.DurationVar(&uptime, "min-uptime", runtime.DefaultMinUptime, "")
 	fs.StringVar(&stop, "stop-signal", "TERM", "")
 	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
 	fs.BoolVar(&cfg.IPC, "ipc", false, "")
@@ -219,6 +226,14 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	}
 	if cfg.DrainTimeout <= 0 {
 		return fail("--drain-timeout %s: must be positive", cfg.DrainTimeout)
+	}
+	switch {
+	case uptime < 0:
+		return fail("--min-uptime %s: must be 0 (no probation) or more, e.g. --min-uptime 5s", uptime)
+	case uptime == 0:
+		cfg.MinUptime = -1 // off (Config's 0 is the default)
+	default:
+		cfg.MinUptime = uptime
 	}
 	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
 		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)

@@ -50,6 +50,8 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 		err = statusCommand(args[1:], stdout)
 	case "reload":
 		err = reloadCommand(args[1:], stdout)
+	case "rollback":
+		err = rollbackCommand(args[1:], stdout)
 	case "scale":
 		err = scaleCommand(args[1:], stdout)
 	case "stop":
@@ -110,6 +112,8 @@ Usage:
   handoff run [flags] -- COMMAND [ARG...]   run COMMAND as workers sharing the listeners
   handoff status [--control PATH] [--json]  show the workers and the deploy in progress
   handoff reload [--control PATH]           deploy what is on disk now, wait for the outcome
+  handoff rollback [--control PATH]         deploy the previous generation again, wait for
+                                            the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
   handoff dev [flags] --build CMD -- COMMAND [ARG...]
@@ -121,7 +125,7 @@ Usage:
 Run 'handoff run --help' for the flags, signals and the worker contract, and
 'handoff COMMAND --help' for each command.
 
-status, reload, scale and stop talk to the primary over its control socket
+status, reload, rollback, scale and stop talk to the primary over its control socket
 (handoff run --control PATH). Without --control, a primary puts it in
 $HANDOFF_CONTROL_DIR if set, else /run/handoff for root, else
 $XDG_RUNTIME_DIR/handoff, else $TMPDIR/handoff-UID, named after its first

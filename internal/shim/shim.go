@@ -74,10 +74,17 @@ func run(path string, argv, environ []string) int {
 		keep++
 	}
 	_ = unix.CloseRange(uint(keep), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	// The generation's pinned file, if the launcher passed one (after the
+	// close-on-exec marking: see pinned.go).
+	exe, env, err := pinnedExec(path, env)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
+		return ExitCannotExec
+	}
 
 	deadline := time.Now().Add(textBusyRetry)
 	for {
-		err := syscall.Exec(path, argv, env)
+		err := syscall.Exec(exe, argv, env)
 		if errors.Is(err, syscall.ETXTBSY) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 			continue

@@ -1,0 +1,164 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// rollbackServer is a control server whose primary's requests go to a
+// deploy loop with fake deploys (see startLoop).
+func rollbackServer(t *testing.T) (*controlServer, *loopRun, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.InfoLevel)
+	r := startLoop(t, false)
+	p := &primary{log: zap.New(core), reqs: r.reqs, closed: make(chan struct{}), pool: workerpool.New(workerpool.Config{})}
+	s := &controlServer{p: p, quit: make(chan struct{})}
+	t.Cleanup(func() {
+		r.sigs <- syscall.SIGTERM
+		<-r.stopped
+		r.end(t)
+		close(p.closed)
+	})
+	return s, r, logs
+}
+
+// Until a previous generation is kept, with its rollback job, a rollback
+// is refused: one line saying so, and the "rollback refused" event.
+func TestRollbackRefusedWithoutPrevious(t *testing.T) {
+	s, _, logs := rollbackServer(t)
+	ran := false
+	for _, setup := range []func(){
+		func() {},
+		// A previous generation without a job to deploy it.
+		func() {
+			s.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, &GenerationStatus{Generation: 1, Path: "/a"})
+		},
+		// A job without a previous generation.
+		func() {
+			s.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, nil)
+			s.p.gens.setRollback(func(context.Context) error { ran = true; return nil })
+		},
+	} {
+		setup()
+		rep := s.rollback()
+		if rep.OK || rep.Error != "refused: no previous generation to roll back to" {
+			t.Errorf("rollback: %+v", rep)
+		}
+	}
+	if ran {
+		t.Error("the rollback job ran without a previous generation")
+	}
+	if n := logs.FilterMessage("rollback refused").FilterField(zap.String("reason", errNoPrevious.Error())).Len(); n != 3 {
+		t.Errorf("%d \"rollback refused\" events, want 3", n)
+	}
+}
+
+// A rollback is a job of the loop: it waits for the running deploy, and
+// its outcome is the reply: done with the generation now serving, or
+// aborted with the worker's failure.
+func TestRollbackRunsInTurnAndReports(t *testing.T) {
+	s, r, _ := rollbackServer(t)
+	s.p.gens.set(&GenerationStatus{Generation: 3, Path: "/b"}, &GenerationStatus{Generation: 2, Path: "/a"})
+	outcome := make(chan error, 1)
+	s.p.gens.setRollback(func(ctx context.Context) error {
+		if r.deploys.runningNow() != 0 {
+			t.Error("the rollback ran beside a deploy")
+		}
+		err := <-outcome
+		if err == nil {
+			s.p.setServingGen(4)
+		}
+		return err
+	})
+
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	replies := make(chan ControlReply, 1)
+	go func() { replies <- s.rollback() }()
+	select {
+	case rep := <-replies:
+		t.Fatalf("rollback answered during a deploy: %+v", rep)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.deploys.release <- nil
+	outcome <- nil
+	rep := <-replies
+	if !rep.OK || rep.Generation != 4 || rep.Message != "done: generation 4 serving" {
+		t.Errorf("rollback: %+v", rep)
+	}
+
+	outcome <- &workerpool.StartError{Slot: 0, Pid: 12, Reason: "exited", Exit: workerpool.Exit{Status: "exit status 1", StderrTail: "x\nboom"}}
+	rep = s.rollback()
+	if rep.OK || rep.Error != "aborted: worker 0 (pid 12) exited at start: exit status 1; its stderr ends: boom" {
+		t.Errorf("failed rollback: %+v", rep)
+	}
+}
+
+// A rollback asked for of a primary that has handed over is answered
+// "retry", so the client asks the new primary.
+func TestRollbackAfterHandOverRetries(t *testing.T) {
+	p := &primary{log: zap.NewNop(), reqs: make(chan request), closed: make(chan struct{})}
+	s := &controlServer{p: p, quit: make(chan struct{}), successor: 42}
+	go func() {
+		r := <-p.reqs
+		r.done <- errHandedOver
+	}()
+	rep := s.rollback()
+	if !rep.Retry || !strings.Contains(rep.Error, "pid 42") {
+		t.Errorf("rollback after a hand-over: %+v", rep)
+	}
+}
+
+// Status shows the current generation from the deploys that finished, and
+// the pinned identities once set replaced it.
+func TestStatusGenerations(t *testing.T) {
+	p := &primary{pool: workerpool.New(workerpool.Config{})}
+	st := p.status()
+	if st.Generations.Current != nil || st.Generations.Previous != nil {
+		t.Errorf("before the first workers: %+v", st.Generations)
+	}
+	p.current = &workerpool.Spec{Path: "/srv/app/releases/41/server", Generation: 1}
+	p.setServingGen(1)
+	b, _ := json.Marshal(p.status())
+	if !strings.Contains(string(b), `"generations":{"current":{"generation":1,"path":"/srv/app/releases/41/server"},"previous":null}`) {
+		t.Errorf("status: %s", b)
+	}
+
+	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	cur := generationStatus(2, pin.Identity{Path: "/srv/app/releases/42/server", Size: 1234, ModTime: mtime, SHA256: "abcdef0123456789"})
+	cur.RollbackOf = 1
+	p.gens.set(cur, generationStatus(1, pin.Identity{Path: "/srv/app/releases/41/server", Size: 99, ModTime: mtime}))
+	p.current = &workerpool.Spec{Path: "/srv/app/releases/42/server", Generation: 2}
+	p.setServingGen(2) // does not replace what set recorded
+	cur.Size = 1       // set keeps copies
+	b, _ = json.Marshal(p.status().Generations)
+	want := `{"current":{"generation":2,"path":"/srv/app/releases/42/server","size":1234,"mtime":"2026-01-02T03:04:05Z","sha256":"abcdef0123456789","rollback_of":1},` +
+		`"previous":{"generation":1,"path":"/srv/app/releases/41/server","size":99,"mtime":"2026-01-02T03:04:05Z"}}`
+	if string(b) != want {
+		t.Errorf("generations:\n%s\nwant\n%s", b, want)
+	}
+}
+
+func TestMinUptimeDefaults(t *testing.T) {
+	for given, want := range map[time.Duration]time.Duration{0: DefaultMinUptime, -1: -1, 2 * time.Second: 2 * time.Second} {
+		cfg := Config{MinUptime: given}
+		cfg.setDefaults()
+		if cfg.MinUptime != want {
+			t.Errorf("MinUptime %v: %v after defaults, want %v", given, cfg.MinUptime, want)
+		}
+	}
+	if DefaultMinUptime != 5*time.Second {
+		t.Errorf("DefaultMinUptime %v, want the documented 5s", DefaultMinUptime)
+	}
+}
