@@ -284,6 +284,22 @@ func TestWorkerEnvironment(t *testing.T) {
 		checkSharedFiles(t, pid, p.PID, listenerInodes, canary.Name())
 	}
 
+	// The listeners are in blocking mode at exec, as systemd passes them:
+	// the worker that started first saw them so. (The testserver's
+	// net.FileListener then sets O_NONBLOCK on the description it shares
+	// with the other workers, as any Go worker does.)
+	blockingAtExec := 0
+	for pid, r := range seen {
+		nb := parseInts(r.Env["nonblocking"])
+		t.Logf("worker %d: non-blocking at exec: %v", pid, nb)
+		if !slices.Contains(nb, 3) && !slices.Contains(nb, 4) {
+			blockingAtExec++
+		}
+	}
+	if len(seen) > 0 && blockingAtExec == 0 {
+		t.Errorf("no worker found its listeners (fds 3, 4) in blocking mode at exec")
+	}
+
 	// The unix listener serves too.
 	status, body, err := get(unixClient(sock, 5*time.Second), "http://admin/")
 	if err != nil || status != 200 || !strings.HasPrefix(body, "v1 ") {

@@ -52,6 +52,8 @@ type primary struct {
 	env    []string
 	// successor is the primary that took over, once one has.
 	successor *process
+	// sockFiles are the unix socket files of the worker listeners.
+	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the
 	// first primary, after the hand-over for a new one.
 	owner bool
@@ -358,6 +360,7 @@ func (p *primary) stopUpgrader() {
 	}
 	p.upg.Stop()
 	<-p.upg.Exit()
+	p.removeSocketFiles()
 }
 
 func lastLine(s string) string {
@@ -379,33 +382,14 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			}
 		}
 	}()
+	seen := map[string]int{}
 	for _, l := range p.cfg.Listeners {
-		if l.Network == "unix" && !p.upg.HasParent() {
-			if err := removeStaleSocket(l.Address); err != nil {
-				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
-			}
-		}
-		// tableflip flattens the bind error into text: keep the original,
-		// which listenError turns into advice.
-		var bindErr error
-		ln, err := p.upg.ListenWithCallback(l.Network, l.Address, func(network, addr string) (net.Listener, error) {
-			ln, err := net.Listen(network, addr)
-			bindErr = err
-			return ln, err
-		})
+		// Passed to a new primary as a file (see listenfd.go).
+		key := listenerKey(l, seen[l.Network+" "+l.Address])
+		seen[l.Network+" "+l.Address]++
+		fd, addr, err := p.bindListener(l, key)
 		if err != nil {
-			if bindErr != nil {
-				err = bindErr
-			}
-			return fds, nil, listenError(l, err)
-		}
-		fd, err := rawFd(ln)
-		addr := ln.Addr().String()
-		// tableflip keeps its own duplicate for upgrades and the workers
-		// get fd; this one would only linger until a finalizer closed it.
-		ln.Close()
-		if err != nil {
-			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+			return fds, nil, err
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
