@@ -243,7 +243,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
-		cfg.Hub.attach(p.pool)
+		cfg.Hub.attach(p.pool, p.log, p.upg.Fds)
 	}
 
 	// Every primary watches, a new one after a self-upgrade too: its
@@ -761,6 +761,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
 	p.ctl.handedOver(p.successor.pid)
+	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
 	p.web.stop()
 	defer p.successor.release()
