@@ -74,7 +74,7 @@ func (f *files) File(name string) (*os.File, error) {
 }
 
 func (f *files) AddFile(name string, file *os.File) error {
-	dup, err := dupFile(file)
+	dup, err := dupConn(file)
 	if err != nil {
 		return err
 	}

@@ -102,7 +102,13 @@ func rawFd(ln net.Listener) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("%T has no file descriptor", ln)
 	}
-	rc, err := sc.SyscallConn()
+	return dupConn(sc)
+}
+
+// dupConn returns a close-on-exec duplicate of c's fd, taken through
+// RawConn.Control, which leaves the file's mode alone.
+func dupConn(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err
 	}

@@ -52,7 +52,7 @@ func (p *primary) bindListener(l Listener, key string) (fd int, addr string, err
 			return -1, "", fmt.Errorf("listen %s: %v", l.Address, err)
 		}
 		if f != nil {
-			fd, err := dupFile(f)
+			fd, err := dupConn(f)
 			f.Close()
 			if err == nil {
 				addr, err = boundAddr(fd)
@@ -115,22 +115,6 @@ func addFile(add func(string, *os.File) error, key string, fd int) error {
 	f := os.NewFile(uintptr(dup), key)
 	defer f.Close()
 	return add(key, f)
-}
-
-// dupFile returns a close-on-exec duplicate of f's descriptor, taken
-// without os.File.Fd (which may change the shared description's mode).
-func dupFile(f *os.File) (int, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) {
-		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 3)
-	}); err != nil {
-		return -1, err
-	}
-	return fd, derr
 }
 
 // boundAddr is a listening socket's address as net.Listener.Addr writes it.

@@ -14,13 +14,7 @@ func TestProcessWithoutPidfd(t *testing.T) {
 	defer func(f func(int, int) (int, error)) { pidfdOpen = f }(pidfdOpen)
 	pidfdOpen = func(int, int) (int, error) { return -1, syscall.ENOSYS }
 
-	cmd := exec.Command("sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	p := openProcess(cmd.Process.Pid)
-	defer p.release()
+	cmd, p := openSleep(t)
 	if p.fd != -1 || p.start == 0 {
 		t.Fatalf("openProcess without pidfds = %+v, want fd -1 and a start time", p)
 	}
@@ -49,13 +43,7 @@ func TestProcessWithoutPidfd(t *testing.T) {
 }
 
 func TestProcessWithPidfd(t *testing.T) {
-	cmd := exec.Command("sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	p := openProcess(cmd.Process.Pid)
-	defer p.release()
+	cmd, p := openSleep(t)
 	if p.fd < 0 {
 		t.Skip("no pidfd on this kernel")
 	}
@@ -66,4 +54,19 @@ func TestProcessWithPidfd(t *testing.T) {
 	if err := p.signal(syscall.SIGTERM); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("pidfd signal after the reap: %v, want ESRCH", err)
 	}
+}
+
+// openSleep starts a process that waits, and opens it.
+func openSleep(t *testing.T) (*exec.Cmd, *process) {
+	t.Helper()
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := openProcess(cmd.Process.Pid)
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		p.release()
+	})
+	return cmd, p
 }
