@@ -1,3 +1,5 @@
+//go:build linux
+
 package testutil
 
 import (
@@ -9,12 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// EnvOldKernel, set to 1 in the environment of a test binary whose
-// TestMain calls OldKernelMain first, makes that process a wrapper: it
-// execs its arguments (os.Args[1:]) as if on Linux 4.18, the oldest kernel
-// handoff supports.
-const EnvOldKernel = "HANDOFF_TESTUTIL_OLD_KERNEL"
 
 // firstNewSyscall is the first system call number of the table shared by
 // every architecture since Linux 5.1 (pidfd_send_signal); close_range
