@@ -22,23 +22,14 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			}
 		}
 	}()
+	seen := map[string]int{}
 	for _, l := range p.cfg.Listeners {
-		if l.Network == "unix" && !p.upg.HasParent() {
-			if err := removeStaleSocket(l.Address); err != nil {
-				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
-			}
-		}
-		ln, err := p.bind(l.Network, l.Address, l.Address)
+		// Passed to a new primary as a file (see listenfd.go).
+		key := listenerKey(l, seen[l.Network+" "+l.Address])
+		seen[l.Network+" "+l.Address]++
+		fd, addr, err := p.bindListener(l, key)
 		if err != nil {
-			return fds, nil, listenError(l, err)
-		}
-		fd, err := rawFd(ln)
-		addr := ln.Addr().String()
-		// tableflip keeps its own duplicate for upgrades and the workers
-		// get fd; this one would only linger until a finalizer closed it.
-		ln.Close()
-		if err != nil {
-			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+			return fds, nil, err
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
@@ -96,7 +87,13 @@ func rawFd(ln net.Listener) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("%T has no file descriptor", ln)
 	}
-	rc, err := sc.SyscallConn()
+	return dupConn(sc)
+}
+
+// dupConn returns a close-on-exec duplicate of c's fd, taken through
+// RawConn.Control, which leaves the file's mode alone.
+func dupConn(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err
 	}

@@ -32,7 +32,7 @@ func (p *primary) deploy(ctx context.Context) (err error) {
 		// said READY=1 itself; after a cancelled deploy the primary is
 		// stopping.
 		if ctx.Err() == nil && !errors.Is(err, errHandedOver) {
-			notifySystemd(fmt.Sprintf("READY=1\nSTATUS=serving generation %d", gen))
+			notifySystemd(deployedState(p.serving(), gen, err))
 		}
 		// The new primary counts a hand-over that succeeded.
 		if !errors.Is(err, errHandedOver) {

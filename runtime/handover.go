@@ -121,10 +121,16 @@ func (p *peer) read() {
 // await returns the next reply with op, or an error once ctx ends or the
 // other side has gone.
 func (p *peer) await(ctx context.Context, op string) (message, error) {
+	return p.awaitReply(ctx, op, nil)
+}
+
+// awaitReply is await, for a reply that also satisfies match (if not
+// nil); other replies are dropped.
+func (p *peer) awaitReply(ctx context.Context, op string, match func(message) bool) (message, error) {
 	for {
 		select {
 		case m := <-p.replies:
-			if m.Op != op {
+			if m.Op != op || (match != nil && !match(m)) {
 				continue
 			}
 			if m.Error != "" {
@@ -140,12 +146,13 @@ func (p *peer) await(ctx context.Context, op string) (message, error) {
 }
 
 // retire asks the other side to retire its worker of slot and waits until
-// it has (the worker is draining).
+// it has (the worker is draining): a "retired" for that very slot. One for
+// another slot (a late answer to an earlier ask) is not it.
 func (p *peer) retire(ctx context.Context, slot int) error {
 	if err := p.send(message{Op: "retire", Slot: slot}); err != nil {
 		return err
 	}
-	_, err := p.await(ctx, "retired")
+	_, err := p.awaitReply(ctx, "retired", func(m message) bool { return m.Slot == slot })
 	return err
 }
 

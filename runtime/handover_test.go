@@ -211,3 +211,46 @@ func TestPeerWireFormat(t *testing.T) {
 		t.Fatalf("hello: %+v %v", m, err)
 	}
 }
+
+// A "retired" answer counts only for the slot it names: an answer for
+// another slot (a late one, or a confused peer) does not end the wait for
+// this one.
+func TestPeerRetireChecksSlot(t *testing.T) {
+	a, b := net.Pipe()
+	p := newPeer(a, (&slotLog{}).retire, nil, nil)
+	defer func() {
+		p.close()
+		<-p.closed
+	}()
+	r := bufio.NewReader(b)
+	answer := make(chan string, 4)
+	go func() {
+		for line := range answer {
+			b.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			b.Write([]byte(line + "\n"))
+		}
+	}()
+	defer close(answer)
+	done := make(chan error, 1)
+	go func() { done <- p.retire(testCtx(t), 2) }()
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != `{"op":"retire","slot":2}`+"\n" {
+		t.Fatalf("asked %q %v", line, err)
+	}
+	answer <- `{"op":"retired","slot":1}`
+	answer <- `{"op":"retired"}` // slot 0
+	select {
+	case err := <-done:
+		t.Fatalf("retire of slot 2 returned (%v) on answers for other slots", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	answer <- `{"op":"retired","slot":2}`
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("retire: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("retire did not return on the answer for its slot")
+	}
+}

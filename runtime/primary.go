@@ -36,6 +36,8 @@ type primary struct {
 	env    []string
 	// successor is the primary that took over, once one has.
 	successor *process
+	// sockFiles are the unix socket files of the worker listeners.
+	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the
 	// first primary, after the hand-over for a new one.
 	owner bool
@@ -307,7 +309,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
-		cfg.Hub.attach(p.pool)
+		cfg.Hub.attach(p.pool, p.log, p.upg.Fds)
 	}
 	return path, metricsLn, nil
 }
@@ -361,6 +363,7 @@ func (p *primary) closeUpgrader() {
 	}
 	p.upg.Stop()
 	<-p.upg.Exit()
+	p.removeSocketFiles()
 }
 
 func (p *primary) shutdown() error {

@@ -4,6 +4,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,5 +38,15 @@ func TestRunStartFailureLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
 		t.Errorf("the unix listener's socket file is left: %v", err)
+	}
+}
+
+func TestDeployedState(t *testing.T) {
+	if got := deployedState(3, 3, nil); got != "READY=1\nSTATUS=serving generation 3" {
+		t.Errorf("a deploy that finished: %q", got)
+	}
+	got := deployedState(2, 3, errors.New("worker 0 exited\nat start"))
+	if got != "READY=1\nSTATUS=serving generation 2; generation 3 aborted: worker 0 exited at start" {
+		t.Errorf("a refused deploy: %q", got)
 	}
 }

@@ -228,6 +228,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
 	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
 	p.ctl.handedOver(p.successor.pid)
+	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
 	p.web.close()
 	defer p.successor.release()

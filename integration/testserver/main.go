@@ -31,8 +31,10 @@
 // 50ms later. /env answers with the environment the process started with
 // (sorted, one per line; it includes LISTEN_* although activation removes
 // them from the live environment), then "fds=" with the fds open when the
-// process started (what it inherited, e.g. 0,1,2,3,4) and "fds_now=" with
-// the fds open now (includes the runtime's own, e.g. epoll).
+// process started (what it inherited, e.g. 0,1,2,3,4), "fds_now=" with
+// the fds open now (includes the runtime's own, e.g. epoll) and
+// "nonblocking=" with those of its inherited fds past stdio that were in
+// non-blocking mode (O_NONBLOCK) when it started, before it took them.
 //
 // /grow?mb=N allocates N MiB, touches every page and keeps it for the
 // life of the process (its resident memory grows by N MiB), then answers.
@@ -66,6 +68,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/drain"
 )
@@ -78,8 +81,9 @@ var (
 
 // Taken before main runs and before activation unsets LISTEN_*.
 var (
-	startFDs = openFDs()
-	startEnv = os.Environ()
+	startFDs         = openFDs()
+	startNonblocking = nonblocking(startFDs)
+	startEnv         = os.Environ()
 )
 
 // Exit codes.
@@ -263,7 +267,7 @@ func handler(reply string) http.Handler {
 		for _, kv := range env {
 			b.WriteString(kv + "\n")
 		}
-		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\n", joinInts(startFDs), joinInts(openFDs()))
+		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
 		io.WriteString(w, b.String())
 	})
 	mux.HandleFunc("/grow", func(w http.ResponseWriter, r *http.Request) {
@@ -355,6 +359,21 @@ func openFDs() []int {
 	}
 	sort.Ints(fds)
 	return fds
+}
+
+// nonblocking returns those of fds past stdio that are in non-blocking
+// mode.
+func nonblocking(fds []int) []int {
+	var out []int
+	for _, fd := range fds {
+		if fd <= 2 {
+			continue
+		}
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NONBLOCK != 0 {
+			out = append(out, fd)
+		}
+	}
+	return out
 }
 
 func joinInts(xs []int) string {
