@@ -128,7 +128,7 @@ func (s *slot) handOver() (old *worker) {
 }
 
 // reclaim takes back a slot of another primary that is gone: it is
-// restarting (the caller schedules the restart).
+// restarting (the caller launches the restart).
 func (s *slot) reclaim() bool {
 	if s.state != slotRemote {
 		return false
@@ -181,20 +181,21 @@ func (p *Pool) scheduleLocked(i int, delay time.Duration) {
 }
 
 // restart launches a worker for a restarting slot i, unless something
-// else has filled it meanwhile.
-func (p *Pool) restart(i int) {
+// else has filled it meanwhile, and returns it (nil if none was launched).
+func (p *Pool) restart(i int) *worker {
 	p.mu.Lock()
 	s := p.slots[i]
 	s.restart = nil
 	if p.closing || i >= p.size || s.state != slotRestarting || s.spec == nil {
 		p.mu.Unlock()
-		return
+		return nil
 	}
 	spec := s.spec
 	s.restarts++
 	p.cfg.Observer.WorkerRestarted(i)
 	p.mu.Unlock()
-	if _, err := p.launch(i, spec, slotServing); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
+	w, err := p.launch(i, spec, slotServing)
+	if err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
 		p.mu.Lock()
 		s.failures++
 		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
@@ -203,4 +204,5 @@ func (p *Pool) restart(i int) {
 		}
 		p.mu.Unlock()
 	}
+	return w
 }
