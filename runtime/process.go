@@ -1,6 +1,9 @@
 package runtime
 
 import (
+	"bytes"
+	"os"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -38,4 +41,60 @@ func (p *process) release() {
 		unix.Close(p.fd)
 		p.fd = -1
 	}
+}
+
+// findNewPrimary finds the new primary that tableflip started for an
+// upgrade and that has not connected yet: the child of this process whose
+// environment names the hand-over socket addr (no worker's does). nil if
+// there is none.
+func findNewPrimary(addr string) *process {
+	want := []byte(envHandover + "=" + addr)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || parentOf(pid) != os.Getpid() {
+			continue
+		}
+		proc := openProcess(pid)
+		// Checked again once the pidfd holds the process: a pid reused
+		// since is not signalled.
+		if parentOf(pid) == os.Getpid() && environHas(pid, want) {
+			return proc
+		}
+		proc.release()
+	}
+	return nil
+}
+
+// parentOf is pid's parent (0 if unknown).
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name is in parentheses and may hold anything.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(string(f[1]))
+	return ppid
+}
+
+// environHas reports whether pid's environment holds the entry kv.
+func environHas(pid int, kv []byte) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	for _, e := range bytes.Split(b, []byte{0}) {
+		if bytes.Equal(e, kv) {
+			return true
+		}
+	}
+	return false
 }

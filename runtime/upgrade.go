@@ -36,6 +36,23 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	os.Setenv(envHandoverState, encodeState(os.Getpid(), gen, p.pool.Size()))
 	defer os.Unsetenv(envHandoverState)
 
+	// The bound is the pool's as the upgrade starts, scaled or not. Once
+	// it has passed, no more slot is handed over, so that the new primary
+	// cannot become ready (and take over) as it is being killed.
+	bound := p.upgradeBound()
+	var (
+		hmu     sync.Mutex
+		expired bool
+	)
+	handOver := func(slot int) error {
+		hmu.Lock()
+		defer hmu.Unlock()
+		if expired {
+			return fmt.Errorf("the upgrade took longer than %s", bound)
+		}
+		return p.pool.HandOver(slot)
+	}
+
 	type handover struct {
 		peer *peer
 		proc *process
@@ -68,7 +85,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}
 		p.stmu.Unlock()
 		var pr *peer
-		pr = newPeer(conn, p.pool.HandOver, func() error {
+		pr = newPeer(conn, handOver, func() error {
 			if err := ctx.Err(); err != nil {
 				// Shutting down: the new primary drains what it has.
 				return err
@@ -84,17 +101,36 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	// meanwhile, a connected new primary gets TERM: it ends the hand-over
 	// and drains its workers like any primary that shuts down. Only one
 	// that has not connected yet (it has no worker), or does not exit in
-	// time, is killed, with its workers, by stopping the upgrader.
+	// time, is killed, with its workers, by stopping the upgrader. One
+	// that is not ready within the bound is killed (its workers die with
+	// it), as tableflip's own bound would.
 	upgraded := make(chan struct{})
+	watchDone := make(chan struct{})
+	var timedOut bool // read once watchDone is closed
+	connected := func() *process {
+		mu.Lock()
+		defer mu.Unlock()
+		return newProc
+	}
 	go func() {
+		defer close(watchDone)
+		deadline := time.NewTimer(bound)
+		defer deadline.Stop()
 		select {
 		case <-ctx.Done():
+		case <-deadline.C:
+			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, upgraded, func() bool {
+				hmu.Lock()
+				defer hmu.Unlock()
+				// Every slot handed over: its Ready is on its way.
+				expired = p.pool.Remote() < p.pool.Size()
+				return expired
+			})
+			return
 		case <-upgraded:
 			return
 		}
-		mu.Lock()
-		proc := newProc
-		mu.Unlock()
+		proc := connected()
 		if proc != nil && proc.signal(syscall.SIGTERM) == nil {
 			p.log.Info("stopping the new primary", zap.Int("new_primary", proc.pid))
 			t := time.NewTimer(2*p.cfg.DrainTimeout + 10*time.Second)
@@ -110,6 +146,11 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	}()
 	upErr := p.upg.Upgrade()
 	close(upgraded)
+	// Nothing signals the new primary from here on: its pidfd may close.
+	<-watchDone
+	if upErr != nil && timedOut {
+		upErr = fmt.Errorf("not ready within %s: %v", bound, upErr)
+	}
 	ln.Close()
 	<-acceptDone
 	var ho handover
@@ -135,6 +176,57 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		p.pool.Reclaim(ctx, nil)
 	}
 	return upErr
+}
+
+// upgradeSlack is the part of a self-upgrade's bound that does not grow
+// with the pool: the new primary's own start, and room to spare.
+const upgradeSlack = time.Minute
+
+// tableflipNever is tableflip's own upgrade bound, never reached:
+// upgradeSelf enforces upgradeBound instead, which tableflip, fixing its
+// bound once for every upgrade, cannot.
+const tableflipNever = 100 * 365 * 24 * time.Hour
+
+// upgradeBound is how long a self-upgrade may take, for a pool of size
+// slots: the new primary calls Ready after rolling every slot, each new
+// worker taking up to ready; one that fails drains its new worker and rolls
+// back before it exits.
+func upgradeBound(size int, ready, drain time.Duration) time.Duration {
+	return time.Duration(size+1)*ready + 2*drain + upgradeSlack
+}
+
+// upgradeBound is the bound of a self-upgrade that starts now: for the
+// pool as it is now, scaled or not.
+func (p *primary) upgradeBound() time.Duration {
+	return upgradeBound(p.pool.Size(), p.cfg.ReadyTimeout, p.cfg.DrainTimeout)
+}
+
+// killLateNewPrimary kills a new primary that is not ready within bound:
+// proc if it has connected, else the child found by its hand-over socket
+// addr. Its workers die with it (Pdeathsig). stopHandOver stops handing
+// over slots and reports whether the new primary still lacks some, i.e.
+// cannot become ready before it dies; if it lacks none, its Ready is on
+// its way, and it is killed only if it has not come upgradeSlack later
+// (upgraded closed: it came). It reports whether it killed the new primary.
+func (p *primary) killLateNewPrimary(proc *process, addr string, bound time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
+	if !stopHandOver() {
+		t := time.NewTimer(upgradeSlack)
+		defer t.Stop()
+		select {
+		case <-upgraded:
+			return false
+		case <-t.C:
+		}
+	}
+	if proc == nil {
+		if proc = findNewPrimary(addr); proc == nil {
+			p.log.Error("the new primary is not ready in time and cannot be found", zap.Duration("timeout", bound))
+			return false
+		}
+		defer proc.release()
+	}
+	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
+	return proc.signal(syscall.SIGKILL) == nil
 }
 
 // takeOver is a new primary started by tableflip: it fills every slot
