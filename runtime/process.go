@@ -49,16 +49,11 @@ func (p *process) release() {
 // there is none.
 func findNewPrimary(addr string) *process {
 	want := []byte(envHandover + "=" + addr)
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || parentOf(pid) != os.Getpid() {
-			continue
-		}
+	for pid := range childrenOf(os.Getpid()) {
 		proc := openProcess(pid)
 		// Checked again once the pidfd holds the process: a pid reused
 		// since is not signalled.
-		if parentOf(pid) == os.Getpid() && environHas(pid, want) {
+		if _, ppid, ok := procStat(pid); ok && ppid == os.Getpid() && environHas(pid, want) {
 			return proc
 		}
 		proc.release()
@@ -66,23 +61,41 @@ func findNewPrimary(addr string) *process {
 	return nil
 }
 
-// parentOf is pid's parent (0 if unknown).
-func parentOf(pid int) int {
+// childrenOf maps the processes whose parent is ppid to their state (R,
+// S, Z, ...), from /proc.
+func childrenOf(ppid int) map[int]string {
+	names, _ := os.ReadDir("/proc")
+	out := map[int]string{}
+	for _, e := range names {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if state, parent, ok := procStat(pid); ok && parent == ppid {
+			out[pid] = state
+		}
+	}
+	return out
+}
+
+// procStat reads pid's state and parent from /proc/PID/stat.
+func procStat(pid int) (state string, ppid int, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0
+		return "", 0, false
 	}
-	// The command name is in parentheses and may hold anything.
+	// pid (comm) state ppid ...: comm may hold anything, so parse after
+	// its last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0
+		return "", 0, false
 	}
 	f := bytes.Fields(b[i+1:])
 	if len(f) < 2 {
-		return 0
+		return "", 0, false
 	}
-	ppid, _ := strconv.Atoi(string(f[1]))
-	return ppid
+	ppid, err = strconv.Atoi(string(f[1]))
+	return string(f[0]), ppid, err == nil
 }
 
 // environHas reports whether pid's environment holds the entry kv.
