@@ -44,7 +44,7 @@ func (p *primary) deploy(ctx context.Context) (err error) {
 	if p.selfChanged() {
 		kind = kindPrimary
 		p.setDeploying(&UpgradeStatus{Generation: gen, Kind: "primary", Started: start})
-		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"))
+		p.log.Info("upgrade started", zap.Int("generation", gen), zap.String("kind", "primary"), zap.Duration("timeout", p.upgradeBound()))
 		err := p.upgradeSelf(ctx, gen)
 		// A binary written a moment ago may still be open for writing
 		// somewhere (golang/go#22315); tableflip reports it as text.

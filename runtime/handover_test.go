@@ -254,3 +254,17 @@ func TestPeerRetireChecksSlot(t *testing.T) {
 		t.Fatal("retire did not return on the answer for its slot")
 	}
 }
+
+// A new primary learns the hand-over's state from its environment when
+// the old primary died before it could send it; without one (an old
+// primary of an earlier version) it falls back to --workers.
+func TestHandoverStateFromEnvironment(t *testing.T) {
+	if m := handoverState(encodeState(42, 7, 5), 2); m.Pid != 42 || m.Generation != 7 || m.Size != 5 {
+		t.Errorf("handoverState(encodeState(42, 7, 5)) = %+v", m)
+	}
+	for _, v := range []string{"", "{", `{"op":"hello","pid":3}`, `{"op":"state","generation":0}`} {
+		if m := handoverState(v, 2); m.Generation != 1 || m.Size != 2 || m.Pid != 0 {
+			t.Errorf("handoverState(%q) = %+v, want generation 1, size 2, no pid", v, m)
+		}
+	}
+}

@@ -219,12 +219,12 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if err != nil {
 		return "", nil, err
 	}
-	// tableflip's upgrade bound: the new primary calls Ready after rolling
-	// every worker, each of which may take up to ReadyTimeout; one that
-	// fails drains its new worker and rolls back before it exits.
+	// tableflip's own upgrade bound is fixed here, for every upgrade; the
+	// real one depends on the pool's size when an upgrade starts, which
+	// scaling changes: upgradeSelf enforces it (upgradeBound).
 	p.upg, err = tableflip.New(tableflip.Options{
 		PIDFile:        cfg.PIDFile,
-		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute,
+		UpgradeTimeout: tableflipNever,
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("cannot set up upgrades: %v", err)

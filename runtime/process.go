@@ -63,19 +63,83 @@ func (p *process) release() {
 // (field 22 of /proc/PID/stat), which tells it from a later process that
 // got the same pid. A zombie keeps its start time until it is reaped.
 func startTime(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	// The command name, in parentheses, may hold anything: count fields
-	// after the last ')', which is followed by field 3 (the state).
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, syscall.EINVAL
-	}
-	f := bytes.Fields(b[i+1:])
-	if len(f) < 20 {
+	f, ok := statFields(pid)
+	if !ok || len(f) < 20 {
 		return 0, syscall.EINVAL
 	}
 	return strconv.ParseUint(string(f[19]), 10, 64)
+}
+
+// findNewPrimary finds the new primary that tableflip started for an
+// upgrade and that has not connected yet: the child of this process whose
+// environment names the hand-over socket addr (no worker's does). nil if
+// there is none.
+func findNewPrimary(addr string) *process {
+	want := []byte(envHandover + "=" + addr)
+	for pid := range childrenOf(os.Getpid()) {
+		proc := openProcess(pid)
+		// Checked again once the pidfd holds the process: a pid reused
+		// since is not signalled.
+		if _, ppid, ok := procStat(pid); ok && ppid == os.Getpid() && environHas(pid, want) {
+			return proc
+		}
+		proc.release()
+	}
+	return nil
+}
+
+// childrenOf maps the processes whose parent is ppid to their state (R,
+// S, Z, ...), from /proc.
+func childrenOf(ppid int) map[int]string {
+	names, _ := os.ReadDir("/proc")
+	out := map[int]string{}
+	for _, e := range names {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if state, parent, ok := procStat(pid); ok && parent == ppid {
+			out[pid] = state
+		}
+	}
+	return out
+}
+
+// procStat reads pid's state and parent from /proc/PID/stat.
+func procStat(pid int) (state string, ppid int, ok bool) {
+	f, ok := statFields(pid)
+	if !ok || len(f) < 2 {
+		return "", 0, false
+	}
+	ppid, err := strconv.Atoi(string(f[1]))
+	return string(f[0]), ppid, err == nil
+}
+
+// statFields returns the fields of /proc/PID/stat from the state (field
+// 3) on. The command name before them, in parentheses, may hold anything:
+// they are counted after its last ')'.
+func statFields(pid int) ([][]byte, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, false
+	}
+	return bytes.Fields(b[i+1:]), true
+}
+
+// environHas reports whether pid's environment holds the entry kv.
+func environHas(pid int, kv []byte) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	for _, e := range bytes.Split(b, []byte{0}) {
+		if bytes.Equal(e, kv) {
+			return true
+		}
+	}
+	return false
 }
