@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -245,6 +246,9 @@ func (b *lineBuf) Lines() []string {
 type Options struct {
 	// Workers is --workers; 0 means 2.
 	Workers int
+	// DefaultWorkers leaves --workers out, for handoff to choose; Workers
+	// is then the number the test expects it to choose.
+	DefaultWorkers bool
 	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
 	// in them stands for the test's directory.
 	Listen []string
@@ -379,6 +383,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		}
 		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 			"--ready", o.Ready, "--pid-file", p.PIDFile}
+		if o.DefaultWorkers {
+			args = slices.Delete(args, 3, 5)
+		}
 		for _, l := range o.Listen {
 			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
 		}

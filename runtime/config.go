@@ -41,12 +41,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/handoff-dev/handoff/internal/cpus"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -82,7 +82,9 @@ type Config struct {
 	// up in PATH and resolved through symlinks anew on every deploy.
 	Command []string
 	// Workers is the number of worker processes; 0 means the number of CPUs
-	// available to the process.
+	// the process may use: its CPU affinity, or less when a cgroup CPU
+	// quota (v1 or v2) allows less, rounded up (see internal/cpus). Run
+	// logs that number and where it comes from ("workers", with "from").
 	Workers int
 	// Ready selects how readiness is detected; the zero value is
 	// ReadyNotify. The CLI's default is ReadyDelay with one second.
@@ -156,6 +158,18 @@ type Config struct {
 	// SampleInterval is how often worker memory and watchdogs are checked;
 	// default one second (or a quarter of Watchdog if that is shorter).
 	SampleInterval time.Duration
+
+	// workersFrom says where a default Workers comes from, for the log;
+	// "" when Workers was given.
+	workersFrom string
+}
+
+// logWorkers logs the number of workers when it is a default: how many
+// CPUs the process may use, and why (a cgroup quota, the CPU affinity).
+func (c *Config) logWorkers(log *zap.Logger) {
+	if c.workersFrom != "" {
+		log.Info("workers", zap.Int("workers", c.Workers), zap.String("from", c.workersFrom))
+	}
 }
 
 // Defaults.
@@ -177,7 +191,7 @@ func (c *Config) setDefaults() {
 		}
 	}
 	if c.Workers == 0 {
-		c.Workers = runtime.NumCPU()
+		c.Workers, c.workersFrom = cpus.Available()
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = DefaultReadyTimeout

@@ -180,6 +180,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	p.logListening()
+	cfg.logWorkers(p.log)
 
 	p.dir, err = privateDir()
 	if err != nil {

@@ -38,7 +38,8 @@ Flags:
                            unix:PATH. Workers get them as fds 3, 4, ... in this
                            order; NAME goes into LISTEN_FDNAMES (default
                            listener0, listener1, ...)
-  --workers N              worker processes (default: the CPUs available, %d here)
+  --workers N              worker processes (default: the CPUs the process may
+                           use, cgroup CPU quota included, %d here)
   --ready MODE             how a worker tells it is ready (default delay:1s):
                              notify          it sends READY=1 to $NOTIFY_SOCKET
                              delay:DURATION  it has stayed up that long (a
@@ -200,7 +201,9 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = workers
+		// 0 leaves the default to runtime.Run, which logs where it comes
+		// from (a cgroup CPU quota, the CPU affinity).
+		cfg.Workers = c.workers
 	}
 	switch {
 	case ready == "notify":

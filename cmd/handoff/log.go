@@ -3,16 +3,18 @@ package main
 import (
 	"fmt"
 	"io"
-	goruntime "runtime"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/handoff-dev/handoff/internal/cpus"
 )
 
-// defaultWorkers is the number of CPUs this process may run on, as Node's
-// os.availableParallelism.
+// defaultWorkers is the number of CPUs this process may use: its CPU
+// affinity, or its cgroup CPU quota rounded up when that is less.
 func defaultWorkers() int {
-	return goruntime.NumCPU()
+	n, _ := cpus.Available()
+	return n
 }
 
 // newLogger builds the primary's logger: every event, unsampled, to w.
