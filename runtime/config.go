@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/handoff-dev/handoff/internal/cpus"
 	"github.com/handoff-dev/handoff/workerpool"
@@ -109,11 +110,24 @@ type Config struct {
 	PIDFile string
 	// Logger receives structured events; nil means no logging.
 	Logger *zap.Logger
-	// WorkerStdout is inherited by the workers as their stdout; nil means
-	// the primary's. WorkerStderr receives their stderr, whole lines at a
-	// time; nil means the primary's.
+	// WorkerStdout receives the workers' stdout (inherited by them as is
+	// with OutputRaw); nil means the primary's. WorkerStderr receives
+	// their stderr, whole lines at a time; nil means the primary's. Give
+	// WorkerStderr the writer the Logger writes to, taking the same lock
+	// (zapcore.Lock), so that their lines and the primary's events never
+	// interleave.
 	WorkerStdout *os.File
 	WorkerStderr io.Writer
+	// WorkerOutput is how the workers' lines are written (the CLI's
+	// --worker-output): OutputPrefix (the zero value), OutputJSON or
+	// OutputRaw. Lines of old workers draining after a deploy or a
+	// self-upgrade are forwarded until they exit, and Run returns once
+	// they have been (see workerpool.Output).
+	WorkerOutput OutputMode
+	// WorkerOutputEncoder encodes the events of OutputJSON; nil means
+	// workerpool.DefaultOutputEncoder, the encoding of handoff's
+	// --log-format json. Give the Logger's own to match its keys.
+	WorkerOutputEncoder zapcore.Encoder
 	// Signals delivers HUP, TERM, INT, TTIN and TTOU; nil means Run catches them
 	// itself. See CatchSignals.
 	Signals <-chan os.Signal
@@ -244,6 +258,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Watchdog < 0 {
 		return fmt.Errorf("--watchdog %s: must be positive", c.Watchdog)
+	}
+	if c.WorkerOutput != "" {
+		if _, ok := workerpool.ParseOutputMode(string(c.WorkerOutput)); !ok {
+			return fmt.Errorf("--worker-output %q: use prefix, json or raw", c.WorkerOutput)
+		}
 	}
 	if c.Metrics != "" {
 		if err := checkHostPort(c.Metrics); err != nil {

@@ -205,6 +205,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		NotifyDir:  p.dir,
 		Stdout:     cfg.WorkerStdout,
 		Stderr:     cfg.WorkerStderr,
+		Output:     cfg.workerOutput(),
 		Logger:     p.log,
 		Watchdog:   cfg.Watchdog,
 		Credential: cred,
@@ -212,6 +213,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
 	}
+	// Last of what Run waits for: the lines of workers that have exited
+	// (after a hand-over, the old workers').
+	defer launcher.Output.Wait(outputIdle)
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
 		Launcher:     launcher,

@@ -137,7 +137,8 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newDevLogger(lc, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newDevLogger(lc, ws)
 	if err != nil {
 		return usageError{err}
 	}
@@ -208,7 +209,7 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	}
 
 	runSigs := make(chan os.Signal, 16)
-	cfg.Logger = log
+	logTo(&cfg, log, ws)
 	cfg.Signals = runSigs
 	var primaryDone chan error
 	start := func() {

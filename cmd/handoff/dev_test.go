@@ -88,7 +88,7 @@ func TestParseDevDefaults(t *testing.T) {
 // compiler's output indented under a failed build, worker chatter left out.
 func TestDevConsole(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newDevLogger(logConfig{"console", "info"}, &buf)
+	log, err := newDevLogger(logConfig{"console", "info"}, lockedWriter(&buf))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestDevConsole(t *testing.T) {
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("console:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
-	if _, err := newDevLogger(logConfig{"console", "loud"}, &buf); err == nil {
+	if _, err := newDevLogger(logConfig{"console", "loud"}, lockedWriter(&buf)); err == nil {
 		t.Errorf("a bad level is accepted")
 	}
 }

@@ -15,15 +15,14 @@ import (
 // newDevLogger is the logger of 'handoff dev': with --log-format json the
 // same events as 'handoff run' (and the builds'); with console, lines for
 // a developer at a terminal: one per build, one per rollout, and warnings.
-func newDevLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
+func newDevLogger(lc logConfig, ws zapcore.WriteSyncer) (*zap.Logger, error) {
 	if lc.format != "console" {
-		return newLogger(lc, w)
+		return newLogger(lc, ws)
 	}
 	level, err := parseLevel(lc)
 	if err != nil {
 		return nil, err
 	}
-	ws := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(&devCore{LevelEnabler: level, out: ws, all: level <= zapcore.DebugLevel}, zap.ErrorOutput(ws)), nil
 }
 

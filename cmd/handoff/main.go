@@ -77,11 +77,12 @@ func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logCfg, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newLogger(logCfg, ws)
 	if err != nil {
 		return usageError{err}
 	}
-	cfg.Logger = log
+	logTo(&cfg, log, ws)
 	cfg.Signals = sigs
 	return runtime.Run(context.Background(), cfg)
 }
