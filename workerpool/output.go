@@ -250,7 +250,8 @@ func (o *Output) forward(p *osProcess, slot, gen int, stdout *workerStdout, stde
 // label is what is written with each line of one stream of one worker.
 type label struct {
 	prefix []byte          // prefix mode: "w0:4242"
-	fields []zapcore.Field // json mode: Fields, slot, pid, generation, stream
+	enc    zapcore.Encoder // json mode: Encoder with Fields, slot, pid, generation and stream added
+	fields []zapcore.Field // json mode: room for each line's fields
 }
 
 func (o *Output) label(slot, pid, gen int, stream string) *label {
@@ -259,11 +260,13 @@ func (o *Output) label(slot, pid, gen int, stream string) *label {
 	case OutputPrefix:
 		l.prefix = []byte("w" + strconv.Itoa(slot) + ":" + strconv.Itoa(pid))
 	case OutputJSON:
-		// Room for the per-line fields: appending them reuses it (one
-		// goroutine per label).
-		l.fields = make([]zapcore.Field, 0, len(o.Fields)+8)
-		l.fields = append(append(l.fields, o.Fields...),
-			zap.Int("slot", slot), zap.Int("pid", pid), zap.Int("generation", gen), zap.String("stream", stream))
+		// The fields every line has are encoded once, into a clone of
+		// the encoder of its own.
+		l.enc = o.Encoder.Clone()
+		for _, f := range append(o.Fields, zap.Int("slot", slot), zap.Int("pid", pid), zap.Int("generation", gen), zap.String("stream", stream)) {
+			f.AddTo(l.enc)
+		}
+		l.fields = make([]zapcore.Field, 0, 4)
 	}
 	return l
 }
@@ -285,9 +288,10 @@ func (o *Output) copy(r *os.File, l *label, w *outWriter, tail func([]byte)) {
 	cont := false  // buf holds the rest of a line cut before
 	var out []byte // formatted lines not written yet
 	var scratch []byte
+	var now time.Time // when the lines were read, one clock reading per read
 	emit := func(line []byte, partial bool) {
 		before := len(out)
-		out, scratch = o.appendLine(out, scratch, l, line, cont, partial)
+		out, scratch = o.appendLine(out, scratch, l, line, now, cont, partial)
 		cont = partial
 		if len(out) > writeChunk && before > 0 {
 			// Write what came before; this line starts the next write.
@@ -304,6 +308,9 @@ func (o *Output) copy(r *os.File, l *label, w *outWriter, tail func([]byte)) {
 	}
 	for {
 		m, err := r.Read(buf[n:])
+		if o.Mode == OutputJSON {
+			now = time.Now()
+		}
 		if m > 0 {
 			o.progress.Add(1)
 			if tail != nil {
@@ -343,7 +350,7 @@ func (o *Output) copy(r *os.File, l *label, w *outWriter, tail func([]byte)) {
 }
 
 // appendLine formats one line (or piece of a line) onto out.
-func (o *Output) appendLine(out, scratch []byte, l *label, line []byte, cont, partial bool) ([]byte, []byte) {
+func (o *Output) appendLine(out, scratch []byte, l *label, line []byte, now time.Time, cont, partial bool) ([]byte, []byte) {
 	switch o.Mode {
 	case OutputPrefix:
 		out = append(out, l.prefix...)
@@ -355,7 +362,7 @@ func (o *Output) appendLine(out, scratch []byte, l *label, line []byte, cont, pa
 		out = append(out, line...)
 		return append(out, '\n'), scratch
 	case OutputJSON:
-		fields := append(l.fields, zap.ByteString("line", line))
+		fields := append(l.fields[:0], zap.ByteString("line", line))
 		if !utf8.Valid(line) {
 			scratch = base64.StdEncoding.AppendEncode(scratch[:0], line)
 			fields = append(fields, zap.ByteString("line_base64", scratch))
@@ -366,7 +373,7 @@ func (o *Output) appendLine(out, scratch []byte, l *label, line []byte, cont, pa
 		if cont {
 			fields = append(fields, zap.Bool("continued", true))
 		}
-		buf, err := o.Encoder.EncodeEntry(zapcore.Entry{Level: zapcore.InfoLevel, Time: time.Now(), Message: "worker output"}, fields)
+		buf, err := l.enc.EncodeEntry(zapcore.Entry{Level: zapcore.InfoLevel, Time: now, Message: "worker output"}, fields)
 		if err != nil {
 			return out, scratch
 		}
