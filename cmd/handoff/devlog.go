@@ -99,7 +99,16 @@ func indent(text string) string {
 func devLine(e zapcore.Entry, f devFields, all bool) string {
 	switch e.Message {
 	case "dev watching":
+		if f.str("build") == "" {
+			what := f.str("paths")
+			if inc := f.str("include"); inc != "" {
+				what += " (" + inc + ")"
+			}
+			return fmt.Sprintf("watching %s; serve: %s; every change rolls out", what, f.str("command"))
+		}
 		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"))
+	case "change detected":
+		return "changed: " + f.str("paths")
 	case "build finished":
 		if f["changed"] == false {
 			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))
