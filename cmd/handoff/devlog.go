@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -108,7 +109,12 @@ func devLine(e zapcore.Entry, f devFields, all bool) string {
 		}
 		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"))
 	case "change detected":
-		return "changed: " + f.str("paths")
+		// Paths below the current directory, as the developer named them.
+		paths := f.str("paths")
+		if wd, err := os.Getwd(); err == nil {
+			paths = strings.ReplaceAll(paths, wd+string(os.PathSeparator), "")
+		}
+		return "changed: " + paths
 	case "build finished":
 		if f["changed"] == false {
 			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))

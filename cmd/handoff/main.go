@@ -95,9 +95,9 @@ Usage:
   handoff reload [--control PATH]           deploy what is on disk now, wait for the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
-  handoff dev [flags] --build CMD -- COMMAND [ARG...]
-                                            rebuild on every source change and roll
-                                            each build out without going dark
+  handoff dev [flags] [--build CMD] -- COMMAND [ARG...]
+                                            roll every source change out (built
+                                            first with --build) without going dark
   handoff version                           print the version
   handoff help                              this text
 
