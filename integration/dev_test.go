@@ -110,6 +110,12 @@ func startDev(t *testing.T, workers int, flags ...string) *Primary {
 // without waiting for the primary to be ready.
 func startDevWith(t *testing.T, workers int, src string, noWait bool, flags ...string) *Primary {
 	t.Helper()
+	return startDevBuild(t, workers, src, "go build -o bin/server .", noWait, flags...)
+}
+
+// startDevBuild is startDevWith with a build command of its own.
+func startDevBuild(t *testing.T, workers int, src, build string, noWait bool, flags ...string) *Primary {
+	t.Helper()
 	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +124,7 @@ func startDevWith(t *testing.T, workers int, src string, noWait bool, flags ...s
 		Subcommand: "dev",
 		Workers:    workers,
 		Command:    "./bin/server",
-		Flags:      append([]string{"--build", "go build -o bin/server ."}, flags...),
+		Flags:      append([]string{"--build", build}, flags...),
 		Env:        []string{"GOFLAGS=-mod=mod", "GOCACHE=" + strings.TrimSpace(string(gocache)), "GOTOOLCHAIN=local"},
 		NoWait:     noWait,
 		Prepare: func(dir string) {
@@ -275,7 +281,7 @@ func TestDevSignalsBeforeFirstBuild(t *testing.T) {
 	t.Run("TTIN", func(t *testing.T) {
 		t.Parallel()
 		// A first build slow enough for the signal to come during it.
-		p := startDevBuild(t, 1, devSource("one"), "sleep 1 && go build -o bin/server .")
+		p := startDevBuild(t, 1, devSource("one"), "sleep 1 && go build -o bin/server .", true)
 		st := p.awaitEvent(0, time.Minute, "build started")
 		p.Signal(p.PID, syscall.SIGTTIN)
 		if e, ok := p.Log.Wait(st.Seq, 0, isMsg("listening")); ok {
@@ -295,7 +301,7 @@ func TestDevSignalsBeforeFirstBuild(t *testing.T) {
 	t.Run("HUP", func(t *testing.T) {
 		t.Parallel()
 		// The build needs a file that is not watched.
-		p := startDevBuild(t, 1, devSource("one"), "test -e ok && go build -o bin/server .", "--exclude", "ok")
+		p := startDevBuild(t, 1, devSource("one"), "test -e ok && go build -o bin/server .", true, "--exclude", "ok")
 		if b := p.awaitBuild(0, 2*time.Minute); b.Msg != "build failed" {
 			t.Fatalf("first build: %s", b.Raw)
 		}
@@ -307,28 +313,6 @@ func TestDevSignalsBeforeFirstBuild(t *testing.T) {
 		}
 		p.WaitReady(time.Minute)
 		p.WaitServing(p.URL(), "one", 20*time.Second)
-	})
-}
-
-// startDevBuild is startDevWith with a build command of its own; it does
-// not wait for the primary.
-func startDevBuild(t *testing.T, workers int, src, build string, flags ...string) *Primary {
-	t.Helper()
-	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return StartPrimary(t, Options{
-		Subcommand: "dev",
-		Workers:    workers,
-		Command:    "./bin/server",
-		Flags:      append([]string{"--build", build}, flags...),
-		Env:        []string{"GOFLAGS=-mod=mod", "GOCACHE=" + strings.TrimSpace(string(gocache)), "GOTOOLCHAIN=local"},
-		NoWait:     true,
-		Prepare: func(dir string) {
-			writeBytes(t, filepath.Join(dir, "go.mod"), []byte("module example.com/devserver\n\ngo 1.26\n"), 0o644)
-			writeDevSource(t, dir, src)
-		},
 	})
 }
 

@@ -728,14 +728,24 @@ func (p *Primary) cleanup() {
 	case <-time.After(5 * time.Second):
 		t.Errorf("cleanup: primary %d not reaped", p.PID)
 	}
+	if !p.waitStreams(5 * time.Second) {
+		t.Errorf("cleanup: primary's stdout/stderr still open")
+	}
+	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
+}
+
+// waitStreams waits up to d until the primary's stdout and stderr have
+// ended (every process holding them has gone) and all they carried has
+// been read.
+func (p *Primary) waitStreams(d time.Duration) bool {
 	waited := make(chan struct{})
 	go func() { p.readersWG.Wait(); close(waited) }()
 	select {
 	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Errorf("cleanup: primary's stdout/stderr still open")
+		return true
+	case <-time.After(d):
+		return false
 	}
-	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
 }
 
 // checkNoRace fails t when a race build (HANDOFF_TEST_RACE=1) reported a

@@ -244,11 +244,7 @@ func testWorkerOutput(t *testing.T, mode string) {
 		}
 	}
 	// Everything written has been read once both streams end.
-	waited := make(chan struct{})
-	go func() { p.readersWG.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-time.After(10 * time.Second):
+	if !p.waitStreams(10 * time.Second) {
 		t.Fatalf("the primaries' stdout and stderr still open")
 	}
 
