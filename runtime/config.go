@@ -122,7 +122,8 @@ type Config struct {
 	// --worker-output): OutputPrefix (the zero value), OutputJSON or
 	// OutputRaw. Lines of old workers draining after a deploy or a
 	// self-upgrade are forwarded until they exit, and Run returns once
-	// they have been (see workerpool.Output).
+	// they have been, or once none has moved for 2s (see
+	// workerpool.Output).
 	WorkerOutput OutputMode
 	// WorkerOutputEncoder encodes the events of OutputJSON; nil means
 	// workerpool.DefaultOutputEncoder, the encoding of handoff's

@@ -213,8 +213,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
 	}
-	// Last of what Run waits for: the lines of workers that have exited
-	// (after a hand-over, the old workers').
+	// As Run returns, once the workers are gone: their last lines (after
+	// a hand-over, the lines of the old workers that drained).
 	defer launcher.Output.Wait(outputIdle)
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
