@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -263,7 +264,8 @@ func (o *Output) label(slot, pid, gen int, stream string) *label {
 		// The fields every line has are encoded once, into a clone of
 		// the encoder of its own.
 		l.enc = o.Encoder.Clone()
-		for _, f := range append(o.Fields, zap.Int("slot", slot), zap.Int("pid", pid), zap.Int("generation", gen), zap.String("stream", stream)) {
+		fields := []zapcore.Field{zap.Int("slot", slot), zap.Int("pid", pid), zap.Int("generation", gen), zap.String("stream", stream)}
+		for _, f := range slices.Concat(o.Fields, fields) {
 			f.AddTo(l.enc)
 		}
 		l.fields = make([]zapcore.Field, 0, 4)
