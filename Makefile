@@ -89,7 +89,7 @@ soak:
 # Prints the tables and writes them to $(BIN)/benchmarks.md. About 10 minutes
 # on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
 # to also put the results into docs/BENCHMARKS.md; BENCH_ONLY=devloop,balance
-# runs only those (of overhead, disruption, scaling, devloop, balance).
+# runs only those (of overhead, disruption, scaling, devloop, balance, output).
 BENCH_QUICK ?=
 BENCH_DOC   ?=
 BENCH_ONLY  ?=

@@ -45,6 +45,10 @@ type OSLauncher struct {
 	// Stderr receives the workers' stderr, whole lines at a time; nil means
 	// os.Stderr.
 	Stderr io.Writer
+	// Output, if set, forwards the workers' stdout and stderr instead, as
+	// its Mode says (labelled lines, JSON events, or raw); Stdout is then
+	// inherited in raw mode only, and Stderr is not used.
+	Output *Output
 	// Self is the shim executable; empty means /proc/self/exe.
 	Self string
 	// Logger gets STATUS= and STOPPING=1 from workers.
@@ -90,6 +94,12 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if stdout == nil {
 		stdout = os.Stdout
 	}
+
+	wout, err := l.Output.stdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer wout.close()
 
 	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
 	sock, err := sdnotify.Listen(sockPath)
@@ -139,7 +149,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if l.Watchdog > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
 	}
-	files := []uintptr{uintptr(devnull), stdout.Fd(), uintptr(pipe[1])}
+	files := []uintptr{uintptr(devnull), wout.fd(stdout), uintptr(pipe[1])}
 	for _, fd := range l.Listeners {
 		files = append(files, uintptr(fd))
 	}
@@ -198,7 +208,11 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	p.copied = make(chan struct{})
 	close(p.opened)
 
-	go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+	if l.Output != nil {
+		l.Output.forward(p, slot, spec.Generation, wout, os.NewFile(uintptr(pipe[0]), "worker-stderr"))
+	} else {
+		go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+	}
 	go p.readNotify()
 	if l.Ready == ReadyDelay {
 		go p.readyAfter(l.ReadyDelay)

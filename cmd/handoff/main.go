@@ -97,11 +97,12 @@ func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logCfg, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newLogger(logCfg, ws)
 	if err != nil {
 		return usageError{err}
 	}
-	cfg.Logger = log
+	logTo(&cfg, log, ws)
 	cfg.Signals = sigs
 	return runtime.Run(context.Background(), cfg)
 }
@@ -116,9 +117,9 @@ Usage:
                                             the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
-  handoff dev [flags] --build CMD -- COMMAND [ARG...]
-                                            rebuild on every source change and roll
-                                            each build out without going dark
+  handoff dev [flags] [--build CMD] -- COMMAND [ARG...]
+                                            roll every source change out (built
+                                            first with --build) without going dark
   handoff version                           print the version
   handoff help                              this text
 

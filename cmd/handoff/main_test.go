@@ -158,7 +158,7 @@ func TestParseRunValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Workers != defaultWorkers() || cfg.Ready != runtime.ReadyDelay || cfg.ReadyDelay != time.Second ||
+	if cfg.Workers != 0 || cfg.Ready != runtime.ReadyDelay || cfg.ReadyDelay != time.Second ||
 		cfg.ReadyTimeout != runtime.DefaultReadyTimeout || cfg.DrainTimeout != runtime.DefaultDrainTimeout ||
 		cfg.StopSignal != syscall.SIGTERM || cfg.IPC || lc != (logConfig{"console", "info"}) {
 		t.Errorf("defaults %+v %+v", cfg, lc)
