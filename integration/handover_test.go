@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -544,7 +546,19 @@ func TestSymlinkDeploy(t *testing.T) {
 // file is removed.
 func TestShutdownDuringHandOver(t *testing.T) {
 	t.Parallel()
-	p := StartPrimary(t, Options{Args: []string{"--ready-after", "1s"}})
+	shutdownDuringHandOver(t, oldKernel{})
+}
+
+// TestShutdownDuringHandOverOldKernel: the same on the oldest kernel
+// handoff supports (Linux 4.18: the old primary has no pidfd for the new
+// one, and passes the TERM on by pid).
+func TestShutdownDuringHandOverOldKernel(t *testing.T) {
+	t.Parallel()
+	shutdownDuringHandOver(t, oldKernelWrap(t))
+}
+
+func shutdownDuringHandOver(t *testing.T, kernel oldKernel) {
+	p := StartPrimary(t, Options{Args: []string{"--ready-after", "1s"}, Wrap: kernel.Wrap, Env: kernel.Env})
 	old := p.PID
 	addr := p.Addr()
 	p.WaitServing(p.URL(), "v1", 10*time.Second)

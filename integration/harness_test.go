@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -245,6 +248,9 @@ func (b *lineBuf) Lines() []string {
 type Options struct {
 	// Workers is --workers; 0 means 2.
 	Workers int
+	// DefaultWorkers leaves --workers out, for handoff to choose; Workers
+	// is then the number the test expects it to choose.
+	DefaultWorkers bool
 	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
 	// in them stands for the test's directory.
 	Listen []string
@@ -391,6 +397,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		}
 		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 			"--ready", o.Ready, "--pid-file", p.PIDFile, "--min-uptime", o.MinUptime}
+		if o.DefaultWorkers {
+			args = slices.Delete(args, 3, 5)
+		}
 		for _, l := range o.Listen {
 			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
 		}
@@ -739,14 +748,24 @@ func (p *Primary) cleanup() {
 	case <-time.After(5 * time.Second):
 		t.Errorf("cleanup: primary %d not reaped", p.PID)
 	}
+	if !p.waitStreams(5 * time.Second) {
+		t.Errorf("cleanup: primary's stdout/stderr still open")
+	}
+	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
+}
+
+// waitStreams waits up to d until the primary's stdout and stderr have
+// ended (every process holding them has gone) and all they carried has
+// been read.
+func (p *Primary) waitStreams(d time.Duration) bool {
 	waited := make(chan struct{})
 	go func() { p.readersWG.Wait(); close(waited) }()
 	select {
 	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Errorf("cleanup: primary's stdout/stderr still open")
+		return true
+	case <-time.After(d):
+		return false
 	}
-	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
 }
 
 // checkNoRace fails t when a race build (HANDOFF_TEST_RACE=1) reported a

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -269,7 +271,7 @@ func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	}
 	i := sd.waitFor(t, 0, 5*time.Second, "RELOADING=1")
 	i = sd.waitFor(t, i+1, 5*time.Second, "READY=1")
-	if st := sd.all()[i].fields["STATUS"]; !strings.HasPrefix(st, "serving generation 1 (generation 2 rolled back: worker ") {
+	if st := sd.all()[i].fields["STATUS"]; !strings.HasPrefix(st, "serving generation 1; generation 2 rolled back: worker ") {
 		t.Errorf("systemd status after the roll-back: %q", st)
 	}
 	checkInvariant(t, p.Log.Events(), p.Workers)

@@ -1,7 +1,8 @@
+//go:build linux
+
 package runtime
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"syscall"
@@ -21,23 +22,14 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			}
 		}
 	}()
+	seen := map[string]int{}
 	for _, l := range p.cfg.Listeners {
-		if l.Network == "unix" && !p.upg.HasParent() {
-			if err := removeStaleSocket(l.Address); err != nil {
-				return fds, nil, fmt.Errorf("listen unix:%s: %v", l.Address, err)
-			}
-		}
-		ln, err := p.bind(l.Network, l.Address, l.Address)
+		// Passed to a new primary as a file (see listenfd.go).
+		key := listenerKey(l, seen[l.Network+" "+l.Address])
+		seen[l.Network+" "+l.Address]++
+		fd, addr, err := p.bindListener(l, key)
 		if err != nil {
-			return fds, nil, listenError(l, err)
-		}
-		fd, err := rawFd(ln)
-		addr := ln.Addr().String()
-		// tableflip keeps its own duplicate for upgrades and the workers
-		// get fd; this one would only linger until a finalizer closed it.
-		ln.Close()
-		if err != nil {
-			return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+			return fds, nil, err
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
@@ -87,21 +79,6 @@ func (p *primary) bind(network, name, addr string) (net.Listener, error) {
 	return ln, err
 }
 
-// listenError rewrites a bind failure as one line that says what to do.
-func listenError(l Listener, err error) error {
-	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
-	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
-	case errors.Is(err, syscall.ENOENT):
-		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
-	}
-	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
-}
-
 // rawFd returns a close-on-exec duplicate of a listener's fd, taken without
 // os.File.Fd, which would put the socket into blocking mode for every
 // process that shares it (golang/go#43894).
@@ -110,7 +87,13 @@ func rawFd(ln net.Listener) (int, error) {
 	if !ok {
 		return -1, fmt.Errorf("%T has no file descriptor", ln)
 	}
-	rc, err := sc.SyscallConn()
+	return dupConn(sc)
+}
+
+// dupConn returns a close-on-exec duplicate of c's fd, taken through
+// RawConn.Control, which leaves the file's mode alone.
+func dupConn(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err
 	}

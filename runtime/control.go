@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -26,6 +28,8 @@ type controlServer struct {
 	p    *primary
 	path string
 	ln   *net.UnixListener
+	// lock is the path's lock (see lockControl), held until close.
+	lock *os.File
 
 	mu        sync.Mutex
 	accepting bool
@@ -62,7 +66,22 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 			return nil, fmt.Errorf("%s: %v", flag, err)
 		}
 		if ln != nil {
-			return p.newControlServer(path, ln), nil
+			// The path's lock, shared with the old primary (passed on to
+			// the next one as it came).
+			lock, err := p.upg.Fds.File(controlLockKey)
+			if err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("%s: %v", flag, err)
+			}
+			if lock == nil {
+				// From a handoff that did not lock the path.
+				if lock, err = lockControl(path); err == nil {
+					p.upg.Fds.AddFile(controlLockKey, lock)
+				}
+			}
+			s := p.newControlServer(path, ln)
+			s.lock = lock
+			return s, nil
 		}
 	}
 	if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
@@ -71,7 +90,8 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 		}
 		return nil, fmt.Errorf("%s: %v", flag, err)
 	}
-	if err := removeStaleSocket(path); err != nil {
+	lock, err := claimControl(path)
+	if err != nil {
 		var live *liveSocketError
 		switch {
 		case errors.Is(err, errNotSocket):
@@ -94,10 +114,17 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 		}
 		return ln, nil
 	})
+	if err == nil {
+		// For a new primary to hold it too, across the hand-over.
+		err = p.upg.Fds.AddFile(controlLockKey, lock)
+	}
 	if err != nil {
+		releaseControl(lock, path, true)
 		return nil, fmt.Errorf("%s: %v", flag, err)
 	}
-	return p.newControlServer(path, ln), nil
+	s := p.newControlServer(path, ln)
+	s.lock = lock
+	return s, nil
 }
 
 func (p *primary) newControlServer(path string, ln net.Listener) *controlServer {
@@ -116,6 +143,7 @@ func (s *controlServer) serve() {
 		return
 	}
 	s.accepting = true
+	ownControl(s.lock)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -184,6 +212,11 @@ func (s *controlServer) close() {
 		s.ln.Close()
 	}
 	s.wg.Wait()
+	// The lock file goes with the socket file: when tableflip removed
+	// that (a primary stopping without a successor; not a new primary
+	// that never took over, whose old primary holds on).
+	p := s.p
+	releaseControl(s.lock, s.path, p.successor == nil && (p.owner || !p.upg.HasParent()))
 }
 
 func (s *controlServer) handle(c *net.UnixConn) {

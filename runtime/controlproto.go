@@ -186,3 +186,7 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// ErrShuttingDown is the outcome of a request that the primary dropped
+// because it is shutting down.
+var ErrShuttingDown = errors.New("the primary is shutting down")

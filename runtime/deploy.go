@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -46,7 +48,7 @@ func (p *primary) deploy(ctx context.Context) error {
 // primary rolls the workers and reports the outcome once it has taken
 // over.
 func (p *primary) deploySelf(ctx context.Context, gen int) error {
-	d := p.beginDeploy(gen, kindPrimary)
+	d := p.beginDeploy(gen, kindPrimary, zap.Duration("timeout", p.upgradeBound()))
 	err := p.upgradeSelf(ctx, gen)
 	// A binary written a moment ago may still be open for writing
 	// somewhere (golang/go#22315); tableflip reports it as text.
@@ -103,7 +105,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 	var rb *workerpool.RolledBackError
 	switch {
 	case err == nil:
-		if !fromDisk || !sameFile(next, p.cur) {
+		if !fromDisk || !sameBuild(next, p.cur) {
 			p.prev = p.cur
 		}
 		p.cur = next
@@ -163,11 +165,7 @@ func (p *primary) endDeploy(ctx context.Context, d *deployRun, outcome string, e
 		return
 	}
 	if ctx.Err() == nil {
-		status := fmt.Sprintf("serving generation %d", p.serving())
-		if outcome != outcomeDone {
-			status += fmt.Sprintf(" (generation %d %s: %s)", d.gen, strings.ReplaceAll(outcome, "_", " "), failureLine(err))
-		}
-		notifySystemd("READY=1\nSTATUS=" + status)
+		notifySystemd(deployedState(p.serving(), d.gen, err))
 	}
 	p.metrics.deployed(d.kind, outcome, time.Since(d.start), p.serving())
 }

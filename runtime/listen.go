@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ParseListen reads a --listen value: [NAME=]HOST:PORT or [NAME=]unix:PATH.
@@ -74,4 +75,19 @@ func unwrapAll(err error) error {
 		}
 		err = u
 	}
+}
+
+// listenError rewrites a bind failure as one line that says what to do.
+func listenError(l Listener, err error) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("listen %s: address already in use: stop what holds it or pick another --listen address", l.Address)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("listen %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; unix sockets a writable directory)", l.Address)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("listen %s: no such address on this machine", l.Address)
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
+	}
+	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -9,10 +11,6 @@ import (
 
 	"go.uber.org/zap"
 )
-
-// ErrShuttingDown is the outcome of a request that the primary dropped
-// because it is shutting down.
-var ErrShuttingDown = errors.New("the primary is shutting down")
 
 // request asks the primary's loop for one job. Jobs run one at a time, in
 // the order asked for: a deploy (run == nil) folds into a deploy already

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -35,6 +37,8 @@ type primary struct {
 	env    []string
 	// successor is the primary that took over, once one has.
 	successor *process
+	// sockFiles are the unix socket files of the worker listeners.
+	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the
 	// first primary, after the hand-over for a new one.
 	owner bool
@@ -140,9 +144,10 @@ type resources struct {
 	stopWatch  func()          // set once the watcher runs
 	upgrader   bool            // tableflip is set up
 	metricsLn  net.Listener
-	fds        []int  // the workers' duplicates of the listeners
-	dir        string // the private directory
-	stopReaper func() // as PID 1
+	fds        []int              // the workers' duplicates of the listeners
+	dir        string             // the private directory
+	output     *workerpool.Output // the workers' forwarded output (nil: raw)
+	stopReaper func()             // as PID 1
 }
 
 // close releases everything, in this order:
@@ -150,16 +155,18 @@ type resources struct {
 //  1. The orphan reaper (PID 1) and the metrics server stop: the workers
 //     are gone (the pool has shut down or been handed over), nothing is
 //     left to reap or to report.
-//  2. The private directory (notify and hand-over sockets) goes, and the
+//  2. The workers' last lines are forwarded (--worker-output prefix or
+//     json): their pipes end with them, a partial last line included.
+//  3. The private directory (notify and hand-over sockets) goes, and the
 //     workers' duplicates of the listeners and this process's metrics
 //     listener close.
-//  3. tableflip stops (closeUpgrader): it closes its listeners and removes
+//  4. tableflip stops (closeUpgrader): it closes its listeners and removes
 //     the unix socket files this primary created, unless a new primary
 //     owns them; Run waits for that.
-//  4. The control socket closes, after the socket file is gone (or is a
+//  5. The control socket closes, after the socket file is gone (or is a
 //     new primary's): a stop request's client sees its connection end
 //     only now, so its EOF means "exited".
-//  5. The watcher stops (or is closed, if it never ran), then requests
+//  6. The watcher stops (or is closed, if it never ran), then requests
 //     are refused (ask answers ErrShuttingDown), Run's context ends and
 //     signals are no longer caught.
 func (r *resources) close() {
@@ -170,6 +177,9 @@ func (r *resources) close() {
 	if p != nil {
 		p.web.close()
 	}
+	// The workers' last lines (after a hand-over, those of the old
+	// workers that drained): the workers are gone, their pipes end.
+	r.output.Wait(outputIdle)
 	if r.dir != "" {
 		os.RemoveAll(r.dir)
 	}
@@ -227,14 +237,12 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if err != nil {
 		return "", nil, err
 	}
-	// tableflip's upgrade bound: the new primary calls Ready after rolling
-	// every worker, each of which may take up to ReadyTimeout, and after
-	// the last one's probation; one that fails drains its new worker and
-	// rolls back before it exits.
+	// tableflip's own upgrade bound is fixed here, for every upgrade; the
+	// real one depends on the pool's size when an upgrade starts, which
+	// scaling changes: upgradeSelf enforces it (upgradeBound).
 	p.upg, err = tableflip.New(tableflip.Options{
-		PIDFile: cfg.PIDFile,
-		UpgradeTimeout: time.Duration(cfg.Workers+1)*cfg.ReadyTimeout + 2*cfg.DrainTimeout + time.Minute +
-			2*max(cfg.MinUptime, 0),
+		PIDFile:        cfg.PIDFile,
+		UpgradeTimeout: tableflipNever,
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("cannot set up upgrades: %v", err)
@@ -259,6 +267,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		return "", nil, err
 	}
 	p.logListening()
+	p.cfg.logWorkers(p.log)
 
 	p.dir, err = privateDir()
 	if err != nil {
@@ -283,6 +292,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		NotifyDir:  p.dir,
 		Stdout:     cfg.WorkerStdout,
 		Stderr:     cfg.WorkerStderr,
+		Output:     cfg.workerOutput(),
 		Logger:     p.log,
 		Watchdog:   cfg.Watchdog,
 		Credential: cred,
@@ -290,6 +300,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
 	}
+	res.output = launcher.Output
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
 		Launcher:     launcher,
@@ -319,7 +330,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
-		cfg.Hub.attach(p.pool)
+		cfg.Hub.attach(p.pool, p.log, p.upg.Fds)
 	}
 	return path, metricsLn, nil
 }
@@ -379,6 +390,7 @@ func (p *primary) closeUpgrader() {
 	}
 	p.upg.Stop()
 	<-p.upg.Exit()
+	p.removeSocketFiles()
 }
 
 func (p *primary) shutdown() error {

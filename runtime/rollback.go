@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -21,14 +23,20 @@ type generation struct {
 	rollbackOf int
 }
 
+// pin is the file g pinned, or nil.
+func (g *generation) pin() *pin.File {
+	f, _ := g.spec.Pin.(*pin.File)
+	return f
+}
+
 // status describes g for status (nil: none).
 func (g *generation) status() *GenerationStatus {
 	if g == nil {
 		return nil
 	}
 	var st *GenerationStatus
-	if g.spec.Pin != nil {
-		st = generationStatus(g.gen, g.spec.Pin.Identity())
+	if f := g.pin(); f != nil {
+		st = generationStatus(g.gen, f.Identity())
 	} else {
 		st = &GenerationStatus{Generation: g.gen, Path: g.spec.Path}
 	}
@@ -36,16 +44,16 @@ func (g *generation) status() *GenerationStatus {
 	return st
 }
 
-// sameFile reports whether a and b run the same file: the same path with
+// sameBuild reports whether a and b run the same file: the same path with
 // the same content (or, for a file the primary may not read, the same
 // inode, size and modification time). The path counts: the launcher
 // script of each release directory is often the same text, but each runs
 // the code next to it.
-func sameFile(a, b *generation) bool {
-	if a == nil || b == nil || a.spec.Pin == nil || b.spec.Pin == nil || a.spec.Path != b.spec.Path {
+func sameBuild(a, b *generation) bool {
+	if a == nil || b == nil || a.pin() == nil || b.pin() == nil || a.spec.Path != b.spec.Path {
 		return false
 	}
-	return a.spec.Pin.Same(b.spec.Pin)
+	return a.pin().Same(b.pin())
 }
 
 // pinCommand pins the executable a generation runs (internal/pin) and
@@ -75,13 +83,13 @@ func (p *primary) keepPin(f *pin.File) {
 func (p *primary) releasePins() {
 	used := map[*pin.File]bool{}
 	for _, g := range []*generation{p.cur, p.prev} {
-		if g != nil && g.spec.Pin != nil {
-			used[g.spec.Pin] = true
+		if g != nil && g.pin() != nil {
+			used[g.pin()] = true
 		}
 	}
 	for _, s := range p.pool.Specs() {
-		if s.Pin != nil {
-			used[s.Pin] = true
+		if f, ok := s.Pin.(*pin.File); ok {
+			used[f] = true
 		}
 	}
 	p.pinsMu.Lock()

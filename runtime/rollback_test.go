@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -173,14 +175,14 @@ func TestStatusGenerations(t *testing.T) {
 	if p.gens.rollback == nil {
 		t.Error("no rollback job with a previous generation")
 	}
-	if !sameFile(p.prev, p.prev) || sameFile(p.prev, p.cur) {
-		t.Error("sameFile")
+	if !sameBuild(p.prev, p.prev) || sameBuild(p.prev, p.cur) {
+		t.Error("sameBuild")
 	}
 	// The same text at another path (a release directory's launcher) is
 	// another file.
 	twin := pinned("a2", "#!/bin/sh\n")
-	if sameFile(p.prev, &generation{gen: 4, spec: &workerpool.Spec{Path: twin.Identity().Path, Pin: twin}}) {
-		t.Error("sameFile of two paths with the same content")
+	if sameBuild(p.prev, &generation{gen: 4, spec: &workerpool.Spec{Path: twin.Identity().Path, Pin: twin}}) {
+		t.Error("sameBuild of two paths with the same content")
 	}
 }
 

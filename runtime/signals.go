@@ -1,31 +1,14 @@
+//go:build linux
+
 package runtime
 
 import (
 	"context"
 	"os"
-	"os/signal"
 	"syscall"
 
 	"go.uber.org/zap"
 )
-
-// CatchSignals starts catching the signals a primary acts on: HUP (deploy),
-// TERM and INT (graceful shutdown), TTIN and TTOU (one worker more, one
-// less). Call it first in main, before any other
-// work, so that a signal sent during start-up is queued rather than fatal,
-// and pass the channel as Config.Signals.
-//
-// It also catches SIGPIPE, so that a write to a stdout or stderr whose
-// reader has gone (journald restarted, a pipe into a pager closed) fails
-// with EPIPE instead of killing the primary and with it every worker. A
-// caught signal, unlike an ignored one, is reset to its default in the
-// workers at exec.
-func CatchSignals() chan os.Signal {
-	ch := make(chan os.Signal, 16)
-	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGTTIN, syscall.SIGTTOU)
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	return ch
-}
 
 // underSignals runs fn while acting on signals and requests, for the
 // phases before the deploy loop runs (start-up, a new primary's take-over):

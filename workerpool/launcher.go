@@ -1,3 +1,5 @@
+//go:build linux
+
 package workerpool
 
 import (
@@ -19,40 +21,6 @@ import (
 	"github.com/handoff-dev/handoff/internal/shim"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-)
-
-// Spec is what a worker runs: one deploy's resolved command.
-type Spec struct {
-	// Path is the resolved executable (absolute, symlinks followed).
-	Path string
-	// Args is the argv, Args[0] included.
-	Args []string
-	// Env is the environment before the worker contract's variables are
-	// added; it must not hold LISTEN_*, NOTIFY_SOCKET or HANDOFF_*.
-	Env []string
-	// Dir is the working directory; empty means the primary's.
-	Dir string
-	// Generation counts deploys; it reaches the worker as HANDOFF_GENERATION.
-	Generation int
-	// Pin, if not nil, is the file the generation pinned (internal/pin):
-	// OSLauncher execs it, whatever is at Path now. nil execs Path.
-	Pin *pin.File
-}
-
-// Launcher starts a worker for a slot.
-type Launcher interface {
-	Launch(slot int, spec *Spec) (Process, error)
-}
-
-// ReadyMode says how a worker's readiness is learnt.
-type ReadyMode int
-
-const (
-	// ReadyNotify waits for READY=1 on the worker's NOTIFY_SOCKET.
-	ReadyNotify ReadyMode = iota
-	// ReadyDelay counts a worker ready once it has been alive for the
-	// delay, or at READY=1 if that comes first.
-	ReadyDelay
 )
 
 // OSLauncher starts workers as real processes through the shim
@@ -78,6 +46,10 @@ type OSLauncher struct {
 	// Stderr receives the workers' stderr, whole lines at a time; nil means
 	// os.Stderr.
 	Stderr io.Writer
+	// Output, if set, forwards the workers' stdout and stderr instead, as
+	// its Mode says (labelled lines, JSON events, or raw); Stdout is then
+	// inherited in raw mode only, and Stderr is not used.
+	Output *Output
 	// Self is the shim executable; empty means /proc/self/exe.
 	Self string
 	// Logger gets STATUS= and STOPPING=1 from workers.
@@ -135,6 +107,12 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		defer exe.Close()
 	}
 
+	wout, err := l.Output.stdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer wout.close()
+
 	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
 	sock, err := sdnotify.Listen(sockPath)
 	if err != nil {
@@ -183,7 +161,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	if l.Watchdog > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
 	}
-	files := []uintptr{uintptr(devnull), stdout.Fd(), uintptr(pipe[1])}
+	files := []uintptr{uintptr(devnull), wout.fd(stdout), uintptr(pipe[1])}
 	for _, fd := range l.Listeners {
 		files = append(files, uintptr(fd))
 	}
@@ -253,7 +231,11 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	p.copied = make(chan struct{})
 	close(p.opened)
 
-	go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+	if l.Output != nil {
+		l.Output.forward(p, slot, spec.Generation, wout, os.NewFile(uintptr(pipe[0]), "worker-stderr"))
+	} else {
+		go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+	}
 	go p.readNotify()
 	if l.Ready == ReadyDelay {
 		go p.readyAfter(l.ReadyDelay)

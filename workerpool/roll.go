@@ -107,16 +107,40 @@ func (p *Pool) HandOver(i int) error {
 	return nil
 }
 
-// Reclaim refills, at once, every slot given away by HandOver: the other
-// primary is gone, and its workers with it.
-func (p *Pool) Reclaim() {
+// Reclaim refills, at once, every slot held by another primary (given
+// away by HandOver, or held since Adopt): that primary is gone, and its
+// workers with it. Each slot runs its last spec; one that never had a
+// worker here (adopted) runs spec, and stays empty if spec is nil. A new
+// worker holds its slot from its launch, as a restart's does, and is
+// restarted if it exits. Reclaim returns once every new worker is ready,
+// or has exited (its restart is scheduled), or ReadyTimeout has passed,
+// or ctx has ended, with how many are ready.
+func (p *Pool) Reclaim(ctx context.Context, spec *Spec) (ready int) {
+	var slots []int
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i, s := range p.slots {
-		if s.reclaim() {
-			p.scheduleLocked(i, 0)
+	for i, s := range p.slots[:p.size] {
+		if (s.spec != nil || spec != nil) && s.reclaim() {
+			if s.spec == nil {
+				s.spec = spec
+			}
+			slots = append(slots, i)
 		}
 	}
+	p.mu.Unlock()
+	var ws []*worker
+	for _, i := range slots {
+		if w := p.restart(i); w != nil {
+			ws = append(ws, w)
+		}
+	}
+	deadline := time.NewTimer(p.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	for _, w := range ws {
+		if p.waitReady(ctx, w, deadline.C) == "" {
+			ready++
+		}
+	}
+	return ready
 }
 
 // Remote reports how many slots are held by another primary.

@@ -21,7 +21,14 @@ import (
 //
 // A worker of a roll, a Replace or a growing Scale runs beside the slot
 // until it is ready, then install makes it the slot's worker; a worker of
-// Start or of a restart holds the slot from its launch.
+// Start or of a restart holds the slot from its launch. The fork runs
+// without the pool's lock, so hold is in two steps: reserve, before the
+// fork, puts the slot in the state hold gives (starting or serving) with
+// no worker yet, which nothing else takes (it is not vacant); once forked,
+// the worker holds it if it is still reserved for it (reservedFor: nothing
+// installed, handed over, adopted or cleared it meanwhile), else it is
+// retired as not needed. A fork that fails gives the slot back its state
+// (unreserve).
 type slotState int
 
 const (
@@ -56,6 +63,10 @@ type slot struct {
 	failures int // crash restarts in a row, for the backoff
 	restarts int // crash restarts of this slot so far
 	restart  *time.Timer
+	// pending is the worker being launched for the slot after reserve;
+	// it means something only while the slot is still reserved (cur nil,
+	// in the reserved state).
+	pending *worker
 }
 
 // vacant reports whether no worker holds the slot, neither one of this
@@ -69,7 +80,33 @@ func (s *slot) vacant() bool {
 // slotStarting for a worker of Start, slotServing for a restart. The
 // failure count stays: it is what the next restart's backoff counts.
 func (s *slot) hold(w *worker, spec *Spec, st slotState) {
-	s.state, s.cur, s.spec = st, w, spec
+	s.state, s.cur, s.spec, s.pending = st, w, spec, nil
+}
+
+// reserve keeps a vacant slot for w, about to be forked, in state st
+// (what hold will give it), with no worker yet. It returns the state to
+// give back if the fork fails.
+func (s *slot) reserve(w *worker, st slotState) (prev slotState) {
+	prev = s.state
+	s.state, s.cur, s.pending = st, nil, w
+	return prev
+}
+
+// reservedFor reports whether the slot is still kept for w, reserved in
+// state st: nothing took it since.
+func (s *slot) reservedFor(w *worker, st slotState) bool {
+	return s.pending == w && s.cur == nil && s.state == st
+}
+
+// unreserve gives the slot, if still kept for w (reserved in state st),
+// its state before the reservation back: w's fork failed.
+func (s *slot) unreserve(w *worker, st, prev slotState) {
+	if s.reservedFor(w, st) {
+		s.state = prev
+	}
+	if s.pending == w {
+		s.pending = nil
+	}
 }
 
 // serve ends Start: its worker keeps the slot, and is restarted from now
@@ -128,7 +165,7 @@ func (s *slot) handOver() (old *worker) {
 }
 
 // reclaim takes back a slot of another primary that is gone: it is
-// restarting (the caller schedules the restart).
+// restarting (the caller launches the restart).
 func (s *slot) reclaim() bool {
 	if s.state != slotRemote {
 		return false
@@ -181,20 +218,21 @@ func (p *Pool) scheduleLocked(i int, delay time.Duration) {
 }
 
 // restart launches a worker for a restarting slot i, unless something
-// else has filled it meanwhile.
-func (p *Pool) restart(i int) {
+// else has filled it meanwhile, and returns it (nil if none was launched).
+func (p *Pool) restart(i int) *worker {
 	p.mu.Lock()
 	s := p.slots[i]
 	s.restart = nil
 	if p.closing || i >= p.size || s.state != slotRestarting || s.spec == nil {
 		p.mu.Unlock()
-		return
+		return nil
 	}
 	spec := s.spec
 	s.restarts++
 	p.cfg.Observer.WorkerRestarted(i)
 	p.mu.Unlock()
-	if _, err := p.launch(i, spec, slotServing); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
+	w, err := p.launch(i, spec, slotServing)
+	if err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
 		p.mu.Lock()
 		s.failures++
 		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
@@ -203,4 +241,5 @@ func (p *Pool) restart(i int) {
 		}
 		p.mu.Unlock()
 	}
+	return w
 }

@@ -45,31 +45,67 @@ func (p *Pool) noteReady(w *worker) {
 // the worker as its own at once: slotStarting (Start) or slotServing (a
 // restart). With slotEmpty the worker runs beside the slot until it is
 // ready and installed (a roll, Replace, a growing Scale).
+//
+// The fork and exec (Launcher.Launch) run without the pool's lock, so
+// that status, /readyz and exits are not held up by them: the slot is
+// reserved before (see slot.reserve), and the worker recorded after. A
+// worker whose slot was taken meanwhile, or forked once Shutdown began
+// (which waits for every launch), is retired at once, and errSlotTaken
+// or ErrClosing returned.
 func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
+	w := &worker{slot: i, gen: spec.Generation, reaped: make(chan struct{})}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closing {
+		p.mu.Unlock()
 		return nil, ErrClosing
 	}
-	if hold != slotEmpty && !p.slots[i].vacant() {
-		// A roll or a hand-over took the slot since the restart was
-		// decided.
-		return nil, errSlotTaken
+	var prev slotState
+	if hold != slotEmpty {
+		if !p.slots[i].vacant() {
+			// A roll or a hand-over took the slot since the restart was
+			// decided.
+			p.mu.Unlock()
+			return nil, errSlotTaken
+		}
+		prev = p.slots[i].reserve(w, hold)
 	}
+	// Shutdown waits for this launch, and so for the worker it forks.
+	p.monitors.Add(1)
+	defer p.monitors.Done()
+	p.mu.Unlock()
+
 	proc, err := p.cfg.Launcher.Launch(i, spec)
+
+	p.mu.Lock()
+	s := p.slots[i]
 	if err != nil {
+		if hold != slotEmpty {
+			s.unreserve(w, hold, prev)
+		}
+		p.mu.Unlock()
 		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
 	}
-	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(), reaped: make(chan struct{}),
-		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
+	w.proc, w.started = proc, time.Now()
+	w.log = p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))
 	p.all[w] = struct{}{}
-	if hold != slotEmpty {
-		p.slots[i].hold(w, spec, hold)
+	taken := hold != slotEmpty && !s.reservedFor(w, hold)
+	if hold != slotEmpty && !taken {
+		s.hold(w, spec, hold)
 	}
+	closing := p.closing
 	w.log.Info("worker spawned")
 	p.cfg.Observer.WorkerStarted(i)
 	p.monitors.Add(1)
 	go p.monitor(w)
+	p.mu.Unlock()
+	switch {
+	case closing:
+		p.retire(w, "shutdown")
+		return nil, ErrClosing
+	case taken:
+		p.retire(w, "not needed: the slot changed")
+		return nil, errSlotTaken
+	}
 	return w, nil
 }
 

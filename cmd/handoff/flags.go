@@ -38,7 +38,8 @@ Flags:
                            unix:PATH. Workers get them as fds 3, 4, ... in this
                            order; NAME goes into LISTEN_FDNAMES (default
                            listener0, listener1, ...)
-  --workers N              worker processes (default: the CPUs available, %d here)
+  --workers N              worker processes (default: the CPUs the process may
+                           use, cgroup CPU quota included, %d here)
   --ready MODE             how a worker tells it is ready (default delay:1s):
                              notify          it sends READY=1 to $NOTIFY_SOCKET
                              delay:DURATION  it has stayed up that long (a
@@ -83,6 +84,16 @@ Flags:
                            is replaced, then drains for DURATION at most
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
+  --worker-output MODE     how the workers' stdout and stderr lines are
+                           written (default json with --log-format json,
+                           else prefix):
+                             prefix  "w0:4242| line": slot and pid in front,
+                                     stdout lines to stdout, stderr to stderr
+                             json    one JSON event per line ("worker
+                                     output": slot, pid, generation,
+                                     stream, line)
+                             raw     untouched: the workers inherit stdout,
+                                     stderr lines pass as they are
 
 Signals to the primary:
   HUP        deploy what is on disk now: replace the workers one at a time
@@ -145,6 +156,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		stop    string
 		maxMem  string
 		uptime  time.Duration
+		output  string
 	)
 	workers := c.workers
 	if workers == 0 {
@@ -164,6 +176,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&cfg.Control, "control", "", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
+	fs.StringVar(&output, "worker-output", "", "")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "")
 	fs.StringVar(&cfg.User, "user", "", "")
 	fs.StringVar(&maxMem, "max-memory", "", "")
@@ -207,7 +220,9 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = workers
+		// 0 leaves the default to runtime.Run, which logs where it comes
+		// from (a cgroup CPU quota, the CPU affinity).
+		cfg.Workers = c.workers
 	}
 	switch {
 	case ready == "notify":
@@ -273,6 +288,18 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 			return fail("--metrics %s is also a --listen address: give the metrics their own port", cfg.Metrics)
 		}
 	}
+	if output == "" {
+		// One JSON object per line throughout when the log is JSON.
+		output = "prefix"
+		if lc.format == "json" {
+			output = "json"
+		}
+	}
+	mode, ok := workerpool.ParseOutputMode(output)
+	if !ok {
+		return fail("--worker-output %q: use prefix, json or raw", output)
+	}
+	cfg.WorkerOutput = mode
 	if flagSet(fs, "user") {
 		if name, group, ok := strings.Cut(cfg.User, ":"); name == "" || (ok && group == "") {
 			return fail("--user %q: give USER or USER:GROUP, e.g. --user www-data or --user www-data:www-data", cfg.User)

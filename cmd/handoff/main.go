@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	goruntime "runtime"
 
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/runtime"
@@ -36,6 +37,10 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, topUsage)
 		return exitUsage
+	}
+	if err := needsLinux(args[0], goos); err != nil {
+		fmt.Fprintln(stderr, "handoff:", err)
+		return 1
 	}
 	var err error
 	switch args[0] {
@@ -74,16 +79,30 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 	}
 }
 
+// goos is the platform this handoff runs on (a variable for the tests).
+var goos = goruntime.GOOS
+
+// needsLinux says why cmd cannot run on goos: run and dev start a
+// primary, which needs Linux (see runtime/platform_linux.go). The other
+// commands, and library mode, build and run everywhere.
+func needsLinux(cmd, goos string) error {
+	if goos == "linux" || (cmd != "run" && cmd != "dev") {
+		return nil
+	}
+	return fmt.Errorf("handoff %s needs Linux (its primary forks workers with PR_SET_PDEATHSIG, signals through pidfds and checks peers with SO_PEERCRED; this is %s): run it in a Linux VM or container", cmd, goos)
+}
+
 func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) error {
 	cfg, logCfg, err := parseRun(args, stdout)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logCfg, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newLogger(logCfg, ws)
 	if err != nil {
 		return usageError{err}
 	}
-	cfg.Logger = log
+	logTo(&cfg, log, ws)
 	cfg.Signals = sigs
 	return runtime.Run(context.Background(), cfg)
 }
@@ -98,9 +117,9 @@ Usage:
                                             the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
-  handoff dev [flags] --build CMD -- COMMAND [ARG...]
-                                            rebuild on every source change and roll
-                                            each build out without going dark
+  handoff dev [flags] [--build CMD] -- COMMAND [ARG...]
+                                            roll every source change out (built
+                                            first with --build) without going dark
   handoff version                           print the version
   handoff help                              this text
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package pin pins the executable of a generation: once a deploy has
 // resolved its command, every worker of that generation runs exactly the
 // file the deploy found, whatever happens at the path later (a rename over

@@ -1,3 +1,5 @@
+//go:build linux
+
 package shim
 
 import (
@@ -6,17 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// EnvExecFD, when set, is the descriptor at which the shim inherited the
-// pinned file of the worker's generation (see internal/pin): the shim execs
-// that file, whatever is at the command's path now. The launcher puts it
-// past the listeners and the message channel.
-const EnvExecFD = "HANDOFF_SHIM_EXEC_FD"
-
-// EnvExecVia, optional with EnvExecFD, is a symlink to /proc/self/fd/N
-// (pin.ExecLink) named like the command: exec'd through it, the worker is
-// named after its command (/proc/PID/comm), not after the number N.
-const EnvExecVia = "HANDOFF_SHIM_EXEC_VIA"
 
 // pinnedExec returns what to exec for the command at path, and env less
 // EnvExecFD and EnvExecVia. Without EnvExecFD that is path itself.

@@ -10,6 +10,9 @@
 //     upg.Listen, upg.Ready, Upgrade on SIGHUP, and http.Server.Shutdown
 //     once upg.Exit() fires.
 //
+// --spew N makes it write N lines of --spew-size bytes to stdout, as fast
+// as it can, on every SIGUSR1 (the worker-output benchmark).
+//
 // --ready-delay makes it take that long to get ready (before it serves and
 // before READY=1), to model an application with a slow start.
 //
@@ -18,6 +21,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -45,6 +49,8 @@ func main() {
 	drainTimeout := flag.Duration("drain", 10*time.Second, "bound of the drain on SIGTERM")
 	useTableflip := flag.Bool("tableflip", false, "run as tableflip's README shows: Upgrade on SIGHUP, Shutdown on Exit")
 	pidFile := flag.String("pid-file", "", "with --tableflip: the pid file tableflip maintains")
+	spew := flag.Int("spew", 0, "on SIGUSR1, write this many lines to stdout")
+	spewSize := flag.Int("spew-size", 100, "with --spew: bytes per line, newline included")
 	flag.Parse()
 	if *version == "" {
 		*version = trailerVersion()
@@ -69,6 +75,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	if *spew > 0 {
+		spewOnUSR1(*spew, *spewSize)
+	}
 	time.Sleep(*readyDelay)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -79,6 +88,26 @@ func main() {
 	if err := <-done; err != nil {
 		log.Fatal(err)
 	}
+}
+
+// spewOnUSR1 writes n lines of size bytes to stdout on every SIGUSR1.
+func spewOnUSR1(n, size int) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			w := bufio.NewWriterSize(os.Stdout, 64<<10)
+			line := []byte(fmt.Sprintf("spew %d ", os.Getpid()))
+			for len(line) < size-1 {
+				line = append(line, 'x')
+			}
+			line = append(line, '\n')
+			for i := 0; i < n; i++ {
+				w.Write(line)
+			}
+			w.Flush()
+		}
+	}()
 }
 
 // TrailerPrefix starts the version trailer: a copy of this executable with
