@@ -38,7 +38,11 @@ func main() {
 	drainTimeout := flag.Duration("drain-timeout", runtime.DefaultDrainTimeout, "time a retiring worker has to drain")
 	logFormat := flag.String("log-format", "console", "console or json")
 	watch := flag.Bool("watch", false, "deploy whenever this program's executable is replaced (a new build), without a HUP")
+	minUptime := flag.Duration("min-uptime", runtime.DefaultMinUptime, "a deploy's probation: a new worker that exits sooner after it is ready fails the deploy, which is rolled back (0: off)")
 	flag.Parse()
+	if *minUptime == 0 {
+		*minUptime = -1 // off: Config's 0 is the default
+	}
 
 	l, err := runtime.ParseListen(*listen, 0)
 	if err != nil {
@@ -60,6 +64,7 @@ func main() {
 			Workers:      *workers,
 			PIDFile:      *pidFile,
 			DrainTimeout: *drainTimeout,
+			MinUptime:    *minUptime,
 			Watch:        *watch,
 			Logger:       log,
 			// The workers' lines: labelled with their slot and pid, or
