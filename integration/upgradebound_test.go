@@ -11,8 +11,8 @@ import (
 
 // TestSelfUpgradeBoundFollowsScale: a primary started with one worker and
 // scaled to three bounds its self-upgrade by the three slots it has when
-// the upgrade starts, (3+1) × --ready-timeout + 2 × --drain-timeout + 1
-// min, not by --workers; the upgrade, whose new workers are slow to get
+// the upgrade starts, (3+1) × --ready-timeout + 2 × --drain-timeout + 2 ×
+// --min-uptime + 1 min, not by --workers; the upgrade, whose new workers are slow to get
 // ready, hands all three slots over.
 func TestSelfUpgradeBoundFollowsScale(t *testing.T) {
 	t.Parallel()
@@ -35,7 +35,11 @@ func TestSelfUpgradeBoundFollowsScale(t *testing.T) {
 	if k := u.Started.Str("kind"); k != "primary" {
 		t.Fatalf("generation %d: kind %q, want \"primary\"", u.Gen, k)
 	}
-	want := time.Duration(workers+1)*ready + 2*drain + time.Minute
+	minUptime, err := time.ParseDuration(harnessMinUptime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Duration(workers+1)*ready + 2*drain + 2*minUptime + time.Minute
 	if got, ok := u.Started.Duration("timeout"); !ok || got != want {
 		t.Errorf("\"upgrade started\" timeout %v (%v), want %s for %d slots: %s", got, ok, want, workers, u.Started.Raw)
 	}
