@@ -75,7 +75,13 @@ func TestOldPrimaryKilledDuringHandOver(t *testing.T) {
 				if err := copyFile(handoffBin, next, 0o755); err != nil {
 					t.Fatal(err)
 				}
-				installFile(t, p.Bin, "#!/bin/sh\n"+
+				// fd 4 is tableflip's pipe of the listeners' names: the
+				// old primary writes them right after the fork, and a
+				// kill before that leaves nothing a new primary could
+				// serve on. Started means past that point.
+				installFile(t, p.Bin, "#!/bin/bash\n"+
+					"i=0\n"+
+					"until read -t 0 -u 4 || [ $i -ge 3000 ]; do sleep 0.01; i=$((i+1)); done\n"+
 					": > '"+p.Dir+"/wrapper-started'\n"+
 					"i=0\n"+
 					"while [ ! -e '"+p.Dir+"/wrapper-go' ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done\n"+
