@@ -4,7 +4,7 @@ BIN      ?= bin
 ADDR     ?= 127.0.0.1:8080
 WORKERS  ?= 2
 
-.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration integration-race vet fmt-check clean fuzz
+.PHONY: all build run deploy hello hello-deploy deps soak bench test unit integration integration-race vet cross fmt-check clean fuzz
 
 all: build
 
@@ -37,12 +37,22 @@ hello-deploy:
 	mv $(BIN)/hello.new $(BIN)/hello
 	kill -HUP $$(cat $(BIN)/hello.pid)
 
-# Everything: vet, formatting, unit tests under the race detector, then the
-# end-to-end tests against real processes.
-test: vet fmt-check unit integration
+# Everything: vet, the other platforms' builds, formatting, unit tests
+# under the race detector, then the end-to-end tests against real processes.
+test: vet cross fmt-check unit integration
 
 vet:
 	$(GO) vet ./...
+
+# Library mode builds on the platforms where the primary does not run (it
+# serves standalone there): build and vet everything for each of them.
+CROSS ?= darwin/arm64 darwin/amd64 freebsd/amd64
+cross:
+	@set -e; for p in $(CROSS); do \
+		echo "go build && go vet: $$p"; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build ./...; \
+		GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) vet ./...; \
+	done
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -79,7 +89,7 @@ soak:
 # Prints the tables and writes them to $(BIN)/benchmarks.md. About 10 minutes
 # on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
 # to also put the results into docs/BENCHMARKS.md; BENCH_ONLY=devloop,balance
-# runs only those (of overhead, disruption, scaling, devloop, balance,
+# runs only those (of overhead, disruption, scaling, devloop, balance, output,
 # adoption).
 BENCH_QUICK ?=
 BENCH_DOC   ?=

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -13,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // Servers that bind their own port, run under handoff unmodified: the
@@ -311,14 +315,19 @@ func TestAdoptOffSaysWhy(t *testing.T) {
 }
 
 // TestAdoptAutoRefused: where the seccomp policy refuses seccomp() (a
-// container runtime's, simulated by integration/noseccomp), the default
+// container runtime's, simulated by testutil.NoSeccompMain), the default
 // --adopt-bind auto turns adoption off with one info line that says why,
 // and a LISTEN_FDS worker serves as ever; --adopt-bind on, and --ready
 // bind, are start-up errors that name the cause.
 func TestAdoptAutoRefused(t *testing.T) {
 	t.Parallel()
-	wrap := []string{servers["noseccomp"]}
-	p := StartPrimary(t, Options{Wrap: wrap})
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This test binary, as a wrapper (testutil.NoSeccompMain).
+	noSeccomp := []string{testutil.EnvNoSeccomp + "=1"}
+	p := StartPrimary(t, Options{Wrap: []string{self}, Env: noSeccomp})
 	offs := p.Log.Filter("bind adoption off")
 	if len(offs) != 1 || !strings.Contains(offs[0].Str("reason"), "seccomp() refused") || offs[0].Str("level") != "info" {
 		t.Errorf("events %v, want one info \"bind adoption off\" saying seccomp() was refused", offs)
@@ -331,7 +340,7 @@ func TestAdoptAutoRefused(t *testing.T) {
 
 	for _, flag := range [][]string{{"--adopt-bind", "on"}, {"--ready", "bind"}} {
 		args := append(append([]string{handoffBin, "run"}, flag...), "--listen", "127.0.0.1:0", "--", servers["v1"])
-		r := runHandoff(t, servers["noseccomp"], nil, nil, args...)
+		r := runHandoff(t, self, noSeccomp, nil, args...)
 		oneLine(t, strings.Join(flag, " ")+" under a policy refusing seccomp()", r.stderr,
 			strings.Join(flag, " ")+": bind adoption cannot work here: seccomp() refused", "operation not permitted")
 		if r.code != 1 {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -110,6 +112,12 @@ func startDev(t *testing.T, workers int, flags ...string) *Primary {
 // without waiting for the primary to be ready.
 func startDevWith(t *testing.T, workers int, src string, noWait bool, flags ...string) *Primary {
 	t.Helper()
+	return startDevBuild(t, workers, src, "go build -o bin/server .", noWait, flags...)
+}
+
+// startDevBuild is startDevWith with a build command of its own.
+func startDevBuild(t *testing.T, workers int, src, build string, noWait bool, flags ...string) *Primary {
+	t.Helper()
 	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +126,7 @@ func startDevWith(t *testing.T, workers int, src string, noWait bool, flags ...s
 		Subcommand: "dev",
 		Workers:    workers,
 		Command:    "./bin/server",
-		Flags:      append([]string{"--build", "go build -o bin/server ."}, flags...),
+		Flags:      append([]string{"--build", build}, flags...),
 		Env:        []string{"GOFLAGS=-mod=mod", "GOCACHE=" + strings.TrimSpace(string(gocache)), "GOTOOLCHAIN=local"},
 		NoWait:     noWait,
 		Prepare: func(dir string) {
@@ -263,4 +271,59 @@ func TestDevFirstBuildFails(t *testing.T) {
 	if st := p.WaitExit(30 * time.Second); st == nil || st.ExitCode() != 0 {
 		t.Fatalf("after TERM: %v", st)
 	}
+}
+
+// TestDevSignalsBeforeFirstBuild: signals that come before anything
+// serves are not lost. A TTIN during the first build adds a worker once
+// the primary runs; a HUP after a failed first build builds again (the
+// way to retry a build that failed for a reason outside the watched
+// files).
+func TestDevSignalsBeforeFirstBuild(t *testing.T) {
+	t.Parallel()
+	t.Run("TTIN", func(t *testing.T) {
+		t.Parallel()
+		// A first build slow enough for the signal to come during it.
+		p := startDevBuild(t, 1, devSource("one"), "sleep 1 && go build -o bin/server .", true)
+		st := p.awaitEvent(0, time.Minute, "build started")
+		p.Signal(p.PID, syscall.SIGTTIN)
+		if e, ok := p.Log.Wait(st.Seq, 0, isMsg("listening")); ok {
+			t.Fatalf("serving before the TTIN: %s", e.Raw)
+		}
+		if b := p.awaitBuild(0, 2*time.Minute); b.Msg != "build finished" {
+			t.Fatalf("first build: %s", b.Raw)
+		}
+		p.WaitReady(time.Minute)
+		fin, ok := p.Log.Wait(0, 30*time.Second, isMsg("scale finished", "scale aborted", "scale refused"))
+		if !ok || fin.Msg != "scale finished" || fin.Int0("to") != 2 {
+			t.Fatalf("after a TTIN during the first build: %v\n%s", fin.Raw, p.Tail(30))
+		}
+		p.Workers = 2
+		p.WaitServing(p.URL(), "one", 20*time.Second)
+	})
+	t.Run("HUP", func(t *testing.T) {
+		t.Parallel()
+		// The build needs a file that is not watched.
+		p := startDevBuild(t, 1, devSource("one"), "test -e ok && go build -o bin/server .", true, "--exclude", "ok")
+		if b := p.awaitBuild(0, 2*time.Minute); b.Msg != "build failed" {
+			t.Fatalf("first build: %s", b.Raw)
+		}
+		mark := p.Log.Len()
+		writeBytes(t, filepath.Join(p.Dir, "ok"), nil, 0o644)
+		p.Signal(p.PID, syscall.SIGHUP)
+		if b := p.awaitBuild(mark, 2*time.Minute); b.Msg != "build finished" {
+			t.Fatalf("the build after HUP: %s", b.Raw)
+		}
+		p.WaitReady(time.Minute)
+		p.WaitServing(p.URL(), "one", 20*time.Second)
+	})
+}
+
+// awaitEvent waits for the next event msg after index from.
+func (p *Primary) awaitEvent(from int, d time.Duration, msg string) Event {
+	p.t.Helper()
+	e, ok := p.Log.Wait(from, d, isMsg(msg))
+	if !ok {
+		p.t.Fatalf("no %q within %s\n%s", msg, d, p.Tail(40))
+	}
+	return e
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -104,7 +106,7 @@ const nListeners = 2
 // nListeners inherited sockets at fds 3, 4, ... and returns the fds it
 // reports as open at start: stdio, those sockets and what the Go runtime
 // opens of its own before main.
-func standaloneFDs(t *testing.T) []int {
+func standaloneFDs(t *testing.T, old oldKernel) []int {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "server")
@@ -113,6 +115,9 @@ func standaloneFDs(t *testing.T) []int {
 	}
 	mark := newMark(t)
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0")
+	if old.Wrap != nil {
+		cmd = exec.Command(old.Wrap[0], append(old.Wrap[1:len(old.Wrap):len(old.Wrap)], cmd.Args...)...)
+	}
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
@@ -120,7 +125,7 @@ func standaloneFDs(t *testing.T) []int {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, markEnv+"="+mark)
+	cmd.Env = append(append(env, markEnv+"="+mark), old.Env...)
 	// Two inherited sockets at fds 3 and 4, as under handoff, so that the
 	// runtime's own fds get the same numbers; without LISTEN_FDS the
 	// testserver leaves them alone.
@@ -181,6 +186,17 @@ func standaloneFDs(t *testing.T) []int {
 // fds, and both a TCP and a unix listener serve.
 func TestWorkerEnvironment(t *testing.T) {
 	t.Parallel()
+	checkWorkerEnvironment(t, oldKernel{})
+}
+
+// TestWorkerEnvironmentOldKernel: the same on the oldest kernel handoff
+// supports (Linux 4.18: no close_range, no pidfd).
+func TestWorkerEnvironmentOldKernel(t *testing.T) {
+	t.Parallel()
+	checkWorkerEnvironment(t, oldKernelWrap(t))
+}
+
+func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 	aux := t.TempDir()
 	sock := filepath.Join(aux, "admin.sock")
 	// The primary's own NOTIFY_SOCKET, as under systemd: workers must not
@@ -198,12 +214,26 @@ func TestWorkerEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { canary.Close() })
+	// Behind other inherited fds, at 8: past every fd a worker is given
+	// (a worker's fds 3, 4 are the listeners, whatever the primary had
+	// there).
+	inherited := []*os.File{}
+	for i := 0; i < 5; i++ {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		inherited = append(inherited, f)
+	}
+	inherited = append(inherited, canary)
 
-	baseline := standaloneFDs(t)
+	baseline := standaloneFDs(t, old)
 	p := StartPrimary(t, Options{
 		Listen:     []string{"web=127.0.0.1:0", "admin=unix:" + sock},
-		Env:        []string{"NOTIFY_SOCKET=" + ownNotify},
-		ExtraFiles: []*os.File{canary},
+		Env:        append([]string{"NOTIFY_SOCKET=" + ownNotify}, old.Env...),
+		ExtraFiles: inherited,
+		Wrap:       old.Wrap,
 	})
 	var web string
 	for _, e := range p.Log.Filter("listening") {
@@ -288,6 +318,22 @@ func TestWorkerEnvironment(t *testing.T) {
 				pid, r.FDs, wantFDs, nListeners)
 		}
 		checkSharedFiles(t, pid, p.PID, listenerInodes, canary.Name())
+	}
+
+	// The listeners are in blocking mode at exec, as systemd passes them:
+	// the worker that started first saw them so. (The testserver's
+	// net.FileListener then sets O_NONBLOCK on the description it shares
+	// with the other workers, as any Go worker does.)
+	blockingAtExec := 0
+	for pid, r := range seen {
+		nb := parseInts(r.Env["nonblocking"])
+		t.Logf("worker %d: non-blocking at exec: %v", pid, nb)
+		if !slices.Contains(nb, 3) && !slices.Contains(nb, 4) {
+			blockingAtExec++
+		}
+	}
+	if len(seen) > 0 && blockingAtExec == 0 {
+		t.Errorf("no worker found its listeners (fds 3, 4) in blocking mode at exec")
 	}
 
 	// The unix listener serves too.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -245,6 +248,9 @@ func (b *lineBuf) Lines() []string {
 type Options struct {
 	// Workers is --workers; 0 means 2.
 	Workers int
+	// DefaultWorkers leaves --workers out, for handoff to choose; Workers
+	// is then the number the test expects it to choose.
+	DefaultWorkers bool
 	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
 	// in them stands for the test's directory.
 	Listen []string
@@ -252,6 +258,10 @@ type Options struct {
 	Ready string
 	// Flags are further handoff flags, put before --.
 	Flags []string
+	// MinUptime is --min-uptime; "" means harnessMinUptime, short, for
+	// the tests that do not exercise probation (the CLI's default is 5s,
+	// which every deploy would wait for). Not for Lib programs.
+	MinUptime string
 	// Server is the testserver variant copied to DIR/server; "" means v1.
 	Server string
 	// Command replaces DIR/server as the worker command after --; "$DIR"
@@ -280,6 +290,11 @@ type Options struct {
 	// Flags and Args. Ready, Server and Command do not apply.
 	Lib string
 }
+
+// harnessMinUptime is the probation of the primaries the tests start,
+// unless Options.MinUptime says otherwise: short, so that a deploy does
+// not wait the CLI's default 5s, yet still a probation.
+const harnessMinUptime = "300ms"
 
 // Primary is one `handoff run` a test started, and whatever it became:
 // after a self-upgrade the pid file names another process.
@@ -377,8 +392,14 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		if o.Subcommand == "" {
 			o.Subcommand = "run"
 		}
+		if o.MinUptime == "" {
+			o.MinUptime = harnessMinUptime
+		}
 		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
-			"--ready", o.Ready, "--pid-file", p.PIDFile}
+			"--ready", o.Ready, "--pid-file", p.PIDFile, "--min-uptime", o.MinUptime}
+		if o.DefaultWorkers {
+			args = slices.Delete(args, 3, 5)
+		}
 		for _, l := range o.Listen {
 			args = append(args, "--listen", strings.ReplaceAll(l, "$DIR", dir))
 		}
@@ -598,12 +619,18 @@ func (p *Primary) InstallHandoff() {
 // Upgrade is one deploy as seen in the log.
 type Upgrade struct {
 	Started Event
-	End     Event // "upgrade finished" or "upgrade aborted"
+	End     Event // "upgrade finished", "upgrade aborted" or "upgrade rolled back"
 	Gen     int
 }
 
-// Aborted reports whether the deploy was refused.
-func (u Upgrade) Aborted() bool { return u.End.Msg == "upgrade aborted" }
+// Aborted reports whether the deploy failed: refused, or rolled back.
+func (u Upgrade) Aborted() bool { return u.End.Msg != "upgrade finished" }
+
+// RolledBack reports whether the deploy failed and was rolled back.
+func (u Upgrade) RolledBack() bool { return u.End.Msg == "upgrade rolled back" }
+
+// isDeployEnd matches the events that end a deploy.
+var isDeployEnd = isMsg("upgrade finished", "upgrade aborted", "upgrade rolled back")
 
 // Deploy sends SIGHUP to the current primary and waits for the deploy it
 // starts to finish or abort.
@@ -616,8 +643,8 @@ func (p *Primary) Deploy(d time.Duration) Upgrade {
 }
 
 // AwaitUpgrade waits for the first "upgrade started" at or after index
-// from, and for the "upgrade finished" or "upgrade aborted" of its
-// generation.
+// from, and for the end of its generation ("upgrade finished", "upgrade
+// aborted" or "upgrade rolled back").
 func (p *Primary) AwaitUpgrade(from int, d time.Duration) Upgrade {
 	p.t.Helper()
 	end := time.Now().Add(d)
@@ -631,10 +658,10 @@ func (p *Primary) AwaitUpgrade(from int, d time.Duration) Upgrade {
 	}
 	fin, ok := p.Log.Wait(st.Seq+1, time.Until(end), func(e Event) bool {
 		g, ok := e.Int("generation")
-		return ok && g == gen && (e.Msg == "upgrade finished" || e.Msg == "upgrade aborted")
+		return ok && g == gen && isDeployEnd(e)
 	})
 	if !ok {
-		p.t.Fatalf("generation %d: no \"upgrade finished\" or \"upgrade aborted\" within %s\n%s", gen, d, p.Tail(80))
+		p.t.Fatalf("generation %d: no end (finished, aborted, rolled back) within %s\n%s", gen, d, p.Tail(80))
 	}
 	return Upgrade{Started: st, End: fin, Gen: gen}
 }
@@ -721,14 +748,24 @@ func (p *Primary) cleanup() {
 	case <-time.After(5 * time.Second):
 		t.Errorf("cleanup: primary %d not reaped", p.PID)
 	}
+	if !p.waitStreams(5 * time.Second) {
+		t.Errorf("cleanup: primary's stdout/stderr still open")
+	}
+	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
+}
+
+// waitStreams waits up to d until the primary's stdout and stderr have
+// ended (every process holding them has gone) and all they carried has
+// been read.
+func (p *Primary) waitStreams(d time.Duration) bool {
 	waited := make(chan struct{})
 	go func() { p.readersWG.Wait(); close(waited) }()
 	select {
 	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Errorf("cleanup: primary's stdout/stderr still open")
+		return true
+	case <-time.After(d):
+		return false
 	}
-	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
 }
 
 // checkNoRace fails t when a race build (HANDOFF_TEST_RACE=1) reported a
@@ -888,10 +925,18 @@ func checkPrimaryField(t *testing.T, events []Event, pids ...int) {
 // checkInvariant replays the worker events and checks, after the first
 // "primary ready" and until "shutdown started", that at every event at
 // least n workers are ready and neither retiring nor exited, and at most
-// n+1 are spawned and neither retiring nor exited.
+// n+1 are spawned and neither retiring nor exited. The one exception is
+// the documented one: after a ready worker exits unasked (a crash), one
+// ready worker fewer, until a worker of that primary's slot is ready
+// again.
 func checkInvariant(t *testing.T, events []Event, n int) {
 	t.Helper()
-	type ws struct{ spawned, ready, retiring, exited bool }
+	type ws struct {
+		spawned, ready, retiring, exited bool
+		primary, slot                    int
+	}
+	type slotKey struct{ primary, slot int }
+	crashed := map[slotKey]bool{}
 	workers := map[int]*ws{}
 	get := func(pid int) *ws {
 		w := workers[pid]
@@ -908,19 +953,29 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 		switch e.Msg {
 		case "worker spawned":
 			if hasPID {
-				get(pid).spawned = true
+				w := get(pid)
+				w.spawned, w.primary, w.slot = true, e.Int0("primary"), e.Int0("slot")
 			}
 		case "worker ready":
 			if hasPID {
 				get(pid).ready = true
+				delete(crashed, slotKey{e.Int0("primary"), e.Int0("slot")})
 			}
 		case "worker retiring":
 			if hasPID {
 				get(pid).retiring = true
 			}
+		case "worker reinstated":
+			// The old worker that stood by a deploy's probation takes its
+			// slot back: it was ready all along.
+			delete(crashed, slotKey{e.Int0("primary"), e.Int0("slot")})
 		case "worker exited":
 			if hasPID {
-				get(pid).exited = true
+				w := get(pid)
+				if w.ready && !w.retiring && !w.exited && e.Str("level") == "warn" {
+					crashed[slotKey{w.primary, w.slot}] = true
+				}
+				w.exited = true
 			}
 		case "primary ready":
 			checking = true
@@ -949,7 +1004,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 				serving++
 			}
 		}
-		if serving < n || running > n+1 {
+		if serving < n-len(crashed) || running > n+1 {
 			violations++
 			if violations <= 3 {
 				lo := i - 8

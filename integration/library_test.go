@@ -1,8 +1,11 @@
+//go:build linux
+
 package integration
 
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,4 +212,96 @@ func TestLibraryWorkerUnderHandoffRun(t *testing.T) {
 	deployUnderLoad(t, p, load, "libapp-v2", "v2")
 	checkLoad(t, load, "v2")
 	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// appPrimarySpans returns, per primary pid, the log positions of its
+// "app primary started" and "app primary ended" (-1 when absent).
+func appPrimarySpans(events []Event) map[int][2]int {
+	spans := map[int][2]int{}
+	for i, e := range events {
+		pid := e.Int0("primary")
+		s, ok := spans[pid]
+		if !ok {
+			s = [2]int{-1, -1}
+		}
+		switch e.Msg {
+		case "app primary started":
+			s[0] = i
+		case "app primary ended":
+			s[1] = i
+		default:
+			continue
+		}
+		spans[pid] = s
+	}
+	return spans
+}
+
+// TestLibraryCallbackPanics: in library mode, App.Primary runs in one
+// primary at a time: across self-upgrades the old primary's ends (at the
+// hand-over) before the new one's starts. A panic in App.OnMessage or
+// App.Primary is logged with its stack and kills neither the primary nor
+// a worker: no request fails, messages are still answered, and a further
+// self-upgrade works.
+func TestLibraryCallbackPanics(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Lib: "libapp-v1"})
+	p.WaitServing(p.URL(), "v1", 20*time.Second)
+	load := startLoad(t, p.URL())
+
+	first := p.PID
+	second := libDeploy(t, p, "libapp-v2", "v2")
+	third := libDeploy(t, p, "libapp-v1", "v1")
+	p.mustLog(0, 10*time.Second, third, "app primary started", nil)
+	spans := appPrimarySpans(p.Log.Events())
+	for _, pair := range [][2]int{{first, second}, {second, third}} {
+		old, next := spans[pair[0]], spans[pair[1]]
+		if old[0] < 0 || old[1] < 0 || next[0] < 0 {
+			t.Fatalf("App.Primary markers of primaries %d %v and %d %v missing\n%s", pair[0], old, pair[1], next, p.Tail(80))
+		}
+		if next[0] < old[1] {
+			t.Errorf("App.Primary of primary %d started (event %d) before that of primary %d ended (event %d)",
+				pair[1], next[0], pair[0], old[1])
+		}
+	}
+
+	// Panics in the serving primary's callbacks.
+	workers := p.waitSettled(third, 20*time.Second)
+	mark := p.Log.Len()
+	c := freshClient(5 * time.Second)
+	for _, in := range []string{"onmessage", "onmessage", "primary", "onmessage"} {
+		if status, body, err := get(c, p.URL()+"panic?in="+in); err != nil || status != 200 {
+			t.Fatalf("/panic?in=%s: %d %q %v", in, status, body, err)
+		}
+	}
+	for _, cb := range []string{"OnMessage", "Primary"} {
+		ev := p.mustLog(mark, 10*time.Second, third, "callback panicked", func(e Event) bool { return e.Str("callback") == cb })
+		if !strings.Contains(ev.Str("stack"), "main.main") || !strings.Contains(ev.Str("panic"), "asked to panic") {
+			t.Errorf("\"callback panicked\" of %s without the panic and its stack: %s", cb, ev.Raw)
+		}
+	}
+	p.mustLog(mark, 10*time.Second, third, "app primary ended", nil)
+	// The primary and its workers serve on; OnMessage still answers.
+	for i := 0; i < 20; i++ {
+		if status, body, err := get(c, p.URL()+"ask"); err != nil || status != 200 || !strings.HasPrefix(body, "answer primary=") {
+			t.Fatalf("/ask after the panics: %d %q %v", status, body, err)
+		}
+	}
+	waitRequests(t, load, 200, 20*time.Second)
+	if !alive(third) {
+		t.Fatalf("primary %d died", third)
+	}
+	if got := p.waitSettled(third, 10*time.Second); !slices.Equal(got, workers) {
+		t.Errorf("workers %v after the panics, want the same %v", got, workers)
+	}
+	if ex := p.Log.Filter("worker exited"); len(ex) > 0 && ex[len(ex)-1].Seq >= mark {
+		t.Errorf("a worker exited after the panics: %s", ex[len(ex)-1].Raw)
+	}
+
+	// A self-upgrade after App.Primary panicked: the next one's starts.
+	fourth := libDeploy(t, p, "libapp-v2", "v2")
+	p.mustLog(0, 10*time.Second, fourth, "app primary started", nil)
+	checkLoad(t, load, "v2")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	p.shutdownAll(fourth)
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration holds handoff's end-to-end tests: they build the
 // handoff CLI and the test worker (integration/testserver), run real
 // primaries on 127.0.0.1 and check what a user would see: requests answered,
@@ -17,6 +19,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // Built once by TestMain into a temporary directory; tests copy what they
@@ -66,11 +70,12 @@ var serverVariants = []serverVariant{
 	// Binds its own port ($PORT): bind adoption.
 	{"bind-v1", "v1", "", "./integration/bindserver"},
 	{"bind-v2", "v2", "", "./integration/bindserver"},
-	// Runs a command under a seccomp policy that refuses seccomp().
-	{"noseccomp", "", "", "./integration/noseccomp"},
 }
 
 func TestMain(m *testing.M) {
+	// As a wrapper that runs a process as on an old kernel, it only execs.
+	testutil.OldKernelMain()
+	testutil.NoSeccompMain()
 	// Whatever this process inherited from its own parent must not reach
 	// the processes the tests start: the tests check exactly which fds a
 	// primary passes on, with an inherited fd of their own (see

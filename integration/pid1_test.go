@@ -1,8 +1,13 @@
+//go:build linux
+
 package integration
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -10,9 +15,41 @@ import (
 	"time"
 )
 
+// containerCommand is the command of the Dockerfile in docs/containers.md
+// (ENTRYPOINT, then CMD): handoff run, its flags, -- and the program.
+func containerCommand(t *testing.T) []string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "docs", "containers.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dockerfile, _ := strings.Cut(string(b), "```dockerfile\n")
+	dockerfile, _, _ = strings.Cut(dockerfile, "```")
+	var entry, cmd []string
+	for _, line := range strings.Split(dockerfile, "\n") {
+		if rest, ok := strings.CutPrefix(line, "ENTRYPOINT "); ok {
+			json.Unmarshal([]byte(rest), &entry)
+		}
+		if rest, ok := strings.CutPrefix(line, "CMD "); ok {
+			json.Unmarshal([]byte(rest), &cmd)
+		}
+	}
+	command := append(entry, cmd...)
+	if len(command) < 4 || command[1] != "run" || !slices.Contains(command, "--") {
+		t.Fatalf("docs/containers.md: no Dockerfile ENTRYPOINT and CMD for handoff run: %q", command)
+	}
+	return command
+}
+
 // TestPID1ReapsOrphansAndStopsOnTERM: handoff as PID 1 of a pid namespace
-// (a container without an init) reaps the orphan a worker leaves behind,
-// takes nothing from its own workers, and on TERM drains and exits 0.
+// (a container without an init), run with the command of the Dockerfile
+// in docs/containers.md, reaps the orphan a worker leaves behind, takes
+// nothing from its own workers, answers the probes, and on TERM drains
+// and exits 0.
 func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
@@ -22,7 +59,26 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 	if err != nil {
 		t.Skip("no unshare")
 	}
-	p := StartPrimary(t, Options{Wrap: []string{unshare, "--pid", "--fork", "--mount-proc"}})
+	// The Dockerfile's command, on loopback ports of its own, with the
+	// test's server as the program; the harness puts its own flags (JSON
+	// log, --workers 2, a pid file) before the command's, which win.
+	command := containerCommand(t)
+	end := slices.Index(command, "--")
+	var flags, listen []string
+	for i := 2; i < end; i++ {
+		switch f := command[i]; {
+		case f == "--listen" && i+1 < end:
+			listen = append(listen, "127.0.0.1:0")
+			i++
+		case f == "--metrics" && i+1 < end:
+			flags = append(flags, f, "127.0.0.1:0")
+			i++
+		default:
+			flags = append(flags, f)
+		}
+	}
+	p := StartPrimary(t, Options{Wrap: []string{unshare, "--pid", "--fork", "--mount-proc"},
+		Listen: listen, Flags: flags, Args: command[end+2:]})
 	var url string
 	if ev, ok := p.Log.Wait(0, 0, isMsg("listening")); ok {
 		url = "http://" + ev.Str("addr") + "/"
@@ -45,6 +101,15 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 	}
 
 	c := freshClient(5 * time.Second)
+	if ev, ok := p.Log.Wait(0, 0, isMsg("metrics listening")); ok {
+		for _, probe := range []string{"/readyz", "/healthz"} {
+			if status, body, err := get(c, "http://"+ev.Str("addr")+probe); err != nil || status != 200 {
+				t.Errorf("%s: %d %q %v", probe, status, body, err)
+			}
+		}
+	} else if slices.Contains(command, "--metrics") {
+		t.Errorf("no \"metrics listening\" event")
+	}
 	for round := 0; round < 3; round++ {
 		mark := p.Log.Len()
 		status, body, err := get(c, url+"orphan")

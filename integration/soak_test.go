@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -23,7 +25,9 @@ func TestSoakDeploys(t *testing.T) {
 		t.Skip("set HANDOFF_SOAK=N to run N deploys under load")
 	}
 	lib := os.Getenv("HANDOFF_SOAK_LIB") != ""
-	opts := Options{Flags: []string{"--drain-timeout", "5s"}}
+	// Probation off: the soak measures the roll, deploy after deploy (a
+	// deploy asked for during a probation would end it anyway).
+	opts := Options{Flags: []string{"--drain-timeout", "5s", "--min-uptime", "0"}}
 	if lib {
 		opts.Lib = "hello-v1"
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 import (
@@ -190,4 +192,30 @@ func TestSystemdNotify(t *testing.T) {
 	if got := strings.Join(seq, " "); got != want {
 		t.Errorf("notifications in the order %s\nwant %s\n%v", got, want, msgs)
 	}
+}
+
+// TestSystemdNotifyRefusedDeploy: after a refused deploy, systemd's
+// STATUS= names the generation that still serves, and why the new one was
+// refused; after a good one, the new generation.
+func TestSystemdNotifyRefusedDeploy(t *testing.T) {
+	t.Parallel()
+	sd, path := newFakeSystemd(t)
+	p := StartPrimary(t, Options{Env: []string{"NOTIFY_SOCKET=" + path}})
+	i := sd.waitFor(t, 0, 10*time.Second, "READY=1", "STATUS=serving generation 1")
+
+	p.Install("crash")
+	if u := p.Deploy(30 * time.Second); !u.Aborted() || u.Gen != 2 {
+		t.Fatalf("deploy of a build that crashes: %s", u.End.Raw)
+	}
+	i = sd.waitFor(t, i+1, 10*time.Second, "RELOADING=1", "STATUS=deploying generation 2")
+	i = sd.waitFor(t, i+1, 10*time.Second, "READY=1")
+	status := sd.all()[i].fields["STATUS"]
+	if !strings.HasPrefix(status, "serving generation 1; generation 2 aborted: ") || !strings.Contains(status, "exit status 3") ||
+		!strings.Contains(status, crashLine) {
+		t.Errorf("STATUS after a refused deploy: %q, want generation 1 serving and why 2 was refused", status)
+	}
+
+	p.Install("v2")
+	p.DeployOK(30 * time.Second)
+	sd.waitFor(t, i+1, 10*time.Second, "READY=1", "STATUS=serving generation 3")
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 func TestParseAdoptMode(t *testing.T) {
@@ -103,21 +106,24 @@ OSError: [Errno 98] Address already in use
 }
 
 // A failed bind of an address in use gets advice that fits the adoption
-// state; other failures get none.
-func TestWorkerFailureAdvice(t *testing.T) {
+// state, after the quoted stderr; other failures get none.
+func TestBindAdvice(t *testing.T) {
 	inUse := "Error: listen EADDRINUSE: address already in use :::3000\nNode.js v20.20.2\n"
+	failed := func(tail string) error {
+		return &workerpool.StartError{Slot: 0, Pid: 42, Reason: "exited", Exit: workerpool.Exit{Status: "exit status 1", StderrTail: tail}}
+	}
 	for _, tc := range []struct {
 		name  string
 		binds bindState
-		tail  string
 		want  []string
 	}{
-		{"off", bindState{off: "--adopt-bind off"}, inUse, []string{"; its stderr ends: Error: listen EADDRINUSE", "Node.js v20.20.2; if it binds a --listen address itself", "(--adopt-bind auto or on)", "fd 3 (LISTEN_FDS)"}},
-		{"auto, refused", bindState{off: "seccomp() refused: operation not permitted"}, inUse, []string{"bind adoption is off here (seccomp() refused: operation not permitted)", "fd 3 (LISTEN_FDS)"}},
-		{"on", bindState{on: true, addrs: []string{"127.0.0.1:3000"}}, inUse, []string{"is not one handoff adopts", "127.0.0.1:3000"}},
+		{"off", bindState{off: "--adopt-bind off"}, []string{"; its stderr ends: Error: listen EADDRINUSE", "Node.js v20.20.2; if it binds a --listen address itself", "(--adopt-bind auto or on)", "fd 3 (LISTEN_FDS)"}},
+		{"auto, refused", bindState{off: "seccomp() refused: operation not permitted"}, []string{"bind adoption is off here (seccomp() refused: operation not permitted)", "fd 3 (LISTEN_FDS)"}},
+		{"on", bindState{on: true, addrs: []string{"127.0.0.1:3000"}}, []string{"is not one handoff adopts", "127.0.0.1:3000"}},
 	} {
 		p := &primary{binds: tc.binds}
-		got := p.workerFailure(tc.tail)
+		err := failed(inUse)
+		got := failureLine(err) + p.bindAdvice(err)
 		for _, w := range tc.want {
 			if !strings.Contains(got, w) {
 				t.Errorf("%s: %q lacks %q", tc.name, got, w)
@@ -126,8 +132,12 @@ func TestWorkerFailureAdvice(t *testing.T) {
 		if strings.Contains(got, "\n") {
 			t.Errorf("%s: not one line: %q", tc.name, got)
 		}
-		if plain := p.workerFailure("boom\n"); plain != "; its stderr ends: boom" {
-			t.Errorf("%s: another failure: %q", tc.name, plain)
+		rb := &workerpool.RolledBackError{Cause: err}
+		if adv := p.bindAdvice(rb); adv == "" || !strings.Contains(got, adv) {
+			t.Errorf("%s: a rolled-back deploy gets advice %q", tc.name, adv)
+		}
+		if adv := p.bindAdvice(failed("boom\n")); adv != "" {
+			t.Errorf("%s: another failure gets advice %q", tc.name, adv)
 		}
 	}
 }

@@ -11,8 +11,6 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/handoff-dev/handoff/internal/adopt"
 )
 
 // ResolveCommand finds the executable a deploy runs: looked up in PATH and
@@ -51,23 +49,4 @@ func ResolveCommand(name string) (string, error) {
 		return "", fmt.Errorf("worker command %q: not executable (chmod +x it)", name)
 	}
 	return real, nil
-}
-
-// workerEnv is the primary's environment less what belongs to the primary
-// alone: its own socket activation and notify socket (systemd's), the
-// watchdog, handoff's internal variables and tableflip's marker.
-func workerEnv(environ []string) []string {
-	out := make([]string, 0, len(environ))
-	for _, kv := range environ {
-		k, _, _ := strings.Cut(kv, "=")
-		switch {
-		case strings.HasPrefix(k, "LISTEN_"), k == "NOTIFY_SOCKET", strings.HasPrefix(k, "WATCHDOG_"),
-			k == envHandover, k == "HANDOFF_WORKER", k == "HANDOFF_GENERATION", k == "HANDOFF_SHIM_EXEC",
-			k == "TABLEFLIP_HAS_PARENT_7DIU3", k == "HANDOFF_CHANNEL_FD", strings.HasPrefix(k, "NODE_CHANNEL_"), k == envStandalone,
-			k == adopt.EnvFD:
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
 }

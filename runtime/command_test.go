@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -6,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/handoff-dev/handoff/internal/shim"
 )
 
 // realTempDir is a fresh directory with every symlink on its path
@@ -123,6 +127,8 @@ func TestWorkerEnv(t *testing.T) {
 		"HANDOFF_WORKER=3",
 		"HANDOFF_GENERATION=4",
 		"HANDOFF_SHIM_EXEC=/bin/x",
+		"HANDOFF_SHIM_EXEC_FD=7",
+		"HANDOFF_SHIM_EXEC_VIA=/tmp/x",
 		"HANDOFF_HANDOVER=/tmp/h.sock",
 		"TABLEFLIP_HAS_PARENT_7DIU3=yes",
 		"HANDOFF_ADOPT_FD=9,unlink",
@@ -143,7 +149,13 @@ func TestWorkerEnv(t *testing.T) {
 		"EMPTY=",
 		"NOEQUALS",
 	}
-	if got := workerEnv(in); !slices.Equal(got, want) {
-		t.Fatalf("workerEnv:\n got %q\nwant %q", got, want)
+	if got := shim.WorkerEnv(in); !slices.Equal(got, want) {
+		t.Fatalf("shim.WorkerEnv:\n got %q\nwant %q", got, want)
+	}
+	// The runtime's own variables are in shim's list too.
+	for _, k := range []string{envHandover, EnvStandalone} {
+		if !shim.PrimaryOnly(k) {
+			t.Errorf("%s reaches the workers", k)
+		}
 	}
 }

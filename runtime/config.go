@@ -41,12 +41,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
+	"os/signal"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/handoff-dev/handoff/internal/cpus"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -87,7 +89,9 @@ type Config struct {
 	// up in PATH and resolved through symlinks anew on every deploy.
 	Command []string
 	// Workers is the number of worker processes; 0 means the number of CPUs
-	// available to the process.
+	// the process may use: its CPU affinity, or less when a cgroup CPU
+	// quota (v1 or v2) allows less, rounded up (see internal/cpus). Run
+	// logs that number and where it comes from ("workers", with "from").
 	Workers int
 	// Ready selects how readiness is detected; the zero value is
 	// ReadyNotify. The CLI's default is ReadyDelay with one second.
@@ -101,6 +105,13 @@ type Config struct {
 	// DrainTimeout is how long a retiring worker has after the stop signal
 	// before SIGKILL; default 30s.
 	DrainTimeout time.Duration
+	// MinUptime is a deploy's probation (the CLI's --min-uptime): a new
+	// worker must stay up that long after it is ready, or the deploy
+	// fails and is rolled back as a whole to the previous generation; a
+	// deploy is done only once its last worker has passed it. 0 means
+	// DefaultMinUptime; a negative value turns probation off (a deploy
+	// is done once its workers are ready).
+	MinUptime time.Duration
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
 	// Control is the path of the control socket (see ControlRequest);
@@ -112,11 +123,25 @@ type Config struct {
 	PIDFile string
 	// Logger receives structured events; nil means no logging.
 	Logger *zap.Logger
-	// WorkerStdout is inherited by the workers as their stdout; nil means
-	// the primary's. WorkerStderr receives their stderr, whole lines at a
-	// time; nil means the primary's.
+	// WorkerStdout receives the workers' stdout (inherited by them as is
+	// with OutputRaw); nil means the primary's. WorkerStderr receives
+	// their stderr, whole lines at a time; nil means the primary's. Give
+	// WorkerStderr the writer the Logger writes to, taking the same lock
+	// (zapcore.Lock), so that their lines and the primary's events never
+	// interleave.
 	WorkerStdout *os.File
 	WorkerStderr io.Writer
+	// WorkerOutput is how the workers' lines are written (the CLI's
+	// --worker-output): OutputPrefix (the zero value), OutputJSON or
+	// OutputRaw. Lines of old workers draining after a deploy or a
+	// self-upgrade are forwarded until they exit, and Run returns once
+	// they have been, or once none has moved for 2s (see
+	// workerpool.Output).
+	WorkerOutput OutputMode
+	// WorkerOutputEncoder encodes the events of OutputJSON; nil means
+	// workerpool.DefaultOutputEncoder, the encoding of handoff's
+	// --log-format json. Give the Logger's own to match its keys.
+	WorkerOutputEncoder zapcore.Encoder
 	// Signals delivers HUP, TERM, INT, TTIN and TTOU; nil means Run catches them
 	// itself. See CatchSignals.
 	Signals <-chan os.Signal
@@ -168,6 +193,18 @@ type Config struct {
 	// SampleInterval is how often worker memory and watchdogs are checked;
 	// default one second (or a quarter of Watchdog if that is shorter).
 	SampleInterval time.Duration
+
+	// workersFrom says where a default Workers comes from, for the log;
+	// "" when Workers was given.
+	workersFrom string
+}
+
+// logWorkers logs the number of workers when it is a default: how many
+// CPUs the process may use, and why (a cgroup quota, the CPU affinity).
+func (c *Config) logWorkers(log *zap.Logger) {
+	if c.workersFrom != "" {
+		log.Info("workers", zap.Int("workers", c.Workers), zap.String("from", c.workersFrom))
+	}
 }
 
 // Defaults.
@@ -175,6 +212,7 @@ const (
 	DefaultReadyTimeout = 60 * time.Second
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultReadyDelay   = 1 * time.Second
+	DefaultMinUptime    = 5 * time.Second
 )
 
 func (c *Config) setDefaults() {
@@ -189,13 +227,16 @@ func (c *Config) setDefaults() {
 		}
 	}
 	if c.Workers == 0 {
-		c.Workers = runtime.NumCPU()
+		c.Workers, c.workersFrom = cpus.Available()
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MinUptime == 0 {
+		c.MinUptime = DefaultMinUptime
 	}
 	if c.Ready == ReadyDelay && c.ReadyDelay <= 0 {
 		c.ReadyDelay = DefaultReadyDelay
@@ -243,10 +284,33 @@ func (c *Config) Validate() error {
 	if c.Watchdog < 0 {
 		return fmt.Errorf("--watchdog %s: must be positive", c.Watchdog)
 	}
+	if c.WorkerOutput != "" {
+		if _, ok := workerpool.ParseOutputMode(string(c.WorkerOutput)); !ok {
+			return fmt.Errorf("--worker-output %q: use prefix, json or raw", c.WorkerOutput)
+		}
+	}
 	if c.Metrics != "" {
 		if err := checkHostPort(c.Metrics); err != nil {
 			return fmt.Errorf("--metrics %q: %v", c.Metrics, err)
 		}
 	}
 	return nil
+}
+
+// CatchSignals starts catching the signals a primary acts on: HUP (deploy),
+// TERM and INT (graceful shutdown), TTIN and TTOU (one worker more, one
+// less). Call it first in main, before any other
+// work, so that a signal sent during start-up is queued rather than fatal,
+// and pass the channel as Config.Signals.
+//
+// It also catches SIGPIPE, so that a write to a stdout or stderr whose
+// reader has gone (journald restarted, a pipe into a pager closed) fails
+// with EPIPE instead of killing the primary and with it every worker. A
+// caught signal, unlike an ignored one, is reset to its default in the
+// workers at exec.
+func CatchSignals() chan os.Signal {
+	ch := make(chan os.Signal, 16)
+	signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGTTIN, syscall.SIGTTOU)
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	return ch
 }

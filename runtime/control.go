@@ -1,9 +1,10 @@
+//go:build linux
+
 package runtime
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,13 +12,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // controlServer answers the control socket (see ControlRequest). The
@@ -30,6 +28,8 @@ type controlServer struct {
 	p    *primary
 	path string
 	ln   *net.UnixListener
+	// lock is the path's lock (see lockControl), held until close.
+	lock *os.File
 
 	mu        sync.Mutex
 	accepting bool
@@ -66,7 +66,22 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 			return nil, fmt.Errorf("%s: %v", flag, err)
 		}
 		if ln != nil {
-			return p.newControlServer(path, ln), nil
+			// The path's lock, shared with the old primary (passed on to
+			// the next one as it came).
+			lock, err := p.upg.Fds.File(controlLockKey)
+			if err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("%s: %v", flag, err)
+			}
+			if lock == nil {
+				// From a handoff that did not lock the path.
+				if lock, err = lockControl(path); err == nil {
+					p.upg.Fds.AddFile(controlLockKey, lock)
+				}
+			}
+			s := p.newControlServer(path, ln)
+			s.lock = lock
+			return s, nil
 		}
 	}
 	if err := prepareControlDir(filepath.Dir(path), isDefault); err != nil {
@@ -75,7 +90,8 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 		}
 		return nil, fmt.Errorf("%s: %v", flag, err)
 	}
-	if err := removeStaleSocket(path); err != nil {
+	lock, err := claimControl(path)
+	if err != nil {
 		var live *liveSocketError
 		switch {
 		case errors.Is(err, errNotSocket):
@@ -98,10 +114,17 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 		}
 		return ln, nil
 	})
+	if err == nil {
+		// For a new primary to hold it too, across the hand-over.
+		err = p.upg.Fds.AddFile(controlLockKey, lock)
+	}
 	if err != nil {
+		releaseControl(lock, path, true)
 		return nil, fmt.Errorf("%s: %v", flag, err)
 	}
-	return p.newControlServer(path, ln), nil
+	s := p.newControlServer(path, ln)
+	s.lock = lock
+	return s, nil
 }
 
 func (p *primary) newControlServer(path string, ln net.Listener) *controlServer {
@@ -120,6 +143,7 @@ func (s *controlServer) serve() {
 		return
 	}
 	s.accepting = true
+	ownControl(s.lock)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -188,6 +212,11 @@ func (s *controlServer) close() {
 		s.ln.Close()
 	}
 	s.wg.Wait()
+	// The lock file goes with the socket file: when tableflip removed
+	// that (a primary stopping without a successor; not a new primary
+	// that never took over, whose old primary holds on).
+	p := s.p
+	releaseControl(s.lock, s.path, p.successor == nil && (p.owner || !p.upg.HasParent()))
 }
 
 func (s *controlServer) handle(c *net.UnixConn) {
@@ -248,10 +277,12 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		reply(ControlReply{OK: true, Status: &st})
 	case "reload":
 		reply(s.reload())
+	case "rollback":
+		reply(s.rollback())
 	case "scale":
 		reply(s.scale(req))
 	case "stop":
-		s.p.stop(errors.New("stop asked for on the control socket"))
+		s.p.askShutdown(errors.New("stop asked for on the control socket"))
 		reply(ControlReply{OK: true, Message: "stopping"})
 		// The connection ends when the primary has stopped (close).
 		c.CloseRead()
@@ -309,11 +340,7 @@ func (s *controlServer) reload() ControlReply {
 	if retry {
 		return s.retryReply()
 	}
-	if err != nil {
-		return ControlReply{Error: "aborted: " + s.p.deployFailure(err)}
-	}
-	gen := s.p.servingGeneration()
-	return ControlReply{OK: true, Generation: gen, Message: "done: generation " + strconv.Itoa(gen) + " serving"}
+	return s.deployReply(err)
 }
 
 func (s *controlServer) scale(req ControlRequest) ControlReply {
@@ -325,7 +352,7 @@ func (s *controlServer) scale(req ControlRequest) ControlReply {
 		return s.retryReply()
 	}
 	if err != nil {
-		return ControlReply{Error: "scale aborted: " + s.p.deployFailure(err)}
+		return ControlReply{Error: "scale aborted: " + failureLine(err) + s.p.bindAdvice(err)}
 	}
 	return ControlReply{OK: true, Workers: to, Message: fmt.Sprintf("%d workers", to)}
 }
@@ -335,91 +362,4 @@ func (s *controlServer) retryReply() ControlReply {
 		return r
 	}
 	return ControlReply{Retry: true, Error: "handed over to a new primary"}
-}
-
-// deployFailure makes one line of a failed deploy or scale: the worker's
-// failure and the last lines of its stderr.
-func (p *primary) deployFailure(err error) string {
-	var se *workerpool.StartError
-	if errors.As(err, &se) {
-		return se.Error() + p.workerFailure(se.Exit.StderrTail)
-	}
-	return err.Error()
-}
-
-// status is a snapshot of the primary for the control socket.
-func (p *primary) status() Status {
-	now := time.Now()
-	p.stmu.Lock()
-	st := Status{Primary: PrimaryStatus{Pid: os.Getpid(), Generation: p.serving, Started: p.started,
-		UptimeSeconds: now.Sub(p.started).Seconds(), Listeners: p.addrs, Command: p.cfg.Command}}
-	if u := p.upgrade; u != nil {
-		cp := *u
-		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
-		st.Upgrade = &cp
-	}
-	p.stmu.Unlock()
-	if p.ctl != nil {
-		st.Primary.Control = p.ctl.path
-	}
-	st.Primary.Workers = p.pool.Size()
-	st.Workers = []WorkerStatus{}
-	for _, w := range p.pool.Workers() {
-		rss, _ := workerpool.RSS(w.Pid)
-		st.Workers = append(st.Workers, WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
-			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss})
-	}
-	return st
-}
-
-func (p *primary) servingGeneration() int {
-	p.stmu.Lock()
-	defer p.stmu.Unlock()
-	return p.serving
-}
-
-// setUpgrade records the deploy in progress (nil: none) for status.
-func (p *primary) setUpgrade(u *UpgradeStatus) {
-	p.stmu.Lock()
-	p.upgrade = u
-	p.stmu.Unlock()
-}
-
-// upgradeStep records the step of the deploy in progress.
-func (p *primary) upgradeStep(step, steps int) {
-	p.stmu.Lock()
-	if p.upgrade != nil {
-		p.upgrade.Step, p.upgrade.Steps = step, steps
-	}
-	p.stmu.Unlock()
-}
-
-// scaleJob makes the job of a scale to n workers, or by delta when delta
-// is not 0; the number asked for is stored in *to (if not nil).
-func (p *primary) scaleJob(n, delta int, to *int) func(context.Context) error {
-	return func(ctx context.Context) error {
-		from := p.pool.Size()
-		want := n
-		if delta != 0 {
-			want = from + delta
-		}
-		if to != nil {
-			*to = want
-		}
-		if want < 1 || want > workerpool.MaxSize {
-			err := fmt.Errorf("cannot scale from %d to %d workers: the number must be from 1 to %d", from, want, workerpool.MaxSize)
-			p.log.Warn("scale refused", zap.Int("from", from), zap.Int("to", want), zap.String("reason", err.Error()))
-			return err
-		}
-		if want == from {
-			return nil
-		}
-		p.log.Info("scale started", zap.Int("from", from), zap.Int("to", want))
-		if err := p.pool.Scale(ctx, want, p.current); err != nil {
-			p.log.Error("scale aborted", zap.Int("from", from), zap.Int("to", want), zap.String("reason", p.deployFailure(err)))
-			return err
-		}
-		p.log.Info("scale finished", zap.Int("from", from), zap.Int("to", want))
-		return nil
-	}
 }

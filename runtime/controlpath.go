@@ -112,11 +112,14 @@ func (e *liveSocketError) Error() string {
 	return "another process is listening there"
 }
 
-// removeStaleSocket removes a unix socket file that nobody listens on, left
-// behind by a process that died. Anything else at path is left alone: a
-// file that is not a socket is errNotSocket, a socket that answers a
-// *liveSocketError naming its listener's pid when it can be told.
-func removeStaleSocket(path string) error {
+// errStaleSocket is a socket file that nobody listens on.
+var errStaleSocket = errors.New("nobody listens on the socket")
+
+// probeSocket tells what is at path: nil for nothing, errNotSocket for a
+// file that is not a socket, errStaleSocket for a socket nobody listens
+// on (left by a process that died), a *liveSocketError naming its
+// listener's pid when it can be told for one that answers.
+func probeSocket(path string) error {
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return nil
@@ -129,14 +132,24 @@ func removeStaleSocket(path string) error {
 		defer c.Close()
 		live := &liveSocketError{}
 		if uc, ok := c.(*net.UnixConn); ok {
-			if cred, err := peerCred(uc); err == nil {
-				live.pid = int(cred.Pid)
-			}
+			live.pid = peerPID(uc)
 		}
 		return live
 	}
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		return os.Remove(path)
+		return errStaleSocket
 	}
 	return nil
+}
+
+// removeStaleSocket removes a unix socket file that nobody listens on, left
+// behind by a process that died. Anything else at path is left alone: a
+// file that is not a socket is errNotSocket, a socket that answers a
+// *liveSocketError naming its listener's pid when it can be told.
+func removeStaleSocket(path string) error {
+	err := probeSocket(path)
+	if errors.Is(err, errStaleSocket) {
+		return os.Remove(path)
+	}
+	return err
 }

@@ -17,6 +17,7 @@ import (
 //
 //	{"op":"status"}
 //	{"op":"reload"}
+//	{"op":"rollback"}
 //	{"op":"scale","workers":4}      {"op":"scale","delta":1}
 //	{"op":"stop"}
 
@@ -45,7 +46,7 @@ type ControlReply struct {
 	Message string `json:"message,omitempty"`
 	// Pid is the primary that answered.
 	Pid int `json:"pid,omitempty"`
-	// Generation serving after a reload.
+	// Generation serving after a reload or a rollback.
 	Generation int `json:"generation,omitempty"`
 	// Workers is the number of workers after a scale.
 	Workers int `json:"workers,omitempty"`
@@ -59,6 +60,36 @@ type Status struct {
 	Workers []WorkerStatus `json:"workers"`
 	// Upgrade is the deploy in progress, or null.
 	Upgrade *UpgradeStatus `json:"upgrade"`
+	// Generations are the files the primary keeps to deploy again.
+	Generations GenerationsStatus `json:"generations"`
+}
+
+// GenerationsStatus is what the workers run now, and what `handoff
+// rollback` would deploy.
+type GenerationsStatus struct {
+	// Current is the generation of the last start or deploy that
+	// finished (null before the first workers are ready).
+	Current *GenerationStatus `json:"current"`
+	// Previous is the generation before it, kept pinned for a rollback;
+	// null when there is none.
+	Previous *GenerationStatus `json:"previous"`
+}
+
+// GenerationStatus is one generation and the executable it runs.
+type GenerationStatus struct {
+	Generation int `json:"generation"`
+	// Path is the executable as the deploy resolved it (PATH lookup and
+	// symlinks followed): what the workers run, even once another file
+	// is at that path.
+	Path string `json:"path"`
+	// Size, ModTime and SHA256 (hex) identify the pinned file, as it was
+	// when the deploy pinned it; absent when it is not pinned.
+	Size    int64     `json:"size,omitempty"`
+	ModTime time.Time `json:"mtime,omitzero"`
+	SHA256  string    `json:"sha256,omitempty"`
+	// RollbackOf is the generation whose file a rollback deployed again
+	// as this one; absent otherwise.
+	RollbackOf int `json:"rollback_of,omitempty"`
 }
 
 // PrimaryStatus describes the primary that answered.
@@ -94,7 +125,8 @@ type WorkerStatus struct {
 // UpgradeStatus is a deploy in progress.
 type UpgradeStatus struct {
 	Generation int `json:"generation"`
-	// Kind is "workers" or "primary" (a self-upgrade).
+	// Kind is "workers", "primary" (a self-upgrade) or "rollback"
+	// (handoff rollback).
 	Kind string `json:"kind"`
 	// Step of Steps is the slot being replaced now (1-based); 0 before
 	// the first step begins.
@@ -104,6 +136,9 @@ type UpgradeStatus struct {
 	ElapsedSeconds float64   `json:"elapsed_seconds"`
 	// NewPrimary is the pid of the new primary of a self-upgrade.
 	NewPrimary int `json:"new_primary,omitempty"`
+	// RollingBack: the deploy failed and its workers are being rolled
+	// back to the previous generation.
+	RollingBack bool `json:"rolling_back,omitempty"`
 }
 
 // ParseControlRequest decodes and checks one request line (without its
@@ -122,7 +157,7 @@ func ParseControlRequest(line []byte) (ControlRequest, error) {
 		return ControlRequest{}, errors.New("more than one JSON value on the request line")
 	}
 	switch r.Op {
-	case "status", "reload", "stop":
+	case "status", "reload", "rollback", "stop":
 		if r.Workers != 0 || r.Delta != 0 {
 			return ControlRequest{}, fmt.Errorf("%s takes no workers or delta", r.Op)
 		}
@@ -140,7 +175,7 @@ func ParseControlRequest(line []byte) (ControlRequest, error) {
 	case "":
 		return ControlRequest{}, errors.New("no op in the request")
 	default:
-		return ControlRequest{}, fmt.Errorf("unknown op %q (status, reload, scale, stop)", truncate(r.Op, 40))
+		return ControlRequest{}, fmt.Errorf("unknown op %q (status, reload, rollback, scale, stop)", truncate(r.Op, 40))
 	}
 	return r, nil
 }
@@ -151,3 +186,7 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// ErrShuttingDown is the outcome of a request that the primary dropped
+// because it is shutting down.
+var ErrShuttingDown = errors.New("the primary is shutting down")

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -16,6 +18,7 @@ func TestParseControlRequest(t *testing.T) {
 	good := map[string]ControlRequest{
 		`{"op":"status"}`:                 {Op: "status"},
 		`{"op":"reload"}`:                 {Op: "reload"},
+		`{"op":"rollback"}`:               {Op: "rollback"},
 		`{"op":"stop"}`:                   {Op: "stop"},
 		`{"op":"scale","workers":4}`:      {Op: "scale", Workers: 4},
 		`{"op":"scale","delta":-1}`:       {Op: "scale", Delta: -1},
@@ -41,6 +44,7 @@ func TestParseControlRequest(t *testing.T) {
 		`{"op":"scale","workers":2,"delta":1}`: "not both",
 		`{"op":"scale","delta":100000}`:        "out of range",
 		`{"op":"stop","workers":3}`:            "takes no workers",
+		`{"op":"rollback","delta":1}`:          "rollback takes no workers",
 		`{"op":"scale","workers":1e400}`:       "not a JSON request object",
 		`{"op":"` + strings.Repeat("x", 5000) + `"}`: "longer than",
 	}
@@ -59,7 +63,8 @@ func FuzzParseControlRequest(f *testing.F) {
 		`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`, `{"op":"scale","workers":4}`,
 		`{"op":"scale","delta":-1}`, `{"op":"scale","delta":1,"workers":2}`, `{"op":"bogus"}`, `{}`, `null`,
 		`[]`, `{"op":"status"} trailing`, "\x00\xff", `{"op":"scale","workers":-9223372036854775808}`,
-		`{"op":"\u0000"}`, `{"op":"status","op":"stop"}`,
+		`{"op":"\u0000"}`, `{"op":"status","op":"stop"}`, `{"op":"rollback"}`, `{"op":"rollback","workers":1}`,
+		`{"op":"Rollback"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -72,7 +77,7 @@ func FuzzParseControlRequest(f *testing.F) {
 			return
 		}
 		switch r.Op {
-		case "status", "reload", "stop":
+		case "status", "reload", "rollback", "stop":
 			if r.Workers != 0 || r.Delta != 0 {
 				t.Fatalf("accepted %+v", r)
 			}

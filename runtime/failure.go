@@ -1,8 +1,13 @@
+//go:build linux
+
 package runtime
 
 import (
+	"errors"
 	"regexp"
 	"strings"
+
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // Bounds of the stderr quoted in a failure's one line.
@@ -71,27 +76,34 @@ func lastMatch(lines []string, res ...*regexp.Regexp) int {
 	return -1
 }
 
-// workerFailure is what a failed worker's one line says after its status:
-// the end of its stderr, and, when it could not bind an address in use,
-// what to do about it.
-func (p *primary) workerFailure(tail string) string {
-	var msg string
-	if end := stderrEnd(tail); end != "" {
-		msg = "; its stderr ends: " + end
+// bindAdvice says what to do about a worker in err (a failed start,
+// deploy or scale) that could not bind an address in use: "" for any
+// other failure. It follows failureLine.
+func (p *primary) bindAdvice(err error) string {
+	var rb *workerpool.RolledBackError
+	if errors.As(err, &rb) {
+		err = rb.Cause
+	}
+	var se *workerpool.StartError
+	var pe *workerpool.ProbationError
+	tail := ""
+	switch {
+	case errors.As(err, &pe):
+		tail = pe.Exit.StderrTail
+	case errors.As(err, &se):
+		tail = se.Exit.StderrTail
 	}
 	if !addrInUse.MatchString(tail) {
-		return msg
+		return ""
 	}
 	switch {
 	case p.binds.on:
-		msg += "; the address it binds is in use and is not one handoff adopts (a bind to a --listen address: " +
+		return "; the address it binds is in use and is not one handoff adopts (a bind to a --listen address: " +
 			strings.Join(p.binds.addrs, ", ") + ", or to its port on any host)"
 	case p.binds.off == "--adopt-bind off":
-		msg += "; if it binds a --listen address itself, which the primary holds: let handoff adopt that bind " +
+		return "; if it binds a --listen address itself, which the primary holds: let handoff adopt that bind " +
 			"(--adopt-bind auto or on), or have the program take its socket from fd 3 (LISTEN_FDS)"
-	default:
-		msg += "; if it binds a --listen address itself, which the primary holds: bind adoption is off here (" +
-			p.binds.off + "), so have the program take its socket from fd 3 (LISTEN_FDS)"
 	}
-	return msg
+	return "; if it binds a --listen address itself, which the primary holds: bind adoption is off here (" +
+		p.binds.off + "), so have the program take its socket from fd 3 (LISTEN_FDS)"
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -11,6 +13,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/pin"
 )
 
 // envHandover names the unix socket on which an old primary waits for the
@@ -18,9 +22,32 @@ import (
 // runs and never reaches a worker.
 const envHandover = "HANDOFF_HANDOVER"
 
+// envHandoverState holds, beside envHandover, what the state message says
+// (a JSON message): a new primary that finds the old one dead before it
+// could ask still knows the generation and the size to take over.
+const envHandoverState = "HANDOFF_HANDOVER_STATE"
+
+func encodeState(pid, gen, size int) string {
+	b, _ := json.Marshal(message{Op: "state", Pid: pid, Generation: gen, Size: size})
+	return string(b)
+}
+
+// handoverState reads envHandoverState's value; without one (an old
+// primary of an earlier version), the generation is 1, the size workers
+// and the pid 0 (unknown).
+func handoverState(v string, workers int) message {
+	m := message{Op: "state", Generation: 1, Size: workers}
+	var st message
+	if json.Unmarshal([]byte(v), &st) == nil && st.Op == "state" && st.Generation > 0 {
+		m = st
+	}
+	return m
+}
+
 // The hand-over protocol, one JSON object a line over a unix stream socket:
 //
-//	new → old  hello{pid}              old → new  state{generation, size}
+//	new → old  hello{pid}              old → new  state{generation, size,
+//	                                                    current, previous}
 //	new → old  step{slot: i, steps: N} (step i of N begins; for status)
 //	new → old  retire{slot}            old → new  retired{slot}
 //	new → old  rollback                (old rolls its slots back, asking
@@ -28,11 +55,15 @@ const envHandover = "HANDOFF_HANDOVER"
 //	                                   old → new  rolledback
 //
 // size is the old primary's number of slots (scaled or not): the new one
-// takes it over. The new primary fills the slots one at a time; once its worker in a slot
+// takes it over. current and previous are the old primary's generations,
+// their pinned files handed over with tableflip's descriptors (pin.Token):
+// the new primary keeps them for a rollback. The new primary fills the slots one at a time; once its worker in a slot
 // is ready it asks the old primary to retire that slot's worker, so the two
 // together never run fewer than N ready workers nor more than N+1 not
 // draining. The new primary calls tableflip's Ready only once every slot is
-// its own; the old one then waits for its draining workers and exits.
+// its own; the old one then waits for its draining workers and exits. The
+// state is also in the new primary's environment (envHandoverState), for
+// when the old primary dies before it could send it.
 type message struct {
 	Op         string `json:"op"`
 	Slot       int    `json:"slot,omitempty"`
@@ -41,6 +72,18 @@ type message struct {
 	Size       int    `json:"size,omitempty"`
 	Steps      int    `json:"steps,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// Current and Previous (state only) are the old primary's
+	// generations.
+	Current  *generationToken `json:"current,omitempty"`
+	Previous *generationToken `json:"previous,omitempty"`
+}
+
+// generationToken is a generation handed over to a new primary: its
+// pinned file travels as tableflip descriptors, named in Pin.
+type generationToken struct {
+	Generation int       `json:"generation"`
+	RollbackOf int       `json:"rollback_of,omitempty"`
+	Pin        pin.Token `json:"pin"`
 }
 
 // peer is one end of a hand-over connection.
@@ -119,10 +162,16 @@ func (p *peer) read() {
 // await returns the next reply with op, or an error once ctx ends or the
 // other side has gone.
 func (p *peer) await(ctx context.Context, op string) (message, error) {
+	return p.awaitReply(ctx, op, nil)
+}
+
+// awaitReply is await, for a reply that also satisfies match (if not
+// nil); other replies are dropped.
+func (p *peer) awaitReply(ctx context.Context, op string, match func(message) bool) (message, error) {
 	for {
 		select {
 		case m := <-p.replies:
-			if m.Op != op {
+			if m.Op != op || (match != nil && !match(m)) {
 				continue
 			}
 			if m.Error != "" {
@@ -138,12 +187,13 @@ func (p *peer) await(ctx context.Context, op string) (message, error) {
 }
 
 // retire asks the other side to retire its worker of slot and waits until
-// it has (the worker is draining).
+// it has (the worker is draining): a "retired" for that very slot. One for
+// another slot (a late answer to an earlier ask) is not it.
 func (p *peer) retire(ctx context.Context, slot int) error {
 	if err := p.send(message{Op: "retire", Slot: slot}); err != nil {
 		return err
 	}
-	_, err := p.await(ctx, "retired")
+	_, err := p.awaitReply(ctx, "retired", func(m message) bool { return m.Slot == slot })
 	return err
 }
 

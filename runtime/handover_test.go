@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -207,5 +209,62 @@ func TestPeerWireFormat(t *testing.T) {
 	var m message
 	if err := json.Unmarshal([]byte(read()), &m); err != nil || m != (message{Op: "hello", Pid: 42}) {
 		t.Fatalf("hello: %+v %v", m, err)
+	}
+}
+
+// A "retired" answer counts only for the slot it names: an answer for
+// another slot (a late one, or a confused peer) does not end the wait for
+// this one.
+func TestPeerRetireChecksSlot(t *testing.T) {
+	a, b := net.Pipe()
+	p := newPeer(a, (&slotLog{}).retire, nil, nil)
+	defer func() {
+		p.close()
+		<-p.closed
+	}()
+	r := bufio.NewReader(b)
+	answer := make(chan string, 4)
+	go func() {
+		for line := range answer {
+			b.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			b.Write([]byte(line + "\n"))
+		}
+	}()
+	defer close(answer)
+	done := make(chan error, 1)
+	go func() { done <- p.retire(testCtx(t), 2) }()
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != `{"op":"retire","slot":2}`+"\n" {
+		t.Fatalf("asked %q %v", line, err)
+	}
+	answer <- `{"op":"retired","slot":1}`
+	answer <- `{"op":"retired"}` // slot 0
+	select {
+	case err := <-done:
+		t.Fatalf("retire of slot 2 returned (%v) on answers for other slots", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	answer <- `{"op":"retired","slot":2}`
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("retire: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("retire did not return on the answer for its slot")
+	}
+}
+
+// A new primary learns the hand-over's state from its environment when
+// the old primary died before it could send it; without one (an old
+// primary of an earlier version) it falls back to --workers.
+func TestHandoverStateFromEnvironment(t *testing.T) {
+	if m := handoverState(encodeState(42, 7, 5), 2); m.Pid != 42 || m.Generation != 7 || m.Size != 5 {
+		t.Errorf("handoverState(encodeState(42, 7, 5)) = %+v", m)
+	}
+	for _, v := range []string{"", "{", `{"op":"hello","pid":3}`, `{"op":"state","generation":0}`} {
+		if m := handoverState(v, 2); m.Generation != 1 || m.Size != 2 || m.Pid != 0 {
+			t.Errorf("handoverState(%q) = %+v, want generation 1, size 2, no pid", v, m)
+		}
 	}
 }

@@ -1,10 +1,13 @@
 package runtime
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
+
+	"go.uber.org/zap"
 
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -28,8 +31,16 @@ type Hub struct {
 	onMessage func(Message)
 	mu        sync.Mutex
 	pool      *workerpool.Pool
+	// log is the primary's; it logs a panic of onMessage or app.
+	log *zap.Logger
 	// local is the one worker of a standalone program.
 	local func([]byte) error
+	// app is App.Primary, run by a primary through this hub (startApp)
+	// with a context from appCtx.
+	app       func(context.Context, *Hub)
+	appCtx    context.Context
+	appCancel context.CancelFunc
+	appDone   chan struct{}
 }
 
 // NewHub returns a hub whose messages from workers go to onMessage (nil
@@ -61,10 +72,16 @@ func (m Message) Reply(v any) error {
 // ErrNoPool is returned by a Hub that no running primary uses yet.
 var ErrNoPool = errors.New("no workers yet: the primary is not running")
 
-func (h *Hub) attach(p *workerpool.Pool) {
+// attach makes h the hub of a primary's pool, once the pool exists, and
+// starts App.Primary (see startApp).
+func (h *Hub) attach(p *workerpool.Pool, log *zap.Logger, fds fileStore) {
 	h.mu.Lock()
 	h.pool = p
+	h.log = log
 	h.mu.Unlock()
+	if h.app != nil {
+		h.startApp(fds)
+	}
 }
 
 func (h *Hub) getPool() (*workerpool.Pool, error) {
@@ -122,5 +139,11 @@ func (h *Hub) deliver(m workerpool.Message) {
 	if h.onMessage == nil {
 		return
 	}
-	h.onMessage(Message{Slot: m.Slot, Pid: m.Pid, Generation: m.Generation, Data: m.Data, reply: m.Reply})
+	h.mu.Lock()
+	log := h.log
+	h.mu.Unlock()
+	// A panic drops the message; the next ones are delivered.
+	protect(log, "OnMessage", func() {
+		h.onMessage(Message{Slot: m.Slot, Pid: m.Pid, Generation: m.Generation, Data: m.Data, reply: m.Reply})
+	}, zap.Int("slot", m.Slot), zap.Int("pid", m.Pid), zap.Int("generation", m.Generation))
 }

@@ -58,10 +58,14 @@ type App struct {
 	// Primary, if set, runs in the primary (in its own goroutine) while
 	// it serves, e.g. to push configuration to the workers through hub. ctx
 	// ends when the primary stops or hands over to a new one; Primary
-	// must return then.
+	// must return then. After a self-upgrade, the new primary's Primary
+	// starts once the old one's has returned: the two never run side by
+	// side. A panic in it is recovered and logged ("callback panicked",
+	// with its stack); the primary serves on without it.
 	Primary func(ctx context.Context, hub *Hub)
 	// OnMessage, if set, receives in the primary what workers send, serially
-	// per worker.
+	// per worker. A panic in it is recovered and logged ("callback
+	// panicked"); the message is dropped and the next ones are delivered.
 	OnMessage func(m Message)
 	// Standalone serves in this process, with no primary and no other
 	// worker, for debugging; so does HANDOFF_STANDALONE=1.
@@ -86,7 +90,11 @@ func Main(ctx context.Context, app App) error {
 	case isWorker():
 		return runWorker(ctx, app)
 	case app.Standalone || os.Getenv(envStandalone) == "1":
-		return runStandalone(ctx, app)
+		return runStandalone(ctx, app, nil)
+	case errNoPrimary != nil:
+		// No primary here (not Linux): the same binary serves as it
+		// would standalone, and says so.
+		return runStandalone(ctx, app, errNoPrimary)
 	}
 	cfg := app.Config
 	// Resolved as tableflip resolves it for an upgrade: os.Args[0], in
@@ -98,11 +106,17 @@ func Main(ctx context.Context, app App) error {
 		defer signal.Stop(ch)
 		cfg.Signals = ch
 	}
-	return withPrimary(ctx, app.Primary, cfg.Hub, func() error { return Run(ctx, cfg) })
+	// Run starts app.Primary through the hub once it owns the listeners,
+	// and ends its context at a hand-over.
+	cfg.Hub.app, cfg.Hub.appCtx = app.Primary, ctx
+	err := Run(ctx, cfg)
+	cfg.Hub.stopApp()
+	return err
 }
 
-// withPrimary runs fn with app.Primary beside it, ended with fn.
-func withPrimary(ctx context.Context, primary func(context.Context, *Hub), hub *Hub, fn func() error) error {
+// withPrimary runs fn with app.Primary beside it, ended with fn: a
+// standalone program's primary side.
+func withPrimary(ctx context.Context, log *zap.Logger, primary func(context.Context, *Hub), hub *Hub, fn func() error) error {
 	if primary == nil {
 		return fn()
 	}
@@ -110,7 +124,7 @@ func withPrimary(ctx context.Context, primary func(context.Context, *Hub), hub *
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		primary(pctx, hub)
+		protect(log, "Primary", func() { primary(pctx, hub) })
 	}()
 	err := fn()
 	cancel()
@@ -296,7 +310,7 @@ func runWorker(ctx context.Context, app App) error {
 	chanFD := os.Getenv(shim.EnvChannelFD)
 	// The channel's fd is this process's alone: programs it starts must
 	// not believe they have one.
-	for _, k := range []string{shim.EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE"} {
+	for _, k := range shim.ChannelEnv {
 		os.Unsetenv(k)
 	}
 	files := activation.Files(true)
@@ -334,10 +348,15 @@ func runWorker(ctx context.Context, app App) error {
 }
 
 // runStandalone serves in this process: the listeners bound here, one
-// worker, and the primary's message side looped back in-process.
-func runStandalone(ctx context.Context, app App) error {
+// worker, and the primary's message side looped back in-process. why, if
+// not nil, is why there is no primary when one was asked for: it is logged
+// as a warning.
+func runStandalone(ctx context.Context, app App, why error) error {
 	cfg := app.Config
 	cfg.setDefaults()
+	if why != nil {
+		cfg.Logger.Warn("serving standalone", zap.String("reason", why.Error()+": one process, no workers, no deploys"))
+	}
 	if len(cfg.Listeners) == 0 {
 		return errors.New("no listener given: add one to Config.Listeners")
 	}
@@ -370,7 +389,7 @@ func runStandalone(ctx context.Context, app App) error {
 
 	// The message channel, looped back: the same code on both ends as
 	// with a primary.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := socketpair()
 	if err != nil {
 		return fmt.Errorf("message channel: %v", err)
 	}
@@ -380,6 +399,7 @@ func runStandalone(ctx context.Context, app App) error {
 	}
 	defer w.ch.Close()
 	hub := NewHub(app.OnMessage)
+	hub.log = cfg.Logger
 	var primaryEnd *channel.Conn
 	primaryEnd, err = channel.FromFD(fds[0], channel.Options{OnMessage: func(line []byte) {
 		if _, ok := workerpool.ParseControl(line); ok {
@@ -392,5 +412,5 @@ func runStandalone(ctx context.Context, app App) error {
 	}
 	defer primaryEnd.Close()
 	hub.local = primaryEnd.SendRaw
-	return withPrimary(wctx, app.Primary, hub, func() error { return app.Worker(wctx, w) })
+	return withPrimary(wctx, cfg.Logger, app.Primary, hub, func() error { return app.Worker(wctx, w) })
 }

@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // ParseListen reads a --listen value: [NAME=]HOST:PORT or [NAME=]unix:PATH.
@@ -69,6 +67,16 @@ func defaultName(name string, i int) string {
 	return "listener" + strconv.Itoa(i)
 }
 
+func unwrapAll(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
 // listenError rewrites a bind failure as one line that says what to do.
 func listenError(l Listener, err error) error {
 	switch {
@@ -82,35 +90,4 @@ func listenError(l Listener, err error) error {
 		return fmt.Errorf("listen unix:%s: the directory does not exist", l.Address)
 	}
 	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
-}
-
-func unwrapAll(err error) error {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err
-		}
-		err = u
-	}
-}
-
-// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
-// os.File.Fd, which would put the socket into blocking mode for every
-// process that shares it (golang/go#43894).
-func rawFd(ln net.Listener) (int, error) {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return -1, fmt.Errorf("%T has no file descriptor", ln)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	dup, derr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) {
-		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
-	}); err != nil {
-		return -1, err
-	}
-	return dup, derr
 }

@@ -1,13 +1,19 @@
 package runtime
 
 import (
+	"os"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(envTestNoPrimary) == "1" {
+		os.Exit(noPrimaryApp())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func TestParseListen(t *testing.T) {
 	path107 := "/" + strings.Repeat("p", 106)

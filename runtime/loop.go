@@ -1,17 +1,16 @@
+//go:build linux
+
 package runtime
 
 import (
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
 )
-
-// ErrShuttingDown is the outcome of a request that the primary dropped
-// because it is shutting down.
-var ErrShuttingDown = errors.New("the primary is shutting down")
 
 // request asks the primary's loop for one job. Jobs run one at a time, in
 // the order asked for: a deploy (run == nil) folds into a deploy already
@@ -34,6 +33,13 @@ func deployRequest() (request, <-chan error) {
 	return request{op: "deploy", done: done}, done
 }
 
+// opRollback names the job of a rollback request.
+const opRollback = "rollback"
+
+// isDeploy reports whether r asks for a deploy or a rollback: what ends
+// the probation of a deploy that runs (see newerDeploy).
+func (r request) isDeploy() bool { return r.run == nil || r.op == opRollback }
+
 // job is a queued or running request with everyone waiting for it.
 type job struct {
 	op      string
@@ -43,6 +49,37 @@ type job struct {
 	// into this deploy; after a hand-over it is passed on to the new
 	// primary, while those who wait are told to ask it themselves.
 	unanswered bool
+	// newer is closed once a deploy or a rollback is asked for while
+	// this job runs (or was queued behind it).
+	newer *newer
+}
+
+// newer is a channel closed at most once.
+type newer struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newNewer() *newer { return &newer{ch: make(chan struct{})} }
+
+func (n *newer) close() { n.once.Do(func() { close(n.ch) }) }
+
+type newerKey struct{}
+
+// withNewer gives a job's context the channel newerDeploy returns.
+func withNewer(ctx context.Context, n *newer) context.Context {
+	return context.WithValue(ctx, newerKey{}, n)
+}
+
+// newerDeploy returns a channel closed once a deploy or a rollback has
+// been asked for after the job of ctx began, or queued behind it: a
+// deploy in its probation then ends it, and the next one starts at once
+// (nil, which never closes, outside a job).
+func newerDeploy(ctx context.Context) <-chan struct{} {
+	if n, ok := ctx.Value(newerKey{}).(*newer); ok {
+		return n.ch
+	}
+	return nil
 }
 
 func (j *job) finish(err error) {
@@ -54,6 +91,16 @@ func (j *job) finish(err error) {
 
 // jobQueue holds the jobs not yet started.
 type jobQueue []*job
+
+// hasDeploy reports whether a deploy or a rollback is queued.
+func (q jobQueue) hasDeploy() bool {
+	for _, j := range q {
+		if j.run == nil || j.op == opRollback {
+			return true
+		}
+	}
+	return false
+}
 
 // add queues r, folding a deploy into one already queued. It reports
 // whether r started a new job.
@@ -109,22 +156,7 @@ func (q *jobQueue) take() *job {
 	return j
 }
 
-// signalRequest turns a signal into a request: HUP is a deploy, TTIN and
-// TTOU a job of scale(+1) and scale(-1). ok is false for the signals that
-// stop the primary.
-func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) error) (r request, ok bool) {
-	switch sig {
-	case syscall.SIGHUP:
-		return request{op: "deploy"}, true
-	case syscall.SIGTTIN:
-		return request{op: "scale", run: scale(+1)}, true
-	case syscall.SIGTTOU:
-		return request{op: "scale", run: scale(-1)}, true
-	}
-	return request{}, false
-}
-
-// deployLoop is the primary's state machine once it serves: it takes
+// jobLoop is the primary's state machine once it serves: it takes
 // requests from signals (HUP, TTIN, TTOU: see signalRequest, scale making
 // the scaling jobs) and from reqs, and runs their jobs one at a
 // time, never two at once, starting with queue. TERM or INT (or the end of
@@ -133,7 +165,7 @@ func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) er
 // errHandedOver returns handedOver(pending), pending being whether a deploy
 // that a signal asked for was queued: another primary owns the listeners
 // now, and every queued job is answered with errHandedOver.
-func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
+func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
 	deploy func(context.Context) error, scale func(delta int) func(context.Context) error,
 	shutdown func() error, handedOver func(pending bool) error) error {
 	var (
@@ -150,8 +182,13 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 		if run == nil {
 			run = deploy
 		}
+		running.newer = newNewer()
+		if queue.hasDeploy() {
+			running.newer.close()
+		}
 		var jctx context.Context
 		jctx, cancel = context.WithCancel(ctx)
+		jctx = withNewer(jctx, running.newer)
 		go func() { done <- run(jctx) }()
 	}
 	add := func(r request) {
@@ -159,9 +196,12 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 		if running != nil && isNew && r.run == nil {
 			log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
 		}
+		if running != nil && r.isDeploy() {
+			running.newer.close()
+		}
 		next()
 	}
-	stop := func(why zap.Field) error {
+	shutDown := func(why zap.Field) error {
 		log.Info("shutdown started", why)
 		if running != nil {
 			cancel()
@@ -176,7 +216,7 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 		case sig := <-sigs:
 			r, ok := signalRequest(sig, scale)
 			if !ok {
-				return stop(zap.String("signal", sig.String()))
+				return shutDown(zap.String("signal", sig.String()))
 			}
 			add(r)
 		case r := <-reqs:
@@ -194,7 +234,33 @@ func deployLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, req
 			j.finish(err)
 			next()
 		case <-ctx.Done():
-			return stop(zap.String("why", context.Cause(ctx).Error()))
+			return shutDown(zap.String("why", context.Cause(ctx).Error()))
 		}
 	}
+}
+
+// loop acts on signals and requests and runs their jobs one at a time; a
+// deploy asked for while one runs is queued, and further ones fold into
+// it (see jobLoop).
+func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueue) error {
+	wctx, cancelRecycling := context.WithCancel(ctx)
+	recycleDone := make(chan struct{})
+	defer func() { cancelRecycling(); <-recycleDone }()
+	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
+	shutdown := func() error {
+		cancelRecycling()
+		if p.successor != nil {
+			// The hand-over completed as the stop came (upgradeSelf
+			// passes a stop on only while it waits): the new primary
+			// owns the listeners and is the one to stop.
+			p.log.Info("stopping the new primary", zap.Int("new_primary", p.successor.pid))
+			p.successor.signal(syscall.SIGTERM)
+			p.successor.release()
+		}
+		return p.shutdown()
+	}
+	return jobLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
+		cancelRecycling()
+		return p.retireAfterHandOver(sigs, pending)
+	})
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -99,7 +101,7 @@ func startLoop(t *testing.T, pending bool) *loopRun {
 		queue.add(request{op: "deploy"})
 	}
 	go func() {
-		r.result <- deployLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
+		r.result <- jobLoop(context.Background(), zap.NewNop(), r.sigs, r.reqs, queue, r.deploys.deploy,
 			func(delta int) func(context.Context) error {
 				return func(context.Context) error {
 					if r.deploys.runningNow() != 0 {
@@ -363,4 +365,82 @@ func TestLoopHandOverPassesOnOnlySignalledDeploys(t *testing.T) {
 		t.Fatal("a requested deploy was passed on as pending")
 	}
 	r.end(t)
+}
+
+// A deploy or a rollback asked for while a deploy runs (or queued behind
+// it when it starts) closes the running deploy's newerDeploy channel,
+// which ends its probation; other jobs do not.
+func TestLoopNewerDeployEndsTheRunningOnesProbation(t *testing.T) {
+	sigs, reqs := make(chan os.Signal), make(chan request)
+	newer := make(chan (<-chan struct{}), 8)
+	release := make(chan struct{})
+	job := func(ctx context.Context) error {
+		newer <- newerDeploy(ctx)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	stopped := make(chan struct{})
+	result := make(chan error, 1)
+	go func() {
+		result <- jobLoop(context.Background(), zap.NewNop(), sigs, reqs, nil, job,
+			func(int) func(context.Context) error { return job },
+			func() error { close(stopped); return nil }, func(bool) error { return nil })
+	}()
+	next := func() <-chan struct{} {
+		t.Helper()
+		select {
+		case ch := <-newer:
+			return ch
+		case <-time.After(5 * time.Second):
+			t.Fatal("no job began")
+			return nil
+		}
+	}
+	isClosed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		case <-time.After(20 * time.Millisecond):
+			return false
+		}
+	}
+
+	sigs <- syscall.SIGHUP
+	first := next()
+	if first == nil || isClosed(first) {
+		t.Fatal("a deploy with nothing newer asked for")
+	}
+	sigs <- syscall.SIGTTIN // a scale: not newer
+	if isClosed(first) {
+		t.Fatal("a scale ended the deploy's probation")
+	}
+	sigs <- syscall.SIGHUP
+	if !isClosed(first) {
+		t.Fatal("a HUP did not end the running deploy's probation")
+	}
+	release <- struct{}{}
+	scale := next() // the scale, queued first; then the deploy
+	release <- struct{}{}
+	_ = scale
+	second := next()
+	if isClosed(second) {
+		t.Fatal("the second deploy has a newer one")
+	}
+	done := make(chan error, 1)
+	reqs <- request{op: opRollback, run: job, done: done}
+	if !isClosed(second) {
+		t.Fatal("a rollback did not end the running deploy's probation")
+	}
+	release <- struct{}{}
+	next()
+	release <- struct{}{}
+	if err := awaitOutcome(t, done); err != nil {
+		t.Fatal(err)
+	}
+	sigs <- syscall.SIGTERM
+	<-stopped
+	<-result
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package runtime
 
 import (
@@ -38,11 +40,16 @@ type metrics struct {
 
 // upgrade kinds and outcomes, as labels.
 const (
-	kindWorkers     = "workers"
-	kindPrimary     = "primary"
-	outcomeDone     = "done"
-	outcomeAborted  = "aborted"
-	metricNamespace = "handoff"
+	kindWorkers  = "workers"
+	kindPrimary  = "primary"
+	kindRollback = "rollback" // handoff rollback
+	outcomeDone  = "done"
+	// outcomeAborted: nothing was replaced; the old workers serve.
+	outcomeAborted = "aborted"
+	// outcomeRolledBack: the deploy failed after replacing workers, which
+	// were rolled back to the generation before it.
+	outcomeRolledBack = "rolled_back"
+	metricNamespace   = "handoff"
 )
 
 func newMetrics() *metrics {
@@ -59,7 +66,7 @@ func newMetrics() *metrics {
 		Name: "worker_ready_seconds", Help: "Time from a worker's start until it was ready.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
 	m.upgrades = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricNamespace,
-		Name: "upgrades_total", Help: "Deploys, by kind (workers: the workers were rolled; primary: the primary upgraded itself) and outcome (done, aborted)."},
+		Name: "upgrades_total", Help: "Deploys, by kind (workers: the workers were rolled; primary: the primary upgraded itself; rollback: handoff rollback) and outcome (done; aborted: nothing replaced; rolled_back: failed after replacing workers, which went back to the previous generation)."},
 		[]string{"kind", "outcome"})
 	m.upgradeSecs = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: metricNamespace,
 		Name: "upgrade_duration_seconds", Help: "Duration of deploys, by kind and outcome.",
@@ -69,15 +76,15 @@ func newMetrics() *metrics {
 		Name: "worker_recycles_total", Help: "Workers replaced one at a time because of --max-memory (memory) or --watchdog (watchdog)."},
 		[]string{"reason"})
 	m.lastUpgrade = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
-		Name: "last_upgrade_successful", Help: "1 if the last deploy this primary ran (or took over by) finished, 0 if it was aborted."})
+		Name: "last_upgrade_successful", Help: "1 if the last deploy this primary ran (or took over by) finished, 0 if it was aborted or rolled back."})
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
-		Name: "generation", Help: "The generation (deploy count) the workers run."})
+		Name: "generation", Help: "The generation (deploy count) the workers run: the last one that finished."})
 	m.lastUpgrade.Set(1)
 	for _, c := range []string{workerpool.ExitCrashed, workerpool.ExitRetired, workerpool.ExitKilled} {
 		m.exits.WithLabelValues(c)
 	}
-	for _, k := range []string{kindWorkers, kindPrimary} {
-		for _, o := range []string{outcomeDone, outcomeAborted} {
+	for _, k := range []string{kindWorkers, kindPrimary, kindRollback} {
+		for _, o := range []string{outcomeDone, outcomeAborted, outcomeRolledBack} {
 			m.upgrades.WithLabelValues(k, o)
 		}
 	}
@@ -103,19 +110,18 @@ func (m *metrics) WorkerReady(_ int, took time.Duration) {
 func (m *metrics) WorkerRestarted(int)              { m.restarts.Inc() }
 func (m *metrics) WorkerExited(_ int, cause string) { m.exits.WithLabelValues(cause).Inc() }
 
-// upgraded records one deploy.
-func (m *metrics) upgraded(kind string, err error, took time.Duration, gen int) {
+// deployed records one deploy and its outcome; serving is the generation
+// the workers run after it.
+func (m *metrics) deployed(kind, outcome string, took time.Duration, serving int) {
 	if m == nil {
 		return
 	}
-	outcome := outcomeDone
-	if err != nil {
-		outcome = outcomeAborted
-		m.lastUpgrade.Set(0)
-	} else {
+	if outcome == outcomeDone {
 		m.lastUpgrade.Set(1)
-		m.generation.Set(float64(gen))
+	} else {
+		m.lastUpgrade.Set(0)
 	}
+	m.generation.Set(float64(serving))
 	m.upgrades.WithLabelValues(kind, outcome).Inc()
 	m.upgradeSecs.WithLabelValues(kind, outcome).Observe(took.Seconds())
 }
@@ -168,7 +174,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for state, n := range counts {
 		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(n), state)
 	}
-	ready, size := c.pool.Ready()
+	ready, size := c.pool.ReadySlots()
 	ch <- prometheus.MustNewConstMetric(desiredDesc, prometheus.GaugeValue, float64(size))
 	ch <- prometheus.MustNewConstMetric(readySlotsDesc, prometheus.GaugeValue, float64(ready))
 }
@@ -194,7 +200,7 @@ func (s *metricsServer) handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		ready, size := s.pool.Ready()
+		ready, size := s.pool.ReadySlots()
 		switch {
 		case s.stopping.Load():
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -209,7 +215,7 @@ func (s *metricsServer) handler() http.Handler {
 	return mux
 }
 
-// serve answers on ln until stop; a scrape under way when it stops gets
+// serve answers on ln until close; a scrape under way when it stops gets
 // its answer (internal/drain).
 func (s *metricsServer) serve(ln net.Listener, log *zap.Logger) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -223,9 +229,9 @@ func (s *metricsServer) serve(ln net.Listener, log *zap.Logger) {
 	}()
 }
 
-// stop stops serving and waits until the server is gone. It does nothing
+// close stops serving and waits until the server is gone. It does nothing
 // if serve was never called.
-func (s *metricsServer) stop() {
+func (s *metricsServer) close() {
 	if s == nil || s.cancel == nil {
 		return
 	}

@@ -1,12 +1,11 @@
+//go:build linux
+
 package runtime
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -81,30 +80,9 @@ func (p *primary) reapOrphans(ctx context.Context) {
 // zombieChildren lists the processes whose parent is ppid and which have
 // exited but not been reaped (state Z in /proc/PID/stat).
 func zombieChildren(ppid int) []int {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
 	var out []int
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + name + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold anything, so parse
-		// after its last ')'.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 2 && f[0] == "Z" && f[1] == strconv.Itoa(ppid) {
+	for pid, state := range childrenOf(ppid) {
+		if state == "Z" {
 			out = append(out, pid)
 		}
 	}

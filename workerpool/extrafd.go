@@ -1,3 +1,5 @@
+//go:build linux
+
 package workerpool
 
 // ExtraFD is one more fd a worker inherits, after the listeners and the

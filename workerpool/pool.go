@@ -94,50 +94,10 @@ type Pool struct {
 	slots    []*slot
 	size     int
 	all      map[*worker]struct{} // every worker not yet reaped
-	serving  bool                 // after Start: unexpected exits are restarted
+	started  bool                 // after Start or Adopt; before, Scale only sets the size
 	closing  bool
+	prob     *probation     // the probation of a RollWith, while it runs
 	monitors sync.WaitGroup // one per live worker and per drain timer
-}
-
-type slot struct {
-	cur      *worker
-	spec     *Spec
-	remote   bool // held by a worker of another primary (hand-over)
-	failures int
-	restarts int // crash restarts of this slot so far
-	restart  *time.Timer
-}
-
-type worker struct {
-	proc     Process
-	slot     int
-	gen      int
-	started  time.Time
-	log      *zap.Logger
-	ready    bool
-	readyAt  time.Time
-	retiring bool
-	killed   bool // the pool sent SIGKILL
-	// readyOnce logs readiness exactly once, before anything acts on it:
-	// the event stream then never shows an old worker retired before its
-	// replacement was ready.
-	readyOnce sync.Once
-	// reaped is closed by the monitor once the exit is logged and the
-	// pool's records updated: what follows a failed start comes after its
-	// "worker exited" in the event stream.
-	reaped chan struct{}
-}
-
-// noteReady records and logs that w is ready.
-func (p *Pool) noteReady(w *worker) {
-	w.readyOnce.Do(func() {
-		p.mu.Lock()
-		w.ready, w.readyAt = true, time.Now()
-		p.mu.Unlock()
-		took := time.Since(w.started)
-		w.log.Info("worker ready", zap.Duration("took", took))
-		p.cfg.Observer.WorkerReady(w.slot, took)
-	})
 }
 
 // New returns a pool with Size empty slots.
@@ -201,241 +161,98 @@ var errSlotTaken = errors.New("slot taken")
 // is returned. If ctx ends first, the workers are left running and ctx's cause
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
+	slots := make([]int, p.Size())
+	for i := range slots {
+		slots[i] = i
+	}
+	return p.startBatch(ctx, slots, spec, batch{
+		hold:    slotStarting,
+		aborted: "start aborted",
+		// Left running: Shutdown drains them with the others.
+		cancelled: func([]*worker) {},
+		commit: func(ws []*worker) error {
+			for _, w := range ws {
+				p.slots[w.slot].serve()
+			}
+			p.started = true
+			return nil
+		},
+	})
+}
+
+// batch says how startBatch treats its workers.
+type batch struct {
+	// hold is the state each slot takes with its new worker at launch
+	// (slotStarting: Start), or slotEmpty: the workers take their slots
+	// in commit (a growing Scale).
+	hold slotState
+	// aborted is the reason every new worker is retired with when one
+	// fails.
+	aborted string
+	// cancelled deals with the new workers when ctx ends first.
+	cancelled func(ws []*worker)
+	// commit runs with p.mu held once every new worker is ready and
+	// alive; its error is startBatch's.
+	commit func(ws []*worker) error
+}
+
+// startBatch launches a worker running spec in each of slots, all at once,
+// and waits, under one ReadyTimeout, until every one is ready; then it
+// runs b.commit. If one fails (the launch, or it exits, or it is not ready
+// in time), every new worker is retired and waited for, and a
+// *StartError (or the launch's error) is returned; if ctx ends first,
+// b.cancelled gets them and ctx's cause is returned. Start and a growing
+// Scale are this batch.
+func (p *Pool) startBatch(ctx context.Context, slots []int, spec *Spec, b batch) error {
 	var started []*worker
-	for i := range p.Size() {
-		w, err := p.launch(i, spec, true)
-		if err != nil {
-			p.stopAndWait(started, "start aborted")
+	// fail ends the batch on the failure of w (nil: of the launch, err).
+	fail := func(w *worker, reason string, err error) error {
+		if ctx.Err() != nil {
+			b.cancelled(started)
+			return context.Cause(ctx)
+		}
+		p.retireAndWait(started, b.aborted)
+		if w == nil {
 			return err
+		}
+		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
+	}
+	for _, i := range slots {
+		w, err := p.launch(i, spec, b.hold)
+		if err != nil {
+			return fail(nil, "", err)
 		}
 		started = append(started, w)
 	}
 	deadline := time.NewTimer(p.cfg.ReadyTimeout)
 	defer deadline.Stop()
 	for _, w := range started {
-		reason := p.waitReady(ctx, w, deadline.C)
-		if reason == "" {
-			continue
+		if reason := p.waitReady(ctx, w, deadline.C); reason != "" {
+			return fail(w, reason, nil)
 		}
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		p.stopAndWait(started, "start aborted")
-		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 	}
 	p.mu.Lock()
 	for _, w := range started {
-		// A worker that exited after it was ready has left its slot empty,
-		// and the pool, not serving yet, would never refill it.
-		if p.slots[w.slot].cur != w {
+		if _, alive := p.all[w]; !alive {
+			// Ready, then gone before the batch ended: its slot would
+			// stay empty, nothing refills it.
 			p.mu.Unlock()
-			p.stopAndWait(started, "start aborted")
-			return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+			return fail(w, "exited", nil)
 		}
 	}
-	p.serving = true
+	err := b.commit(started)
 	p.mu.Unlock()
-	return nil
+	return err
 }
 
-// Adopt marks every slot as held by a worker of another primary: the pool
-// starts no worker of its own and fills the slots by a Roll whose retire
-// hook asks that primary to retire its worker. Call it instead of Start.
-func (p *Pool) Adopt() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, s := range p.slots[:p.size] {
-		s.remote = true
-	}
-	p.serving = true
-}
-
-// RetireHook is called by Roll once a new worker is ready in a slot that
-// was held by another primary; it returns once that primary has retired
-// its worker.
-type RetireHook func(ctx context.Context, slot int) error
-
-// Roll replaces the worker of every slot, in order, by one running spec:
-// start the new one, wait until it is ready, retire the old one. On the
-// first failure it stops and returns a *StartError; the slots already
-// rolled keep their new workers, the others their old ones, so Size ready
-// workers keep serving. A slot held by another primary (see Adopt) is
-// retired there through remote. progress, if not nil, is told each step as
-// it begins.
-func (p *Pool) Roll(ctx context.Context, spec *Spec, remote RetireHook, progress func(step, steps int)) error {
-	slots := make([]int, p.Size())
-	for i := range slots {
-		slots[i] = i
-	}
-	return p.roll(ctx, slots, func(int) *Spec { return spec }, remote, progress)
-}
-
-// RollBack refills, one at a time, the slots given away by HandOver with
-// each slot's last spec, asking the other primary through remote to retire
-// its worker as each new one is ready: a hand-over that failed half-way is
-// undone without ever having fewer than Size ready workers.
-func (p *Pool) RollBack(ctx context.Context, remote RetireHook) error {
-	var slots []int
-	p.mu.Lock()
-	for i, s := range p.slots {
-		if s.remote && s.spec != nil {
-			slots = append(slots, i)
-		}
-	}
-	p.mu.Unlock()
-	return p.roll(ctx, slots, func(i int) *Spec {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.slots[i].spec
-	}, remote, nil)
-}
-
-func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, remote RetireHook, progress func(step, steps int)) error {
-	for step, i := range slots {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		if progress != nil {
-			progress(step+1, len(slots))
-		}
-		spec := specFor(i)
-		w, err := p.launchReady(ctx, i, spec)
-		if err != nil {
-			return err
-		}
-		s := p.slots[i]
-		old, wasRemote := s.cur, s.remote
-		s.spec, s.remote = spec, false
-		s.installLocked(w)
-		p.mu.Unlock()
-		if old != nil {
-			p.retire(old, "replaced")
-		}
-		if wasRemote && remote != nil {
-			if err := remote(ctx, i); err != nil {
-				// Going on could leave both primaries serving this slot.
-				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
-			}
-		}
-	}
-	return nil
-}
-
-// HandOver retires the worker of slot i because a worker of another
-// primary has taken its place; the slot is not refilled until Reclaim.
-func (p *Pool) HandOver(i int) error {
-	p.mu.Lock()
-	if i < 0 || i >= len(p.slots) {
-		p.mu.Unlock()
-		return fmt.Errorf("no slot %d", i)
-	}
-	s := p.slots[i]
-	old := s.cur
-	s.cur, s.remote = nil, true
-	if s.restart != nil {
-		s.restart.Stop()
-		s.restart = nil
-	}
-	p.mu.Unlock()
-	if old != nil {
-		p.retire(old, "handed over")
-	}
-	return nil
-}
-
-// Reclaim refills, at once, every slot given away by HandOver: the other
-// primary is gone, and its workers with it.
-func (p *Pool) Reclaim() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i, s := range p.slots {
-		if s.remote {
-			s.remote = false
-			p.scheduleLocked(i, 0)
-		}
-	}
-}
-
-// Remote reports how many slots are held by another primary.
-func (p *Pool) Remote() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, s := range p.slots {
-		if s.remote {
-			n++
-		}
-	}
-	return n
-}
-
-// ErrStale is returned by Replace when the worker to replace no longer
-// holds its slot: it exited, or a deploy or hand-over replaced it.
-var ErrStale = errors.New("the worker no longer holds its slot")
-
-// Replace replaces the worker pid of slot i by a new one running the slot's
-// spec, the way a roll replaces it: the new worker starts, and only once it
-// is ready does it take the slot and the old one retire, so the slot never
-// goes without a ready worker. reason is logged with the old worker's
-// retirement. The old worker gets the stop signal and drain (DrainTimeout
-// if drain <= 0) before SIGKILL: a worker suspected hung gets a short
-// drain, so that one that still serves loses nothing and one that is truly
-// stuck does not hold its connections for the whole DrainTimeout.
-//
-// If the new worker fails to start, it is stopped and a *StartError is
-// returned, and the old worker keeps the slot. If the old worker lost the
-// slot meanwhile, the new one is retired and ErrStale returned. Replace
-// must not run at the same time as Start, Roll or another Replace.
-func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain time.Duration) error {
-	p.mu.Lock()
-	if i < 0 || i >= len(p.slots) {
-		p.mu.Unlock()
-		return fmt.Errorf("no slot %d", i)
-	}
-	s := p.slots[i]
-	old := s.cur
-	if p.closing {
-		p.mu.Unlock()
-		return ErrClosing
-	}
-	// A slot removed by a scale-down since the worker was picked is
-	// stale too.
-	if i >= p.size || s.remote || old == nil || old.proc.Pid() != pid || old.retiring {
-		p.mu.Unlock()
-		return ErrStale
-	}
-	spec := s.spec
-	p.mu.Unlock()
-
-	old.log.Info("worker replacing", zap.String("reason", reason))
-	w, err := p.launchReady(ctx, i, spec)
-	if err != nil {
-		return err
-	}
-	// The old worker may have crashed meanwhile; its slot then waits for
-	// a restart, which the new worker makes needless.
-	if s.remote || (s.cur != old && s.cur != nil) || p.closing || i >= p.size {
-		p.mu.Unlock()
-		p.retire(w, "not needed: the slot changed")
-		return ErrStale
-	}
-	s.installLocked(w)
-	p.mu.Unlock()
-	if drain <= 0 || drain > p.cfg.DrainTimeout {
-		drain = p.cfg.DrainTimeout
-	}
-	p.retireWithin(old, reason, drain)
-	return nil
-}
-
-// Ready reports how many slots are served by a ready worker that is not
+// ReadySlots reports how many slots are served by a ready worker that is not
 // draining, their own or one of another primary's (a slot handed over),
 // out of how many slots there are.
-func (p *Pool) Ready() (ready, size int) {
+func (p *Pool) ReadySlots() (ready, size int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.slots[:p.size] {
-		if s.remote || (s.cur != nil && s.cur.ready && !s.cur.retiring) {
+		if s.state == slotRemote || (s.cur != nil && s.cur.ready && !s.cur.retiring) {
 			ready++
 		}
 	}
@@ -450,10 +267,7 @@ func (p *Pool) Shutdown() {
 	p.closing = true
 	var live []*worker
 	for _, s := range p.slots {
-		if s.restart != nil {
-			s.restart.Stop()
-			s.restart = nil
-		}
+		s.cancelRestart()
 	}
 	for w := range p.all {
 		live = append(live, w)
@@ -524,264 +338,4 @@ func (w WorkerInfo) State() string {
 		return "ready"
 	}
 	return "starting"
-}
-
-// launch starts a worker for slot i. A worker started by Start becomes the
-// slot's current worker at once; one started by Roll only when ready.
-func (p *Pool) launch(i int, spec *Spec, current bool) (*worker, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closing {
-		return nil, ErrClosing
-	}
-	if current && (p.slots[i].cur != nil || p.slots[i].remote) {
-		// A roll or a hand-over took the slot since the restart was
-		// decided.
-		return nil, errSlotTaken
-	}
-	proc, err := p.cfg.Launcher.Launch(i, spec)
-	if err != nil {
-		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
-	}
-	w := &worker{proc: proc, slot: i, gen: spec.Generation, started: time.Now(), reaped: make(chan struct{}),
-		log: p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))}
-	p.all[w] = struct{}{}
-	if current {
-		p.slots[i].cur, p.slots[i].spec = w, spec
-	}
-	w.log.Info("worker spawned")
-	p.cfg.Observer.WorkerStarted(i)
-	p.monitors.Add(1)
-	go p.monitor(w)
-	return w, nil
-}
-
-// monitor follows one worker from start to reap.
-func (p *Pool) monitor(w *worker) {
-	defer p.monitors.Done()
-	defer close(w.reaped)
-	select {
-	case <-w.proc.Ready():
-		p.noteReady(w)
-	case <-w.proc.Done():
-	}
-	<-w.proc.Done()
-	exit := w.proc.Exit()
-
-	p.mu.Lock()
-	delete(p.all, w)
-	s := p.slots[w.slot]
-	unexpected := s.cur == w && !w.retiring
-	if unexpected {
-		s.cur = nil
-	}
-	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
-	if unexpected && exit.StderrTail != "" {
-		fields = append(fields, zap.String("stderr", exit.StderrTail))
-	}
-	if unexpected && p.serving && !p.closing {
-		w.log.Warn("worker exited", fields...)
-		if exit.Uptime >= p.cfg.StableAfter {
-			s.failures = 0
-		}
-		s.failures++
-		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
-	} else {
-		w.log.Info("worker exited", fields...)
-	}
-	cause := ExitRetired
-	switch {
-	case w.killed:
-		cause = ExitKilled
-	case !w.retiring:
-		cause = ExitCrashed
-	}
-	p.cfg.Observer.WorkerExited(w.slot, cause)
-	p.mu.Unlock()
-}
-
-// Backoff is the delay before restarting a slot whose worker has failed
-// failures times in a row: none for the first, then min doubling up to max.
-func Backoff(failures int, min, max time.Duration) time.Duration {
-	if failures <= 1 {
-		return 0
-	}
-	d := min
-	for i := 2; i < failures && d < max; i++ {
-		d *= 2
-	}
-	if d > max {
-		d = max
-	}
-	return d
-}
-
-func (p *Pool) scheduleLocked(i int, delay time.Duration) {
-	s := p.slots[i]
-	if s.restart != nil {
-		s.restart.Stop()
-	}
-	p.log.Info("worker restart scheduled", zap.Int("slot", i), zap.Duration("backoff", delay), zap.Int("failures", s.failures))
-	s.restart = time.AfterFunc(delay, func() { p.restart(i) })
-}
-
-func (p *Pool) restart(i int) {
-	p.mu.Lock()
-	s := p.slots[i]
-	s.restart = nil
-	if p.closing || i >= p.size || s.cur != nil || s.remote || s.spec == nil {
-		p.mu.Unlock()
-		return
-	}
-	spec := s.spec
-	s.restarts++
-	p.cfg.Observer.WorkerRestarted(i)
-	p.mu.Unlock()
-	if _, err := p.launch(i, spec, true); err != nil && !errors.Is(err, ErrClosing) && !errors.Is(err, errSlotTaken) {
-		p.mu.Lock()
-		s.failures++
-		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
-		if !p.closing {
-			p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
-		}
-		p.mu.Unlock()
-	}
-}
-
-// waitReady waits until w is ready and returns "", or returns why not:
-// it exited, deadline fired, or ctx ended.
-func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Time) string {
-	select {
-	case <-w.proc.Ready():
-		p.noteReady(w)
-		return ""
-	case <-w.proc.Done():
-		return "exited"
-	case <-deadline:
-		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
-	case <-ctx.Done():
-		return "cancelled: " + context.Cause(ctx).Error()
-	}
-}
-
-// launchReady starts a worker for slot i that does not hold the slot yet
-// and waits until it is ready (see awaitReady). It returns with p.mu held,
-// so that the caller installs the worker before anything else sees the
-// slot. A worker that was ready and then exited before that is a failed
-// start, not a dead worker left holding the slot.
-func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec) (*worker, error) {
-	w, err := p.launch(i, spec, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.awaitReady(ctx, w); err != nil {
-		return nil, err
-	}
-	p.mu.Lock()
-	if _, alive := p.all[w]; !alive {
-		p.mu.Unlock()
-		return nil, &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
-	}
-	return w, nil
-}
-
-// installLocked makes w the slot's worker, with a clean failure count and
-// no restart pending (w makes it needless). Call with p.mu held.
-func (s *slot) installLocked(w *worker) {
-	s.cur, s.failures = w, 0
-	if s.restart != nil {
-		s.restart.Stop()
-		s.restart = nil
-	}
-}
-
-// awaitReady waits until w is ready. If it exits, is not ready within
-// ReadyTimeout, or ctx ends first, it is retired (stop signal, then SIGKILL
-// after DrainTimeout) and reaped, and a *StartError (or ctx's cause) is
-// returned.
-func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
-	t := time.NewTimer(p.cfg.ReadyTimeout)
-	defer t.Stop()
-	reason := p.waitReady(ctx, w, t.C)
-	if reason == "" {
-		return nil
-	}
-	if ctx.Err() != nil && reason != "exited" {
-		// Shutting down: this worker drains alongside all the others
-		// (Shutdown waits for it) rather than before them.
-		p.retire(w, "not started: "+reason)
-		return context.Cause(ctx)
-	}
-	p.stopAndWait([]*worker{w}, "not started: "+reason)
-	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
-}
-
-// retire asks w to drain and kills it after DrainTimeout.
-func (p *Pool) retire(w *worker, reason string) {
-	p.retireWithin(w, reason, p.cfg.DrainTimeout)
-}
-
-// retireWithin is retire with drain instead of DrainTimeout.
-func (p *Pool) retireWithin(w *worker, reason string, drain time.Duration) {
-	p.mu.Lock()
-	if w.retiring {
-		p.mu.Unlock()
-		return
-	}
-	w.retiring = true
-	p.mu.Unlock()
-	select {
-	case <-w.proc.Done():
-		return // it has exited already: nothing to retire
-	default:
-	}
-	fields := []zap.Field{zap.String("reason", reason)}
-	if drain != p.cfg.DrainTimeout {
-		fields = append(fields, zap.Duration("drain_timeout", drain))
-	}
-	w.log.Info("worker retiring", fields...)
-	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
-		return
-	}
-	p.monitors.Add(1)
-	go func() {
-		defer p.monitors.Done()
-		t := time.NewTimer(drain)
-		defer t.Stop()
-		select {
-		case <-w.proc.Done():
-		case <-t.C:
-			w.log.Warn("worker did not drain in time, killing it", zap.Duration("drain_timeout", drain))
-			p.kill(w)
-		}
-	}()
-}
-
-// kill sends SIGKILL to w and remembers that the pool killed it.
-func (p *Pool) kill(w *worker) {
-	p.mu.Lock()
-	w.killed = true
-	p.mu.Unlock()
-	w.proc.Kill()
-}
-
-// stopAndWait retires workers that failed to start and waits until they
-// have exited. They get the stop signal and the drain timeout like any
-// retired worker, not SIGKILL at once: one that was not ready may still
-// have accepted connections on the shared socket, and its clients must
-// get their answers.
-func (p *Pool) stopAndWait(ws []*worker, reason string) {
-	p.mu.Lock()
-	for _, w := range ws {
-		if p.slots[w.slot].cur == w {
-			p.slots[w.slot].cur = nil
-		}
-	}
-	p.mu.Unlock()
-	for _, w := range ws {
-		p.retire(w, reason)
-	}
-	for _, w := range ws {
-		<-w.reaped
-	}
 }

@@ -1041,7 +1041,7 @@ func TestNoRestartAfterShutdownBegins(t *testing.T) {
 	if err := tp.Roll(context.Background(), spec(2), nil, nil); !errors.Is(err, ErrClosing) {
 		t.Fatalf("Roll after Shutdown: %v", err)
 	}
-	tp.Reclaim() // would schedule a restart, which must not launch
+	tp.Reclaim(context.Background(), spec(2)) // would restart, which must not launch
 	tp.l.noLaunch(t, 30*time.Millisecond)
 }
 
@@ -1125,8 +1125,56 @@ func TestReclaimOfAdoptedSlotsLaunchesNothing(t *testing.T) {
 	tp.Adopt()
 	// No Start: nothing is launched for remote slots.
 	tp.l.noLaunch(t, 0)
-	tp.Reclaim() // slots without a spec cannot be refilled
+	tp.Reclaim(context.Background(), nil) // slots without a spec cannot be refilled
 	tp.l.noLaunch(t, 30*time.Millisecond)
+	if tp.Remote() != 2 {
+		t.Fatalf("Remote() = %d after a Reclaim without a spec", tp.Remote())
+	}
+}
+
+// A new primary whose old primary died mid-roll: the slots still held by
+// the old one are filled all at once with the given spec, and Reclaim
+// returns once they are ready; one that crashes is restarted.
+func TestReclaimOfAdoptedSlotsWithASpec(t *testing.T) {
+	const n = 3
+	tp := newTestPool(t, n, nil)
+	tp.Adopt()
+	tp.l.setAutoReady(0)
+	// Slot 0 is rolled; then the old primary is gone.
+	if err := tp.Roll(context.Background(), spec(2), func(ctx context.Context, slot int) error {
+		return errors.New("gone")
+	}, nil); err == nil {
+		t.Fatal("Roll succeeded with a failing retire hook")
+	}
+	tp.l.next(t)
+	tp.l.setAutoReady()
+	readyc := make(chan int, 1)
+	go func() { readyc <- tp.Reclaim(context.Background(), spec(2)) }()
+	// Launched at once, both, before either is ready.
+	a, b := tp.l.next(t), tp.l.next(t)
+	if a.slot+b.slot != 1+2 || a.gen != 2 || b.gen != 2 {
+		t.Fatalf("reclaimed slots %d, %d generations %d, %d", a.slot, b.slot, a.gen, b.gen)
+	}
+	if tp.Remote() != 0 {
+		t.Fatalf("Remote() = %d after Reclaim", tp.Remote())
+	}
+	a.markReady()
+	select {
+	case r := <-readyc:
+		t.Fatalf("Reclaim returned %d before every worker was ready", r)
+	case <-time.After(20 * time.Millisecond):
+	}
+	b.crash()
+	if r := <-readyc; r != 1 {
+		t.Fatalf("Reclaim: %d ready, want 1", r)
+	}
+	// The crashed one is restarted like any other.
+	c := tp.l.next(t)
+	if c.slot != b.slot || c.gen != 2 {
+		t.Fatalf("restart of slot %d generation %d, want slot %d", c.slot, c.gen, b.slot)
+	}
+	c.markReady()
+	waitFor(t, "every slot served", func() bool { return checkServing(tp.Workers(), n) == nil })
 }
 
 func TestHandOverRetiresWithoutRestart(t *testing.T) {
@@ -1156,7 +1204,8 @@ func TestHandOverRetiresWithoutRestart(t *testing.T) {
 	tp.l.noLaunch(t, 0)
 
 	// Reclaim refills the slot at once with its last spec.
-	tp.Reclaim()
+	readyc := make(chan int, 1)
+	go func() { readyc <- tp.Reclaim(context.Background(), spec(9)) }()
 	p := tp.l.next(t)
 	if p.slot != 1 || p.gen != 1 {
 		t.Fatalf("reclaimed slot %d generation %d", p.slot, p.gen)
@@ -1165,6 +1214,10 @@ func TestHandOverRetiresWithoutRestart(t *testing.T) {
 		t.Fatalf("Remote() = %d after Reclaim", tp.Remote())
 	}
 	waitFor(t, "reclaimed worker current", func() bool { return tp.current()[1].Pid == p.pid })
+	p.markReady()
+	if r := <-readyc; r != 1 {
+		t.Fatalf("Reclaim: %d ready, want 1", r)
+	}
 }
 
 func TestRollBackRefillsHandedOverSlots(t *testing.T) {

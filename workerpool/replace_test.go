@@ -141,19 +141,19 @@ func TestReplaceWhenOldCrashesMeanwhile(t *testing.T) {
 // handed over to another primary.
 func TestReadyCountsServedSlots(t *testing.T) {
 	tp := newTestPool(t, 3, nil)
-	if r, n := tp.Ready(); r != 0 || n != 3 {
+	if r, n := tp.ReadySlots(); r != 0 || n != 3 {
 		t.Fatalf("empty pool: Ready %d/%d", r, n)
 	}
 	procs := tp.start(t, spec(1))
-	if r, n := tp.Ready(); r != 3 || n != 3 {
+	if r, n := tp.ReadySlots(); r != 3 || n != 3 {
 		t.Fatalf("started: Ready %d/%d", r, n)
 	}
 	tp.HandOver(2)
-	if r, _ := tp.Ready(); r != 3 {
+	if r, _ := tp.ReadySlots(); r != 3 {
 		t.Fatalf("slot 2 handed over: Ready %d, want 3", r)
 	}
 	procs[0].crash()
-	waitFor(t, "slot 0 to be unready", func() bool { r, _ := tp.Ready(); return r == 2 })
+	waitFor(t, "slot 0 to be unready", func() bool { r, _ := tp.ReadySlots(); return r == 2 })
 }
 
 // recorder is an Observer that keeps what it was told.

@@ -3,7 +3,6 @@ package workerpool
 import (
 	"context"
 	"fmt"
-	"time"
 )
 
 // MaxSize bounds the number of slots a pool may have.
@@ -34,7 +33,7 @@ func (p *Pool) Scale(ctx context.Context, n int, spec *Spec) error {
 		p.mu.Unlock()
 		return ErrClosing
 	}
-	if !p.serving {
+	if !p.started {
 		p.slots, p.size = nil, n
 		for range n {
 			p.slots = append(p.slots, &slot{})
@@ -46,14 +45,9 @@ func (p *Pool) Scale(ctx context.Context, n int, spec *Spec) error {
 	if n <= old {
 		var gone []*worker
 		for _, s := range p.slots[n:old] {
-			if s.restart != nil {
-				s.restart.Stop()
-				s.restart = nil
+			if w := s.clear(); w != nil {
+				gone = append(gone, w)
 			}
-			if s.cur != nil {
-				gone = append(gone, s.cur)
-			}
-			s.cur, s.spec, s.failures, s.restarts = nil, nil, 0, 0
 		}
 		p.size = n
 		p.mu.Unlock()
@@ -72,54 +66,30 @@ func (p *Pool) Scale(ctx context.Context, n int, spec *Spec) error {
 // grow fills slots old..n-1 (not yet counted in size) and counts them once
 // all their workers are ready.
 func (p *Pool) grow(ctx context.Context, old, n int, spec *Spec) error {
-	var started []*worker
-	// fail retires every new worker and returns the failure of w (nil: of
-	// the launch, err).
-	fail := func(w *worker, reason string, err error) error {
-		if ctx.Err() != nil {
+	var slots []int
+	for i := old; i < n; i++ {
+		slots = append(slots, i)
+	}
+	return p.startBatch(ctx, slots, spec, batch{
+		hold:    slotEmpty,
+		aborted: "scale aborted",
+		cancelled: func(ws []*worker) {
 			// Shutting down: these drain alongside every other worker.
-			for _, w := range started {
+			for _, w := range ws {
 				p.retire(w, "not started: scale cancelled")
 			}
-			return context.Cause(ctx)
-		}
-		p.stopAndWait(started, "scale aborted")
-		if w == nil {
-			return err
-		}
-		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
-	}
-	for i := old; i < n; i++ {
-		w, err := p.launch(i, spec, false)
-		if err != nil {
-			return fail(nil, "", err)
-		}
-		started = append(started, w)
-	}
-	deadline := time.NewTimer(p.cfg.ReadyTimeout)
-	defer deadline.Stop()
-	for _, w := range started {
-		if reason := p.waitReady(ctx, w, deadline.C); reason != "" {
-			return fail(w, reason, nil)
-		}
-	}
-	p.mu.Lock()
-	for _, w := range started {
-		if _, alive := p.all[w]; !alive {
-			// Ready, then gone before it could take its slot.
-			p.mu.Unlock()
-			return fail(w, "exited", nil)
-		}
-	}
-	if p.closing {
-		p.mu.Unlock()
-		return ErrClosing
-	}
-	for _, w := range started {
-		s := p.slots[w.slot]
-		s.cur, s.spec, s.failures, s.restarts = w, spec, 0, 0
-	}
-	p.size = n
-	p.mu.Unlock()
-	return nil
+		},
+		commit: func(ws []*worker) error {
+			if p.closing {
+				return ErrClosing
+			}
+			for _, w := range ws {
+				s := p.slots[w.slot]
+				s.restarts = 0
+				s.install(w, spec)
+			}
+			p.size = n
+			return nil
+		},
+	})
 }

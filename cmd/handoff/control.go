@@ -24,8 +24,10 @@ import (
 
 const statusUsage = `Usage: handoff status [--control PATH] [--json]
 
-Shows the running primary: its workers (slot, pid, generation, state,
-uptime, crash restarts, resident memory) and the deploy in progress, if any.
+Shows the running primary: the current and previous generations (the file
+each runs: path, size, modification time, SHA-256), its workers (slot, pid,
+generation, state, uptime, crash restarts, resident memory) and the deploy
+in progress, if any.
 
 Flags:
   --control PATH  the primary's control socket (default: the one primary
@@ -36,9 +38,25 @@ Flags:
 
 const reloadUsage = `Usage: handoff reload [--control PATH]
 
-Deploys what is on disk now, as SIGHUP does, waits for the outcome and
-prints it in one line: exit 0 when the deploy finished, 1 when it was
-aborted (the reason follows) or the primary cannot be reached.
+Deploys what is on disk now, as SIGHUP does, waits for the outcome
+(probation included, see --min-uptime) and prints it in one line: exit 0
+when the deploy finished, 1 when it was aborted or rolled back (the reason
+follows) or the primary cannot be reached.
+
+Flags:
+  --control PATH  the primary's control socket (default: see 'handoff help')
+`
+
+const rollbackUsage = `Usage: handoff rollback [--control PATH]
+
+Deploys the previous generation again: the very file it ran, pinned when it
+was deployed (even if it has been replaced or deleted since), one worker at
+a time with the same rules as a deploy. Waits for the outcome and prints it
+in one line: exit 0 when done, 1 when it was refused (no previous
+generation: the primary has not finished a deploy since it started) or
+aborted (the reason follows), or the primary cannot be reached. A rollback
+makes the generation it replaces the previous one: a second rollback goes
+forward again. The next SIGHUP or reload deploys what is on disk, as always.
 
 Flags:
   --control PATH  the primary's control socket (default: see 'handoff help')
@@ -172,13 +190,17 @@ func printStatus(w io.Writer, st *runtime.Status) {
 	pr := st.Primary
 	fmt.Fprintf(w, "primary %d: generation %d, %d workers, up %s\n", pr.Pid, pr.Generation, pr.Workers, roundDuration(pr.UptimeSeconds))
 	fmt.Fprintf(w, "listening %s; control %s\n", strings.Join(pr.Listeners, ", "), pr.Control)
+	printGenerations(w, st.Generations)
 	if u := st.Upgrade; u != nil {
 		kind := u.Kind
 		if u.NewPrimary != 0 {
 			kind += fmt.Sprintf(", new primary %d", u.NewPrimary)
 		}
 		step := "starting"
-		if u.Step > 0 {
+		switch {
+		case u.RollingBack:
+			step = "failed, rolling back"
+		case u.Step > 0:
 			step = fmt.Sprintf("step %d/%d", u.Step, u.Steps)
 		}
 		fmt.Fprintf(w, "upgrade to generation %d (%s): %s, %s elapsed\n", u.Generation, kind, step, roundDuration(u.ElapsedSeconds))
@@ -190,6 +212,37 @@ func printStatus(w io.Writer, st *runtime.Status) {
 			roundDuration(wk.UptimeSeconds), wk.Restarts, formatBytes(wk.RSSBytes))
 	}
 	tw.Flush()
+}
+
+// printGenerations shows what the workers run and what a rollback would
+// deploy.
+func printGenerations(w io.Writer, gs runtime.GenerationsStatus) {
+	if gs.Current == nil {
+		return
+	}
+	fmt.Fprintf(w, "current  %s\n", describeGeneration(gs.Current))
+	if gs.Previous == nil {
+		fmt.Fprintln(w, "previous none (nothing to roll back to)")
+		return
+	}
+	fmt.Fprintf(w, "previous %s\n", describeGeneration(gs.Previous))
+}
+
+func describeGeneration(g *runtime.GenerationStatus) string {
+	s := fmt.Sprintf("generation %d: %s", g.Generation, g.Path)
+	if g.Size > 0 {
+		s += ", " + formatBytes(g.Size)
+	}
+	if !g.ModTime.IsZero() {
+		s += ", modified " + g.ModTime.Local().Format("2006-01-02 15:04:05")
+	}
+	if len(g.SHA256) >= 12 {
+		s += ", sha256 " + g.SHA256[:12]
+	}
+	if g.RollbackOf > 0 {
+		s += fmt.Sprintf(" (rollback to generation %d)", g.RollbackOf)
+	}
+	return s
 }
 
 func roundDuration(seconds float64) string {
@@ -216,21 +269,35 @@ func formatBytes(n int64) string {
 }
 
 func reloadCommand(args []string, stdout io.Writer) error {
-	path, _, pos, err := controlArgs("reload", reloadUsage, args, stdout, false)
+	return deployCommand("reload", reloadUsage, args, stdout)
+}
+
+func rollbackCommand(args []string, stdout io.Writer) error {
+	return deployCommand("rollback", rollbackUsage, args, stdout)
+}
+
+// deployCommand asks for a deploy-like job (reload, rollback: the op is
+// the command's name), waits for it and prints its outcome in one line.
+func deployCommand(name, usage string, args []string, stdout io.Writer) error {
+	path, _, pos, err := controlArgs(name, usage, args, stdout, false)
 	if err != nil {
 		return err
 	}
-	if err := noArgs("reload", pos); err != nil {
+	if err := noArgs(name, pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(path, runtime.ControlRequest{Op: "reload"}, 0)
-	if errors.As(err, new(refusal)) && strings.HasPrefix(err.Error(), "aborted") {
-		return fmt.Errorf("reload %v", err)
+	rep, err := callPrimary(path, runtime.ControlRequest{Op: name}, 0)
+	if errors.As(err, new(refusal)) {
+		for _, outcome := range []string{"aborted", "refused", "rolled back"} {
+			if strings.HasPrefix(err.Error(), outcome) {
+				return fmt.Errorf("%s %v", name, err)
+			}
+		}
 	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "reload %s (primary %d)\n", rep.Message, rep.Pid)
+	fmt.Fprintf(stdout, "%s %s (primary %d)\n", name, rep.Message, rep.Pid)
 	return nil
 }
 

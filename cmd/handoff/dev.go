@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,38 +23,61 @@ import (
 	"github.com/handoff-dev/handoff/runtime"
 )
 
-const devUsage = `Usage: handoff dev [flags] --build 'CMD' -- COMMAND [ARG...]
+const devUsage = `Usage: handoff dev [flags] [--build 'CMD'] -- COMMAND [ARG...]
 
-The edit-build-serve loop: serves COMMAND as 'handoff run' does, watches the
-source tree, runs the build command on every change and rolls the new build
-out one worker at a time, so the port never goes dark between two builds.
-A build that fails prints the compiler's output and the old version keeps
-serving; a build that does not start or get ready is refused the same way.
+The edit-serve loop: serves COMMAND as 'handoff run' does, watches the
+source tree, and rolls every change out one worker at a time, so the port
+never goes dark between two versions (tools that kill the server and start
+it again drop every request meanwhile). A version that crashes or never
+gets ready is refused and the old one keeps serving.
+
+With --build, a change runs the build, and a build that succeeded rolls
+out; a build that fails prints the compiler's output. Without --build (a
+Node, Python or Ruby server, which needs none), a change rolls out at once:
+
+  handoff dev --listen :3000 --include '*.js' -- node server.js
 
 Flags:
   --build CMD              the build command, run with sh -c in the current
-                           directory (required); it must write COMMAND.
-                           Runs at start when COMMAND does not exist yet
+                           directory; it must write COMMAND. Runs at start
+                           when COMMAND does not exist yet
   --watch-path PATH        source directory (watched recursively, new
                            subdirectories included) or file to watch;
                            repeatable (default: the current directory)
   --include GLOB           files that count, matched against the base name
                            or the path relative to the watched directory;
-                           repeatable, replaces the default
-                           (default: *.go, go.mod, go.sum)
+                           repeatable, replaces the default, which is
+                           with --build:   *.go go.mod go.sum
+                           without, by what COMMAND runs:
+                             node, npm, npx, yarn, pnpm, *.js:
+                                           *.js *.mjs *.cjs *.json
+                             bun, deno, tsx, ts-node, *.ts: those and
+                                           *.ts *.mts *.cts *.tsx *.jsx
+                             python, uvicorn, gunicorn, flask, *.py: *.py
+                             ruby, bundle, rails, puma, rackup, *.rb:
+                                           *.rb *.ru
+                             anything else: COMMAND's executable alone,
+                                           as 'handoff run --watch'
   --exclude GLOB           files and directories to ignore, repeatable, added
-                           to the default (.git, vendor, node_modules, and
-                           COMMAND itself)
+                           to the default: .git vendor node_modules .venv
+                           __pycache__, editor swap and backup files (*.swp
+                           *.swo *.swx *~ .#* #*# 4913 *.tmp), and with
+                           --build COMMAND itself
   --workers N              worker processes (default %d)
 
 Every other flag of 'handoff run' works the same: --listen (required),
 --ready, timeouts, signals, pid file, logs and the rest (see 'handoff run
 --help'); --watch-path here names sources, and --watch does not apply.
 
-A change during a build cancels it; the next build starts once the changes
-have been quiet for 100ms, so a burst of saves is one build. The console
-shows one line per build and one per rollout; --log-format json gives
-every event, builds included.
+Changes within 100ms are one change. A change during a build cancels it and
+builds again, so a burst of saves is one build. The console shows one line
+per build, change and rollout, and the workers' lines (w0:PID| ...);
+--log-format json gives every event, builds included.
+
+Signals: HUP rolls out what is there now, as in 'handoff run'; before
+anything serves (the first build failed, or runs), it builds again. TTIN
+and TTOU add and remove a worker, also when sent before the first workers
+start. TERM and INT stop.
 `
 
 // devQuiet is the debounce of the source watch.
@@ -62,22 +87,79 @@ type devConfig struct {
 	build            string
 	paths            []string
 	include, exclude []string
+	// exe: watch COMMAND's executable (no --build, and no include for
+	// what it runs).
+	exe bool
 }
 
-var defaultIncludes = []string{"*.go", "go.mod", "go.sum"}
-var defaultExcludes = []string{".git", "vendor", "node_modules"}
+var (
+	goIncludes = []string{"*.go", "go.mod", "go.sum"}
+	// defaultExcludes are never watched: tools' trees, and what editors
+	// write beside a file as they save it (vim: .x.swp, .x.swo, .x.swx,
+	// x~, 4913; emacs: .#x, #x#, x~; others: x.tmp).
+	defaultExcludes = []string{".git", "vendor", "node_modules", ".venv", "__pycache__",
+		"*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", "*.tmp"}
+)
+
+// Sources by what a command runs, for 'handoff dev' without --build.
+var (
+	jsIncludes = []string{"*.js", "*.mjs", "*.cjs", "*.json"}
+	tsIncludes = append(slices.Clone(jsIncludes), "*.ts", "*.mts", "*.cts", "*.tsx", "*.jsx")
+	pyIncludes = []string{"*.py"}
+	rbIncludes = []string{"*.rb", "*.ru"}
+	runners    = map[string][]string{
+		"node": jsIncludes, "nodejs": jsIncludes, "npm": jsIncludes, "npx": jsIncludes, "yarn": jsIncludes,
+		"pnpm": jsIncludes, "nodemon": jsIncludes,
+		"bun": tsIncludes, "deno": tsIncludes, "tsx": tsIncludes, "ts-node": tsIncludes,
+		"python": pyIncludes, "python3": pyIncludes, "pypy": pyIncludes, "pypy3": pyIncludes, "uvicorn": pyIncludes,
+		"gunicorn": pyIncludes, "hypercorn": pyIncludes, "granian": pyIncludes, "flask": pyIncludes,
+		"fastapi": pyIncludes, "daphne": pyIncludes, "waitress-serve": pyIncludes, "uv": pyIncludes,
+		"ruby": rbIncludes, "bundle": rbIncludes, "rails": rbIncludes, "puma": rbIncludes, "rackup": rbIncludes,
+		"unicorn": rbIncludes, "falcon": rbIncludes, "thin": rbIncludes,
+	}
+	scriptIncludes = map[string][]string{
+		".js": jsIncludes, ".mjs": jsIncludes, ".cjs": jsIncludes,
+		".ts": tsIncludes, ".mts": tsIncludes, ".tsx": tsIncludes,
+		".py": pyIncludes, ".rb": rbIncludes, ".ru": rbIncludes,
+	}
+	pythonVersioned = regexp.MustCompile(`^python[0-9.]+$`)
+)
+
+// sourcesOf is what 'handoff dev' watches without --build for command:
+// the sources of the interpreter or server it runs (through env and its
+// variables), or of the script it is; nil when it cannot tell.
+func sourcesOf(command []string) []string {
+	args := command
+	if len(args) > 0 && filepath.Base(args[0]) == "env" {
+		args = args[1:]
+		for len(args) > 0 && (strings.Contains(args[0], "=") || strings.HasPrefix(args[0], "-")) {
+			args = args[1:]
+		}
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	name := filepath.Base(args[0])
+	if inc, ok := runners[name]; ok {
+		return inc
+	}
+	if pythonVersioned.MatchString(name) {
+		return pyIncludes
+	}
+	return scriptIncludes[filepath.Ext(name)]
+}
 
 func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devConfig, error) {
 	var dc devConfig
-	c := command{name: "dev", usage: devUsage, workers: 1, flags: func(fs *flag.FlagSet, _ *runtime.Config) func() error {
+	c := command{name: "dev", usage: devUsage, workers: 1, flags: func(fs *flag.FlagSet, cfg *runtime.Config) func() error {
 		var paths, incl, excl listenFlag
 		fs.StringVar(&dc.build, "build", "", "")
 		fs.Var(&paths, "watch-path", "")
 		fs.Var(&incl, "include", "")
 		fs.Var(&excl, "exclude", "")
 		return func() error {
-			if strings.TrimSpace(dc.build) == "" {
-				return usageError{errors.New("no --build given: add the build command, e.g. --build 'go build -o bin/server .'")}
+			if flagSet(fs, "build") && strings.TrimSpace(dc.build) == "" {
+				return usageError{errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")}
 			}
 			for _, p := range paths.values {
 				if p == "" {
@@ -90,13 +172,19 @@ func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devCo
 				}
 			}
 			dc.paths, dc.include, dc.exclude = paths.values, incl.values, excl.values
-			if len(dc.paths) == 0 {
+			if len(dc.include) == 0 {
+				if dc.build != "" {
+					dc.include = goIncludes
+				} else {
+					dc.include = sourcesOf(cfg.Command)
+				}
+			}
+			// A command of no known kind: its executable is what changes.
+			dc.exe = len(dc.include) == 0
+			if len(dc.paths) == 0 && !dc.exe {
 				dc.paths = []string{"."}
 			}
-			if len(dc.include) == 0 {
-				dc.include = defaultIncludes
-			}
-			dc.exclude = append(append([]string(nil), defaultExcludes...), dc.exclude...)
+			dc.exclude = append(slices.Clone(defaultExcludes), dc.exclude...)
 			return nil
 		}
 	}}
@@ -137,17 +225,22 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newDevLogger(lc, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newDevLogger(lc, ws)
 	if err != nil {
 		return usageError{err}
 	}
-	builder := &reload.Builder{Command: dc.build}
-	if err := builder.Check(); err != nil {
-		return fmt.Errorf("--build: %v", err)
+	var builder *reload.Builder
+	if dc.build != "" {
+		builder = &reload.Builder{Command: dc.build}
+		if err := builder.Check(); err != nil {
+			return fmt.Errorf("--build: %v", err)
+		}
 	}
 	exe := cfg.Command[0]
 	excludes := dc.exclude
-	if strings.Contains(exe, "/") {
+	if builder != nil && strings.Contains(exe, "/") {
+		// What the build writes is no source.
 		if abs, err := filepath.Abs(exe); err == nil {
 			excludes = append(excludes, abs)
 		}
@@ -156,6 +249,17 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	wcfg.Files, wcfg.Trees, err = reload.SplitPaths(dc.paths)
 	if err != nil {
 		return fmt.Errorf("--watch-path %v; give an existing directory or file", err)
+	}
+	watched := strings.Join(dc.paths, " ")
+	if dc.exe {
+		path, err := exec.LookPath(exe)
+		if err != nil {
+			return fmt.Errorf("%s: not found: put the server's executable after --, or give --build to build it", exe)
+		}
+		if path, err = filepath.Abs(path); err == nil {
+			wcfg.Executables = []string{path}
+		}
+		watched = strings.TrimSpace(path + " " + watched)
 	}
 	watcher, err := reload.New(wcfg)
 	if err != nil {
@@ -170,7 +274,7 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 		cancel()
 		wg.Wait()
 	}()
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		watcher.Run(ctx, func(c reload.Change) {
@@ -180,58 +284,85 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 			}
 		})
 	}()
-	loop := &reload.BuildLoop{
-		Build:     builder.Run,
-		Started:   d.started,
-		Cancelled: func(c reload.Change) { log.Info("build cancelled", zap.String("why", "a newer change came")) },
-		Done: func(r reload.Result) {
-			select {
-			case d.results <- r:
-			case <-ctx.Done():
-			}
-		},
+	// rebuild asks for a build, as a change does, without blocking.
+	rebuild := func(c reload.Change) {}
+	// sourceChanges: the changes this loop acts on itself (no --build).
+	sourceChanges := changes
+	if builder != nil {
+		sourceChanges = nil
+		loop := &reload.BuildLoop{
+			Build:     builder.Run,
+			Started:   d.started,
+			Cancelled: func(c reload.Change) { log.Info("build cancelled", zap.String("why", "a newer change came")) },
+			Done: func(r reload.Result) {
+				select {
+				case d.results <- r:
+				case <-ctx.Done():
+				}
+			},
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop.Run(ctx, changes)
+		}()
+		rebuild = func(c reload.Change) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				select {
+				case changes <- c:
+				case <-ctx.Done():
+				}
+			}()
+		}
 	}
-	go func() {
-		defer wg.Done()
-		loop.Run(ctx, changes)
-	}()
-	log.Info("dev watching", zap.String("paths", strings.Join(dc.paths, " ")), zap.String("include", strings.Join(dc.include, " ")),
+	log.Info("dev watching", zap.String("paths", watched), zap.String("include", strings.Join(dc.include, " ")),
 		zap.String("build", dc.build), zap.String("command", strings.Join(cfg.Command, " ")))
 
-	d.last = statExe(exe)
-	if !d.last.ok {
-		// Nothing to serve yet: build first.
-		select {
-		case changes <- reload.Change{Paths: []string{exe + " (missing)"}}:
-		case <-ctx.Done():
+	if builder != nil {
+		d.last = statExe(exe)
+		if !d.last.ok {
+			// Nothing to serve yet: build first.
+			rebuild(reload.Change{Paths: []string{exe + " (missing)"}})
 		}
 	}
 
+	// The primary's signals: every one reaches it, in order, also those
+	// sent before it runs (it reads them once it does).
 	runSigs := make(chan os.Signal, 16)
-	cfg.Logger = log
+	toPrimary := newSignalQueue(runSigs)
+	defer toPrimary.close()
+	logTo(&cfg, log, ws)
 	cfg.Signals = runSigs
 	var primaryDone chan error
 	start := func() {
 		primaryDone = make(chan error, 1)
 		go func() { primaryDone <- runtime.Run(context.Background(), cfg) }()
 	}
-	if d.last.ok {
+	if builder == nil || d.last.ok {
 		start()
 	}
 	for {
 		select {
 		case sig := <-sigs:
-			if primaryDone != nil {
-				select {
-				case runSigs <- sig:
-				default: // 16 queued already: the primary is not reading
-				}
-				continue
-			}
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+			switch {
+			case primaryDone != nil:
+				toPrimary.send(sig)
+			case sig == syscall.SIGTERM || sig == syscall.SIGINT:
 				log.Info("shutdown finished")
 				return nil
+			case sig == syscall.SIGHUP:
+				// Nothing serves yet: build again now.
+				rebuild(reload.Change{Paths: []string{"SIGHUP"}})
+			default:
+				// TTIN, TTOU: for the primary once it runs.
+				toPrimary.send(sig)
 			}
+		case c := <-sourceChanges:
+			// No build: the change is the new version.
+			log.Info("change detected", zap.String("paths", c.String()))
+			toPrimary.send(syscall.SIGHUP)
 		case r := <-d.results:
 			ok, changed := d.built(r)
 			if !ok {
@@ -244,19 +375,68 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 				start()
 				continue
 			}
-			if !changed {
-				continue
-			}
-			// A deploy, exactly as a HUP asks for one; one already
-			// queued takes this one in.
-			select {
-			case runSigs <- syscall.SIGHUP:
-			default:
+			if changed {
+				// A deploy, exactly as a HUP asks for one; one already
+				// queued takes this one in.
+				toPrimary.send(syscall.SIGHUP)
 			}
 		case err := <-primaryDone:
 			return err
 		}
 	}
+}
+
+// signalQueue passes signals on to the primary's channel in the order
+// they came, never dropping one, however long the primary does not read
+// (it is starting, or stopping): a goroutine holds what the channel has
+// no room for. A HUP already waiting takes in a further one, as the
+// primary would fold them into one deploy anyway.
+type signalQueue struct {
+	in   chan os.Signal
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newSignalQueue(out chan<- os.Signal) *signalQueue {
+	q := &signalQueue{in: make(chan os.Signal), done: make(chan struct{})}
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		var pending []os.Signal
+		for {
+			var next os.Signal
+			var to chan<- os.Signal // nil, and so never ready, with nothing pending
+			if len(pending) > 0 {
+				next, to = pending[0], out
+			}
+			select {
+			case sig := <-q.in:
+				if sig == syscall.SIGHUP && slices.Contains(pending, sig) {
+					continue
+				}
+				pending = append(pending, sig)
+			case to <- next:
+				pending = pending[1:]
+			case <-q.done:
+				return
+			}
+		}
+	}()
+	return q
+}
+
+// send queues sig for the primary; it does not wait for the primary.
+func (q *signalQueue) send(sig os.Signal) {
+	select {
+	case q.in <- sig:
+	case <-q.done:
+	}
+}
+
+// close stops passing signals on.
+func (q *signalQueue) close() {
+	close(q.done)
+	q.wg.Wait()
 }
 
 // dev is the state of 'handoff dev' that its loop reads and its builds

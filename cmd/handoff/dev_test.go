@@ -23,8 +23,8 @@ func TestDevBadInput(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no build", []string{"--", "./bin/server"}, exitUsage, "no --build given"},
-		{"empty build", []string{"--build", " ", "--", "./bin/server"}, exitUsage, "no --build given"},
+		{"no build, no executable", []string{"--", "./bin/server"}, 1, "./bin/server: not found: put the server's executable after --, or give --build"},
+		{"empty build", []string{"--build", " ", "--", "./bin/server"}, exitUsage, "--build is empty"},
 		{"no command", []string{"--build", "go build"}, exitUsage, "no worker command: put it after --, e.g. handoff dev"},
 		{"bad include", []string{"--build", "go build", "--include", "[a-", "--", "./bin/server"}, exitUsage, `glob "[a-" does not parse`},
 		{"bad exclude", []string{"--build", "go build", "--exclude", "\\", "--", "./bin/server"}, exitUsage, `glob "\\" does not parse`},
@@ -73,13 +73,13 @@ func TestParseDevDefaults(t *testing.T) {
 		t.Errorf("config %+v", cfg)
 	}
 	if strings.Join(dc.paths, " ") != "." || strings.Join(dc.include, " ") != "*.go go.mod go.sum" ||
-		strings.Join(dc.exclude, " ") != ".git vendor node_modules" {
+		strings.Join(dc.exclude, " ") != ".git vendor node_modules .venv __pycache__ *.swp *.swo *.swx *~ .#* #*# 4913 *.tmp" {
 		t.Errorf("dev config %+v", dc)
 	}
 	_, _, dc, err = parseDev([]string{"--listen", ":0", "--build", "make", "--watch-path", "src", "--include", "*.rs",
 		"--exclude", "target", "--workers", "3", "--", "./bin/s"}, &bytes.Buffer{})
 	if err != nil || strings.Join(dc.paths, " ") != "src" || strings.Join(dc.include, " ") != "*.rs" ||
-		strings.Join(dc.exclude, " ") != ".git vendor node_modules target" {
+		strings.Join(dc.exclude, " ") != ".git vendor node_modules .venv __pycache__ *.swp *.swo *.swx *~ .#* #*# 4913 *.tmp target" {
 		t.Errorf("dev config %+v %v", dc, err)
 	}
 }
@@ -88,7 +88,7 @@ func TestParseDevDefaults(t *testing.T) {
 // compiler's output indented under a failed build, worker chatter left out.
 func TestDevConsole(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newDevLogger(logConfig{"console", "info"}, &buf)
+	log, err := newDevLogger(logConfig{"console", "info"}, lockedWriter(&buf))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,6 +101,9 @@ func TestDevConsole(t *testing.T) {
 		zap.String("output", "# example.com/x\n./main.go:3:1: syntax error\n"))
 	log.Info("build finished", zap.Duration("duration", 300*time.Millisecond), zap.Bool("changed", false))
 	log.Warn("file watch error", zap.String("error", "overflow"))
+	log.Warn("upgrade rolling back", zap.Int("generation", 3), zap.String("reason", "worker 0 (pid 7) exited"))
+	log.Error("upgrade rolled back", zap.Int("generation", 3), zap.String("reason", "worker 0 (pid 7) exited 1s after it was ready"),
+		zap.Int("to", 2), zap.String("stderr", "panic: nil map\n"))
 	var lines []string
 	for _, l := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
 		if len(l) > 9 && l[2] == ':' && l[5] == ':' {
@@ -116,11 +119,66 @@ func TestDevConsole(t *testing.T) {
 		"    ./main.go:3:1: syntax error",
 		"build ok in 300ms, executable unchanged: nothing to roll out",
 		"WARN file watch error error=overflow",
+		"rollout rolled back: generation 3: worker 0 (pid 7) exited 1s after it was ready; generation 2 serving",
+		"    panic: nil map",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("console:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
-	if _, err := newDevLogger(logConfig{"console", "loud"}, &buf); err == nil {
+	if _, err := newDevLogger(logConfig{"console", "loud"}, lockedWriter(&buf)); err == nil {
 		t.Errorf("a bad level is accepted")
+	}
+}
+
+// Without --build, what is watched follows from what COMMAND runs.
+func TestParseDevNoBuild(t *testing.T) {
+	for _, c := range []struct {
+		command []string
+		include string
+	}{
+		{[]string{"node", "server.js"}, "*.js *.mjs *.cjs *.json"},
+		{[]string{"/usr/bin/node", "server.js"}, "*.js *.mjs *.cjs *.json"},
+		{[]string{"npm", "start"}, "*.js *.mjs *.cjs *.json"},
+		{[]string{"env", "NODE_ENV=development", "node", "app.mjs"}, "*.js *.mjs *.cjs *.json"},
+		{[]string{"./server.js"}, "*.js *.mjs *.cjs *.json"},
+		{[]string{"tsx", "server.ts"}, "*.js *.mjs *.cjs *.json *.ts *.mts *.cts *.tsx *.jsx"},
+		{[]string{"python3", "app.py"}, "*.py"},
+		{[]string{"python3.12", "-m", "http.server"}, "*.py"},
+		{[]string{"uvicorn", "app:app", "--fd", "3"}, "*.py"},
+		{[]string{"gunicorn", "app:app"}, "*.py"},
+		{[]string{"bundle", "exec", "puma"}, "*.rb *.ru"},
+		{[]string{"ruby", "app.rb"}, "*.rb *.ru"},
+		{[]string{"./bin/server"}, ""},
+	} {
+		_, _, dc, err := parseDev(append([]string{"--listen", ":0", "--"}, c.command...), &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(dc.include, " "); got != c.include || dc.exe != (c.include == "") {
+			t.Errorf("%q: include %q exe %v, want %q", c.command, got, dc.exe, c.include)
+		}
+		if dc.build != "" || (c.include != "" && strings.Join(dc.paths, " ") != ".") || (c.include == "" && len(dc.paths) != 0) {
+			t.Errorf("%q: %+v", c.command, dc)
+		}
+	}
+	// --include replaces the default, also for a command of no known kind.
+	_, _, dc, err := parseDev([]string{"--listen", ":0", "--include", "*.lua", "--", "./server"}, &bytes.Buffer{})
+	if err != nil || strings.Join(dc.include, " ") != "*.lua" || dc.exe || strings.Join(dc.paths, " ") != "." {
+		t.Errorf("--include *.lua: %+v %v", dc, err)
+	}
+}
+
+func TestDevConsoleNoBuild(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newDevLogger(logConfig{"console", "info"}, lockedWriter(&buf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("dev watching", zap.String("paths", "."), zap.String("include", "*.js *.mjs"), zap.String("build", ""), zap.String("command", "node server.js"))
+	log.Info("change detected", zap.String("paths", "/app/server.js"))
+	for _, want := range []string{"watching . (*.js *.mjs); serve: node server.js; every change rolls out\n", "changed: /app/server.js\n"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("console %q does not say %q", buf.String(), want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -15,15 +16,14 @@ import (
 // newDevLogger is the logger of 'handoff dev': with --log-format json the
 // same events as 'handoff run' (and the builds'); with console, lines for
 // a developer at a terminal: one per build, one per rollout, and warnings.
-func newDevLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
+func newDevLogger(lc logConfig, ws zapcore.WriteSyncer) (*zap.Logger, error) {
 	if lc.format != "console" {
-		return newLogger(lc, w)
+		return newLogger(lc, ws)
 	}
 	level, err := parseLevel(lc)
 	if err != nil {
 		return nil, err
 	}
-	ws := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(&devCore{LevelEnabler: level, out: ws, all: level <= zapcore.DebugLevel}, zap.ErrorOutput(ws)), nil
 }
 
@@ -100,7 +100,21 @@ func indent(text string) string {
 func devLine(e zapcore.Entry, f devFields, all bool) string {
 	switch e.Message {
 	case "dev watching":
+		if f.str("build") == "" {
+			what := f.str("paths")
+			if inc := f.str("include"); inc != "" {
+				what += " (" + inc + ")"
+			}
+			return fmt.Sprintf("watching %s; serve: %s; every change rolls out", what, f.str("command"))
+		}
 		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"))
+	case "change detected":
+		// Paths below the current directory, as the developer named them.
+		paths := f.str("paths")
+		if wd, err := os.Getwd(); err == nil {
+			paths = strings.ReplaceAll(paths, wd+string(os.PathSeparator), "")
+		}
+		return "changed: " + paths
 	case "build finished":
 		if f["changed"] == false {
 			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))
@@ -122,6 +136,10 @@ func devLine(e zapcore.Entry, f devFields, all bool) string {
 		return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), f.dur("duration"))
 	case "upgrade aborted":
 		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
+	case "upgrade rolling back":
+		return "" // "upgrade rolled back" follows, with the reason
+	case "upgrade rolled back":
+		return fmt.Sprintf("rollout rolled back: generation %s: %s; generation %s serving%s", f.str("generation"), f.str("reason"), f.str("to"), indent(f.str("stderr")))
 	case "shutdown started":
 		return "shutting down"
 	case "shutdown finished":

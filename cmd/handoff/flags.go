@@ -38,7 +38,8 @@ Flags:
                            unix:PATH. Workers get them as fds 3, 4, ... in this
                            order; NAME goes into LISTEN_FDNAMES (default
                            listener0, listener1, ...)
-  --workers N              worker processes (default: the CPUs available, %d here)
+  --workers N              worker processes (default: the CPUs the process may
+                           use, cgroup CPU quota included, %d here)
   --adopt-bind MODE        auto, on or off (default auto): a worker that binds
                            a --listen address itself, as a server written to
                            run alone does (listen(3000)), gets the primary's
@@ -59,6 +60,10 @@ Flags:
                            deploy aborted (default 60s)
   --drain-timeout DURATION time a retiring worker has after the stop signal
                            before SIGKILL (default 30s)
+  --min-uptime DURATION    probation of a deploy: a new worker that exits
+                           within DURATION of getting ready fails the deploy,
+                           which is rolled back as a whole (default 5s; 0
+                           turns probation off)
   --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
   --pid-file PATH          file holding the pid of the primary that owns the
                            listeners now, replaced atomically on each upgrade
@@ -73,7 +78,8 @@ Flags:
                            HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
                            process.send works on it); {"handoff":"ready"} on
                            it counts as READY=1
-  --control PATH           control socket for handoff status/reload/scale/stop
+  --control PATH           control socket for handoff status/reload/rollback/
+                           scale/stop
                            (default: a socket named after the first listener
                            in a private directory, see 'handoff help')
   --metrics ADDR           serve Prometheus /metrics, /healthz and /readyz on
@@ -90,6 +96,16 @@ Flags:
                            is replaced, then drains for DURATION at most
   --log-format FORMAT      console or json (default console)
   --log-level LEVEL        debug, info, warn or error (default info)
+  --worker-output MODE     how the workers' stdout and stderr lines are
+                           written (default json with --log-format json,
+                           else prefix):
+                             prefix  "w0:4242| line": slot and pid in front,
+                                     stdout lines to stdout, stderr to stderr
+                             json    one JSON event per line ("worker
+                                     output": slot, pid, generation,
+                                     stream, line)
+                             raw     untouched: the workers inherit stdout,
+                                     stderr lines pass as they are
 
 Signals to the primary:
   HUP        deploy what is on disk now: replace the workers one at a time
@@ -152,6 +168,8 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		ready   string
 		stop    string
 		maxMem  string
+		uptime  time.Duration
+		output  string
 		adoptB  string
 	)
 	workers := c.workers
@@ -165,12 +183,14 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&ready, "ready", "delay:1s", "")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", runtime.DefaultReadyTimeout, "")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
+	fs.DurationVar(&uptime, "min-uptime", runtime.DefaultMinUptime, "")
 	fs.StringVar(&stop, "stop-signal", "TERM", "")
 	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
 	fs.BoolVar(&cfg.IPC, "ipc", false, "")
 	fs.StringVar(&cfg.Control, "control", "", "")
 	fs.StringVar(&lc.format, "log-format", "console", "")
 	fs.StringVar(&lc.level, "log-level", "info", "")
+	fs.StringVar(&output, "worker-output", "", "")
 	fs.StringVar(&cfg.Metrics, "metrics", "", "")
 	fs.StringVar(&cfg.User, "user", "", "")
 	fs.StringVar(&maxMem, "max-memory", "", "")
@@ -215,7 +235,9 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
 	}
 	if cfg.Workers == 0 {
-		cfg.Workers = workers
+		// 0 leaves the default to runtime.Run, which logs where it comes
+		// from (a cgroup CPU quota, the CPU affinity).
+		cfg.Workers = c.workers
 	}
 	switch {
 	case ready == "notify":
@@ -236,6 +258,14 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	}
 	if cfg.DrainTimeout <= 0 {
 		return fail("--drain-timeout %s: must be positive", cfg.DrainTimeout)
+	}
+	switch {
+	case uptime < 0:
+		return fail("--min-uptime %s: must be 0 (no probation) or more, e.g. --min-uptime 5s", uptime)
+	case uptime == 0:
+		cfg.MinUptime = -1 // off (Config's 0 is the default)
+	default:
+		cfg.MinUptime = uptime
 	}
 	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
 		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)
@@ -278,6 +308,18 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 			return fail("--metrics %s is also a --listen address: give the metrics their own port", cfg.Metrics)
 		}
 	}
+	if output == "" {
+		// One JSON object per line throughout when the log is JSON.
+		output = "prefix"
+		if lc.format == "json" {
+			output = "json"
+		}
+	}
+	mode, ok := workerpool.ParseOutputMode(output)
+	if !ok {
+		return fail("--worker-output %q: use prefix, json or raw", output)
+	}
+	cfg.WorkerOutput = mode
 	if flagSet(fs, "user") {
 		if name, group, ok := strings.Cut(cfg.User, ":"); name == "" || (ok && group == "") {
 			return fail("--user %q: give USER or USER:GROUP, e.g. --user www-data or --user www-data:www-data", cfg.User)

@@ -3,27 +3,45 @@ package main
 import (
 	"fmt"
 	"io"
-	goruntime "runtime"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/handoff-dev/handoff/internal/cpus"
+	"github.com/handoff-dev/handoff/runtime"
 )
 
-// defaultWorkers is the number of CPUs this process may run on, as Node's
-// os.availableParallelism.
+// defaultWorkers is the number of CPUs this process may use: its CPU
+// affinity, or its cgroup CPU quota rounded up when that is less.
 func defaultWorkers() int {
-	return goruntime.NumCPU()
+	n, _ := cpus.Available()
+	return n
 }
 
-// newLogger builds the primary's logger: every event, unsampled, to w.
-func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
+// lockedWriter is the primary's stderr as its log and the workers' stderr
+// lines share it: every write under one lock, so that a worker's line
+// never lands inside an event.
+func lockedWriter(w io.Writer) zapcore.WriteSyncer {
+	return zapcore.Lock(zapcore.AddSync(w))
+}
+
+// encoderConfig is the encoding of every event: the primary's own and,
+// with --worker-output json, the workers' lines.
+func encoderConfig() zapcore.EncoderConfig {
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
+	return ec
+}
+
+// newLogger builds the primary's logger: every event, unsampled, to ws
+// (a lockedWriter).
+func newLogger(lc logConfig, ws zapcore.WriteSyncer) (*zap.Logger, error) {
 	level, err := parseLevel(lc)
 	if err != nil {
 		return nil, err
 	}
-	ec := zap.NewProductionEncoderConfig()
-	ec.EncodeTime = zapcore.ISO8601TimeEncoder
-	ec.EncodeDuration = zapcore.StringDurationEncoder
+	ec := encoderConfig()
 	var enc zapcore.Encoder
 	switch lc.format {
 	case "json":
@@ -34,8 +52,15 @@ func newLogger(lc logConfig, w io.Writer) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: use console or json", lc.format)
 	}
-	ws := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(ws)), nil
+}
+
+// logTo makes the workers' lines go where the log goes, ws, under its
+// lock; json lines are encoded as the primary's json events are.
+func logTo(cfg *runtime.Config, log *zap.Logger, ws zapcore.WriteSyncer) {
+	cfg.Logger = log
+	cfg.WorkerStderr = ws
+	cfg.WorkerOutputEncoder = zapcore.NewJSONEncoder(encoderConfig())
 }
 
 func parseLevel(lc logConfig) (zapcore.Level, error) {

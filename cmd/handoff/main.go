@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	goruntime "runtime"
 
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/runtime"
@@ -37,6 +38,10 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, topUsage)
 		return exitUsage
 	}
+	if err := needsLinux(args[0], goos); err != nil {
+		fmt.Fprintln(stderr, "handoff:", err)
+		return 1
+	}
 	var err error
 	switch args[0] {
 	case "run":
@@ -45,6 +50,8 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 		err = statusCommand(args[1:], stdout)
 	case "reload":
 		err = reloadCommand(args[1:], stdout)
+	case "rollback":
+		err = rollbackCommand(args[1:], stdout)
 	case "scale":
 		err = scaleCommand(args[1:], stdout)
 	case "stop":
@@ -72,16 +79,30 @@ func run(args []string, sigs chan os.Signal, stdout, stderr io.Writer) int {
 	}
 }
 
+// goos is the platform this handoff runs on (a variable for the tests).
+var goos = goruntime.GOOS
+
+// needsLinux says why cmd cannot run on goos: run and dev start a
+// primary, which needs Linux (see runtime/platform_linux.go). The other
+// commands, and library mode, build and run everywhere.
+func needsLinux(cmd, goos string) error {
+	if goos == "linux" || (cmd != "run" && cmd != "dev") {
+		return nil
+	}
+	return fmt.Errorf("handoff %s needs Linux (its primary forks workers with PR_SET_PDEATHSIG, signals through pidfds and checks peers with SO_PEERCRED; this is %s): run it in a Linux VM or container", cmd, goos)
+}
+
 func runCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) error {
 	cfg, logCfg, err := parseRun(args, stdout)
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logCfg, stderr)
+	ws := lockedWriter(stderr)
+	log, err := newLogger(logCfg, ws)
 	if err != nil {
 		return usageError{err}
 	}
-	cfg.Logger = log
+	logTo(&cfg, log, ws)
 	cfg.Signals = sigs
 	return runtime.Run(context.Background(), cfg)
 }
@@ -92,18 +113,20 @@ Usage:
   handoff run [flags] -- COMMAND [ARG...]   run COMMAND as workers sharing the listeners
   handoff status [--control PATH] [--json]  show the workers and the deploy in progress
   handoff reload [--control PATH]           deploy what is on disk now, wait for the outcome
+  handoff rollback [--control PATH]         deploy the previous generation again, wait for
+                                            the outcome
   handoff scale [--control PATH] N|+N|-N    set or change the number of workers
   handoff stop [--control PATH]             shut down gracefully, wait until done
-  handoff dev [flags] --build CMD -- COMMAND [ARG...]
-                                            rebuild on every source change and roll
-                                            each build out without going dark
+  handoff dev [flags] [--build CMD] -- COMMAND [ARG...]
+                                            roll every source change out (built
+                                            first with --build) without going dark
   handoff version                           print the version
   handoff help                              this text
 
 Run 'handoff run --help' for the flags, signals and the worker contract, and
 'handoff COMMAND --help' for each command.
 
-status, reload, scale and stop talk to the primary over its control socket
+status, reload, rollback, scale and stop talk to the primary over its control socket
 (handoff run --control PATH). Without --control, a primary puts it in
 $HANDOFF_CONTROL_DIR if set, else /run/handoff for root, else
 $XDG_RUNTIME_DIR/handoff, else $TMPDIR/handoff-UID, named after its first

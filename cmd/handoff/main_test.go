@@ -158,7 +158,7 @@ func TestParseRunValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Workers != defaultWorkers() || cfg.Ready != runtime.ReadyDelay || cfg.ReadyDelay != time.Second ||
+	if cfg.Workers != 0 || cfg.Ready != runtime.ReadyDelay || cfg.ReadyDelay != time.Second ||
 		cfg.ReadyTimeout != runtime.DefaultReadyTimeout || cfg.DrainTimeout != runtime.DefaultDrainTimeout ||
 		cfg.StopSignal != syscall.SIGTERM || cfg.IPC || lc != (logConfig{"console", "info"}) {
 		t.Errorf("defaults %+v %+v", cfg, lc)
@@ -179,5 +179,26 @@ func TestParseSignal(t *testing.T) {
 		if got, err := parseSignal(in); err == nil {
 			t.Errorf("parseSignal(%q) = %v, want an error", in, got)
 		}
+	}
+}
+
+// Where there is no primary (not Linux), run and dev say so in one line
+// and exit 1, before reading a flag; the other commands go on.
+func TestRunNeedsLinux(t *testing.T) {
+	defer func(g string) { goos = g }(goos)
+	goos = "darwin"
+	for _, cmd := range []string{"run", "dev"} {
+		code, stdout, stderr := runArgs(cmd, "--listen", "127.0.0.1:0", "--", "/bin/true")
+		want := "handoff: handoff " + cmd + " needs Linux ("
+		if code != 1 || stdout != "" || !strings.HasPrefix(stderr, want) || strings.Count(stderr, "\n") != 1 ||
+			!strings.Contains(stderr, "this is darwin") {
+			t.Errorf("handoff %s on darwin: exit %d, stdout %q, stderr %q; want exit 1 and one line %q…", cmd, code, stdout, stderr, want)
+		}
+	}
+	if code, stdout, _ := runArgs("version"); code != 0 || !strings.HasPrefix(stdout, "handoff ") {
+		t.Errorf("handoff version on darwin: exit %d, %q", code, stdout)
+	}
+	if err := needsLinux("run", "linux"); err != nil {
+		t.Errorf("on linux: %v", err)
 	}
 }

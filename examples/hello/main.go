@@ -38,15 +38,25 @@ func main() {
 	drainTimeout := flag.Duration("drain-timeout", runtime.DefaultDrainTimeout, "time a retiring worker has to drain")
 	logFormat := flag.String("log-format", "console", "console or json")
 	watch := flag.Bool("watch", false, "deploy whenever this program's executable is replaced (a new build), without a HUP")
+	minUptime := flag.Duration("min-uptime", runtime.DefaultMinUptime, "a deploy's probation: a new worker that exits sooner after it is ready fails the deploy, which is rolled back (0: off)")
 	flag.Parse()
+	if *minUptime == 0 {
+		*minUptime = -1 // off: Config's 0 is the default
+	}
 
 	l, err := runtime.ParseListen(*listen, 0)
 	if err != nil {
 		fail(err)
 	}
-	log, err := newLogger(*logFormat)
+	// The log and the workers' stderr lines share stderr, under one lock.
+	stderr := zapcore.Lock(os.Stderr)
+	log, enc, err := newLogger(*logFormat, stderr)
 	if err != nil {
 		fail(err)
+	}
+	output := runtime.OutputPrefix // "w0:4242| line"
+	if *logFormat == "json" {
+		output = runtime.OutputJSON // one JSON object per line, throughout
 	}
 	err = runtime.Main(context.Background(), runtime.App{
 		Config: runtime.Config{
@@ -54,8 +64,14 @@ func main() {
 			Workers:      *workers,
 			PIDFile:      *pidFile,
 			DrainTimeout: *drainTimeout,
+			MinUptime:    *minUptime,
 			Watch:        *watch,
 			Logger:       log,
+			// The workers' lines: labelled with their slot and pid, or
+			// JSON events encoded as the log's.
+			WorkerOutput:        output,
+			WorkerStderr:        stderr,
+			WorkerOutputEncoder: enc,
 		},
 		Worker: func(ctx context.Context, w *runtime.Worker) error {
 			srv := &http.Server{
@@ -78,15 +94,17 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func newLogger(format string) (*zap.Logger, error) {
+// newLogger returns the logger and the JSON encoder of the workers' lines.
+func newLogger(format string, w zapcore.WriteSyncer) (*zap.Logger, zapcore.Encoder, error) {
+	jsonEnc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	var enc zapcore.Encoder
 	switch format {
 	case "json":
-		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+		enc = jsonEnc
 	case "console":
 		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	default:
-		return nil, fmt.Errorf("--log-format %q: use console or json", format)
+		return nil, nil, fmt.Errorf("--log-format %q: use console or json", format)
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel)), nil
+	return zap.New(zapcore.NewCore(enc, w, zap.InfoLevel)), jsonEnc, nil
 }

@@ -12,6 +12,9 @@
 // "slot":i} every --tick, and answers every {"ask":id} from a worker with
 // {"answer":id,"primary":pid,"slot":s,"pid":p} (Message.Reply).
 //
+// The primary's App.Primary logs "app primary started" and "app primary
+// ended" (with "primary": its pid).
+//
 // Workers say STATUS=libapp <version> serving, then answer HTTP:
 //
 //	/       "<version> pid=<pid> worker=<slot> gen=<generation>"
@@ -20,6 +23,8 @@
 //	/stats  "ticks=<n> directs=<n> mismatches=<n> pid=<pid>": messages
 //	        received; a mismatch is a direct message for another slot, or
 //	        an answer naming another worker
+//	/panic?in=onmessage|primary  sends {"panic":…} to the primary, whose
+//	        OnMessage panics, or makes its App.Primary panic
 package main
 
 import (
@@ -53,6 +58,7 @@ type msg struct {
 	Answer  string `json:"answer,omitempty"`
 	Primary int    `json:"primary,omitempty"`
 	Pid     int    `json:"pid,omitempty"`
+	Panic   string `json:"panic,omitempty"`
 }
 
 func main() {
@@ -76,6 +82,7 @@ func main() {
 		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
 	}
 	log := zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
+	panicPrimary := make(chan struct{}, 1)
 
 	err = runtime.Main(context.Background(), runtime.App{
 		Config: runtime.Config{
@@ -85,12 +92,16 @@ func main() {
 			Logger:    log,
 		},
 		Primary: func(ctx context.Context, h *runtime.Hub) {
+			log.Info("app primary started", zap.Int("primary", os.Getpid()))
+			defer log.Info("app primary ended", zap.Int("primary", os.Getpid()))
 			t := time.NewTicker(*tick)
 			defer t.Stop()
 			for n := 1; ; n++ {
 				select {
 				case <-ctx.Done():
 					return
+				case <-panicPrimary:
+					panic("libapp: asked to panic in App.Primary")
 				case <-t.C:
 				}
 				h.Broadcast(msg{Tick: &n})
@@ -101,6 +112,16 @@ func main() {
 		},
 		OnMessage: func(m runtime.Message) {
 			var in msg
+			if err := m.Decode(&in); err == nil && in.Panic != "" {
+				if in.Panic == "primary" {
+					select {
+					case panicPrimary <- struct{}{}:
+					default:
+					}
+					return
+				}
+				panic("libapp: asked to panic in OnMessage")
+			}
 			if err := m.Decode(&in); err != nil || in.Ask == "" {
 				log.Warn("unexpected message", zap.ByteString("data", m.Data))
 				return
@@ -165,6 +186,13 @@ func worker(ctx context.Context, w *runtime.Worker) error {
 		case <-time.After(5 * time.Second):
 			http.Error(rw, "no answer from the primary", 500)
 		}
+	})
+	mux.HandleFunc("/panic", func(rw http.ResponseWriter, r *http.Request) {
+		if err := w.Send(msg{Panic: r.URL.Query().Get("in")}); err != nil {
+			http.Error(rw, "send: "+err.Error(), 500)
+			return
+		}
+		fmt.Fprintf(rw, "sent pid=%d\n", os.Getpid())
 	})
 	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", ticks.Load(), directs.Load(), mismatches.Load(), os.Getpid())

@@ -31,8 +31,20 @@
 // 50ms later. /env answers with the environment the process started with
 // (sorted, one per line; it includes LISTEN_* although activation removes
 // them from the live environment), then "fds=" with the fds open when the
-// process started (what it inherited, e.g. 0,1,2,3,4) and "fds_now=" with
-// the fds open now (includes the runtime's own, e.g. epoll).
+// process started (what it inherited, e.g. 0,1,2,3,4), "fds_now=" with
+// the fds open now (includes the runtime's own, e.g. epoll) and
+// "nonblocking=" with those of its inherited fds past stdio that were in
+// non-blocking mode (O_NONBLOCK) when it started, before it took them.
+//
+// /write?stream=stdout|stderr writes the request body to that stream as it
+// is (one write), then answers; with &at=exit the body is written instead
+// as the process exits, after the drain.
+//
+// --chatter D writes "chatter <pid> <n>" lines, n = 0, 1, 2, ..., to stdout
+// and to stderr every D from the start; after the stop signal it goes on
+// for --chatter-drain (default 0) while draining, then writes
+// "chatter <pid> last <n>" (n: the last number written) and, with no
+// newline, "chatter <pid> end", to both, as the last thing before exit.
 //
 // /grow?mb=N allocates N MiB, touches every page and keeps it for the
 // life of the process (its resident memory grows by N MiB), then answers.
@@ -66,6 +78,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/drain"
 )
@@ -78,8 +91,9 @@ var (
 
 // Taken before main runs and before activation unsets LISTEN_*.
 var (
-	startFDs = openFDs()
-	startEnv = os.Environ()
+	startFDs         = openFDs()
+	startNonblocking = nonblocking(startFDs)
+	startEnv         = os.Environ()
 )
 
 // Exit codes.
@@ -97,6 +111,8 @@ func main() {
 	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
 	readyAfter := fs.Duration("ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
 	crashSlot := fs.String("crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
+	chatterEvery := fs.Duration("chatter", 0, "write numbered lines to stdout and stderr this often")
+	chatterDrain := fs.Duration("chatter-drain", 0, "with --chatter: go on this long after the stop signal")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -161,6 +177,10 @@ func main() {
 			}
 		}()
 	}
+	var chatter *chatterer
+	if *chatterEvery > 0 {
+		chatter = startChatter(*chatterEvery)
+	}
 	if usec, err := daemon.SdWatchdogEnabled(false); err == nil && usec > 0 {
 		go pingWatchdog(usec / 3)
 	}
@@ -194,6 +214,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "testserver %s pid=%d: drain: %v\n", version, os.Getpid(), err)
 	}
 	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: drained in %v, exiting 0\n", version, os.Getpid(), time.Since(begin).Round(time.Millisecond))
+	if chatter != nil {
+		time.Sleep(time.Until(begin.Add(*chatterDrain)))
+		chatter.stop()
+	}
+	atExit.write()
 	os.Exit(0)
 }
 
@@ -263,8 +288,32 @@ func handler(reply string) http.Handler {
 		for _, kv := range env {
 			b.WriteString(kv + "\n")
 		}
-		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\n", joinInts(startFDs), joinInts(openFDs()))
+		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
 		io.WriteString(w, b.String())
+	})
+	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "write: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var out *os.File
+		switch r.URL.Query().Get("stream") {
+		case "stdout":
+			out = os.Stdout
+		case "stderr":
+			out = os.Stderr
+		default:
+			http.Error(w, "write: want ?stream=stdout or stderr", http.StatusBadRequest)
+			return
+		}
+		if r.URL.Query().Get("at") == "exit" {
+			atExit.add(out, body)
+		} else if _, err := out.Write(body); err != nil {
+			http.Error(w, "write: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, reply)
 	})
 	mux.HandleFunc("/grow", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -318,6 +367,69 @@ func handler(reply string) http.Handler {
 	return mux
 }
 
+// atExit holds what /write?at=exit asked for.
+var atExit exitWrites
+
+type exitWrites struct {
+	sync.Mutex
+	writes []exitWrite
+}
+
+type exitWrite struct {
+	f *os.File
+	b []byte
+}
+
+func (e *exitWrites) add(f *os.File, b []byte) {
+	e.Lock()
+	e.writes = append(e.writes, exitWrite{f, b})
+	e.Unlock()
+}
+
+func (e *exitWrites) write() {
+	e.Lock()
+	defer e.Unlock()
+	for _, w := range e.writes {
+		w.f.Write(w.b)
+	}
+}
+
+// chatterer writes numbered lines to stdout and stderr (--chatter).
+type chatterer struct {
+	done, stopped chan struct{}
+}
+
+func startChatter(every time.Duration) *chatterer {
+	c := &chatterer{done: make(chan struct{}), stopped: make(chan struct{})}
+	pid := os.Getpid()
+	go func() {
+		defer close(c.stopped)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		n := 0
+		for {
+			fmt.Fprintf(os.Stdout, "chatter %d %d\n", pid, n)
+			fmt.Fprintf(os.Stderr, "chatter %d %d\n", pid, n)
+			select {
+			case <-t.C:
+				n++
+			case <-c.done:
+				for _, f := range []*os.File{os.Stdout, os.Stderr} {
+					fmt.Fprintf(f, "chatter %d last %d\nchatter %d end", pid, n, pid)
+				}
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// stop ends the chatter with its last lines.
+func (c *chatterer) stop() {
+	close(c.done)
+	<-c.stopped
+}
+
 // grown keeps what /grow allocated.
 var grown struct {
 	sync.Mutex
@@ -355,6 +467,21 @@ func openFDs() []int {
 	}
 	sort.Ints(fds)
 	return fds
+}
+
+// nonblocking returns those of fds past stdio that are in non-blocking
+// mode.
+func nonblocking(fds []int) []int {
+	var out []int
+	for _, fd := range fds {
+		if fd <= 2 {
+			continue
+		}
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NONBLOCK != 0 {
+			out = append(out, fd)
+		}
+	}
+	return out
 }
 
 func joinInts(xs []int) string {

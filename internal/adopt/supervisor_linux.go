@@ -493,6 +493,9 @@ func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, er
 		if s.idValid(nfd, n.ID) != nil {
 			return "gone", nil
 		}
+		if err := sameBlocking(t.FD, dup); err != nil {
+			return "", err
+		}
 		if err := s.addfd(nfd, n.ID, t.FD, fd, flags); err != nil {
 			if err == unix.ENOENT {
 				return "gone", nil
@@ -687,6 +690,29 @@ func cloexec(tid, fd int) bool {
 		}
 	}
 	return true
+}
+
+// sameBlocking gives the listener the O_NONBLOCK of the program's own
+// socket: the program created it as it reads it (Go and Node non-blocking,
+// Python blocking), and would have set the flag on a socket it took from
+// LISTEN_FDS. The flag is on the open file description that the primary
+// and every worker share.
+func sameBlocking(listener, own int) error {
+	want, err := unix.FcntlInt(uintptr(own), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("F_GETFL: %w", err)
+	}
+	cur, err := unix.FcntlInt(uintptr(listener), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("F_GETFL: %w", err)
+	}
+	if cur&unix.O_NONBLOCK == want&unix.O_NONBLOCK {
+		return nil
+	}
+	if _, err := unix.FcntlInt(uintptr(listener), unix.F_SETFL, cur&^unix.O_NONBLOCK|want&unix.O_NONBLOCK); err != nil {
+		return fmt.Errorf("F_SETFL: %w", err)
+	}
+	return nil
 }
 
 // bound reports whether a socket has an address already.

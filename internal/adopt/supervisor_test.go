@@ -73,8 +73,8 @@ func TestMain(m *testing.M) {
 }
 
 // bindOne does one "KIND ADDR" of bindsEnv: KIND is tcp4, tcp6, tcp4-inherit
-// (no SOCK_CLOEXEC), udp4, unix or unlink (of a path), and prints
-// "ok ino=N cloexec=B listening=B" or "err ERRNO".
+// (no SOCK_CLOEXEC), tcp4-nonblock, udp4, unix or unlink (of a path), and
+// prints "ok ino=N cloexec=B nonblock=B" or "err ERRNO".
 func bindOne(spec string) string {
 	kind, addr, _ := strings.Cut(spec, " ")
 	if kind == "unlink" {
@@ -92,6 +92,8 @@ func bindOne(spec string) string {
 		typ = unix.SOCK_DGRAM
 	case "tcp4-inherit":
 		flags = 0
+	case "tcp4-nonblock":
+		flags |= unix.SOCK_NONBLOCK
 	case "unix":
 		domain = unix.AF_UNIX
 		sa = &unix.SockaddrUnix{Name: addr}
@@ -128,7 +130,8 @@ func bindOne(spec string) string {
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
 	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	return fmt.Sprintf("ok ino=%d cloexec=%v", st.Ino, fl&unix.FD_CLOEXEC != 0)
+	status, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	return fmt.Sprintf("ok ino=%d cloexec=%v nonblock=%v", st.Ino, fl&unix.FD_CLOEXEC != 0, status&unix.O_NONBLOCK != 0)
 }
 
 func denySeccomp() error {
@@ -233,14 +236,16 @@ func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 	_, busy, _ := listener(t, "tcp", "127.0.0.1:0")
 	s, logs := newSupervisor(t, Listener{Name: "web", Network: "tcp", Addr: addr, FD: fd})
 
-	adopted := fmt.Sprintf("ok ino=%d cloexec=true", ino)
+	adopted := fmt.Sprintf("ok ino=%d cloexec=true nonblock=false", ino)
 	binds := []struct{ spec, want string }{
 		{"tcp4 127.0.0.1:0", "own"}, // Go's probes bind port 0: untouched
 		{"tcp6 [::1]:0", "own"},
 		{"tcp4 127.0.0.1:" + port, adopted},
 		{"tcp6 [::]:" + port, adopted}, // Node's and Go's default
 		{"tcp4 0.0.0.0:" + port, adopted},
-		{"tcp4-inherit 127.0.0.1:" + port, fmt.Sprintf("ok ino=%d cloexec=false", ino)},
+		{"tcp4-inherit 127.0.0.1:" + port, fmt.Sprintf("ok ino=%d cloexec=false nonblock=false", ino)},
+		// The socket takes the program's O_NONBLOCK, for all.
+		{"tcp4-nonblock 0.0.0.0:" + port, fmt.Sprintf("ok ino=%d cloexec=true nonblock=true", ino)},
 		{"udp4 127.0.0.1:" + port, "own"}, // a datagram socket on the port is not replaced
 		{"tcp4 " + busy, "err address already in use"},
 	}
@@ -259,8 +264,11 @@ func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 			t.Errorf("%s: %q, want %q", b.spec, got[i], b.want)
 		}
 	}
-	if n := len(logs.FilterMessage("worker bind adopted").All()); n != 4 {
-		t.Errorf("%d \"worker bind adopted\" events, want 4: %v", n, logs.All())
+	if n := len(logs.FilterMessage("worker bind adopted").All()); n != 5 {
+		t.Errorf("%d \"worker bind adopted\" events, want 5: %v", n, logs.All())
+	}
+	if fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); fl&unix.O_NONBLOCK == 0 {
+		t.Error("the listener is blocking after the last adopted bind, of a non-blocking socket")
 	}
 	// The worker's listen(fd, 128) on the adopted socket left the
 	// listener's backlog as the primary made it (Go: somaxconn).
@@ -290,7 +298,7 @@ func TestUnixBindAndUnlink(t *testing.T) {
 	}
 	s, logs := newSupervisor(t, Listener{Name: "sock", Network: "unix", Addr: path, FD: fd})
 	got := runWorker(t, s, dir, "unlink app.sock", "unix app.sock", "unix "+path, "unlink "+path, "unlink other")
-	adopted := fmt.Sprintf("ok ino=%d cloexec=true", ino)
+	adopted := fmt.Sprintf("ok ino=%d cloexec=true nonblock=false", ino)
 	want := []string{"ok", adopted, adopted, "ok", "ok"}
 	for i := range want {
 		if got[i] != want[i] {

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// 7. Bind adoption: what it adds to a worker's start.
+// 8. Bind adoption: what it adds to a worker's start.
 func (b *bencher) adoption(ctx context.Context) error {
 	modes := []struct {
 		name        string
@@ -50,7 +50,7 @@ func (b *bencher) adoption(ctx context.Context) error {
 		}
 	}
 	t := Table{
-		Title:  "7. Bind adoption: a worker's start",
+		Title:  "8. Bind adoption: a worker's start",
 		Header: []string{"worker", "spawn → READY=1 (median)", "p10 – p90", "vs no filter"},
 		Notes: []string{fmt.Sprintf("One primary per row, 1 worker of the bench server each, --ready notify; %d deploys per row taken in turn, no load. The time is the primary's: from the fork of the new worker to its READY=1, which the server sends once it serves: exec step (and, with a filter, its installation and the hand-over of its notification fd), Go runtime start, the bind (with adoption, answered by the primary), the first listen. Go's net package binds port 0 twice at start to probe for IPv6: under the filter these go to the primary too, and are let run.",
 			b.cfg.Starts)},

@@ -46,10 +46,11 @@ type Config struct {
 	ReadyDelay  time.Duration // the slow app's time to get ready
 	Balance     []int         // worker counts of the balance benchmark
 	Reloads     int           // dev-loop reloads
+	OutputLines int           // lines each worker writes in the worker-output benchmark
 	Starts      int           // worker starts per mode of the adoption benchmark
 
 	// Only names the benchmarks to run (overhead, disruption, scaling,
-	// devloop, balance, adoption); empty runs them all. The primary's cost comes
+	// devloop, balance, output, adoption); empty runs them all. The primary's cost comes
 	// from overhead and scaling.
 	Only []string
 
@@ -57,20 +58,20 @@ type Config struct {
 }
 
 // Names of the benchmarks, for Config.Only.
-var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "adoption"}
+var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "output", "adoption"}
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
 	Rounds: 30, Slice: 700 * time.Millisecond, Steady: 3 * time.Second, Warmup: 150 * time.Millisecond, Clients: 64,
 	Upgrades: 10, DisruptRuns: 3, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
-	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10, Starts: 30,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10, OutputLines: 500_000, Starts: 30,
 }
 
 // Quick is the configuration of 'make bench BENCH_QUICK=1'.
 var Quick = Config{
 	Rounds: 5, Slice: 500 * time.Millisecond, Steady: 2 * time.Second, Warmup: 100 * time.Millisecond, Clients: 64,
 	Upgrades: 3, DisruptRuns: 1, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
-	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3, Starts: 10,
+	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3, OutputLines: 100_000, Starts: 10,
 }
 
 func (c *Config) fill() {
@@ -86,6 +87,7 @@ func (c *Config) fill() {
 	c.Deploys = cmp.Or(c.Deploys, d.Deploys)
 	c.ReadyDelay = cmp.Or(c.ReadyDelay, d.ReadyDelay)
 	c.Reloads = cmp.Or(c.Reloads, d.Reloads)
+	c.OutputLines = cmp.Or(c.OutputLines, d.OutputLines)
 	c.Starts = cmp.Or(c.Starts, d.Starts)
 	if len(c.Workers) == 0 {
 		c.Workers = d.Workers
@@ -143,6 +145,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"scaling", "upgrade duration against workers, and the primary's cost per worker", b.scaling},
 		{"devloop", "dev loop", b.devLoop},
 		{"balance", "balance across workers", b.balance},
+		{"output", "worker output", b.output},
 		{"adoption", "bind adoption: a worker's start", b.adoption},
 	}
 	for _, s := range steps {

@@ -64,8 +64,9 @@ func startPrimaryWith(ctx context.Context, handoff string, flags []string, serve
 
 // handoffCmd is the command startPrimaryWith runs.
 func handoffCmd(handoff string, flags []string, server string, n int, serverArgs ...string) *exec.Cmd {
+	// Probation off: an upgrade is measured to the end of its roll.
 	args := []string{"run", "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n), "--ready", "notify",
-		"--log-format", "json", "--drain-timeout", "10s"}
+		"--log-format", "json", "--drain-timeout", "10s", "--min-uptime", "0"}
 	args = append(append(append(args, flags...), "--", server), serverArgs...)
 	return exec.Command(handoff, args...)
 }
@@ -74,7 +75,7 @@ func handoffCmd(handoff string, flags []string, server string, n int, serverArgs
 // (its own primary), with n workers.
 func startLibrary(ctx context.Context, hello string, n int) (*primary, string, error) {
 	return startPrimaryCmd(ctx, exec.Command(hello, "--listen", "127.0.0.1:0", "--workers", strconv.Itoa(n),
-		"--log-format", "json", "--drain-timeout", "10s"))
+		"--log-format", "json", "--drain-timeout", "10s", "--min-uptime", "0"))
 }
 
 // startPrimaryCmd starts cmd, a primary that logs JSON to stderr, and

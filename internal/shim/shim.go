@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package shim is the exec step between the primary and a worker's command.
 //
 // The systemd socket-activation protocol wants LISTEN_PID to be the pid of
@@ -22,21 +24,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
-
-// EnvMarker is set in the environment of a process that must act as the
-// shim. Its value is the resolved path of the command to exec; the command's
-// argv follows argv[0] of the shim (argv[1:]).
-const EnvMarker = "HANDOFF_SHIM_EXEC"
-
-// EnvChannelFD names the worker's end of its message channel, when it has
-// one: always the fd right after the listeners (3+LISTEN_FDS).
-const EnvChannelFD = "HANDOFF_CHANNEL_FD"
-
-// Exit codes of a shim that could not exec its command, as shells use them.
-const (
-	ExitNotFound   = 127
-	ExitCannotExec = 126
 )
 
 // textBusyRetry bounds how long exec is retried while the file is still
@@ -88,7 +75,18 @@ func run(path string, argv, environ []string) int {
 	if chanFD == keep {
 		keep++
 	}
-	_ = unix.CloseRange(uint(keep), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	if err := closeOnExecFrom(keep); err != nil {
+		fmt.Fprintf(os.Stderr, "handoff: cannot mark inherited fds close-on-exec before starting %s: %v\n", path, err)
+		return ExitCannotExec
+	}
+	// The generation's pinned file, if the launcher passed one (after the
+	// close-on-exec marking: see pinned.go).
+	exe, env, err := pinnedExec(path, env)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
+		return ExitCannotExec
+	}
+	// Last before the exec, on this goroutine's thread, which it locks.
 	env, ok := adoptBinds(env)
 	if !ok {
 		return ExitCannotExec
@@ -96,7 +94,7 @@ func run(path string, argv, environ []string) int {
 
 	deadline := time.Now().Add(textBusyRetry)
 	for {
-		err := syscall.Exec(path, argv, env)
+		err := syscall.Exec(exe, argv, env)
 		if errors.Is(err, syscall.ETXTBSY) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 			continue
@@ -111,4 +109,31 @@ func run(path string, argv, environ []string) int {
 
 func hasKey(kv, key string) bool {
 	return len(kv) > len(key) && kv[len(key)] == '=' && kv[:len(key)] == key
+}
+
+// closeRange is unix.CloseRange; tests replace it to take the fall-back.
+var closeRange = unix.CloseRange
+
+// closeOnExecFrom marks every fd from first on close-on-exec:
+// close_range(CLOSE_RANGE_CLOEXEC) from Linux 5.11, else (ENOSYS before
+// 5.9, EINVAL for the flag before 5.11) each fd listed in /proc/self/fd.
+func closeOnExecFrom(first int) error {
+	if closeRange(uint(first), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return nil
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < first {
+			continue
+		}
+		// EBADF: the directory's own fd, closed by now.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,16 +1,27 @@
+//go:build linux
+
 package shim
 
 import (
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // The test binary is also the shim: started with EnvMarker set, it execs.
+// With testutil.EnvOldKernel set, it first execs itself again as on the
+// oldest kernel handoff supports.
 func TestMain(m *testing.M) {
+	testutil.OldKernelMain()
 	Main()
 	os.Exit(m.Run())
 }
@@ -147,6 +158,20 @@ func TestHasKey(t *testing.T) {
 // The message channel, right after the listeners, reaches the command; an
 // fd past it does not, nor does a channel fd named anywhere else.
 func TestChannelFDKept(t *testing.T) {
+	testChannelFDKept(t, false)
+}
+
+// On a kernel without close_range's CLOSE_RANGE_CLOEXEC (before Linux
+// 5.11; the three LTS distributions handoff supports ship 4.18, 5.4 and
+// 5.10), the fds past the listeners are still kept from the command.
+func TestChannelFDKeptOldKernel(t *testing.T) {
+	if !testutil.OldKernelSupported() {
+		t.Skip("no old-kernel filter on this architecture")
+	}
+	testChannelFDKept(t, true)
+}
+
+func testChannelFDKept(t *testing.T, oldKernel bool) {
 	if os.Getenv("LISTEN_FDS") != "" {
 		t.Skip("LISTEN_FDS set in the test's own environment")
 	}
@@ -168,6 +193,11 @@ func TestChannelFDKept(t *testing.T) {
 		{[]string{"LISTEN_FDS=1", EnvChannelFD + "=5"}, "3"},
 	} {
 		cmd, stderr := shim(t, path, tc.env)
+		if oldKernel {
+			// This binary again, as a wrapper that execs the shim.
+			cmd.Args = append([]string{os.Args[0]}, cmd.Args...)
+			cmd.Env = append(cmd.Env, testutil.EnvOldKernel+"=1")
+		}
 		cmd.ExtraFiles = []*os.File{open(), open(), open()}
 		out, err := cmd.Output()
 		if err != nil {
@@ -176,5 +206,40 @@ func TestChannelFDKept(t *testing.T) {
 		if got := strings.TrimSpace(string(out)); got != tc.want {
 			t.Errorf("%v: the command has fds %q, want %q", tc.env, got, tc.want)
 		}
+	}
+}
+
+// Without close_range (ENOSYS before Linux 5.9, EINVAL for
+// CLOSE_RANGE_CLOEXEC before 5.11), every fd from the first one on is
+// marked close-on-exec through /proc/self/fd; those below are left alone.
+func TestCloseOnExecFallBack(t *testing.T) {
+	for _, errno := range []error{unix.ENOSYS, unix.EINVAL} {
+		closeRange = func(uint, uint, uint) error { return errno }
+		var fds []int
+		for i := 0; i < 4; i++ {
+			fd, err := unix.Open(os.DevNull, unix.O_RDONLY, 0) // no O_CLOEXEC
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds = append(fds, fd)
+		}
+		slices.Sort(fds)
+		if err := closeOnExecFrom(fds[1]); err != nil {
+			t.Fatalf("%v: %v", errno, err)
+		}
+		for i, fd := range fds {
+			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := i > 0; (fl&unix.FD_CLOEXEC != 0) != want {
+				t.Errorf("close_range gave %v: fd %d close-on-exec %v, want %v (from fd %d on)", errno, fd, !want, want, fds[1])
+			}
+			unix.Close(fd)
+		}
+	}
+	closeRange = unix.CloseRange
+	if err := closeOnExecFrom(math.MaxInt32); err != nil {
+		t.Errorf("with close_range: %v", err)
 	}
 }

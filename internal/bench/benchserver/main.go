@@ -13,6 +13,9 @@
 // --bind makes it bind its own port, :$PORT, even under handoff (a server
 // written to run alone), for handoff's bind adoption (--adopt-bind).
 //
+// --spew N makes it write N lines of --spew-size bytes to stdout, as fast
+// as it can, on every SIGUSR1 (the worker-output benchmark).
+//
 // --ready-delay makes it take that long to get ready (before it serves and
 // before READY=1), to model an application with a slow start.
 //
@@ -21,6 +24,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -49,6 +53,8 @@ func main() {
 	useTableflip := flag.Bool("tableflip", false, "run as tableflip's README shows: Upgrade on SIGHUP, Shutdown on Exit")
 	pidFile := flag.String("pid-file", "", "with --tableflip: the pid file tableflip maintains")
 	bind := flag.Bool("bind", false, "bind :$PORT itself, ignoring LISTEN_FDS (bind adoption under handoff)")
+	spew := flag.Int("spew", 0, "on SIGUSR1, write this many lines to stdout")
+	spewSize := flag.Int("spew-size", 100, "with --spew: bytes per line, newline included")
 	flag.Parse()
 	if *version == "" {
 		*version = trailerVersion()
@@ -73,6 +79,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	if *spew > 0 {
+		spewOnUSR1(*spew, *spewSize)
+	}
 	time.Sleep(*readyDelay)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -83,6 +92,26 @@ func main() {
 	if err := <-done; err != nil {
 		log.Fatal(err)
 	}
+}
+
+// spewOnUSR1 writes n lines of size bytes to stdout on every SIGUSR1.
+func spewOnUSR1(n, size int) {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			w := bufio.NewWriterSize(os.Stdout, 64<<10)
+			line := []byte(fmt.Sprintf("spew %d ", os.Getpid()))
+			for len(line) < size-1 {
+				line = append(line, 'x')
+			}
+			line = append(line, '\n')
+			for i := 0; i < n; i++ {
+				w.Write(line)
+			}
+			w.Flush()
+		}
+	}()
 }
 
 // TrailerPrefix starts the version trailer: a copy of this executable with

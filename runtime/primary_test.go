@@ -1,12 +1,18 @@
+//go:build linux
+
 package runtime
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // A start that fails after binding leaves nothing: no socket file, and
@@ -35,5 +41,22 @@ func TestRunStartFailureLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
 		t.Errorf("the unix listener's socket file is left: %v", err)
+	}
+}
+
+func TestDeployedState(t *testing.T) {
+	if got := deployedState(3, 3, nil); got != "READY=1\nSTATUS=serving generation 3" {
+		t.Errorf("a deploy that finished: %q", got)
+	}
+	got := deployedState(2, 3, errors.New("worker 0 exited\nat start"))
+	if got != "READY=1\nSTATUS=serving generation 2; generation 3 aborted: worker 0 exited at start" {
+		t.Errorf("a refused deploy: %q", got)
+	}
+	rb := &rolledBack{gen: 3, serving: 2, err: &workerpool.RolledBackError{Slots: 2, Cause: &workerpool.ProbationError{
+		Slot: 1, Pid: 7, ReadyFor: 1500 * time.Millisecond, MinUptime: 5 * time.Second,
+		Exit: workerpool.Exit{Status: "exit status 4", StderrTail: "boom\n"}}}}
+	got = deployedState(2, 3, rb)
+	if got != "READY=1\nSTATUS=serving generation 2; generation 3 rolled back: worker 1 (pid 7) exited 1.5s after it was ready (min uptime 5s): exit status 4; its stderr ends: boom" {
+		t.Errorf("a rolled-back deploy: %q", got)
 	}
 }

@@ -1,0 +1,107 @@
+//go:build linux
+
+package runtime
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// listen binds (or inherits) every listener and returns raw duplicates of
+// their fds for the workers, with their names.
+func (p *primary) listen() (fds []int, names []string, err error) {
+	var addrs []string
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				syscall.Close(fd)
+			}
+		}
+	}()
+	seen := map[string]int{}
+	for _, l := range p.cfg.Listeners {
+		// Passed to a new primary as a file (see listenfd.go).
+		key := listenerKey(l, seen[l.Network+" "+l.Address])
+		seen[l.Network+" "+l.Address]++
+		fd, addr, err := p.bindListener(l, key)
+		if err != nil {
+			return fds, nil, err
+		}
+		fds = append(fds, fd)
+		names = append(names, l.Name)
+		addrs = append(addrs, addr)
+	}
+	p.addrs = addrs
+	return fds, names, nil
+}
+
+// logListening logs the bound listeners, once the control socket is set
+// up too: a failed start prints its one error line and nothing else.
+func (p *primary) logListening() {
+	for i, l := range p.cfg.Listeners {
+		p.log.Info("listening", zap.String("name", l.Name), zap.String("network", l.Network), zap.String("addr", p.addrs[i]))
+	}
+}
+
+// listenMetrics binds (or inherits) the --metrics socket through
+// tableflip, so that a new primary serves it on without a gap. It is never
+// passed to a worker: workers get only the raw fds of cfg.Listeners.
+//
+// tableflip finds an inherited socket by network and address, so the
+// metrics socket gets a name of its own: a --listen of the same address
+// spelling (say two :0) must not be taken for it.
+func (p *primary) listenMetrics() (net.Listener, error) {
+	ln, err := p.bind("tcp", "handoff-metrics "+p.cfg.Metrics, p.cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics: %v", listenError(Listener{Network: "tcp", Address: p.cfg.Metrics}, err))
+	}
+	return ln, nil
+}
+
+// bind binds addr through tableflip, which knows the socket as name (and
+// hands an inherited one of that network and name back instead). On a
+// failure it returns the bind's own error: tableflip flattens it into
+// text, and listenError turns the original into advice.
+func (p *primary) bind(network, name, addr string) (net.Listener, error) {
+	var bindErr error
+	ln, err := p.upg.ListenWithCallback(network, name, func(network, _ string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		bindErr = err
+		return ln, err
+	})
+	if err != nil && bindErr != nil {
+		err = bindErr
+	}
+	return ln, err
+}
+
+// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
+// os.File.Fd, which would put the socket into blocking mode for every
+// process that shares it (golang/go#43894).
+func rawFd(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no file descriptor", ln)
+	}
+	return dupConn(sc)
+}
+
+// dupConn returns a close-on-exec duplicate of c's fd, taken through
+// RawConn.Control, which leaves the file's mode alone.
+func dupConn(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+	}); err != nil {
+		return -1, err
+	}
+	return dup, derr
+}

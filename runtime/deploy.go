@@ -1,0 +1,262 @@
+//go:build linux
+
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/workerpool"
+	"go.uber.org/zap"
+)
+
+func (p *primary) spec(path string, gen int) *workerpool.Spec {
+	args := append([]string(nil), p.cfg.Command...)
+	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
+}
+
+// deploy rolls the workers onto the command now on disk, pinned, first
+// upgrading the primary itself when its executable has changed.
+func (p *primary) deploy(ctx context.Context) error {
+	p.gen++
+	gen := p.gen
+	if p.selfChanged() {
+		return p.deploySelf(ctx, gen)
+	}
+	d := p.beginDeploy(gen, kindWorkers)
+	path, err := ResolveCommand(p.cfg.Command[0])
+	var pf *pin.File
+	if err == nil {
+		pf, err = p.pinCommand(path)
+	}
+	if err != nil {
+		p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", err.Error()))
+		p.endDeploy(ctx, d, outcomeAborted, err)
+		return err
+	}
+	spec := p.spec(path, gen)
+	spec.Pin = pf
+	return p.rollGeneration(ctx, d, &generation{gen: gen, spec: spec}, true)
+}
+
+// deploySelf is a deploy that upgrades the primary itself: the new
+// primary rolls the workers and reports the outcome once it has taken
+// over.
+func (p *primary) deploySelf(ctx context.Context, gen int) error {
+	d := p.beginDeploy(gen, kindPrimary, zap.Duration("timeout", p.upgradeBound()))
+	err := p.upgradeSelf(ctx, gen)
+	// A binary written a moment ago may still be open for writing
+	// somewhere (golang/go#22315); tableflip reports it as text.
+	for end := time.Now().Add(time.Second); err != nil && ctx.Err() == nil && time.Now().Before(end) &&
+		strings.Contains(err.Error(), syscall.ETXTBSY.Error()); {
+		time.Sleep(20 * time.Millisecond)
+		err = p.upgradeSelf(ctx, gen)
+	}
+	if err == nil {
+		p.setServingGen(gen)
+		p.endDeploy(ctx, d, "", errHandedOver)
+		return errHandedOver
+	}
+	// The new primary failed; if it had taken slots over, they were
+	// rolled back to this primary's workers (upgradeSelf).
+	var rb *workerpool.RolledBackError
+	if errors.As(err, &rb) && ctx.Err() == nil {
+		err = &rolledBack{gen: gen, serving: p.serving(), err: rb}
+		p.logRolledBack(gen, time.Since(d.start), rb)
+		p.endDeploy(ctx, d, outcomeRolledBack, err)
+		return err
+	}
+	p.log.Error("upgrade aborted", zap.Int("generation", gen), zap.String("reason", "new primary: "+err.Error()))
+	p.endDeploy(ctx, d, outcomeAborted, err)
+	return err
+}
+
+// rollGeneration rolls the workers onto next, with probation
+// (--min-uptime) and, if it fails, a roll-back of every slot to the
+// current generation; it ends the deploy d with its outcome. fromDisk is
+// a deploy of what is on disk: if that is the current generation's file
+// again (a restart of the workers, to reload a configuration), the
+// previous generation stays what a rollback deploys.
+func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *generation, fromDisk bool) error {
+	var to *workerpool.Spec
+	if p.cur != nil {
+		to = p.cur.spec
+	}
+	newer := newerDeploy(ctx)
+	err := p.pool.RollWith(ctx, next.spec, workerpool.RollOptions{
+		Progress:     p.progress(next.gen),
+		MinUptime:    p.cfg.MinUptime,
+		EndProbation: newer,
+		RollBackTo:   to,
+		OnRollBack: func(cause error) {
+			p.log.Warn("upgrade rolling back", zap.Int("generation", next.gen), zap.String("reason", failureLine(cause)))
+			p.stmu.Lock()
+			if p.deploying != nil {
+				p.deploying.RollingBack = true
+			}
+			p.stmu.Unlock()
+		},
+	})
+	var rb *workerpool.RolledBackError
+	switch {
+	case err == nil:
+		if !fromDisk || !sameBuild(next, p.cur) {
+			p.prev = p.cur
+		}
+		p.cur = next
+		p.setServingGen(next.gen)
+		fields := []zap.Field{zap.Int("generation", next.gen), zap.Duration("duration", time.Since(d.start))}
+		if p.cfg.MinUptime > 0 && closed(newer) {
+			fields = append(fields, zap.String("probation", "ended by a newer deploy"))
+		}
+		p.log.Info("upgrade finished", fields...)
+		p.endDeploy(ctx, d, outcomeDone, nil)
+	case errors.As(err, &rb) && ctx.Err() == nil:
+		err = &rolledBack{gen: next.gen, serving: p.serving(), err: rb}
+		p.logRolledBack(next.gen, time.Since(d.start), rb)
+		p.endDeploy(ctx, d, outcomeRolledBack, err)
+	default:
+		p.logAbort(next.gen, err)
+		p.endDeploy(ctx, d, outcomeAborted, err)
+	}
+	p.keepGenerations()
+	return err
+}
+
+// closed reports whether ch is closed (a nil channel never is).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// deployRun is one deploy (or rollback) as systemd, status, the log and
+// the metrics see it.
+type deployRun struct {
+	gen   int
+	kind  string
+	start time.Time
+}
+
+// beginDeploy announces the deploy of generation gen.
+func (p *primary) beginDeploy(gen int, kind string, fields ...zap.Field) *deployRun {
+	d := &deployRun{gen: gen, kind: kind, start: time.Now()}
+	notifySystemd(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=deploying generation %d", monotonicUsec(), gen))
+	p.setDeploying(&UpgradeStatus{Generation: gen, Kind: kind, Started: d.start})
+	p.log.Info("upgrade started", append([]zap.Field{zap.Int("generation", gen), zap.String("kind", kind)}, fields...)...)
+	return d
+}
+
+// endDeploy ends d with outcome: status no longer shows it; systemd learns
+// the generation serving (and why not the new one); metrics count it.
+// After a hand-over, the new primary, now the main process, does both; a
+// deploy cancelled by a shutdown tells systemd nothing (it is stopping).
+func (p *primary) endDeploy(ctx context.Context, d *deployRun, outcome string, err error) {
+	p.setDeploying(nil)
+	if errors.Is(err, errHandedOver) {
+		return
+	}
+	if ctx.Err() == nil {
+		notifySystemd(deployedState(p.serving(), d.gen, err))
+	}
+	p.metrics.deployed(d.kind, outcome, time.Since(d.start), p.serving())
+}
+
+func (p *primary) progress(gen int) func(step, steps int) {
+	return func(step, steps int) {
+		p.deployStep(step, steps)
+		p.log.Info("upgrade step", zap.Int("generation", gen), zap.Int("step", step), zap.Int("steps", steps))
+	}
+}
+
+// rolledBack is a deploy that failed and was rolled back: every slot it
+// had replaced runs the generation before it again.
+type rolledBack struct {
+	gen, serving int
+	err          *workerpool.RolledBackError
+}
+
+func (e *rolledBack) Error() string {
+	return fmt.Sprintf("rolled back: %s; generation %d serving", failureLine(e.err), e.serving)
+}
+
+func (e *rolledBack) Unwrap() error { return e.err }
+
+// deployReply answers a reload or a rollback with the outcome of its job.
+func (s *controlServer) deployReply(err error) ControlReply {
+	var rb *rolledBack
+	switch {
+	case errors.As(err, &rb):
+		return ControlReply{Error: rb.Error()}
+	case err != nil:
+		return ControlReply{Error: "aborted: " + failureLine(err) + s.p.bindAdvice(err)}
+	}
+	gen := s.p.serving()
+	return ControlReply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
+}
+
+// workerFields are the log fields of a worker's failure in err (none if
+// it is not one).
+func workerFields(err error) []zap.Field {
+	var se *workerpool.StartError
+	var pe *workerpool.ProbationError
+	switch {
+	case errors.As(err, &pe):
+		return []zap.Field{zap.Int("slot", pe.Slot), zap.Int("pid", pe.Pid), zap.String("status", pe.Exit.Status),
+			zap.String("stderr", pe.Exit.StderrTail), zap.Duration("ready_for", pe.ReadyFor)}
+	case errors.As(err, &se):
+		return []zap.Field{zap.Int("slot", se.Slot), zap.Int("pid", se.Pid), zap.String("status", se.Exit.Status),
+			zap.String("stderr", se.Exit.StderrTail)}
+	}
+	return nil
+}
+
+func (p *primary) logAbort(gen int, err error) {
+	fields := []zap.Field{zap.Int("generation", gen), zap.String("reason", err.Error())}
+	p.log.Error("upgrade aborted", append(fields, workerFields(err)...)...)
+}
+
+// logRolledBack logs the end of a deploy that was rolled back.
+func (p *primary) logRolledBack(gen int, took time.Duration, rb *workerpool.RolledBackError) {
+	fields := []zap.Field{zap.Int("generation", gen), zap.String("reason", failureLine(rb.Cause)),
+		zap.Int("to", p.serving()), zap.Int("slots", rb.Slots), zap.Duration("duration", took)}
+	fields = append(fields, workerFields(rb.Cause)...)
+	if rb.Err != nil {
+		fields = append(fields, zap.String("error", failureLine(rb.Err)))
+	}
+	p.log.Error("upgrade rolled back", fields...)
+}
+
+// failureLine makes one line of a failed start, deploy or scale: the
+// worker's failure and the last lines of its stderr (see stderrEnd).
+func failureLine(err error) string {
+	var rb *workerpool.RolledBackError
+	if errors.As(err, &rb) {
+		msg := failureLine(rb.Cause)
+		if rb.Err != nil {
+			msg += "; rolling back failed: " + failureLine(rb.Err)
+		}
+		return msg
+	}
+	var se *workerpool.StartError
+	var pe *workerpool.ProbationError
+	msg, tail := err.Error(), ""
+	switch {
+	case errors.As(err, &pe):
+		msg, tail = pe.Error(), pe.Exit.StderrTail
+	case errors.As(err, &se):
+		msg, tail = se.Error(), se.Exit.StderrTail
+	}
+	if end := stderrEnd(tail); end != "" {
+		msg += "; its stderr ends: " + end
+	}
+	return msg
+}

@@ -1,0 +1,316 @@
+//go:build linux
+
+package workerpool
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/internal/sdnotify"
+	"github.com/handoff-dev/handoff/internal/shim"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// OSLauncher starts workers as real processes through the shim
+// (internal/shim): the listeners become fds 3, 4, … with LISTEN_FDS,
+// LISTEN_FDNAMES and LISTEN_PID, and NOTIFY_SOCKET names a datagram socket
+// private to the worker.
+type OSLauncher struct {
+	// Listeners are raw fds of the listening sockets. They are passed with
+	// syscall.ForkExec and never wrapped in an *os.File, whose Fd method
+	// would switch the shared socket to blocking mode for every worker
+	// (golang/go#43894).
+	Listeners []int
+	// Names go into LISTEN_FDNAMES, one per listener.
+	Names []string
+	// Ready and ReadyDelay select how readiness is learnt.
+	Ready      ReadyMode
+	ReadyDelay time.Duration
+	// NotifyDir holds the workers' notify sockets; it should be a private
+	// directory of mode 0700.
+	NotifyDir string
+	// Stdout is inherited by every worker as is; nil means os.Stdout.
+	Stdout *os.File
+	// Stderr receives the workers' stderr, whole lines at a time; nil means
+	// os.Stderr.
+	Stderr io.Writer
+	// Output, if set, forwards the workers' stdout and stderr instead, as
+	// its Mode says (labelled lines, JSON events, or raw); Stdout is then
+	// inherited in raw mode only, and Stderr is not used.
+	Output *Output
+	// Self is the shim executable; empty means /proc/self/exe.
+	Self string
+	// Logger gets STATUS= and STOPPING=1 from workers.
+	Logger *zap.Logger
+	// Channel gives every worker a message channel (internal/channel): a
+	// unix stream socket whose worker end is the fd right after the
+	// listeners, named in HANDOFF_CHANNEL_FD and, for Node.js's built-in
+	// IPC, NODE_CHANNEL_FD (with NODE_CHANNEL_SERIALIZATION_MODE=json).
+	// Control messages on it ({"handoff":"ready"}, see Control) count as
+	// sd_notify's; every other value goes to OnMessage.
+	Channel bool
+	// OnMessage receives, serially per worker, each value a worker sends
+	// on its channel that is not a control message. It should not block
+	// for long: that worker's further messages wait for it.
+	OnMessage func(Message)
+	// Watchdog, if positive, reaches every worker as WATCHDOG_USEC (and
+	// WATCHDOG_PID, set by the shim): a worker that sends WATCHDOG=1 is
+	// expected to send it again within that time. The primary decides what
+	// to do about one that does not (see WatchdogReporter).
+	Watchdog time.Duration
+	// Credential, if not nil, is the user and groups the workers run as;
+	// each worker's notify socket is then owned by that user, and
+	// NotifyDir must be searchable by it.
+	Credential *syscall.Credential
+	// PrepareFD, if set, gives each worker one more fd (see ExtraFD): bind
+	// adoption's channel to the primary (internal/adopt).
+	PrepareFD func(slot, generation int) (*ExtraFD, error)
+
+	seq      atomic.Uint64
+	stderrMu sync.Mutex
+}
+
+var errNotStarted = errors.New("worker did not start")
+
+// Launch starts one worker and returns once it has been forked.
+func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
+	log := l.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	self := l.Self
+	if self == "" {
+		self = "/proc/self/exe"
+	}
+	stdout := l.Stdout
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	// The generation's pinned file: open before anything else, so that a
+	// pin that cannot be exec'd any more fails the launch with nothing to
+	// undo. Its descriptor is the worker's until the fork.
+	var exe *os.File
+	if spec.Pin != nil {
+		var err error
+		if exe, err = spec.Pin.Open(); err != nil {
+			return nil, err
+		}
+		defer exe.Close()
+	}
+	extra, err := l.prepareFD(slot, spec.Generation)
+	if err != nil {
+		return nil, err
+	}
+	defer extra.release()
+
+	wout, err := l.Output.stdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer wout.close()
+
+	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
+	sock, err := sdnotify.Listen(sockPath)
+	if err != nil {
+		return nil, err
+	}
+	if c := l.Credential; c != nil {
+		if err := os.Chown(sockPath, int(c.Uid), int(c.Gid)); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("notify socket: %w", err)
+		}
+	}
+	devnull, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	defer unix.Close(devnull)
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		sock.Close()
+		return nil, err
+	}
+	chanFD := -1 // the primary's end of the message channel
+	var workerEnd int
+	if l.Channel {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			sock.Close()
+			unix.Close(pipe[0])
+			unix.Close(pipe[1])
+			return nil, fmt.Errorf("message channel: %v", err)
+		}
+		chanFD, workerEnd = fds[0], fds[1]
+	}
+
+	env := make([]string, 0, len(spec.Env)+6)
+	env = append(env, spec.Env...)
+	env = append(env,
+		"LISTEN_FDS="+strconv.Itoa(len(l.Listeners)),
+		"LISTEN_FDNAMES="+strings.Join(l.Names, ":"),
+		"NOTIFY_SOCKET="+sockPath,
+		"HANDOFF_WORKER="+strconv.Itoa(slot),
+		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
+		shim.EnvMarker+"="+spec.Path,
+	)
+	if l.Watchdog > 0 {
+		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
+	}
+	files := []uintptr{uintptr(devnull), wout.fd(stdout), uintptr(pipe[1])}
+	for _, fd := range l.Listeners {
+		files = append(files, uintptr(fd))
+	}
+	if chanFD >= 0 {
+		n := strconv.Itoa(len(files))
+		files = append(files, uintptr(workerEnd))
+		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
+	}
+	if exe != nil {
+		// Past the listeners and the channel: the shim execs it (see
+		// internal/shim's pinned.go), through a link named like the
+		// command so that the worker is named after it.
+		n := len(files)
+		files = append(files, exe.Fd())
+		env = append(env, shim.EnvExecFD+"="+strconv.Itoa(n))
+		if link, err := pin.ExecLink(l.NotifyDir, n, filepath.Base(spec.Path)); err == nil {
+			env = append(env, shim.EnvExecVia+"="+link)
+		}
+	}
+	files, env = extra.add(files, env)
+	attr := &syscall.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   env,
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			// A worker leads its own process group: a Ctrl-C at a terminal
+			// reaches only the primary, which drains the workers in order,
+			// and a stuck worker is killed with all it started.
+			Setpgid: true,
+			// Fires when the thread that forked the worker exits, so that
+			// thread stays locked until the worker is reaped (see wait).
+			Pdeathsig: syscall.SIGKILL,
+			// Go switches the user before it sets Pdeathsig, which the
+			// switch would otherwise clear.
+			Credential: l.Credential,
+		},
+	}
+
+	p := &osProcess{
+		ready:   make(chan struct{}),
+		done:    make(chan struct{}),
+		started: time.Now(),
+		sock:    sock,
+		log:     log.With(zap.Int("slot", slot), zap.Int("generation", spec.Generation)),
+		opened:  make(chan struct{}),
+	}
+	forked := make(chan error, 1)
+	// The shim execs its argv[1:] (see internal/shim): argv[0] is its own.
+	go p.forkAndWait(self, append([]string{self}, spec.Args...), attr, forked)
+	err = <-forked
+	unix.Close(pipe[1])
+	if chanFD >= 0 {
+		unix.Close(workerEnd)
+	}
+	if err != nil {
+		unix.Close(pipe[0])
+		sock.Close()
+		if chanFD >= 0 {
+			unix.Close(chanFD)
+		}
+		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
+	}
+	p.log = p.log.With(zap.Int("pid", p.pid))
+	extra.forked(p.pid, p.markReady)
+	if chanFD >= 0 {
+		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
+	}
+	// Before opened: the reaper reads it once opened is closed.
+	p.copied = make(chan struct{})
+	close(p.opened)
+
+	if l.Output != nil {
+		l.Output.forward(p, slot, spec.Generation, wout, os.NewFile(uintptr(pipe[0]), "worker-stderr"))
+	} else {
+		go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+	}
+	go p.readNotify()
+	if l.Ready == ReadyDelay {
+		go p.readyAfter(l.ReadyDelay)
+	}
+	return p, nil
+}
+
+// forkAndWait forks the worker and waits for it on one locked OS thread, so
+// that Pdeathsig fires only when the primary itself dies
+// (golang/go#27505). The thread ends with the goroutine, after the reap.
+func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAttr, forked chan<- error) {
+	runtime.LockOSThread()
+	pid, err := syscall.ForkExec(self, argv, attr)
+	if err != nil {
+		runtime.UnlockOSThread()
+		forked <- err
+		return
+	}
+	p.pid = pid
+	forked <- nil
+
+	// Wait for the exit without reaping: until the reap the pid cannot be
+	// reused, so Signal and Kill never reach another process.
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	p.mu.Lock()
+	// What the worker started in its process group goes with it: an orphan
+	// would keep the listening socket open.
+	unix.Kill(-pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	p.exited = true
+	p.mu.Unlock()
+	uptime := time.Since(p.started)
+
+	p.sock.Close()
+	<-p.opened
+	if p.ch != nil {
+		// What the worker sent before it exited is still read: the
+		// channel ends by itself once nothing holds the worker's end.
+		select {
+		case <-p.ch.Done():
+		case <-time.After(200 * time.Millisecond):
+			p.ch.Close()
+		}
+	}
+	// The stderr pipe reaches EOF when the worker has gone, unless
+	// something it started still holds it: do not wait for that long.
+	select {
+	case <-p.copied:
+	case <-time.After(200 * time.Millisecond):
+	}
+	p.exit = Exit{Status: StatusString(ws), Code: -1, Uptime: uptime, StderrTail: p.tail.String()}
+	if ws.Exited() {
+		p.exit.Code = ws.ExitStatus()
+	}
+	close(p.done)
+}

@@ -1,0 +1,48 @@
+package workerpool
+
+import "os"
+
+// Spec is what a worker runs: one deploy's resolved command.
+type Spec struct {
+	// Path is the resolved executable (absolute, symlinks followed).
+	Path string
+	// Args is the argv, Args[0] included.
+	Args []string
+	// Env is the environment before the worker contract's variables are
+	// added; it must not hold LISTEN_*, NOTIFY_SOCKET or HANDOFF_*.
+	Env []string
+	// Dir is the working directory; empty means the primary's.
+	Dir string
+	// Generation counts deploys; it reaches the worker as HANDOFF_GENERATION.
+	Generation int
+	// Pin, if not nil, is the file the generation pinned (internal/pin's
+	// File): OSLauncher execs what it opens, whatever is at Path now. nil
+	// execs Path.
+	Pin Pinned
+}
+
+// Pinned is a generation's pinned executable.
+type Pinned interface {
+	// Open returns a new descriptor (close-on-exec) of the file to exec
+	// now; the caller closes it.
+	Open() (*os.File, error)
+}
+
+// Launcher starts a worker for a slot.
+type Launcher interface {
+	Launch(slot int, spec *Spec) (Process, error)
+}
+
+// ReadyMode says how a worker's readiness is learnt.
+type ReadyMode int
+
+const (
+	// ReadyNotify waits for READY=1 on the worker's NOTIFY_SOCKET.
+	ReadyNotify ReadyMode = iota
+	// ReadyDelay counts a worker ready once it has been alive for the
+	// delay, or at READY=1 if that comes first.
+	ReadyDelay
+	// ReadyBind counts a worker ready once its bind of a listener's
+	// address was adopted (see ExtraFD.Started), or at READY=1.
+	ReadyBind
+)
