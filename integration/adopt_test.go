@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/adopt"
 	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
@@ -27,13 +28,11 @@ import (
 // except under CI, where it must work.
 func needAdoption(t *testing.T) {
 	t.Helper()
-	r := runHandoff(t, "", nil, nil, "run", "--adopt-bind", "on", "--listen", "127.0.0.1:0", "--workers", "1",
-		"--ready", "delay:10ms", "--", "/bin/false")
-	if strings.Contains(r.stderr, "--adopt-bind on:") {
+	if err := adopt.Probe(); err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("bind adoption unavailable: %s", r.stderr)
+			t.Fatalf("bind adoption unavailable: %v", err)
 		}
-		t.Skipf("bind adoption unavailable here: %s", r.stderr)
+		t.Skipf("bind adoption unavailable here: %v", err)
 	}
 }
 
@@ -205,6 +204,42 @@ func TestAdoptGoListenAndServe(t *testing.T) {
 	checkInvariant(t, p.Log.Events(), p.Workers)
 	checkAdopted(t, p)
 	p.shutdownAll(successor)
+}
+
+// TestAdoptUnixSocket: a Go server that removes a stale socket file and
+// binds its unix path itself (and whose listener removes the file when it
+// closes, as Go's does) serves on a --listen unix: socket through deploys
+// under load: no failed request, the file there throughout.
+func TestAdoptUnixSocket(t *testing.T) {
+	t.Parallel()
+	needAdoption(t)
+	ctl, err := os.MkdirTemp("", "hu-") // a unix socket path has at most 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(ctl) })
+	sock := filepath.Join(ctl, "app.sock")
+	p := StartPrimary(t, Options{Server: "bind-v1", Ready: "bind", Listen: []string{"unix:" + sock},
+		Flags: []string{"--adopt-bind", "on"}, Env: []string{"UNIX_SOCKET=" + sock}})
+	c := unixClient(sock, 5*time.Second)
+	p.WaitServingVia(c, "http://unix/", "v1", 10*time.Second)
+	load := startLoadUnix(t, sock)
+	for _, v := range []string{"v2", "v1", "v2"} {
+		p.Install("bind-" + v)
+		p.DeployOK(60 * time.Second)
+		p.WaitServingVia(c, "http://unix/", v, 20*time.Second)
+		waitRequests(t, load, 300, 10*time.Second)
+		if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("after the deploy of %s, the socket file: %v", v, err)
+		}
+	}
+	checkLoad(t, load, "v2")
+	if n := len(p.Log.Filter("worker unlink of a listener's socket file ignored")); n == 0 {
+		t.Error("no worker unlink of the socket file was seen")
+	}
+	checkAdopted(t, p)
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	p.shutdownAll(p.Current())
 }
 
 // exampleBinding runs a program that binds $PORT under handoff run with

@@ -1,7 +1,9 @@
 // Command bindserver is an ordinary Go HTTP server that knows nothing of
 // handoff: it binds its own port with ListenAndServe(":"+$PORT) and shuts
 // down with Shutdown on SIGTERM. The end-to-end tests wrap it with handoff
-// run, which adopts its bind (--adopt-bind).
+// run, which adopts its bind (--adopt-bind). With $UNIX_SOCKET it serves
+// on that unix socket instead: it removes a stale file first and binds it
+// with net.Listen, whose Close removes the file again, as Go programs do.
 //
 // Shutdown alone loses requests, whoever runs the server: it drops a
 // request it reads after it began (a connection accepted a moment before),
@@ -16,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -49,6 +52,10 @@ func main() {
 	srv := &http.Server{
 		Addr: ":" + port,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Read the request through: a server that answers before it
+			// has read the body may close the connection under a client
+			// still sending it.
+			io.Copy(io.Discard, r.Body)
 			if draining.Load() {
 				w.Header().Set("Connection", "close")
 			}
@@ -74,8 +81,18 @@ func main() {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	served := make(chan error, 1)
-	go func() { served <- srv.ListenAndServe() }()
-	log.Printf("serving on :%s", port)
+	if path := os.Getenv("UNIX_SOCKET"); path != "" {
+		os.Remove(path)
+		ul, err := net.Listen("unix", path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() { served <- srv.Serve(ul) }()
+		log.Printf("serving on %s", path)
+	} else {
+		go func() { served <- srv.ListenAndServe() }()
+		log.Printf("serving on :%s", port)
+	}
 	select {
 	case err := <-served:
 		log.Fatal(err)
