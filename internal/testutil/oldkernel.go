@@ -41,20 +41,9 @@ func OldKernelMain() {
 }
 
 func execOldKernel(argv []string) error {
-	if len(argv) == 0 {
-		return fmt.Errorf("nothing to exec")
-	}
 	if auditArch == 0 {
 		return fmt.Errorf("no seccomp filter for %s", runtime.GOARCH)
 	}
-	var env []string
-	for _, kv := range os.Environ() {
-		if len(kv) < len(EnvOldKernel)+1 || kv[:len(EnvOldKernel)+1] != EnvOldKernel+"=" {
-			env = append(env, kv)
-		}
-	}
-	// The filter is the calling thread's: exec from that very thread.
-	runtime.LockOSThread()
 	filter := []unix.SockFilter{
 		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 4}, // arch
 		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: auditArch, Jt: 0, Jf: 3},
@@ -63,6 +52,29 @@ func execOldKernel(argv []string) error {
 		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
 		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
 	}
+	return execFiltered(EnvOldKernel, filter, argv, func() error {
+		if _, err := unix.PidfdOpen(os.Getpid(), 0); err != unix.ENOSYS {
+			return fmt.Errorf("the filter does not hold: pidfd_open gave %v", err)
+		}
+		return nil
+	})
+}
+
+// execFiltered execs argv, with envKey removed from the environment, under
+// filter (and no_new_privs), which then holds for the process and every
+// process it starts; check, if not nil, runs under the filter first.
+func execFiltered(envKey string, filter []unix.SockFilter, argv []string, check func() error) error {
+	if len(argv) == 0 {
+		return fmt.Errorf("nothing to exec")
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if len(kv) < len(envKey)+1 || kv[:len(envKey)+1] != envKey+"=" {
+			env = append(env, kv)
+		}
+	}
+	// The filter is the calling thread's: exec from that very thread.
+	runtime.LockOSThread()
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %v", err)
@@ -70,8 +82,10 @@ func execOldKernel(argv []string) error {
 	if err := unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&prog)), 0, 0); err != nil {
 		return fmt.Errorf("seccomp: %v", err)
 	}
-	if _, err := unix.PidfdOpen(os.Getpid(), 0); err != unix.ENOSYS {
-		return fmt.Errorf("the filter does not hold: pidfd_open gave %v", err)
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
 	}
 	return syscall.Exec(argv[0], argv, env)
 }
