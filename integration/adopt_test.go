@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,7 +176,8 @@ func checkAdopted(t *testing.T, p *Primary) {
 // bindserver), serves under handoff run through deploys of new binaries
 // and a self-upgrade of the primary (whose successor adopts its own
 // workers' binds) under load: no failed request, the new version at the
-// end, and one listening socket on the port, the primary's, throughout.
+// end, and one listening socket on the port, the primary's, throughout. A
+// worker killed then is replaced by one whose bind is adopted too.
 func TestAdoptGoListenAndServe(t *testing.T) {
 	t.Parallel()
 	needAdoption(t)
@@ -202,6 +204,21 @@ func TestAdoptGoListenAndServe(t *testing.T) {
 	checkLoad(t, load, "v1")
 	watch.check(t, successor)
 	checkInvariant(t, p.Log.Events(), p.Workers)
+
+	// A worker killed is replaced, and its replacement's bind adopted too.
+	mark := p.Log.Len()
+	var victim int
+	for pid := range p.LiveWorkers() {
+		victim = pid
+		break
+	}
+	p.Signal(victim, syscall.SIGKILL)
+	if _, ok := p.Log.Wait(mark, 20*time.Second, func(e Event) bool {
+		return e.Msg == "worker bind adopted" && e.Int0("pid") != victim
+	}); !ok {
+		t.Fatalf("no bind adopted after worker %d was killed\n%s", victim, p.Tail(30))
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	checkAdopted(t, p)
 	p.shutdownAll(successor)
 }
