@@ -90,6 +90,22 @@ type GenerationStatus struct {
 	// RollbackOf is the generation whose file a rollback deployed again
 	// as this one; absent otherwise.
 	RollbackOf int `json:"rollback_of,omitempty"`
+	// Pinned says in words what the generation pins: "binary pinned
+	// (sha256 …)", or for a #! script "script: interpreter … pinned …;
+	// the script runs from its path …".
+	Pinned string `json:"pinned,omitempty"`
+	// Script is true for a #! script; Interpreter is its pinned
+	// interpreter (absent when it is not pinned).
+	Script      bool        `json:"script,omitempty"`
+	Interpreter *PinnedFile `json:"interpreter,omitempty"`
+}
+
+// PinnedFile is a file pinned beside a generation's command: a script's
+// interpreter.
+type PinnedFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // PrimaryStatus describes the primary that answered.

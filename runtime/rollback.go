@@ -5,6 +5,9 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"go.uber.org/zap"
@@ -37,6 +40,7 @@ func (g *generation) status() *GenerationStatus {
 	var st *GenerationStatus
 	if f := g.pin(); f != nil {
 		st = generationStatus(g.gen, f.Identity())
+		describePin(st, f)
 	} else {
 		st = &GenerationStatus{Generation: g.gen, Path: g.spec.Path}
 	}
@@ -56,15 +60,27 @@ func sameBuild(a, b *generation) bool {
 	return a.pin().Same(b.pin())
 }
 
-// pinCommand pins the executable a generation runs (internal/pin) and
-// keeps it among the pins the primary holds.
+// pinCommand pins the executable generation p.gen runs (internal/pin),
+// says in the log what it pins, and keeps it among the pins the primary
+// holds. The workers' PATH finds a script's "#!/usr/bin/env NAME".
 func (p *primary) pinCommand(path string) (*pin.File, error) {
-	f, err := pin.Pin(path, pin.Options{})
+	f, err := pin.Pin(path, pin.Options{PATH: envValue(p.env, "PATH")})
 	if err != nil {
 		return nil, err
 	}
+	p.log.Info("command pinned", zap.Int("generation", p.gen), zap.String("path", path), zap.String("pinned", f.Describe()))
 	p.keepPin(f)
 	return f, nil
+}
+
+// envValue is the value of key in env ("" without it).
+func envValue(env []string, key string) string {
+	for _, kv := range slices.Backward(env) {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 func (p *primary) keepPin(f *pin.File) {
@@ -147,6 +163,10 @@ func (p *primary) rollbackPrevious(ctx context.Context) error {
 	if prev == nil {
 		return errNoPrevious
 	}
+	if err := runsAsDeployed(prev); err != nil {
+		p.log.Warn("rollback refused", zap.String("reason", err.Error()))
+		return err
+	}
 	p.gen++
 	gen := p.gen
 	spec := *prev.spec
@@ -159,6 +179,29 @@ func (p *primary) rollbackPrevious(ctx context.Context) error {
 // errNoPrevious refuses a rollback when the primary keeps no generation
 // before the current one.
 var errNoPrevious = errors.New("no previous generation to roll back to")
+
+// errNotAsDeployed refuses a rollback to a generation that cannot run as
+// it was deployed.
+var errNotAsDeployed = errors.New("the previous generation cannot run as it was deployed")
+
+// runsAsDeployed checks that a rollback to g would run what g ran: a #!
+// script runs from its path, so that path must still hold the script g
+// deployed.
+func runsAsDeployed(g *generation) error {
+	f := g.pin()
+	if f == nil {
+		return nil
+	}
+	note, err := f.ScriptChanged()
+	if err == nil && note == "" {
+		return nil
+	}
+	if err != nil {
+		note = err.Error()
+	}
+	return fmt.Errorf("%w: generation %d is a script, which runs from its path, and %s; restore it, or deploy what is there with a reload (keep each release's script in a directory of its own to roll back to it)",
+		errNotAsDeployed, g.gen, note)
+}
 
 // generations is what status and `handoff rollback` know of the
 // generations the primary keeps: the current one (what the last start or
@@ -212,6 +255,18 @@ func generationStatus(gen int, id pin.Identity) *GenerationStatus {
 	return &GenerationStatus{Generation: gen, Path: id.Path, Size: id.Size, ModTime: id.ModTime, SHA256: id.SHA256}
 }
 
+// describePin adds to st what f pins: in words, and a script's pinned
+// interpreter.
+func describePin(st *GenerationStatus, f *pin.File) {
+	st.Pinned = f.Describe()
+	if f.Script() {
+		st.Script = true
+		if id, ok := f.Interpreter(); ok {
+			st.Interpreter = &PinnedFile{Path: id.Path, Size: id.Size, SHA256: id.SHA256}
+		}
+	}
+}
+
 // rollbackJob makes the job of a rollback request: the installed rollback
 // job, run in turn with deploys and scaling (never beside them), or a
 // refusal when there is no previous generation.
@@ -240,7 +295,7 @@ func (s *controlServer) rollback() ControlReply {
 	switch {
 	case retry:
 		return s.retryReply()
-	case errors.Is(err, errNoPrevious):
+	case errors.Is(err, errNoPrevious), errors.Is(err, errNotAsDeployed):
 		return ControlReply{Error: "refused: " + err.Error()}
 	}
 	return s.deployReply(err)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -167,8 +168,21 @@ func TestStatusGenerations(t *testing.T) {
 	p.cur = &generation{gen: 3, spec: &workerpool.Spec{Path: c.Identity().Path, Pin: c}, rollbackOf: 1}
 	p.publishGenerations()
 	b, _ = json.Marshal(p.status().Generations)
-	want := `{"current":{"generation":3,"path":"` + c.Identity().Path + `","size":17,"mtime":"2026-01-02T03:04:05Z","sha256":"` + c.Identity().SHA256 + `","rollback_of":1},` +
-		`"previous":{"generation":1,"path":"` + a.Identity().Path + `","size":10,"mtime":"2026-01-02T03:04:05Z","sha256":"` + a.Identity().SHA256 + `"}}`
+	// What a script pins: its interpreter.
+	sh, ok := a.Interpreter()
+	if !ok {
+		t.Fatal("a script's interpreter is not pinned")
+	}
+	pins := func(f *pin.File) string {
+		return `"pinned":"` + f.Describe() + `","script":true,"interpreter":{"path":"` + sh.Path + `","size":` +
+			strconv.FormatInt(sh.Size, 10) + `,"sha256":"` + sh.SHA256 + `"}`
+	}
+	if d := a.Describe(); !strings.HasPrefix(d, "script: interpreter "+sh.Path+" pinned (sha256 ") ||
+		!strings.Contains(d, "the script runs from its path") {
+		t.Errorf("a script pins %q", d)
+	}
+	want := `{"current":{"generation":3,"path":"` + c.Identity().Path + `","size":17,"mtime":"2026-01-02T03:04:05Z","sha256":"` + c.Identity().SHA256 + `","rollback_of":1,` + pins(c) + `},` +
+		`"previous":{"generation":1,"path":"` + a.Identity().Path + `","size":10,"mtime":"2026-01-02T03:04:05Z","sha256":"` + a.Identity().SHA256 + `",` + pins(a) + `}}`
 	if string(b) != want {
 		t.Errorf("generations:\n%s\nwant\n%s", b, want)
 	}

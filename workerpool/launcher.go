@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/sdnotify"
@@ -102,12 +103,20 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	// pin that cannot be exec'd any more fails the launch with nothing to
 	// undo. Its descriptor is the worker's until the fork.
 	var exe *os.File
+	argv := spec.Args
 	if spec.Pin != nil {
+		var note string
 		var err error
-		if exe, err = spec.Pin.Open(); err != nil {
+		if exe, argv, note, err = spec.Pin.Exec(spec.Args); err != nil {
 			return nil, err
 		}
-		defer exe.Close()
+		if exe != nil {
+			defer exe.Close()
+		}
+		if note != "" {
+			log.Warn("worker script changed", zap.Int("slot", slot), zap.Int("generation", spec.Generation),
+				zap.String("path", spec.Path), zap.String("reason", note+": running it from its path"))
+		}
 	}
 	extra, err := l.prepareFD(slot, spec.Generation)
 	if err != nil {
@@ -178,16 +187,19 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		files = append(files, uintptr(workerEnd))
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
+	var verify func(pid int) error
 	if exe != nil {
 		// Past the listeners and the channel: the shim execs it (see
 		// internal/shim's pinned.go), through a link named like the
-		// command so that the worker is named after it.
+		// command so that the worker is named after it, and stops right
+		// after the exec for the pin to verify what it runs (traceExec).
 		n := len(files)
 		files = append(files, exe.Fd())
-		env = append(env, shim.EnvExecFD+"="+strconv.Itoa(n))
+		env = append(env, shim.EnvExecFD+"="+strconv.Itoa(n), shim.EnvExecTrace+"=1")
 		if link, err := pin.ExecLink(l.NotifyDir, n, filepath.Base(spec.Path)); err == nil {
 			env = append(env, shim.EnvExecVia+"="+link)
 		}
+		verify = spec.Pin.Verify
 	}
 	files, env = extra.add(files, env)
 	attr := &syscall.ProcAttr{
@@ -218,7 +230,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	}
 	forked := make(chan error, 1)
 	// The shim execs its argv[1:] (see internal/shim): argv[0] is its own.
-	go p.forkAndWait(self, append([]string{self}, spec.Args...), attr, forked)
+	go p.forkAndWait(self, append([]string{self}, argv...), attr, verify, forked)
 	err = <-forked
 	unix.Close(pipe[1])
 	if chanFD >= 0 {
@@ -256,7 +268,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 // forkAndWait forks the worker and waits for it on one locked OS thread, so
 // that Pdeathsig fires only when the primary itself dies
 // (golang/go#27505). The thread ends with the goroutine, after the reap.
-func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAttr, forked chan<- error) {
+func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAttr, verify func(int) error, forked chan<- error) {
 	runtime.LockOSThread()
 	pid, err := syscall.ForkExec(self, argv, attr)
 	if err != nil {
@@ -265,7 +277,11 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 		return
 	}
 	p.pid = pid
+	log := p.log.With(zap.Int("pid", pid)) // before Launch goes on
 	forked <- nil
+	if verify != nil {
+		p.traceExec(self, verify, log)
+	}
 
 	// Wait for the exit without reaping: until the reap the pid cannot be
 	// reused, so Signal and Kill never reach another process.
@@ -313,4 +329,86 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 		p.exit.Code = ws.ExitStatus()
 	}
 	close(p.done)
+}
+
+// traceExec follows the worker, which asked the thread that forked it
+// (this one) to trace it (shim.EnvExecTrace), to its exec of the pinned
+// file. The signals the shim gets meanwhile are passed on. At the stop
+// right after the exec, before the program has run an instruction, verify
+// checks what it runs (the kernel refuses writes into a file being
+// executed from the exec on): a worker that would run other content than
+// the pinned one is killed there, with the reason at the end of its
+// stderr. It returns once the worker is let go, or has exited (the caller
+// reaps it). A shim that could not ask to be traced is never stopped:
+// only the check before the fork (Pinned.Exec) applies then.
+func (p *osProcess) traceExec(self string, verify func(int) error, log *zap.Logger) {
+	pid := p.pid
+	shimID, _ := fileID(self)
+	for {
+		var info chldInfo
+		err := unix.Waitid(unix.P_PID, pid, info.siginfo(), unix.WEXITED|unix.WSTOPPED|unix.WNOWAIT, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || (info.Code != cldTrapped && info.Code != cldStopped) {
+			return
+		}
+		// Consume the stop that was peeked at.
+		for unix.Waitid(unix.P_PID, pid, info.siginfo(), unix.WSTOPPED, nil) == unix.EINTR {
+		}
+		sig := syscall.Signal(info.Status)
+		switch sig {
+		case syscall.SIGTRAP:
+			if id, err := fileID(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && id == shimID {
+				break // not the exec yet
+			}
+			if err := verify(pid); err != nil {
+				p.tail.Write([]byte("handoff: worker killed at its exec: " + err.Error() + "\n"))
+				log.Error("worker killed at its exec", zap.String("reason", err.Error()))
+				unix.Kill(pid, unix.SIGKILL)
+			}
+			unix.PtraceDetach(pid)
+			return
+		case syscall.SIGSTOP, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+			// Passed on, a stop signal would stop the tracee again and
+			// again; a worker starting is not stopped.
+			sig = 0
+		}
+		unix.PtraceCont(pid, int(sig))
+	}
+}
+
+// chldInfo is unix.Siginfo as waitid fills it for a child (SIGCHLD's
+// fields).
+type chldInfo struct {
+	Signo, Errno, Code, _ int32
+	Pid                   int32
+	UID                   uint32
+	Status                int32
+	_                     [100]byte
+}
+
+func (c *chldInfo) siginfo() *unix.Siginfo { return (*unix.Siginfo)(unsafe.Pointer(c)) }
+
+// chldInfo and unix.Siginfo have one size.
+var (
+	_ [unsafe.Sizeof(unix.Siginfo{}) - unsafe.Sizeof(chldInfo{})]byte
+	_ [unsafe.Sizeof(chldInfo{}) - unsafe.Sizeof(unix.Siginfo{})]byte
+)
+
+// The si_code of a stopped child: a ptrace stop, a job-control stop.
+const (
+	cldTrapped = 4
+	cldStopped = 5
+)
+
+type devIno struct{ dev, ino uint64 }
+
+// fileID is the device and inode of the file at path.
+func fileID(path string) (devIno, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return devIno{}, err
+	}
+	return devIno{uint64(st.Dev), st.Ino}, nil
 }

@@ -16,16 +16,22 @@ type Spec struct {
 	// Generation counts deploys; it reaches the worker as HANDOFF_GENERATION.
 	Generation int
 	// Pin, if not nil, is the file the generation pinned (internal/pin's
-	// File): OSLauncher execs what it opens, whatever is at Path now. nil
+	// File): OSLauncher execs what it says, whatever is at Path now. nil
 	// execs Path.
 	Pin Pinned
 }
 
 // Pinned is a generation's pinned executable.
 type Pinned interface {
-	// Open returns a new descriptor (close-on-exec) of the file to exec
-	// now; the caller closes it.
-	Open() (*os.File, error)
+	// Exec says how to start the command now, args being its argv: exe
+	// is a new descriptor (close-on-exec; the caller closes it) of the
+	// file to exec, or nil to exec Path; argv is what to exec it with;
+	// note, if not "", says how what runs differs from what was deployed
+	// (a #! script changed at its path), for the log.
+	Exec(args []string) (exe *os.File, argv []string, note string, err error)
+	// Verify checks the worker pid, stopped right after the exec of exe
+	// and before it runs, against the pin.
+	Verify(pid int) error
 }
 
 // Launcher starts a worker for a slot.

@@ -242,6 +242,9 @@ func describeGeneration(g *runtime.GenerationStatus) string {
 	if g.RollbackOf > 0 {
 		s += fmt.Sprintf(" (rollback to generation %d)", g.RollbackOf)
 	}
+	if g.Pinned != "" {
+		s += "\n         " + g.Pinned
+	}
 	return s
 }
 

@@ -63,10 +63,13 @@
 // HANDOFF_SHIM_EXEC_FD, and the shim execs /proc/self/fd/N, through a
 // symlink named like the command (ExecLink, HANDOFF_SHIM_EXEC_VIA) so that
 // the kernel names the worker process (/proc/PID/comm, what ps and top
-// show) after the command and not after the number N. A #! script is
-// exec'd by its path when the path still names the pinned inode (its $0
-// and everything else are as before), and otherwise through the
-// descriptor, which then stays open in the interpreter that reads it.
+// show) after the command and not after the number N. Open checks the
+// content before the fork; Verify checks it again once the worker has
+// exec'd, before it runs (the launcher stops it there with ptrace): a
+// rewrite in place between the two is never run as the pinned generation.
+//
+// A #! script is not exec'd through a descriptor: it runs by its own path,
+// its pinned interpreter through the descriptor (Exec, script.go).
 //
 // # Across a self-upgrade
 //
@@ -79,6 +82,7 @@ package pin
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -86,6 +90,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -104,6 +109,11 @@ type Options struct {
 	// time, to survive a rewrite in place; 0 means DefaultCopyMax, and a
 	// negative value never copies.
 	CopyMax int64
+	// PATH is where the NAME of a script's "#!/usr/bin/env NAME" is
+	// looked up (see Exec); "" means this process's PATH.
+	PATH string
+
+	noScript bool // pinning an interpreter: a script is not followed
 }
 
 // Identity says which file a pin holds, for status and logs.
@@ -161,6 +171,13 @@ type File struct {
 	seen     meta
 	modified bool
 	closed   bool
+
+	// A script's pinned interpreter and the argv before the script's
+	// path (script.go); interpErr says why there is none.
+	interp     *File
+	interpArgv []string
+	interpErr  error
+	at         *atPath // what the script's path held when last checked
 }
 
 // meta is what changes when a file's content may have changed.
@@ -201,21 +218,26 @@ func Pin(path string, opt Options) (*File, error) {
 		return nil, fmt.Errorf("pin %s: %w", path, err)
 	}
 	f := &File{orig: os.NewFile(uintptr(fd), path), id: Identity{Path: path}}
-	if err := f.pin(readable, copyMax); err != nil {
+	head, err := f.pin(readable, copyMax)
+	if err == nil && f.script && !opt.noScript {
+		err = f.pinInterpreter(head, opt)
+	}
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("pin %s: %w", path, err)
 	}
 	return f, nil
 }
 
-func (f *File) pin(readable bool, copyMax int64) error {
+// pin reads the file, and returns its first bytes (up to headMax).
+func (f *File) pin(readable bool, copyMax int64) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
 		before, err := fstat(f.orig)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if before.Mode&unix.S_IFMT != unix.S_IFREG {
-			return errors.New("not a regular file")
+			return nil, errors.New("not a regular file")
 		}
 		f.dev, f.ino = uint64(before.Dev), before.Ino
 		f.id.Size = before.Size
@@ -223,7 +245,7 @@ func (f *File) pin(readable bool, copyMax int64) error {
 		f.seen = metaOf(&before)
 		if !readable {
 			f.copyErr = errors.New("the file is not readable")
-			return nil
+			return nil, nil
 		}
 		var mem *os.File
 		var w io.Writer
@@ -256,14 +278,14 @@ func (f *File) pin(readable bool, copyMax int64) error {
 				time.Sleep(50 * time.Millisecond)
 				continue
 			}
-			return err
+			return nil, err
 		}
 		f.id.SHA256 = sum
 		f.script = bytes.HasPrefix(head, []byte("#!"))
 		if mem != nil {
 			f.copy, f.copyErr = mem, nil
 		}
-		return nil
+		return head, nil
 	}
 }
 
@@ -295,8 +317,8 @@ type headWriter struct {
 }
 
 func (h *headWriter) Write(p []byte) (int, error) {
-	if len(h.head) < 2 {
-		h.head = append(h.head, p[:min(len(p), 2-len(h.head))]...)
+	if len(h.head) < headMax {
+		h.head = append(h.head, p[:min(len(p), headMax-len(h.head))]...)
 	}
 	return h.w.Write(p)
 }
@@ -344,6 +366,10 @@ func (f *File) Identity() Identity { return f.id }
 // same SHA-256), or, when one could not be read, the same inode with the
 // same size and modification time.
 func (f *File) Same(g *File) bool {
+	if (f.interp == nil) != (g.interp == nil) ||
+		f.interp != nil && (!f.interp.Same(g.interp) || !slices.Equal(f.interpArgv, g.interpArgv)) {
+		return false
+	}
 	if f.id.SHA256 != "" && g.id.SHA256 != "" {
 		return f.id.SHA256 == g.id.SHA256
 	}
@@ -442,6 +468,9 @@ func (f *File) Close() error {
 	if f.copy != nil {
 		f.copy.Close()
 	}
+	if f.interp != nil {
+		f.interp.Close()
+	}
 	return err
 }
 
@@ -464,6 +493,12 @@ type Token struct {
 	Modified bool     `json:"modified,omitempty"`
 	// CopyError is why no copy was kept.
 	CopyError string `json:"copy_error,omitempty"`
+	// Interp is a script's pinned interpreter (under key.interp), with
+	// the argv before the script's path; InterpError says why a script
+	// has none.
+	Interp      *Token   `json:"interp,omitempty"`
+	InterpArgv  []string `json:"interp_argv,omitempty"`
+	InterpError string   `json:"interp_error,omitempty"`
 }
 
 // copyKey names the copy's descriptor next to the original's.
@@ -496,6 +531,15 @@ func (f *File) Export(s Store, key string) (Token, error) {
 	}
 	if err := s.AddFile(copyKey(key), cp); err != nil {
 		return Token{}, fmt.Errorf("hand over the copy of %s: %w", f.id.Path, err)
+	}
+	if f.interp != nil {
+		it, err := f.interp.Export(s, key+".interp")
+		if err != nil {
+			return Token{}, err
+		}
+		t.Interp, t.InterpArgv = &it, f.interpArgv
+	} else if f.interpErr != nil {
+		t.InterpError = f.interpErr.Error()
 	}
 	return t, nil
 }
@@ -544,6 +588,14 @@ func Import(s Store, t Token) (*File, error) {
 		if cst.Size != t.Identity.Size {
 			return fail(errors.New("the handed-over copy has another size"))
 		}
+	}
+	if t.Interp != nil {
+		if f.interp, err = Import(s, *t.Interp); err != nil {
+			return fail(err)
+		}
+		f.interpArgv = t.InterpArgv
+	} else if t.Script {
+		f.interpErr = errors.New(cmp.Or(t.InterpError, "pinned by an earlier handoff"))
 	}
 	return f, nil
 }

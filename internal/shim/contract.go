@@ -29,3 +29,9 @@ const EnvExecFD = "HANDOFF_SHIM_EXEC_FD"
 // (pin.ExecLink) named like the command: exec'd through it, the worker is
 // named after its command (/proc/PID/comm), not after the number N.
 const EnvExecVia = "HANDOFF_SHIM_EXEC_VIA"
+
+// EnvExecTrace, set with EnvExecFD, asks the shim to have its parent (the
+// thread of the primary that forked it) trace it from right before the
+// exec (PTRACE_TRACEME): the exec then stops the worker before it runs,
+// for the primary to verify that it executes the pinned content.
+const EnvExecTrace = "HANDOFF_SHIM_EXEC_TRACE"

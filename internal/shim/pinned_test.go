@@ -24,14 +24,20 @@ var (
 // EnvExecFD, and through an exec link named like the command if via.
 func pinned(t *testing.T, path string, f *pin.File, nfds int, via bool, argv ...string) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
-	if os.Getenv("LISTEN_FDS") != "" {
-		t.Skip("LISTEN_FDS set in the test's own environment")
-	}
 	exe, err := f.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { exe.Close() })
+	return pinnedExe(t, path, exe, nfds, via, argv...)
+}
+
+// pinnedExe is pinned with the file to exec already open (the shim gets
+// no descriptor when exe is nil).
+func pinnedExe(t *testing.T, path string, exe *os.File, nfds int, via bool, argv ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	if os.Getenv("LISTEN_FDS") != "" {
+		t.Skip("LISTEN_FDS set in the test's own environment")
+	}
 	var files []*os.File
 	for range nfds {
 		dn, err := os.Open(os.DevNull)
@@ -41,15 +47,19 @@ func pinned(t *testing.T, path string, f *pin.File, nfds int, via bool, argv ...
 		t.Cleanup(func() { dn.Close() })
 		files = append(files, dn)
 	}
-	fd := 3 + len(files)
-	files = append(files, exe)
-	env := []string{"LISTEN_FDS=" + strconv.Itoa(nfds), EnvExecFD + "=" + strconv.Itoa(fd)}
-	if via {
-		link, err := pin.ExecLink(t.TempDir(), fd, filepath.Base(path))
-		if err != nil {
-			t.Fatal(err)
+	env := []string{"LISTEN_FDS=" + strconv.Itoa(nfds)}
+	if exe != nil {
+		t.Cleanup(func() { exe.Close() })
+		fd := 3 + len(files)
+		files = append(files, exe)
+		env = append(env, EnvExecFD+"="+strconv.Itoa(fd))
+		if via {
+			link, err := pin.ExecLink(t.TempDir(), fd, filepath.Base(path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			env = append(env, EnvExecVia+"="+link)
 		}
-		env = append(env, EnvExecVia+"="+link)
 	}
 	cmd, stderr := shim(t, path, env, argv...)
 	cmd.ExtraFiles = files
@@ -122,35 +132,52 @@ func TestExecPinnedLeavesNoTrace(t *testing.T) {
 	}
 }
 
-// A #! script runs by its path while that is the pinned file ($0 as
-// without a pin), and from the pinned descriptor once the path holds
-// another one.
+// A #! script runs by its own path, with its pinned interpreter: $0 is
+// the script's path whatever was renamed over it (byte-identical or not),
+// so that what it finds next to itself is found; a changed script is
+// what runs then, and Exec says so.
 func TestExecPinnedScript(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "app.sh")
-	install(t, path, []byte("#!/bin/sh\necho \"v1|$0|$1\"\n"))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.sh")
+	sh := filepath.Join(dir, "sh")
+	install(t, sh, systemBinary(t, "sh"))
+	v1 := []byte("#!" + sh + "\necho \"v1|$0|$1|$(basename \"$(readlink /proc/$$/exe)\")\"\n")
+	install(t, path, v1)
 	f := pinFile(t, path)
-	cmd, stderr := pinned(t, path, f, 1, true, "app.sh", "arg")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, stderr)
+	if id, ok := f.Interpreter(); !ok || id.Path != sh {
+		t.Fatalf("interpreter %+v, %v; want %s pinned", id, ok, sh)
 	}
-	if got, want := strings.TrimSpace(string(out)), "v1|"+path+"|arg"; got != want {
-		t.Errorf("unchanged script: %q, want %q", got, want)
-	}
+	// The interpreter is replaced too: the pinned one still runs (its
+	// name is the original's).
+	install(t, sh, systemBinary(t, "false"))
 
-	install(t, path, []byte("#!/bin/sh\necho \"v2|$0|$1\"\n"))
-	for _, via := range []bool{false, true} {
-		cmd, stderr = pinned(t, path, f, 1, via, "app.sh", "arg")
-		out, err = cmd.Output()
+	for _, step := range []struct {
+		name    string
+		content []byte
+		want    string
+		changed bool
+	}{
+		{"unchanged", nil, "v1", false},
+		{"renamed, byte-identical", v1, "v1", false},
+		{"renamed, changed", []byte("#!" + sh + "\necho \"v2|$0|$1|$(basename \"$(readlink /proc/$$/exe)\")\"\n"), "v2", true},
+	} {
+		if step.content != nil {
+			install(t, path, step.content)
+		}
+		exe, argv, note, err := f.Exec([]string{"app.sh", "arg"})
 		if err != nil {
-			t.Fatalf("via %v: %v: %s", via, err, stderr)
+			t.Fatalf("%s: %v", step.name, err)
 		}
-		got := strings.Split(strings.TrimSpace(string(out)), "|")
-		if len(got) != 3 || got[0] != "v1" || got[1] == path || got[2] != "arg" {
-			t.Errorf("replaced script, via %v: %q, want v1 from the pinned descriptor", via, out)
+		if (note != "") != step.changed || step.changed && !strings.Contains(note, path) {
+			t.Errorf("%s: note %q", step.name, note)
 		}
-		if via && filepath.Base(got[1]) != "app.sh" {
-			t.Errorf("replaced script through the exec link: $0 %q, want .../app.sh", got[1])
+		cmd, stderr := pinnedExe(t, path, exe, 1, true, argv...)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", step.name, err, stderr)
+		}
+		if got, want := strings.TrimSpace(string(out)), step.want+"|"+path+"|arg|sh (deleted)"; got != want {
+			t.Errorf("%s: the script saw %q, want %q", step.name, got, want)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -29,6 +30,15 @@ import (
 // textBusyRetry bounds how long exec is retried while the file is still
 // open for writing elsewhere (ETXTBSY, golang/go#22315).
 const textBusyRetry = time.Second
+
+// The exec is traced from the main thread only (see traceMe): a shim
+// keeps its main goroutine there (LockOSThread in an init function holds
+// it through main).
+func init() {
+	if _, ok := os.LookupEnv(EnvMarker); ok {
+		runtime.LockOSThread()
+	}
+}
 
 // Main turns this process into the worker's command when it was started as
 // a shim, and returns at once otherwise. Call it first in main, before any
@@ -81,7 +91,7 @@ func run(path string, argv, environ []string) int {
 	}
 	// The generation's pinned file, if the launcher passed one (after the
 	// close-on-exec marking: see pinned.go).
-	exe, env, err := pinnedExec(path, env)
+	exe, env, trace, err := pinnedExec(path, env)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
 		return ExitCannotExec
@@ -90,6 +100,10 @@ func run(path string, argv, environ []string) int {
 	env, ok := adoptBinds(env)
 	if !ok {
 		return ExitCannotExec
+	}
+	if trace {
+		runtime.LockOSThread()
+		traceMe()
 	}
 
 	deadline := time.Now().Add(textBusyRetry)
