@@ -103,19 +103,14 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	// pin that cannot be exec'd any more fails the launch with nothing to
 	// undo. Its descriptor is the worker's until the fork.
 	var exe *os.File
-	argv := spec.Args
+	argv, note := spec.Args, ""
 	if spec.Pin != nil {
-		var note string
 		var err error
 		if exe, argv, note, err = spec.Pin.Exec(spec.Args); err != nil {
 			return nil, err
 		}
 		if exe != nil {
 			defer exe.Close()
-		}
-		if note != "" {
-			log.Warn("worker script changed", zap.Int("slot", slot), zap.Int("generation", spec.Generation),
-				zap.String("path", spec.Path), zap.String("reason", note+": running it from its path"))
 		}
 	}
 	extra, err := l.prepareFD(slot, spec.Generation)
@@ -245,6 +240,9 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
 	}
 	p.log = p.log.With(zap.Int("pid", p.pid))
+	if note != "" {
+		p.log.Warn("worker script changed", zap.String("path", spec.Path), zap.String("reason", note+": running it from its path"))
+	}
 	extra.forked(p.pid, p.markReady)
 	if chanFD >= 0 {
 		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
