@@ -193,7 +193,7 @@ func pinnedScript(t *testing.T, app scriptApp) {
 	p := StartPrimary(t, Options{
 		Workers: 2,
 		Command: "$DIR/current/" + app.entry,
-		Flags:   append([]string{"--ready-timeout", "10s", "--drain-timeout", "10s"}, app.flags...),
+		Flags:   append([]string{"--ready-timeout", "30s", "--drain-timeout", "10s"}, app.flags...),
 		Prepare: func(dir string) {
 			rel1 = app.release(t, dir, 1)
 			switchCurrent(t, dir, 1)
