@@ -211,6 +211,10 @@ func (f *File) scriptChanged() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if st.Mode&0o111 == 0 {
+		// The kernel would refuse to exec it; so does a start.
+		return "", fmt.Errorf("the script %s is not executable (chmod +x it)", f.id.Path)
+	}
 	now := atPath{dev: uint64(st.Dev), ino: st.Ino, meta: metaOf(&st)}
 	if now.dev == f.at.dev && now.ino == f.at.ino && now.meta == f.at.meta {
 		return f.at.note, nil

@@ -96,6 +96,10 @@ func TestScriptPinsItsInterpreter(t *testing.T) {
 	if note, err := f.ScriptChanged(); err != nil || !strings.Contains(note, app+" is not the one deployed") {
 		t.Errorf("changed script: %q, %v", note, err)
 	}
+	os.Chmod(app, 0o644)
+	if _, _, _, err := f.Exec(nil); err == nil || !strings.Contains(err.Error(), "not executable") {
+		t.Errorf("a script no longer executable: %v", err)
+	}
 	os.Remove(app)
 	if _, _, _, err := f.Exec(nil); err == nil || !strings.Contains(err.Error(), "is gone") {
 		t.Errorf("a script gone from its path: %v", err)
