@@ -258,12 +258,21 @@ func pinnedScript(t *testing.T, app scriptApp) {
 	// 2. A changed script (it behaves the same), a crash: the replacement
 	// runs it from its path, and the log says it is not the deployed one.
 	renameOver(t, script, string(original)+app.comment)
+	if c := p.Status().Generations.Current; c == nil || !strings.Contains(c.ScriptChanged, script+" is not the one deployed") {
+		t.Errorf("status of a changed script: %+v", c)
+	}
+	if r := p.CtlOK("status"); !strings.Contains(r.stdout, "changed since its deploy: the script at "+script) {
+		t.Errorf("status of a changed script:\n%s", r.stdout)
+	}
 	mark = crash(1, "changed script")
 	if ev := changedEvents(mark); len(ev) != 1 || !strings.Contains(ev[0].Str("reason"), script+" is not the one deployed") ||
 		ev[0].Int0("generation") != 1 {
 		t.Errorf("a changed script: \"worker script changed\" events %v, want one naming %s", ev, script)
 	}
 	renameOver(t, script, string(original))
+	if c := p.Status().Generations.Current; c == nil || c.ScriptChanged != "" {
+		t.Errorf("status of the script put back: %+v", c)
+	}
 
 	// 3. A broken version renamed over the script and deployed: refused
 	// under load; put back, and a crash restarts the deployed content.

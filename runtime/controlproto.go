@@ -98,6 +98,9 @@ type GenerationStatus struct {
 	// interpreter (absent when it is not pinned).
 	Script      bool        `json:"script,omitempty"`
 	Interpreter *PinnedFile `json:"interpreter,omitempty"`
+	// ScriptChanged, for a #! script, says how the script at its path
+	// differs from the deployed one now (what a start would run).
+	ScriptChanged string `json:"script_changed,omitempty"`
 }
 
 // PinnedFile is a file pinned beside a generation's command: a script's

@@ -32,6 +32,14 @@ func (g *generation) pin() *pin.File {
 	return f
 }
 
+// pinOrNil is g's pin, or nil when g is nil too.
+func (g *generation) pinOrNil() *pin.File {
+	if g == nil {
+		return nil
+	}
+	return g.pin()
+}
+
 // status describes g for status (nil: none).
 func (g *generation) status() *GenerationStatus {
 	if g == nil {
@@ -147,6 +155,7 @@ func (p *primary) keepGenerations() {
 // a job (or before the loop runs).
 func (p *primary) publishGenerations() {
 	p.gens.set(p.cur.status(), p.prev.status())
+	p.gens.setPins(p.cur.pinOrNil(), p.prev.pinOrNil())
 	if p.prev != nil {
 		p.gens.setRollback(p.rollbackPrevious)
 	} else {
@@ -217,6 +226,16 @@ type generations struct {
 	// rollback deploys the previous generation again, as a job of the
 	// primary's loop; nil while there is nothing to roll back to.
 	rollback func(context.Context) error
+	// The pins of current and previous, whose #! script status checks
+	// at its path each time (ScriptChanged).
+	curPin, prevPin *pin.File
+}
+
+// setPins records the pins of the current and previous generations.
+func (g *generations) setPins(current, previous *pin.File) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.curPin, g.prevPin = current, previous
 }
 
 // set records (copies of) the current and previous generations (nil:
@@ -243,11 +262,29 @@ func (g *generations) setRollback(run func(context.Context) error) {
 	g.rollback = run
 }
 
-// status is what `handoff status` shows.
+// status is what `handoff status` shows: the records, and whether a #!
+// script changed at its path since its deploy.
 func (g *generations) status() GenerationsStatus {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return GenerationsStatus{Current: clone(g.current), Previous: clone(g.previous)}
+	st := GenerationsStatus{Current: clone(g.current), Previous: clone(g.previous)}
+	cur, prev := g.curPin, g.prevPin
+	g.mu.Unlock()
+	scriptChanged(st.Current, cur)
+	scriptChanged(st.Previous, prev)
+	return st
+}
+
+// scriptChanged sets st.ScriptChanged when f is a #! script whose path
+// no longer holds the deployed script.
+func scriptChanged(st *GenerationStatus, f *pin.File) {
+	if st == nil || f == nil {
+		return
+	}
+	note, err := f.ScriptChanged()
+	if err != nil && !errors.Is(err, pin.ErrClosed) {
+		note = err.Error()
+	}
+	st.ScriptChanged = note
 }
 
 // generationStatus describes generation gen running the pinned file id.

@@ -245,6 +245,9 @@ func describeGeneration(g *runtime.GenerationStatus) string {
 	if g.Pinned != "" {
 		s += "\n         " + g.Pinned
 	}
+	if g.ScriptChanged != "" {
+		s += "\n         changed since its deploy: " + g.ScriptChanged
+	}
 	return s
 }
 
