@@ -129,6 +129,7 @@ func TestWorkerEnv(t *testing.T) {
 		"HANDOFF_SHIM_EXEC=/bin/x",
 		"HANDOFF_SHIM_EXEC_FD=7",
 		"HANDOFF_SHIM_EXEC_VIA=/tmp/x",
+		"HANDOFF_SHIM_EXEC_TRACE=1",
 		"HANDOFF_HANDOVER=/tmp/h.sock",
 		"TABLEFLIP_HAS_PARENT_7DIU3=yes",
 		"HANDOFF_ADOPT_FD=9,unlink",

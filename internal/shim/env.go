@@ -20,7 +20,7 @@ var ChannelEnv = []string{EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALI
 var primaryOnly = struct{ prefixes, keys []string }{
 	prefixes: []string{"LISTEN_", "WATCHDOG_", "NODE_CHANNEL_"},
 	keys: []string{"NOTIFY_SOCKET", "HANDOFF_WORKER", "HANDOFF_GENERATION", EnvMarker, EnvChannelFD,
-		EnvExecFD, EnvExecVia, adopt.EnvFD, "HANDOFF_HANDOVER", "HANDOFF_HANDOVER_STATE", "HANDOFF_STANDALONE", "TABLEFLIP_HAS_PARENT_7DIU3"},
+		EnvExecFD, EnvExecVia, EnvExecTrace, adopt.EnvFD, "HANDOFF_HANDOVER", "HANDOFF_HANDOVER_STATE", "HANDOFF_STANDALONE", "TABLEFLIP_HAS_PARENT_7DIU3"},
 }
 
 // PrimaryOnly reports whether the environment variable key belongs to the
