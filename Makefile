@@ -78,10 +78,21 @@ integration-race: deps
 clean:
 	rm -rf $(BIN)
 
-# Back-to-back deploys under load; fails on a single failed request.
-SOAK ?= 300
+# First SOAK_REFUSED deploys of a handoff binary that exits at start: the
+# primary's fds must stay flat. Then SOAK back-to-back deploys under load
+# with handoff's defaults (--min-uptime 5s), a rebuilt handoff binary every
+# 10th (a self-upgrade); fails on a single failed request, on a deploy
+# whose new version is not the only one answering within
+# HANDOFF_SOAK_TAKEOVER (1.5s) of its SIGHUP, and on the primary's fds
+# growing over the second half. Prints a summary, written to $(BIN)/soak.md.
+# About 7s a deploy. HANDOFF_SOAK_PRIMARY=1: every deploy a self-upgrade;
+# HANDOFF_SOAK_LIB=1: examples/hello in library mode.
+SOAK         ?= 1000
+SOAK_REFUSED ?= 5
 soak:
-	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) HANDOFF_SOAK_LIB=$(HANDOFF_SOAK_LIB) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
+	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_REFUSED=$(SOAK_REFUSED) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) HANDOFF_SOAK_LIB=$(HANDOFF_SOAK_LIB) \
+		HANDOFF_SOAK_TAKEOVER=$(HANDOFF_SOAK_TAKEOVER) HANDOFF_SOAK_OUT=$(abspath $(BIN))/soak.md \
+		$(GO) test -count=1 -timeout $$(( $(SOAK) * 20 + 900 ))s -run 'TestSoakRefusedUpgrades|TestSoakDeploys' -v ./integration/
 
 # Benchmarks (not part of 'make test'; a smoke run of the harness is): what
 # handoff costs and how deploys hold up, next to the same server run

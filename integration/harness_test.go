@@ -262,6 +262,9 @@ type Options struct {
 	// the tests that do not exercise probation (the CLI's default is 5s,
 	// which every deploy would wait for). Not for Lib programs.
 	MinUptime string
+	// DefaultMinUptime leaves --min-uptime out, for handoff's own default
+	// (5s); MinUptime is then ignored.
+	DefaultMinUptime bool
 	// Server is the testserver variant copied to DIR/server; "" means v1.
 	Server string
 	// Command replaces DIR/server as the worker command after --; "$DIR"
@@ -397,6 +400,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		}
 		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 			"--ready", o.Ready, "--pid-file", p.PIDFile, "--min-uptime", o.MinUptime}
+		if o.DefaultMinUptime {
+			args = args[:len(args)-2]
+		}
 		if o.DefaultWorkers {
 			args = slices.Delete(args, 3, 5)
 		}
