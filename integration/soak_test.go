@@ -655,6 +655,11 @@ func (s *soakStats) report(t *testing.T) {
 	row("primary's fds, first / mid / last / max", "%s", firstMidLastMax(fds, "%.0f"))
 	row("primary's memfds, first / mid / last / max", "%s", firstMidLastMax(memfds, "%.0f"))
 	row("primary's RSS, first / mid / last / max", "%s", firstMidLastMax(rss, "%.1f MiB"))
+	var series []string
+	for _, x := range s.samples {
+		series = append(series, fmt.Sprintf("%d/%d", x.fds, x.memfds))
+	}
+	t.Logf("the primary's fds/memfds before the first deploy, then after each: %s", strings.Join(series, " "))
 	t.Logf("soak summary:\n%s", b.String())
 	out := os.Getenv("HANDOFF_SOAK_OUT")
 	if out == "" {
