@@ -124,9 +124,14 @@ func TestSoakDeploys(t *testing.T) {
 		opts.Lib = "hello-v1"
 		mode = "library mode, examples/hello"
 	}
-	var handoffs []string
+	// Two builds of handoff with different build ids, installed in turn.
+	var handoffs, handoffSums []string
 	if !lib {
 		handoffs = []string{handoffBin, soakHandoffBuild(t)}
+		handoffSums = []string{fileSHA256(t, handoffs[0]), fileSHA256(t, handoffs[1])}
+		if handoffSums[0] == handoffSums[1] {
+			t.Fatalf("the rebuilt handoff binary is the same file as the first")
+		}
 	}
 
 	p := StartPrimary(t, opts)
@@ -158,13 +163,14 @@ func TestSoakDeploys(t *testing.T) {
 	for i := 1; i <= n; i++ {
 		v := versions[i%2]
 		self := everyPrimary || i%soakSelfEvery == 0
+		build := (s.selfUpgrades + 1) % 2 // the build of handoff a self-upgrade installs
 		switch {
 		case lib:
 			p.InstallLib("hello-" + v)
 		default:
 			p.Install(v)
 			if self {
-				if err := copyFile(handoffs[(s.selfUpgrades+1)%2], p.Bin, 0o755); err != nil {
+				if err := copyFile(handoffs[build], p.Bin, 0o755); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -189,6 +195,11 @@ func TestSoakDeploys(t *testing.T) {
 		if self {
 			cur = p.waitSuccessor(cur, 30*time.Second)
 			s.selfUpgrades++
+			if !lib {
+				if sum := fileSHA256(t, fmt.Sprintf("/proc/%d/exe", cur)); sum != handoffSums[build] {
+					t.Fatalf("deploy %d: the new primary %d does not run the handoff build installed (sha256 %s, want %s)", i, cur, sum, handoffSums[build])
+				}
+			}
 		}
 		// Only the new generation's workers and the current primary are
 		// left: no other version can answer from now on.
@@ -198,6 +209,9 @@ func TestSoakDeploys(t *testing.T) {
 			t.Fatalf("deploy %d: the load saw no answer of %s within 10s of the deploy's end", i, v)
 		}
 		s.takeovers, s.oldAnswering = append(s.takeovers, took), append(s.oldAnswering, old)
+		if self {
+			s.selfTakeovers = append(s.selfTakeovers, took)
+		}
 		s.done = i
 		s.sample(t, cur)
 		if f := load.Snapshot(); f.Failures != 0 {
@@ -254,9 +268,6 @@ func soakHandoffBuild(t *testing.T) string {
 	})
 	if soakHandoffOnce.err != nil {
 		t.Fatal(soakHandoffOnce.err)
-	}
-	if fileSHA256(t, handoffBin) == fileSHA256(t, soakHandoffOnce.path) {
-		t.Fatalf("the rebuilt handoff binary is the same file as the first")
 	}
 	return soakHandoffOnce.path
 }
@@ -530,9 +541,11 @@ type soakStats struct {
 	elapsed      time.Duration
 	deploys      []time.Duration // "upgrade finished" durations
 	takeovers    []time.Duration
-	oldAnswering []time.Duration
-	samples      []procSample // [0] before the first deploy, then one per deploy
-	loadgen, raw loadgen.Result
+	// selfTakeovers are the takeovers of the self-upgrades alone.
+	selfTakeovers []time.Duration
+	oldAnswering  []time.Duration
+	samples       []procSample // [0] before the first deploy, then one per deploy
+	loadgen, raw  loadgen.Result
 }
 
 // plateauFrom is the deploy from which on the primary's fds must not
@@ -650,6 +663,7 @@ func (s *soakStats) report(t *testing.T) {
 	row("requests", "%d (raw sockets %d, loadgen %d)", s.raw.Requests+s.loadgen.Requests, s.raw.Requests, s.loadgen.Requests)
 	row("failed", "%d", s.raw.Failures+s.loadgen.Failures)
 	row("takeover: SIGHUP → only the new version answers, max / p50 / p99", "%s (bound %s; %d over)", ms(s.takeovers), s.bound, len(s.late()))
+	row("of which self-upgrades, max / p50 / p99", "%s", ms(s.selfTakeovers))
 	row("an old version still answering after SIGHUP, max / p50 / p99", "%s", ms(s.oldAnswering))
 	row("deploy: SIGHUP → \"upgrade finished\", max / p50 / p99", "%s", ms(s.deploys))
 	row("primary's fds, first / mid / last / max", "%s", firstMidLastMax(fds, "%.0f"))
