@@ -85,7 +85,7 @@ clean:
 # whose new version is not the only one answering within
 # HANDOFF_SOAK_TAKEOVER (1.5s) of its SIGHUP, and on the primary's fds
 # growing over the second half. Prints a summary, written to $(BIN)/soak.md.
-# About 7s a deploy. HANDOFF_SOAK_PRIMARY=1: every deploy a self-upgrade;
+# About 6s a deploy. HANDOFF_SOAK_PRIMARY=1: every deploy a self-upgrade;
 # HANDOFF_SOAK_LIB=1: examples/hello in library mode.
 SOAK         ?= 1000
 SOAK_REFUSED ?= 5

@@ -231,7 +231,13 @@ func TestSoakDeploys(t *testing.T) {
 		t.Errorf("%d of %d deploys: the new version was not the only one answering within %s of the SIGHUP (max %s; p50 %s): deploys %v",
 			len(late), len(s.takeovers), bound, pct(s.takeovers, 1), pct(s.takeovers, 0.5), late)
 	}
-	s.checkPlateau(t)
+	errs, checked := s.plateauErrors()
+	if !checked {
+		t.Logf("fd plateau not checked: %d deploys, the check starts after deploy %d", s.done, s.from)
+	}
+	for _, e := range errs {
+		t.Error(e)
+	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
 
@@ -589,21 +595,21 @@ func (s *soakStats) plateauBase() procSample {
 	return base
 }
 
-// checkPlateau fails t if the primary's fds or memfds from s.from on
-// exceed what the deploys before reached.
-func (s *soakStats) checkPlateau(t *testing.T) {
-	t.Helper()
+// plateauErrors says where the primary's fds or memfds from s.from on
+// exceed what the deploys before reached (nil: at a plateau, or too few
+// deploys to tell: checked is then false).
+func (s *soakStats) plateauErrors() (errs []string, checked bool) {
 	if s.from >= len(s.samples) {
-		t.Logf("fd plateau not checked: %d deploys, the check starts after deploy %d", s.done, s.from)
-		return
+		return nil, false
 	}
 	base := s.plateauBase()
 	for i, x := range s.samples[s.from:] {
 		if x.fds > base.fds || x.memfds > base.memfds {
-			t.Errorf("after deploy %d the primary %d has %d fds (%d memfds), more than the most before deploy %d, %d (%d); grown by kind since the first sample: %v",
-				s.from+i, x.pid, x.fds, x.memfds, s.from, base.fds, base.memfds, diffLinks(s.samples[0].links, x.links))
+			errs = append(errs, fmt.Sprintf("after deploy %d the primary %d has %d fds (%d memfds), more than the most before deploy %d, %d (%d); grown by kind since the first sample: %v",
+				s.from+i, x.pid, x.fds, x.memfds, s.from, base.fds, base.memfds, diffLinks(s.samples[0].links, x.links)))
 		}
 	}
+	return errs, true
 }
 
 // late lists the deploys (from 1) whose takeover passed the bound.
@@ -693,4 +699,59 @@ func (s *soakStats) report(t *testing.T) {
 		return
 	}
 	t.Logf("summary written to %s", out)
+}
+
+// TestSoakMeasures checks the soak's own measures on made-up figures: the
+// takeover runs to the last answer of the old version or the first of the
+// new, whichever is later; the fd check lets the primary's fds rise once,
+// at the first self-upgrade, and catches a slow leak after it.
+func TestSoakMeasures(t *testing.T) {
+	t.Parallel()
+	k := &takeover{}
+	k.begin("v2")
+	at := k.since
+	k.observe(at.Add(100*time.Millisecond), "v1")
+	k.observe(at.Add(200*time.Millisecond), "v2")
+	k.observe(at.Add(300*time.Millisecond), "v1")
+	k.observe(at.Add(400*time.Millisecond), "v2")
+	if took, old, ok := k.end(time.Second); !ok || took != 300*time.Millisecond || old != 300*time.Millisecond {
+		t.Errorf("old answers until 300ms, new from 200ms: takeover %s, old %s, %v; want 300ms, 300ms", took, old, ok)
+	}
+	k.begin("v1")
+	k.observe(k.since.Add(50*time.Millisecond), "v1")
+	if took, old, ok := k.end(time.Second); !ok || took != 50*time.Millisecond || old != 0 {
+		t.Errorf("only new answers, the first at 50ms: takeover %s, old %s, %v; want 50ms, 0", took, old, ok)
+	}
+	k.begin("v2")
+	k.observe(k.since.Add(50*time.Millisecond), "v1")
+	if _, _, ok := k.end(10 * time.Millisecond); ok {
+		t.Errorf("no answer of the new version: want no takeover")
+	}
+
+	samples := func(fds ...int) *soakStats {
+		s := &soakStats{from: plateauFrom(len(fds)-1, false)}
+		for _, n := range fds {
+			s.samples = append(s.samples, procSample{fds: n, memfds: 1, links: map[int]string{}})
+		}
+		return s
+	}
+	// 30 deploys, the 10th, 20th and 30th self-upgrades: 24 fds, 26 once
+	// a previous generation is pinned, 30 from the first self-upgrade on.
+	flat := []int{24}
+	for i := 1; i <= 30; i++ {
+		flat = append(flat, map[bool]int{true: 26, false: 30}[i < 10])
+	}
+	if errs, checked := samples(flat...).plateauErrors(); !checked || len(errs) > 0 {
+		t.Errorf("a plateau from the first self-upgrade on: %v (checked %v), want no error", errs, checked)
+	}
+	leak := slices.Clone(flat)
+	for i := 16; i <= 30; i++ {
+		leak[i] += (i - 15) / 5 // one more fd every 5 deploys
+	}
+	if errs, _ := samples(leak...).plateauErrors(); len(errs) == 0 {
+		t.Errorf("an fd more every 5 deploys over the second half: no error")
+	}
+	if _, checked := samples(flat[:12]...).plateauErrors(); checked {
+		t.Errorf("11 deploys (the second half would start after deploy 12): checked")
+	}
 }
