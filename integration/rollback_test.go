@@ -602,6 +602,16 @@ func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 	}
 	last := oldAnswersAfter(t, rec, tookOver.Add(grace), "v2")
 	t.Logf("the last request v1 answered began %v after the last new worker (pid %d) was seen ready", last.Sub(tookOver).Round(time.Millisecond), ready.Int0("pid"))
+	old1, all := 0, 0
+	for _, s := range rec.list() {
+		if s.Begin.After(tookOver) && s.Begin.Before(tookOver.Add(2*time.Second)) {
+			all++
+			if s.Version == "v1" {
+				old1++
+			}
+		}
+	}
+	t.Logf("in the 2s after it: %d of %d new connections answered by v1", old1, all)
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
 
