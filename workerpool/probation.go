@@ -145,27 +145,26 @@ func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.
 }
 
 // takeBack gives the slot of w, a worker of the new generation that has
-// just failed its probation, back to the old worker standing by for it, at
-// once and in the same step: the slot never lacks a ready worker. It
-// reports whether it did. Only a failure does: a new worker that exits
-// after its own probation, while the roll's still runs (a restart
-// elsewhere made it longer), is an ordinary crash, and its slot is
-// restarted; the standing worker retires when the probation ends, as it
-// would have. Call with p.mu held.
-func (p *Pool) takeBack(pr *probation, w *worker) bool {
+// just failed its probation, back to the old worker standing by for it (if
+// one does, alive), at once and in the same step: the slot never lacks a
+// ready worker. Only a failure does: a new worker that exits after its own
+// probation, while the roll's still runs (a restart elsewhere made it
+// longer), is an ordinary crash, and its slot is restarted; the standing
+// worker retires when the probation ends, as it would have. Call with
+// p.mu held.
+func (p *Pool) takeBack(pr *probation, w *worker) {
 	if pr == nil {
-		return false
+		return
 	}
 	old := pr.standing
 	if old == nil || old.slot != w.slot || w.gen != pr.gen || old.retiring || p.closing {
-		return false
+		return
 	}
 	if _, alive := p.all[old]; !alive {
-		return false
+		return
 	}
 	p.slots[w.slot].install(old, pr.standingSpec)
 	old.log.Info("worker reinstated")
-	return true
 }
 
 // errProbationFailed cancels the steps of a roll that failed probation.

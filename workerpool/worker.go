@@ -132,8 +132,10 @@ func (p *Pool) monitor(w *worker) {
 	// One that exits after its own probation is restarted as any other.
 	failed := unexpected && p.prob.fails(w, now)
 	lost := unexpected && s.lost(w, p.closing)
-	tookBack := lost && failed && p.takeBack(p.prob, w)
-	restart := lost && !failed && !tookBack
+	if lost && failed {
+		p.takeBack(p.prob, w)
+	}
+	restart := lost && !failed
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
