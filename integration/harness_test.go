@@ -254,7 +254,8 @@ type Options struct {
 	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
 	// in them stands for the test's directory.
 	Listen []string
-	// Ready is --ready; "" means "notify".
+	// Ready is --ready; "" means "notify", "none" leaves --ready out (for
+	// handoff to choose).
 	Ready string
 	// Flags are further handoff flags, put before --.
 	Flags []string
@@ -402,6 +403,9 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 			"--ready", o.Ready, "--pid-file", p.PIDFile, "--min-uptime", o.MinUptime}
 		if o.DefaultMinUptime {
 			args = args[:len(args)-2]
+		}
+		if o.Ready == "none" {
+			args = slices.Delete(args, 5, 7)
 		}
 		if o.DefaultWorkers {
 			args = slices.Delete(args, 3, 5)
