@@ -43,17 +43,78 @@ func newRR() (*rrState, error) {
 		turn.Close()
 		return nil, fmt.Errorf("steer: round-robin: %w", err)
 	}
-	rr := &rrState{socks: socks, turn: turn, given: given, migrate: true}
-	// Prefer SELECT_OR_MIGRATE (5.14): a closed member's queue moves on.
+	rr := &rrState{socks: socks, turn: turn, given: given}
+	if err := rr.probe(); err != nil {
+		rr.close()
+		return nil, err
+	}
+	return rr, nil
+}
+
+// probe finds the attach type the kernel takes: SELECT_OR_MIGRATE (5.14),
+// so that a closed member's queue moves on, else SELECT.
+func (rr *rrState) probe() error {
+	rr.migrate = true
 	p, err := rr.load([]int{0}, nil)
 	if err != nil {
 		rr.migrate = false
 		if p, err = rr.load([]int{0}, nil); err != nil {
-			rr.close()
-			return nil, fmt.Errorf("steer: round-robin: load the eBPF program: %w", err)
+			return fmt.Errorf("steer: round-robin: load the eBPF program: %w", err)
 		}
 	}
-	p.Close()
+	return p.Close()
+}
+
+// files are duplicates of the maps' descriptors, for a hand-over: a socket
+// can be in one REUSEPORT_SOCKARRAY only, so the new primary takes over
+// these maps rather than making its own.
+func (rr *rrState) files() ([]*os.File, error) {
+	var fs []*os.File
+	for _, m := range []*ebpf.Map{rr.socks, rr.turn, rr.given} {
+		fd, err := unix.FcntlInt(uintptr(m.FD()), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range fs {
+				f.Close()
+			}
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+		fs = append(fs, os.NewFile(uintptr(fd), "steer:map"))
+	}
+	return fs, nil
+}
+
+// rrFiles is how many files rrState.files gives.
+const rrFiles = 3
+
+// importRR takes over the maps of files (from rrState.files; their
+// descriptors are duplicated).
+func importRR(files []*os.File) (*rrState, error) {
+	var ms []*ebpf.Map
+	fail := func(err error) (*rrState, error) {
+		for _, m := range ms {
+			m.Close()
+		}
+		return nil, fmt.Errorf("steer: round-robin: take over the maps: %w", err)
+	}
+	for _, f := range files {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fail(os.NewSyscallError("fcntl", err))
+		}
+		m, err := ebpf.NewMapFromFD(fd)
+		if err != nil {
+			unix.Close(fd)
+			return fail(err)
+		}
+		ms = append(ms, m)
+	}
+	rr := &rrState{socks: ms[0], turn: ms[1], given: ms[2]}
+	if rr.socks.Type() != ebpf.ReusePortSockArray || rr.turn.Type() != ebpf.Array || rr.given.Type() != ebpf.Array {
+		return fail(errors.New("not the maps of a round-robin group"))
+	}
+	if err := rr.probe(); err != nil {
+		return fail(err)
+	}
 	return rr, nil
 }
 

@@ -29,14 +29,15 @@ type Group struct {
 	// before use.
 	Settle time.Duration
 
-	mu      sync.Mutex
-	order   []*Member      // the kernel's order of the group (Shared: every member)
-	serving []*Member      // SetServing's set; nil until the first call
-	probes  map[uint16]int // source port → member id
-	nextID  int
-	shared  *os.File // Shared: the one socket
-	ebpf    *rrState // RoundRobin
-	closed  bool
+	mu       sync.Mutex
+	order    []*Member      // the kernel's order of the group (Shared: every member)
+	serving  []*Member      // SetServing's set; nil until the first call
+	probes   map[uint16]int // source port → member id
+	nextID   int
+	shared   *os.File   // Shared: the one socket
+	ebpf     *rrState   // RoundRobin
+	mapFiles []*os.File // RoundRobin: its maps, once exported
+	closed   bool
 }
 
 // New creates an empty group for the TCP address addr ("host:port", host
@@ -463,7 +464,7 @@ func (g *Group) Close(m *Member) error {
 	serving := g.serving
 	if slices.Contains(serving, m) {
 		serving = slices.DeleteFunc(slices.Clone(serving), func(s *Member) bool { return s == m })
-		if len(serving) == 0 && len(g.order) > 1 {
+		if len(serving) == 0 && len(g.order) > 1 && g.mode != Shared {
 			return fmt.Errorf("steer: close %v: %w (steer to another member first)", m, ErrNoServing)
 		}
 	}
@@ -552,6 +553,9 @@ func (g *Group) end(out bool) error {
 	}
 	if g.ebpf != nil {
 		errs = append(errs, g.ebpf.close())
+	}
+	for _, f := range g.mapFiles {
+		errs = append(errs, f.Close())
 	}
 	return errors.Join(errs...)
 }

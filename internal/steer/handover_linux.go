@@ -16,6 +16,7 @@ import (
 type state struct {
 	Mode    Mode           `json:"mode"`
 	Members []int          `json:"members"`           // ids, in the kernel's order
+	Slots   []int          `json:"slots,omitempty"`   // RoundRobin: each member's key in the maps
 	Serving []int          `json:"serving,omitempty"` // ids; absent before the first SetServing
 	Probes  map[uint16]int `json:"probes,omitempty"`  // source port → id
 	NextID  int            `json:"next_id"`
@@ -24,9 +25,11 @@ type state struct {
 
 // Export gives what a new primary needs to take the group over (Import):
 // the member sockets in the kernel's order (in Shared mode the shared
-// socket first), to pass as they are to tableflip's Fds (which duplicates
-// them), and the group's state. The group must not change until the
-// hand-over ends: then Release if it succeeded, or carry on if it failed.
+// socket first; in RoundRobin mode followed by its three maps, since a
+// socket can be in one socket map only), to pass as they are to
+// tableflip's Fds (which duplicates them; the group keeps owning them),
+// and the group's state. The group must not change until the hand-over
+// ends: then Release if it succeeded, or carry on if it failed.
 func (g *Group) Export() ([]*os.File, []byte, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -41,6 +44,19 @@ func (g *Group) Export() ([]*os.File, []byte, error) {
 	for _, m := range g.order {
 		st.Members = append(st.Members, m.id)
 		files = append(files, m.f)
+		if g.ebpf != nil {
+			st.Slots = append(st.Slots, m.slot)
+		}
+	}
+	if g.ebpf != nil {
+		if g.mapFiles == nil {
+			fs, err := g.ebpf.files()
+			if err != nil {
+				return nil, nil, err
+			}
+			g.mapFiles = fs
+		}
+		files = append(files, g.mapFiles...)
 	}
 	if g.serving != nil {
 		st.Serving = []int{}
@@ -57,15 +73,23 @@ func (g *Group) Export() ([]*os.File, []byte, error) {
 // state. It attaches its own program, built for the same serving members
 // and probe rules, which replaces the old primary's in one step; the old
 // one stays attached, and selects only open sockets, until then.
-// RoundRobin's counts (Given) start again from zero.
+// RoundRobin takes over the old primary's maps: its turn and counts go on.
 func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 	var st state
 	if err := json.Unmarshal(stateJSON, &st); err != nil {
 		return nil, fmt.Errorf("steer: import: state: %w", err)
 	}
-	want := len(st.Members)
+	want, first := len(st.Members), 0
 	if st.Mode == Shared {
 		want++
+		first = 1
+	}
+	var mapFiles []*os.File
+	if st.Mode == RoundRobin {
+		if len(st.Slots) != len(st.Members) || len(files) != want+rrFiles {
+			return nil, fmt.Errorf("steer: import: %d files for a round-robin group of %d members", len(files), len(st.Members))
+		}
+		files, mapFiles = files[:want], files[want:]
 	}
 	if len(files) != want || want == 0 {
 		return nil, fmt.Errorf("steer: import: %d sockets for a %s group of %d members", len(files), st.Mode, len(st.Members))
@@ -103,25 +127,20 @@ func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 	if g.probes == nil {
 		g.probes = map[uint16]int{}
 	}
-	if st.Mode == Shared {
-		g.shared = os.NewFile(uintptr(fds[0]), files[0].Name())
-		fds = fds[1:]
-	}
 	if st.Mode == RoundRobin {
-		rr, err := newRR()
+		rr, err := importRR(mapFiles)
 		if err != nil {
 			return fail(err)
 		}
 		g.ebpf = rr
 	}
-	for i, fd := range fds {
-		m := &Member{id: st.Members[i], slot: -1, f: os.NewFile(uintptr(fd), files[i+len(files)-len(fds)].Name())}
+	if st.Mode == Shared {
+		g.shared = os.NewFile(uintptr(fds[0]), files[0].Name())
+	}
+	for i, fd := range fds[first:] {
+		m := &Member{id: st.Members[i], slot: -1, f: os.NewFile(uintptr(fd), files[first+i].Name())}
 		if g.ebpf != nil {
-			if err := g.ebpf.insert(m, g.usedSlots()); err != nil {
-				g.order = append(g.order, m)
-				g.Release()
-				return nil, fmt.Errorf("steer: import: %w", err)
-			}
+			m.slot = st.Slots[i]
 		}
 		g.order = append(g.order, m)
 	}

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -497,5 +500,119 @@ func TestDetect(t *testing.T) {
 	}
 	if mode == Shared {
 		t.Errorf("no steering at all: %s", why)
+	}
+}
+
+// TestRoundRobinMigratesOnClose: closing a member whose queue still holds
+// connections moves them to a serving member (SELECT_OR_MIGRATE) instead
+// of resetting them.
+func TestRoundRobinMigratesOnClose(t *testing.T) {
+	needRoundRobin(t)
+	g, err := New("127.0.0.1:0", RoundRobin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.CloseAll()
+	if !g.ebpf.migrate {
+		t.Skip("the kernel has no BPF_SK_REUSEPORT_SELECT_OR_MIGRATE (5.14)")
+	}
+	a, _ := g.Add()
+	b := add(t, g)
+	if err := g.SetServing(a); err != nil {
+		t.Fatal(err)
+	}
+	answers := make(chan int, 3)
+	for range 3 {
+		go func() {
+			id, err := ask(g.Addr(), 0)
+			if err != nil {
+				t.Errorf("a connection queued on the closed member: %v", err)
+			}
+			answers <- id
+		}()
+	}
+	queued(t, g, a, 3)
+	if err := g.SetServing(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Close(a); err != nil { // no Drain: a's queue is full
+		t.Fatal(err)
+	}
+	for range 3 {
+		if id := <-answers; id != b.ID() {
+			t.Errorf("a queued connection answered by %d, want %d", id, b.ID())
+		}
+	}
+}
+
+func TestShared(t *testing.T) {
+	g, err := New("127.0.0.1:0", Shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.CloseAll()
+	a, _ := g.Add()
+	b, _ := g.Add()
+	if err := g.SetServing(a); err != nil {
+		t.Fatal(err)
+	}
+	answers := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := ask(g.Addr(), 0); answers <- err }()
+	}
+	queued(t, g, b, 2) // one queue, whichever member asks
+	if err := g.Drain(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Close(a); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, b) // closing a duplicate reset nothing: b accepts both
+	for range 2 {
+		if err := <-answers; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := g.SetProbe(1, b); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("SetProbe in shared mode: %v", err)
+	}
+}
+
+// TestUnprivileged runs the Random mode tests again as uid 65534: classic
+// BPF needs no privilege, and round-robin is reported as unavailable.
+func TestUnprivileged(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("already unprivileged: the other tests ran so")
+	}
+	dir, err := os.MkdirTemp("", "steer-unprivileged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := dir + "/steer.test"
+	if err := os.WriteFile(bin, exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-test.count=1", "-test.v",
+		"-test.run=^(TestRandomSpread|TestSteeredAwayGetsNone|TestCloseKeepsSteering|TestQueueAndDrain|TestProbeRule|TestSixtyFourMembers|TestExportImport|TestShared|TestDetect)$")
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("as uid 65534: %v\n%s", err, out)
+	}
+	for _, want := range []string{"--- PASS: TestCloseKeepsSteering/random", "--- PASS: TestSixtyFourMembers/random", "Detect: random", "round-robin not tested"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("as uid 65534, no %q in:\n%s", want, out)
+		}
 	}
 }
