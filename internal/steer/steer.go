@@ -124,9 +124,12 @@ func ParseMode(s string) (Mode, error) {
 const MaxMembers = 256
 
 // DefaultSettle is how long Drain waits after a member was steered away
-// before it trusts an empty queue: the handshakes the old program started
-// complete within one round trip of their clients.
-const DefaultSettle = 100 * time.Millisecond
+// before it trusts an empty queue: a handshake the old program started
+// lands in the member's queue one round trip of its client later, so the
+// settle time bounds the round trips it covers. In RoundRobin mode a
+// later one is not lost either: closing the member moves it on
+// (SELECT_OR_MIGRATE).
+const DefaultSettle = 500 * time.Millisecond
 
 // Errors of the package.
 var (

@@ -82,7 +82,7 @@ func add(t *testing.T, g *Group) *Member {
 
 // serve answers every connection accepted from m with m's id. Its
 // listener is a duplicate of m's socket: Group.Close ends its accepts.
-func serve(t *testing.T, m *Member) {
+func serve(t testing.TB, m *Member) {
 	t.Helper()
 	ln := listener(t, m)
 	go func() {
@@ -97,7 +97,7 @@ func serve(t *testing.T, m *Member) {
 	}()
 }
 
-func listener(t *testing.T, m *Member) net.Listener {
+func listener(t testing.TB, m *Member) net.Listener {
 	t.Helper()
 	ln, err := net.FileListener(m.File())
 	if err != nil {
