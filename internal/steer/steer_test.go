@@ -110,7 +110,7 @@ func listener(t testing.TB, m *Member) net.Listener {
 // ask makes one connection (from local port from, if not 0) and returns
 // the id of the member that answered it.
 func ask(addr net.Addr, from int) (int, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
+	d := net.Dialer{Timeout: 15 * time.Second}
 	if from != 0 {
 		d.LocalAddr = &net.TCPAddr{IP: addr.(*net.TCPAddr).IP, Port: from}
 	}
@@ -127,9 +127,10 @@ func ask(addr net.Addr, from int) (int, error) {
 	return strconv.Atoi(line[:len(line)-1])
 }
 
-// askAll makes n connections, all at once when together, else one after
-// another, and counts them by the member that answered; any failure fails
-// the test.
+// askAll makes n connections, at once when together (at most 128 in
+// flight: more at once overflow loopback's backlog and wait for SYN
+// retransmits), else one after another, and counts them by the member
+// that answered; any failure fails the test.
 func askAll(t *testing.T, g *Group, n int, together bool) map[int]int {
 	t.Helper()
 	var mu sync.Mutex
@@ -137,9 +138,12 @@ func askAll(t *testing.T, g *Group, n int, together bool) map[int]int {
 	var errs []error
 	var wg sync.WaitGroup
 	start := make(chan struct{})
+	inFlight := make(chan struct{}, 128)
 	for range n {
 		one := func() {
 			<-start
+			inFlight <- struct{}{}
+			defer func() { <-inFlight }()
 			id, err := ask(g.Addr(), 0)
 			mu.Lock()
 			defer mu.Unlock()
