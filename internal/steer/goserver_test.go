@@ -25,6 +25,10 @@ func TestMain(m *testing.M) {
 		goServer(v)
 		return
 	}
+	if st := os.Getenv("STEER_TEST_IMPORT"); st != "" {
+		importer(st)
+		return
+	}
 	os.Exit(m.Run())
 }
 
@@ -61,10 +65,23 @@ func goServer(version string) {
 // startServer runs goServer on m's socket as a worker process would.
 func startServer(t *testing.T, m *Member, version string) *exec.Cmd {
 	t.Helper()
+	cmd, _ := startChild(t, []string{"STEER_TEST_SERVER=" + version}, []*os.File{m.File()}, "ready")
+	return cmd
+}
+
+// startChild starts this test binary with env added and files as fds 3..,
+// and waits until the first line it prints is want. The test kills it (by
+// its pid) at the end if it still runs.
+func startChild(t *testing.T, env []string, files []*os.File, want string) (*exec.Cmd, io.WriteCloser) {
+	t.Helper()
 	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
-	cmd.Env = append(os.Environ(), "STEER_TEST_SERVER="+version)
-	cmd.ExtraFiles = []*os.File{m.File()}
+	cmd.Env = append(os.Environ(), env...)
+	cmd.ExtraFiles = files
 	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,28 +91,28 @@ func startServer(t *testing.T, m *Member, version string) *exec.Cmd {
 	}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
-			cmd.Process.Kill() // by its pid: a server the test started
+			cmd.Process.Kill()
 			cmd.Wait()
 		}
 	})
-	ready := make(chan error, 1)
+	said := make(chan error, 1)
 	go func() {
 		line, err := bufio.NewReader(out).ReadString('\n')
-		if err == nil && line != "ready\n" {
-			err = fmt.Errorf("server said %q", line)
+		if err == nil && line != want+"\n" {
+			err = fmt.Errorf("the child said %q", line)
 		}
-		ready <- err
+		said <- err
 		io.Copy(io.Discard, out)
 	}()
 	select {
-	case err := <-ready:
+	case err := <-said:
 		if err != nil {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("the server did not start within 30s")
+		t.Fatalf("the child did not say %q within 30s", want)
 	}
-	return cmd
+	return cmd, stdin
 }
 
 // stopServer sends SIGTERM and waits for the server to exit.

@@ -4,7 +4,9 @@ package steer
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"strconv"
 	"testing"
 )
 
@@ -85,4 +87,57 @@ func TestImportRefusesBadInput(t *testing.T) {
 	if _, err := Import([]*os.File{files[0], ofiles[0]}, state); err == nil {
 		t.Error("Import of sockets of two addresses: no error")
 	}
+}
+
+// importer is the new primary of TestImportInAnotherProcess: it takes the
+// group over from fds 3.. (their number in STEER_TEST_FILES), steers to
+// the last member, says so, and exits when its stdin closes, without
+// Release or CloseAll: its descriptors close as a process's do.
+func importer(state string) {
+	n, _ := strconv.Atoi(os.Getenv("STEER_TEST_FILES"))
+	var files []*os.File
+	for i := range n {
+		files = append(files, os.NewFile(uintptr(3+i), "inherited"))
+	}
+	g, err := Import(files, []byte(state))
+	if err == nil {
+		ms := g.Members()
+		err = g.SetServing(ms[len(ms)-1])
+	}
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	fmt.Println("steered")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// TestImportInAnotherProcess: a new primary takes the group over through
+// inherited descriptors, as tableflip passes them, and steers it; its
+// program stays attached after it exits, pointing at sockets still open.
+func TestImportInAnotherProcess(t *testing.T) {
+	eachMode(t, func(t *testing.T, mode Mode) {
+		g, ms := newGroup(t, "127.0.0.1:0", mode, 3)
+		if err := g.SetServing(ms[0]); err != nil {
+			t.Fatal(err)
+		}
+		files, state, err := g.Export()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd, stdin := startChild(t, []string{"STEER_TEST_IMPORT=" + string(state), fmt.Sprintf("STEER_TEST_FILES=%d", len(files))}, files, "steered")
+		if err := g.Release(); err != nil {
+			t.Fatal(err)
+		}
+		if hits := askAll(t, g, 20, true); hits[ms[2].ID()] != 20 {
+			t.Errorf("steered by the new primary: %v", hits)
+		}
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if hits := askAll(t, g, 20, true); hits[ms[2].ID()] != 20 {
+			t.Errorf("after the new primary exited: %v", hits)
+		}
+	})
 }
