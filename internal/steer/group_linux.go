@@ -356,6 +356,9 @@ func (g *Group) changeProbe(port uint16, m *Member) error {
 		return ErrUnsupported
 	}
 	probes := maps.Clone(g.probes)
+	if probes == nil {
+		probes = map[uint16]int{}
+	}
 	if m == nil {
 		delete(probes, port)
 	} else {
@@ -498,7 +501,7 @@ func (g *Group) Close(m *Member) error {
 	}
 	g.serving = serving
 	g.probes = probes
-	if serving != nil {
+	if serving != nil && g.mode == Random { // RoundRobin's slots did not move
 		if perr := g.attach(serving, probes); perr != nil && err == nil {
 			err = perr
 		}

@@ -156,7 +156,9 @@ func (m *Member) ID() int { return m.id }
 
 // File is the member's listening socket, in blocking mode as systemd passes
 // sockets. The group owns it: pass it to a worker (exec.Cmd.ExtraFiles
-// dups it), never close it; Group.Close does.
+// dups it), never close it; Group.Close does. Its duplicates share its
+// open file description: net.FileListener on it in the owner would make
+// it non-blocking for its worker too.
 func (m *Member) File() *os.File { return m.f }
 
 // Fd is File().Fd().
