@@ -620,3 +620,77 @@ func TestUnprivileged(t *testing.T) {
 		}
 	}
 }
+
+// TestChurnUnderLoad rolls a group's members over and over while clients
+// connect without pause: no connection fails (none reset), and none
+// reaches the member that never serves, whose index moves as others
+// close.
+func TestChurnUnderLoad(t *testing.T) {
+	eachMode(t, func(t *testing.T, mode Mode) {
+		g, ms := newGroup(t, "127.0.0.1:0", mode, 5)
+		g.Settle = 200 * time.Millisecond
+		// The idle member sits among the serving ones: every close before
+		// it moves another member into an index below or past it.
+		idle, serving := ms[2], []*Member{ms[0], ms[1], ms[3], ms[4]}
+		if err := g.SetServing(serving...); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var mu sync.Mutex
+		hits := map[int]int{}
+		var errs []error
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for i := 0; i < 100_000; i++ { // bounded; stop ends it sooner
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id, err := ask(g.Addr(), 0)
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else {
+						hits[id]++
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		for range 12 {
+			next := add(t, g)
+			old := serving[0]
+			serving = append(serving[1:], next)
+			if err := g.SetServing(serving...); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := g.Drain(ctx, old)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Close(old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		close(stop)
+		wg.Wait()
+		total := 0
+		for _, n := range hits {
+			total += n
+		}
+		t.Logf("%d connections across 12 roll-overs, %d members reached", total, len(hits))
+		if len(errs) > 0 {
+			t.Errorf("%d connections failed: %v", len(errs), errors.Join(errs[:min(len(errs), 5)]...))
+		}
+		if hits[idle.ID()] != 0 {
+			t.Errorf("the member that never serves got %d connections", hits[idle.ID()])
+		}
+		if total == 0 {
+			t.Error("no connection made")
+		}
+	})
+}
