@@ -29,8 +29,13 @@ type rrState struct {
 
 func newRR() (*rrState, error) {
 	socks, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ReusePortSockArray, KeySize: 4, ValueSize: 8, MaxEntries: MaxMembers})
+	if errors.Is(err, unix.EPERM) {
+		// cilium/ebpf adds a guess about RLIMIT_MEMLOCK, which kernels
+		// since 5.11 do not use: the cause is the missing capability.
+		return nil, fmt.Errorf("steer: round-robin needs eBPF, which needs CAP_BPF or CAP_SYS_ADMIN: %w", unix.EPERM)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("steer: round-robin needs eBPF (CAP_BPF or CAP_SYS_ADMIN): %w", err)
+		return nil, fmt.Errorf("steer: round-robin needs eBPF: %w", err)
 	}
 	turn, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
