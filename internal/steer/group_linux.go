@@ -213,6 +213,7 @@ func (g *Group) Add() (*Member, error) {
 	}
 	g.nextID++
 	g.order = append(g.order, m)
+	g.reapSpares() // the new member, named by no program, may take a spare's index
 	return m, nil
 }
 
@@ -224,12 +225,12 @@ func (g *Group) usedSlots() []int {
 	return s
 }
 
-// Members are the group's members in the kernel's order (for Random, index
-// i is what a classic BPF program returns to select members[i]).
+// Members are the group's members in the kernel's order (spares left
+// out: see Close).
 func (g *Group) Members() []*Member {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return slices.Clone(g.order)
+	return slices.DeleteFunc(slices.Clone(g.order), func(m *Member) bool { return m.spare })
 }
 
 // Serving are the members SetServing named (nil before the first call).
@@ -448,15 +449,15 @@ func (g *Group) Drain(ctx context.Context, m *Member) error {
 // worker still holds a copy, so the group's order stays exactly what the
 // kernel has: the last member moves into m's index (swap-with-last).
 //
-// Random mode reprograms around the move. If the last member is serving
-// (or probed) and another serving member exists, a program without it is
-// attached first, the socket closed, then the program for the new order:
-// no program ever names a wrong or closed index. If the last member is the
-// only serving one, the program that names its old index stays attached
-// for the few microseconds between the close and the new program: a
-// connection arriving then finds that index out of range and the kernel
-// places it by its hash among the remaining members, which are all open;
-// RoundRobin has no such window (its map is keyed by slot, not order).
+// Random mode reprograms around the move, so that no program names the
+// last member's index at the moment it changes: if the last member is
+// serving (or probed) and another member serves, a program without it is
+// attached first, then the socket closed, then the program for the new
+// order; if it is the only serving member, a spare (a socket no program
+// names, never listed by Members) is added first and moves instead, and
+// is closed at the first later change that allows it (a new member
+// added, typically). RoundRobin needs none of this: its map is keyed by
+// slot, not order.
 func (g *Group) Close(m *Member) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -467,7 +468,7 @@ func (g *Group) Close(m *Member) error {
 	serving := g.serving
 	if slices.Contains(serving, m) {
 		serving = slices.DeleteFunc(slices.Clone(serving), func(s *Member) bool { return s == m })
-		if len(serving) == 0 && len(g.order) > 1 && g.mode != Shared {
+		if len(serving) == 0 && len(g.order)-g.spares() > 1 && g.mode != Shared {
 			return fmt.Errorf("steer: close %v: %w (steer to another member first)", m, ErrNoServing)
 		}
 	}
@@ -481,32 +482,115 @@ func (g *Group) Close(m *Member) error {
 			return err
 		}
 	}
-	last := len(g.order) - 1
-	if g.mode == Random && g.serving != nil && i != last {
-		l := g.order[last]
-		without := slices.DeleteFunc(slices.Clone(serving), func(s *Member) bool { return s == l })
-		if len(without) > 0 {
-			noL := maps.Clone(probes)
-			maps.DeleteFunc(noL, func(_ uint16, id int) bool { return id == l.id })
-			if err := g.attach(without, noL); err != nil {
-				return err
-			}
-		}
+	if g.mode == Random && g.serving != nil && i != len(g.order)-1 {
+		g.clearLast(serving, probes)
 	}
-	err := closeMember(m, g.mode != Shared)
-	g.order[i] = g.order[last]
-	g.order = g.order[:last]
-	if g.ebpf != nil {
-		g.ebpf.forget(m.slot)
-	}
+	err := g.remove(m)
+	testHookClosed()
 	g.serving = serving
 	g.probes = probes
 	if serving != nil && g.mode == Random { // RoundRobin's slots did not move
 		if perr := g.attach(serving, probes); perr != nil && err == nil {
 			err = perr
 		}
+		g.reapSpares()
 	}
 	return err
+}
+
+// testHookClosed runs in Close between the close and the program for the
+// new order.
+var testHookClosed = func() {}
+
+// remove closes m and moves the last member into its index, as the
+// kernel does.
+func (g *Group) remove(m *Member) error {
+	i, last := g.index(m), len(g.order)-1
+	err := closeMember(m, g.mode != Shared)
+	g.order[i] = g.order[last]
+	g.order = g.order[:last]
+	if g.ebpf != nil {
+		g.ebpf.forget(m.slot)
+	}
+	return err
+}
+
+// named tells whether the program for serving and probes names m.
+func named(m *Member, serving []*Member, probes map[uint16]int) bool {
+	if slices.Contains(serving, m) {
+		return true
+	}
+	for _, id := range probes {
+		if id == m.id {
+			return true
+		}
+	}
+	return false
+}
+
+// clearLast makes the last member safe to move (Random): closing a member
+// moves the last one into its index, and no program must name it at the
+// moment it moves. If the program names it, it attaches a program without
+// it when another member serves; else it adds a spare, a member no
+// program names, which becomes the last and moves instead. A spare is
+// closed as soon as that is safe (reapSpares); if it cannot be made (no
+// socket), the last member moves while the program names its old index,
+// for the microseconds until the next program: a connection arriving then
+// is placed by the kernel's hash among the open members.
+func (g *Group) clearLast(serving []*Member, probes map[uint16]int) {
+	l := g.order[len(g.order)-1]
+	if !named(l, serving, probes) {
+		return
+	}
+	without := slices.DeleteFunc(slices.Clone(serving), func(s *Member) bool { return s == l })
+	if len(without) > 0 {
+		noL := maps.Clone(probes)
+		maps.DeleteFunc(noL, func(_ uint16, id int) bool { return id == l.id })
+		if g.attach(without, noL) == nil {
+			return
+		}
+	}
+	fd, err := listenSocket(g.fam, g.sa, true)
+	if err != nil {
+		return
+	}
+	g.order = append(g.order, &Member{id: -1, slot: -1, spare: true, f: os.NewFile(uintptr(fd), "steer:spare")})
+}
+
+func (g *Group) spares() int {
+	n := 0
+	for _, m := range g.order {
+		if m.spare {
+			n++
+		}
+	}
+	return n
+}
+
+// reapSpares closes the spares it can close without a program ever naming
+// a moved index (Random).
+func (g *Group) reapSpares() {
+	for {
+		i := slices.IndexFunc(g.order, func(m *Member) bool { return m.spare })
+		if i < 0 || g.serving == nil {
+			return
+		}
+		last := len(g.order) - 1
+		if i != last {
+			l := g.order[last]
+			if named(l, g.serving, g.probes) && len(g.serving) == 1 {
+				return // it is the only serving member: wait for a later change
+			}
+			g.clearLast(g.serving, g.probes)
+			if g.order[len(g.order)-1].spare && len(g.order)-1 != last {
+				return // clearLast added a spare: no progress
+			}
+		}
+		g.remove(g.order[i])
+		if err := g.attach(g.serving, g.probes); err != nil {
+			return
+		}
+	}
 }
 
 // closeMember closes m's socket; with out, first takes it out of its group

@@ -15,7 +15,7 @@ import (
 // over.
 type state struct {
 	Mode    Mode           `json:"mode"`
-	Members []int          `json:"members"`           // ids, in the kernel's order
+	Members []int          `json:"members"`           // ids, in the kernel's order (-1: a spare)
 	Slots   []int          `json:"slots,omitempty"`   // RoundRobin: each member's key in the maps
 	Serving []int          `json:"serving,omitempty"` // ids; absent before the first SetServing
 	Probes  map[uint16]int `json:"probes,omitempty"`  // source port → id
@@ -138,7 +138,7 @@ func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 		g.shared = os.NewFile(uintptr(fds[0]), files[0].Name())
 	}
 	for i, fd := range fds[first:] {
-		m := &Member{id: st.Members[i], slot: -1, f: os.NewFile(uintptr(fd), files[first+i].Name())}
+		m := &Member{id: st.Members[i], slot: -1, spare: st.Members[i] < 0, f: os.NewFile(uintptr(fd), files[first+i].Name())}
 		if g.ebpf != nil {
 			m.slot = st.Slots[i]
 		}

@@ -56,8 +56,9 @@
 //
 // No program ever selects a member that has been closed: RoundRobin selects
 // by slot, and the kernel takes a closed socket out of the map; Random
-// reprograms around every close (see Group.Close for the order of the
-// steps and its one window). A program never selects a member that
+// reprograms around every close, so that no program names an index at
+// the moment its member changes (see Group.Close for the order of the
+// steps). A program never selects a member that
 // SetServing did not name, except through a probe rule (SetProbe): a
 // connection from a chosen local source port goes to a chosen member,
 // serving or not, so the primary can check a worker's readiness through
@@ -148,6 +149,7 @@ type Member struct {
 
 	closed    bool
 	steeredAt time.Time // when SetServing last steered it away
+	spare     bool      // Random: a placeholder no program names (Group.Close)
 }
 
 // ID is the member's number, unique in its group for the group's life (and

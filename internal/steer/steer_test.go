@@ -695,3 +695,50 @@ func TestChurnUnderLoad(t *testing.T) {
 		}
 	})
 }
+
+// TestRandomCloseWhenTheLastAloneServes: closing a member while the last
+// one is the only serving member, in a group of more: the last member
+// must not move while the program names its index, or connections
+// arriving before the next program would be spread by the kernel's hash
+// over members that do not serve.
+func TestRandomCloseWhenTheLastAloneServes(t *testing.T) {
+	g, ms := newGroup(t, "127.0.0.1:0", Random, 4) // idle, idle, old, new
+	if err := g.SetServing(ms[3]); err != nil {
+		t.Fatal(err)
+	}
+	addr := g.Addr()
+	var during []int
+	testHookClosed = func() {
+		for range 30 {
+			id, err := ask(addr, 0)
+			if err != nil {
+				t.Errorf("between the close and the next program: %v", err)
+			}
+			during = append(during, id)
+		}
+	}
+	defer func() { testHookClosed = func() {} }()
+	if err := g.Close(ms[2]); err != nil {
+		t.Fatal(err)
+	}
+	testHookClosed = func() {}
+	for _, id := range during {
+		if id != ms[3].ID() {
+			t.Fatalf("between the close and the next program, connections reached %v; only %d serves", during, ms[3].ID())
+		}
+	}
+	if got := fmt.Sprint(ids(g.Members()...)); got != fmt.Sprint(ids(ms[0], ms[1], ms[3])) {
+		t.Errorf("members after the close: %s", got)
+	}
+	checkOrder(t, g)
+	// The spare that took the closed member's index goes at the next
+	// change that allows it: a new member is added.
+	m := add(t, g)
+	if n := g.spares(); n != 0 {
+		t.Errorf("%d spares left after Add", n)
+	}
+	if hits := askAll(t, g, 20, true); len(hits) != 1 || hits[m.ID()]+hits[ms[0].ID()]+hits[ms[1].ID()] != 0 {
+		t.Errorf("after Add: %v", hits)
+	}
+	checkOrder(t, g)
+}
