@@ -276,7 +276,11 @@ func (g *Group) SetServing(members ...*Member) error {
 			set = append(set, m)
 		}
 	}
-	return g.program(set, g.probes)
+	if err := g.program(set, g.probes); err != nil {
+		return err
+	}
+	g.reapSpares()
+	return nil
 }
 
 // program attaches the program for serving set and probe rules to the
