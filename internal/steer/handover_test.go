@@ -25,19 +25,7 @@ func TestExportImport(t *testing.T) {
 		if err := g.SetProbe(uint16(port), ms[3]); err != nil {
 			t.Fatal(err)
 		}
-		files, state, err := g.Export()
-		if err != nil {
-			t.Fatal(err)
-		}
-		g2, err := Import(files, state)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer g2.CloseAll()
-		// The old primary lets go; its copies leave the group as it is.
-		if err := g.Release(); err != nil {
-			t.Fatal(err)
-		}
+		g2 := handOver(t, g)
 		if got, want := fmt.Sprint(ids(g2.Members()...)), fmt.Sprint(ids(ms[3], ms[1], ms[2])); got != want {
 			t.Fatalf("imported order %s, want %s", got, want)
 		}
@@ -68,6 +56,26 @@ func TestExportImport(t *testing.T) {
 		}
 		checkOrder(t, g2)
 	})
+}
+
+// handOver is g taken over in-process by a new group (from duplicates of
+// its descriptors), and released by the old one, whose copies leave the
+// group as it is.
+func handOver(t *testing.T, g *Group) *Group {
+	t.Helper()
+	files, state, err := g.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := Import(files, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g2.CloseAll() })
+	if err := g.Release(); err != nil {
+		t.Fatal(err)
+	}
+	return g2
 }
 
 func TestImportRefusesBadInput(t *testing.T) {

@@ -731,19 +731,7 @@ func TestRandomCloseWhenTheLastAloneServes(t *testing.T) {
 		t.Errorf("members after the close: %s", got)
 	}
 	// A hand-over keeps the spare in its place.
-	files, state, err := g.Export()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g2, err := Import(files, state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g2.CloseAll()
-	if err := g.Release(); err != nil {
-		t.Fatal(err)
-	}
-	g = g2
+	g = handOver(t, g)
 	if n := g.spares(); n != 1 {
 		t.Fatalf("%d spares after the hand-over, want 1", n)
 	}
