@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
@@ -439,11 +440,11 @@ func TestScaleUnderLoad(t *testing.T) {
 func nobody(t *testing.T) *syscall.Credential {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as another user")
+		testutil.Need(t, "needs root to run a client as another user")
 	}
 	u, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skipf("no user nobody: %v", err)
+		testutil.Need(t, "no user nobody: %v", err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // crashLine is what the crash build of the testserver prints before
@@ -417,7 +419,11 @@ func checkSharedFiles(t *testing.T, worker, primary int, listeners map[string]bo
 		for pfd := range pl {
 			same, err := kcmpFile(worker, primary, wfd, pfd)
 			if err == unix.ENOSYS || err == unix.EPERM {
-				t.Logf("kcmp unavailable (%v): shared files not checked", err)
+				if testutil.Strict() {
+					t.Errorf("kcmp unavailable (%v): shared files not checked", err)
+				} else {
+					t.Logf("kcmp unavailable (%v): shared files not checked", err)
+				}
 				return
 			}
 			if err == nil && same {
