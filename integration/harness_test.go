@@ -92,6 +92,13 @@ func (e Event) Duration(key string) (time.Duration, bool) {
 
 func (e Event) String() string { return e.Raw }
 
+// Time is when the primary logged the event (its "ts", ISO 8601 to the
+// millisecond, as cmd/handoff writes it).
+func (e Event) Time() (time.Time, bool) {
+	ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", e.Str("ts"))
+	return ts, err == nil
+}
+
 // eventLog is the primary's stderr: every line, and the JSON ones parsed.
 type eventLog struct {
 	mu      sync.Mutex
