@@ -354,8 +354,16 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 	scale := p.Ctl("scale", "4")
 	r := <-reload
 	newPID := p.Current()
-	// Keep polling a little past the hand-over.
-	time.Sleep(300 * time.Millisecond)
+	// Keep polling past the hand-over, until the new primary has answered
+	// a few times.
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := answers[newPID]
+		mu.Unlock()
+		if n >= 5 || time.Now().After(end) {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 
