@@ -935,7 +935,9 @@ func checkPrimaryField(t *testing.T, events []Event, pids ...int) {
 // n+1 are spawned and neither retiring nor exited. The one exception is
 // the documented one: after a ready worker exits unasked (a crash), one
 // ready worker fewer, until a worker of that primary's slot is ready
-// again.
+// again. A scale moves n: from "scale started" to its end, at least the
+// smaller of the two sizes ready and at most the larger (+1) running;
+// after "scale finished" n is the new size ("scale aborted": the old one).
 func checkInvariant(t *testing.T, events []Event, n int) {
 	t.Helper()
 	type ws struct {
@@ -955,9 +957,16 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 	}
 	checking := false
 	violations := 0
+	lo, hi := n, n // ready at least lo, running at most hi+1
 	for i, e := range events {
 		pid, hasPID := e.Int("pid")
 		switch e.Msg {
+		case "scale started":
+			lo, hi = min(lo, e.Int0("to")), max(hi, e.Int0("to"))
+		case "scale finished":
+			lo, hi = e.Int0("to"), e.Int0("to")
+		case "scale aborted":
+			lo, hi = e.Int0("from"), e.Int0("from")
 		case "worker spawned":
 			if hasPID {
 				w := get(pid)
@@ -1011,7 +1020,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 				serving++
 			}
 		}
-		if serving < n-len(crashed) || running > n+1 {
+		if serving < lo-len(crashed) || running > hi+1 {
 			violations++
 			if violations <= 3 {
 				lo := i - 8
@@ -1023,7 +1032,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 					ctx = append(ctx, "  "+c.Raw)
 				}
 				t.Errorf("invariant broken at event %d (%q pid=%d): ready-and-serving=%d (want >= %d), spawned-and-not-retiring=%d (want <= %d); events up to it:\n%s",
-					i, e.Msg, pid, serving, n, running, n+1, strings.Join(ctx, "\n"))
+					i, e.Msg, pid, serving, lo, running, hi+1, strings.Join(ctx, "\n"))
 			}
 		}
 	}
