@@ -58,8 +58,12 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 
+# GOTESTFLAGS go to every go test below (.ci/run passes -v, to check the
+# output for skipped tests).
+GOTESTFLAGS ?=
+
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+	$(GO) test $(GOTESTFLAGS) -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 # node and gunicorn, for the examples' end-to-end tests (installed with
 # apt-get when missing).
@@ -67,13 +71,13 @@ deps:
 	@.ci/deps
 
 integration: deps
-	$(GO) test -count=1 -timeout 10m ./integration/...
+	$(GO) test $(GOTESTFLAGS) -count=1 -timeout 10m ./integration/...
 
 # The end-to-end tests with every primary (handoff, the library-mode
 # programs) built with -race: a test fails when one of its processes
 # reports a data race. RUN='TestX|TestY' runs a subset.
 integration-race: deps
-	HANDOFF_TEST_RACE=1 $(GO) test -count=1 -timeout 20m -run '$(RUN)' ./integration/...
+	HANDOFF_TEST_RACE=1 $(GO) test $(GOTESTFLAGS) -count=1 -timeout 20m -run '$(RUN)' ./integration/...
 
 clean:
 	rm -rf $(BIN)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
@@ -353,8 +354,16 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 	scale := p.Ctl("scale", "4")
 	r := <-reload
 	newPID := p.Current()
-	// Keep polling a little past the hand-over.
-	time.Sleep(300 * time.Millisecond)
+	// Keep polling past the hand-over, until the new primary has answered
+	// a few times.
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := answers[newPID]
+		mu.Unlock()
+		if n >= 5 || time.Now().After(end) {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 
@@ -439,11 +448,11 @@ func TestScaleUnderLoad(t *testing.T) {
 func nobody(t *testing.T) *syscall.Credential {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as another user")
+		testutil.Need(t, "needs root to run a client as another user")
 	}
 	u, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skipf("no user nobody: %v", err)
+		testutil.Need(t, "no user nobody: %v", err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)

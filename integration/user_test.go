@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // openToAll makes dir and its parent (the test's temporary directories)
@@ -33,22 +35,24 @@ func openToAll(t *testing.T, dirs ...string) {
 func TestUserRunsWorkersAsNobody(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		testutil.Need(t, "needs root")
 	}
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skip("no user nobody")
+		testutil.Need(t, "no user nobody")
 	}
 	p := StartPrimary(t, Options{Flags: []string{"--user", "nobody"}, Prepare: func(dir string) {
 		openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp"))
 	}})
 	check := func(gen string) {
 		t.Helper()
+		examined := 0
 		for pid := range p.LiveWorkers() {
 			st, ok := readStatus(pid)
 			if !ok {
 				continue
 			}
+			examined++
 			uids, gids := strings.Fields(st["Uid"]), strings.Fields(st["Gid"])
 			if len(uids) != 4 || len(gids) != 4 {
 				t.Fatalf("worker %d: Uid %q Gid %q", pid, st["Uid"], st["Gid"])
@@ -70,6 +74,9 @@ func TestUserRunsWorkersAsNobody(t *testing.T) {
 					t.Errorf("%s worker %d keeps root's group: Groups %q", gen, pid, st["Groups"])
 				}
 			}
+		}
+		if examined < p.Workers {
+			t.Errorf("%s workers: examined %d live worker(s), want %d (live per the log: %v)", gen, examined, p.Workers, p.LiveWorkers())
 		}
 	}
 	check("first")
@@ -103,17 +110,10 @@ func TestUserMistakes(t *testing.T) {
 		}
 	}
 
-	if os.Geteuid() != 0 {
-		return
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		return
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
+	// A primary that is not root: as root, the test runs it as nobody;
+	// otherwise as the test's own user.
+	uid := strconv.Itoa(os.Geteuid())
 	dir := t.TempDir()
-	openToAll(t, filepath.Dir(dir), dir)
 	bin := filepath.Join(dir, "handoff")
 	if err := copyFile(handoffBin, bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -121,7 +121,17 @@ func TestUserMistakes(t *testing.T) {
 	cmd := exec.Command(bin, "run", "--listen", "127.0.0.1:0", "--user", "root", "--", "/bin/true")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "TMPDIR="+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	if os.Geteuid() == 0 {
+		nobody, err := user.Lookup("nobody")
+		if err != nil {
+			testutil.Need(t, "no user nobody to run a primary as: %v", err)
+		}
+		uid = nobody.Uid
+		n, _ := strconv.Atoi(nobody.Uid)
+		g, _ := strconv.Atoi(nobody.Gid)
+		openToAll(t, filepath.Dir(dir), dir)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(n), Gid: uint32(g), Groups: []uint32{}}}
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	done := make(chan error, 1)
@@ -134,10 +144,10 @@ func TestUserMistakes(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
 		<-done
-		t.Fatal("a primary run as nobody with --user root did not stop")
+		t.Fatalf("a primary run as uid %s with --user root did not stop", uid)
 	}
-	want := "handoff: --user root: only root can run the workers as another user, and handoff runs as uid " + nobody.Uid
+	want := "handoff: --user root: only root can run the workers as another user, and handoff runs as uid " + uid
 	if cmd.ProcessState.ExitCode() != 1 || !strings.HasPrefix(stderr.String(), want) || strings.Count(stderr.String(), "\n") != 1 {
-		t.Errorf("as nobody, --user root: exit %d, stderr %q; want exit 1 and one line starting %q", cmd.ProcessState.ExitCode(), stderr.String(), want)
+		t.Errorf("as uid %s, --user root: exit %d, stderr %q; want exit 1 and one line starting %q", uid, cmd.ProcessState.ExitCode(), stderr.String(), want)
 	}
 }

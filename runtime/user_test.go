@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 func TestWorkerCredential(t *testing.T) {
@@ -27,7 +29,7 @@ func TestWorkerCredential(t *testing.T) {
 	}
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skip("no user nobody here")
+		testutil.Need(t, "no user nobody here")
 	}
 	c, err := workerCredential("nobody")
 	if os.Geteuid() != 0 {

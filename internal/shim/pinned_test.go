@@ -25,7 +25,7 @@ var (
 func pinned(t *testing.T, path string, f *pin.File, nfds int, via bool, argv ...string) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
 	if os.Getenv("LISTEN_FDS") != "" {
-		t.Skip("LISTEN_FDS set in the test's own environment")
+		testutil.Need(t, "LISTEN_FDS set in the test's own environment")
 	}
 	exe, err := f.Open()
 	if err != nil {
