@@ -632,10 +632,10 @@ func TestControlDirSymlinkRefused(t *testing.T) {
 	victim, link := testutil.PlantSymlink(t, "handoff-0")
 	p := StartPrimary(t, Options{NoWait: true, Workers: 1, Env: []string{"HANDOFF_CONTROL_DIR=" + link}})
 	st := p.WaitExit(30 * time.Second)
-	p.readersWG.Wait()
 	if st == nil || st.ExitCode() != 1 {
 		t.Fatalf("start with a symlinked control directory: %v, want exit 1\n%s", st, p.Tail(20))
 	}
+	p.readersWG.Wait()
 	if lines := p.Log.Lines(); len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: control socket "+link) || !strings.Contains(lines[0], "is a symbolic link") {
 		t.Errorf("stderr %q, want one line saying %s is a symbolic link", lines, link)
 	}
