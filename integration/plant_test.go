@@ -85,18 +85,13 @@ func startFakeControl(t *testing.T, exe, path string, cred *syscall.Credential) 
 
 // TestControlClientTrustsNoPlant: another user (nobody) plants the
 // directory root's handoff commands search and a fake server answering
-// "generation 99" there. Root's plain reload and status refuse the
-// directory in one line naming it and exit 1; a fake server's socket
+// "generation 99" there. Root's plain reload and status (and another
+// user's) refuse the directory in one line naming it and exit 1; a fake server's socket
 // moved into a trusted directory, or named with --control, is refused by
 // its credentials (it runs as nobody). Nothing reports generation 99.
 func TestControlClientTrustsNoPlant(t *testing.T) {
 	t.Parallel()
 	cred := nobody(t)
-	for _, d := range []string{"/run/handoff"} {
-		if socks, _ := filepath.Glob(filepath.Join(d, "*.sock")); len(socks) > 0 {
-			t.Skipf("%s holds control sockets (%v): root's plain commands would find them", d, socks)
-		}
-	}
 	base, err := os.MkdirTemp("", "hp-")
 	if err != nil {
 		t.Fatal(err)
@@ -111,21 +106,42 @@ func TestControlClientTrustsNoPlant(t *testing.T) {
 	if err := copyFile(self, exe, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	planted := filepath.Join(base, "handoff-0")
-	if err := os.Mkdir(planted, 0o755); err != nil {
+	bin := filepath.Join(base, "handoff")
+	if err := copyFile(handoffBin, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chown(planted, int(cred.Uid), int(cred.Gid)); err != nil {
-		t.Fatal(err)
+	// The victims: root, and a user without privileges. Root searches
+	// /run/handoff first: with a primary there (another test's), root's
+	// plain commands would reach it, so only the other user searches.
+	other := uint32(freeID(t))
+	victims := []*syscall.Credential{{Uid: other, Gid: other, Groups: []uint32{}}}
+	if socks, _ := filepath.Glob("/run/handoff/*.sock"); len(socks) == 0 {
+		victims = append(victims, nil)
+	} else {
+		t.Logf("/run/handoff holds %v: root's plain commands are not run", socks)
 	}
-	startFakeControl(t, exe, filepath.Join(planted, "tcp-0.0.0.0:80.sock"), cred)
 	env := []string{"TMPDIR=" + base, "XDG_RUNTIME_DIR=", "HANDOFF_CONTROL_DIR="}
-	for _, cmd := range []string{"reload", "status"} {
-		r := runHandoff(t, "", env, nil, cmd)
-		if r.code != 1 || strings.Contains(r.stdout, "99") {
-			t.Errorf("%s with a planted directory: %s, want exit 1 and no answer of the fake", cmd, r)
+	for _, victim := range victims {
+		uid := 0
+		if victim != nil {
+			uid = int(victim.Uid)
 		}
-		oneLine(t, cmd+" with a planted directory", r.stderr, planted, "uid "+strconv.Itoa(int(cred.Uid)))
+		planted := filepath.Join(base, "handoff-"+strconv.Itoa(uid))
+		if err := os.Mkdir(planted, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(planted, int(cred.Uid), int(cred.Gid)); err != nil {
+			t.Fatal(err)
+		}
+		startFakeControl(t, exe, filepath.Join(planted, "tcp-0.0.0.0:80.sock"), cred)
+		for _, cmd := range []string{"reload", "status"} {
+			r := runHandoff(t, bin, env, victim, cmd)
+			what := "uid " + strconv.Itoa(uid) + ": " + cmd + " with a planted directory"
+			if r.code != 1 || strings.Contains(r.stdout, "99") {
+				t.Errorf("%s: %s, want exit 1 and no answer of the fake", what, r)
+			}
+			oneLine(t, what, r.stderr, planted, "uid "+strconv.Itoa(int(cred.Uid)))
+		}
 	}
 
 	// The fake's socket in a directory of root's, 0700: the directory is
@@ -134,7 +150,14 @@ func TestControlClientTrustsNoPlant(t *testing.T) {
 	if err := os.Mkdir(trusted, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	moved := filepath.Join(planted, "moved.sock")
+	own := filepath.Join(base, "n")
+	if err := os.Mkdir(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(own, int(cred.Uid), int(cred.Gid)); err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(own, "moved.sock")
 	startFakeControl(t, exe, moved, cred)
 	sock := filepath.Join(trusted, "tcp-127.0.0.1:1.sock")
 	if err := os.Rename(moved, sock); err != nil {
