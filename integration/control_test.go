@@ -630,3 +630,30 @@ func TestControlMistakes(t *testing.T) {
 		first.CtlOK("status")
 	})
 }
+
+// TestControlDirSymlinkRefused: a symlink planted by another user in
+// place of the default control directory stops the start with one line;
+// the directory it points to keeps its mode and gets no socket, and
+// nothing is left running.
+func TestControlDirSymlinkRefused(t *testing.T) {
+	t.Parallel()
+	victim, link := testutil.PlantSymlink(t, "handoff-0")
+	p := StartPrimary(t, Options{NoWait: true, Workers: 1, Env: []string{"HANDOFF_CONTROL_DIR=" + link}})
+	st := p.WaitExit(30 * time.Second)
+	if st == nil || st.ExitCode() != 1 {
+		t.Fatalf("start with a symlinked control directory: %v, want exit 1\n%s", st, p.Tail(20))
+	}
+	p.readersWG.Wait()
+	if lines := p.Log.Lines(); len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: control socket "+link) || !strings.Contains(lines[0], "is a symbolic link") {
+		t.Errorf("stderr %q, want one line saying %s is a symbolic link", lines, link)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: mode %v (%v), want 0755 as it was", victim, fi.Mode().Perm(), err)
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 0 {
+		t.Errorf("%s got %d entries, want none", victim, len(ents))
+	}
+	if pids := markedPIDs(p.Mark); len(pids) != 0 {
+		t.Errorf("processes left: %v", pids)
+	}
+}

@@ -80,6 +80,7 @@ func TestUserRunsWorkersAsNobody(t *testing.T) {
 		}
 	}
 	check("first")
+	checkUserEnv(t, p, map[string]string{"HOME": nobody.HomeDir, "USER": "nobody", "LOGNAME": "nobody"})
 	if st, _ := readStatus(p.PID); !strings.HasPrefix(st["Uid"], "0\t") {
 		t.Errorf("the primary runs with Uid %q, want root", st["Uid"])
 	}
@@ -88,6 +89,93 @@ func TestUserRunsWorkersAsNobody(t *testing.T) {
 	p.WaitServing(p.URL(), "v2", 10*time.Second)
 	check("deployed")
 	p.shutdownAll(p.PID)
+}
+
+// workerEnv reads the environment pid was started with.
+func workerEnv(pid int) (map[string]string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return nil, false
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env, true
+}
+
+// checkUserEnv fails the test unless every live worker of p has the
+// variables of want with their values.
+func checkUserEnv(t *testing.T, p *Primary, want map[string]string) {
+	t.Helper()
+	seen := 0
+	for pid := range p.LiveWorkers() {
+		env, ok := workerEnv(pid)
+		if !ok {
+			continue
+		}
+		seen++
+		for k, v := range want {
+			if env[k] != v {
+				t.Errorf("worker %d: %s=%q, want %q", pid, k, env[k], v)
+			}
+		}
+	}
+	if seen == 0 {
+		t.Error("no live worker to read the environment of")
+	}
+}
+
+// freeID returns a number that is neither a uid nor a gid on this
+// machine.
+func freeID(t *testing.T) int {
+	t.Helper()
+	for id := 54321; id < 60000; id++ {
+		s := strconv.Itoa(id)
+		if _, err := user.LookupId(s); err == nil {
+			continue
+		}
+		if _, err := user.LookupGroupId(s); err == nil {
+			continue
+		}
+		return id
+	}
+	t.Skip("no free id")
+	return 0
+}
+
+// TestUserNumericWithoutEntry: --user UID with no passwd entry runs the
+// workers as that uid, with the gid of the same number and no
+// supplementary group, and HOME=/, USER and LOGNAME the number; with
+// UID:GID, that gid.
+func TestUserNumericWithoutEntry(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	id := strconv.Itoa(freeID(t))
+	for _, c := range []struct{ spec, gid string }{{id, id}, {id + ":65534", "65534"}} {
+		p := StartPrimary(t, Options{Workers: 1, Flags: []string{"--user", c.spec}, Prepare: func(dir string) {
+			openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp"))
+		}})
+		p.WaitServing(p.URL(), "v1", 20*time.Second)
+		for pid := range p.LiveWorkers() {
+			st, ok := readStatus(pid)
+			if !ok {
+				continue
+			}
+			if u, g := strings.Fields(st["Uid"]), strings.Fields(st["Gid"]); len(u) != 4 || u[0] != id || u[3] != id || len(g) != 4 || g[0] != c.gid || g[3] != c.gid {
+				t.Errorf("--user %s: worker %d runs with Uid %q Gid %q, want %s and %s", c.spec, pid, st["Uid"], st["Gid"], id, c.gid)
+			}
+			if groups := strings.TrimSpace(st["Groups"]); groups != "" {
+				t.Errorf("--user %s: worker %d has supplementary groups %q, want none", c.spec, pid, groups)
+			}
+		}
+		checkUserEnv(t, p, map[string]string{"HOME": "/", "USER": id, "LOGNAME": id})
+		p.shutdownAll(p.PID)
+	}
 }
 
 // TestUserMistakes: an unknown user or group, and a primary that is not

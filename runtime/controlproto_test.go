@@ -167,3 +167,27 @@ func TestPrepareControlDir(t *testing.T) {
 		t.Fatalf("another user's directory: %v", err)
 	}
 }
+
+// TestPrepareControlDirSymlink: a symlink in place of the default
+// directory (another user's, planted where the primary will look) is
+// refused, and what it points to is left as it was.
+func TestPrepareControlDirSymlink(t *testing.T) {
+	victim, link := testutil.PlantSymlink(t, "handoff-0")
+	base := filepath.Dir(link)
+	err := prepareControlDir(link, true)
+	if err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+		t.Errorf("a symlink for the default directory: %v, want an error saying it is a symbolic link", err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the directory the link points to: mode %v (%v), want 0755 as it was", fi.Mode().Perm(), err)
+	}
+	// A symlink to a file, and a dangling one: refused too, nothing made.
+	os.Remove(link)
+	os.Symlink(filepath.Join(base, "nowhere"), link)
+	if err := prepareControlDir(link, true); err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+		t.Errorf("a dangling symlink: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(base, "nowhere")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a dangling symlink's target was created: %v", err)
+	}
+}
