@@ -58,8 +58,12 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 
+# GOTESTFLAGS go to every go test below (.ci/run passes -v, to check the
+# output for skipped tests).
+GOTESTFLAGS ?=
+
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+	$(GO) test $(GOTESTFLAGS) -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
 # node and gunicorn, for the examples' end-to-end tests (installed with
 # apt-get when missing).
@@ -67,21 +71,32 @@ deps:
 	@.ci/deps
 
 integration: deps
-	$(GO) test -count=1 -timeout 10m ./integration/...
+	$(GO) test $(GOTESTFLAGS) -count=1 -timeout 10m ./integration/...
 
 # The end-to-end tests with every primary (handoff, the library-mode
 # programs) built with -race: a test fails when one of its processes
 # reports a data race. RUN='TestX|TestY' runs a subset.
 integration-race: deps
-	HANDOFF_TEST_RACE=1 $(GO) test -count=1 -timeout 20m -run '$(RUN)' ./integration/...
+	HANDOFF_TEST_RACE=1 $(GO) test $(GOTESTFLAGS) -count=1 -timeout 20m -run '$(RUN)' ./integration/...
 
 clean:
 	rm -rf $(BIN)
 
-# Back-to-back deploys under load; fails on a single failed request.
-SOAK ?= 300
+# First SOAK_REFUSED deploys of a handoff binary that exits at start: the
+# primary's fds must stay flat. Then SOAK back-to-back deploys under load
+# with handoff's defaults (--min-uptime 5s), a rebuilt handoff binary every
+# 10th (a self-upgrade); fails on a single failed request, on a deploy
+# whose new version is not the only one answering within
+# HANDOFF_SOAK_TAKEOVER (1.5s) of its SIGHUP, and on the primary's fds
+# growing over the second half. Prints a summary, written to $(BIN)/soak.md.
+# About 6s a deploy. HANDOFF_SOAK_PRIMARY=1: every deploy a self-upgrade;
+# HANDOFF_SOAK_LIB=1: examples/hello in library mode.
+SOAK         ?= 1000
+SOAK_REFUSED ?= 5
 soak:
-	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) HANDOFF_SOAK_LIB=$(HANDOFF_SOAK_LIB) $(GO) test -count=1 -timeout 60m -run TestSoakDeploys -v ./integration/
+	HANDOFF_SOAK=$(SOAK) HANDOFF_SOAK_REFUSED=$(SOAK_REFUSED) HANDOFF_SOAK_PRIMARY=$(HANDOFF_SOAK_PRIMARY) HANDOFF_SOAK_LIB=$(HANDOFF_SOAK_LIB) \
+		HANDOFF_SOAK_TAKEOVER=$(HANDOFF_SOAK_TAKEOVER) HANDOFF_SOAK_OUT=$(abspath $(BIN))/soak.md \
+		$(GO) test -count=1 -timeout $$(( $(SOAK) * 20 + 900 ))s -run 'TestSoakRefusedUpgrades|TestSoakDeploys' -v ./integration/
 
 # Benchmarks (not part of 'make test'; a smoke run of the harness is): what
 # handoff costs and how deploys hold up, next to the same server run

@@ -26,14 +26,11 @@ import (
 
 // needAdoption skips the test where the kernel or the seccomp policy does
 // not allow bind adoption (as --adopt-bind auto would turn it off),
-// except under CI, where it must work.
+// except under CI, where it must work (testutil.Need).
 func needAdoption(t *testing.T) {
 	t.Helper()
 	if err := adopt.Probe(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("bind adoption unavailable: %v", err)
-		}
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 }
 
@@ -340,7 +337,11 @@ func TestAdoptOffSaysWhy(t *testing.T) {
 	}{
 		{"go", []string{server}, []string{"exited at start: exit status 1", "bind: address already in use"}},
 	}
-	if node, err := exec.LookPath("node"); err == nil {
+	node, err := exec.LookPath("node")
+	if err != nil && testutil.Strict() {
+		t.Fatalf("node is not installed; .ci/deps (make deps) installs it")
+	}
+	if err == nil {
 		copyExample(t, "node-port", dir, "server.js")
 		cases = append(cases, struct {
 			name    string

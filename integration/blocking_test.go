@@ -9,11 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // blockingWorker installs testdata/blocking_worker.py as DIR/blocking.py,
 // run by python3, serving the version in DIR/VERSION. It skips the test
-// where python3 is missing.
+// where python3 is missing (fails it under CI: .ci/deps installs it).
 func blockingWorker(t *testing.T, version string) func(dir string) {
 	t.Helper()
 	// Debian's, when there: a python3 found in PATH may be a wrapper
@@ -21,7 +23,7 @@ func blockingWorker(t *testing.T, version string) func(dir string) {
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
 		if py, err = exec.LookPath("python3"); err != nil {
-			t.Skip("python3 not found:", err)
+			testutil.Need(t, "python3 not found: %v", err)
 		}
 	}
 	src, err := os.ReadFile("testdata/blocking_worker.py")

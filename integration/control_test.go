@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
@@ -353,8 +354,16 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 	scale := p.Ctl("scale", "4")
 	r := <-reload
 	newPID := p.Current()
-	// Keep polling a little past the hand-over.
-	time.Sleep(300 * time.Millisecond)
+	// Keep polling past the hand-over, until the new primary has answered
+	// a few times.
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := answers[newPID]
+		mu.Unlock()
+		if n >= 5 || time.Now().After(end) {
+			break
+		}
+	}
 	close(stop)
 	wg.Wait()
 
@@ -439,11 +448,11 @@ func TestScaleUnderLoad(t *testing.T) {
 func nobody(t *testing.T) *syscall.Credential {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as another user")
+		testutil.Need(t, "needs root to run a client as another user")
 	}
 	u, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skipf("no user nobody: %v", err)
+		testutil.Need(t, "no user nobody: %v", err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
@@ -620,4 +629,31 @@ func TestControlMistakes(t *testing.T) {
 		}
 		first.CtlOK("status")
 	})
+}
+
+// TestControlDirSymlinkRefused: a symlink planted by another user in
+// place of the default control directory stops the start with one line;
+// the directory it points to keeps its mode and gets no socket, and
+// nothing is left running.
+func TestControlDirSymlinkRefused(t *testing.T) {
+	t.Parallel()
+	victim, link := testutil.PlantSymlink(t, "handoff-0")
+	p := StartPrimary(t, Options{NoWait: true, Workers: 1, Env: []string{"HANDOFF_CONTROL_DIR=" + link}})
+	st := p.WaitExit(30 * time.Second)
+	if st == nil || st.ExitCode() != 1 {
+		t.Fatalf("start with a symlinked control directory: %v, want exit 1\n%s", st, p.Tail(20))
+	}
+	p.readersWG.Wait()
+	if lines := p.Log.Lines(); len(lines) != 1 || !strings.HasPrefix(lines[0], "handoff: control socket "+link) || !strings.Contains(lines[0], "is a symbolic link") {
+		t.Errorf("stderr %q, want one line saying %s is a symbolic link", lines, link)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: mode %v (%v), want 0755 as it was", victim, fi.Mode().Perm(), err)
+	}
+	if ents, _ := os.ReadDir(victim); len(ents) != 0 {
+		t.Errorf("%s got %d entries, want none", victim, len(ents))
+	}
+	if pids := markedPIDs(p.Mark); len(pids) != 0 {
+		t.Errorf("processes left: %v", pids)
+	}
 }

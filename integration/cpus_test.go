@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // TestWorkersFromCPUQuota: without --workers, a primary in a cgroup whose
@@ -53,7 +55,7 @@ func TestWorkersFromCPUQuota(t *testing.T) {
 func cpuCgroup(t *testing.T) (dir, from string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("making a cgroup needs root")
+		testutil.Need(t, "making a cgroup needs root")
 	}
 	name := "handoff-test-" + newMark(t)
 	var files map[string]string
@@ -67,10 +69,10 @@ func cpuCgroup(t *testing.T) (dir, from string) {
 		files = map[string]string{"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}
 		from = "cgroup cpu.cfs_quota_us 50000, cpu.cfs_period_us 100000"
 	default:
-		t.Skip("no cgroup cpu controller mounted at /sys/fs/cgroup or /sys/fs/cgroup/cpu")
+		testutil.Need(t, "no cgroup cpu controller mounted at /sys/fs/cgroup or /sys/fs/cgroup/cpu")
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Skipf("cannot make a cgroup: %v", err)
+		testutil.Need(t, "cannot make a cgroup: %v", err)
 	}
 	t.Cleanup(func() {
 		// Empty once the test's processes are gone (cleaned up before).

@@ -23,17 +23,23 @@ import (
 // nodeSource is examples/node/server.js answering version.
 func nodeSource(t *testing.T, version string) string {
 	t.Helper()
+	return exampleSource(t, "node", version)
+}
+
+// exampleSource is examples/EXAMPLE/server.js answering version.
+func exampleSource(t *testing.T, example, version string) string {
+	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "examples", "node", "server.js"))
+	b, err := os.ReadFile(filepath.Join(root, "examples", example, "server.js"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	const line = "let version = 'dev';"
 	if !strings.Contains(string(b), line) {
-		t.Fatalf("examples/node/server.js has no %q", line)
+		t.Fatalf("examples/%s/server.js has no %q", example, line)
 	}
 	return strings.Replace(string(b), line, "let version = '"+version+"';", 1)
 }
@@ -130,6 +136,100 @@ func TestDevNoBuildNode(t *testing.T) {
 		t.Errorf("%d rollouts for the fix and the swap files, want 1", n)
 	}
 	checkLoad(t, load, "four")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// devDebounce is the debounce of the source watch of 'handoff dev'.
+const devDebounce = 100 * time.Millisecond
+
+// TestDevTakesOverAtOnce: 'handoff dev' with its defaults over an
+// ordinary Node server that binds PORT (examples/node-port), under
+// new-connection load. Where binds are adopted, dev's workers are ready as
+// they bind: after a save, the new version answers within the debounce
+// plus its own start, and from then on the old version answers no more
+// (it retired as the new one bound, and nothing stands by through the
+// probation, which still runs); no request fails.
+func TestDevTakesOverAtOnce(t *testing.T) {
+	t.Parallel()
+	node := needProgram(t, "node")
+	p := StartPrimary(t, Options{
+		Subcommand: "dev",
+		Workers:    1,
+		Ready:      "none",
+		MinUptime:  "5s",
+		Command:    node,
+		Args:       []string{"server.js"},
+		Prepare:    func(dir string) { saveSource(t, dir, "server.js", exampleSource(t, "node-port", "one")) },
+	})
+	w, ok := p.Log.Wait(0, 0, isMsg("dev watching"))
+	if !ok {
+		t.Fatalf("no \"dev watching\"\n%s", p.Tail(20))
+	}
+	if !strings.HasPrefix(w.Str("ready"), "bind") {
+		if strings.Contains(w.Str("ready"), "bind adoption off") && os.Getenv("CI") == "" {
+			t.Skipf("bind adoption is off here: %s", w.Str("ready"))
+		}
+		t.Fatalf("dev's readiness: %q, want bind", w.Str("ready"))
+	}
+	p.WaitServing(p.URL(), "one", 30*time.Second)
+	load, rec := startNewConnLoad(t, p.URL())
+
+	mark := p.Log.Len()
+	saved := time.Now()
+	saveSource(t, p.Dir, "server.js", exampleSource(t, "node-port", "two"))
+	u := p.AwaitUpgrade(mark, time.Minute)
+	if u.Aborted() {
+		t.Fatalf("rollout of the edit: %s", u.End.Raw)
+	}
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	if res.Failures != 0 {
+		t.Errorf("%d of %d requests failed: %v %q", res.Failures, res.Requests, res.FailuresByKind, res.FirstErrors)
+	}
+	ready, ok := p.Log.Wait(mark, 0, func(e Event) bool { return e.Msg == "worker ready" && e.Int0("generation") == 2 })
+	if !ok {
+		t.Fatalf("no ready worker of generation 2")
+	}
+	ofNew := func(msg string) func(Event) bool {
+		return func(e Event) bool { return e.Msg == msg && e.Int0("pid") == ready.Int0("pid") }
+	}
+	spawned, _ := p.Log.Wait(mark, 0, ofNew("worker spawned"))
+	bound, ok := p.Log.Wait(mark, 10*time.Second, ofNew("worker bind adopted"))
+	if !ok {
+		t.Fatalf("the new worker's bind was not adopted")
+	}
+	// The server's own start: from its spawn to its bind.
+	start := eventTime(t, bound).Sub(eventTime(t, spawned))
+	var first time.Time
+	for _, s := range rec.list() {
+		if s.Err == nil && s.Version == "two" && (first.IsZero() || s.End.Before(first)) {
+			first = s.End
+		}
+	}
+	if first.IsZero() {
+		t.Fatalf("the new version never answered: %v", res.Versions)
+	}
+	// The debounce, the new server's own start to its bind, and what a
+	// loaded machine adds to the deploy's other steps (pinning the
+	// interpreter, the fork, the first accept).
+	limit := devDebounce + start + 3*time.Second
+	if took := first.Sub(saved); took > limit {
+		t.Errorf("the new version first answered %v after the save, over %v (debounce %v + its start %v + 3s)", took, limit, devDebounce, start)
+	} else {
+		t.Logf("the new version first answered %v after the save (its start, spawn to bind: %v)", took.Round(time.Millisecond), start.Round(time.Millisecond))
+	}
+	// The old worker needs a moment to stop accepting after the stop
+	// signal, on a loaded machine; the probation is 5s.
+	const grace = time.Second
+	last := oldAnswersAfter(t, rec, first.Add(grace), "two")
+	t.Logf("the last request the old version answered began %v after the new version's first answer", last.Sub(first).Round(time.Millisecond))
+	tookOver, ok := p.Log.Wait(mark, 0, isMsg("upgrade took over"))
+	if d, _ := tookOver.Duration("duration"); !ok || d > 3*time.Second {
+		t.Errorf("\"upgrade took over\": %v", tookOver.Raw)
+	}
+	if d, _ := u.End.Duration("took_over"); d <= 0 {
+		t.Errorf("\"upgrade finished\" without took_over: %s", u.End.Raw)
+	}
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
 
@@ -370,4 +470,14 @@ func waitAnswer(t *testing.T, url, version string) {
 			t.Fatalf("%s does not answer %s", url, version)
 		}
 	}
+}
+
+// eventTime is when the primary logged e.
+func eventTime(t *testing.T, e Event) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, e.Str("ts"))
+	if err != nil {
+		t.Fatalf("event without a time: %s", e.Raw)
+	}
+	return ts
 }

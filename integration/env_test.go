@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // crashLine is what the crash build of the testserver prints before
@@ -252,7 +254,9 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 
 	seen := map[int]envReply{}
 	end := time.Now().Add(15 * time.Second)
-	for n := 0; n < 200 && len(seen) < p.Workers && time.Now().Before(end); n++ {
+	// A little apart: on a loaded machine one worker may win every accept
+	// on the shared socket for a while.
+	for n := 0; n < 2000 && len(seen) < p.Workers && time.Now().Before(end); n++ {
 		r, err := askWorker("tcp", web)
 		if err != nil {
 			t.Fatalf("asking a worker: %v", err)
@@ -260,6 +264,7 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 		if _, ok := seen[r.PID]; !ok && r.PID > 0 {
 			seen[r.PID] = r
 		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if len(seen) < p.Workers {
 		t.Errorf("only %d of %d workers answered in 15s", len(seen), p.Workers)
@@ -417,7 +422,11 @@ func checkSharedFiles(t *testing.T, worker, primary int, listeners map[string]bo
 		for pfd := range pl {
 			same, err := kcmpFile(worker, primary, wfd, pfd)
 			if err == unix.ENOSYS || err == unix.EPERM {
-				t.Logf("kcmp unavailable (%v): shared files not checked", err)
+				if testutil.Strict() {
+					t.Errorf("kcmp unavailable (%v): shared files not checked", err)
+				} else {
+					t.Logf("kcmp unavailable (%v): shared files not checked", err)
+				}
 				return
 			}
 			if err == nil && same {

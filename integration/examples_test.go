@@ -3,11 +3,12 @@
 package integration
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // TestExampleWrappedGo: examples/wrapped-go, which imports nothing of
@@ -27,15 +28,13 @@ func TestExampleWrappedGo(t *testing.T) {
 }
 
 // needProgram returns the path of name, skipping the test when it is not
-// installed, except under CI (CI set), where `make deps` installs it.
+// installed, except under CI, where `make deps` installs it
+// (testutil.Need).
 func needProgram(t *testing.T, name string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed; .ci/deps (make deps) installs it", name)
-		}
-		t.Skipf("%s is not installed: run `make deps` (or .ci/deps) to install it", name)
+		testutil.Need(t, "%s is not installed: run `make deps` (or .ci/deps) to install it", name)
 	}
 	return path
 }

@@ -92,6 +92,13 @@ func (e Event) Duration(key string) (time.Duration, bool) {
 
 func (e Event) String() string { return e.Raw }
 
+// Time is when the primary logged the event (its "ts", ISO 8601 to the
+// millisecond, as cmd/handoff writes it).
+func (e Event) Time() (time.Time, bool) {
+	ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", e.Str("ts"))
+	return ts, err == nil
+}
+
 // eventLog is the primary's stderr: every line, and the JSON ones parsed.
 type eventLog struct {
 	mu      sync.Mutex
@@ -254,7 +261,8 @@ type Options struct {
 	// Listen are the --listen values; nil means one 127.0.0.1:0. "$DIR"
 	// in them stands for the test's directory.
 	Listen []string
-	// Ready is --ready; "" means "notify".
+	// Ready is --ready; "" means "notify", "none" leaves --ready out (for
+	// handoff to choose).
 	Ready string
 	// Flags are further handoff flags, put before --.
 	Flags []string
@@ -262,6 +270,9 @@ type Options struct {
 	// the tests that do not exercise probation (the CLI's default is 5s,
 	// which every deploy would wait for). Not for Lib programs.
 	MinUptime string
+	// DefaultMinUptime leaves --min-uptime out, for handoff's own default
+	// (5s); MinUptime is then ignored.
+	DefaultMinUptime bool
 	// Server is the testserver variant copied to DIR/server; "" means v1.
 	Server string
 	// Command replaces DIR/server as the worker command after --; "$DIR"
@@ -397,6 +408,12 @@ func StartPrimary(t *testing.T, o Options) *Primary {
 		}
 		args = []string{o.Subcommand, "--log-format", "json", "--workers", strconv.Itoa(o.Workers),
 			"--ready", o.Ready, "--pid-file", p.PIDFile, "--min-uptime", o.MinUptime}
+		if o.DefaultMinUptime {
+			args = args[:len(args)-2]
+		}
+		if o.Ready == "none" {
+			args = slices.Delete(args, 5, 7)
+		}
 		if o.DefaultWorkers {
 			args = slices.Delete(args, 3, 5)
 		}
@@ -928,7 +945,9 @@ func checkPrimaryField(t *testing.T, events []Event, pids ...int) {
 // n+1 are spawned and neither retiring nor exited. The one exception is
 // the documented one: after a ready worker exits unasked (a crash), one
 // ready worker fewer, until a worker of that primary's slot is ready
-// again.
+// again. A scale moves n: from "scale started" to its end, at least the
+// smaller of the two sizes ready and at most the larger (+1) running;
+// after "scale finished" n is the new size ("scale aborted": the old one).
 func checkInvariant(t *testing.T, events []Event, n int) {
 	t.Helper()
 	type ws struct {
@@ -948,9 +967,16 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 	}
 	checking := false
 	violations := 0
+	lo, hi := n, n // ready at least lo, running at most hi+1
 	for i, e := range events {
 		pid, hasPID := e.Int("pid")
 		switch e.Msg {
+		case "scale started":
+			lo, hi = min(lo, e.Int0("to")), max(hi, e.Int0("to"))
+		case "scale finished":
+			lo, hi = e.Int0("to"), e.Int0("to")
+		case "scale aborted":
+			lo, hi = e.Int0("from"), e.Int0("from")
 		case "worker spawned":
 			if hasPID {
 				w := get(pid)
@@ -1004,7 +1030,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 				serving++
 			}
 		}
-		if serving < n-len(crashed) || running > n+1 {
+		if serving < lo-len(crashed) || running > hi+1 {
 			violations++
 			if violations <= 3 {
 				lo := i - 8
@@ -1016,7 +1042,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 					ctx = append(ctx, "  "+c.Raw)
 				}
 				t.Errorf("invariant broken at event %d (%q pid=%d): ready-and-serving=%d (want >= %d), spawned-and-not-retiring=%d (want <= %d); events up to it:\n%s",
-					i, e.Msg, pid, serving, n, running, n+1, strings.Join(ctx, "\n"))
+					i, e.Msg, pid, serving, lo, running, hi+1, strings.Join(ctx, "\n"))
 			}
 		}
 	}

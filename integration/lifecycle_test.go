@@ -177,7 +177,8 @@ func TestWorkerKilledIsReplaced(t *testing.T) {
 }
 
 // TestCrashLoopBackoff: workers that keep crashing are restarted with a
-// backoff of about 100ms doubling each time, and the primary stays up.
+// backoff of about 100ms doubling each time — each restart comes no sooner
+// than its logged backoff after the crash — and the primary stays up.
 func TestCrashLoopBackoff(t *testing.T) {
 	t.Parallel()
 	p := StartPrimary(t, Options{Workers: 1, Server: "crashlater", NoWait: true})
@@ -222,6 +223,29 @@ func TestCrashLoopBackoff(t *testing.T) {
 	if len(nonzero) < 3 {
 		t.Fatalf("fewer than 3 non-zero backoffs: %v", backoffs)
 	}
+	// The restarts' actual spacing: from each scheduled restart to the
+	// slot's next worker spawned (the primary's timestamps, to the
+	// millisecond). A loaded machine only makes it longer.
+	var gaps []time.Duration
+	for i, e := range sched[:len(sched)-1] {
+		spawned, ok := p.Log.Wait(e.Seq+1, 0, func(s Event) bool {
+			return s.Msg == "worker spawned" && s.Int0("slot") == 0
+		})
+		if !ok || spawned.Seq > sched[i+1].Seq {
+			t.Fatalf("no worker spawned between two scheduled restarts: %s", e.Raw)
+		}
+		at, ok1 := e.Time()
+		then, ok2 := spawned.Time()
+		if !ok1 || !ok2 {
+			t.Fatalf("events without a timestamp: %s, %s", e.Raw, spawned.Raw)
+		}
+		gap := then.Sub(at)
+		gaps = append(gaps, gap)
+		if gap < backoffs[i]-2*time.Millisecond {
+			t.Errorf("restart %d came %v after it was scheduled, before its backoff of %v", i+1, gap, backoffs[i])
+		}
+	}
+	t.Logf("from scheduled to spawned: %v", gaps)
 	if nonzero[0] < 50*time.Millisecond || nonzero[0] > 200*time.Millisecond {
 		t.Errorf("first non-zero backoff %v, want about 100ms", nonzero[0])
 	}

@@ -134,3 +134,53 @@ func TestControlPathOnePrimary(t *testing.T) {
 		}
 	}
 }
+
+// TestFindControlSkipsStale: beside a live primary's socket, the sockets
+// and lock files of 200 dead primaries, two of them still listened on by
+// a process that never answers (a dead primary's socket kept open by
+// something else): plain status finds the live primary (not "3
+// primaries"), at once, and the dead primaries' pairs are gone.
+func TestFindControlSkipsStale(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Workers: 1})
+	live := p.ControlPath()
+	var dead []string
+	for i := 0; i < 200; i++ {
+		path := filepath.Join(p.ControlDir, "tcp-127.0.0.1:"+strconv.Itoa(20000+i)+".sock")
+		if i < 2 {
+			// Listened on, never accepted.
+			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln.SetUnlinkOnClose(false)
+			t.Cleanup(func() { ln.Close() })
+		} else {
+			staleSocket(t, path)
+		}
+		writeBytes(t, path+".lock", []byte("1\n"), 0o600)
+		dead = append(dead, path)
+	}
+	start := time.Now()
+	r := p.Ctl("status", "--json")
+	took := time.Since(start)
+	var st runtime.Status
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &st) != nil || st.Primary.Pid != p.PID {
+		t.Fatalf("status beside 200 dead primaries' sockets: %s, want the live primary %d", r, p.PID)
+	}
+	t.Logf("status beside 200 dead primaries' sockets took %s", took)
+	for _, path := range dead {
+		for _, f := range []string{path, path + ".lock"} {
+			if _, err := os.Lstat(f); err == nil {
+				t.Errorf("%s is still there", f)
+			}
+		}
+	}
+	if _, err := os.Lstat(live); err != nil {
+		t.Errorf("the live primary's socket: %v", err)
+	}
+	if _, err := os.Lstat(live + ".lock"); err != nil {
+		t.Errorf("the live primary's lock: %v", err)
+	}
+	p.CtlOK("status")
+}

@@ -226,7 +226,15 @@ func TestMetrics(t *testing.T) {
 	if left := waitGone([]int{p.PID}, 30*time.Second); len(left) > 0 {
 		t.Fatalf("old primary %d still running", p.PID)
 	}
-	time.Sleep(100 * time.Millisecond) // a few more probes against the new primary alone
+	// A few more probes against the new primary alone: 30 more answered
+	// (or failed), on each path about 10.
+	n, end := scrapes.Load(), time.Now().Add(20*time.Second)
+	for scrapes.Load() < n+30 && time.Now().Before(end) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if more := scrapes.Load() - n; more < 30 {
+		t.Errorf("%d scrapes and probes against the new primary alone within 20s, want 30", more)
+	}
 	stop.Store(true)
 	wg.Wait()
 	if f := failures.Load(); f != 0 {

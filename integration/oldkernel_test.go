@@ -23,7 +23,7 @@ type oldKernel struct {
 func oldKernelWrap(t *testing.T) oldKernel {
 	t.Helper()
 	if !testutil.OldKernelSupported() {
-		t.Skip("no old-kernel filter on this architecture")
+		testutil.Need(t, "no old-kernel filter on this architecture")
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/loadgen"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
@@ -127,19 +128,28 @@ func TestOldPrimaryKilledDuringHandOver(t *testing.T) {
 				}
 			}
 			// Requests keep being answered after the kill.
-			waitRequests(t, load, 200, 20*time.Second)
-			res := load.Stop()
-			t.Logf("load: %s", res)
-			if res.Failures > maxLost {
-				t.Errorf("%d of %d requests failed, want at most %d (one per client, on the killed primary's workers): %v %q",
-					res.Failures, res.Requests, maxLost, res.FailuresByKind, res.FirstErrors)
-			}
+			res := checkLoadLost(t, load, maxLost, "on the killed primary's workers")
 			if res.Versions["vslow"] == 0 {
 				t.Errorf("no answer from the new generation: %v", res.Versions)
 			}
 			p.shutdownAll(successor)
 		})
 	}
+}
+
+// checkLoadLost waits for 200 more requests answered, stops the load and
+// fails the test when more than maxLost failed (one per client at most,
+// where: on the workers a kill took).
+func checkLoadLost(t *testing.T, load *loadgen.Run, maxLost int64, where string) loadgen.Result {
+	t.Helper()
+	waitRequests(t, load, 200, 20*time.Second)
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	if res.Failures > maxLost {
+		t.Errorf("%d of %d requests failed, want at most %d (one per client, %s): %v %q",
+			res.Failures, res.Requests, maxLost, where, res.FailuresByKind, res.FirstErrors)
+	}
+	return res
 }
 
 // waitFile waits until path exists.

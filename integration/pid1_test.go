@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // containerCommand is the command of the Dockerfile in docs/containers.md
@@ -53,11 +55,11 @@ func containerCommand(t *testing.T) []string {
 func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("unshare --pid needs root")
+		testutil.Need(t, "unshare --pid needs root")
 	}
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
-		t.Skip("no unshare")
+		testutil.Need(t, "no unshare")
 	}
 	// The Dockerfile's command, on loopback ports of its own, with the
 	// test's server as the program; the harness puts its own flags (JSON

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -204,16 +205,17 @@ func TestRestartAfterRefusedDeployRunsThePinnedGeneration(t *testing.T) {
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
 
-// TestProbationRollsBackACrashAfterReady: a version that crashes 1.5s
-// after it is ready, deployed under load with `handoff reload` and the
+// TestProbationRollsBackACrashAfterReady: a version that exits 4 1.5s
+// after it is ready (answering what it accepted first, so that what fails
+// is handoff's doing), deployed under load with `handoff reload` and the
 // default --min-uptime: the reload reports the roll-back (exit 1, one
-// line), every slot serves the old version again, the bad build is not
-// started again, the primary lives, and the outcome is rolled_back in the
-// log, the metrics and systemd's status.
+// line), every slot serves the old version again, no request fails, the
+// bad build is not started again, the primary lives, and the outcome is
+// rolled_back in the log, the metrics and systemd's status.
 func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	t.Parallel()
 	sd, notify := newFakeSystemd(t)
-	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Args: []string{"--crash-after", "1500ms"},
+	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Args: []string{"--crash-after", "1500ms", "--crash-drain"},
 		Flags: []string{"--metrics", "127.0.0.1:0"}, Env: []string{"NOTIFY_SOCKET=" + notify}})
 	base := p.MetricsURL()
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
@@ -258,8 +260,9 @@ func TestProbationRollsBackACrashAfterReady(t *testing.T) {
 	if res.Versions["vcrashlater"] == 0 || res.Versions["v1"] == 0 {
 		t.Errorf("versions served %v, want both", res.Versions)
 	}
-	// Whatever failed was in flight on a worker as it crashed; from now
-	// on nothing fails.
+	if res.Failures != 0 {
+		t.Errorf("%d of %d requests failed through the deploy and its roll-back: %v %q", res.Failures, res.Requests, res.FailuresByKind, res.FirstErrors)
+	}
 	serveOnly(t, p, "v1", "after the roll-back")
 	if p.Exited() {
 		t.Fatalf("primary exited: %v", p.state)
@@ -486,5 +489,173 @@ func TestRollbackReleaseDirectories(t *testing.T) {
 	}
 	checkExe(t, p.workersOfGeneration(3, 10*time.Second), release1)
 	checkLoad(t, load, "v1")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// samples records every request of a load run (loadgen.Config.Observe).
+type samples struct {
+	mu  sync.Mutex
+	all []loadgen.Sample
+}
+
+func (s *samples) add(x loadgen.Sample) {
+	s.mu.Lock()
+	s.all = append(s.all, x)
+	s.mu.Unlock()
+}
+
+func (s *samples) list() []loadgen.Sample {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]loadgen.Sample(nil), s.all...)
+}
+
+// startNewConnLoad loads url with clients that open a new connection for
+// every request (a keep-alive connection stays with the worker that
+// accepted it, draining included), recording each request.
+func startNewConnLoad(t *testing.T, url string) (*loadgen.Run, *samples) {
+	t.Helper()
+	rec := &samples{}
+	r := loadgen.Start(context.Background(), loadgen.Config{URL: url, NewConn: 8, Duration: 2 * time.Minute,
+		MaxRequests: 1_000_000, Timeout: 5 * time.Second, Pause: 2 * time.Millisecond, Observe: rec.add})
+	t.Cleanup(func() { r.Stop() })
+	waitRequests(t, r, 50, 10*time.Second)
+	return r, rec
+}
+
+// oldAnswersAfter checks the requests begun after since: none failed, none
+// was answered by another version than version, and some were answered
+// by it. It returns when the last request that another version answered
+// began (zero if none did), for the log.
+func oldAnswersAfter(t *testing.T, rec *samples, since time.Time, version string) (last time.Time) {
+	t.Helper()
+	byVersion := map[string]int{}
+	for _, s := range rec.list() {
+		if s.Err == nil && s.Version != version && s.Begin.After(last) {
+			last = s.Begin
+		}
+		if s.Begin.Before(since) {
+			continue
+		}
+		if s.Err != nil {
+			byVersion["failed"]++
+		} else {
+			byVersion[s.Version]++
+		}
+	}
+	if byVersion[version] == 0 || len(byVersion) != 1 {
+		t.Errorf("requests begun after %s took over: %v, want every one answered by %s", version, byVersion, version)
+	}
+	return last
+}
+
+// TestDeployOldVersionAnswersNoMore: a 2-worker deploy with the default
+// --min-uptime, under new-connection load: the last slot's old worker
+// retires as soon as its replacement is ready (it has exited long before
+// the deploy finishes, after the probation), so that once the new version
+// has taken over the old one answers no more; no request fails.
+func TestDeployOldVersionAnswersNoMore(t *testing.T) {
+	t.Parallel()
+	// The time the old worker may take to stop accepting after the primary
+	// logged its replacement ready: the stop signal's way, on a loaded
+	// machine. The probation (5s) is far longer.
+	const grace = 2 * time.Second
+	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s"})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	old, ok := p.Log.Wait(0, 0, func(e Event) bool {
+		return e.Msg == "worker ready" && e.Int0("generation") == 1 && e.Int0("slot") == 1
+	})
+	if !ok {
+		t.Fatalf("no ready worker of slot 1")
+	}
+	load, rec := startNewConnLoad(t, p.URL())
+
+	p.Install("v2")
+	mark := p.Log.Len()
+	p.Signal(p.PID, syscall.SIGHUP)
+	ready, ok := p.Log.Wait(mark, 30*time.Second, func(e Event) bool {
+		return e.Msg == "worker ready" && e.Int0("generation") == 2 && e.Int0("slot") == 1
+	})
+	if !ok {
+		t.Fatalf("the last slot's new worker is not ready\n%s", p.Tail(30))
+	}
+	tookOver := time.Now()
+	u := p.AwaitUpgrade(mark, 30*time.Second)
+	if u.Aborted() {
+		t.Fatalf("deploy: %s", u.End.Raw)
+	}
+	if took := time.Since(tookOver); took < 3*time.Second {
+		t.Errorf("the deploy finished %v after the last new worker was ready, before its probation of 5s", took)
+	}
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	if res.Failures != 0 {
+		t.Errorf("%d of %d requests failed: %v %q", res.Failures, res.Requests, res.FailuresByKind, res.FirstErrors)
+	}
+	// The last old worker was gone before the probation was over.
+	exited, ok := p.Log.Wait(mark, 0, func(e Event) bool { return e.Msg == "worker exited" && e.Int0("pid") == old.Int0("pid") })
+	if !ok || exited.Seq > u.End.Seq {
+		t.Errorf("slot 1's old worker (pid %d) exited after the deploy finished: it served through the probation", old.Int0("pid"))
+	}
+	if e, ok := p.Log.Wait(mark, 0, isMsg("upgrade took over")); !ok || e.Seq < ready.Seq || e.Seq > u.End.Seq {
+		t.Errorf("\"upgrade took over\" %v, want it between the last new worker's readiness and the end", e.Raw)
+	}
+	last := oldAnswersAfter(t, rec, tookOver.Add(grace), "v2")
+	t.Logf("the last request v1 answered began %v after the last new worker (pid %d) was seen ready", last.Sub(tookOver).Round(time.Millisecond), ready.Int0("pid"))
+	old1, all := 0, 0
+	for _, s := range rec.list() {
+		if s.Begin.After(tookOver) && s.Begin.Before(tookOver.Add(2*time.Second)) {
+			all++
+			if s.Version == "v1" {
+				old1++
+			}
+		}
+	}
+	t.Logf("in the 2s after it: %d of %d new connections answered by v1", old1, all)
+	checkInvariant(t, p.Log.Events(), p.Workers)
+}
+
+// TestProbationOneWorkerCrashRefilled: with --workers 1 the old worker
+// retires once the new one is ready; a new version that exits within its
+// probation has the slot refilled with the old version at once (no
+// restart backoff), and meanwhile the connections wait in the listening
+// socket's queue, which the primary holds: under new-connection load no
+// request fails, and the old version serves again.
+func TestProbationOneWorkerCrashRefilled(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{Workers: 1, MinUptime: "5s", Args: []string{"--crash-after", "1s", "--crash-drain"}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load, _ := startNewConnLoad(t, p.URL())
+
+	p.Install("crashlater")
+	mark := p.Log.Len()
+	p.Signal(p.PID, syscall.SIGHUP)
+	u := p.AwaitUpgrade(mark, time.Minute)
+	if !u.RolledBack() {
+		t.Fatalf("generation %d: %s, want \"upgrade rolled back\"", u.Gen, u.End.Raw)
+	}
+	failed, ok := p.Log.Wait(mark, 0, isMsg("worker failed probation"))
+	if !ok {
+		t.Fatalf("no \"worker failed probation\"")
+	}
+	refill, ok := p.Log.Wait(failed.Seq, 0, func(e Event) bool { return e.Msg == "worker spawned" })
+	if !ok || refill.Int0("generation") != 1 {
+		t.Fatalf("after the failure: %v, want a worker of generation 1 spawned", refill.Raw)
+	}
+	for _, e := range p.Log.Events()[failed.Seq:refill.Seq] {
+		if e.Msg == "worker restart scheduled" {
+			t.Errorf("a restart with backoff before the refill: %s", e.Raw)
+		}
+	}
+	p.WaitServing(p.URL(), "v1", 20*time.Second)
+	res := load.Stop()
+	t.Logf("load: %s", res)
+	if res.Failures != 0 {
+		t.Errorf("%d of %d requests failed: %v %q", res.Failures, res.Requests, res.FailuresByKind, res.FirstErrors)
+	}
+	if res.Versions["vcrashlater"] == 0 {
+		t.Errorf("versions served %v: the new version never answered", res.Versions)
+	}
+	serveOnly(t, p, "v1", "after the roll-back")
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // openToAll makes dir and its parent (the test's temporary directories)
@@ -33,22 +35,24 @@ func openToAll(t *testing.T, dirs ...string) {
 func TestUserRunsWorkersAsNobody(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		testutil.Need(t, "needs root")
 	}
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		t.Skip("no user nobody")
+		testutil.Need(t, "no user nobody")
 	}
 	p := StartPrimary(t, Options{Flags: []string{"--user", "nobody"}, Prepare: func(dir string) {
 		openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp"))
 	}})
 	check := func(gen string) {
 		t.Helper()
+		examined := 0
 		for pid := range p.LiveWorkers() {
 			st, ok := readStatus(pid)
 			if !ok {
 				continue
 			}
+			examined++
 			uids, gids := strings.Fields(st["Uid"]), strings.Fields(st["Gid"])
 			if len(uids) != 4 || len(gids) != 4 {
 				t.Fatalf("worker %d: Uid %q Gid %q", pid, st["Uid"], st["Gid"])
@@ -71,8 +75,12 @@ func TestUserRunsWorkersAsNobody(t *testing.T) {
 				}
 			}
 		}
+		if examined < p.Workers {
+			t.Errorf("%s workers: examined %d live worker(s), want %d (live per the log: %v)", gen, examined, p.Workers, p.LiveWorkers())
+		}
 	}
 	check("first")
+	checkUserEnv(t, p, map[string]string{"HOME": nobody.HomeDir, "USER": "nobody", "LOGNAME": "nobody"})
 	if st, _ := readStatus(p.PID); !strings.HasPrefix(st["Uid"], "0\t") {
 		t.Errorf("the primary runs with Uid %q, want root", st["Uid"])
 	}
@@ -81,6 +89,93 @@ func TestUserRunsWorkersAsNobody(t *testing.T) {
 	p.WaitServing(p.URL(), "v2", 10*time.Second)
 	check("deployed")
 	p.shutdownAll(p.PID)
+}
+
+// workerEnv reads the environment pid was started with.
+func workerEnv(pid int) (map[string]string, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return nil, false
+	}
+	env := map[string]string{}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env, true
+}
+
+// checkUserEnv fails the test unless every live worker of p has the
+// variables of want with their values.
+func checkUserEnv(t *testing.T, p *Primary, want map[string]string) {
+	t.Helper()
+	seen := 0
+	for pid := range p.LiveWorkers() {
+		env, ok := workerEnv(pid)
+		if !ok {
+			continue
+		}
+		seen++
+		for k, v := range want {
+			if env[k] != v {
+				t.Errorf("worker %d: %s=%q, want %q", pid, k, env[k], v)
+			}
+		}
+	}
+	if seen == 0 {
+		t.Error("no live worker to read the environment of")
+	}
+}
+
+// freeID returns a number that is neither a uid nor a gid on this
+// machine.
+func freeID(t *testing.T) int {
+	t.Helper()
+	for id := 54321; id < 60000; id++ {
+		s := strconv.Itoa(id)
+		if _, err := user.LookupId(s); err == nil {
+			continue
+		}
+		if _, err := user.LookupGroupId(s); err == nil {
+			continue
+		}
+		return id
+	}
+	t.Skip("no free id")
+	return 0
+}
+
+// TestUserNumericWithoutEntry: --user UID with no passwd entry runs the
+// workers as that uid, with the gid of the same number and no
+// supplementary group, and HOME=/, USER and LOGNAME the number; with
+// UID:GID, that gid.
+func TestUserNumericWithoutEntry(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	id := strconv.Itoa(freeID(t))
+	for _, c := range []struct{ spec, gid string }{{id, id}, {id + ":65534", "65534"}} {
+		p := StartPrimary(t, Options{Workers: 1, Flags: []string{"--user", c.spec}, Prepare: func(dir string) {
+			openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp"))
+		}})
+		p.WaitServing(p.URL(), "v1", 20*time.Second)
+		for pid := range p.LiveWorkers() {
+			st, ok := readStatus(pid)
+			if !ok {
+				continue
+			}
+			if u, g := strings.Fields(st["Uid"]), strings.Fields(st["Gid"]); len(u) != 4 || u[0] != id || u[3] != id || len(g) != 4 || g[0] != c.gid || g[3] != c.gid {
+				t.Errorf("--user %s: worker %d runs with Uid %q Gid %q, want %s and %s", c.spec, pid, st["Uid"], st["Gid"], id, c.gid)
+			}
+			if groups := strings.TrimSpace(st["Groups"]); groups != "" {
+				t.Errorf("--user %s: worker %d has supplementary groups %q, want none", c.spec, pid, groups)
+			}
+		}
+		checkUserEnv(t, p, map[string]string{"HOME": "/", "USER": id, "LOGNAME": id})
+		p.shutdownAll(p.PID)
+	}
 }
 
 // TestUserMistakes: an unknown user or group, and a primary that is not
@@ -103,17 +198,10 @@ func TestUserMistakes(t *testing.T) {
 		}
 	}
 
-	if os.Geteuid() != 0 {
-		return
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		return
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
+	// A primary that is not root: as root, the test runs it as nobody;
+	// otherwise as the test's own user.
+	uid := strconv.Itoa(os.Geteuid())
 	dir := t.TempDir()
-	openToAll(t, filepath.Dir(dir), dir)
 	bin := filepath.Join(dir, "handoff")
 	if err := copyFile(handoffBin, bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -121,7 +209,17 @@ func TestUserMistakes(t *testing.T) {
 	cmd := exec.Command(bin, "run", "--listen", "127.0.0.1:0", "--user", "root", "--", "/bin/true")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "TMPDIR="+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	if os.Geteuid() == 0 {
+		nobody, err := user.Lookup("nobody")
+		if err != nil {
+			testutil.Need(t, "no user nobody to run a primary as: %v", err)
+		}
+		uid = nobody.Uid
+		n, _ := strconv.Atoi(nobody.Uid)
+		g, _ := strconv.Atoi(nobody.Gid)
+		openToAll(t, filepath.Dir(dir), dir)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(n), Gid: uint32(g), Groups: []uint32{}}}
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	done := make(chan error, 1)
@@ -134,10 +232,10 @@ func TestUserMistakes(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
 		<-done
-		t.Fatal("a primary run as nobody with --user root did not stop")
+		t.Fatalf("a primary run as uid %s with --user root did not stop", uid)
 	}
-	want := "handoff: --user root: only root can run the workers as another user, and handoff runs as uid " + nobody.Uid
+	want := "handoff: --user root: only root can run the workers as another user, and handoff runs as uid " + uid
 	if cmd.ProcessState.ExitCode() != 1 || !strings.HasPrefix(stderr.String(), want) || strings.Count(stderr.String(), "\n") != 1 {
-		t.Errorf("as nobody, --user root: exit %d, stderr %q; want exit 1 and one line starting %q", cmd.ProcessState.ExitCode(), stderr.String(), want)
+		t.Errorf("as uid %s, --user root: exit %d, stderr %q; want exit 1 and one line starting %q", uid, cmd.ProcessState.ExitCode(), stderr.String(), want)
 	}
 }

@@ -65,14 +65,7 @@ func TestBuilderCancelStopsEverything(t *testing.T) {
 		_, err := b.Run(ctx)
 		done <- err
 	}()
-	var pid int
-	for end := time.Now().Add(10 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the build did not start")
-		}
-		s, _ := os.ReadFile(pidFile)
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(s)))
-	}
+	pid := waitPIDFile(t, pidFile)
 	cancel()
 	select {
 	case err := <-done:
@@ -88,6 +81,20 @@ func TestBuilderCancelStopsEverything(t *testing.T) {
 		}
 		if time.Now().After(end) {
 			t.Fatalf("the build's background process %d is still running", pid)
+		}
+	}
+}
+
+// waitPIDFile waits up to 10s for a build to write a pid into path.
+func waitPIDFile(t *testing.T, path string) int {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s, _ := os.ReadFile(path)
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(s))); pid > 0 {
+			return pid
+		}
+		if time.Now().After(end) {
+			t.Fatal("the build did not start within 10s")
 		}
 	}
 }
@@ -179,10 +186,65 @@ func TestBuildLoopCancelsStaleBuilds(t *testing.T) {
 	}
 }
 
-// The end of the loop's context stops a running build and returns.
+// The end of the loop's context stops a running build — its process and
+// what that started are gone — and Run returns, reporting no result for it.
 func TestBuildLoopStops(t *testing.T) {
-	p, changes := startLoop(t, make(chan struct{}))
-	changes <- Change{Paths: []string{"a.go"}}
-	<-p.starts
-	// Cleanup cancels and waits for Run; goleak checks nothing is left.
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	b := &Builder{Command: "sleep 30 & echo $! > " + pidFile + "; wait", StopDelay: 200 * time.Millisecond}
+	var (
+		mu     sync.Mutex
+		events []string
+		built  = make(chan error, 1)
+	)
+	l := &BuildLoop{
+		Build: func(ctx context.Context) ([]byte, error) {
+			out, err := b.Run(ctx)
+			built <- err
+			return out, err
+		},
+		Started:   func(c Change) { mu.Lock(); events = append(events, "start "+c.String()); mu.Unlock() },
+		Cancelled: func(c Change) { mu.Lock(); events = append(events, "cancel "+c.String()); mu.Unlock() },
+		Done:      func(r Result) { mu.Lock(); events = append(events, "done "+r.Change.String()); mu.Unlock() },
+	}
+	changes := make(chan Change)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		l.Run(ctx, changes)
+	}()
+	select {
+	case changes <- Change{Paths: []string{"a.go"}}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop took no change within 10s")
+	}
+	pid := waitPIDFile(t, pidFile)
+	cancel()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of its context's end")
+	}
+	// Run returned only once the build had: its error is the cancellation.
+	select {
+	case err := <-built:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the build returned %v, want context.Canceled", err)
+		}
+	default:
+		t.Error("Run returned before its build did")
+	}
+	for end := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil && !zombie(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the build's process %d still runs 10s after Run returned", pid)
+		}
+	}
+	mu.Lock()
+	got := strings.Join(events, "; ")
+	mu.Unlock()
+	if got != "start a.go" {
+		t.Errorf("events %q, want only \"start a.go\" (no result for a build the loop's end stopped)", got)
+	}
+	// goleak (TestMain) checks that no goroutine is left.
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -23,7 +25,7 @@ func elfBytes(t *testing.T) []byte {
 	t.Helper()
 	path, err := exec.LookPath("true")
 	if err != nil {
-		t.Skip("no 'true' executable")
+		testutil.Need(t, "no 'true' executable")
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -228,7 +229,7 @@ func TestAdoptModes(t *testing.T) {
 // worker gets a channel to it.
 func TestAdoptOn(t *testing.T) {
 	if err := adopt.Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	for _, mode := range []AdoptMode{AdoptAuto, AdoptOn} {
 		p, fds, logs := testPrimary(t, mode)

@@ -97,7 +97,10 @@ type Config struct {
 	// ReadyNotify. The CLI's default is ReadyDelay with one second.
 	Ready ReadyMode
 	// ReadyDelay is the time a worker must stay alive to count as ready in
-	// ReadyDelay mode; default DefaultReadyDelay.
+	// ReadyDelay mode; default DefaultReadyDelay. In ReadyBind mode, if
+	// positive, a worker that has neither bound a listener's address nor
+	// sent READY=1 by then counts as ready too (the default of 'handoff dev');
+	// 0 waits for the bind.
 	ReadyDelay time.Duration
 	// ReadyTimeout bounds how long a new worker may take to become ready;
 	// default 60s.

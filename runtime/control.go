@@ -33,7 +33,7 @@ type controlServer struct {
 
 	mu        sync.Mutex
 	accepting bool
-	conns     map[net.Conn]struct{}
+	conns     map[*net.UnixConn]*controlConn
 	// successor is the new primary's pid once this one has handed over:
 	// every request still pending is then told to retry.
 	successor int
@@ -44,6 +44,25 @@ type controlServer struct {
 
 // controlIOTimeout bounds reading a request and writing a reply.
 const controlIOTimeout = 10 * time.Second
+
+// The control server holds at most maxControlConns connections at once,
+// so that clients that connect and stay silent, or flood the socket,
+// cannot take the file descriptors a deploy needs. A connection past the
+// bound takes the place of the oldest one still silent after
+// controlIdleGrace (a client sends its request as soon as it connects);
+// with none, it is turned away. Either is told to retry (see Call), as
+// after a hand-over.
+const (
+	maxControlConns  = 64
+	controlIdleGrace = time.Second
+)
+
+// controlConn is what the server knows of one connection.
+type controlConn struct {
+	since time.Time
+	// busy: its request has been read; it is not evicted.
+	busy bool
+}
 
 // listenControl opens the control socket (inherited from the previous
 // primary on an upgrade), at cfg.Control or the default path for the
@@ -129,7 +148,7 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 
 func (p *primary) newControlServer(path string, ln net.Listener) *controlServer {
 	ul, _ := ln.(*net.UnixListener)
-	return &controlServer{p: p, path: path, ln: ul, conns: map[net.Conn]struct{}{}, quit: make(chan struct{})}
+	return &controlServer{p: p, path: path, ln: ul, conns: map[*net.UnixConn]*controlConn{}, quit: make(chan struct{})}
 }
 
 // serve starts accepting requests.
@@ -163,15 +182,64 @@ func (s *controlServer) serve() {
 				c.Close()
 				return
 			}
-			s.conns[c] = struct{}{}
+			var evicted *net.UnixConn
+			if len(s.conns) >= maxControlConns {
+				if evicted = s.oldestSilentLocked(time.Now()); evicted == nil {
+					s.mu.Unlock()
+					turnAway(c)
+					continue
+				}
+				delete(s.conns, evicted)
+			}
+			s.conns[c] = &controlConn{since: time.Now()}
 			s.wg.Add(1)
 			s.mu.Unlock()
+			if evicted != nil {
+				turnAway(evicted)
+			}
 			go func() {
 				defer s.wg.Done()
 				s.handle(c)
 			}()
 		}
 	}()
+}
+
+// oldestSilentLocked is the connection that has waited longest for its
+// request, longer than controlIdleGrace; nil if none has.
+func (s *controlServer) oldestSilentLocked(now time.Time) *net.UnixConn {
+	var oldest *net.UnixConn
+	var since time.Time
+	for c, cc := range s.conns {
+		if !cc.busy && now.Sub(cc.since) >= controlIdleGrace && (oldest == nil || cc.since.Before(since)) {
+			oldest, since = c, cc.since
+		}
+	}
+	return oldest
+}
+
+// turnAway answers c, a connection past the bound, that it should try
+// again, and closes it. The answer is small and c's buffer empty: the
+// write does not wait (and is bounded if it would).
+func turnAway(c *net.UnixConn) {
+	b, _ := json.Marshal(ControlReply{Retry: true, Pid: os.Getpid(),
+		Error: fmt.Sprintf("busy: %d control connections are open", maxControlConns)})
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	c.Write(append(b, '\n'))
+	c.Close()
+}
+
+// started marks c's request as read: it is not evicted from now on. False
+// when it was evicted already (and told to retry): the request is
+// dropped.
+func (s *controlServer) started(c *net.UnixConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cc, ok := s.conns[c]
+	if ok {
+		cc.busy = true
+	}
+	return ok
 }
 
 // handedOver stops accepting: the new primary answers from now on, and
@@ -256,6 +324,9 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	if !s.started(c) {
+		return
+	}
 	req, err := ParseControlRequest(line)
 	if err != nil {
 		reply(ControlReply{Error: "bad request: " + err.Error()})

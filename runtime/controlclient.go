@@ -21,7 +21,8 @@ const maxReplyLine = 4 << 20
 
 // Call sends req to the primary at the control socket path and returns its
 // reply. A reply that asks to retry (the primary handed over to a new one
-// meanwhile) is retried until ctx ends. For a stop, Call returns once the
+// meanwhile, or had too many connections open to take this one) is
+// retried until ctx ends. For a stop, Call returns once the
 // primary has exited. The error of a primary that cannot be reached says
 // why in one line; a refusal is a reply with OK false.
 func Call(ctx context.Context, path string, req ControlRequest) (ControlReply, error) {
@@ -32,7 +33,7 @@ func Call(ctx context.Context, path string, req ControlRequest) (ControlReply, e
 		}
 		select {
 		case <-ctx.Done():
-			return rep, fmt.Errorf("%s: the primary handed over and the new one did not answer in time", path)
+			return rep, fmt.Errorf("%s: no answer in time (the last one: %s)", path, rep.Error)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -94,7 +95,12 @@ func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 	c, err := d.DialContext(ctx, "unix", path)
 	switch {
 	case err == nil:
-		return c.(*net.UnixConn), nil
+		uc := c.(*net.UnixConn)
+		if err := checkServer(uc, path); err != nil {
+			uc.Close()
+			return nil, err
+		}
+		return uc, nil
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return nil, fmt.Errorf("%s: no primary is listening (a socket left by one that died)", path)
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
@@ -103,21 +109,41 @@ func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 	return nil, fmt.Errorf("%s: %v", path, unwrapAll(err))
 }
 
+// checkServer makes sure that the process listening at the other end of
+// c, the control socket at path, runs as this user or root, before its
+// answer is believed: any user may have made a socket that a search, or
+// a --control path in a directory others can write, leads to.
+func checkServer(c *net.UnixConn, path string) error {
+	uid, err := peerUID(c)
+	if err != nil {
+		return fmt.Errorf("%s: cannot tell who listens there: %v", path, unwrapAll(err))
+	}
+	if me := os.Geteuid(); uid != me && uid != 0 {
+		return fmt.Errorf("%s: not trusted: the process listening there runs as uid %d, neither you (uid %d) nor root: it is someone else's socket; remove it, or give --control the right path", path, uid, me)
+	}
+	return nil
+}
+
 // FindControl returns the control socket of the one primary running
 // with a default control path (see DefaultControlDir) that this user can
-// reach. With none or several, the error says so and lists them.
+// reach. With none or several, the error says so and lists them. A
+// directory that another user could have made or changed is not
+// searched (see checkControlDir); the socket files of primaries that died
+// are removed with their locks, without dialing them (see controlAlive).
 func FindControl() (string, error) {
 	dirs := controlDirs()
 	var live []string
+	var distrust error
 	for _, dir := range dirs {
+		if err := checkControlDir(dir); err != nil {
+			if !errors.Is(err, os.ErrNotExist) && distrust == nil {
+				distrust = err
+			}
+			continue
+		}
 		paths, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
 		for _, path := range paths {
-			c, err := net.DialTimeout("unix", path, time.Second)
-			if err != nil {
-				continue
-			}
-			c.Close()
-			if !slices.Contains(live, path) {
+			if controlAlive(path) && !slices.Contains(live, path) {
 				live = append(live, path)
 			}
 		}
@@ -126,7 +152,38 @@ func FindControl() (string, error) {
 	case 1:
 		return live[0], nil
 	case 0:
+		if distrust != nil {
+			return "", fmt.Errorf("no running primary found: %v", distrust)
+		}
 		return "", fmt.Errorf("no running primary found in %s: start one with 'handoff run', or give --control PATH", strings.Join(dirs, ", "))
 	}
 	return "", fmt.Errorf("%d primaries are running: pick one with --control: %s", len(live), strings.Join(live, ", "))
+}
+
+// checkControlDir returns why dir, a directory the commands search for
+// control sockets, cannot be trusted, or nil: it must be a directory, not
+// a symbolic link, owned by this user or root, and writable by no one
+// else (otherwise another user may have made it, or put a socket in it,
+// to answer this user's commands). An error wrapping os.ErrNotExist is a
+// directory that does not exist.
+func checkControlDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	const advice = "remove it, or give --control PATH"
+	me := os.Geteuid()
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("not trusting %s: it is a symbolic link (another user may have made it to catch your commands): %s", dir, advice)
+	case !fi.IsDir():
+		return fmt.Errorf("not trusting %s: it is not a directory: %s", dir, advice)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != uint32(me) && st.Uid != 0 {
+		return fmt.Errorf("not trusting %s: it belongs to uid %d, neither you (uid %d) nor root (another user may have made it to catch your commands): %s", dir, st.Uid, me, advice)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("not trusting %s: others may write in it (mode %04o): %s", dir, fi.Mode().Perm(), advice)
+	}
+	return nil
 }

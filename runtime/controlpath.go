@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // EnvControlDir, when set, is the directory of default control sockets,
@@ -67,32 +69,52 @@ func DefaultControlPath(network, addr string) string {
 }
 
 // prepareControlDir makes sure dir exists, creating it with mode 0700
-// (and its missing parents). The default directory must belong to this
-// user and is made 0700 if it is not; a directory named by --control is
-// used as it is.
+// (and its missing parents). The default directory must be a directory
+// of this user's, not a symbolic link (another user may have planted one
+// where the primary looks), and is made 0700 if it is not: it is checked
+// and changed through one descriptor opened without following a link. A
+// directory named by --control is used as it is.
 func prepareControlDir(dir string, isDefault bool) error {
-	fi, err := os.Stat(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+			return fmt.Errorf("cannot create the directory %s: %v", filepath.Dir(dir), unwrapAll(err))
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return fmt.Errorf("cannot create the directory %s: %v", dir, unwrapAll(err))
+		}
+	}
+	if !isDefault {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			return fmt.Errorf("directory %s: %v", dir, unwrapAll(err))
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory", dir)
 		}
 		return nil
 	}
-	if err != nil {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return fmt.Errorf("%s is a symbolic link, which handoff does not follow there: remove it", dir)
+	case errors.Is(err, unix.ENOTDIR):
+		if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symbolic link, which handoff does not follow there: remove it", dir)
+		}
+		return fmt.Errorf("%s exists and is not a directory", dir)
+	case err != nil:
 		return fmt.Errorf("directory %s: %v", dir, unwrapAll(err))
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s exists and is not a directory", dir)
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("directory %s: %v", dir, unwrapAll(err))
 	}
-	if !isDefault {
-		return nil
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if ok && st.Uid != uint32(os.Geteuid()) {
+	if st.Uid != uint32(os.Geteuid()) {
 		return fmt.Errorf("the directory %s belongs to uid %d, not to this user (%d)", dir, st.Uid, os.Geteuid())
 	}
-	if fi.Mode().Perm() != 0o700 {
-		if err := os.Chmod(dir, 0o700); err != nil {
+	if st.Mode&0o7777 != 0o700 {
+		if err := unix.Fchmod(fd, 0o700); err != nil {
 			return fmt.Errorf("cannot make %s private (mode 0700): %v", dir, unwrapAll(err))
 		}
 	}

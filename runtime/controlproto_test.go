@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -156,7 +157,7 @@ func TestPrepareControlDir(t *testing.T) {
 		t.Fatalf("a file: %v", err)
 	}
 	if os.Geteuid() != 0 {
-		return
+		testutil.Need(t, "giving a directory to another user needs root")
 	}
 	// Someone else's default directory is refused.
 	if err := os.Chown(dir, 65534, 65534); err != nil {
@@ -164,5 +165,29 @@ func TestPrepareControlDir(t *testing.T) {
 	}
 	if err := prepareControlDir(dir, true); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
 		t.Fatalf("another user's directory: %v", err)
+	}
+}
+
+// TestPrepareControlDirSymlink: a symlink in place of the default
+// directory (another user's, planted where the primary will look) is
+// refused, and what it points to is left as it was.
+func TestPrepareControlDirSymlink(t *testing.T) {
+	victim, link := testutil.PlantSymlink(t, "handoff-0")
+	base := filepath.Dir(link)
+	err := prepareControlDir(link, true)
+	if err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+		t.Errorf("a symlink for the default directory: %v, want an error saying it is a symbolic link", err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the directory the link points to: mode %v (%v), want 0755 as it was", fi.Mode().Perm(), err)
+	}
+	// A symlink to a file, and a dangling one: refused too, nothing made.
+	os.Remove(link)
+	os.Symlink(filepath.Join(base, "nowhere"), link)
+	if err := prepareControlDir(link, true); err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+		t.Errorf("a dangling symlink: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(base, "nowhere")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a dangling symlink's target was created: %v", err)
 	}
 }

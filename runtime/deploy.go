@@ -88,11 +88,20 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		to = p.cur.spec
 	}
 	newer := newerDeploy(ctx)
+	var tookOver time.Duration
 	err := p.pool.RollWith(ctx, next.spec, workerpool.RollOptions{
 		Progress:     p.progress(next.gen),
 		MinUptime:    p.cfg.MinUptime,
 		EndProbation: newer,
 		RollBackTo:   to,
+		// Every worker accepts from the one shared socket: none can be
+		// kept from new connections, so none stands by through the
+		// probation (the old version would go on answering).
+		Standby: false,
+		Rolled: func() {
+			tookOver = time.Since(d.start)
+			p.logTookOver(next.gen, tookOver)
+		},
 		OnRollBack: func(cause error) {
 			p.log.Warn("upgrade rolling back", zap.Int("generation", next.gen), zap.String("reason", failureLine(cause)))
 			p.stmu.Lock()
@@ -110,7 +119,8 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		}
 		p.cur = next
 		p.setServingGen(next.gen)
-		fields := []zap.Field{zap.Int("generation", next.gen), zap.Duration("duration", time.Since(d.start))}
+		fields := []zap.Field{zap.Int("generation", next.gen), zap.Duration("duration", time.Since(d.start)),
+			zap.Duration("took_over", tookOver)}
 		if p.cfg.MinUptime > 0 && closed(newer) {
 			fields = append(fields, zap.String("probation", "ended by a newer deploy"))
 		}
@@ -168,6 +178,16 @@ func (p *primary) endDeploy(ctx context.Context, d *deployRun, outcome string, e
 		notifySystemd(deployedState(p.serving(), d.gen, err))
 	}
 	p.metrics.deployed(d.kind, outcome, time.Since(d.start), p.serving())
+}
+
+// logTookOver logs that every slot runs generation gen, took after the
+// deploy began: from now on only gen answers, and its probation begins.
+func (p *primary) logTookOver(gen int, took time.Duration) {
+	fields := []zap.Field{zap.Int("generation", gen), zap.Duration("duration", took)}
+	if p.cfg.MinUptime > 0 {
+		fields = append(fields, zap.Duration("probation", p.cfg.MinUptime))
+	}
+	p.log.Info("upgrade took over", fields...)
 }
 
 func (p *primary) progress(gen int) func(step, steps int) {

@@ -195,3 +195,69 @@ func TestLockControlRemovedFile(t *testing.T) {
 		t.Errorf("a second lock: %v, want errLocked", err)
 	}
 }
+
+// A lock held for an instant, as a command looking for live primaries
+// holds it (controlAlive), does not stop a primary from taking it.
+func TestLockControlWaitsForProbe(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.sock")
+	probe, err := lockFile(controlLockPath(path), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, func() { probe.Close() })
+	f, err := lockControl(path)
+	if err != nil {
+		t.Fatalf("lock while a probe held it for 50ms: %v", err)
+	}
+	f.Close()
+}
+
+// controlAlive tells a live primary's socket by its held lock, removes a
+// dead one's socket and lock file, and dials a socket without a lock
+// file.
+func TestControlAlive(t *testing.T) {
+	dir := t.TempDir()
+	bound := func(name string, listen bool) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		if listen {
+			unix.Listen(fd, 1)
+			t.Cleanup(func() { unix.Close(fd) })
+		} else {
+			unix.Close(fd)
+		}
+		return path
+	}
+	live := bound("live.sock", false)
+	lock, err := lockControl(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if !controlAlive(live) {
+		t.Error("a socket whose lock is held: not alive")
+	}
+	dead := bound("dead.sock", true)
+	os.WriteFile(controlLockPath(dead), nil, 0o600)
+	if controlAlive(dead) {
+		t.Error("a socket whose lock nobody holds: alive")
+	}
+	for _, f := range []string{dead, controlLockPath(dead)} {
+		if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left: %v", f, err)
+		}
+	}
+	if old := bound("old.sock", true); !controlAlive(old) {
+		t.Error("a socket without a lock file that answers: not alive")
+	}
+	if gone := bound("gone.sock", false); controlAlive(gone) {
+		t.Error("a socket without a lock file that nobody listens on: alive")
+	}
+}

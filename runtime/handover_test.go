@@ -242,7 +242,7 @@ func TestPeerRetireChecksSlot(t *testing.T) {
 	select {
 	case err := <-done:
 		t.Fatalf("retire of slot 2 returned (%v) on answers for other slots", err)
-	case <-time.After(200 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 	answer <- `{"op":"retired","slot":2}`
 	select {

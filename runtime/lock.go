@@ -3,10 +3,12 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,6 +55,9 @@ func lockFile(path string, create bool) (*os.File, error) {
 // controlLockKey names the control socket's lock among tableflip's files.
 const controlLockKey = "handoff-control-lock"
 
+// lockPatience is how long lockControl retries a held lock.
+const lockPatience = 300 * time.Millisecond
+
 // controlLockPath is the lock file of the control socket at path.
 func controlLockPath(path string) string { return path + ".lock" }
 
@@ -62,8 +67,15 @@ func controlLockPath(path string) string { return path + ".lock" }
 // primaries never hold two different files of the one path.
 func lockControl(path string) (*os.File, error) {
 	lp := controlLockPath(path)
+	// A command looking for live primaries (controlAlive) holds a lock
+	// for an instant: only a lock held longer belongs to a primary.
+	deadline := time.Now().Add(lockPatience)
 	for i := 0; ; i++ {
 		f, err := lockFile(lp, true)
+		if errors.Is(err, errLocked) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -85,6 +97,39 @@ func sameFile(f *os.File, path string) bool {
 	}
 	pi, err := os.Lstat(path)
 	return err == nil && os.SameFile(fi, pi)
+}
+
+// controlAlive reports whether the control socket at path belongs to a
+// live primary, without dialing it: the primary holds its lock file. A
+// socket whose lock nobody holds was left by a primary that died: it is
+// removed with its lock file, under the lock (a primary starting on the
+// path meanwhile waits for it, see lockControl, then takes a new file).
+// A socket without a lock file (from a handoff that did not lock the
+// path) is dialed.
+func controlAlive(path string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	lp := controlLockPath(path)
+	lock, err := lockFile(lp, false)
+	switch {
+	case errors.Is(err, errLocked):
+		return true
+	case err == nil:
+		if sameFile(lock, lp) {
+			os.Remove(path)
+			os.Remove(lp)
+		}
+		lock.Close()
+		return false
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // claimControl makes path this primary's control socket path: it takes

@@ -71,12 +71,16 @@ func (f *fakeDeploys) awaitBegun(t *testing.T) {
 	}
 }
 
+// quiet is how long a test waits to see that something does not happen:
+// long enough that the loop, had it acted, would have on a loaded machine.
+const quiet = 500 * time.Millisecond
+
 func (f *fakeDeploys) noneBegun(t *testing.T) {
 	t.Helper()
 	select {
 	case <-f.begun:
 		t.Fatal("a deploy began that should not have")
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 }
 
@@ -209,7 +213,7 @@ func noOutcome(t *testing.T, ch <-chan error) {
 	select {
 	case err := <-ch:
 		t.Fatalf("outcome %v too early", err)
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 }
 
@@ -268,7 +272,7 @@ func TestLoopRunsOtherJobsInTurnNeverBesideADeploy(t *testing.T) {
 	select {
 	case name := <-ran:
 		t.Fatalf("%s ran during the deploy", name)
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 	r.deploys.release <- nil
 	if err := awaitOutcome(t, aDone); err != nil {
@@ -330,7 +334,7 @@ func TestLoopTTINAndTTOUScaleInTurn(t *testing.T) {
 	select {
 	case d := <-r.scales:
 		t.Fatalf("scale %+d ran during the deploy", d)
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 	r.deploys.release <- nil
 	for _, want := range []int{+1, -1, +1} {
@@ -403,7 +407,7 @@ func TestLoopNewerDeployEndsTheRunningOnesProbation(t *testing.T) {
 		select {
 		case <-ch:
 			return true
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(quiet):
 			return false
 		}
 	}

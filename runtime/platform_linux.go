@@ -33,3 +33,13 @@ func peerPID(c *net.UnixConn) int {
 func socketpair() ([2]int, error) {
 	return unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 }
+
+// peerUID is the uid of the process at the other end of c (SO_PEERCRED:
+// for a listening socket, the process that called listen).
+func peerUID(c *net.UnixConn) (int, error) {
+	cred, err := peerCred(c)
+	if err != nil {
+		return -1, err
+	}
+	return int(cred.Uid), nil
+}

@@ -41,3 +41,23 @@ func socketpair() ([2]int, error) {
 	unix.CloseOnExec(fds[1])
 	return fds, nil
 }
+
+// peerUID is the uid of the process at the other end of c
+// (LOCAL_PEERCRED).
+func peerUID(c *net.UnixConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	uid := -1
+	var xerr error
+	if err := rc.Control(func(fd uintptr) {
+		var xu *unix.Xucred
+		if xu, xerr = unix.GetsockoptXucred(int(fd), unix.SOL_LOCAL, unix.LOCAL_PEERCRED); xerr == nil {
+			uid = int(xu.Uid)
+		}
+	}); err != nil {
+		return -1, err
+	}
+	return uid, xerr
+}

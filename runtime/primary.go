@@ -240,10 +240,11 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if res.watcher, err = p.newWatcher(path); err != nil {
 		return "", nil, err
 	}
-	cred, err := workerCredential(cfg.User)
+	cred, userEnv, err := workerCredential(cfg.User)
 	if err != nil {
 		return "", nil, err
 	}
+	p.env = replaceEnv(p.env, userEnv)
 	// tableflip's own upgrade bound is fixed here, for every upgrade; the
 	// real one depends on the pool's size when an upgrade starts, which
 	// scaling changes: upgradeSelf enforces it (upgradeBound).

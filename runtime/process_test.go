@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"syscall"
 	"testing"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // Without pidfds (before Linux 5.3, or refused), another primary is
@@ -47,7 +49,7 @@ func TestProcessWithoutPidfd(t *testing.T) {
 func TestProcessWithPidfd(t *testing.T) {
 	cmd, p := openSleep(t)
 	if p.fd < 0 {
-		t.Skip("no pidfd on this kernel")
+		testutil.Need(t, "no pidfd on this kernel")
 	}
 	if err := p.signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -94,7 +94,7 @@ func TestRollbackRunsInTurnAndReports(t *testing.T) {
 	select {
 	case rep := <-replies:
 		t.Fatalf("rollback answered during a deploy: %+v", rep)
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(quiet):
 	}
 	r.deploys.release <- nil
 	outcome <- nil

@@ -97,3 +97,20 @@ func TestLaunchExtraFDNotStarted(t *testing.T) {
 		t.Errorf("Started called %d times, want once", calls)
 	}
 }
+
+// With ReadyBind and a ReadyDelay, a worker that never binds (it takes its
+// socket from LISTEN_FDS) and says nothing is ready once it has run that
+// long; without the delay it waits for the bind.
+func TestLaunchReadyBindFallsBackToDelay(t *testing.T) {
+	e := newProcEnv(t)
+	e.l.Ready = ReadyBind
+	p := e.launch(t, 0, e.spec(1))
+	e.l.ReadyDelay = 100 * time.Millisecond
+	q := e.launch(t, 1, e.spec(1))
+	waitChan(t, q.Ready(), "ready after the delay")
+	select {
+	case <-p.Ready():
+		t.Fatal("ready without a bind, and no delay asked for")
+	default:
+	}
+}

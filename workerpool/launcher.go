@@ -257,7 +257,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
 	}
 	go p.readNotify()
-	if l.Ready == ReadyDelay {
+	if l.Ready == ReadyDelay || (l.Ready == ReadyBind && l.ReadyDelay > 0) {
 		go p.readyAfter(l.ReadyDelay)
 	}
 	return p, nil

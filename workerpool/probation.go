@@ -18,11 +18,16 @@ import (
 // failed build again): the roll stops, and with RollBackTo every slot
 // that took a new worker goes back to that spec. The roll itself does not
 // wait for probation: the next slot starts as soon as this one is ready.
-// Once every slot is rolled, the old worker of the last slot stands by
-// (started, ready, not retired: N+1 workers, as during any step) until
-// the last new worker has passed probation, so that even a pool of one
-// worker keeps a ready worker through a version that dies a moment after
-// it gets ready.
+//
+// Every old worker retires as soon as its slot's new worker is ready, the
+// last one too, so that once the roll is done only the new version
+// answers: probation only watches, and a failure rolls every slot back,
+// start-new-then-retire (the dead slot refilled at once). Where the
+// caller can keep a worker from new connections (RollOptions.Standby),
+// the last slot's old worker instead stands by (started, ready, not
+// retired: N+1 workers, as during any step) until the last new worker
+// has passed probation, and takes its slot back at once if that worker
+// fails it.
 
 // ProbationError is a new worker that exited unasked within its
 // probation (RollOptions.MinUptime) after it got ready.
@@ -88,6 +93,19 @@ type RollOptions struct {
 	// OnRollBack, if not nil, is called as a roll-back begins, with the
 	// roll's failure.
 	OnRollBack func(cause error)
+	// Rolled, if not nil, is called once every slot has taken a new
+	// worker (and, but for a standing worker, every old one retires):
+	// the new version has taken over, and its probation, if any, begins.
+	Rolled func()
+	// Standby says that the caller can keep a worker from receiving new
+	// connections (a socket of its own, steered away from it). With
+	// MinUptime, the last slot's old worker then stands by, kept from new
+	// connections, until the last new worker has passed probation, and
+	// takes its slot back at once if that worker fails it. Without it
+	// (workers sharing one socket, where a worker that runs accepts) the
+	// last slot's old worker retires as every other does, so that the old
+	// version answers no more once the roll is done.
+	Standby bool
 }
 
 // probation is the state of the roll whose new workers are on
@@ -127,23 +145,26 @@ func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.
 }
 
 // takeBack gives the slot of w, a worker of the new generation that has
-// just exited unasked, back to the old worker standing by for it, at once
-// and in the same step: the slot never lacks a ready worker. It reports
-// whether it did. Call with p.mu held.
-func (p *Pool) takeBack(pr *probation, w *worker) bool {
+// just failed its probation, back to the old worker standing by for it (if
+// one does, alive), at once and in the same step: the slot never lacks a
+// ready worker. Only a failure does: a new worker that exits after its own
+// probation, while the roll's still runs (a restart elsewhere made it
+// longer), is an ordinary crash, and its slot is restarted; the standing
+// worker retires when the probation ends, as it would have. Call with
+// p.mu held.
+func (p *Pool) takeBack(pr *probation, w *worker) {
 	if pr == nil {
-		return false
+		return
 	}
 	old := pr.standing
 	if old == nil || old.slot != w.slot || w.gen != pr.gen || old.retiring || p.closing {
-		return false
+		return
 	}
 	if _, alive := p.all[old]; !alive {
-		return false
+		return
 	}
 	p.slots[w.slot].install(old, pr.standingSpec)
 	old.log.Info("worker reinstated")
-	return true
 }
 
 // errProbationFailed cancels the steps of a roll that failed probation.
@@ -209,7 +230,7 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 			oldSpec = s.spec
 			old, wasRemote = s.install(w, spec)
 			lastReady = w.readyAt
-			if pr != nil && last && old != nil {
+			if pr != nil && o.Standby && last && old != nil {
 				pr.standing, pr.standingSpec = old, oldSpec
 			}
 			return nil
@@ -218,7 +239,7 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 			break
 		}
 		touched = append(touched, i)
-		if pr != nil && last {
+		if pr != nil && o.Standby && last {
 			// Stands by until the probation is over.
 			standing = old
 			if wasRemote {
@@ -236,6 +257,9 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 				break
 			}
 		}
+	}
+	if err == nil && o.Rolled != nil {
+		o.Rolled()
 	}
 	if err == nil && pr != nil {
 		err = p.awaitProbation(rctx, pr, lastReady, o.EndProbation)

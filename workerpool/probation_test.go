@@ -3,6 +3,7 @@ package workerpool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -51,40 +52,58 @@ func (tp *testPool) currentGens() map[int]int {
 	return out
 }
 
-// The roll does not wait for probation; the last slot's old worker stands
-// by (N+1 workers, N ready in their slots) until the last new worker has
-// been ready for MinUptime, and only then retires.
+// The roll does not wait for probation. Without Standby every old worker
+// retires as soon as its slot's new worker is ready, the last one too:
+// once the roll is done only the new version serves, and RollWith returns
+// once the last new worker has been ready for MinUptime. With Standby the
+// last slot's old worker stands by (N+1 workers, N ready in their slots)
+// until then, and only then retires.
 func TestRollWithProbationPasses(t *testing.T) {
-	const n = 3
-	tp := newTestPool(t, n, nil)
-	old := tp.start(t, spec(1))
-	stop := tp.watchServing(t)
-	const minUptime = 150 * time.Millisecond
-	errc := tp.rollWith(spec(2), RollOptions{MinUptime: minUptime, RollBackTo: spec(1)})
-	fresh := tp.rollAll(t, n, 2)
-	lastReady := tp.current()[n-1].ReadyAt
-	tp.waitReaped(t, old[1])
-	if len(old[2].sigs()) != 0 {
-		t.Fatal("the last slot's old worker retired before the probation was over")
-	}
-	if c := tp.current()[2]; c.Pid != fresh[2].pid {
-		t.Fatalf("slot 2 held by %d, want the new worker %d", c.Pid, fresh[2].pid)
-	}
-	notReturned(t, errc, "RollWith")
-	if err := recvErr(t, errc); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(lastReady); took < minUptime {
-		t.Errorf("RollWith returned %v after the last worker was ready, before its probation of %v", took, minUptime)
-	}
-	if !old[2].stoppedGracefully() {
-		t.Errorf("the standing worker was not retired: signals %v", old[2].sigs())
-	}
-	stop()
-	// Past probation, a crash is restarted with the new spec.
-	fresh[0].crash()
-	if p := tp.l.next(t); p.slot != 0 || p.gen != 2 {
-		t.Fatalf("restart of slot %d generation %d", p.slot, p.gen)
+	for _, standby := range []bool{false, true} {
+		t.Run(fmt.Sprintf("standby=%v", standby), func(t *testing.T) {
+			const n = 3
+			tp := newTestPool(t, n, nil)
+			old := tp.start(t, spec(1))
+			stop := tp.watchServing(t)
+			const minUptime = 150 * time.Millisecond
+			rolled := make(chan struct{})
+			errc := tp.rollWith(spec(2), RollOptions{MinUptime: minUptime, RollBackTo: spec(1), Standby: standby,
+				Rolled: func() { close(rolled) }})
+			fresh := tp.rollAll(t, n, 2)
+			lastReady := tp.current()[n-1].ReadyAt
+			select {
+			case <-rolled:
+			case <-time.After(waitLimit):
+				t.Fatal("Rolled not called")
+			}
+			tp.waitReaped(t, old[1])
+			if standby {
+				if len(old[2].sigs()) != 0 {
+					t.Fatal("the last slot's old worker retired before the probation was over")
+				}
+			} else {
+				waitFor(t, "the last slot's old worker retired", old[2].stoppedGracefully)
+			}
+			if c := tp.current()[2]; c.Pid != fresh[2].pid {
+				t.Fatalf("slot 2 held by %d, want the new worker %d", c.Pid, fresh[2].pid)
+			}
+			notReturned(t, errc, "RollWith")
+			if err := recvErr(t, errc); err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(lastReady); took < minUptime {
+				t.Errorf("RollWith returned %v after the last worker was ready, before its probation of %v", took, minUptime)
+			}
+			if !old[2].stoppedGracefully() {
+				t.Errorf("the last slot's old worker was not retired: signals %v", old[2].sigs())
+			}
+			stop()
+			// Past probation, a crash is restarted with the new spec.
+			fresh[0].crash()
+			if p := tp.l.next(t); p.slot != 0 || p.gen != 2 {
+				t.Fatalf("restart of slot %d generation %d", p.slot, p.gen)
+			}
+		})
 	}
 }
 
@@ -97,7 +116,7 @@ func TestRollWithProbationFailureRollsBackEverySlot(t *testing.T) {
 	tp := newTestPool(t, n, nil)
 	old := tp.start(t, spec(1))
 	var cause error
-	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1), OnRollBack: func(err error) { cause = err }})
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1), Standby: true, OnRollBack: func(err error) { cause = err }})
 	fresh := tp.rollAll(t, n, 2)
 	tp.waitReaped(t, old[1])
 	fresh[1].exitWith(Exit{Status: "exit status 4", Code: 4, StderrTail: "boom"})
@@ -157,7 +176,7 @@ func TestRollWithProbationFailureRollsBackEverySlot(t *testing.T) {
 func TestRollWithProbationOneWorkerNeverDark(t *testing.T) {
 	tp := newTestPool(t, 1, nil)
 	old := tp.start(t, spec(1))
-	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1), Standby: true})
 	fresh := tp.rollAll(t, 1, 2)
 	stop := tp.watchServing(t)
 	fresh[0].crash()
@@ -255,7 +274,7 @@ func TestRollWithEndProbation(t *testing.T) {
 func TestRollWithRollBackFails(t *testing.T) {
 	tp := newTestPool(t, 3, nil)
 	old := tp.start(t, spec(1))
-	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1), Standby: true})
 	fresh := tp.rollAll(t, 3, 2)
 	fresh[1].crash()
 	// Slot 1 is refilled with generation 1, which fails too.
@@ -292,7 +311,7 @@ func TestRollWithRollBackKeepsCapacity(t *testing.T) {
 	const n = 3
 	tp := newTestPool(t, n, nil)
 	old := tp.start(t, spec(1))
-	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1), Standby: true})
 	fresh := tp.rollAll(t, n, 2)
 	fresh[0].crash()
 	r0 := tp.l.next(t)
@@ -334,5 +353,146 @@ func TestSpecsListsEverySlotsSpec(t *testing.T) {
 	tp.start(t, s1)
 	if got := tp.Specs(); len(got) != 2 || got[0] != s1 || got[1] != s1 {
 		t.Fatalf("specs %v", got)
+	}
+}
+
+// Without Standby, a new worker that fails probation after the roll rolls
+// every slot back: its slot, empty, is refilled at once; the others, whose
+// old workers retired with the roll, get a worker of the old spec one at
+// a time, start-new-then-retire.
+func TestRollWithProbationFailureRefillsAndRollsBack(t *testing.T) {
+	const n = 3
+	tp := newTestPool(t, n, nil)
+	old := tp.start(t, spec(1))
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	fresh := tp.rollAll(t, n, 2)
+	for _, o := range old {
+		waitFor(t, "every old worker retired", o.stoppedGracefully)
+	}
+	fresh[1].exitWith(Exit{Status: "exit status 4", Code: 4})
+
+	r1 := tp.l.next(t)
+	if r1.slot != 1 || r1.gen != 1 {
+		t.Fatalf("first launch after the failure: slot %d generation %d, want the dead slot 1 refilled with 1", r1.slot, r1.gen)
+	}
+	r1.markReady()
+	for _, slot := range []int{0, 2} {
+		p := tp.l.next(t)
+		if p.slot != slot || p.gen != 1 {
+			t.Fatalf("launched slot %d generation %d, want slot %d generation 1", p.slot, p.gen, slot)
+		}
+		if len(fresh[slot].sigs()) != 0 {
+			t.Fatalf("slot %d's new worker retired before its replacement was ready", slot)
+		}
+		stop := tp.watchServing(t)
+		p.markReady()
+		waitFor(t, "the new worker retired", fresh[slot].stoppedGracefully)
+		stop()
+	}
+	rb := asRolledBack(t, recvErr(t, errc))
+	var pe *ProbationError
+	if !errors.As(rb, &pe) || pe.Slot != 1 || pe.Exit.Code != 4 || rb.Slots != n || rb.Err != nil {
+		t.Fatalf("%+v", rb)
+	}
+	for i, g := range tp.currentGens() {
+		if g != 1 {
+			t.Errorf("slot %d runs generation %d", i, g)
+		}
+	}
+	if n := tp.logs.FilterMessage("worker reinstated").Len(); n != 0 {
+		t.Errorf("%d workers reinstated, want none: none stood by", n)
+	}
+}
+
+// Without Standby, a pool of one worker retires the old worker as soon as
+// the new one is ready; a new worker that dies within its probation has
+// its slot refilled with the old spec at once (the listening socket, which
+// the primary holds, queues the connections meanwhile).
+func TestRollWithProbationOneWorkerRefilledAtOnce(t *testing.T) {
+	tp := newTestPool(t, 1, nil)
+	old := tp.start(t, spec(1))
+	errc := tp.rollWith(spec(2), RollOptions{MinUptime: never, RollBackTo: spec(1)})
+	fresh := tp.rollAll(t, 1, 2)
+	waitFor(t, "the old worker retired", old[0].stoppedGracefully)
+	fresh[0].crash()
+	r := tp.l.next(t)
+	if r.slot != 0 || r.gen != 1 {
+		t.Fatalf("refill of slot %d generation %d, want slot 0 generation 1", r.slot, r.gen)
+	}
+	notReturned(t, errc, "RollWith")
+	r.markReady()
+	rb := asRolledBack(t, recvErr(t, errc))
+	if rb.Slots != 1 || rb.Err != nil {
+		t.Fatalf("%+v", rb)
+	}
+	if c := tp.current()[0]; c.Pid != r.pid || !c.Ready {
+		t.Fatalf("slot 0 held by %+v, want the refill %d, ready", c, r.pid)
+	}
+	if ready, size := tp.ReadySlots(); ready != 1 || size != 1 {
+		t.Fatalf("ReadySlots %d of %d", ready, size)
+	}
+	tp.l.noLaunch(t, 50*time.Millisecond)
+}
+
+// A new worker that exits after its own probation, while the roll's still
+// runs (a restart of another slot made it longer), is an ordinary crash:
+// its slot is restarted with the new spec, the deploy finishes, and every
+// slot is served at the end. With Standby the standing worker does not
+// take the slot back (nothing failed, so it retires at the end, and would
+// leave the slot empty with nothing to restart it).
+func TestRollWithExitAfterOwnProbationRestarts(t *testing.T) {
+	for _, standby := range []bool{false, true} {
+		t.Run(fmt.Sprintf("standby=%v", standby), func(t *testing.T) {
+			const minUptime = time.Second
+			tp := newTestPool(t, 2, nil)
+			old := tp.start(t, spec(1))
+			errc := tp.rollWith(spec(2), RollOptions{MinUptime: minUptime, RollBackTo: spec(1), Standby: standby})
+			n0 := tp.l.next(t)
+			n0.markReady()
+			n1 := tp.l.next(t)
+			// Slot 0's new worker passes its own probation before slot 1's
+			// is ready.
+			waitFor(t, "slot 0's new worker past its probation", func() bool {
+				c, ok := tp.current()[0]
+				return ok && c.Pid == n0.pid && time.Since(c.ReadyAt) > minUptime
+			})
+			n1.markReady()
+			waitFor(t, "slot 1's new worker installed", func() bool { return tp.current()[1].Pid == n1.pid })
+			ready1 := tp.current()[1].ReadyAt
+			// Slot 0's new worker crashes, past its probation: restarted, and
+			// the restart, ready later, makes the roll's probation longer.
+			n0.crash()
+			r0 := tp.l.next(t)
+			if r0.slot != 0 || r0.gen != 2 {
+				t.Fatalf("restart of slot %d generation %d", r0.slot, r0.gen)
+			}
+			time.Sleep(minUptime * 8 / 10)
+			r0.markReady()
+			// Slot 1's new worker exits past its own probation, within the
+			// roll's.
+			waitFor(t, "slot 1's new worker past its probation", func() bool { return time.Since(ready1) > minUptime })
+			notReturned(t, errc, "RollWith")
+			n1.crash()
+			r1 := tp.l.next(t)
+			if r1.slot != 1 || r1.gen != 2 {
+				t.Fatalf("after slot 1's new worker exited: launched slot %d generation %d, want a restart of slot 1 generation 2", r1.slot, r1.gen)
+			}
+			r1.markReady()
+			if err := recvErr(t, errc); err != nil {
+				t.Fatalf("RollWith: %v", err)
+			}
+			if n := tp.logs.FilterMessage("worker failed probation").Len(); n != 0 {
+				t.Errorf("%d \"worker failed probation\"", n)
+			}
+			waitFor(t, "the last slot's old worker retired", old[1].stoppedGracefully)
+			if ready, size := tp.ReadySlots(); ready != 2 || size != 2 {
+				t.Fatalf("ReadySlots %d of %d after the deploy", ready, size)
+			}
+			for i, g := range tp.currentGens() {
+				if g != 2 {
+					t.Errorf("slot %d runs generation %d", i, g)
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -43,7 +44,9 @@ type fdInfo struct {
 func TestMain(m *testing.M) {
 	startFds = openFds()
 	shim.Main()
-	if mode := os.Getenv(envChild); mode != "" {
+	if mode := os.Getenv(envChild); mode == "launcher" {
+		os.Exit(launcherMain())
+	} else if mode != "" {
 		os.Exit(childMain(mode))
 	}
 	goleak.VerifyTestMain(m)
@@ -321,11 +324,114 @@ func TestLaunchWorkerContract(t *testing.T) {
 	}
 }
 
+// launcherMain is a primary of its own (envChild=launcher): once told to
+// on stdin, an OSLauncher with the default Self launches the worker
+// WP_WORKER (the test binary's worker mode) and says whether it became
+// ready.
+func launcherMain() int {
+	fmt.Println("waiting")
+	if _, err := fmt.Scanln(); err != nil {
+		fmt.Println("stdin:", err)
+		return 2
+	}
+	dir, err := os.MkdirTemp("", "wp")
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	defer os.RemoveAll(dir)
+	l := &OSLauncher{NotifyDir: dir, Ready: ReadyNotify, Stdout: os.Stdout, Stderr: os.Stdout}
+	w := os.Getenv("WP_WORKER")
+	p, err := l.Launch(0, &Spec{Path: w, Args: []string{w, "-test.run=^$"},
+		Env: []string{envChild + "=worker", "WP_NOTIFY=1", "GORACE=atexit_sleep_ms=0"}})
+	if err != nil {
+		fmt.Println("launch:", err)
+		return 3
+	}
+	defer func() { p.Kill(); <-p.Done() }()
+	select {
+	case <-p.Ready():
+		fmt.Println("worker ready")
+		return 0
+	case <-p.Done():
+		fmt.Println("worker exited:", p.Exit().Status)
+	case <-time.After(20 * time.Second):
+		fmt.Println("worker not ready in 20s")
+	}
+	return 1
+}
+
+// With Self left empty the launcher forks /proc/self/exe, the primary's
+// own running executable: its workers still start after its file on disk
+// was replaced (by a script that fails) since it started, as a deploy of
+// handoff itself replaces it.
 func TestLaunchDefaultSelfIsProcSelfExe(t *testing.T) {
 	e := newProcEnv(t)
-	e.l.Self = ""
-	p := e.launch(t, 0, e.spec(1, "WP_NOTIFY=1"))
-	waitChan(t, p.Ready(), "READY=1")
+	dir := t.TempDir()
+	primary, worker := filepath.Join(dir, "primary"), filepath.Join(dir, "worker")
+	b, err := os.ReadFile(e.exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{primary, worker} {
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A fork elsewhere in this process may still hold a copy open for
+	// writing for a moment (ETXTBSY): start again.
+	var (
+		cmd   *exec.Cmd
+		stdin io.WriteCloser
+		out   = &testutil.SyncBuffer{}
+	)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		cmd = exec.Command(primary, "-test.run=^$")
+		cmd.Env = []string{envChild + "=launcher", "WP_WORKER=" + worker, "GORACE=atexit_sleep_ms=0", "PATH=" + os.Getenv("PATH")}
+		cmd.Stdout, cmd.Stderr = out, out
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+		err = cmd.Start()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.ETXTBSY) || time.Now().After(end) {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	exited := false
+	t.Cleanup(func() {
+		if !exited {
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	for end := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "waiting"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the launcher process did not start within 20s: %q", out.String())
+		}
+	}
+	// The primary's file is replaced by one that fails as a shim.
+	replaced := filepath.Join(dir, "primary.new")
+	if err := os.WriteFile(replaced, []byte("#!/bin/sh\necho not the running primary >&2\nexit 7\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(replaced, primary); err != nil {
+		t.Fatal(err)
+	}
+	stdin.Write([]byte("\n"))
+	select {
+	case err := <-done:
+		exited = true
+		if err != nil || !strings.Contains(out.String(), "worker ready") {
+			t.Fatalf("the launcher: %v, output %q; want its worker ready", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the launcher did not finish within 30s: %q", out.String())
+	}
 }
 
 func TestReadyDelay(t *testing.T) {

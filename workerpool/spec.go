@@ -49,6 +49,9 @@ const (
 	// delay, or at READY=1 if that comes first.
 	ReadyDelay
 	// ReadyBind counts a worker ready once its bind of a listener's
-	// address was adopted (see ExtraFD.Started), or at READY=1.
+	// address was adopted (see ExtraFD.Started), or at READY=1; with a
+	// positive OSLauncher.ReadyDelay, also once it has been alive that
+	// long (a worker that takes its socket from LISTEN_FDS and says
+	// nothing).
 	ReadyBind
 )

@@ -128,11 +128,14 @@ func (p *Pool) monitor(w *worker) {
 	now := time.Now()
 	// A new worker that fails its deploy's probation is not restarted:
 	// that would run the failed build again (see RollWith). The last
-	// slot's old worker, standing by, takes its slot back at once.
+	// slot's old worker, if it stands by, takes its slot back at once.
+	// One that exits after its own probation is restarted as any other.
 	failed := unexpected && p.prob.fails(w, now)
 	lost := unexpected && s.lost(w, p.closing)
-	tookBack := lost && p.takeBack(p.prob, w)
-	restart := lost && !failed && !tookBack
+	if lost && failed {
+		p.takeBack(p.prob, w)
+	}
+	restart := lost && !failed
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))

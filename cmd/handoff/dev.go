@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/handoff-dev/handoff/internal/adopt"
 	"github.com/handoff-dev/handoff/reload"
 	"github.com/handoff-dev/handoff/runtime"
 )
@@ -69,6 +70,12 @@ Every other flag of 'handoff run' works the same: --listen (required),
 --ready, timeouts, signals, pid file, logs and the rest (see 'handoff run
 --help'); --watch-path here names sources, and --watch does not apply.
 
+Readiness: without --ready, where binds are adopted (--adopt-bind auto or
+on, and the system allows it) a worker is ready as it binds its port, or
+sends READY=1, or else once it has run 1s; the old one retires then, so
+the new version answers as soon as it listens, and alone. Elsewhere the
+default is delay:1s. The first console line says which.
+
 Changes within 100ms are one change. A change during a build cancels it and
 builds again, so a burst of saves is one build. The console shows one line
 per build, change and rollout, and the workers' lines (w0:PID| ...);
@@ -90,6 +97,8 @@ type devConfig struct {
 	// exe: watch COMMAND's executable (no --build, and no include for
 	// what it runs).
 	exe bool
+	// ready is --ready as given, "" when left to dev (devReadiness).
+	ready string
 }
 
 var (
@@ -172,6 +181,9 @@ func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devCo
 				}
 			}
 			dc.paths, dc.include, dc.exclude = paths.values, incl.values, excl.values
+			if flagSet(fs, "ready") {
+				dc.ready = fs.Lookup("ready").Value.String()
+			}
 			if len(dc.include) == 0 {
 				if dc.build != "" {
 					dc.include = goIncludes
@@ -190,6 +202,36 @@ func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devCo
 	}}
 	cfg, lc, err := parseCommand(c, args, stdout)
 	return cfg, lc, dc, err
+}
+
+// devReadyDelay is how long a worker of 'handoff dev' that neither binds
+// its port nor says it is ready runs before it counts as ready.
+const devReadyDelay = time.Second
+
+// probeAdoption says why binds cannot be adopted here (nil: they can);
+// tests put an answer in its place.
+var probeAdoption = adopt.Probe
+
+// devReadiness sets how 'handoff dev' learns that a worker is ready, when
+// --ready was not given, and returns it in words. Where binds are adopted
+// (--adopt-bind auto or on, and the system allows it), a worker is ready
+// as it binds its port (or sends READY=1): the old one retires before the
+// new one accepts, so the new version answers as soon as it listens, and
+// alone. A worker that takes its socket from LISTEN_FDS and says nothing
+// is ready after devReadyDelay, as everywhere without adoption.
+func devReadiness(cfg *runtime.Config) string {
+	fallback := func(why string) string {
+		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, devReadyDelay
+		return fmt.Sprintf("delay:%s (bind adoption off: %s)", devReadyDelay, why)
+	}
+	if cfg.AdoptBind == runtime.AdoptOff {
+		return fallback("--adopt-bind off")
+	}
+	if err := probeAdoption(); err != nil {
+		return fallback(err.Error())
+	}
+	cfg.Ready, cfg.ReadyDelay = runtime.ReadyBind, devReadyDelay
+	return fmt.Sprintf("bind (or READY=1; else after %s)", devReadyDelay)
 }
 
 // exeState identifies the content of the executable a build writes: a
@@ -317,8 +359,12 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 			}()
 		}
 	}
+	ready := dc.ready
+	if ready == "" {
+		ready = devReadiness(&cfg)
+	}
 	log.Info("dev watching", zap.String("paths", watched), zap.String("include", strings.Join(dc.include, " ")),
-		zap.String("build", dc.build), zap.String("command", strings.Join(cfg.Command, " ")))
+		zap.String("build", dc.build), zap.String("command", strings.Join(cfg.Command, " ")), zap.String("ready", ready))
 
 	if builder != nil {
 		d.last = statExe(exe)

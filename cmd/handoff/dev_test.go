@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/runtime"
 )
 
 // Bad input to 'handoff dev' stops it at start, before any build: one
@@ -96,7 +99,15 @@ func TestDevConsole(t *testing.T) {
 	log.Info("build finished", zap.Duration("duration", 1234*time.Millisecond), zap.Bool("changed", true))
 	log.Info("worker spawned", zap.Int("slot", 0))
 	log.Info("upgrade started", zap.Int("generation", 2))
-	log.Info("upgrade finished", zap.Int("generation", 2), zap.Duration("duration", 15*time.Millisecond))
+	log.Info("upgrade took over", zap.Int("generation", 2), zap.Duration("duration", 15*time.Millisecond))
+	log.Info("upgrade finished", zap.Int("generation", 2), zap.Duration("duration", 15*time.Millisecond),
+		zap.Duration("took_over", 15*time.Millisecond))
+	log.Info("upgrade took over", zap.Int("generation", 3), zap.Duration("duration", 312*time.Millisecond),
+		zap.Duration("probation", 5*time.Second))
+	log.Info("upgrade finished", zap.Int("generation", 3), zap.Duration("duration", 5312*time.Millisecond),
+		zap.Duration("took_over", 312*time.Millisecond))
+	log.Info("upgrade finished", zap.Int("generation", 4), zap.Duration("duration", 1200*time.Millisecond),
+		zap.Duration("took_over", 300*time.Millisecond), zap.String("probation", "ended by a newer deploy"))
 	log.Error("build failed", zap.Duration("duration", 400*time.Millisecond), zap.String("reason", "exit status 1"),
 		zap.String("output", "# example.com/x\n./main.go:3:1: syntax error\n"))
 	log.Info("build finished", zap.Duration("duration", 300*time.Millisecond), zap.Bool("changed", false))
@@ -114,6 +125,9 @@ func TestDevConsole(t *testing.T) {
 	want := []string{
 		"build ok in 1.23s",
 		"rollout ok: generation 2 in 15ms",
+		"rollout: generation 3 serving in 312ms, on probation for 5s",
+		"rollout ok: generation 3 took over in 312ms, passed probation at 5.31s",
+		"rollout ok: generation 4 took over in 300ms, probation ended by a newer deploy at 1.2s",
 		"build failed in 400ms",
 		"    # example.com/x",
 		"    ./main.go:3:1: syntax error",
@@ -174,11 +188,53 @@ func TestDevConsoleNoBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log.Info("dev watching", zap.String("paths", "."), zap.String("include", "*.js *.mjs"), zap.String("build", ""), zap.String("command", "node server.js"))
+	log.Info("dev watching", zap.String("paths", "."), zap.String("include", "*.js *.mjs"), zap.String("build", ""),
+		zap.String("command", "node server.js"), zap.String("ready", "bind (or READY=1; else after 1s)"))
 	log.Info("change detected", zap.String("paths", "/app/server.js"))
-	for _, want := range []string{"watching . (*.js *.mjs); serve: node server.js; every change rolls out\n", "changed: /app/server.js\n"} {
+	for _, want := range []string{"watching . (*.js *.mjs); serve: node server.js; ready: bind (or READY=1; else after 1s); every change rolls out\n",
+		"changed: /app/server.js\n"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("console %q does not say %q", buf.String(), want)
+		}
+	}
+}
+
+// Without --ready, dev's workers are ready as they bind their port where
+// binds are adopted (else after a second, for one that says nothing),
+// and after a second where they are not; a --ready given wins.
+func TestDevReadiness(t *testing.T) {
+	probe := probeAdoption
+	t.Cleanup(func() { probeAdoption = probe })
+	for _, c := range []struct {
+		args  []string
+		probe error
+		mode  runtime.ReadyMode
+		delay time.Duration
+		says  string
+	}{
+		{nil, nil, runtime.ReadyBind, time.Second, "bind (or READY=1; else after 1s)"},
+		{nil, errors.New("seccomp: operation not permitted"), runtime.ReadyDelay, time.Second,
+			"delay:1s (bind adoption off: seccomp: operation not permitted)"},
+		{[]string{"--adopt-bind", "off"}, nil, runtime.ReadyDelay, time.Second, "delay:1s (bind adoption off: --adopt-bind off)"},
+		{[]string{"--ready", "notify"}, nil, runtime.ReadyNotify, 0, "notify"},
+		{[]string{"--ready", "delay:2s"}, nil, runtime.ReadyDelay, 2 * time.Second, "delay:2s"},
+	} {
+		probed := false
+		probeAdoption = func() error { probed = true; return c.probe }
+		args := append(append([]string{"--listen", ":0"}, c.args...), "--", "node", "server.js")
+		cfg, _, dc, err := parseDev(args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		says := dc.ready
+		if says == "" {
+			says = devReadiness(&cfg)
+		}
+		if cfg.Ready != c.mode || cfg.ReadyDelay != c.delay || says != c.says {
+			t.Errorf("%v: ready %v, delay %v, %q; want %v, %v, %q", c.args, cfg.Ready, cfg.ReadyDelay, says, c.mode, c.delay, c.says)
+		}
+		if dc.ready != "" && probed {
+			t.Errorf("%v: probed bind adoption for an explicit --ready", c.args)
 		}
 	}
 }

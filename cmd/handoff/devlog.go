@@ -100,14 +100,18 @@ func indent(text string) string {
 func devLine(e zapcore.Entry, f devFields, all bool) string {
 	switch e.Message {
 	case "dev watching":
+		ready := ""
+		if r := f.str("ready"); r != "" {
+			ready = "; ready: " + r
+		}
 		if f.str("build") == "" {
 			what := f.str("paths")
 			if inc := f.str("include"); inc != "" {
 				what += " (" + inc + ")"
 			}
-			return fmt.Sprintf("watching %s; serve: %s; every change rolls out", what, f.str("command"))
+			return fmt.Sprintf("watching %s; serve: %s%s; every change rolls out", what, f.str("command"), ready)
 		}
-		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"))
+		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s%s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"), ready)
 	case "change detected":
 		// Paths below the current directory, as the developer named them.
 		paths := f.str("paths")
@@ -132,8 +136,21 @@ func devLine(e zapcore.Entry, f devFields, all bool) string {
 		return "listening on " + f.str("addr")
 	case "primary ready":
 		return fmt.Sprintf("serving: %s worker(s), generation %s", f.str("workers"), f.str("generation"))
+	case "upgrade took over":
+		if _, ok := f["probation"]; !ok {
+			return "" // "upgrade finished" follows at once
+		}
+		return fmt.Sprintf("rollout: generation %s serving in %s, on probation for %s", f.str("generation"), f.dur("duration"), f.dur("probation"))
 	case "upgrade finished":
-		return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), f.dur("duration"))
+		took, done := f.dur("took_over"), f.dur("duration")
+		if _, ok := f["took_over"]; !ok || took == done {
+			return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), done)
+		}
+		passed := "passed probation at " + done
+		if f.str("probation") != "" {
+			passed = "probation " + f.str("probation") + " at " + done
+		}
+		return fmt.Sprintf("rollout ok: generation %s took over in %s, %s", f.str("generation"), took, passed)
 	case "upgrade aborted":
 		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
 	case "upgrade rolling back":

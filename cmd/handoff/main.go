@@ -130,5 +130,7 @@ status, reload, rollback, scale and stop talk to the primary over its control so
 (handoff run --control PATH). Without --control, a primary puts it in
 $HANDOFF_CONTROL_DIR if set, else /run/handoff for root, else
 $XDG_RUNTIME_DIR/handoff, else $TMPDIR/handoff-UID, named after its first
-listener; the commands then find it there if exactly one primary runs.
+listener; the commands then find it there if exactly one primary runs
+(in directories of your own or root's that no one else may write). They
+believe only a primary running as you or root.
 `

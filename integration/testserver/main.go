@@ -13,7 +13,9 @@
 //	ok          serve; READY=1 once listening; drain on SIGTERM/SIGINT, exit 0
 //	crash       print "testserver: crashing at start (mode=crash)", exit 3
 //	noready     like ok, never sends READY=1
-//	crashlater  like ok, exits 4 after --crash-after (default 300ms)
+//	crashlater  like ok, exits 4 after --crash-after (default 300ms); with
+//	            --crash-drain it drains first, as on SIGTERM (what it
+//	            accepted is answered), then exits 4
 //	slowready   like ok, sends READY=1 only after --ready-after (default 2s)
 //	crashslot   like crash in slot --crash-slot (HANDOFF_WORKER, default 1),
 //	            like ok in every other slot
@@ -109,6 +111,7 @@ func main() {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
 	drainTimeout := fs.Duration("drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
 	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
+	crashDrain := fs.Bool("crash-drain", false, "mode crashlater: drain before exiting 4")
 	readyAfter := fs.Duration("ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
 	crashSlot := fs.String("crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
 	chatterEvery := fs.Duration("chatter", 0, "write numbered lines to stdout and stderr this often")
@@ -184,17 +187,27 @@ func main() {
 	if usec, err := daemon.SdWatchdogEnabled(false); err == nil && usec > 0 {
 		go pingWatchdog(usec / 3)
 	}
+	crashed := make(chan struct{})
 	if m == "crashlater" {
 		go func() {
 			time.Sleep(*crashAfter)
 			fmt.Fprintf(os.Stderr, "testserver: crashing after %v (mode=crashlater)\n", *crashAfter)
-			os.Exit(exitCrashLater)
+			if !*crashDrain {
+				os.Exit(exitCrashLater)
+			}
+			close(crashed)
 		}()
 	}
 
 	var sig os.Signal
 	select {
 	case sig = <-sigs:
+	case <-crashed:
+		cancel()
+		for range lns {
+			<-done
+		}
+		os.Exit(exitCrashLater)
 	case err := <-done:
 		// A listener failed on its own.
 		fmt.Fprintf(os.Stderr, "testserver: serve: %v\n", err)

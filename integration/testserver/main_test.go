@@ -197,27 +197,24 @@ func TestFailureModes(t *testing.T) {
 			t.Fatalf("stderr: %s", p.stderr)
 		}
 	})
-	t.Run("crashlater", func(t *testing.T) {
-		cmd := exec.Command(binary, "--listen", "127.0.0.1:0", "--crash-after", "100ms")
-		cmd.Env = append(os.Environ(), "HANDOFF_TEST_MODE=crashlater")
-		p := startProc(t, cmd)
-		if code := p.wait(t, 5*time.Second); code != 4 {
-			t.Fatalf("exit %d, want 4", code)
-		}
-	})
+	for _, name := range []string{"crashlater", "crash-drain"} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"--listen", "127.0.0.1:0", "--crash-after", "100ms"}
+			if name == "crash-drain" {
+				args = append(args, "--crash-drain")
+			}
+			cmd := exec.Command(binary, args...)
+			cmd.Env = append(os.Environ(), "HANDOFF_TEST_MODE=crashlater")
+			exits(t, cmd, 4, "crashing after 100ms")
+		})
+	}
 	t.Run("crashslot", func(t *testing.T) {
 		cmd := exec.Command(binary, "--mode", "crashslot", "--listen", "127.0.0.1:0")
 		cmd.Env = append(os.Environ(), "HANDOFF_WORKER=1")
-		p := startProc(t, cmd)
-		if code := p.wait(t, 5*time.Second); code != 3 {
-			t.Fatalf("slot 1: exit %d, want 3", code)
-		}
-		if !strings.Contains(p.stderr.String(), "testserver: crashing at start (mode=crashslot, worker=1)") {
-			t.Fatalf("stderr: %s", p.stderr)
-		}
+		exits(t, cmd, 3, "testserver: crashing at start (mode=crashslot, worker=1)")
 		cmd = exec.Command(binary, "--mode", "crashslot", "--crash-slot", "2", "--listen", "127.0.0.1:0")
 		cmd.Env = append(os.Environ(), "HANDOFF_WORKER=1")
-		p = startProc(t, cmd)
+		p := startProc(t, cmd)
 		get(t, "http://"+p.listening(t)+"/")
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		if code := p.wait(t, 5*time.Second); code != 0 {
@@ -239,4 +236,17 @@ func TestFailureModes(t *testing.T) {
 			t.Fatalf("exit %d, want 2", code)
 		}
 	})
+}
+
+// exits starts cmd and checks that it exits with code, stderr saying
+// what.
+func exits(t *testing.T, cmd *exec.Cmd, code int, what string) {
+	t.Helper()
+	p := startProc(t, cmd)
+	if c := p.wait(t, 5*time.Second); c != code {
+		t.Fatalf("exit %d, want %d", c, code)
+	}
+	if !strings.Contains(p.stderr.String(), what) {
+		t.Fatalf("stderr: %s", p.stderr)
+	}
 }

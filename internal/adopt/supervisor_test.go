@@ -20,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // The test binary plays the worker: with roleEnv=shim it is the exec step
@@ -228,7 +230,7 @@ func newSupervisor(t *testing.T, ls ...Listener) (*Supervisor, *observer.Observe
 
 func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 	if err := Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	fd, addr, ino := listener(t, "tcp", "127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(addr)
@@ -287,7 +289,7 @@ func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 // which still reaches the listener; other unlinks run.
 func TestUnixBindAndUnlink(t *testing.T) {
 	if err := Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "app.sock")
@@ -344,7 +346,7 @@ func waitUntracked(t *testing.T, s *Supervisor) {
 // worker still running.
 func TestCloseWithWorkerRunning(t *testing.T) {
 	if err := Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	fd, addr, _ := listener(t, "tcp", "127.0.0.1:0")
 	s, _ := newSupervisor(t, Listener{Network: "tcp", Addr: addr, FD: fd})
@@ -387,7 +389,7 @@ func TestProbeRefused(t *testing.T) {
 
 func TestProbeTime(t *testing.T) {
 	if err := Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	const n = 20
 	start := time.Now()

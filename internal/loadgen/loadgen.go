@@ -73,6 +73,19 @@ type Config struct {
 	// connection is made to instead of URL's host (which then only names
 	// the Host header).
 	UnixSocket string
+	// Observe, if set, is told of every request as it completes, from the
+	// clients' goroutines (concurrently): for a test that asks which
+	// version answered when.
+	Observe func(Sample)
+}
+
+// Sample is one completed request (Config.Observe).
+type Sample struct {
+	Begin, End time.Time
+	// Version and PID are as Result counts them ("" if absent); Err is
+	// the failure, nil for an answer.
+	Version, PID string
+	Err          error
 }
 
 // Result holds the figures of a run.
@@ -375,6 +388,9 @@ func (e *statusError) Error() string {
 
 func (r *Run) record(begin time.Time, epoch int64, okBody []byte, err error) {
 	lat := time.Since(begin)
+	if r.cfg.Observe != nil {
+		defer func() { r.cfg.Observe(sample(begin, begin.Add(lat), okBody, err)) }()
+	}
 	now := r.epoch.Load()
 	r.all.add(lat)
 	ph := &r.phases[0]
@@ -398,19 +414,39 @@ func (r *Run) record(begin time.Time, epoch int64, okBody []byte, err error) {
 		r.reqs.Add(1)
 		return
 	}
-	fields := strings.Fields(string(okBody))
+	version, pid := parseBody(okBody)
 	r.mu.Lock()
-	if len(fields) > 0 {
-		bump(r.versions, fields[0])
+	if version != "" {
+		bump(r.versions, version)
 	}
-	for _, f := range fields {
-		if pid, ok := strings.CutPrefix(f, "pid="); ok {
-			bump(r.pids, pid)
-			break
-		}
+	if pid != "" {
+		bump(r.pids, pid)
 	}
 	r.mu.Unlock()
 	r.reqs.Add(1)
+}
+
+// parseBody reads an answer's version (its first word) and the value of
+// its first "pid=" word.
+func parseBody(body []byte) (version, pid string) {
+	fields := strings.Fields(string(body))
+	if len(fields) > 0 {
+		version = fields[0]
+	}
+	for _, f := range fields {
+		if v, ok := strings.CutPrefix(f, "pid="); ok {
+			return version, v
+		}
+	}
+	return version, ""
+}
+
+func sample(begin, end time.Time, body []byte, err error) Sample {
+	s := Sample{Begin: begin, End: end, Err: err}
+	if err == nil {
+		s.Version, s.PID = parseBody(body)
+	}
+	return s
 }
 
 func bump(m map[string]int64, k string) {

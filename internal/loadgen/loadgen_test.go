@@ -53,6 +53,31 @@ func TestCountsSuccesses(t *testing.T) {
 	}
 }
 
+// Observe is told of every request, with its times, version and pid.
+func TestObserve(t *testing.T) {
+	srv := okServer(t)
+	var mu sync.Mutex
+	var got []Sample
+	res := Start(context.Background(), Config{
+		URL: srv.URL, KeepAlive: 1, NewConn: 1, Duration: 5 * time.Second, MaxRequests: 20,
+		Observe: func(s Sample) {
+			mu.Lock()
+			got = append(got, s)
+			mu.Unlock()
+		},
+	}).Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if int64(len(got)) != res.Requests || len(got) != 20 {
+		t.Fatalf("%d samples of %d requests", len(got), res.Requests)
+	}
+	for _, s := range got {
+		if s.Version != "v7" || s.PID != "4242" || s.Err != nil || s.End.Before(s.Begin) {
+			t.Fatalf("sample %+v", s)
+		}
+	}
+}
+
 func TestMaxRequestsIsExact(t *testing.T) {
 	srv := okServer(t)
 	res := Start(context.Background(), Config{

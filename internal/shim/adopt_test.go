@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/internal/testutil"
 )
 
 // bindEnv makes the test binary, exec'd by the shim, bind that address and
@@ -54,7 +55,7 @@ func bindAndStat(addr string) string {
 // no_new_privs and the filter, and does not see adopt.EnvFD.
 func TestExecAdoptsBinds(t *testing.T) {
 	if err := adopt.Probe(); err != nil {
-		t.Skipf("bind adoption unavailable here: %v", err)
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

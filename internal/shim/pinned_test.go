@@ -36,7 +36,7 @@ func pinned(t *testing.T, path string, f *pin.File, nfds int, via bool, argv ...
 func pinnedExe(t *testing.T, path string, exe *os.File, nfds int, via bool, argv ...string) (*exec.Cmd, *strings.Builder) {
 	t.Helper()
 	if os.Getenv("LISTEN_FDS") != "" {
-		t.Skip("LISTEN_FDS set in the test's own environment")
+		testutil.Need(t, "LISTEN_FDS set in the test's own environment")
 	}
 	var files []*os.File
 	for range nfds {

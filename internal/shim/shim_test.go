@@ -64,7 +64,7 @@ func TestExecSetsListenPIDAndKeepsArgv(t *testing.T) {
 
 	cmd, _ = shim(t, path, []string{"LISTEN_FDS=1", "LISTEN_PID=1"}, "worker", "first")
 	if os.Getenv("LISTEN_FDS") != "" {
-		t.Skip("LISTEN_FDS set in the test's own environment")
+		testutil.Need(t, "LISTEN_FDS set in the test's own environment")
 	}
 	devnull, _ := os.Open(os.DevNull)
 	defer devnull.Close()
@@ -166,14 +166,14 @@ func TestChannelFDKept(t *testing.T) {
 // 5.10), the fds past the listeners are still kept from the command.
 func TestChannelFDKeptOldKernel(t *testing.T) {
 	if !testutil.OldKernelSupported() {
-		t.Skip("no old-kernel filter on this architecture")
+		testutil.Need(t, "no old-kernel filter on this architecture")
 	}
 	testChannelFDKept(t, true)
 }
 
 func testChannelFDKept(t *testing.T, oldKernel bool) {
 	if os.Getenv("LISTEN_FDS") != "" {
-		t.Skip("LISTEN_FDS set in the test's own environment")
+		testutil.Need(t, "LISTEN_FDS set in the test's own environment")
 	}
 	path := script(t, `for fd in 3 4 5; do if [ -e /proc/$$/fd/$fd ]; then printf "$fd "; fi; done`)
 	open := func() *os.File {

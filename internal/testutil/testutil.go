@@ -30,12 +30,13 @@ func (s *SyncBuffer) String() string {
 }
 
 // Program returns the contents of a program of the system found in PATH
-// (true, false, sleep, sh), skipping the test if there is none.
+// (true, false, sleep, sh), skipping the test if there is none (failing it
+// under CI: see Need).
 func Program(t testing.TB, name string) []byte {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("%s: %v", name, err)
+		Need(t, "%s: %v", name, err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
