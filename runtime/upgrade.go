@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -183,6 +184,10 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		return nil
 	}
 	ho.proc.release()
+	// tableflip drops, without closing them, the pipe ends it gave the
+	// new primary: their finalizers close them once collected. Collect
+	// now, or every failed upgrade leaves two descriptors more.
+	goruntime.GC()
 	// The new primary is gone, and its workers with it: refill whatever
 	// it had taken over and did not roll back.
 	if n := p.pool.Remote(); n > 0 && ctx.Err() == nil {
@@ -211,11 +216,14 @@ const (
 // same keys. A generation that cannot be handed over is left out: the new
 // primary cannot roll back to it.
 func (p *primary) exportGenerations() (cur, prev *generationToken) {
+	if p.pinStore == nil {
+		p.pinStore = &exportOnce{fds: p.upg.Fds, held: map[string]*os.File{}}
+	}
 	export := func(g *generation, key string) *generationToken {
 		if g == nil || g.pin() == nil {
 			return nil
 		}
-		t, err := g.pin().Export(p.upg.Fds, key)
+		t, err := g.pin().Export(p.pinStore, key)
 		if err != nil {
 			p.log.Warn("cannot hand over a generation", zap.Int("generation", g.gen), zap.Error(err))
 			return nil
@@ -224,6 +232,33 @@ func (p *primary) exportGenerations() (cur, prev *generationToken) {
 	}
 	return export(p.cur, pinKeyCurrent), export(p.prev, pinKeyPrevious)
 }
+
+// exportOnce is the pin.Store through which a primary exports its
+// generations: it gives tableflip a file only if tableflip does not hold
+// that very file under that key already. tableflip duplicates every file
+// it is given and, given another under the same key, drops its earlier
+// duplicate without closing it (the garbage collector does, some time
+// later): re-exporting the same generations on every self-upgrade that
+// failed would pile up descriptors, and memfd copies of whole executables.
+type exportOnce struct {
+	fds  pin.Store
+	held map[string]*os.File // key → the file tableflip holds a duplicate of
+}
+
+func (s *exportOnce) AddFile(key string, f *os.File) error {
+	if s.held[key] == f {
+		return nil
+	}
+	if err := s.fds.AddFile(key, f); err != nil {
+		return err
+	}
+	// The pin stays referenced here, so no later file can take its
+	// address while tableflip holds its duplicate.
+	s.held[key] = f
+	return nil
+}
+
+func (s *exportOnce) File(key string) (*os.File, error) { return s.fds.File(key) }
 
 // importGeneration takes over a generation of the old primary, its pinned
 // file from tableflip's descriptors (nil if none was handed over, or it
