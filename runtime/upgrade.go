@@ -110,6 +110,17 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}, p.deployStep)
 		accepted <- handover{pr, proc}
 		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size(), Current: curToken, Previous: prevToken})
+		// A deploy asked for here (the pid file still names this
+		// primary) ends the new primary's probation, as it would this
+		// one's: it takes over at once, and the deploy, passed on at the
+		// hand-over (or asked of it again: see retireAfterHandOver),
+		// runs there next.
+		select {
+		case <-newerDeploy(ctx):
+			p.log.Info("ending the new primary's probation: a newer deploy was asked for", zap.Int("new_primary", pid))
+			pr.send(message{Op: "newer"})
+		case <-pr.closed:
+		}
 	}()
 
 	// tableflip's Upgrade takes no context. On a shutdown asked for
@@ -490,6 +501,16 @@ func (p *primary) rollFrom(ctx context.Context, pr *peer, old *oldPrimary, spec 
 		case <-ctx.Done():
 		}
 	}()
+	if n, ok := ctx.Value(newerKey{}).(*newer); ok {
+		// A deploy asked for of the old primary ends the probation too.
+		go func() {
+			select {
+			case <-pr.newer:
+				n.close()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	progress := p.progress(p.gen)
 	// With its probation, before tableflip's Ready: a new build that dies
 	// soon after it is ready is still rolled back by the old primary.
@@ -595,43 +616,65 @@ func (p *primary) pidFileIsMine() bool {
 }
 
 // retireAfterHandOver waits for the workers still draining, then returns
-// so the old primary exits. A deploy asked for meanwhile goes to the new
-// primary; every request is answered with errHandedOver.
-func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
-	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
-	p.ctl.handedOver(p.successor.pid)
+// so the old primary exits. Whatever still reaches this primary is passed
+// on to the new one, which owns the listeners: pass (the signals of the
+// jobs that were queued, see jobLoop), then HUP, TTIN and TTOU as they
+// come; a TERM or INT, or the end of ctx (a stop asked for on the control
+// socket before it stopped accepting), stops the new primary, and this
+// one returns only once that has exited too (or did not in time), so
+// that a stop answered means both have. A request that waits for an
+// answer is told to ask the new primary (errHandedOver, see
+// controlServer.retry); a watched change is not passed on, since the new
+// primary watches the same files.
+func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal, pass []os.Signal) error {
+	succ := p.successor
+	p.log.Info("handed over", zap.Int("new_primary", succ.pid))
+	p.ctl.handedOver(succ.pid)
 	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
 	p.web.close()
-	defer p.successor.release()
-	forward := func() { p.successor.signal(syscall.SIGHUP) }
-	if pending {
-		forward()
+	defer succ.release()
+	stopping := false
+	forward := func(sig os.Signal) {
+		s := sig.(syscall.Signal)
+		if s == syscall.SIGTERM || s == syscall.SIGINT {
+			if stopping {
+				return
+			}
+			stopping = true
+			p.log.Info("stopping the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
+		} else {
+			p.log.Info("passed on to the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
+		}
+		succ.signal(s)
+	}
+	for _, sig := range pass {
+		forward(sig)
 	}
 	done := make(chan struct{})
 	go func() {
 		p.pool.Shutdown()
 		close(done)
 	}()
+	ctxDone := ctx.Done()
 	for {
 		select {
 		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP, syscall.SIGTTIN, syscall.SIGTTOU:
-				p.successor.signal(sig.(syscall.Signal))
-			}
+			forward(sig)
+		case <-ctxDone:
+			ctxDone = nil
+			forward(syscall.SIGTERM)
 		case r := <-p.reqs:
-			// The new primary watches the same files since before it
-			// connected: a change seen here is seen there too. One who
-			// waits for an answer is told to ask the new primary (see
-			// controlServer.retry).
 			if r.run == nil && r.done == nil && r.op != opWatch {
-				forward()
+				forward(syscall.SIGHUP)
 			}
 			if r.done != nil {
 				r.done <- errHandedOver
 			}
 		case <-done:
+			if stopping && !succ.wait(2*p.cfg.DrainTimeout+10*time.Second) {
+				p.log.Warn("the new primary did not exit in time", zap.Int("new_primary", succ.pid))
+			}
 			p.log.Info("old primary exiting")
 			return nil
 		}
