@@ -3,6 +3,9 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -129,4 +132,55 @@ func TestSignalsAroundHandOverPassOn(t *testing.T) {
 	if pid := p.PIDFromFile(); pid != 0 {
 		t.Errorf("pid file still names %d", pid)
 	}
+}
+
+// TestNewPrimaryCannotWritePIDFile: the pid file cannot be written as
+// the new primary takes over (its path has become a directory): the new
+// primary does not carry on beside the old one. It logs why in one line,
+// hands its slots back, and exits non-zero; the old primary, still named
+// in the pid file, rolls the slots back and serves alone, with no worker
+// of the new primary left and no request failed.
+func TestNewPrimaryCannotWritePIDFile(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{MinUptime: "3s"})
+	old := p.PID
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+
+	mark := p.Log.Len()
+	gen, successor := p.beginSelfUpgrade(old, "v2", p.Workers, 60*time.Second)
+	// During the new primary's probation, before it writes the pid file.
+	if err := os.Remove(p.PIDFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(p.PIDFile, "in-the-way"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	end := p.mustLog(mark, 60*time.Second, old, "upgrade rolled back", func(e Event) bool { return e.Int0("generation") == gen })
+	if r := end.Str("reason"); !strings.Contains(r, "exit status 1") {
+		t.Errorf("\"upgrade rolled back\" reason %q, want the new primary's exit status 1", r)
+	}
+	abort := p.mustLog(mark, time.Second, successor, "upgrade aborted", nil)
+	if r := abort.Str("reason"); !strings.Contains(r, "--pid-file "+p.PIDFile) {
+		t.Errorf("the new primary's \"upgrade aborted\" reason %q, want it to name --pid-file %s", r, p.PIDFile)
+	}
+	for _, e := range p.Log.Events()[mark:] {
+		if e.Int0("primary") == successor && (e.Msg == "primary ready" || e.Msg == "upgrade finished") {
+			t.Errorf("the new primary carried on: %s", e.Raw)
+		}
+	}
+	if left := waitGone([]int{successor}, 10*time.Second); len(left) > 0 {
+		t.Fatalf("new primary %d still running after its take-over failed", successor)
+	}
+	p.waitSettled(old, 20*time.Second)
+	st := p.waitStatus("the old primary's 2 ready workers", 10*time.Second, exactly(p.Workers))
+	if st.Primary.Pid != old {
+		t.Errorf("status answered by %d, want the old primary %d", st.Primary.Pid, old)
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	checkLoad(t, load, "v1")
+	if err := os.RemoveAll(p.PIDFile); err != nil {
+		t.Fatal(err)
+	}
+	p.shutdownAll(old)
 }

@@ -419,6 +419,9 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// slot is already its own.
 		err = fmt.Errorf("shutdown asked for (%v)", shutdownSig)
 	}
+	if err == nil {
+		err = p.readyAfterTakeOver(old)
+	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
 		p.logAbort(p.gen, err)
@@ -449,11 +452,6 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.keepGenerations()
 	p.setServingGen(p.gen)
-	if err := p.upg.Ready(); err != nil && !(old.goneAfter(nil) && p.pidFileIsMine()) {
-		// With the old primary gone, Ready fails to tell it (nobody
-		// reads the pipe) after it has written the pid file.
-		p.log.Error("cannot write the pid file", zap.Error(err))
-	}
 	old.stop()
 	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
 	if metricsLn != nil {
@@ -472,6 +470,27 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	// will once it sees this primary ready: answer it from now on.
 	p.ctl.serve()
 	return p.loop(ctx, sigs, queue)
+}
+
+// readyAfterTakeOver calls tableflip's Ready once every slot is this
+// primary's: it writes the pid file, then tells the old primary, which
+// then stops waiting in Upgrade. If the pid file cannot be written while
+// the old primary lives, the take-over fails (the old primary, named in
+// the pid file, takes the slots back and serves on); with the old primary
+// gone, Ready fails only to tell it, or this primary is the only one left
+// to serve: it carries on.
+func (p *primary) readyAfterTakeOver(old *oldPrimary) error {
+	err := p.upg.Ready()
+	if err == nil {
+		return nil
+	}
+	if old.goneAfter(nil) {
+		if !p.pidFileIsMine() {
+			p.log.Error("cannot write the pid file", zap.Error(err))
+		}
+		return nil
+	}
+	return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 }
 
 // connect opens the hand-over connection to the old primary and says
