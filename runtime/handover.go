@@ -55,6 +55,8 @@ func handoverState(v string, workers int) message {
 //	                                   old → new  rolledback
 //	                                   old → new  newer (a deploy was asked
 //	                                    of old: new ends its probation)
+//	                                   old → new  mainpid (once new is
+//	                                    ready: old told systemd MAINPID=new)
 //
 // size is the old primary's number of slots (scaled or not): the new one
 // takes it over. current and previous are the old primary's generations,

@@ -115,12 +115,14 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		// one's: it takes over at once, and the deploy, passed on at the
 		// hand-over (or asked of it again: see retireAfterHandOver),
 		// runs there next.
-		select {
-		case <-newerDeploy(ctx):
-			p.log.Info("ending the new primary's probation: a newer deploy was asked for", zap.Int("new_primary", pid))
-			pr.send(message{Op: "newer"})
-		case <-pr.closed:
-		}
+		go func() {
+			select {
+			case <-newerDeploy(ctx):
+				p.log.Info("ending the new primary's probation: a newer deploy was asked for", zap.Int("new_primary", pid))
+				pr.send(message{Op: "newer"})
+			case <-pr.closed: // closed as upgradeSelf returns
+			}
+		}()
 	}()
 
 	// tableflip's Upgrade takes no context. On a shutdown asked for
@@ -183,6 +185,16 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	select {
 	case ho = <-accepted: // always, if the new primary became ready
 	default:
+	}
+	if upErr == nil && ho.proc != nil {
+		// Still the main process to systemd, this primary hands that
+		// over itself, so its exit is never taken for the service's
+		// (NotifyAccess=main accepts only the main process's messages),
+		// then lets the new primary say READY=1.
+		notifySystemd("MAINPID=" + strconv.Itoa(ho.proc.pid))
+		if ho.peer != nil {
+			ho.peer.send(message{Op: "mainpid"})
+		}
 	}
 	if ho.peer != nil {
 		// Nothing from the hand-over may act on the pool once this
@@ -452,6 +464,13 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.keepGenerations()
 	p.setServingGen(p.gen)
+	if pr != nil {
+		// systemd takes this primary's READY=1 once the old one has made
+		// it the main process (or has gone: then MAINPID= below does).
+		actx, cancel := context.WithTimeout(ctx, mainPIDWait)
+		pr.await(actx, "mainpid")
+		cancel()
+	}
 	old.stop()
 	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
 	if metricsLn != nil {
@@ -471,6 +490,11 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	p.ctl.serve()
 	return p.loop(ctx, sigs, queue)
 }
+
+// mainPIDWait bounds how long a new primary that became ready waits for
+// the old one to tell systemd its pid (the "mainpid" message; an old
+// primary that does not send it closes the connection as it goes).
+const mainPIDWait = 10 * time.Second
 
 // readyAfterTakeOver calls tableflip's Ready once every slot is this
 // primary's: it writes the pid file, then tells the old primary, which
