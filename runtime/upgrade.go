@@ -147,7 +147,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		select {
 		case <-ctx.Done():
 		case <-deadline.C:
-			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, upgraded, func() bool {
+			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, p.stopGrace(), upgraded, func() bool {
 				hmu.Lock()
 				defer hmu.Unlock()
 				// Every slot handed over: its Ready is on its way.
@@ -325,14 +325,18 @@ func (p *primary) upgradeBound() time.Duration {
 	return upgradeBound(p.pool.Size(), p.cfg.ReadyTimeout, p.cfg.DrainTimeout) + 2*max(p.cfg.MinUptime, 0)
 }
 
-// killLateNewPrimary kills a new primary that is not ready within bound:
+// killLateNewPrimary stops a new primary that is not ready within bound:
 // proc if it has connected, else the child found by its hand-over socket
-// addr. Its workers die with it (Pdeathsig). stopHandOver stops handing
-// over slots and reports whether the new primary still lacks some, i.e.
-// cannot become ready before it dies; if it lacks none, its Ready is on
-// its way, and it is killed only if it has not come upgradeSlack later
-// (upgraded closed: it came). It reports whether it killed the new primary.
-func (p *primary) killLateNewPrimary(proc *process, addr string, bound time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
+// addr. stopHandOver stops handing over slots and reports whether the new
+// primary still lacks some, i.e. cannot become ready before it stops; if
+// it lacks none, its Ready is on its way, and it is stopped only if it has
+// not come upgradeSlack later (upgraded closed: it came). It gets TERM
+// first, which a new primary takes like any stop during a take-over: it
+// asks this primary to roll its slots back, one at a time, then drains its
+// workers and exits (upgraded closes). Only one still running grace later
+// is killed, its workers with it (Pdeathsig; upgradeSelf then reclaims
+// their slots at once). It reports whether it stopped the new primary.
+func (p *primary) killLateNewPrimary(proc *process, addr string, bound, grace time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
 	if !stopHandOver() {
 		t := time.NewTimer(upgradeSlack)
 		defer t.Stop()
@@ -349,8 +353,26 @@ func (p *primary) killLateNewPrimary(proc *process, addr string, bound time.Dura
 		}
 		defer proc.release()
 	}
-	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
+	p.log.Warn("the new primary is not ready in time, stopping it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
+	if proc.signal(syscall.SIGTERM) != nil {
+		return false
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-upgraded:
+		return true
+	case <-t.C:
+	}
+	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound+grace))
 	return proc.signal(syscall.SIGKILL) == nil
+}
+
+// stopGrace is how long a new primary told to stop during a take-over may
+// take: the old primary rolls every slot back, a worker of its own ready
+// in each, and the new one drains its workers.
+func (p *primary) stopGrace() time.Duration {
+	return time.Duration(p.pool.Size()+1)*p.cfg.ReadyTimeout + 2*p.cfg.DrainTimeout + 10*time.Second
 }
 
 // takeOver is a new primary started by tableflip: it fills every slot
