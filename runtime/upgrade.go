@@ -337,14 +337,8 @@ func (p *primary) upgradeBound() time.Duration {
 // is killed, its workers with it (Pdeathsig; upgradeSelf then reclaims
 // their slots at once). It reports whether it stopped the new primary.
 func (p *primary) killLateNewPrimary(proc *process, addr string, bound, grace time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
-	if !stopHandOver() {
-		t := time.NewTimer(upgradeSlack)
-		defer t.Stop()
-		select {
-		case <-upgraded:
-			return false
-		case <-t.C:
-		}
+	if !stopHandOver() && closedWithin(upgraded, upgradeSlack) {
+		return false
 	}
 	if proc == nil {
 		if proc = findNewPrimary(addr); proc == nil {
@@ -357,15 +351,23 @@ func (p *primary) killLateNewPrimary(proc *process, addr string, bound, grace ti
 	if proc.signal(syscall.SIGTERM) != nil {
 		return false
 	}
-	t := time.NewTimer(grace)
-	defer t.Stop()
-	select {
-	case <-upgraded:
+	if closedWithin(upgraded, grace) {
 		return true
-	case <-t.C:
 	}
 	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound+grace))
 	return proc.signal(syscall.SIGKILL) == nil
+}
+
+// closedWithin reports whether ch closes within d.
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // stopGrace is how long a new primary told to stop during a take-over may
