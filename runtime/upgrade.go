@@ -703,7 +703,10 @@ func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal
 	defer succ.release()
 	stopping := false
 	forward := func(sig os.Signal) {
-		s := sig.(syscall.Signal)
+		s, ok := sig.(syscall.Signal)
+		if !ok {
+			return
+		}
 		if s == syscall.SIGTERM || s == syscall.SIGINT {
 			if stopping {
 				return
