@@ -167,3 +167,38 @@ func TestKillLateNewPrimary(t *testing.T) {
 		t.Fatalf("the ready new primary is gone: %v", err)
 	}
 }
+
+// countingStore counts the files a Store is given.
+type countingStore struct{ added map[string]int }
+
+func (s *countingStore) AddFile(key string, _ *os.File) error { s.added[key]++; return nil }
+func (s *countingStore) File(string) (*os.File, error)        { return nil, nil }
+
+// A pinned file is given to tableflip once per key: exporting the same
+// generations again (every failed self-upgrade does) adds nothing; another
+// file under the key replaces it.
+func TestExportOnceGivesEachFileOnce(t *testing.T) {
+	a, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	fds := &countingStore{added: map[string]int{}}
+	s := &exportOnce{fds: fds, held: map[string]*os.File{}}
+	for range 3 {
+		s.AddFile(pinKeyCurrent, a)
+		s.AddFile(pinKeyPrevious, b)
+	}
+	if fds.added[pinKeyCurrent] != 1 || fds.added[pinKeyPrevious] != 1 {
+		t.Fatalf("given %v, want each file once", fds.added)
+	}
+	s.AddFile(pinKeyCurrent, b)
+	if fds.added[pinKeyCurrent] != 2 {
+		t.Fatalf("another file under %s: given %d times, want 2", pinKeyCurrent, fds.added[pinKeyCurrent])
+	}
+}
