@@ -32,6 +32,25 @@ type fakeSystemd struct {
 	msgs []notification
 }
 
+// droppedByNotifyAccessMain lists the messages that systemd with
+// NotifyAccess=main would have dropped, the service's main process
+// starting as started: those not from the main process of their time;
+// MAINPID= in a message it takes makes that pid the main process.
+func droppedByNotifyAccessMain(msgs []notification, started int) []notification {
+	var dropped []notification
+	main := started
+	for _, m := range msgs {
+		if m.pid != main {
+			dropped = append(dropped, m)
+			continue
+		}
+		if pid, err := strconv.Atoi(m.fields["MAINPID"]); err == nil {
+			main = pid
+		}
+	}
+	return dropped
+}
+
 func newFakeSystemd(t *testing.T) (*fakeSystemd, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "notify.sock")
@@ -111,11 +130,13 @@ func (f *fakeSystemd) waitFor(t *testing.T, from int, d time.Duration, lines ...
 // TestSystemdNotify: under systemd (NOTIFY_SOCKET set for the primary),
 // the primary says READY=1 once its workers are ready, RELOADING=1 then
 // READY=1 around a deploy; around a self-upgrade the old primary says
-// RELOADING=1 and the new one MAINPID= with its pid and READY=1 (so
-// ExecReload's kill -HUP $MAINPID reaches it), with no READY=1 from the old
-// one after that; STOPPING=1 comes last, from the primary that stops. Every
-// notification comes from the main pid of its time or the new primary
-// announcing itself; workers never see the socket.
+// RELOADING=1 and, once the new one is ready, MAINPID= with the new one's
+// pid (so ExecReload's kill -HUP $MAINPID reaches it, and the old one's
+// exit is not the service's), then the new one READY=1, with nothing from
+// the old one after that; STOPPING=1 comes last, from the primary that
+// stops. Every notification comes from the main pid of its time, so
+// NotifyAccess=main, which the shipped unit sets, drops none; workers
+// never see the socket.
 func TestSystemdNotify(t *testing.T) {
 	t.Parallel()
 	sd, path := newFakeSystemd(t)
@@ -136,7 +157,11 @@ func TestSystemdNotify(t *testing.T) {
 	p.DeployOK(30 * time.Second)
 	successor := p.waitSuccessor(p.PID, 30*time.Second)
 	reloading := sd.waitFor(t, i+1, 10*time.Second, "RELOADING=1")
-	i = sd.waitFor(t, reloading+1, 10*time.Second, "MAINPID="+strconv.Itoa(successor), "READY=1")
+	moved := sd.waitFor(t, reloading+1, 10*time.Second, "MAINPID="+strconv.Itoa(successor))
+	if m := sd.all()[moved]; m.pid != p.PID || m.fields["READY"] != "" {
+		t.Errorf("the first MAINPID=%d is %v, want it alone from the old primary %d", successor, m, p.PID)
+	}
+	i = sd.waitFor(t, moved+1, 10*time.Second, "READY=1")
 	if left := waitGone([]int{p.PID}, 30*time.Second); len(left) > 0 {
 		t.Fatalf("old primary %d still running", p.PID)
 	}
@@ -162,11 +187,11 @@ func TestSystemdNotify(t *testing.T) {
 	if stopping != len(msgs)-1 || msgs[stopping].pid != successor {
 		t.Errorf("STOPPING=1 (from %d) is not the last notification, from the new primary %d: %v", msgs[stopping].pid, successor, msgs)
 	}
-	// Who said what: the old primary up to its RELOADING=1 of the
-	// self-upgrade, the new one from its MAINPID= on.
+	// Who said what: the old primary up to its MAINPID= of the new one,
+	// the new one from then on.
 	for k, m := range msgs {
 		want := p.PID
-		if k > reloading {
+		if k > moved {
 			want = successor
 		}
 		if m.pid != want {
@@ -182,15 +207,18 @@ func TestSystemdNotify(t *testing.T) {
 			seq = append(seq, "STOPPING")
 		case m.fields["RELOADING"] == "1":
 			seq = append(seq, "RELOADING")
-		case m.fields["READY"] == "1" && m.fields["MAINPID"] != "" && m.fields["MAINPID"] != old:
-			seq = append(seq, "MAINPID+READY")
+		case m.fields["READY"] != "1" && m.fields["MAINPID"] != "":
+			seq = append(seq, "MAINPID")
 		case m.fields["READY"] == "1":
 			seq = append(seq, "READY")
 		}
 	}
-	want := "READY RELOADING READY RELOADING MAINPID+READY RELOADING READY STOPPING"
+	want := "READY RELOADING READY RELOADING MAINPID READY RELOADING READY STOPPING"
 	if got := strings.Join(seq, " "); got != want {
 		t.Errorf("notifications in the order %s\nwant %s\n%v", got, want, msgs)
+	}
+	if dropped := droppedByNotifyAccessMain(msgs, p.PID); len(dropped) > 0 {
+		t.Errorf("NotifyAccess=main would drop %v", dropped)
 	}
 }
 

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,4 +55,60 @@ func TestSelfUpgradeBoundFollowsScale(t *testing.T) {
 	}
 	checkLoad(t, load, "vslow")
 	p.shutdownAll(successor)
+}
+
+// TestLateNewPrimaryIsStoppedNotKilled: a new primary that is not ready
+// within the self-upgrade's bound (here held stopped by the test after it
+// took slot 0 over) is told to stop, not killed outright: it asks the old
+// primary to take its slot back, which starts a worker for it before the
+// new primary retires its own, so the pool never drops below N ready
+// workers and no request fails; the new primary exits, the old one serves
+// on with N workers, logs the deploy rolled back, and kills nothing.
+func TestLateNewPrimaryIsStoppedNotKilled(t *testing.T) {
+	t.Parallel()
+	const (
+		ready = 3 * time.Second
+		drain = 2 * time.Second
+	)
+	p := StartPrimary(t, Options{MinUptime: "0s", Flags: []string{"--ready-timeout", ready.String(), "--drain-timeout", drain.String()}})
+	old := p.PID
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	load := startLoad(t, p.URL())
+
+	mark := p.Log.Len()
+	p.InstallHandoff()
+	p.Install("v2")
+	p.Signal(old, syscall.SIGHUP)
+	started := p.mustLog(mark, 10*time.Second, old, "upgrade started", nil)
+	bound, ok := started.Duration("timeout")
+	if !ok {
+		t.Fatalf("\"upgrade started\" without a timeout: %s", started.Raw)
+	}
+	takingOver, ok := p.Log.Wait(mark, 30*time.Second, isMsg("taking over"))
+	if !ok {
+		t.Fatalf("no new primary logged \"taking over\"\n%s", p.Tail(40))
+	}
+	successor := takingOver.Int0("primary")
+	p.mustLog(mark, 30*time.Second, old, "worker retiring", func(e Event) bool {
+		return e.Str("reason") == "handed over" && e.Int0("slot") == 0
+	})
+	p.Signal(successor, syscall.SIGSTOP)
+	p.mustLog(mark, bound+30*time.Second, old, "the new primary is not ready in time, stopping it", nil)
+	p.Signal(successor, syscall.SIGCONT)
+
+	p.mustLog(mark, 30*time.Second, old, "rolling back a failed hand-over", nil)
+	p.mustLog(mark, 60*time.Second, old, "upgrade rolled back", func(e Event) bool { return e.Int0("generation") == started.Int0("generation") })
+	if left := waitGone([]int{successor}, 30*time.Second); len(left) > 0 {
+		t.Fatalf("new primary %d still running after it was told to stop", successor)
+	}
+	for _, e := range p.Log.Events()[mark:] {
+		if e.Msg == "the new primary is not ready in time, killing it" || e.Msg == "reclaiming slots from the failed new primary" {
+			t.Errorf("the late new primary was killed: %s", e.Raw)
+		}
+	}
+	p.waitSettled(old, 20*time.Second)
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	checkLoad(t, load, "v1")
+	checkInvariant(t, p.Log.Events(), p.Workers)
+	p.shutdownAll(old)
 }

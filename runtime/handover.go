@@ -53,6 +53,10 @@ func handoverState(v string, workers int) message {
 //	new → old  rollback                (old rolls its slots back, asking
 //	                                    new: retire{slot} → retired{slot})
 //	                                   old → new  rolledback
+//	                                   old → new  newer (a deploy was asked
+//	                                    of old: new ends its probation)
+//	                                   old → new  mainpid (once new is
+//	                                    ready: old told systemd MAINPID=new)
 //
 // size is the old primary's number of slots (scaled or not): the new one
 // takes it over. current and previous are the old primary's generations,
@@ -93,6 +97,10 @@ type peer struct {
 	enc     *json.Encoder
 	replies chan message
 	closed  chan struct{}
+	// newer is closed once the old primary says a deploy was asked for
+	// (new primary only).
+	newer     chan struct{}
+	newerOnce sync.Once
 	// rollbacks counts roll-backs still running.
 	rollbacks sync.WaitGroup
 	// onRetire retires this side's worker of a slot; onRollback (old
@@ -105,7 +113,7 @@ type peer struct {
 
 func newPeer(conn net.Conn, onRetire func(int) error, onRollback func() error, onStep func(step, steps int)) *peer {
 	p := &peer{conn: conn, enc: json.NewEncoder(conn), replies: make(chan message, 16),
-		closed: make(chan struct{}), onRetire: onRetire, onRollback: onRollback, onStep: onStep}
+		closed: make(chan struct{}), newer: make(chan struct{}), onRetire: onRetire, onRollback: onRollback, onStep: onStep}
 	go p.read()
 	return p
 }
@@ -131,6 +139,8 @@ func (p *peer) read() {
 				reply.Error = err.Error()
 			}
 			p.send(reply)
+		case "newer":
+			p.newerOnce.Do(func() { close(p.newer) })
 		case "step":
 			if p.onStep != nil {
 				p.onStep(m.Slot, m.Steps)

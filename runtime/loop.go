@@ -24,6 +24,9 @@ type request struct {
 	// done, if not nil, receives the job's outcome exactly once; it must
 	// have room for it (capacity 1).
 	done chan<- error
+	// sig is the signal that asked for the job, if one did: after a
+	// hand-over, a job still queued is that signal to the new primary.
+	sig syscall.Signal
 }
 
 // deployRequest asks for a deploy; the outcome arrives on the returned
@@ -49,6 +52,8 @@ type job struct {
 	// into this deploy; after a hand-over it is passed on to the new
 	// primary, while those who wait are told to ask it themselves.
 	unanswered bool
+	// sig is the signal that asked for a job other than a deploy.
+	sig syscall.Signal
 	// newer is closed once a deploy or a rollback is asked for while
 	// this job runs (or was queued behind it).
 	newer *newer
@@ -117,7 +122,7 @@ func (q *jobQueue) add(r request) bool {
 			}
 		}
 	}
-	j := &job{op: r.op, run: r.run}
+	j := &job{op: r.op, run: r.run, sig: r.sig}
 	if j.op == "" {
 		j.op = "deploy"
 	}
@@ -130,15 +135,20 @@ func (q *jobQueue) add(r request) bool {
 	return true
 }
 
-// hasUnansweredDeploy reports whether a deploy is queued that a signal
-// asked for.
-func (q *jobQueue) hasUnansweredDeploy() bool {
-	for _, j := range *q {
-		if j.run == nil && j.unanswered {
-			return true
+// passOn lists, in the order queued, the signals that asked for the
+// queued jobs nobody waits for: what a new primary that took over must
+// get instead (HUP for a deploy, once, whatever asked for it).
+func (q jobQueue) passOn() []os.Signal {
+	var sigs []os.Signal
+	for _, j := range q {
+		switch {
+		case j.run == nil && j.unanswered:
+			sigs = append(sigs, syscall.SIGHUP)
+		case j.run != nil && j.sig != 0:
+			sigs = append(sigs, j.sig)
 		}
 	}
-	return false
+	return sigs
 }
 
 // finish answers every queued job with err and empties the queue.
@@ -162,12 +172,12 @@ func (q *jobQueue) take() *job {
 // time, never two at once, starting with queue. TERM or INT (or the end of
 // ctx) cancels the running job, waits for it, answers every queued one
 // with ErrShuttingDown and returns shutdown(). A deploy that ends in
-// errHandedOver returns handedOver(pending), pending being whether a deploy
-// that a signal asked for was queued: another primary owns the listeners
-// now, and every queued job is answered with errHandedOver.
+// errHandedOver returns handedOver(pass), pass being the signals that
+// asked for the jobs still queued (see passOn): another primary owns the
+// listeners now, and every queued job is answered with errHandedOver.
 func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
 	deploy func(context.Context) error, scale func(delta int) func(context.Context) error,
-	shutdown func() error, handedOver func(pending bool) error) error {
+	shutdown func() error, handedOver func(pass []os.Signal) error) error {
 	var (
 		done    = make(chan error, 1)
 		running *job
@@ -227,9 +237,9 @@ func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <
 			running = nil
 			if errors.Is(err, errHandedOver) {
 				j.finish(nil)
-				pending := queue.hasUnansweredDeploy()
+				pass := queue.passOn()
 				queue.finish(errHandedOver)
-				return handedOver(pending)
+				return handedOver(pass)
 			}
 			j.finish(err)
 			next()
@@ -259,8 +269,8 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueu
 		}
 		return p.shutdown()
 	}
-	return jobLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pending bool) error {
+	return jobLoop(ctx, p.log, sigs, p.reqs, queue, p.deploy, p.scaleBy, shutdown, func(pass []os.Signal) error {
 		cancelRecycling()
-		return p.retireAfterHandOver(sigs, pending)
+		return p.retireAfterHandOver(ctx, sigs, pass)
 	})
 }

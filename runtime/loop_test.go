@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -91,6 +92,8 @@ type loopRun struct {
 	result   chan error
 	stopped  chan struct{}
 	handover chan bool
+	// passed receives what the loop passes on at a hand-over.
+	passed chan []os.Signal
 	// scales receives the delta of every scaling job the loop runs.
 	scales chan int
 }
@@ -99,7 +102,7 @@ func startLoop(t *testing.T, pending bool) *loopRun {
 	t.Helper()
 	// Unbuffered: a send returns once the loop has taken the signal.
 	r := &loopRun{sigs: make(chan os.Signal), reqs: make(chan request), deploys: newFakeDeploys(), result: make(chan error, 1),
-		stopped: make(chan struct{}, 1), handover: make(chan bool, 1), scales: make(chan int, 16)}
+		stopped: make(chan struct{}, 1), handover: make(chan bool, 1), passed: make(chan []os.Signal, 1), scales: make(chan int, 16)}
 	var queue jobQueue
 	if pending {
 		queue.add(request{op: "deploy"})
@@ -116,7 +119,11 @@ func startLoop(t *testing.T, pending bool) *loopRun {
 				}
 			},
 			func() error { r.stopped <- struct{}{}; return nil },
-			func(pending bool) error { r.handover <- pending; return nil })
+			func(pass []os.Signal) error {
+				r.passed <- pass
+				r.handover <- slices.Contains(pass, os.Signal(syscall.SIGHUP))
+				return nil
+			})
 	}()
 	return r
 }
@@ -391,7 +398,7 @@ func TestLoopNewerDeployEndsTheRunningOnesProbation(t *testing.T) {
 	go func() {
 		result <- jobLoop(context.Background(), zap.NewNop(), sigs, reqs, nil, job,
 			func(int) func(context.Context) error { return job },
-			func() error { close(stopped); return nil }, func(bool) error { return nil })
+			func() error { close(stopped); return nil }, func([]os.Signal) error { return nil })
 	}()
 	next := func() <-chan struct{} {
 		t.Helper()
@@ -447,4 +454,23 @@ func TestLoopNewerDeployEndsTheRunningOnesProbation(t *testing.T) {
 	sigs <- syscall.SIGTERM
 	<-stopped
 	<-result
+}
+
+// Every job a signal asked for and still queued at a hand-over is passed
+// on to the new primary as that signal, in order: a scale too, not only
+// a deploy (folded into one HUP).
+func TestLoopHandOverPassesOnQueuedSignals(t *testing.T) {
+	r := startLoop(t, false)
+	r.sigs <- syscall.SIGHUP
+	r.deploys.awaitBegun(t)
+	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGHUP, syscall.SIGTTOU, syscall.SIGTTIN, syscall.SIGHUP} {
+		r.sigs <- sig
+	}
+	r.deploys.release <- errHandedOver
+	want := []os.Signal{syscall.SIGTTIN, syscall.SIGHUP, syscall.SIGTTOU, syscall.SIGTTIN}
+	if got := <-r.passed; !slices.Equal(got, want) {
+		t.Fatalf("passed on %v, want %v", got, want)
+	}
+	<-r.handover
+	r.end(t)
 }

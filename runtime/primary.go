@@ -62,6 +62,8 @@ type primary struct {
 	pins   map[*pin.File]struct{}
 	// gens is what status and rollback know of the generations kept.
 	gens generations
+	// pinStore exports the generations' pins to tableflip (exportOnce).
+	pinStore *exportOnce
 
 	// For status, under stmu.
 	stmu       sync.Mutex

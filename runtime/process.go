@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,6 +51,33 @@ func (p *process) signal(sig syscall.Signal) error {
 		return syscall.ESRCH
 	}
 	return syscall.Kill(p.pid, sig)
+}
+
+// wait waits up to d for the process to exit, and reports whether it has.
+func (p *process) wait(d time.Duration) bool {
+	if p == nil {
+		return true
+	}
+	end := time.Now().Add(d)
+	for {
+		if p.fd >= 0 {
+			// A pidfd is readable once its process has exited.
+			ms := max(int(time.Until(end)/time.Millisecond), 0)
+			fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(fds, min(ms, 100))
+			if n > 0 || (err != nil && err != unix.EINTR) {
+				return n > 0
+			}
+		} else {
+			if start, err := startTime(p.pid); err != nil || start != p.start {
+				return true
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
 }
 
 func (p *process) release() {

@@ -70,11 +70,11 @@ func (p *primary) underSignals(ctx context.Context, sigs <-chan os.Signal, phase
 func signalRequest(sig os.Signal, scale func(delta int) func(context.Context) error) (r request, ok bool) {
 	switch sig {
 	case syscall.SIGHUP:
-		return request{op: "deploy"}, true
+		return request{op: "deploy", sig: syscall.SIGHUP}, true
 	case syscall.SIGTTIN:
-		return request{op: "scale", run: scale(+1)}, true
+		return request{op: "scale", run: scale(+1), sig: syscall.SIGTTIN}, true
 	case syscall.SIGTTOU:
-		return request{op: "scale", run: scale(-1)}, true
+		return request{op: "scale", run: scale(-1), sig: syscall.SIGTTOU}, true
 	}
 	return request{}, false
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,6 +110,19 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}, p.deployStep)
 		accepted <- handover{pr, proc}
 		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size(), Current: curToken, Previous: prevToken})
+		// A deploy asked for here (the pid file still names this
+		// primary) ends the new primary's probation, as it would this
+		// one's: it takes over at once, and the deploy, passed on at the
+		// hand-over (or asked of it again: see retireAfterHandOver),
+		// runs there next.
+		go func() {
+			select {
+			case <-newerDeploy(ctx):
+				p.log.Info("ending the new primary's probation: a newer deploy was asked for", zap.Int("new_primary", pid))
+				pr.send(message{Op: "newer"})
+			case <-pr.closed: // closed as upgradeSelf returns
+			}
+		}()
 	}()
 
 	// tableflip's Upgrade takes no context. On a shutdown asked for
@@ -133,7 +147,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		select {
 		case <-ctx.Done():
 		case <-deadline.C:
-			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, upgraded, func() bool {
+			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, p.stopGrace(), upgraded, func() bool {
 				hmu.Lock()
 				defer hmu.Unlock()
 				// Every slot handed over: its Ready is on its way.
@@ -172,6 +186,16 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	case ho = <-accepted: // always, if the new primary became ready
 	default:
 	}
+	if upErr == nil && ho.proc != nil {
+		// Still the main process to systemd, this primary hands that
+		// over itself, so its exit is never taken for the service's
+		// (NotifyAccess=main accepts only the main process's messages),
+		// then lets the new primary say READY=1.
+		notifySystemd("MAINPID=" + strconv.Itoa(ho.proc.pid))
+		if ho.peer != nil {
+			ho.peer.send(message{Op: "mainpid"})
+		}
+	}
 	if ho.peer != nil {
 		// Nothing from the hand-over may act on the pool once this
 		// returns: close it and wait for its reader and any roll-back.
@@ -183,6 +207,10 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		return nil
 	}
 	ho.proc.release()
+	// tableflip drops, without closing them, the pipe ends it gave the
+	// new primary: their finalizers close them once collected. Collect
+	// now, or every failed upgrade leaves two descriptors more.
+	goruntime.GC()
 	// The new primary is gone, and its workers with it: refill whatever
 	// it had taken over and did not roll back.
 	if n := p.pool.Remote(); n > 0 && ctx.Err() == nil {
@@ -211,11 +239,14 @@ const (
 // same keys. A generation that cannot be handed over is left out: the new
 // primary cannot roll back to it.
 func (p *primary) exportGenerations() (cur, prev *generationToken) {
+	if p.pinStore == nil {
+		p.pinStore = &exportOnce{fds: p.upg.Fds, held: map[string]*os.File{}}
+	}
 	export := func(g *generation, key string) *generationToken {
 		if g == nil || g.pin() == nil {
 			return nil
 		}
-		t, err := g.pin().Export(p.upg.Fds, key)
+		t, err := g.pin().Export(p.pinStore, key)
 		if err != nil {
 			p.log.Warn("cannot hand over a generation", zap.Int("generation", g.gen), zap.Error(err))
 			return nil
@@ -224,6 +255,33 @@ func (p *primary) exportGenerations() (cur, prev *generationToken) {
 	}
 	return export(p.cur, pinKeyCurrent), export(p.prev, pinKeyPrevious)
 }
+
+// exportOnce is the pin.Store through which a primary exports its
+// generations: it gives tableflip a file only if tableflip does not hold
+// that very file under that key already. tableflip duplicates every file
+// it is given and, given another under the same key, drops its earlier
+// duplicate without closing it (the garbage collector does, some time
+// later): re-exporting the same generations on every self-upgrade that
+// failed would pile up descriptors, and memfd copies of whole executables.
+type exportOnce struct {
+	fds  pin.Store
+	held map[string]*os.File // key → the file tableflip holds a duplicate of
+}
+
+func (s *exportOnce) AddFile(key string, f *os.File) error {
+	if s.held[key] == f {
+		return nil
+	}
+	if err := s.fds.AddFile(key, f); err != nil {
+		return err
+	}
+	// The pin stays referenced here, so no later file can take its
+	// address while tableflip holds its duplicate.
+	s.held[key] = f
+	return nil
+}
+
+func (s *exportOnce) File(key string) (*os.File, error) { return s.fds.File(key) }
 
 // importGeneration takes over a generation of the old primary, its pinned
 // file from tableflip's descriptors (nil if none was handed over, or it
@@ -267,22 +325,20 @@ func (p *primary) upgradeBound() time.Duration {
 	return upgradeBound(p.pool.Size(), p.cfg.ReadyTimeout, p.cfg.DrainTimeout) + 2*max(p.cfg.MinUptime, 0)
 }
 
-// killLateNewPrimary kills a new primary that is not ready within bound:
+// killLateNewPrimary stops a new primary that is not ready within bound:
 // proc if it has connected, else the child found by its hand-over socket
-// addr. Its workers die with it (Pdeathsig). stopHandOver stops handing
-// over slots and reports whether the new primary still lacks some, i.e.
-// cannot become ready before it dies; if it lacks none, its Ready is on
-// its way, and it is killed only if it has not come upgradeSlack later
-// (upgraded closed: it came). It reports whether it killed the new primary.
-func (p *primary) killLateNewPrimary(proc *process, addr string, bound time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
-	if !stopHandOver() {
-		t := time.NewTimer(upgradeSlack)
-		defer t.Stop()
-		select {
-		case <-upgraded:
-			return false
-		case <-t.C:
-		}
+// addr. stopHandOver stops handing over slots and reports whether the new
+// primary still lacks some, i.e. cannot become ready before it stops; if
+// it lacks none, its Ready is on its way, and it is stopped only if it has
+// not come upgradeSlack later (upgraded closed: it came). It gets TERM
+// first, which a new primary takes like any stop during a take-over: it
+// asks this primary to roll its slots back, one at a time, then drains its
+// workers and exits (upgraded closes). Only one still running grace later
+// is killed, its workers with it (Pdeathsig; upgradeSelf then reclaims
+// their slots at once). It reports whether it stopped the new primary.
+func (p *primary) killLateNewPrimary(proc *process, addr string, bound, grace time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
+	if !stopHandOver() && closedWithin(upgraded, upgradeSlack) {
+		return false
 	}
 	if proc == nil {
 		if proc = findNewPrimary(addr); proc == nil {
@@ -291,8 +347,34 @@ func (p *primary) killLateNewPrimary(proc *process, addr string, bound time.Dura
 		}
 		defer proc.release()
 	}
-	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
+	p.log.Warn("the new primary is not ready in time, stopping it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
+	if proc.signal(syscall.SIGTERM) != nil {
+		return false
+	}
+	if closedWithin(upgraded, grace) {
+		return true
+	}
+	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound+grace))
 	return proc.signal(syscall.SIGKILL) == nil
+}
+
+// closedWithin reports whether ch closes within d.
+func closedWithin(ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// stopGrace is how long a new primary told to stop during a take-over may
+// take: the old primary rolls every slot back, a worker of its own ready
+// in each, and the new one drains its workers.
+func (p *primary) stopGrace() time.Duration {
+	return time.Duration(p.pool.Size()+1)*p.cfg.ReadyTimeout + 2*p.cfg.DrainTimeout + 10*time.Second
 }
 
 // takeOver is a new primary started by tableflip: it fills every slot
@@ -373,6 +455,9 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// slot is already its own.
 		err = fmt.Errorf("shutdown asked for (%v)", shutdownSig)
 	}
+	if err == nil {
+		err = p.readyAfterTakeOver(old)
+	}
 	if err != nil {
 		queue.finish(ErrShuttingDown)
 		p.logAbort(p.gen, err)
@@ -403,10 +488,12 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 	p.keepGenerations()
 	p.setServingGen(p.gen)
-	if err := p.upg.Ready(); err != nil && !(old.goneAfter(nil) && p.pidFileIsMine()) {
-		// With the old primary gone, Ready fails to tell it (nobody
-		// reads the pipe) after it has written the pid file.
-		p.log.Error("cannot write the pid file", zap.Error(err))
+	if pr != nil {
+		// systemd takes this primary's READY=1 once the old one has made
+		// it the main process (or has gone: then MAINPID= below does).
+		actx, cancel := context.WithTimeout(ctx, mainPIDWait)
+		pr.await(actx, "mainpid")
+		cancel()
 	}
 	old.stop()
 	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
@@ -426,6 +513,32 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	// will once it sees this primary ready: answer it from now on.
 	p.ctl.serve()
 	return p.loop(ctx, sigs, queue)
+}
+
+// mainPIDWait bounds how long a new primary that became ready waits for
+// the old one to tell systemd its pid (the "mainpid" message; an old
+// primary that does not send it closes the connection as it goes).
+const mainPIDWait = 10 * time.Second
+
+// readyAfterTakeOver calls tableflip's Ready once every slot is this
+// primary's: it writes the pid file, then tells the old primary, which
+// then stops waiting in Upgrade. If the pid file cannot be written while
+// the old primary lives, the take-over fails (the old primary, named in
+// the pid file, takes the slots back and serves on); with the old primary
+// gone, Ready fails only to tell it, or this primary is the only one left
+// to serve: it carries on.
+func (p *primary) readyAfterTakeOver(old *oldPrimary) error {
+	err := p.upg.Ready()
+	if err == nil {
+		return nil
+	}
+	if old.goneAfter(nil) {
+		if !p.pidFileIsMine() {
+			p.log.Error("cannot write the pid file", zap.Error(err))
+		}
+		return nil
+	}
+	return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
 }
 
 // connect opens the hand-over connection to the old primary and says
@@ -455,6 +568,16 @@ func (p *primary) rollFrom(ctx context.Context, pr *peer, old *oldPrimary, spec 
 		case <-ctx.Done():
 		}
 	}()
+	if n, ok := ctx.Value(newerKey{}).(*newer); ok {
+		// A deploy asked for of the old primary ends the probation too.
+		go func() {
+			select {
+			case <-pr.newer:
+				n.close()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	progress := p.progress(p.gen)
 	// With its probation, before tableflip's Ready: a new build that dies
 	// soon after it is ready is still rolled back by the old primary.
@@ -560,43 +683,68 @@ func (p *primary) pidFileIsMine() bool {
 }
 
 // retireAfterHandOver waits for the workers still draining, then returns
-// so the old primary exits. A deploy asked for meanwhile goes to the new
-// primary; every request is answered with errHandedOver.
-func (p *primary) retireAfterHandOver(sigs <-chan os.Signal, pending bool) error {
-	p.log.Info("handed over", zap.Int("new_primary", p.successor.pid))
-	p.ctl.handedOver(p.successor.pid)
+// so the old primary exits. Whatever still reaches this primary is passed
+// on to the new one, which owns the listeners: pass (the signals of the
+// jobs that were queued, see jobLoop), then HUP, TTIN and TTOU as they
+// come; a TERM or INT, or the end of ctx (a stop asked for on the control
+// socket before it stopped accepting), stops the new primary, and this
+// one returns only once that has exited too (or did not in time), so
+// that a stop answered means both have. A request that waits for an
+// answer is told to ask the new primary (errHandedOver, see
+// controlServer.retry); a watched change is not passed on, since the new
+// primary watches the same files.
+func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal, pass []os.Signal) error {
+	succ := p.successor
+	p.log.Info("handed over", zap.Int("new_primary", succ.pid))
+	p.ctl.handedOver(succ.pid)
 	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
 	p.web.close()
-	defer p.successor.release()
-	forward := func() { p.successor.signal(syscall.SIGHUP) }
-	if pending {
-		forward()
+	defer succ.release()
+	stopping := false
+	forward := func(sig os.Signal) {
+		s, ok := sig.(syscall.Signal)
+		if !ok {
+			return
+		}
+		if s == syscall.SIGTERM || s == syscall.SIGINT {
+			if stopping {
+				return
+			}
+			stopping = true
+			p.log.Info("stopping the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
+		} else {
+			p.log.Info("passed on to the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
+		}
+		succ.signal(s)
+	}
+	for _, sig := range pass {
+		forward(sig)
 	}
 	done := make(chan struct{})
 	go func() {
 		p.pool.Shutdown()
 		close(done)
 	}()
+	ctxDone := ctx.Done()
 	for {
 		select {
 		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP, syscall.SIGTTIN, syscall.SIGTTOU:
-				p.successor.signal(sig.(syscall.Signal))
-			}
+			forward(sig)
+		case <-ctxDone:
+			ctxDone = nil
+			forward(syscall.SIGTERM)
 		case r := <-p.reqs:
-			// The new primary watches the same files since before it
-			// connected: a change seen here is seen there too. One who
-			// waits for an answer is told to ask the new primary (see
-			// controlServer.retry).
 			if r.run == nil && r.done == nil && r.op != opWatch {
-				forward()
+				forward(syscall.SIGHUP)
 			}
 			if r.done != nil {
 				r.done <- errHandedOver
 			}
 		case <-done:
+			if stopping && !succ.wait(2*p.cfg.DrainTimeout+10*time.Second) {
+				p.log.Warn("the new primary did not exit in time", zap.Int("new_primary", succ.pid))
+			}
 			p.log.Info("old primary exiting")
 			return nil
 		}

@@ -5,8 +5,10 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -68,22 +70,6 @@ func startChild(t *testing.T, env ...string) *exec.Cmd {
 	return cmd
 }
 
-// waitKilled waits for cmd to end and fails the test unless SIGKILL ended
-// it.
-func waitKilled(t *testing.T, cmd *exec.Cmd) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("process %d still running", cmd.Process.Pid)
-	}
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("process %d ended with %v, want SIGKILL", cmd.Process.Pid, cmd.ProcessState)
-	}
-}
-
 // A new primary that has not connected is found by the hand-over socket
 // in its environment, among this process's children only.
 func TestFindNewPrimary(t *testing.T) {
@@ -103,37 +89,116 @@ func TestFindNewPrimary(t *testing.T) {
 	}
 }
 
-// Past the bound, a new primary that still lacks slots is killed at once;
-// one that has every slot (its Ready is on its way) is given time, and is
-// not killed once it is ready.
+// Past the bound, a new primary that still lacks slots is told to stop
+// (TERM) at once, and killed only if it has not exited grace later; one
+// that has every slot (its Ready is on its way) is given time, and is not
+// stopped once it is ready.
 func TestKillLateNewPrimary(t *testing.T) {
 	p := &primary{log: zap.NewNop()}
 	const addr = "/tmp/handoff-late/handover.sock"
-
-	// Not connected: found and killed.
-	child := startChild(t, envHandover+"="+addr)
-	if !p.killLateNewPrimary(nil, addr, time.Minute, make(chan struct{}), func() bool { return true }) {
-		t.Fatal("the late new primary was not killed")
+	// upgradedOnExit closes as cmd exits, as tableflip's Upgrade returns
+	// once the new primary it started has exited.
+	upgradedOnExit := func(cmd *exec.Cmd) (<-chan struct{}, <-chan *os.ProcessState) {
+		upgraded, state := make(chan struct{}), make(chan *os.ProcessState, 1)
+		go func() {
+			cmd.Wait()
+			state <- cmd.ProcessState
+			close(upgraded)
+		}()
+		return upgraded, state
 	}
-	waitKilled(t, child)
+	endedBy := func(state <-chan *os.ProcessState, want syscall.Signal) {
+		t.Helper()
+		select {
+		case st := <-state:
+			ws := st.Sys().(syscall.WaitStatus)
+			if !ws.Signaled() || ws.Signal() != want {
+				t.Fatalf("new primary ended %v, want by %v", st, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("new primary still running")
+		}
+	}
 
-	// Connected: killed through its pidfd.
-	child = startChild(t)
+	// Not connected: found and stopped with TERM, which ends it.
+	child := startChild(t, envHandover+"="+addr)
+	upgraded, state := upgradedOnExit(child)
+	if !p.killLateNewPrimary(nil, addr, time.Minute, time.Minute, upgraded, func() bool { return true }) {
+		t.Fatal("the late new primary was not stopped")
+	}
+	endedBy(state, syscall.SIGTERM)
+
+	// Connected, and deaf to TERM: killed through its pidfd, grace later.
+	child = exec.Command("sh", "-c", `trap "" TERM; exec sleep 30`)
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill() })
+	// Deaf once the shell has exec'd sleep, TERM ignored.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", child.Process.Pid)); strings.TrimSpace(string(b)) == "sleep" {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the child did not exec sleep")
+		}
+	}
+	upgraded, state = upgradedOnExit(child)
 	proc := openProcess(child.Process.Pid)
 	defer proc.release()
-	if !p.killLateNewPrimary(proc, addr, time.Minute, make(chan struct{}), func() bool { return true }) {
+	start := time.Now()
+	const grace = 300 * time.Millisecond
+	if !p.killLateNewPrimary(proc, addr, time.Minute, grace, upgraded, func() bool { return true }) {
 		t.Fatal("the late connected new primary was not killed")
 	}
-	waitKilled(t, child)
+	if took := time.Since(start); took < grace {
+		t.Errorf("killed %s after TERM, want a grace of %s first", took, grace)
+	}
+	endedBy(state, syscall.SIGKILL)
 
 	// Every slot handed over, and then ready: left alone.
 	child = startChild(t, envHandover+"="+addr)
-	upgraded := make(chan struct{})
-	close(upgraded)
-	if p.killLateNewPrimary(nil, addr, time.Minute, upgraded, func() bool { return false }) {
-		t.Fatal("a new primary holding every slot and ready was killed")
+	ready := make(chan struct{})
+	close(ready)
+	if p.killLateNewPrimary(nil, addr, time.Minute, time.Minute, ready, func() bool { return false }) {
+		t.Fatal("a new primary holding every slot and ready was stopped")
 	}
 	if err := child.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("the ready new primary is gone: %v", err)
+	}
+}
+
+// countingStore counts the files a Store is given.
+type countingStore struct{ added map[string]int }
+
+func (s *countingStore) AddFile(key string, _ *os.File) error { s.added[key]++; return nil }
+func (s *countingStore) File(string) (*os.File, error)        { return nil, nil }
+
+// A pinned file is given to tableflip once per key: exporting the same
+// generations again (every failed self-upgrade does) adds nothing; another
+// file under the key replaces it.
+func TestExportOnceGivesEachFileOnce(t *testing.T) {
+	a, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	fds := &countingStore{added: map[string]int{}}
+	s := &exportOnce{fds: fds, held: map[string]*os.File{}}
+	for range 3 {
+		s.AddFile(pinKeyCurrent, a)
+		s.AddFile(pinKeyPrevious, b)
+	}
+	if fds.added[pinKeyCurrent] != 1 || fds.added[pinKeyPrevious] != 1 {
+		t.Fatalf("given %v, want each file once", fds.added)
+	}
+	s.AddFile(pinKeyCurrent, b)
+	if fds.added[pinKeyCurrent] != 2 {
+		t.Fatalf("another file under %s: given %d times, want 2", pinKeyCurrent, fds.added[pinKeyCurrent])
 	}
 }
