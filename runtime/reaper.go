@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -23,9 +24,44 @@ import (
 // to this process: an orphan.
 const orphanGrace = 500 * time.Millisecond
 
-// reapOrphans runs while the primary is PID 1 (a container without an
-// init, where every orphan of the namespace is re-parented to it) until
-// ctx ends. On SIGCHLD, and every orphanGrace, it lists its zombie children
+// startReaper makes the primary a child subreaper and starts reaping the
+// orphans that come to it; it returns the function that stops that.
+//
+// As a subreaper, the primary (not init) gets the processes its workers
+// leave behind when they exit (a daemonized child): they stay its
+// descendants, which Yama's ptrace_scope 1 requires for bind adoption to
+// read their memory, and their exits come to it. As PID 1 (a container
+// without an init) it gets every orphan of the namespace anyway. Either
+// way it reaps them, by pid, until its very end.
+func (p *primary) startReaper() (stop func()) {
+	set := false
+	var was int32
+	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&was)), 0, 0, 0); err == nil && was == 0 {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			p.log.Debug("cannot become a child subreaper", zap.Error(err))
+		} else {
+			set = true
+		}
+	}
+	if os.Getpid() == 1 {
+		p.log.Info("running as PID 1: reaping orphans")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.reapOrphans(ctx) }()
+	return func() {
+		cancel()
+		<-done
+		if set {
+			// Run returns to a program that may go on (library mode):
+			// orphans go where they went before it.
+			unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+		}
+	}
+}
+
+// reapOrphans runs while the primary is a subreaper or PID 1 until ctx
+// ends. On SIGCHLD, and every orphanGrace, it lists its zombie children
 // and reaps, by pid, those that are not workers and have stayed zombies
 // for orphanGrace. It never calls wait4(-1), which would steal the exit
 // status of a worker or of a new primary from the goroutine waiting for
