@@ -76,6 +76,7 @@ func TestMain(m *testing.M) {
 	// As a wrapper that runs a process as on an old kernel, it only execs.
 	testutil.OldKernelMain()
 	testutil.NoSeccompMain()
+	testutil.NoPtraceMain()
 	// Whatever this process inherited from its own parent must not reach
 	// the processes the tests start: the tests check exactly which fds a
 	// primary passes on, with an inherited fd of their own (see

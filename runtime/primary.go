@@ -273,7 +273,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if err != nil {
 		return "", nil, err
 	}
-	if res.adopter, err = p.setUpBinds(fds); err != nil {
+	if res.adopter, err = p.setUpBinds(fds, cred); err != nil {
 		return "", nil, err
 	}
 	p.logListening()

@@ -1,0 +1,143 @@
+//go:build linux
+
+package integration
+
+import (
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-dev/handoff/internal/testutil"
+)
+
+// needRootNobody skips the test unless it runs as root with a user nobody
+// (never under CI, where it runs as root).
+func needRootNobody(t *testing.T) *user.User {
+	t.Helper()
+	nobody, err := user.Lookup("nobody")
+	if os.Geteuid() != 0 || err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("under CI this test runs as root, with a user nobody: euid %d, %v", os.Geteuid(), err)
+		}
+		t.Skip("needs root and a user nobody")
+	}
+	return nobody
+}
+
+// TestAdoptUserWithoutPtrace: bind adoption with --user, where the primary
+// must read the memory of workers of another user. As root, a server that
+// binds its own port serves as nobody. Without CAP_SYS_PTRACE (Docker's
+// default capability set), the probe, whose target runs as the workers
+// do, finds that it cannot: --adopt-bind on is a start-up error in one
+// line that names the capability, leaving nothing running; auto turns
+// adoption off with one info line saying why, and a LISTEN_FDS worker
+// serves without a warning.
+func TestAdoptUserWithoutPtrace(t *testing.T) {
+	t.Parallel()
+	needAdoption(t)
+	needRootNobody(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noPtrace := []string{testutil.EnvNoPtrace + "=1"}
+	open := func(dir string) { openToAll(t, filepath.Dir(dir), dir, filepath.Join(dir, "tmp")) }
+
+	p := StartPrimary(t, Options{Server: "bind-v1", Ready: "delay:300ms", Prepare: open,
+		Flags: []string{"--user", "nobody", "--adopt-bind", "on"}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	checkAdopted(t, p)
+	p.shutdownAll(p.PID)
+
+	p = StartPrimary(t, Options{Server: "bind-v1", Ready: "delay:300ms", Prepare: open, NoWait: true,
+		Wrap: []string{self}, Env: noPtrace, Flags: []string{"--user", "nobody", "--adopt-bind", "on"}})
+	st := p.WaitExit(30 * time.Second)
+	p.readersWG.Wait()
+	if st == nil || st.ExitCode() != 1 {
+		t.Errorf("--adopt-bind on without CAP_SYS_PTRACE: %v, want exit status 1", st)
+	}
+	oneLine(t, "--adopt-bind on without CAP_SYS_PTRACE", strings.Join(p.Log.Lines(), "\n"),
+		"--adopt-bind on: bind adoption cannot work here: the primary may not read the memory of a worker running as uid",
+		"CAP_SYS_PTRACE", "--adopt-bind off")
+	if left := waitGone(markedPIDs(p.Mark), 5*time.Second); len(left) > 0 {
+		t.Errorf("processes left running: %v", left)
+	}
+
+	p = StartPrimary(t, Options{Prepare: open, Wrap: []string{self}, Env: noPtrace, Flags: []string{"--user", "nobody"}})
+	offs := p.Log.Filter("bind adoption off")
+	if len(offs) != 1 || !strings.Contains(offs[0].Str("reason"), "CAP_SYS_PTRACE") || offs[0].Str("level") != "info" {
+		t.Errorf("events %v, want one info \"bind adoption off\" naming CAP_SYS_PTRACE", offs)
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	if n := len(p.Log.Filter("worker bind adopted", "worker bind not adopted", "bind adoption failed")); n != 0 {
+		t.Errorf("%d adoption events with adoption off\n%s", n, p.Tail(20))
+	}
+	p.shutdownAll(p.PID)
+}
+
+// freePortBoth returns a TCP port free on both 127.0.0.1 and ::1 (skipping
+// the test where ::1 cannot be bound).
+func freePortBoth(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		l4, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l4.Addr().(*net.TCPAddr).Port
+		l6, err := net.Listen("tcp6", net.JoinHostPort("::1", strconv.Itoa(port)))
+		l4.Close()
+		if err == nil {
+			l6.Close()
+			return port
+		}
+		if _, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
+	}
+	t.Fatal("no port free on both 127.0.0.1 and ::1")
+	return 0
+}
+
+// TestAdoptSeveralListenersOnePort: with --listen 127.0.0.1:P and
+// --listen [::1]:P, a server that binds :P once adopts the first; the
+// primary says, in one warning naming [::1]:P and what to do, that nothing
+// accepts on the other, once (not again for the next workers, nor after a
+// deploy).
+func TestAdoptSeveralListenersOnePort(t *testing.T) {
+	t.Parallel()
+	needAdoption(t)
+	port := strconv.Itoa(freePortBoth(t))
+	p := StartPrimary(t, Options{Server: "bind-v1", Ready: "delay:300ms", Flags: []string{"--adopt-bind", "on"},
+		Listen: []string{"127.0.0.1:" + port, "[::1]:" + port}})
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	ev, ok := p.Log.Wait(0, 15*time.Second, isMsg("listener not adopted"))
+	if !ok {
+		t.Fatalf("no \"listener not adopted\" warning\n%s", p.Tail(20))
+	}
+	if ev.Str("addr") != "[::1]:"+port || ev.Str("adopted") != "127.0.0.1:"+port || ev.Str("level") != "warn" {
+		t.Errorf("warning %s, want one about [::1]:%s, which 127.0.0.1:%s shadows", ev.Raw, port, port)
+	}
+	for _, want := range []string{"nothing accepts the connections to [::1]:" + port, "--listen :" + port, "fd 3 (LISTEN_FDS)"} {
+		if !strings.Contains(ev.Str("reason"), want) {
+			t.Errorf("reason %q does not say %q", ev.Str("reason"), want)
+		}
+	}
+	p.Install("bind-v2")
+	p.DeployOK(60 * time.Second)
+	p.WaitServing(p.URL(), "v2", 10*time.Second)
+	// The new workers' binds are looked at 2s after they were adopted.
+	mark := p.Log.Len()
+	if ev, ok := p.Log.Wait(mark, 5*time.Second, isMsg("listener not adopted")); ok {
+		t.Errorf("warned again: %s", ev.Raw)
+	}
+	if n := len(p.Log.Filter("listener not adopted")); n != 1 {
+		t.Errorf("%d \"listener not adopted\" warnings, want 1", n)
+	}
+	p.shutdownAll(p.PID)
+}
