@@ -6,6 +6,8 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -79,8 +81,13 @@ func (p *primary) reapOrphans(ctx context.Context) {
 			return
 		case <-sigc:
 		case <-tick.C:
+			// A child's exit sends SIGCHLD: only a zombie seen already
+			// is worth another look.
+			if len(seen) == 0 {
+				continue
+			}
 		}
-		zombies := zombieChildren(os.Getpid())
+		zombies := zombieChildren()
 		if len(zombies) == 0 {
 			clear(seen)
 			continue
@@ -113,13 +120,40 @@ func (p *primary) reapOrphans(ctx context.Context) {
 	}
 }
 
-// zombieChildren lists the processes whose parent is ppid and which have
-// exited but not been reaped (state Z in /proc/PID/stat).
-func zombieChildren(ppid int) []int {
+// zombieChildren lists the children of this process that have exited but
+// not been reaped (state Z in /proc/PID/stat). It reads the children of
+// each of its threads (/proc/self/task/TID/children), and only without
+// those files every process in /proc.
+func zombieChildren() []int {
 	var out []int
-	for pid, state := range childrenOf(ppid) {
-		if state == "Z" {
+	for _, pid := range childPIDs() {
+		if state, _, ok := procStat(pid); ok && state == "Z" {
 			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// childPIDs lists the children of this process.
+func childPIDs() []int {
+	self := strconv.Itoa(os.Getpid())
+	tasks, err := os.ReadDir("/proc/self/task")
+	if _, serr := os.Stat("/proc/self/task/" + self + "/children"); err != nil || serr != nil {
+		// A kernel without CONFIG_PROC_CHILDREN.
+		var out []int
+		for pid := range childrenOf(os.Getpid()) {
+			out = append(out, pid)
+		}
+		return out
+	}
+	var out []int
+	for _, t := range tasks {
+		// A thread that ended since has no file: it has no children.
+		b, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
 		}
 	}
 	return out
