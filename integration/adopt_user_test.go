@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,6 +139,88 @@ func TestAdoptSeveralListenersOnePort(t *testing.T) {
 	}
 	if n := len(p.Log.Filter("listener not adopted")); n != 1 {
 		t.Errorf("%d \"listener not adopted\" warnings, want 1", n)
+	}
+	p.shutdownAll(p.PID)
+}
+
+// notifyFDs counts the seccomp notification fds pid holds.
+func notifyFDs(t *testing.T, pid int) int {
+	t.Helper()
+	links, err := fdLinks(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range links {
+		if strings.Contains(l, "seccomp notify") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestAdoptLeftProcessesBounded: each worker of a one-slot primary leaves a
+// process in a session of its own (out of its process group), which stays
+// under its filter after the worker is replaced. The primary keeps serving
+// the filters of the latest 4 such workers only: past that, one "bind
+// adoption stopped" warning per filter it stops, and the notification fds
+// it holds stay bounded.
+func TestAdoptLeftProcessesBounded(t *testing.T) {
+	t.Parallel()
+	needAdoption(t)
+	p := StartPrimary(t, Options{Workers: 1})
+	c := freshClient(5 * time.Second)
+	const keep, rounds = 4, 7
+	var escaped []int
+	var end time.Time
+	for i := range rounds {
+		status, body, err := get(c, p.URL()+"escape")
+		pid, perr := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(body, "escaped=")))
+		if err != nil || status != 200 || perr != nil {
+			t.Fatalf("/escape: %d %q %v", status, body, err)
+		}
+		escaped = append(escaped, pid)
+		p.DeployOK(60 * time.Second)
+		// The worker replaced has exited before the next round.
+		end = time.Now().Add(30 * time.Second)
+		for len(p.LiveWorkers()) > 1 && time.Now().Before(end) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := notifyFDs(t, p.PID); n > keep+2 {
+			t.Errorf("after %d replaced workers the primary holds %d notification fds, want at most %d", i+1, n, keep+2)
+		}
+	}
+	// A worker's filter is looked at when the next but one starts (the
+	// next starts before it retires): in round r, the r-1 workers before
+	// the current one have exited, those beyond the latest 4 are stopped.
+	want := rounds - 1 - keep
+	end = time.Now().Add(10 * time.Second)
+	for len(p.Log.Filter("bind adoption stopped")) < want && time.Now().Before(end) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped := p.Log.Filter("bind adoption stopped")
+	if len(stopped) != want {
+		t.Fatalf("%d \"bind adoption stopped\" warnings, want %d\n%s", len(stopped), want, p.Tail(30))
+	}
+	for _, e := range stopped {
+		if e.Str("level") != "warn" || e.Int0("slot") != 0 || !strings.Contains(e.Str("reason"), "ENOSYS") {
+			t.Errorf("warning %s", e.Raw)
+		}
+	}
+	p.WaitServing(p.URL(), "v1", 10*time.Second)
+	// What the workers left is the test's to end; the primary reaps it.
+	for _, pid := range escaped {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if left := waitGone(escaped, 10*time.Second); len(left) > 0 {
+		t.Errorf("left processes still there after SIGKILL: %v", left)
+	}
+	end = time.Now().Add(10 * time.Second)
+	for len(zombiesOf(p.PID)) > 0 && time.Now().Before(end) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if z := zombiesOf(p.PID); len(z) != 0 {
+		t.Errorf("zombies of the primary left unreaped: %v", z)
 	}
 	p.shutdownAll(p.PID)
 }
