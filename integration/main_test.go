@@ -76,6 +76,7 @@ func TestMain(m *testing.M) {
 	// As a wrapper that runs a process as on an old kernel, it only execs.
 	testutil.OldKernelMain()
 	testutil.NoSeccompMain()
+	testutil.NoPtraceMain()
 	// As another user's fake control server, it only serves.
 	fakeControlMain()
 	// Whatever this process inherited from its own parent must not reach

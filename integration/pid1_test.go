@@ -4,6 +4,7 @@ package integration
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +113,30 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 	} else if slices.Contains(command, "--metrics") {
 		t.Errorf("no \"metrics listening\" event")
 	}
+	checkOrphansReaped(t, p, c, url, host)
+
+	p.Signal(host, syscall.SIGTERM)
+	st := p.WaitExit(30 * time.Second)
+	if st == nil || st.ExitCode() != 0 {
+		t.Fatalf("PID 1 after TERM: %v, want exit status 0\n%s", st, p.Tail(20))
+	}
+	if _, ok := p.Log.Wait(0, 0, isMsg("shutdown finished")); !ok {
+		t.Errorf("no \"shutdown finished\"")
+	}
+	for _, e := range p.Log.Filter("worker exited")[1:] {
+		if e.Str("status") != "exit status 0" {
+			t.Errorf("a worker did not drain: %s", e.Raw)
+		}
+	}
+}
+
+// checkOrphansReaped has a worker of p (the primary is host, as this
+// process sees it) leave an orphan three times, each of which the primary
+// must reap ("orphan reaped", exit status 0), leaving no zombie; then a
+// worker's crash must still reach the pool (not the reaper), which
+// restarts it.
+func checkOrphansReaped(t *testing.T, p *Primary, c *http.Client, url string, host int) {
+	t.Helper()
 	for round := 0; round < 3; round++ {
 		mark := p.Log.Len()
 		status, body, err := get(c, url+"orphan")
@@ -121,7 +146,7 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 		orphan, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(body, "orphan=")))
 		ev, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "orphan reaped" && e.Int0("pid") == orphan })
 		if !ok {
-			t.Fatalf("orphan %d (pid in the namespace) not reaped; zombies of the primary: %v\n%s", orphan, zombiesOf(host), p.Tail(20))
+			t.Fatalf("orphan %d (pid as the primary sees it) not reaped; zombies of the primary: %v\n%s", orphan, zombiesOf(host), p.Tail(20))
 		}
 		if st := ev.Str("status"); st != "exit status 0" {
 			t.Errorf("orphan %d: %q", orphan, st)
@@ -146,24 +171,25 @@ func TestPID1ReapsOrphansAndStopsOnTERM(t *testing.T) {
 			t.Errorf("the reaper took a worker: %s", e.Raw)
 		}
 	}
-	// TERM only once the restarted worker is ready (it catches TERM).
+	// Only once the restarted worker is ready (it catches TERM).
 	if _, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "worker ready" && e.Int0("slot") == ev.Int0("slot") }); !ok {
 		t.Fatalf("the restarted worker is not ready")
 	}
+}
 
-	p.Signal(host, syscall.SIGTERM)
-	st := p.WaitExit(30 * time.Second)
-	if st == nil || st.ExitCode() != 0 {
-		t.Fatalf("PID 1 after TERM: %v, want exit status 0\n%s", st, p.Tail(20))
+// TestSubreaperReapsOrphans: the primary (not PID 1 here) is a child
+// subreaper: what a worker leaves running when it exits is re-parented to
+// the primary, not to init (so it stays a descendant, which bind adoption
+// needs under Yama's ptrace_scope 1), and reaped by it once it exits: no
+// zombie is left, and the workers' own exits still reach the pool.
+func TestSubreaperReapsOrphans(t *testing.T) {
+	t.Parallel()
+	p := StartPrimary(t, Options{})
+	if _, ok := p.Log.Wait(0, 0, isMsg("running as PID 1: reaping orphans")); ok {
+		t.Errorf("\"running as PID 1\" logged by a primary that is not")
 	}
-	if _, ok := p.Log.Wait(0, 0, isMsg("shutdown finished")); !ok {
-		t.Errorf("no \"shutdown finished\"")
-	}
-	for _, e := range p.Log.Filter("worker exited")[1:] {
-		if e.Str("status") != "exit status 0" {
-			t.Errorf("a worker did not drain: %s", e.Raw)
-		}
-	}
+	checkOrphansReaped(t, p, freshClient(5*time.Second), p.URL(), p.PID)
+	p.shutdownAll(p.PID)
 }
 
 // zombiesOf lists the zombie children of pid.

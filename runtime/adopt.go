@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -13,9 +14,10 @@ import (
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
-// probeAdoption says why binds cannot be adopted here (nil: they can);
-// tests put a refusal in its place.
-var probeAdoption = adopt.Probe
+// probeAdoption says why binds cannot be adopted here (nil: they can), for
+// workers that run as o says: the probe's target is a process started as
+// they are. Tests put a refusal in its place.
+var probeAdoption = adopt.ProbeWorker
 
 // bindState is what the primary knows of bind adoption.
 type bindState struct {
@@ -30,8 +32,9 @@ type bindState struct {
 // PORT in their environment (the first TCP listener's port, unless the
 // primary's environment has PORT), and bind adoption as cfg.AdoptBind
 // asks. fds are the raw listener fds, which must outlive the returned
-// Supervisor (nil when adoption is off; Close is nil-safe).
-func (p *primary) setUpBinds(fds []int) (*adopt.Supervisor, error) {
+// Supervisor (nil when adoption is off; Close is nil-safe); cred is the
+// workers' user (nil: the primary's).
+func (p *primary) setUpBinds(fds []int, cred *syscall.Credential) (*adopt.Supervisor, error) {
 	p.env = withPort(p.env, p.cfg.Listeners, p.addrs)
 	p.binds.addrs = p.addrs
 	mode := p.cfg.AdoptBind
@@ -50,7 +53,7 @@ func (p *primary) setUpBinds(fds []int) (*adopt.Supervisor, error) {
 		}
 		return nil, nil
 	}
-	s, err := p.startAdoption(fds)
+	s, err := p.startAdoption(fds, cred)
 	if err == nil {
 		p.binds.on = true
 		p.log.Debug("bind adoption on")
@@ -64,9 +67,10 @@ func (p *primary) setUpBinds(fds []int) (*adopt.Supervisor, error) {
 	return nil, nil
 }
 
-// startAdoption probes and makes the Supervisor.
-func (p *primary) startAdoption(fds []int) (*adopt.Supervisor, error) {
-	if err := probeAdoption(); err != nil {
+// startAdoption probes, as the workers will run, and makes the
+// Supervisor.
+func (p *primary) startAdoption(fds []int, cred *syscall.Credential) (*adopt.Supervisor, error) {
+	if err := probeAdoption(adopt.ProbeOptions{Credential: cred, Env: p.env}); err != nil {
 		return nil, err
 	}
 	ls := make([]adopt.Listener, len(fds))
@@ -84,7 +88,7 @@ func (p *primary) adoptFD(s *adopt.Supervisor) func(slot, generation int) (*work
 		return nil
 	}
 	return func(slot, generation int) (*workerpool.ExtraFD, error) {
-		pend, err := s.Prepare()
+		pend, err := s.PrepareSlot(slot)
 		if err != nil {
 			return nil, err
 		}

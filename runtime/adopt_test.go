@@ -171,11 +171,11 @@ func testPrimary(t *testing.T, mode AdoptMode) (*primary, []int, *observer.Obser
 func TestAdoptModes(t *testing.T) {
 	refusal := errors.New("seccomp() refused (a container's seccomp profile, or a kernel without seccomp): operation not permitted")
 	probed := 0
-	defer func(orig func() error) { probeAdoption = orig }(probeAdoption)
-	probeAdoption = func() error { probed++; return refusal }
+	defer func(orig func(adopt.ProbeOptions) error) { probeAdoption = orig }(probeAdoption)
+	probeAdoption = func(adopt.ProbeOptions) error { probed++; return refusal }
 
 	p, fds, logs := testPrimary(t, AdoptAuto)
-	s, err := p.setUpBinds(fds)
+	s, err := p.setUpBinds(fds, nil)
 	if err != nil || s != nil || p.binds.on {
 		t.Fatalf("auto, refused: %v, %v, on=%v", s, err, p.binds.on)
 	}
@@ -194,7 +194,7 @@ func TestAdoptModes(t *testing.T) {
 	}
 
 	p, fds, logs = testPrimary(t, AdoptOn)
-	s, err = p.setUpBinds(fds)
+	s, err = p.setUpBinds(fds, nil)
 	if err == nil || s != nil || !strings.HasPrefix(err.Error(), "--adopt-bind on: bind adoption cannot work here: seccomp() refused") || !strings.Contains(err.Error(), "--adopt-bind off") {
 		t.Fatalf("on, refused: %v, %v", s, err)
 	}
@@ -205,7 +205,7 @@ func TestAdoptModes(t *testing.T) {
 	// --ready bind cannot work without adoption: auto becomes on.
 	p, fds, logs = testPrimary(t, AdoptAuto)
 	p.cfg.Ready = ReadyBind
-	s, err = p.setUpBinds(fds)
+	s, err = p.setUpBinds(fds, nil)
 	if err == nil || s != nil || !strings.HasPrefix(err.Error(), "--ready bind: bind adoption cannot work here: seccomp() refused") {
 		t.Fatalf("auto, --ready bind, refused: %v, %v", s, err)
 	}
@@ -215,12 +215,12 @@ func TestAdoptModes(t *testing.T) {
 
 	probed = 0
 	p, fds, _ = testPrimary(t, AdoptOff)
-	if s, err = p.setUpBinds(fds); err != nil || s != nil || probed != 0 {
+	if s, err = p.setUpBinds(fds, nil); err != nil || s != nil || probed != 0 {
 		t.Fatalf("off: %v, %v, probed %d times", s, err, probed)
 	}
 	p, fds, _ = testPrimary(t, AdoptOff)
 	p.cfg.Ready = ReadyBind
-	if s, err = p.setUpBinds(fds); err == nil || !strings.HasPrefix(err.Error(), "--ready bind needs bind adoption, which --adopt-bind off turns off") || probed != 0 {
+	if s, err = p.setUpBinds(fds, nil); err == nil || !strings.HasPrefix(err.Error(), "--ready bind needs bind adoption, which --adopt-bind off turns off") || probed != 0 {
 		t.Fatalf("off, --ready bind: %v, %v, probed %d times", s, err, probed)
 	}
 }
@@ -233,7 +233,7 @@ func TestAdoptOn(t *testing.T) {
 	}
 	for _, mode := range []AdoptMode{AdoptAuto, AdoptOn} {
 		p, fds, logs := testPrimary(t, mode)
-		s, err := p.setUpBinds(fds)
+		s, err := p.setUpBinds(fds, nil)
 		if err != nil || s == nil || !p.binds.on {
 			t.Fatalf("%v: %v, %v", mode, s, err)
 		}

@@ -153,12 +153,12 @@ type resources struct {
 	adopter    *adopt.Supervisor  // bind adoption (nil: off)
 	dir        string             // the private directory
 	output     *workerpool.Output // the workers' forwarded output (nil: raw)
-	stopReaper func()             // as PID 1
+	stopReaper func()             // the orphan reaper
 }
 
 // close releases everything, in this order:
 //
-//  1. The orphan reaper (PID 1) and the metrics server stop: the workers
+//  1. The orphan reaper and the metrics server stop: the workers
 //     are gone (the pool has shut down or been handed over), nothing is
 //     left to reap or to report.
 //  2. The workers' last lines are forwarded (--worker-output prefix or
@@ -276,7 +276,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if err != nil {
 		return "", nil, err
 	}
-	if res.adopter, err = p.setUpBinds(fds); err != nil {
+	if res.adopter, err = p.setUpBinds(fds, cred); err != nil {
 		return "", nil, err
 	}
 	p.logListening()
@@ -333,15 +333,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		p.metrics.collect(p.pool)
 		p.web = &metricsServer{m: p.metrics, pool: p.pool}
 	}
-	if os.Getpid() == 1 {
-		// A container without an init: orphans of the whole namespace
-		// come to this process, until its very end.
-		p.log.Info("running as PID 1: reaping orphans")
-		rctx, cancel := context.WithCancel(context.Background())
-		reaperDone := make(chan struct{})
-		res.stopReaper = func() { cancel(); <-reaperDone }
-		go func() { defer close(reaperDone); p.reapOrphans(rctx) }()
-	}
+	res.stopReaper = p.startReaper()
 	if cfg.Hub != nil {
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool, p.log, p.upg.Fds)

@@ -6,8 +6,11 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -23,9 +26,44 @@ import (
 // to this process: an orphan.
 const orphanGrace = 500 * time.Millisecond
 
-// reapOrphans runs while the primary is PID 1 (a container without an
-// init, where every orphan of the namespace is re-parented to it) until
-// ctx ends. On SIGCHLD, and every orphanGrace, it lists its zombie children
+// startReaper makes the primary a child subreaper and starts reaping the
+// orphans that come to it; it returns the function that stops that.
+//
+// As a subreaper, the primary (not init) gets the processes its workers
+// leave behind when they exit (a daemonized child): they stay its
+// descendants, which Yama's ptrace_scope 1 requires for bind adoption to
+// read their memory, and their exits come to it. As PID 1 (a container
+// without an init) it gets every orphan of the namespace anyway. Either
+// way it reaps them, by pid, until its very end.
+func (p *primary) startReaper() (stop func()) {
+	set := false
+	var was int32
+	if err := unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&was)), 0, 0, 0); err == nil && was == 0 {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			p.log.Debug("cannot become a child subreaper", zap.Error(err))
+		} else {
+			set = true
+		}
+	}
+	if os.Getpid() == 1 {
+		p.log.Info("running as PID 1: reaping orphans")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.reapOrphans(ctx) }()
+	return func() {
+		cancel()
+		<-done
+		if set {
+			// Run returns to a program that may go on (library mode):
+			// orphans go where they went before it.
+			unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+		}
+	}
+}
+
+// reapOrphans runs while the primary is a subreaper or PID 1 until ctx
+// ends. On SIGCHLD, and every orphanGrace, it lists its zombie children
 // and reaps, by pid, those that are not workers and have stayed zombies
 // for orphanGrace. It never calls wait4(-1), which would steal the exit
 // status of a worker or of a new primary from the goroutine waiting for
@@ -43,8 +81,13 @@ func (p *primary) reapOrphans(ctx context.Context) {
 			return
 		case <-sigc:
 		case <-tick.C:
+			// A child's exit sends SIGCHLD: only a zombie seen already
+			// is worth another look.
+			if len(seen) == 0 {
+				continue
+			}
 		}
-		zombies := zombieChildren(os.Getpid())
+		zombies := zombieChildren()
 		if len(zombies) == 0 {
 			clear(seen)
 			continue
@@ -77,13 +120,40 @@ func (p *primary) reapOrphans(ctx context.Context) {
 	}
 }
 
-// zombieChildren lists the processes whose parent is ppid and which have
-// exited but not been reaped (state Z in /proc/PID/stat).
-func zombieChildren(ppid int) []int {
+// zombieChildren lists the children of this process that have exited but
+// not been reaped (state Z in /proc/PID/stat). It reads the children of
+// each of its threads (/proc/self/task/TID/children), and only without
+// those files every process in /proc.
+func zombieChildren() []int {
 	var out []int
-	for pid, state := range childrenOf(ppid) {
-		if state == "Z" {
+	for _, pid := range childPIDs() {
+		if state, _, ok := procStat(pid); ok && state == "Z" {
 			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// childPIDs lists the children of this process.
+func childPIDs() []int {
+	self := strconv.Itoa(os.Getpid())
+	tasks, err := os.ReadDir("/proc/self/task")
+	if _, serr := os.Stat("/proc/self/task/" + self + "/children"); err != nil || serr != nil {
+		// A kernel without CONFIG_PROC_CHILDREN.
+		var out []int
+		for pid := range childrenOf(os.Getpid()) {
+			out = append(out, pid)
+		}
+		return out
+	}
+	var out []int
+	for _, t := range tasks {
+		// A thread that ended since has no file: it has no children.
+		b, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
 		}
 	}
 	return out

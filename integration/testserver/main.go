@@ -50,6 +50,9 @@
 //
 // /grow?mb=N allocates N MiB, touches every page and keeps it for the
 // life of the process (its resident memory grows by N MiB), then answers.
+// /escape starts "sleep 300" in a session of its own (out of the worker's
+// process group, which the primary kills with the worker) and answers
+// "escaped=<pid>".
 // /orphan starts "sh -c 'sleep 0.2 & echo $!'" and answers "orphan=<pid>":
 // the sleep outlives its shell and is re-parented (to PID 1 or the nearest
 // subreaper) to exit there. With WATCHDOG_USEC and WATCHDOG_PID naming this
@@ -352,6 +355,17 @@ func handler(reply string) http.Handler {
 			return
 		}
 		fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
+	})
+	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		cmd := exec.Command("sleep", "300")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			http.Error(w, "escape: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		go cmd.Wait()
+		fmt.Fprintf(w, "escaped=%d\n", cmd.Process.Pid)
 	})
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -66,11 +67,44 @@ type Supervisor struct {
 	// writes its own size, which a newer kernel may have grown).
 	recvSize, respSize int
 
+	// keepLeft is how many exited workers of one slot may keep their
+	// notification fd served (for processes they left running); the
+	// oldest past that are stopped.
+	keepLeft int
+	// shareGrace is how long after a worker's first adopted bind the
+	// listeners it left on the same port are looked at (sharedPort).
+	shareGrace time.Duration
+	// sharedPort lists, for each target, the other TCP targets on its
+	// port: a program that binds the port once adopts only one of them.
+	sharedPort [][]int
+	// warnings rate-limits the per-call warnings.
+	warnings limiter
+
 	mu     sync.Mutex
 	closed bool
 	files  map[*os.File]struct{}
-	wg     sync.WaitGroup
+	// slots holds the workers whose notification fd is served, by slot,
+	// oldest first.
+	slots map[int][]*worker
+	// unadopted: a "listener not adopted" warning was logged for that
+	// target.
+	unadopted []bool
+	wg        sync.WaitGroup
 }
+
+// Defaults of a Supervisor's limits (tests change them).
+const (
+	// keepLeft: more exited workers of a slot that left processes under
+	// the filter are not served; each costs the primary a goroutine and
+	// two fds.
+	defaultKeepLeft = 4
+	// shareGrace: a program that binds several addresses does so within
+	// moments of its first bind.
+	defaultShareGrace = 2 * time.Second
+	// warnEvery: at most one warning of a kind per interval, then their
+	// number.
+	defaultWarnEvery = 10 * time.Second
+)
 
 // NewSupervisor makes a Supervisor of the listeners, logging to log (nil:
 // nowhere).
@@ -87,6 +121,11 @@ func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) {
 		recvSize: max(int(sizes.Notif), int(unsafe.Sizeof(notif{}))),
 		respSize: max(int(sizes.NotifResp), int(unsafe.Sizeof(notifResp{}))),
 		files:    map[*os.File]struct{}{},
+		slots:    map[int][]*worker{},
+
+		keepLeft:   defaultKeepLeft,
+		shareGrace: defaultShareGrace,
+		warnings:   limiter{every: defaultWarnEvery},
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -110,6 +149,15 @@ func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) {
 		}
 		s.targets = append(s.targets, t)
 	}
+	s.unadopted = make([]bool, len(s.targets))
+	s.sharedPort = make([][]int, len(s.targets))
+	for i, t := range s.targets {
+		for j, u := range s.targets {
+			if i != j && !t.addr.Unix && !u.addr.Unix && t.addr.Port == u.addr.Port {
+				s.sharedPort[i] = append(s.sharedPort[i], j)
+			}
+		}
+	}
 	return s, nil
 }
 
@@ -118,12 +166,19 @@ type Pending struct {
 	s *Supervisor
 	// FD is the worker's end, to be inherited by its exec step and named
 	// in its environment with Env.
-	FD  int
-	own int
+	FD   int
+	own  int
+	slot int
 }
 
-// Prepare makes the channel for a worker about to be forked.
-func (s *Supervisor) Prepare() (*Pending, error) {
+// Prepare makes the channel for a worker about to be forked, of slot 0.
+func (s *Supervisor) Prepare() (*Pending, error) { return s.PrepareSlot(0) }
+
+// PrepareSlot makes the channel for a worker of slot about to be forked.
+// The workers of a slot replace one another: past a few of them that
+// exited and left processes running under the filter, the oldest are no
+// longer served (see Pending.Started).
+func (s *Supervisor) PrepareSlot(slot int) (*Pending, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("bind adoption: %w", err)
@@ -135,7 +190,7 @@ func (s *Supervisor) Prepare() (*Pending, error) {
 		unix.Close(fds[1])
 		return nil, fmt.Errorf("bind adoption: %w", err)
 	}
-	return &Pending{s: s, FD: fds[1], own: fds[0]}, nil
+	return &Pending{s: s, FD: fds[1], own: fds[0], slot: slot}, nil
 }
 
 // Env is the environment entry that names the worker's end, which is fd n
@@ -145,8 +200,10 @@ func (p *Pending) Env(n int) string { return Env(n, p.s.unlink) }
 // Started is called once the fork is over, with the worker's pid, or 0 if
 // it did not start. It closes FD. With a pid, the Supervisor then answers
 // the worker's binds (and those of what it starts) until all of them are
-// gone or the Supervisor is closed; log gets the events, and adopted (if
-// not nil) is called after each bind adopted.
+// gone, the Supervisor is closed, or more than keepLeft later workers of
+// the same slot exited with processes left under the filter too (the
+// oldest is then stopped, with a warning); log gets the events, and
+// adopted (if not nil) is called after each bind adopted.
 func (p *Pending) Started(pid int, log *zap.Logger, adopted func()) {
 	unix.Close(p.FD)
 	s := p.s
@@ -161,11 +218,49 @@ func (p *Pending) Started(pid int, log *zap.Logger, adopted func()) {
 	if log == nil {
 		log = s.log
 	}
-	go s.serve(p.own, log, adopted)
+	if adopted == nil {
+		adopted = func() {}
+	}
+	w := &worker{slot: p.slot, pid: pid, pidfd: -1, log: log, adopted: adopted, bound: make([]bool, len(s.targets))}
+	// The worker has not been reaped: its pid is still its own.
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		w.pidfd = fd
+	}
+	go s.serve(p.own, w)
 }
 
-// Close stops answering: every notification fd is closed (a bind pending or
-// coming in a worker that is still alive then fails with ENOSYS) and Close
+// worker is what the Supervisor knows of one worker it serves.
+type worker struct {
+	slot, pid int
+	// pidfd is the worker's own process (not what it started), to tell
+	// whether it exited; -1 if it could not be opened.
+	pidfd   int
+	log     *zap.Logger
+	adopted func()
+	// f is the notification fd, once received; stop is set when it is to
+	// be closed (Close, or too many exited workers in the slot).
+	f    *os.File
+	stop string
+	// bound[i]: a bind of this worker's adopted target i; armed: the
+	// check of the listeners it left on a shared port is due.
+	bound []bool
+	armed bool
+}
+
+// exited reports whether the worker itself has exited (what it started
+// may still run).
+func (w *worker) exited() bool {
+	if w.pidfd < 0 {
+		return false
+	}
+	pfd := []unix.PollFd{{Fd: int32(w.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(pfd, 0)
+	return err == nil && n > 0 && pfd[0].Revents != 0
+}
+
+// Close stops answering: every notification fd is closed, after the
+// calls pending on it were let run; a bind, listen or unlink called after
+// that by a process still under the filter fails with ENOSYS. Close
 // returns once nothing of the Supervisor runs. Listener fds are the
 // caller's.
 func (s *Supervisor) Close() {
@@ -177,8 +272,62 @@ func (s *Supervisor) Close() {
 	for f := range s.files {
 		f.Close()
 	}
+	for _, ws := range s.slots {
+		for _, w := range ws {
+			s.stopLocked(w, "closed")
+		}
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.warnings.flush()
+}
+
+// stopLocked has w's goroutine answer what is pending on its notification
+// fd and close it.
+func (s *Supervisor) stopLocked(w *worker, why string) {
+	if w.stop == "" {
+		w.stop = why
+		// Wakes the goroutine waiting in the netpoller.
+		w.f.SetReadDeadline(time.Now())
+	}
+}
+
+// serving registers w, whose notification fd is served from now on, and
+// stops the oldest exited workers of its slot past keepLeft. False when
+// the Supervisor is closed.
+func (s *Supervisor) serving(w *worker) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	ws := append(s.slots[w.slot], w)
+	s.slots[w.slot] = ws
+	var left []*worker
+	for _, o := range ws {
+		if o != w && o.stop == "" && o.exited() {
+			left = append(left, o)
+		}
+	}
+	for _, o := range left[:max(0, len(left)-s.keepLeft)] {
+		s.stopLocked(o, fmt.Sprintf("the worker exited, and processes it started still run under the filter outside its process group: more than %d exited workers of slot %d keep such processes, the oldest is no longer served", s.keepLeft, w.slot))
+	}
+	return true
+}
+
+func (s *Supervisor) done(w *worker) {
+	s.mu.Lock()
+	ws := s.slots[w.slot]
+	for i, o := range ws {
+		if o == w {
+			s.slots[w.slot] = append(ws[:i:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(s.slots[w.slot]) == 0 {
+		delete(s.slots, w.slot)
+	}
+	s.mu.Unlock()
 }
 
 // track registers an fd to close on Close; false (and f closed) when
@@ -205,11 +354,17 @@ func (s *Supervisor) untrack(f *os.File) {
 // handshake.
 var errGone = errors.New("gone")
 
-func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
-	if adopted == nil {
-		adopted = func() {}
-	}
+func (s *Supervisor) serve(sock int, w *worker) {
 	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		if w.pidfd >= 0 {
+			unix.Close(w.pidfd)
+			w.pidfd = -1
+		}
+		s.mu.Unlock()
+	}()
+	log := w.log
 	nfd, err := s.handshake(sock)
 	if err != nil {
 		if err != errGone {
@@ -222,25 +377,18 @@ func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
 		log.Warn("bind adoption failed", zap.String("reason", err.Error()))
 		return
 	}
-	f := os.NewFile(uintptr(nfd), "seccomp-notify")
-	if !s.track(f) {
+	w.f = os.NewFile(uintptr(nfd), "seccomp-notify")
+	defer w.f.Close()
+	rc, err := w.f.SyscallConn()
+	if err != nil || !s.serving(w) {
+		drain(nfd, s)
 		return
 	}
-	defer s.untrack(f)
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
+	defer s.done(w)
 	// Answer every pending notification, then wait in the netpoller; end
-	// when the fd hangs up (every process under the filter is gone) or
-	// is closed.
+	// when the fd hangs up (every process under the filter is gone), or
+	// when asked to stop (the read deadline is then set).
 	hup := false
-	defer func() {
-		if err != nil && !hup && !errors.Is(err, os.ErrClosed) {
-			// The worker's binds fail with ENOSYS from now on.
-			log.Warn("bind adoption stopped", zap.String("reason", err.Error()))
-		}
-	}()
 	err = rc.Read(func(fd uintptr) bool {
 		for {
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -251,8 +399,8 @@ func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
 			}
 			switch {
 			case pfd[0].Revents&unix.POLLIN != 0:
-				if err := s.handle(int(fd), log, adopted); err != nil {
-					log.Warn("worker bind not adopted", zap.String("reason", err.Error()))
+				if err := s.handle(int(fd), w); err != nil {
+					s.warnings.warn(log, "worker bind not adopted", zap.String("reason", err.Error()))
 				}
 			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
 				hup = true
@@ -262,6 +410,50 @@ func (s *Supervisor) serve(sock int, log *zap.Logger, adopted func()) {
 			}
 		}
 	})
+	if hup {
+		return
+	}
+	// Asked to stop, or failed: what is pending runs as if there were no
+	// filter; later calls fail with ENOSYS.
+	rc.Control(func(fd uintptr) { drain(int(fd), s) })
+	s.mu.Lock()
+	why := w.stop
+	s.mu.Unlock()
+	switch {
+	case why == "closed":
+	case why != "":
+		log.Warn("bind adoption stopped", zap.String("reason", why+"; their bind, listen and unlink calls fail with ENOSYS from now on"))
+	case err != nil:
+		log.Warn("bind adoption stopped", zap.String("reason", err.Error()+"; the bind, listen and unlink calls of the worker fail with ENOSYS from now on"))
+	}
+}
+
+// stopServing closes the notification fd nfd, which no goroutine serves,
+// after the calls pending on it were let run (drain).
+func stopServing(nfd int, s *Supervisor) {
+	drain(nfd, s)
+	unix.Close(nfd)
+}
+
+// drain lets every call pending on the notification fd nfd run as if
+// there were no filter, before the fd is closed (which would fail them
+// with ENOSYS).
+func drain(nfd int, s *Supervisor) {
+	for {
+		pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, 0); err == unix.EINTR {
+			continue
+		} else if err != nil || pfd[0].Revents&unix.POLLIN == 0 {
+			return
+		}
+		n, err := s.recv(nfd)
+		if err == unix.ENOENT {
+			continue
+		} else if err != nil {
+			return
+		}
+		s.proceed(nfd, n.ID)
+	}
 }
 
 // handshake receives the notification fd the exec step sends, or the
@@ -315,7 +507,7 @@ func (s *Supervisor) handshake(sock int) (int, error) {
 
 // handle answers one notification. It returns why a bind that named a
 // listener was not adopted, when that is unexpected.
-func (s *Supervisor) handle(nfd int, log *zap.Logger, adopted func()) error {
+func (s *Supervisor) handle(nfd int, w *worker) error {
 	n, err := s.recv(nfd)
 	if err != nil {
 		// ENOENT: the process was killed, or a signal interrupted the
@@ -328,12 +520,12 @@ func (s *Supervisor) handle(nfd int, log *zap.Logger, adopted func()) error {
 	if n.Data.Arch == auditArch {
 		switch nr := uint32(n.Data.Nr); {
 		case nr == unix.SYS_BIND:
-			return s.bind(nfd, n, log, adopted)
+			return s.bind(nfd, n, w)
 		case nr == unix.SYS_LISTEN:
-			s.listenCall(nfd, n, log)
+			s.listenCall(nfd, n, w.log)
 			return nil
 		case s.unlink && isUnlink(nr):
-			return s.unlinkCall(nfd, n, log)
+			return s.unlinkCall(nfd, n, w.log)
 		}
 	}
 	s.proceed(nfd, n.ID)
@@ -350,7 +542,7 @@ func isUnlink(nr uint32) bool {
 }
 
 // bind adopts a bind that names a listener, and lets any other run.
-func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger, adopted func()) error {
+func (s *Supervisor) bind(nfd int, n *notif, w *worker) error {
 	tid := int(n.Pid)
 	fd := int(int32(n.Data.Args[0]))
 	addrlen := int(uint32(n.Data.Args[2]))
@@ -389,7 +581,7 @@ func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger, adopted func()) er
 		return nil
 	}
 	t := &s.targets[i]
-	log = log.With(zap.String("addr", a.String()), zap.String("listener", t.Name), zap.Int("tid", tid))
+	log := w.log.With(zap.String("addr", a.String()), zap.String("listener", t.Name), zap.Int("tid", tid))
 	why, err := s.adopt(nfd, n, fd, t)
 	switch {
 	case err != nil:
@@ -402,9 +594,46 @@ func (s *Supervisor) bind(nfd int, n *notif, log *zap.Logger, adopted func()) er
 		log.Debug("worker bind left alone", zap.String("why", why))
 	default:
 		log.Info("worker bind adopted")
-		adopted()
+		s.adoptedBy(w, i, a)
+		w.adopted()
 	}
 	return nil
+}
+
+// adoptedBy notes that w adopted target i with a bind of a. When other
+// listeners share i's port, those w has not adopted shareGrace later (a
+// program that binds the port once adopts one socket) are warned about,
+// once each: nothing accepts on them.
+func (s *Supervisor) adoptedBy(w *worker, i int, a Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.bound[i] = true
+	if w.armed || len(s.sharedPort[i]) == 0 {
+		return
+	}
+	w.armed = true
+	time.AfterFunc(s.shareGrace, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.closed || w.exited() {
+			return
+		}
+		for j := range s.targets {
+			if !w.bound[j] {
+				continue
+			}
+			for _, k := range s.sharedPort[j] {
+				if w.bound[k] || s.unadopted[k] {
+					continue
+				}
+				s.unadopted[k] = true
+				t, got := s.targets[k], s.targets[j]
+				w.log.Warn("listener not adopted",
+					zap.String("listener", t.Name), zap.String("addr", t.Addr), zap.String("bind", a.String()), zap.String("adopted", got.Addr),
+					zap.String("reason", fmt.Sprintf("the worker bound port %d once and got the listener %s: nothing accepts the connections to %s; give one --listen for the port (--listen :%d takes every address), or have the program bind each address, or take its sockets from fd 3 (LISTEN_FDS)", t.addr.Port, got.Addr, t.Addr, t.addr.Port)))
+			}
+		}
+	})
 }
 
 // matchFile finds the unix listener whose socket file path names (through

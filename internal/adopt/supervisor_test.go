@@ -30,9 +30,12 @@ import (
 const (
 	roleEnv  = "ADOPT_TEST_ROLE"
 	bindsEnv = "ADOPT_TEST_BINDS"
+	// probeAsEnv: "UID GID EXE" for the role probe-as.
+	probeAsEnv = "ADOPT_TEST_PROBE_AS"
 )
 
 func TestMain(m *testing.M) {
+	testutil.NoPtraceMain()
 	switch os.Getenv(roleEnv) {
 	case "shim":
 		fd, unlink, err := ParseEnv(os.Getenv(EnvFD))
@@ -70,6 +73,15 @@ func TestMain(m *testing.M) {
 		}
 		fmt.Println("probe:", Probe())
 		os.Exit(0)
+	case "probe-as":
+		// Probe, and ProbeWorker with the target as uid and gid
+		// probeAsEnv's, started from that executable.
+		var uid, gid uint32
+		var exe string
+		fmt.Sscanf(os.Getenv(probeAsEnv), "%d %d %s", &uid, &gid, &exe)
+		fmt.Println("in-process:", Probe())
+		fmt.Println("worker:", ProbeWorker(ProbeOptions{Exe: exe, Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}))
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -79,10 +91,39 @@ func TestMain(m *testing.M) {
 // prints "ok ino=N cloexec=B nonblock=B" or "err ERRNO".
 func bindOne(spec string) string {
 	kind, addr, _ := strings.Cut(spec, " ")
-	if kind == "unlink" {
+	switch kind {
+	case "unlink":
 		if err := unix.Unlink(addr); err != nil {
 			return "err " + err.Error()
 		}
+		return "ok"
+	case "badaddr":
+		// addr binds with an address that cannot be read.
+		n, _ := strconv.Atoi(addr)
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return "err " + err.Error()
+		}
+		defer unix.Close(fd)
+		efault := 0
+		for range n {
+			if _, _, errno := unix.Syscall(unix.SYS_BIND, uintptr(fd), 8, 16); errno == unix.EFAULT {
+				efault++
+			}
+		}
+		return fmt.Sprintf("efault=%d", efault)
+	case "escape":
+		// A process that outlives the worker outside its process group,
+		// under the filter.
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return "err " + err.Error()
+		}
+		return fmt.Sprintf("pid=%d", cmd.Process.Pid)
+	case "sleep":
+		d, _ := time.ParseDuration(addr)
+		time.Sleep(d)
 		return "ok"
 	}
 	domain, typ, flags := unix.AF_INET, unix.SOCK_STREAM, unix.SOCK_CLOEXEC
@@ -342,6 +383,150 @@ func waitUntracked(t *testing.T, s *Supervisor) {
 	}
 }
 
+// A storm of binds whose address cannot be read logs a bounded number of
+// warnings: the first, then how many followed in each interval.
+func TestBadBindsRateLimited(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	fd, addr, _ := listener(t, "tcp", "127.0.0.1:0")
+	s, logs := newSupervisor(t, Listener{Network: "tcp", Addr: addr, FD: fd})
+	s.warnings.every = time.Second
+	const n = 2000
+	start := time.Now()
+	if got := runWorker(t, s, "", fmt.Sprintf("badaddr %d", n)); got[0] != fmt.Sprintf("efault=%d", n) {
+		t.Fatalf("the worker's binds: %q, want each to fail with EFAULT as without the filter", got)
+	}
+	storm := time.Since(start)
+	// The count of the last interval comes once it is over.
+	count := func() (lines, binds int) {
+		for _, e := range logs.FilterMessage("worker bind not adopted").All() {
+			lines++
+			binds++
+			if n, ok := e.ContextMap()["suppressed"].(int64); ok {
+				binds += int(n) - 1
+			}
+		}
+		return
+	}
+	end := time.Now().Add(10 * time.Second)
+	for {
+		if _, b := count(); b == n || time.Now().After(end) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	lines, binds := count()
+	t.Logf("%d bad binds in %s: %d warning lines", n, storm, lines)
+	if binds != n {
+		t.Errorf("the warnings account for %d binds, want %d: %v", binds, n, logs.All())
+	}
+	if max := 2 + int(storm/s.warnings.every); lines > max {
+		t.Errorf("%d warning lines for %d bad binds in %s, want at most %d", lines, n, storm, max)
+	}
+	if first := logs.FilterMessage("worker bind not adopted").All()[0].ContextMap()["reason"]; !strings.Contains(fmt.Sprint(first), "bad address") {
+		t.Errorf("the first warning says %q", first)
+	}
+}
+
+// Workers that exit and leave processes running under the filter (outside
+// their process group, which the pool kills) keep their notification fd
+// served, but only the latest keepLeft of a slot: the oldest is stopped,
+// with one warning each.
+func TestLeftProcessesBounded(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	fd, addr, _ := listener(t, "tcp", "127.0.0.1:0")
+	s, logs := newSupervisor(t, Listener{Network: "tcp", Addr: addr, FD: fd})
+	s.keepLeft = 2
+	served := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.slots[0])
+	}
+	const workers = 6
+	for i := range workers {
+		got := runWorker(t, s, "", "escape")
+		pid, err := strconv.Atoi(strings.TrimPrefix(got[0], "pid="))
+		if err != nil {
+			t.Fatalf("worker %d: %q", i, got)
+		}
+		t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
+		if n := served(); n > s.keepLeft+1 {
+			t.Errorf("after worker %d: %d notification fds served in the slot, want at most %d", i, n, s.keepLeft+1)
+		}
+	}
+	// The last worker's own start stopped one more.
+	want := workers - 1 - s.keepLeft
+	end := time.Now().Add(5 * time.Second)
+	for logs.FilterMessage("bind adoption stopped").Len() < want && time.Now().Before(end) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopped := logs.FilterMessage("bind adoption stopped").All()
+	if len(stopped) != want {
+		t.Fatalf("%d \"bind adoption stopped\", want %d: %v", len(stopped), want, logs.All())
+	}
+	for _, e := range stopped {
+		if r := fmt.Sprint(e.ContextMap()["reason"]); !strings.Contains(r, "more than 2 exited workers of slot 0") || !strings.Contains(r, "ENOSYS") {
+			t.Errorf("reason %q", r)
+		}
+	}
+	// The last worker's is stopped at the next start in the slot.
+	if n := served(); n != s.keepLeft+1 {
+		t.Errorf("%d notification fds served in the slot once its workers exited, want %d", n, s.keepLeft+1)
+	}
+}
+
+// A notification fd that stops being served first lets the calls pending
+// on it run, as if there were no filter (a plain close would fail them
+// with ENOSYS); a call made after that fails with ENOSYS.
+func TestStopLetsPendingCallsRun(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	fd, addr, _ := listener(t, "tcp", "127.0.0.1:0")
+	s, _ := newSupervisor(t, Listener{Network: "tcp", Addr: addr, FD: fd})
+	nfds := make(chan int, 1)
+	next := make(chan struct{})
+	binds := make(chan error, 2)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the filter is this thread's
+		nfd, err := install(false)
+		nfds <- nfd
+		if err != nil {
+			binds <- err
+			return
+		}
+		for range 2 {
+			sock, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				binds <- err
+				continue
+			}
+			binds <- unix.Bind(sock, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+			unix.Close(sock)
+			<-next
+		}
+	}()
+	nfd := <-nfds
+	if nfd < 0 {
+		t.Fatal(<-binds)
+	}
+	pfd := []unix.PollFd{{Fd: int32(nfd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); n != 1 || err != nil {
+		t.Fatalf("no bind pending: %v", err)
+	}
+	stopServing(nfd, s)
+	if err := <-binds; err != nil {
+		t.Errorf("the bind pending when the fd was closed: %v, want it to run", err)
+	}
+	close(next)
+	if err := <-binds; err != unix.ENOSYS {
+		t.Errorf("a bind after the fd was closed: %v, want ENOSYS", err)
+	}
+}
+
 // Closing the Supervisor ends its goroutines and fds at once, even with a
 // worker still running.
 func TestCloseWithWorkerRunning(t *testing.T) {
@@ -387,6 +572,73 @@ func TestProbeRefused(t *testing.T) {
 	}
 }
 
+// ProbeWorker runs its target as the workers run: in a process of its own,
+// as another user if asked. A root primary without CAP_SYS_PTRACE (Docker's
+// default capabilities) may not read the memory of workers of another
+// user, which the in-process probe cannot see: ProbeWorker says so, and
+// names the capability.
+func TestProbeWorkerAsAnotherUser(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("bind adoption unavailable here: %v", err)
+	}
+	if err := ProbeWorker(ProbeOptions{}); err != nil {
+		t.Fatalf("ProbeWorker as this user: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("under CI this test runs as root")
+		}
+		t.Skip("switching users needs root")
+	}
+	// The target runs this test binary as nobody, who must reach it.
+	dir, err := os.MkdirTemp("", "adopt-probe-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	exe := filepath.Join(dir, "adopt.test")
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const nobody = 65534
+	for _, tc := range []struct {
+		name   string
+		wrap   []string
+		worker []string // what ProbeWorker's answer has
+	}{
+		{"root", nil, []string{"worker: <nil>"}},
+		{"root without CAP_SYS_PTRACE", []string{testutil.EnvNoPtrace + "=1"},
+			[]string{"worker: the primary may not read the memory of a worker running as uid 65534", "operation not permitted", "CAP_SYS_PTRACE"}},
+	} {
+		argv := []string{exe, "-test.run=^$"}
+		if tc.wrap != nil {
+			argv = append([]string{exe}, argv...)
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), append(tc.wrap, roleEnv+"=probe-as", fmt.Sprintf("%s=%d %d %s", probeAsEnv, nobody, nobody, exe))...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", tc.name, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 2 || lines[0] != "in-process: <nil>" {
+			t.Fatalf("%s: %q, want the in-process probe to pass", tc.name, lines)
+		}
+		for _, want := range tc.worker {
+			if !strings.Contains(lines[1], want) {
+				t.Errorf("%s: %q, want %q in it", tc.name, lines[1], want)
+			}
+		}
+	}
+}
+
 func TestProbeTime(t *testing.T) {
 	if err := Probe(); err != nil {
 		testutil.Need(t, "bind adoption unavailable here: %v", err)
@@ -399,6 +651,13 @@ func TestProbeTime(t *testing.T) {
 		}
 	}
 	t.Logf("Probe: %s each", time.Since(start)/n)
+	start = time.Now()
+	for range n {
+		if err := ProbeWorker(ProbeOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("ProbeWorker: %s each", time.Since(start)/n)
 }
 
 // What the filter adds to every system call of a worker: getpid on a
@@ -513,7 +772,7 @@ func BenchmarkBind(b *testing.B) {
 						} else if err != nil || pfd[0].Revents&unix.POLLIN == 0 {
 							return
 						}
-						s.handle(nfd, s.log, func() {})
+						s.handle(nfd, &worker{pidfd: -1, log: s.log, adopted: func() {}, bound: make([]bool, 1)})
 					}
 				}()
 			}

@@ -4,6 +4,7 @@ package adopt
 
 import (
 	"errors"
+	"syscall"
 
 	"go.uber.org/zap"
 )
@@ -17,6 +18,16 @@ var errUnsupported = errors.New("bind adoption needs Linux on amd64 or arm64")
 // Probe reports why binds cannot be adopted here.
 func Probe() error { return errUnsupported }
 
+// ProbeOptions says how the workers run, for ProbeWorker.
+type ProbeOptions struct {
+	Credential *syscall.Credential
+	Env        []string
+	Exe        string
+}
+
+// ProbeWorker reports why binds cannot be adopted here.
+func ProbeWorker(o ProbeOptions) error { return errUnsupported }
+
 // Worker is never called where binds cannot be adopted.
 func Worker(sock int, unlink bool) (fatal bool, err error) { return false, errUnsupported }
 
@@ -28,6 +39,9 @@ func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) { return
 
 // Prepare fails here.
 func (s *Supervisor) Prepare() (*Pending, error) { return nil, errUnsupported }
+
+// PrepareSlot fails here.
+func (s *Supervisor) PrepareSlot(slot int) (*Pending, error) { return nil, errUnsupported }
 
 // Close does nothing.
 func (s *Supervisor) Close() {}

@@ -2,12 +2,7 @@
 
 package testutil
 
-import (
-	"fmt"
-	"os"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 // EnvNoSeccomp, set to 1 in the environment of a test binary whose
 // TestMain calls NoSeccompMain first, makes that process a wrapper: it
@@ -19,15 +14,7 @@ const EnvNoSeccomp = "HANDOFF_TESTUTIL_NO_SECCOMP"
 // which seccomp() fails with EPERM and execs os.Args[1:] (with
 // EnvNoSeccomp removed) under it; the filter holds for every process that
 // one starts. It returns at once otherwise. Call it first in TestMain.
-func NoSeccompMain() {
-	if os.Getenv(EnvNoSeccomp) != "1" {
-		return
-	}
-	if err := execNoSeccomp(os.Args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "testutil: no seccomp: %v\n", err)
-		os.Exit(126)
-	}
-}
+func NoSeccompMain() { wrapperMain(EnvNoSeccomp, "no seccomp", execNoSeccomp) }
 
 func execNoSeccomp(argv []string) error {
 	filter := []unix.SockFilter{

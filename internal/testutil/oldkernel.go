@@ -30,15 +30,7 @@ func OldKernelSupported() bool { return auditArch != 0 }
 // that kernel, and execs os.Args[1:] (with EnvOldKernel removed) under it;
 // the filter holds for every process that one starts. It returns at once
 // otherwise. Call it first in TestMain.
-func OldKernelMain() {
-	if os.Getenv(EnvOldKernel) != "1" {
-		return
-	}
-	if err := execOldKernel(os.Args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "testutil: old kernel: %v\n", err)
-		os.Exit(126)
-	}
-}
+func OldKernelMain() { wrapperMain(EnvOldKernel, "old kernel", execOldKernel) }
 
 func execOldKernel(argv []string) error {
 	if auditArch == 0 {
@@ -67,12 +59,7 @@ func execFiltered(envKey string, filter []unix.SockFilter, argv []string, check 
 	if len(argv) == 0 {
 		return fmt.Errorf("nothing to exec")
 	}
-	var env []string
-	for _, kv := range os.Environ() {
-		if len(kv) < len(envKey)+1 || kv[:len(envKey)+1] != envKey+"=" {
-			env = append(env, kv)
-		}
-	}
+	env := withoutEnv(envKey)
 	// The filter is the calling thread's: exec from that very thread.
 	runtime.LockOSThread()
 	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
