@@ -183,6 +183,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
 	var verify func(pid int) error
+	execFD := -1
 	if exe != nil {
 		// Past the listeners and the channel: the shim execs it (see
 		// internal/shim's pinned.go), through a link named like the
@@ -195,6 +196,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 			env = append(env, shim.EnvExecVia+"="+link)
 		}
 		verify = spec.Pin.Verify
+		execFD = n
 	}
 	files, env = extra.add(files, env)
 	attr := &syscall.ProcAttr{
@@ -216,6 +218,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	}
 
 	p := &osProcess{
+		execFD:  execFD,
 		ready:   make(chan struct{}),
 		done:    make(chan struct{}),
 		started: time.Now(),
@@ -357,7 +360,7 @@ func (p *osProcess) traceExec(self string, verify func(int) error, log *zap.Logg
 		sig := syscall.Signal(info.Status)
 		switch sig {
 		case syscall.SIGTRAP:
-			if id, err := fileID(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && id == shimID {
+			if !p.execed(pid, shimID) {
 				break // not the exec yet
 			}
 			if err := verify(pid); err != nil {
@@ -374,6 +377,19 @@ func (p *osProcess) traceExec(self string, verify func(int) error, log *zap.Logg
 		}
 		unix.PtraceCont(pid, int(sig))
 	}
+}
+
+// execed tells whether the worker, stopped by a SIGTRAP, has done its
+// exec: it runs another file than the shim, or, where the command is the
+// shim's own executable (library mode: a program is its own exec step),
+// the pinned file's descriptor is gone (the shim marked it close-on-exec,
+// and the exec closes such descriptors before it stops).
+func (p *osProcess) execed(pid int, shimID devIno) bool {
+	if id, err := fileID(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || id != shimID {
+		return true
+	}
+	var st unix.Stat_t
+	return unix.Lstat(fmt.Sprintf("/proc/%d/fd/%d", pid, p.execFD), &st) != nil
 }
 
 // chldInfo is unix.Siginfo as waitid fills it for a child (SIGCHLD's

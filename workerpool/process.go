@@ -45,7 +45,9 @@ type Exit struct {
 }
 
 type osProcess struct {
-	pid     int
+	pid int
+	// execFD is the pinned file's descriptor in the shim (traceExec).
+	execFD  int
 	started time.Time
 	ready   chan struct{}
 	done    chan struct{}
