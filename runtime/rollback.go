@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -70,9 +71,14 @@ func sameBuild(a, b *generation) bool {
 
 // pinCommand pins the executable generation p.gen runs (internal/pin),
 // says in the log what it pins, and keeps it among the pins the primary
-// holds. The workers' PATH finds a script's "#!/usr/bin/env NAME".
+// holds. The workers' PATH finds a script's "#!/usr/bin/env NAME". A file
+// one of those pins holds unchanged (an interpreter, a command deployed
+// again) is not read again.
 func (p *primary) pinCommand(path string) (*pin.File, error) {
-	f, err := pin.Pin(path, pin.Options{PATH: envValue(p.env, "PATH")})
+	p.pinsMu.Lock()
+	known := slices.Collect(maps.Keys(p.pins))
+	p.pinsMu.Unlock()
+	f, err := pin.Pin(path, pin.Options{PATH: envValue(p.env, "PATH"), Known: known})
 	if err != nil {
 		return nil, err
 	}

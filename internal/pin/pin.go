@@ -56,6 +56,25 @@
 // by each deploy, resolved once per deploy), whose files are never written
 // again.
 //
+// # Pinning an unchanged file again
+//
+// Every deploy pins its command, and a script's interpreter with it: for a
+// 100 MB node binary, reading it for its SHA-256 costs about a second at
+// every deploy although it has not changed. Options.Known lists the pins
+// the caller still holds (not closed); a file to pin that is the same
+// inode (device and inode number) with the same size, mtime and ctime, to
+// the nanosecond, as one of them, or as one of their interpreters, takes
+// that pin's SHA-256, and a duplicate descriptor of its sealed copy,
+// instead of being read again. The check is made on the descriptor just
+// opened (fstat), against what the known pin last verified, and only a
+// known pin whose content was not found modified is used: a file replaced
+// by a rename (another inode) or rewritten in place (the kernel sets the
+// ctime on every write, and no process can set it back) is read again.
+// The duplicated copy is the same sealed memfd, closed with the new File;
+// it lives on when the known pin is closed. As with git's "racy" index
+// entries, a pin verified during the clock tick of the file's ctime is not
+// used: a write later in that same tick could leave the ctime as it was.
+//
 // # Exec
 //
 // Open returns a new descriptor of the file to exec now. The launcher
@@ -112,6 +131,11 @@ type Options struct {
 	// PATH is where the NAME of a script's "#!/usr/bin/env NAME" is
 	// looked up (see Exec); "" means this process's PATH.
 	PATH string
+	// Known are pins this process holds, not closed: a file that is one
+	// of them, or one of their interpreters, unchanged (the same inode
+	// with the same size, mtime and ctime) is not read again (see the
+	// package doc). The caller keeps them open while Pin runs.
+	Known []*File
 
 	noScript bool // pinning an interpreter: a script is not followed
 }
@@ -171,6 +195,10 @@ type File struct {
 	seen     meta
 	modified bool
 	closed   bool
+	// verified is the kernel's coarse clock (the one file times come
+	// from) just before seen was read, for a content then found to be
+	// the pinned one; 0 when unknown.
+	verified int64
 
 	// A script's pinned interpreter and the argv before the script's
 	// path (script.go); interpErr says why there is none.
@@ -218,7 +246,7 @@ func Pin(path string, opt Options) (*File, error) {
 		return nil, fmt.Errorf("pin %s: %w", path, err)
 	}
 	f := &File{orig: os.NewFile(uintptr(fd), path), id: Identity{Path: path}}
-	head, err := f.pin(readable, copyMax)
+	head, err := f.pin(readable, copyMax, opt.Known)
 	if err == nil && f.script && !opt.noScript {
 		err = f.pinInterpreter(head, opt)
 	}
@@ -230,8 +258,9 @@ func Pin(path string, opt Options) (*File, error) {
 }
 
 // pin reads the file, and returns its first bytes (up to headMax).
-func (f *File) pin(readable bool, copyMax int64) ([]byte, error) {
+func (f *File) pin(readable bool, copyMax int64, known []*File) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
+		t0 := coarseNow()
 		before, err := fstat(f.orig)
 		if err != nil {
 			return nil, err
@@ -247,9 +276,16 @@ func (f *File) pin(readable bool, copyMax int64) ([]byte, error) {
 			f.copyErr = errors.New("the file is not readable")
 			return nil, nil
 		}
+		wantCopy := copyMax > 0 && before.Size <= copyMax
+		if head, ok := f.reuse(known, wantCopy); ok {
+			return head, nil
+		}
+		if testHookRead != nil {
+			testHookRead(f.id.Path)
+		}
 		var mem *os.File
 		var w io.Writer
-		if copyMax > 0 && before.Size <= copyMax {
+		if wantCopy {
 			mem, err = newMemfd(filepath.Base(f.id.Path))
 			if err != nil {
 				f.copyErr = fmt.Errorf("no in-memory copy: %v", err)
@@ -266,6 +302,9 @@ func (f *File) pin(readable bool, copyMax int64) ([]byte, error) {
 			if err == nil && metaOf(&after) != f.seen {
 				err = errChanging
 			}
+		}
+		if err == nil {
+			f.verified = t0
 		}
 		if err == nil && mem != nil {
 			mem, err = seal(mem)
@@ -287,6 +326,93 @@ func (f *File) pin(readable bool, copyMax int64) ([]byte, error) {
 		}
 		return head, nil
 	}
+}
+
+// testHookRead, when set, is called each time Pin reads a whole file.
+var testHookRead func(path string)
+
+// reuse takes the SHA-256 (and, when wantCopy, a duplicate of the copy) of
+// a known pin of the same unchanged file as f, whose descriptor, identity
+// and seen metadata are set (see the package doc), and returns the file's
+// first bytes. ok is false when no known pin fits: the file is read.
+func (f *File) reuse(known []*File, wantCopy bool) (head []byte, ok bool) {
+	sum, cp, verified, ok := lookup(known, f.dev, f.ino, f.seen, wantCopy)
+	if !ok {
+		return nil, false
+	}
+	// The #! line, for a script's interpreter: one small read, and the
+	// file unchanged after it.
+	buf := make([]byte, headMax)
+	n, err := f.orig.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		ok = false
+	} else if after, err := fstat(f.orig); err != nil || metaOf(&after) != f.seen {
+		ok = false
+	}
+	if !ok {
+		if cp != nil {
+			cp.Close()
+		}
+		return nil, false
+	}
+	f.id.SHA256, head, f.verified = sum, buf[:n], verified
+	f.script = bytes.HasPrefix(head, []byte("#!"))
+	if cp != nil {
+		f.copy, f.copyErr = cp, nil
+	} else {
+		f.copyErr = ErrNoCopy
+	}
+	return head, true
+}
+
+// lookup finds among known (and their interpreters) an open pin of the
+// inode dev/ino whose content, last verified with metadata m, was the
+// pinned one, and returns its SHA-256, when wantCopy a duplicate of its
+// copy (it must have one), and when it was verified.
+func lookup(known []*File, dev, ino uint64, m meta, wantCopy bool) (sum string, cp *os.File, verified int64, ok bool) {
+	for _, k := range known {
+		if k == nil {
+			continue
+		}
+		if k.dev == dev && k.ino == ino && k.id.SHA256 != "" {
+			if sum, cp, verified, ok = k.reusable(m, wantCopy); ok {
+				return sum, cp, verified, true
+			}
+		}
+		if k.interp != nil {
+			if sum, cp, verified, ok = lookup([]*File{k.interp}, dev, ino, m, wantCopy); ok {
+				return sum, cp, verified, true
+			}
+		}
+	}
+	return "", nil, 0, false
+}
+
+// reusable is lookup's check of one pin of the inode.
+func (f *File) reusable(m meta, wantCopy bool) (string, *os.File, int64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.modified || f.seen != m || f.verified <= m.Ctime || wantCopy && f.copy == nil {
+		return "", nil, 0, false
+	}
+	if !wantCopy {
+		return f.id.SHA256, nil, f.verified, true
+	}
+	cp, err := dup(f.copy)
+	if err != nil {
+		return "", nil, 0, false
+	}
+	return f.id.SHA256, cp, f.verified, true
+}
+
+// coarseNow is the clock the kernel stamps file times with (at its
+// coarsest: a finer stamp only makes a later write's ctime differ more).
+func coarseNow() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &ts) != nil {
+		return 0
+	}
+	return ts.Nano()
 }
 
 var errChanging = errors.New("the file changed while it was read: is it still being written?")
@@ -426,6 +552,7 @@ func (f *File) Modified() bool {
 }
 
 func (f *File) modifiedLocked() bool {
+	t0 := coarseNow()
 	st, err := fstat(f.orig)
 	if err != nil {
 		return true
@@ -450,7 +577,7 @@ func (f *File) modifiedLocked() bool {
 		}
 		f.modified = sum != f.id.SHA256
 	}
-	f.seen = now
+	f.seen, f.verified = now, t0
 	return f.modified
 }
 
