@@ -183,6 +183,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
 	var verify func(pid int) error
+	var passed *os.File
 	execFD := -1
 	if exe != nil {
 		// Past the listeners and the channel: the shim execs it (see
@@ -195,7 +196,14 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		if link, err := pin.ExecLink(l.NotifyDir, n, filepath.Base(spec.Path)); err == nil {
 			env = append(env, shim.EnvExecVia+"="+link)
 		}
-		verify = spec.Pin.Verify
+		// A descriptor of what the shim execs outlives this call: the
+		// check at the exec looks at it where it may not look at the
+		// worker (pin.File.VerifyExec).
+		if fd, err := unix.FcntlInt(exe.Fd(), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			passed = os.NewFile(uintptr(fd), exe.Name())
+		}
+		pinned := spec.Pin
+		verify = func(pid int) error { return pinned.VerifyExec(pid, passed) }
 		execFD = n
 	}
 	files, env = extra.add(files, env)
@@ -219,6 +227,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 
 	p := &osProcess{
 		execFD:  execFD,
+		passed:  passed,
 		ready:   make(chan struct{}),
 		done:    make(chan struct{}),
 		started: time.Now(),
@@ -282,6 +291,9 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 	forked <- nil
 	if verify != nil {
 		p.traceExec(self, verify, log)
+	}
+	if p.passed != nil {
+		p.passed.Close()
 	}
 
 	// Wait for the exit without reaping: until the reap the pid cannot be

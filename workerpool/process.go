@@ -47,7 +47,10 @@ type Exit struct {
 type osProcess struct {
 	pid int
 	// execFD is the pinned file's descriptor in the shim (traceExec).
-	execFD  int
+	execFD int
+	// passed is the launcher's descriptor of that file, until the exec
+	// has been checked.
+	passed  *os.File
 	started time.Time
 	ready   chan struct{}
 	done    chan struct{}

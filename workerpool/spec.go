@@ -29,9 +29,9 @@ type Pinned interface {
 	// note, if not "", says how what runs differs from what was deployed
 	// (a #! script changed at its path), for the log.
 	Exec(args []string) (exe *os.File, argv []string, note string, err error)
-	// Verify checks the worker pid, stopped right after the exec of exe
-	// and before it runs, against the pin.
-	Verify(pid int) error
+	// VerifyExec checks the worker pid, stopped right after the exec of
+	// exe (the descriptor Exec gave) and before it runs, against the pin.
+	VerifyExec(pid int, exe *os.File) error
 }
 
 // Launcher starts a worker for a slot.

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,6 +255,29 @@ func (f *File) Verify(pid int) error {
 	unix.Close(fd)
 	if err != nil {
 		return fmt.Errorf("verify the exec of %s: %w", target.id.Path, err)
+	}
+	return target.verify(&st)
+}
+
+// VerifyExec is Verify for a worker that exec'd passed, the descriptor
+// Exec gave its launcher. Where the primary may not look at the worker's
+// executable (a worker of another user, and no CAP_SYS_PTRACE: Docker's
+// default), it checks passed instead: the worker exec'd that very file
+// (the exec step runs the descriptor it was given), and from its exec on
+// the kernel refuses writes into it, so the pinned content unchanged now
+// is the content the worker runs.
+func (f *File) VerifyExec(pid int, passed *os.File) error {
+	err := f.Verify(pid)
+	if passed == nil || !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	target := f
+	if f.script && f.interp != nil {
+		target = f.interp
+	}
+	st, serr := fstat(passed)
+	if serr != nil {
+		return fmt.Errorf("verify the exec of %s: %w", target.id.Path, serr)
 	}
 	return target.verify(&st)
 }
