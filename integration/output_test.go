@@ -235,7 +235,7 @@ func testWorkerOutput(t *testing.T, mode string) {
 	if st := p.WaitExit(30 * time.Second); st == nil || st.ExitCode() != 0 {
 		t.Fatalf("old primary %d after the hand-over: %v", old, st)
 	}
-	handedOver, ok := p.Log.Wait(0, 0, func(e Event) bool { return e.Msg == "handed over" && e.Int0("primary") == old })
+	_, ok := p.Log.Wait(0, 0, func(e Event) bool { return e.Msg == "handed over" && e.Int0("primary") == old })
 	if !ok {
 		t.Fatalf("no \"handed over\" event")
 	}
@@ -292,19 +292,29 @@ func testWorkerOutput(t *testing.T, mode string) {
 		checkChatter(t, "stdout", texts["stdout"], pids)
 	}
 
-	// The old primary forwarded its workers' lines after the hand-over.
+	// The old primary forwarded the lines its workers wrote after it had
+	// handed their slots over (each drains for --chatter-drain).
+	lastHandedOver := -1
+	for _, e := range p.Log.Filter("worker retiring") {
+		if e.Int0("primary") == old && e.Str("reason") == "handed over" {
+			lastHandedOver = max(lastHandedOver, lineIndex(stderrLines, e.Raw))
+		}
+	}
+	if lastHandedOver < 0 {
+		t.Errorf("the old primary handed no worker over (no \"worker retiring\" with reason \"handed over\")")
+	}
 	afterHandOver := 0
 	for _, l := range lines {
 		if l.stream != "stderr" || !strings.HasPrefix(l.text, "chatter ") {
 			continue
 		}
 		pid, _ := strconv.Atoi(strings.Fields(l.text)[1])
-		if workers[pid].primary == old && l.index > lineIndex(stderrLines, handedOver.Raw) {
+		if workers[pid].primary == old && l.index > lastHandedOver {
 			afterHandOver++
 		}
 	}
 	if afterHandOver == 0 {
-		t.Errorf("no line of the old primary's workers came after its \"handed over\"")
+		t.Errorf("no line of the old primary's workers came after it handed their slots over")
 	}
 
 	// The long lines: cut in pieces of at most 64 KiB, marked, whole once
