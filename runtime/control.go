@@ -222,8 +222,12 @@ func (s *controlServer) oldestSilentLocked(now time.Time) *net.UnixConn {
 // again, and closes it. The answer is small and c's buffer empty: the
 // write does not wait (and is bounded if it would).
 func turnAway(c *net.UnixConn) {
-	b, _ := json.Marshal(ControlReply{Retry: true, Pid: os.Getpid(),
-		Error: fmt.Sprintf("busy: %d control connections are open", maxControlConns)})
+	tellRetry(c, fmt.Sprintf("busy: %d control connections are open", maxControlConns))
+}
+
+// tellRetry answers c that it should ask again, and closes it.
+func tellRetry(c *net.UnixConn, why string) {
+	b, _ := json.Marshal(ControlReply{Retry: true, Pid: os.Getpid(), Error: why})
 	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	c.Write(append(b, '\n'))
 	c.Close()
@@ -273,6 +277,12 @@ func (s *controlServer) close() {
 	s.closed = true
 	close(s.quit)
 	for c := range s.conns {
+		if s.successor != 0 {
+			// Handed over: whatever was asked here and not answered yet
+			// is asked again of the new primary (the client retries).
+			tellRetry(c, fmt.Sprintf("handed over to the new primary (pid %d)", s.successor))
+			continue
+		}
 		c.Close()
 	}
 	s.mu.Unlock()
