@@ -115,6 +115,11 @@ type Config struct {
 	// DefaultMinUptime; a negative value turns probation off (a deploy
 	// is done once its workers are ready).
 	MinUptime time.Duration
+	// Surge is how many new workers a deploy starts at once (the CLI's
+	// --surge), and how many slots its roll-back replaces at once: never
+	// more than Workers+Surge live, never fewer than Workers ready. 0
+	// means 1; more than Workers means all.
+	Surge int
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
 	// Control is the path of the control socket (see ControlRequest);

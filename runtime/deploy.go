@@ -90,6 +90,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 	newer := newerDeploy(ctx)
 	var tookOver time.Duration
 	err := p.pool.RollWith(ctx, next.spec, workerpool.RollOptions{
+		Surge:        p.cfg.Surge,
 		Progress:     p.progress(next.gen),
 		MinUptime:    p.cfg.MinUptime,
 		EndProbation: newer,

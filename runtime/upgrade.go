@@ -582,6 +582,7 @@ func (p *primary) rollFrom(ctx context.Context, pr *peer, old *oldPrimary, spec 
 	// With its probation, before tableflip's Ready: a new build that dies
 	// soon after it is ready is still rolled back by the old primary.
 	return p.pool.RollWith(ctx, spec, workerpool.RollOptions{
+		Surge:  p.cfg.Surge,
 		Remote: pr.retire,
 		Progress: func(step, steps int) {
 			progress(step, steps)

@@ -423,7 +423,11 @@ func (tp *testPool) restartsScheduled() []time.Duration {
 // checkServing verifies the roll invariant on a snapshot: at most n+1
 // workers not retiring, at least n ready and not retiring, and every slot
 // held by one current, ready, non-retiring worker.
-func checkServing(ws []WorkerInfo, n int) error {
+func checkServing(ws []WorkerInfo, n int) error { return checkServingSurge(ws, n, 1) }
+
+// checkServingSurge is checkServing for a roll of surge k: at most n+k
+// workers not retiring.
+func checkServingSurge(ws []WorkerInfo, n, k int) error {
 	active, serving := 0, 0
 	perSlot := map[int]int{}
 	for _, w := range ws {
@@ -438,8 +442,8 @@ func checkServing(ws []WorkerInfo, n int) error {
 			perSlot[w.Slot]++
 		}
 	}
-	if active > n+1 {
-		return fmt.Errorf("%d workers not retiring, want at most %d: %+v", active, n+1, ws)
+	if active > n+k {
+		return fmt.Errorf("%d workers not retiring, want at most %d: %+v", active, n+k, ws)
 	}
 	if serving < n {
 		return fmt.Errorf("%d ready workers not retiring, want at least %d: %+v", serving, n, ws)
@@ -456,11 +460,17 @@ func checkServing(ws []WorkerInfo, n int) error {
 // function is called, which reports the first violation seen.
 func (tp *testPool) watchServing(t *testing.T) func() {
 	t.Helper()
+	return tp.watchServingSurge(t, 1)
+}
+
+// watchServingSurge is watchServing for a roll of surge k.
+func (tp *testPool) watchServingSurge(t *testing.T, k int) func() {
+	t.Helper()
 	stop := make(chan struct{})
 	result := make(chan error, 1)
 	go func() {
 		for {
-			if err := checkServing(tp.Workers(), tp.Size()); err != nil {
+			if err := checkServingSurge(tp.Workers(), tp.Size(), k); err != nil {
 				result <- err
 				return
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -106,6 +107,58 @@ type RollOptions struct {
 	// last slot's old worker retires as every other does, so that the old
 	// version answers no more once the roll is done.
 	Standby bool
+	// Surge is how many slots are replaced at once, forward and in a
+	// roll-back: up to Surge new workers start together beside the N
+	// that serve (never more than N+Surge live, never fewer than N
+	// ready), and the old ones retire as their replacements take their
+	// slots. 1 or less: one at a time; more than the pool's size: all.
+	Surge int
+}
+
+// inBatches runs step for each of slots, up to k at once: a batch starts
+// once the previous one has ended (begin, if not nil, is told each slot
+// of a batch first, in order). Then, in the order of slots, after
+// runs for each slot whose step succeeded. It stops after a batch in which
+// a step failed (or after failed), and once ctx ends. It returns the slots
+// whose step succeeded, in order, and the first error; a step that
+// returns errSlotTaken is skipped, not failed.
+func inBatches(ctx context.Context, slots []int, k int, begin func(i int), step, after func(i int) error) ([]int, error) {
+	k = max(1, k)
+	var done []int
+	for b := 0; b < len(slots); b += k {
+		if ctx.Err() != nil {
+			return done, context.Cause(ctx)
+		}
+		batch := slots[b:min(b+k, len(slots))]
+		errs := make([]error, len(batch))
+		if begin != nil {
+			for _, i := range batch {
+				begin(i)
+			}
+		}
+		var wg sync.WaitGroup
+		for j, i := range batch {
+			wg.Go(func() { errs[j] = step(i) })
+		}
+		wg.Wait()
+		var failed error
+		for j, i := range batch {
+			switch {
+			case errors.Is(errs[j], errSlotTaken):
+			case errs[j] != nil:
+				failed = cmp.Or(failed, errs[j])
+			default:
+				done = append(done, i)
+				if after != nil {
+					failed = cmp.Or(failed, after(i))
+				}
+			}
+		}
+		if failed != nil {
+			return done, failed
+		}
+	}
+	return done, nil
 }
 
 // probation is the state of the roll whose new workers are on
@@ -215,49 +268,49 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 		lastReady time.Time
 		err       error
 	)
-	for i := 0; i < size; i++ {
-		if rctx.Err() != nil {
-			err = context.Cause(rctx)
-			break
-		}
-		if o.Progress != nil {
-			o.Progress(i+1, size)
-		}
-		var old *worker
-		var wasRemote bool
-		last := i == size-1
-		err = p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
-			oldSpec = s.spec
-			old, wasRemote = s.install(w, spec)
-			lastReady = w.readyAt
-			if pr != nil && o.Standby && last && old != nil {
-				pr.standing, pr.standingSpec = old, oldSpec
+	slots := make([]int, size)
+	olds := make([]*worker, size)
+	remote := make([]bool, size)
+	for i := range slots {
+		slots[i] = i
+	}
+	standsBy := func(i int) bool { return pr != nil && o.Standby && i == size-1 }
+	var begin func(i int)
+	if o.Progress != nil {
+		begin = func(i int) { o.Progress(i+1, size) }
+	}
+	touched, err = inBatches(rctx, slots, o.Surge, begin, func(i int) error {
+		return p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
+			// Under the pool's lock.
+			was := s.spec
+			olds[i], remote[i] = s.install(w, spec)
+			lastReady = later(lastReady, w.readyAt)
+			if standsBy(i) && olds[i] != nil {
+				oldSpec = was
+				pr.standing, pr.standingSpec = olds[i], was
 			}
 			return nil
 		})
-		if err != nil {
-			break
-		}
-		touched = append(touched, i)
-		if pr != nil && o.Standby && last {
+	}, func(i int) error {
+		if standsBy(i) {
 			// Stands by until the probation is over.
-			standing = old
-			if wasRemote {
+			standing = olds[i]
+			if remote[i] {
 				remoteEnd = i
 			}
-			break
+			return nil
 		}
-		if old != nil {
-			p.retire(old, "replaced")
+		if olds[i] != nil {
+			p.retire(olds[i], "replaced")
 		}
-		if wasRemote && o.Remote != nil {
+		if remote[i] && o.Remote != nil {
 			// ctx, not rctx: a retire asked for is seen through.
-			if err = o.Remote(ctx, i); err != nil {
-				err = fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
-				break
+			if err := o.Remote(ctx, i); err != nil {
+				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 			}
 		}
-	}
+		return nil
+	})
 	if err == nil && o.Rolled != nil {
 		o.Rolled()
 	}
@@ -305,8 +358,16 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 	if o.OnRollBack != nil {
 		o.OnRollBack(err)
 	}
-	rbErr := p.rollBack(ctx, pr, spec.Generation, o.RollBackTo, touched, standing)
+	rbErr := p.rollBack(ctx, pr, spec.Generation, o.RollBackTo, touched, standing, o.Surge)
 	return &RolledBackError{Cause: err, Slots: len(touched), Err: rbErr}
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // failure is the probation's failure, if any.
@@ -394,7 +455,7 @@ func (p *Pool) reinstate(old *worker, spec *Spec, gen int) bool {
 //
 // It returns the first failure of a worker of to; the slots not rolled
 // back by then keep their new worker, whose restarts run to.
-func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, touched []int, standing *worker) error {
+func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, touched []int, standing *worker, surge int) error {
 	p.mu.Lock()
 	if pr != nil {
 		pr.rollingBack = true
@@ -452,19 +513,17 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 	if failed != nil {
 		return failed
 	}
-	for _, i := range touched {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
+	olds := map[int]*worker{}
+	var mu sync.Mutex
+	_, err := inBatches(ctx, touched, surge, nil, func(i int) error {
 		p.mu.Lock()
 		w := p.slots[i].cur
 		due := i < p.size && w != nil && w.gen == gen && !w.retiring
 		p.mu.Unlock()
 		if !due {
-			continue
+			return errSlotTaken
 		}
-		var old *worker
-		err := p.launchReady(ctx, i, to, func(s *slot, nw *worker) error {
+		return p.launchReady(ctx, i, to, func(s *slot, nw *worker) error {
 			if p.closing {
 				return ErrClosing
 			}
@@ -472,20 +531,19 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 				// A restart refilled it meanwhile.
 				return errSlotTaken
 			}
-			old, _ = s.install(nw, to)
+			old, _ := s.install(nw, to)
+			mu.Lock()
+			olds[i] = old
+			mu.Unlock()
 			return nil
 		})
-		if errors.Is(err, errSlotTaken) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if old != nil {
+	}, func(i int) error {
+		if old := olds[i]; old != nil {
 			p.retire(old, "rolled back")
 		}
-	}
-	return nil
+		return nil
+	})
+	return err
 }
 
 // Specs returns the spec of every slot (what a restart of it runs), one

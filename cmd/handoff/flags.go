@@ -56,6 +56,13 @@ Flags:
                                              sent READY=1
                              delay:DURATION  it has stayed up that long (a
                                              READY=1 sent earlier counts too)
+                             http:PATH       GET PATH through the worker's own
+                             https:PATH      socket answers 2xx (https: TLS,
+                                             unverified); needs a socket per
+                                             worker, which this version does
+                                             not give yet: refused at start
+  --ready-host HOST        Host header of --ready http: probes (default
+                           localhost)
   --ready-timeout DURATION a new worker not ready by then is stopped and the
                            deploy aborted (default 60s)
   --drain-timeout DURATION time a retiring worker has after the stop signal
@@ -64,6 +71,18 @@ Flags:
                            within DURATION of getting ready fails the deploy,
                            which is rolled back as a whole (default 5s; 0
                            turns probation off)
+  --surge K                a deploy starts up to K new workers at once (never
+                           more than N+K live, never fewer than N ready); its
+                           roll-back goes K at a time too (default 1; more
+                           than --workers means all)
+  --health http:PATH       replace a worker whose GET PATH, through its own
+                           socket, fails --health-threshold times in a row;
+                           needs a socket per worker, which this version does
+                           not give yet: refused at start
+  --health-interval DURATION  time between health probes (default 10s)
+  --health-timeout DURATION   a health probe's bound (default 2s)
+  --health-threshold N     failures in a row that make a worker sick
+                           (default 3)
   --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
   --pid-file PATH          file holding the pid of the primary that owns the
                            listeners now, replaced atomically on each upgrade
@@ -171,6 +190,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		uptime  time.Duration
 		output  string
 		adoptB  string
+		probes  probeFlags
 	)
 	workers := c.workers
 	if workers == 0 {
@@ -196,6 +216,8 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&maxMem, "max-memory", "", "")
 	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
 	fs.StringVar(&adoptB, "adopt-bind", "auto", "")
+	fs.IntVar(&cfg.Surge, "surge", 1, "")
+	probes.define(fs)
 	check := c.flags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -250,8 +272,18 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 			return fail("--ready %q: the delay must be a positive duration such as delay:1s", ready)
 		}
 		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, d
+	case strings.HasPrefix(ready, "http:"), strings.HasPrefix(ready, "https:"):
+		if err := probes.refuse("--ready", ready); err != nil {
+			return cfg, lc, usageError{err}
+		}
 	default:
 		return fail("--ready %q: use notify, bind or delay:DURATION (e.g. delay:1s)", ready)
+	}
+	if cfg.Surge < 1 {
+		return fail("--surge %d: must be at least 1 (new workers started at once in a deploy)", cfg.Surge)
+	}
+	if err := probes.check(fs); err != nil {
+		return cfg, lc, usageError{err}
 	}
 	if cfg.ReadyTimeout <= 0 {
 		return fail("--ready-timeout %s: must be positive", cfg.ReadyTimeout)
