@@ -82,13 +82,13 @@ func (p *primary) startAdoption(fds []int, cred *syscall.Credential) (*adopt.Sup
 }
 
 // adoptFD is the launcher's PrepareFD for s: each worker's channel to the
-// Supervisor. Nil when s is.
-func (p *primary) adoptFD(s *adopt.Supervisor) func(slot, generation int) (*workerpool.ExtraFD, error) {
+// Supervisor, whose binds get the worker's own listeners. Nil when s is.
+func (p *primary) adoptFD(s *adopt.Supervisor) func(slot, generation int, listeners []int) (*workerpool.ExtraFD, error) {
 	if s == nil {
 		return nil
 	}
-	return func(slot, generation int) (*workerpool.ExtraFD, error) {
-		pend, err := s.PrepareSlot(slot)
+	return func(slot, generation int, listeners []int) (*workerpool.ExtraFD, error) {
+		pend, err := s.PrepareWith(slot, listeners)
 		if err != nil {
 			return nil, err
 		}

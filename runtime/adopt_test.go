@@ -240,7 +240,7 @@ func TestAdoptOn(t *testing.T) {
 		if n := logs.FilterMessage("bind adoption off").Len(); n != 0 {
 			t.Errorf("%v: logged bind adoption off", mode)
 		}
-		x, err := p.adoptFD(s)(0, 1)
+		x, err := p.adoptFD(s)(0, 1, fds)
 		if err != nil {
 			t.Fatal(err)
 		}

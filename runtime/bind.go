@@ -9,10 +9,14 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/steer"
 )
 
 // listen binds (or inherits) every listener and returns raw duplicates of
-// their fds for the workers, with their names.
+// their fds for the workers, with their names. A TCP listener is a
+// steered group (p.sockets) unless the balance mode is shared: its fd
+// here is a duplicate of its first member's.
 func (p *primary) listen() (fds []int, names []string, err error) {
 	var addrs []string
 	defer func() {
@@ -20,23 +24,101 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			for _, fd := range fds {
 				syscall.Close(fd)
 			}
+			if p.sockets != nil {
+				p.sockets.closeAll(p.upg.HasParent())
+				p.sockets = nil
+			}
 		}
 	}()
+	mode, why := steer.Shared, ""
+	if !p.upg.HasParent() {
+		if mode, why, err = p.balanceMode(); err != nil {
+			return nil, nil, err
+		}
+	}
+	n := len(p.cfg.Listeners)
+	layer := &socketLayer{log: p.log, mode: steer.Shared, groups: make([]*steer.Group, n), shared: make([]int, n),
+		keys: make([]string, n), serving: make([][]*steer.Member, n)}
+	first := &memberSet{l: layer, members: make([]*steer.Member, n), fds: make([]int, n)}
+	imported := map[int]*memberSet{} // a new primary's: by slot, the old workers' sockets
 	seen := map[string]int{}
-	for _, l := range p.cfg.Listeners {
-		// Passed to a new primary as a file (see listenfd.go).
+	for i, l := range p.cfg.Listeners {
+		// Passed to a new primary as files (see listenfd.go).
 		key := listenerKey(l, seen[l.Network+" "+l.Address])
 		seen[l.Network+" "+l.Address]++
+		layer.keys[i] = key
+		if l.Network == "tcp" && (mode != steer.Shared || p.upg.HasParent()) {
+			g, m, slots, ok, err := p.bindGroup(l, key, mode)
+			if err != nil {
+				return fds, nil, err
+			}
+			if ok {
+				layer.groups[i], layer.mode = g, g.Mode()
+				p.sockets = layer
+				fd := -1
+				if m != nil {
+					first.members[i], first.fds[i] = m, m.Fd()
+					fd = m.Fd()
+				} else {
+					fd = importSlots(layer, imported, i, g, slots)
+				}
+				dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+				if err != nil {
+					return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
+				}
+				fds = append(fds, dup)
+				names = append(names, l.Name)
+				addrs = append(addrs, g.Addr().String())
+				continue
+			}
+		}
 		fd, addr, err := p.bindListener(l, key)
 		if err != nil {
 			return fds, nil, err
+		}
+		layer.shared[i], first.fds[i] = fd, fd
+		for _, s := range imported {
+			s.fds[i] = fd
 		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
 		addrs = append(addrs, addr)
 	}
 	p.addrs = addrs
+	if p.sockets != nil {
+		layer.first = first
+		if p.upg.HasParent() {
+			layer.first, layer.oldAlive, p.imported = nil, true, imported
+			why = "taken over from the previous primary"
+		}
+	}
+	if p.sockets == nil && p.upg.HasParent() {
+		why = "taken over from the previous primary, which shared its sockets"
+	}
+	p.balance = balanceInfo{mode: layer.mode, why: why}
 	return fds, names, nil
+}
+
+// importSlots records, for each slot of the previous primary, the member
+// of group g (listener i) its worker accepts from, and returns a fd of
+// the group for the Supervisor to know the listener by.
+func importSlots(l *socketLayer, imported map[int]*memberSet, i int, g *steer.Group, slots []int) int {
+	members := g.Members()
+	for slot, id := range slots {
+		for _, m := range members {
+			if m.ID() != id {
+				continue
+			}
+			s := imported[slot]
+			if s == nil {
+				n := len(l.groups)
+				s = &memberSet{l: l, members: make([]*steer.Member, n), fds: make([]int, n), fromOld: true}
+				imported[slot] = s
+			}
+			s.members[i], s.fds[i] = m, m.Fd()
+		}
+	}
+	return members[0].Fd()
 }
 
 // logListening logs the bound listeners, once the control socket is set

@@ -198,6 +198,15 @@ type Config struct {
 	// the CLI's default is AdoptAuto. See README "Wrapping a server that
 	// binds its own port".
 	AdoptBind AdoptMode
+	// Balance says how new connections to a TCP listener are spread over
+	// the workers: "round-robin" (each worker has a socket of its own; an
+	// eBPF program gives them connections in turn; needs CAP_BPF or
+	// CAP_SYS_ADMIN), "random" (a socket each; classic BPF picks one at
+	// random among those serving; no privilege), "shared" (one socket
+	// every worker accepts from, no steering). "" or "auto": the best this
+	// process can use. unix: listeners are always shared. See README
+	// "Balancing".
+	Balance string
 	// SampleInterval is how often worker memory and watchdogs are checked;
 	// default one second (or a quarter of Watchdog if that is shorter).
 	SampleInterval time.Duration
@@ -296,6 +305,11 @@ func (c *Config) Validate() error {
 		if _, ok := workerpool.ParseOutputMode(string(c.WorkerOutput)); !ok {
 			return fmt.Errorf("--worker-output %q: use prefix, json or raw", c.WorkerOutput)
 		}
+	}
+	switch c.Balance {
+	case "", "auto", "round-robin", "random", "shared":
+	default:
+		return fmt.Errorf("--balance %q: use round-robin, random, shared or auto", c.Balance)
 	}
 	if c.Metrics != "" {
 		if err := checkHostPort(c.Metrics); err != nil {

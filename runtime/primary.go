@@ -38,6 +38,11 @@ type primary struct {
 	env    []string
 	// successor is the primary that took over, once one has.
 	successor *process
+	// sockets are the workers' steered sockets (nil: every listener is
+	// one shared socket); balance says how connections are spread.
+	sockets  *socketLayer
+	balance  balanceInfo
+	imported map[int]*memberSet // a new primary's: the old workers' sockets, by slot
 	// sockFiles are the unix socket files of the worker listeners.
 	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the
@@ -195,6 +200,11 @@ func (r *resources) close() {
 	for _, fd := range r.fds {
 		syscall.Close(fd)
 	}
+	if p != nil && p.sockets != nil {
+		// Left to a new primary that took over, or to the old one that
+		// serves on if this one never did.
+		p.sockets.closeAll(p.successor != nil || (!p.owner && p.upg.HasParent()))
+	}
 	if r.metricsLn != nil {
 		r.metricsLn.Close()
 	}
@@ -280,6 +290,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		return "", nil, err
 	}
 	p.logListening()
+	p.logBalance(p.balance.mode, p.balance.why)
 	p.cfg.logWorkers(p.log)
 
 	p.dir, err = privateDir()
@@ -322,6 +333,9 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		DrainTimeout: cfg.DrainTimeout,
 		StopSignal:   cfg.StopSignal,
 		Logger:       p.log,
+	}
+	if p.sockets != nil {
+		poolCfg.Sockets = p.sockets
 	}
 	if metricsLn != nil {
 		p.log.Info("metrics listening", zap.String("addr", metricsLn.Addr().String()))

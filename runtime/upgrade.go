@@ -172,7 +172,10 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}
 		p.upg.Stop()
 	}()
-	upErr := p.upg.Upgrade()
+	upErr := p.exportGroups()
+	if upErr == nil {
+		upErr = p.upg.Upgrade()
+	}
 	close(upgraded)
 	// Nothing signals the new primary from here on: its pidfd may close.
 	<-watchDone
@@ -207,6 +210,9 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		return nil
 	}
 	ho.proc.release()
+	// The new primary is gone: this one steers its sockets again.
+	p.sockets.thaw()
+	p.pool.Steer()
 	// tableflip drops, without closing them, the pipe ends it gave the
 	// new primary: their finalizers close them once collected. Collect
 	// now, or every failed upgrade leaves two descriptors more.
@@ -431,6 +437,20 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 	}
 
 	p.pool.Adopt()
+	for slot, s := range p.imported {
+		// Steered to until this primary's worker replaces it.
+		p.pool.AdoptSockets(slot, s)
+	}
+	if p.sockets != nil {
+		// The old workers' sockets close once nothing can accept from
+		// them: when the old primary, which waits for its workers, is
+		// gone.
+		go func() {
+			if p.upg.WaitForParent(ctx) == nil || ctx.Err() == nil {
+				p.sockets.oldGone()
+			}
+		}()
+	}
 	spec := p.spec(path, p.gen)
 	spec.Pin = pf
 	// A TERM or INT ends the roll; the slots taken are handed back (unless

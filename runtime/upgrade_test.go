@@ -36,7 +36,7 @@ func TestUpgradeBound(t *testing.T) {
 
 type noLauncher struct{}
 
-func (noLauncher) Launch(int, *workerpool.Spec) (workerpool.Process, error) {
+func (noLauncher) Launch(int, *workerpool.Spec, []int) (workerpool.Process, error) {
 	return nil, errors.New("no launch in this test")
 }
 

@@ -19,11 +19,11 @@ type ExtraFD struct {
 }
 
 // prepareFD asks for a worker's extra fd, if the launcher gives one.
-func (l *OSLauncher) prepareFD(slot, generation int) (*ExtraFD, error) {
+func (l *OSLauncher) prepareFD(slot, generation int, listeners []int) (*ExtraFD, error) {
 	if l.PrepareFD == nil {
 		return nil, nil
 	}
-	return l.PrepareFD(slot, generation)
+	return l.PrepareFD(slot, generation, listeners)
 }
 
 // add passes the fd to the worker.

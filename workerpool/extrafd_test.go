@@ -26,7 +26,7 @@ func TestLaunchExtraFD(t *testing.T) {
 	}
 	got := make(chan started, 1)
 	var fd int
-	e.l.PrepareFD = func(slot, generation int) (*ExtraFD, error) {
+	e.l.PrepareFD = func(slot, generation int, _ []int) (*ExtraFD, error) {
 		if slot != 1 || generation != 4 {
 			t.Errorf("PrepareFD(%d, %d), want (1, 4)", slot, generation)
 		}
@@ -76,7 +76,7 @@ func TestLaunchExtraFDNotStarted(t *testing.T) {
 	e := newProcEnv(t)
 	e.l.Self = filepath.Join(t.TempDir(), "missing")
 	calls := 0
-	e.l.PrepareFD = func(slot, generation int) (*ExtraFD, error) {
+	e.l.PrepareFD = func(slot, generation int, _ []int) (*ExtraFD, error) {
 		fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
@@ -90,7 +90,7 @@ func TestLaunchExtraFDNotStarted(t *testing.T) {
 				}
 			}}, nil
 	}
-	if _, err := e.l.Launch(0, e.spec(1)); err == nil {
+	if _, err := e.l.Launch(0, e.spec(1), nil); err == nil {
 		t.Fatal("Launch of a missing executable succeeded")
 	}
 	if calls != 1 {

@@ -19,13 +19,13 @@ type gatedLauncher struct {
 	err     error         // if set, the Launch let through fails with it
 }
 
-func (l *gatedLauncher) Launch(slot int, spec *Spec) (Process, error) {
+func (l *gatedLauncher) Launch(slot int, spec *Spec, _ []int) (Process, error) {
 	l.entered <- slot
 	<-l.gate
 	if l.err != nil {
 		return nil, l.err
 	}
-	return l.fakeLauncher.Launch(slot, spec)
+	return l.fakeLauncher.Launch(slot, spec, nil)
 }
 
 // gate makes every launch of tp wait for a send on the gate.
@@ -190,9 +190,9 @@ type slowLauncher struct {
 	delay time.Duration
 }
 
-func (l slowLauncher) Launch(slot int, spec *Spec) (Process, error) {
+func (l slowLauncher) Launch(slot int, spec *Spec, _ []int) (Process, error) {
 	time.Sleep(l.delay)
-	return l.Launcher.Launch(slot, spec)
+	return l.Launcher.Launch(slot, spec, nil)
 }
 
 // BenchmarkPoolReadsDuringSlowLaunches measures what `handoff status`

@@ -76,8 +76,9 @@ type OSLauncher struct {
 	// NotifyDir must be searchable by it.
 	Credential *syscall.Credential
 	// PrepareFD, if set, gives each worker one more fd (see ExtraFD): bind
-	// adoption's channel to the primary (internal/adopt).
-	PrepareFD func(slot, generation int) (*ExtraFD, error)
+	// adoption's channel to the primary (internal/adopt), for a worker
+	// whose listeners are the raw fds listeners.
+	PrepareFD func(slot, generation int, listeners []int) (*ExtraFD, error)
 
 	seq      atomic.Uint64
 	stderrMu sync.Mutex
@@ -85,8 +86,12 @@ type OSLauncher struct {
 
 var errNotStarted = errors.New("worker did not start")
 
-// Launch starts one worker and returns once it has been forked.
-func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
+// Launch starts one worker and returns once it has been forked. Its
+// listeners are fds 3, 4, …: listeners if not nil, else l.Listeners.
+func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, error) {
+	if listeners == nil {
+		listeners = l.Listeners
+	}
 	log := l.Logger
 	if log == nil {
 		log = zap.NewNop()
@@ -113,7 +118,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 			defer exe.Close()
 		}
 	}
-	extra, err := l.prepareFD(slot, spec.Generation)
+	extra, err := l.prepareFD(slot, spec.Generation, listeners)
 	if err != nil {
 		return nil, err
 	}
@@ -163,7 +168,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 	env := make([]string, 0, len(spec.Env)+6)
 	env = append(env, spec.Env...)
 	env = append(env,
-		"LISTEN_FDS="+strconv.Itoa(len(l.Listeners)),
+		"LISTEN_FDS="+strconv.Itoa(len(listeners)),
 		"LISTEN_FDNAMES="+strings.Join(l.Names, ":"),
 		"NOTIFY_SOCKET="+sockPath,
 		"HANDOFF_WORKER="+strconv.Itoa(slot),
@@ -174,7 +179,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec) (Process, error) {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
 	}
 	files := []uintptr{uintptr(devnull), wout.fd(stdout), uintptr(pipe[1])}
-	for _, fd := range l.Listeners {
+	for _, fd := range listeners {
 		files = append(files, uintptr(fd))
 	}
 	if chanFD >= 0 {

@@ -123,7 +123,7 @@ func TestPinnedExecUnderRewrites(t *testing.T) {
 	const starts = 40
 	ran, killed, busy := 0, 0, 0
 	for range starts {
-		p, err := e.l.Launch(1, pinnedSpec(e, path, f))
+		p, err := e.l.Launch(1, pinnedSpec(e, path, f), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -39,6 +39,10 @@ type Config struct {
 	// Observer, if not nil, is told of every worker's start, readiness,
 	// restart and exit (metrics).
 	Observer Observer
+	// Sockets, if not nil, gives each worker listening sockets of its own
+	// and lets the pool steer new connections (see Sockets); nil: every
+	// worker accepts from the Launcher's shared sockets.
+	Sockets Sockets
 }
 
 // Observer is told of the pool's lifecycle events as they happen. Its
@@ -98,6 +102,7 @@ type Pool struct {
 	closing  bool
 	prob     *probation     // the probation of a RollWith, while it runs
 	monitors sync.WaitGroup // one per live worker and per drain timer
+	shut     chan struct{}  // closed when Shutdown begins
 }
 
 // New returns a pool with Size empty slots.
@@ -120,7 +125,7 @@ func New(cfg Config) *Pool {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}, size: cfg.Size}
+	p := &Pool{cfg: cfg, log: cfg.Logger, all: map[*worker]struct{}{}, size: cfg.Size, shut: make(chan struct{})}
 	for i := 0; i < cfg.Size; i++ {
 		p.slots = append(p.slots, &slot{})
 	}
@@ -241,6 +246,7 @@ func (p *Pool) startBatch(ctx context.Context, slots []int, spec *Spec, b batch)
 		}
 	}
 	err := b.commit(started)
+	p.steerLocked()
 	p.mu.Unlock()
 	return err
 }
@@ -264,6 +270,9 @@ func (p *Pool) ReadySlots() (ready, size int) {
 // after Shutdown has begun.
 func (p *Pool) Shutdown() {
 	p.mu.Lock()
+	if !p.closing {
+		close(p.shut)
+	}
 	p.closing = true
 	var live []*worker
 	for _, s := range p.slots {

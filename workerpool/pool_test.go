@@ -72,7 +72,7 @@ func newFakeLauncher(stop syscall.Signal) *fakeLauncher {
 	return &fakeLauncher{stop: stop, ev: &events{}, launched: make(chan *fakeProc, 1000), nextPid: 1000, failSlot: -1}
 }
 
-func (l *fakeLauncher) Launch(slot int, spec *Spec) (Process, error) {
+func (l *fakeLauncher) Launch(slot int, spec *Spec, _ []int) (Process, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.failNext > 0 || l.failSlot == slot {

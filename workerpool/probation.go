@@ -216,7 +216,7 @@ func (p *Pool) takeBack(pr *probation, w *worker) {
 	if _, alive := p.all[old]; !alive {
 		return
 	}
-	p.slots[w.slot].install(old, pr.standingSpec)
+	p.installLocked(p.slots[w.slot], old, pr.standingSpec)
 	old.log.Info("worker reinstated")
 }
 
@@ -271,6 +271,7 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 	slots := make([]int, size)
 	olds := make([]*worker, size)
 	remote := make([]bool, size)
+	remoteSocks := make([]*sockRef, size)
 	for i := range slots {
 		slots[i] = i
 	}
@@ -283,7 +284,8 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 		return p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
 			// Under the pool's lock.
 			was := s.spec
-			olds[i], remote[i] = s.install(w, spec)
+			remoteSocks[i] = p.remoteSocksLocked(s)
+			olds[i], remote[i] = p.installLocked(s, w, spec)
 			lastReady = later(lastReady, w.readyAt)
 			if standsBy(i) && olds[i] != nil {
 				oldSpec = was
@@ -305,7 +307,7 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 		}
 		if remote[i] && o.Remote != nil {
 			// ctx, not rctx: a retire asked for is seen through.
-			if err := o.Remote(ctx, i); err != nil {
+			if err := p.retireRemote(ctx, i, remoteSocks[i], o.Remote); err != nil {
 				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 			}
 		}
@@ -331,7 +333,7 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 			p.retire(standing, "replaced")
 		}
 		if remoteEnd >= 0 && o.Remote != nil {
-			if err := o.Remote(ctx, remoteEnd); err != nil {
+			if err := p.retireRemote(ctx, remoteEnd, remoteSocks[remoteEnd], o.Remote); err != nil {
 				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", remoteEnd, err)
 			}
 		}
@@ -432,7 +434,8 @@ func (p *Pool) reinstate(old *worker, spec *Spec, gen int) bool {
 		p.retire(old, "replaced")
 		return false
 	}
-	replaced, _ := s.install(old, spec)
+	replaced, _ := p.installLocked(s, old, spec)
+	p.steerLocked()
 	p.mu.Unlock()
 	old.log.Info("worker reinstated")
 	if replaced != nil {
@@ -531,7 +534,7 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 				// A restart refilled it meanwhile.
 				return errSlotTaken
 			}
-			old, _ := s.install(nw, to)
+			old, _ := p.installLocked(s, nw, to)
 			mu.Lock()
 			olds[i] = old
 			mu.Unlock()

@@ -212,7 +212,7 @@ func (e *procEnv) spec(gen int, vars ...string) *Spec {
 
 func (e *procEnv) launch(t *testing.T, slot int, spec *Spec) Process {
 	t.Helper()
-	p, err := e.l.Launch(slot, spec)
+	p, err := e.l.Launch(slot, spec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +343,7 @@ func launcherMain() int {
 	l := &OSLauncher{NotifyDir: dir, Ready: ReadyNotify, Stdout: os.Stdout, Stderr: os.Stdout}
 	w := os.Getenv("WP_WORKER")
 	p, err := l.Launch(0, &Spec{Path: w, Args: []string{w, "-test.run=^$"},
-		Env: []string{envChild + "=worker", "WP_NOTIFY=1", "GORACE=atexit_sleep_ms=0"}})
+		Env: []string{envChild + "=worker", "WP_NOTIFY=1", "GORACE=atexit_sleep_ms=0"}}, nil)
 	if err != nil {
 		fmt.Println("launch:", err)
 		return 3
@@ -534,7 +534,7 @@ func TestShimCannotExec(t *testing.T) {
 func TestLaunchFailsWithoutShim(t *testing.T) {
 	e := newProcEnv(t)
 	e.l.Self = filepath.Join(e.dir, "no-such-exe")
-	if _, err := e.l.Launch(0, e.spec(1)); !errors.Is(err, errNotStarted) {
+	if _, err := e.l.Launch(0, e.spec(1), nil); !errors.Is(err, errNotStarted) {
 		t.Fatalf("Launch: %v", err)
 	}
 	if names, _ := os.ReadDir(e.l.NotifyDir); len(names) != 0 {

@@ -72,8 +72,10 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 		spec := specFor(i)
 		var old *worker
 		var wasRemote bool
+		var remoteSocks *sockRef
 		if err := p.launchReady(ctx, i, spec, func(s *slot, w *worker) error {
-			old, wasRemote = s.install(w, spec)
+			remoteSocks = p.remoteSocksLocked(s)
+			old, wasRemote = p.installLocked(s, w, spec)
 			return nil
 		}); err != nil {
 			return err
@@ -82,7 +84,7 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 			p.retire(old, "replaced")
 		}
 		if wasRemote && remote != nil {
-			if err := remote(ctx, i); err != nil {
+			if err := p.retireRemote(ctx, i, remoteSocks, remote); err != nil {
 				// Going on could leave both primaries serving this slot.
 				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 			}
@@ -99,7 +101,14 @@ func (p *Pool) HandOver(i int) error {
 		p.mu.Unlock()
 		return fmt.Errorf("no slot %d", i)
 	}
-	old := p.slots[i].handOver()
+	s := p.slots[i]
+	old := s.handOver()
+	if s.adopted != nil {
+		// Handed back to the primary whose worker it adopted, which
+		// accepts from these again.
+		p.keepSocksLocked(s, s.adopted)
+	}
+	p.steerLocked()
 	p.mu.Unlock()
 	if old != nil {
 		p.retire(old, "handed over")
@@ -202,7 +211,7 @@ func (p *Pool) Replace(ctx context.Context, i, pid int, reason string, drain tim
 		if !(s.cur == old || s.vacant()) || p.closing || i >= p.size {
 			return ErrStale
 		}
-		s.install(w, s.spec)
+		p.installLocked(s, w, s.spec)
 		return nil
 	}); err != nil {
 		return err

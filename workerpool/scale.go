@@ -45,6 +45,7 @@ func (p *Pool) Scale(ctx context.Context, n int, spec *Spec) error {
 	if n <= old {
 		var gone []*worker
 		for _, s := range p.slots[n:old] {
+			p.keepSocksLocked(s, nil)
 			if w := s.clear(); w != nil {
 				gone = append(gone, w)
 			}
@@ -86,9 +87,10 @@ func (p *Pool) grow(ctx context.Context, old, n int, spec *Spec) error {
 			for _, w := range ws {
 				s := p.slots[w.slot]
 				s.restarts = 0
-				s.install(w, spec)
+				p.installLocked(s, w, spec)
 			}
 			p.size = n
+			p.steerLocked()
 			return nil
 		},
 	})

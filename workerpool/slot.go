@@ -63,6 +63,13 @@ type slot struct {
 	failures int // crash restarts in a row, for the backoff
 	restarts int // crash restarts of this slot so far
 	restart  *time.Timer
+	// socks are the listening sockets the slot's worker accepts from
+	// (with Config.Sockets): a restart gets them back.
+	socks *sockRef
+	// adopted are the sockets of the other primary's worker that held
+	// the slot (Pool.AdoptSockets): steered to again if the slot is
+	// handed back to it.
+	adopted *sockRef
 	// pending is the worker being launched for the slot after reserve;
 	// it means something only while the slot is still reserved (cur nil,
 	// in the reserved state).

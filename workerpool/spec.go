@@ -36,7 +36,10 @@ type Pinned interface {
 
 // Launcher starts a worker for a slot.
 type Launcher interface {
-	Launch(slot int, spec *Spec) (Process, error)
+	// Launch starts a worker of slot running spec. listeners, if not nil,
+	// are the raw fds of the worker's own listening sockets (see
+	// Sockets), which it is given instead of the launcher's.
+	Launch(slot int, spec *Spec, listeners []int) (Process, error)
 }
 
 // ReadyMode says how a worker's readiness is learnt.

@@ -19,6 +19,9 @@ type worker struct {
 	readyAt  time.Time
 	retiring bool
 	killed   bool // the pool sent SIGKILL
+	// socks are the worker's own listening sockets (nil without
+	// Config.Sockets).
+	socks *sockRef
 	// readyOnce logs readiness exactly once, before anything acts on it:
 	// the event stream then never shows an old worker retired before its
 	// replacement was ready.
@@ -34,6 +37,7 @@ func (p *Pool) noteReady(w *worker) {
 	w.readyOnce.Do(func() {
 		p.mu.Lock()
 		w.ready, w.readyAt = true, time.Now()
+		p.steerLocked()
 		p.mu.Unlock()
 		took := time.Since(w.started)
 		w.log.Info("worker ready", zap.Duration("took", took))
@@ -69,12 +73,26 @@ func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 		}
 		prev = p.slots[i].reserve(w, hold)
 	}
+	socks, err := p.newSocksLocked(i, hold)
+	if err != nil {
+		if hold != slotEmpty {
+			p.slots[i].unreserve(w, hold, prev)
+		}
+		p.mu.Unlock()
+		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
+	}
+	w.socks = socks
+	useSocksLocked(socks)
+	var fds []int
+	if socks != nil {
+		fds = socks.s.FDs()
+	}
 	// Shutdown waits for this launch, and so for the worker it forks.
 	p.monitors.Add(1)
 	defer p.monitors.Done()
 	p.mu.Unlock()
 
-	proc, err := p.cfg.Launcher.Launch(i, spec)
+	proc, err := p.cfg.Launcher.Launch(i, spec, fds)
 
 	p.mu.Lock()
 	s := p.slots[i]
@@ -82,6 +100,7 @@ func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 		if hold != slotEmpty {
 			s.unreserve(w, hold, prev)
 		}
+		p.releaseSocksLocked(socks)
 		p.mu.Unlock()
 		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
 	}
@@ -91,6 +110,7 @@ func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 	taken := hold != slotEmpty && !s.reservedFor(w, hold)
 	if hold != slotEmpty && !taken {
 		s.hold(w, spec, hold)
+		p.keepSocksLocked(s, socks)
 	}
 	closing := p.closing
 	w.log.Info("worker spawned")
@@ -136,6 +156,10 @@ func (p *Pool) monitor(w *worker) {
 		p.takeBack(p.prob, w)
 	}
 	restart := lost && !failed
+	// Its sockets: kept by a slot that waits for a restart, with what
+	// queues on them meanwhile, else closed.
+	p.releaseSocksLocked(w.socks)
+	p.steerLocked()
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))
@@ -202,6 +226,7 @@ func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec, take func(s *
 		return &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
 	}
 	err = take(p.slots[i], w)
+	p.steerLocked()
 	p.mu.Unlock()
 	if err != nil {
 		p.retire(w, "not needed: the slot changed")
@@ -243,11 +268,30 @@ func (p *Pool) retireWithin(w *worker, reason string, drain time.Duration) {
 		return
 	}
 	w.retiring = true
+	p.steerLocked()
+	steered := w.socks != nil && !p.closing
 	p.mu.Unlock()
-	select {
-	case <-w.proc.Done():
+	if exited(w) {
 		return // it has exited already: nothing to retire
-	default:
+	}
+	if !steered {
+		p.stop(w, reason, drain)
+		return
+	}
+	// Steered away above; it stops once nothing more can reach it.
+	p.monitors.Add(1)
+	go func() {
+		defer p.monitors.Done()
+		p.drainSocks(w)
+		p.stop(w, reason, drain)
+	}()
+}
+
+// stop sends w the stop signal, and SIGKILL if it has not exited drain
+// later.
+func (p *Pool) stop(w *worker, reason string, drain time.Duration) {
+	if exited(w) {
+		return
 	}
 	fields := []zap.Field{zap.String("reason", reason)}
 	if drain != p.cfg.DrainTimeout {

@@ -49,6 +49,20 @@ Flags:
                            workers then run with no_new_privs. auto: on where
                            the system allows it, else off (one info line says
                            why); on: a start-up error where it cannot work
+  --balance MODE           how new TCP connections reach the workers (default
+                           auto: the best available, named in one line at
+                           start):
+                             round-robin  each worker has a socket of its
+                                          own; the primary gives them new
+                                          connections in turn (eBPF: root,
+                                          CAP_BPF or CAP_SYS_ADMIN)
+                             random       a socket each; a random one of
+                                          the serving workers (no privilege)
+                             shared       one socket every worker accepts
+                                          from (unix: listeners always)
+                           With a socket each, a worker being replaced gets no
+                           new connection and is stopped only once its queue
+                           is empty.
   --ready MODE             how a worker tells it is ready (default delay:1s):
                              notify          it sends READY=1 to $NOTIFY_SOCKET
                              bind            it has bound a --listen address
@@ -216,6 +230,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&maxMem, "max-memory", "", "")
 	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
 	fs.StringVar(&adoptB, "adopt-bind", "auto", "")
+	fs.StringVar(&cfg.Balance, "balance", "auto", "")
 	fs.IntVar(&cfg.Surge, "surge", 1, "")
 	probes.define(fs)
 	check := c.flags(fs, &cfg)
@@ -328,6 +343,11 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	}
 	if cfg.AdoptBind, err = runtime.ParseAdoptMode(adoptB); err != nil {
 		return cfg, lc, usageError{err}
+	}
+	switch cfg.Balance {
+	case "auto", "round-robin", "random", "shared":
+	default:
+		return fail("--balance %q: use round-robin, random, shared or auto", cfg.Balance)
 	}
 	if flagSet(fs, "watchdog") && cfg.Watchdog < time.Millisecond {
 		return fail("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", cfg.Watchdog)

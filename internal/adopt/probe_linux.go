@@ -211,7 +211,7 @@ func (pr *probe) answer(timeout time.Duration, cred *syscall.Credential) error {
 			unix.Close(nfd)
 		}
 	}()
-	w := &worker{pidfd: -1, log: zap.NewNop(), adopted: func() {}, bound: make([]bool, 1)}
+	w := &worker{pidfd: -1, log: zap.NewNop(), adopted: func() {}, bound: make([]bool, 1), targets: pr.s.targets}
 	var failed error
 	for {
 		pfd := []unix.PollFd{{Fd: int32(pr.sock), Events: unix.POLLIN}, {Fd: int32(nfd), Events: unix.POLLIN}}

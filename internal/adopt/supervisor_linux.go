@@ -169,6 +169,9 @@ type Pending struct {
 	FD   int
 	own  int
 	slot int
+	// targets are the worker's own listeners (PrepareWith); nil: the
+	// Supervisor's.
+	targets []target
 }
 
 // Prepare makes the channel for a worker about to be forked, of slot 0.
@@ -191,6 +194,31 @@ func (s *Supervisor) PrepareSlot(slot int) (*Pending, error) {
 		return nil, fmt.Errorf("bind adoption: %w", err)
 	}
 	return &Pending{s: s, FD: fds[1], own: fds[0], slot: slot}, nil
+}
+
+// PrepareWith is PrepareSlot for a worker that has listening sockets of
+// its own: its binds get fds (one per listener, in the order NewSupervisor
+// was given them; each of the same address and kind as that listener's)
+// instead of the listeners' sockets. fds must stay open while the worker
+// may bind.
+func (s *Supervisor) PrepareWith(slot int, fds []int) (*Pending, error) {
+	if len(fds) != len(s.targets) {
+		return nil, fmt.Errorf("bind adoption: %d sockets for %d listeners", len(fds), len(s.targets))
+	}
+	own := make([]target, len(s.targets))
+	copy(own, s.targets)
+	for i, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			return nil, fmt.Errorf("bind adoption: listener %s: %w", own[i].Addr, err)
+		}
+		own[i].FD, own[i].dev, own[i].ino = fd, st.Dev, st.Ino
+	}
+	pend, err := s.PrepareSlot(slot)
+	if err == nil {
+		pend.targets = own
+	}
+	return pend, err
 }
 
 // Env is the environment entry that names the worker's end, which is fd n
@@ -221,7 +249,10 @@ func (p *Pending) Started(pid int, log *zap.Logger, adopted func()) {
 	if adopted == nil {
 		adopted = func() {}
 	}
-	w := &worker{slot: p.slot, pid: pid, pidfd: -1, log: log, adopted: adopted, bound: make([]bool, len(s.targets))}
+	w := &worker{slot: p.slot, pid: pid, pidfd: -1, log: log, adopted: adopted, bound: make([]bool, len(s.targets)), targets: p.targets}
+	if w.targets == nil {
+		w.targets = s.targets
+	}
 	// The worker has not been reaped: its pid is still its own.
 	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
 		w.pidfd = fd
@@ -234,7 +265,9 @@ type worker struct {
 	slot, pid int
 	// pidfd is the worker's own process (not what it started), to tell
 	// whether it exited; -1 if it could not be opened.
-	pidfd   int
+	pidfd int
+	// targets are the listeners its binds get.
+	targets []target
 	log     *zap.Logger
 	adopted func()
 	// f is the notification fd, once received; stop is set when it is to
@@ -522,7 +555,7 @@ func (s *Supervisor) handle(nfd int, w *worker) error {
 		case nr == unix.SYS_BIND:
 			return s.bind(nfd, n, w)
 		case nr == unix.SYS_LISTEN:
-			s.listenCall(nfd, n, w.log)
+			s.listenCall(nfd, n, w)
 			return nil
 		case s.unlink && isUnlink(nr):
 			return s.unlinkCall(nfd, n, w.log)
@@ -572,7 +605,7 @@ func (s *Supervisor) bind(nfd int, n *notif, w *worker) error {
 		}
 		a.Path = absPath(a.Path, cwd)
 	}
-	i := match(s.targets, a)
+	i := match(w.targets, a)
 	if i < 0 && a.Unix && !a.Abstract {
 		i = s.matchFile(a.Path)
 	}
@@ -580,7 +613,7 @@ func (s *Supervisor) bind(nfd int, n *notif, w *worker) error {
 		s.proceed(nfd, n.ID)
 		return nil
 	}
-	t := &s.targets[i]
+	t := &w.targets[i]
 	log := w.log.With(zap.String("addr", a.String()), zap.String("listener", t.Name), zap.Int("tid", tid))
 	why, err := s.adopt(nfd, n, fd, t)
 	switch {
@@ -740,14 +773,14 @@ func (s *Supervisor) adopt(nfd int, n *notif, fd int, t *target) (why string, er
 // the socket as the primary made it: the backlog stays the primary's
 // (a program's own choice, Python's socketserver asks for 5, would be
 // every worker's). Any other listen runs.
-func (s *Supervisor) listenCall(nfd int, n *notif, log *zap.Logger) {
+func (s *Supervisor) listenCall(nfd int, n *notif, w *worker) {
 	dup, _, _ := s.peerFD(nfd, n, int(int32(n.Data.Args[0])))
 	if dup >= 0 {
 		defer unix.Close(dup)
-		for i := range s.targets {
-			if s.targets[i].is(dup) && s.idValid(nfd, n.ID) == nil {
+		for i := range w.targets {
+			if w.targets[i].is(dup) && s.idValid(nfd, n.ID) == nil {
 				s.respond(nfd, &notifResp{ID: n.ID})
-				log.Debug("worker listen on an adopted socket: backlog kept", zap.String("listener", s.targets[i].Name), zap.Int("backlog", int(int32(n.Data.Args[1]))))
+				w.log.Debug("worker listen on an adopted socket: backlog kept", zap.String("listener", w.targets[i].Name), zap.Int("backlog", int(int32(n.Data.Args[1]))))
 				return
 			}
 		}

@@ -772,7 +772,7 @@ func BenchmarkBind(b *testing.B) {
 						} else if err != nil || pfd[0].Revents&unix.POLLIN == 0 {
 							return
 						}
-						s.handle(nfd, &worker{pidfd: -1, log: s.log, adopted: func() {}, bound: make([]bool, 1)})
+						s.handle(nfd, &worker{pidfd: -1, log: s.log, adopted: func() {}, bound: make([]bool, 1), targets: s.targets})
 					}
 				}()
 			}

@@ -43,6 +43,9 @@ func (s *Supervisor) Prepare() (*Pending, error) { return nil, errUnsupported }
 // PrepareSlot fails here.
 func (s *Supervisor) PrepareSlot(slot int) (*Pending, error) { return nil, errUnsupported }
 
+// PrepareWith fails here.
+func (s *Supervisor) PrepareWith(slot int, fds []int) (*Pending, error) { return nil, errUnsupported }
+
 // Close does nothing.
 func (s *Supervisor) Close() {}
 
