@@ -62,11 +62,11 @@ fmt-check:
 # output for skipped tests).
 GOTESTFLAGS ?=
 
-unit:
+unit: deps
 	$(GO) test $(GOTESTFLAGS) -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
-# node and gunicorn, for the examples' end-to-end tests (installed with
-# apt-get when missing).
+# node and gunicorn, for the examples' end-to-end tests and the Node-cluster
+# benchmark's smoke run in unit (installed with apt-get when missing).
 deps:
 	@.ci/deps
 
@@ -105,7 +105,7 @@ soak:
 # on 2 cores; BENCH_QUICK=1 for small sizes (under a minute); BENCH_DOC=1
 # to also put the results into docs/BENCHMARKS.md; BENCH_ONLY=devloop,balance
 # runs only those (of overhead, disruption, scaling, devloop, balance, output,
-# adoption).
+# adoption, cluster). The cluster benchmark runs node (from PATH) too.
 BENCH_QUICK ?=
 BENCH_DOC   ?=
 BENCH_ONLY  ?=

@@ -113,11 +113,29 @@ func (w *listenWatch) check(t *testing.T, primary int) {
 }
 
 // listeningInodes returns the inodes of the TCP sockets (IPv4 and IPv6)
-// that listen on port, in this network namespace. The kernel lists the
-// listening sockets first: the reading stops at the first other one, which
-// keeps a sample short on a machine with many connections.
+// that listen on port, in this network namespace.
 func listeningInodes(port int) []string {
 	var out []string
+	for _, s := range listeningSockets(port) {
+		out = append(out, s.inode)
+	}
+	return out
+}
+
+// listenSocket is a TCP socket listening on a port: its inode, and how
+// many connections wait in its accept queue (for a listening socket the
+// kernel shows that as the rx_queue of /proc/net/tcp).
+type listenSocket struct {
+	inode  string
+	queued int
+}
+
+// listeningSockets returns the TCP sockets (IPv4 and IPv6) that listen on
+// port, in this network namespace. The kernel lists the listening sockets
+// first: the reading stops at the first other one, which keeps a sample
+// short on a machine with many connections.
+func listeningSockets(port int) []listenSocket {
+	var out []listenSocket
 	local := fmt.Sprintf(":%04X", port)
 	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		f, err := os.Open(name)
@@ -127,14 +145,17 @@ func listeningInodes(port int) []string {
 		sc := bufio.NewScanner(f)
 		sc.Scan() // the header
 		for sc.Scan() {
-			// sl local_address rem_address st ... inode
+			// sl local_address rem_address st tx_queue:rx_queue ... inode
 			fs := strings.Fields(sc.Text())
 			if len(fs) < 10 || fs[3] != "0A" {
 				break
 			}
-			if strings.HasSuffix(fs[1], local) && !slices.Contains(out, fs[9]) {
-				out = append(out, fs[9])
+			if !strings.HasSuffix(fs[1], local) || slices.ContainsFunc(out, func(s listenSocket) bool { return s.inode == fs[9] }) {
+				continue
 			}
+			_, rx, _ := strings.Cut(fs[4], ":")
+			queued, _ := strconv.ParseInt(rx, 16, 64)
+			out = append(out, listenSocket{inode: fs[9], queued: int(queued)})
 		}
 		f.Close()
 	}

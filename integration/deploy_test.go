@@ -22,16 +22,17 @@ func startLoad(t *testing.T, url string) *loadgen.Run {
 // not empty.
 func startLoadVia(t *testing.T, url, unixSocket string) *loadgen.Run {
 	t.Helper()
-	r := loadgen.Start(context.Background(), loadgen.Config{
-		URL:         url,
-		UnixSocket:  unixSocket,
-		KeepAlive:   8,
-		NewConn:     8,
-		Duration:    2 * time.Minute,
-		MaxRequests: 3_000_000,
-		Timeout:     5 * time.Second,
-		Pause:       2 * time.Millisecond,
-	})
+	return startLoadWith(t, loadgen.Config{URL: url, UnixSocket: unixSocket, KeepAlive: 8, NewConn: 8})
+}
+
+// startLoadWith runs cfg's clients until the test stops them, with
+// startLoad's bounds, timeout and pause, and waits for their first 50
+// answers. cfg names the URL and the clients.
+func startLoadWith(t *testing.T, cfg loadgen.Config) *loadgen.Run {
+	t.Helper()
+	cfg.Duration, cfg.MaxRequests = 2*time.Minute, 3_000_000
+	cfg.Timeout, cfg.Pause = 5*time.Second, 2*time.Millisecond
+	r := loadgen.Start(context.Background(), cfg)
 	t.Cleanup(func() { r.Stop() })
 	waitRequests(t, r, 50, 10*time.Second)
 	return r

@@ -70,6 +70,9 @@ var serverVariants = []serverVariant{
 	// Binds its own port ($PORT): bind adoption.
 	{"bind-v1", "v1", "", "./integration/bindserver"},
 	{"bind-v2", "v2", "", "./integration/bindserver"},
+	// Binds its own port too, and on SIGTERM calls Shutdown, nothing more.
+	{"plain-v1", "v1", "", "./integration/plaingo"},
+	{"plain-v2", "v2", "", "./integration/plaingo"},
 }
 
 func TestMain(m *testing.M) {
@@ -140,7 +143,7 @@ func buildAll(dir string) error {
 			ldflags += " -X main.mode=" + v.mode
 		}
 		args := []string{"build", "-o", out, "-ldflags", ldflags, pkg}
-		if v.pkg != "" && v.pkg != "./examples/wrapped-go" {
+		if v.pkg != "" && v.pkg != "./examples/wrapped-go" && v.pkg != "./integration/plaingo" {
 			// A library-mode program is a primary itself.
 			args = race(args...)
 		}

@@ -38,6 +38,10 @@
 // "nonblocking=" with those of its inherited fds past stdio that were in
 // non-blocking mode (O_NONBLOCK) when it started, before it took them.
 //
+// --stall-accept-file PATH: while PATH exists, the server does not call
+// Accept (it looks every 10 ms), so connections wait in its socket's accept
+// queue; once PATH is gone it accepts as usual.
+//
 // /write?stream=stdout|stderr writes the request body to that stream as it
 // is (one write), then answers; with &at=exit the body is written instead
 // as the process exits, after the drain.
@@ -119,6 +123,7 @@ func main() {
 	crashSlot := fs.String("crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
 	chatterEvery := fs.Duration("chatter", 0, "write numbered lines to stdout and stderr this often")
 	chatterDrain := fs.Duration("chatter-drain", 0, "with --chatter: go on this long after the stop signal")
+	stallFile := fs.String("stall-accept-file", "", "while this file exists, do not accept: connections wait in the socket's queue")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -154,6 +159,11 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testserver: %v\n", err)
 		os.Exit(exitUsage)
+	}
+	if *stallFile != "" {
+		for i, ln := range lns {
+			lns[i] = &stallListener{Listener: ln, path: *stallFile, closed: make(chan struct{})}
+		}
 	}
 	worker := os.Getenv("HANDOFF_WORKER")
 	gen := os.Getenv("HANDOFF_GENERATION")
@@ -267,6 +277,34 @@ func listeners(addr string) ([]net.Listener, error) {
 		return nil, err
 	}
 	return []net.Listener{ln}, nil
+}
+
+// stallListener does not call Accept while the file at path exists.
+type stallListener struct {
+	net.Listener
+	path      string
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func (l *stallListener) Accept() (net.Conn, error) {
+	for {
+		if _, err := os.Stat(l.path); errors.Is(err, os.ErrNotExist) {
+			return l.Listener.Accept()
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-l.closed:
+			t.Stop()
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+func (l *stallListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 func notifyReady() {

@@ -250,3 +250,54 @@ func exits(t *testing.T, cmd *exec.Cmd, code int, what string) {
 		t.Fatalf("stderr: %s", p.stderr)
 	}
 }
+
+// --stall-accept-file: while the file exists a connection waits unanswered
+// in the queue; once it is gone the same connection is answered. A stop
+// signal while stalled still drains and exits 0.
+func TestStallAcceptFile(t *testing.T) {
+	stall := filepath.Join(t.TempDir(), "stall")
+	if err := os.WriteFile(stall, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "--listen", "127.0.0.1:0", "--drain", "2s", "--stall-accept-file", stall)
+	p := startProc(t, cmd)
+	addr := p.listening(t)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: stalled\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 512)
+	if n, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stalled: read %q, %v; want nothing until the deadline", buf[:n], err)
+	}
+	if err := os.Remove(stall); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(b), "HTTP/1.1 200") || !strings.Contains(string(b), "vtest pid=") {
+		t.Fatalf("after the file went: %q, %v", b, err)
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+
+	// A server that never accepted drains and exits on the stop signal.
+	if err := os.WriteFile(stall, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(binary, "--listen", "127.0.0.1:0", "--drain", "2s", "--stall-accept-file", stall)
+	p = startProc(t, cmd)
+	p.listening(t)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM while stalled", code)
+	}
+}

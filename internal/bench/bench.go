@@ -31,6 +31,7 @@ type Config struct {
 	Handoff string // the handoff CLI
 	Server  string // the bench server
 	Hello   string // examples/hello (library mode), optional: compared too when set
+	Node    string // the node executable of benchmark 9; "" looks "node" up in PATH
 	Dir     string // a private directory for pid files
 
 	Rounds      int           // rounds of benchmark 1 (medians are reported)
@@ -48,9 +49,12 @@ type Config struct {
 	Reloads     int           // dev-loop reloads
 	OutputLines int           // lines each worker writes in the worker-output benchmark
 	Starts      int           // worker starts per mode of the adoption benchmark
+	// ClusterRounds are the rounds of the Node-cluster benchmark (medians
+	// are reported); each loads every set-up for Steady.
+	ClusterRounds int
 
 	// Only names the benchmarks to run (overhead, disruption, scaling,
-	// devloop, balance, output, adoption); empty runs them all. The primary's cost comes
+	// devloop, balance, output, adoption, cluster); empty runs them all. The primary's cost comes
 	// from overhead and scaling.
 	Only []string
 
@@ -58,13 +62,14 @@ type Config struct {
 }
 
 // Names of the benchmarks, for Config.Only.
-var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "output", "adoption"}
+var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "output", "adoption", "cluster"}
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
 	Rounds: 30, Slice: 700 * time.Millisecond, Steady: 3 * time.Second, Warmup: 150 * time.Millisecond, Clients: 64,
 	Upgrades: 10, DisruptRuns: 3, Gap: time.Second, Workers: []int{1, 2, 4, 8, 16}, Deploys: 3,
 	ReadyDelay: 500 * time.Millisecond, Balance: []int{2, 4}, Reloads: 10, OutputLines: 500_000, Starts: 30,
+	ClusterRounds: 3,
 }
 
 // Quick is the configuration of 'make bench BENCH_QUICK=1'.
@@ -72,6 +77,7 @@ var Quick = Config{
 	Rounds: 5, Slice: 500 * time.Millisecond, Steady: 2 * time.Second, Warmup: 100 * time.Millisecond, Clients: 64,
 	Upgrades: 3, DisruptRuns: 1, Gap: 500 * time.Millisecond, Workers: []int{1, 2, 4}, Deploys: 1,
 	ReadyDelay: 500 * time.Millisecond, Balance: []int{2}, Reloads: 3, OutputLines: 100_000, Starts: 10,
+	ClusterRounds: 1,
 }
 
 func (c *Config) fill() {
@@ -89,6 +95,7 @@ func (c *Config) fill() {
 	c.Reloads = cmp.Or(c.Reloads, d.Reloads)
 	c.OutputLines = cmp.Or(c.OutputLines, d.OutputLines)
 	c.Starts = cmp.Or(c.Starts, d.Starts)
+	c.ClusterRounds = cmp.Or(c.ClusterRounds, d.ClusterRounds)
 	if len(c.Workers) == 0 {
 		c.Workers = d.Workers
 	}
@@ -147,6 +154,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"balance", "balance across workers", b.balance},
 		{"output", "worker output", b.output},
 		{"adoption", "bind adoption: a worker's start", b.adoption},
+		{"cluster", "balance with CPU-bound workers: handoff against Node's cluster", b.cluster},
 	}
 	for _, s := range steps {
 		if len(cfg.Only) > 0 && !slices.Contains(cfg.Only, s.key) {

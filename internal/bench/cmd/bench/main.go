@@ -22,6 +22,7 @@ func main() {
 	handoff := flag.String("handoff", "bin/handoff", "the handoff executable")
 	server := flag.String("server", "bin/benchserver", "the bench server executable (internal/bench/benchserver)")
 	hello := flag.String("hello", "", "examples/hello built, to compare handoff's library mode too (optional)")
+	node := flag.String("node", "node", "the node executable, for the Node-cluster benchmark (looked up in PATH)")
 	quick := flag.Bool("quick", false, "small sizes: about a minute instead of ten")
 	doc := flag.String("doc", "", "markdown file whose results section is replaced by this run's (e.g. docs/BENCHMARKS.md)")
 	out := flag.String("out", "", "file to write this run's results to as markdown")
@@ -56,7 +57,7 @@ func main() {
 			cfg.Only = append(cfg.Only, name)
 		}
 	}
-	cfg.Handoff, cfg.Server, cfg.Hello = *handoff, *server, *hello
+	cfg.Handoff, cfg.Server, cfg.Hello, cfg.Node = *handoff, *server, *hello, *node
 	dir, err := os.MkdirTemp("", "handoff-bench-")
 	if err != nil {
 		fail(err)
