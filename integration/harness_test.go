@@ -1033,16 +1033,12 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 		if serving < lo-len(crashed) || running > hi+1 {
 			violations++
 			if violations <= 3 {
-				lo := i - 8
-				if lo < 0 {
-					lo = 0
-				}
 				var ctx []string
-				for _, c := range events[lo : i+1] {
+				for _, c := range events[max(i-8, 0) : i+1] {
 					ctx = append(ctx, "  "+c.Raw)
 				}
 				t.Errorf("invariant broken at event %d (%q pid=%d): ready-and-serving=%d (want >= %d), spawned-and-not-retiring=%d (want <= %d); events up to it:\n%s",
-					i, e.Msg, pid, serving, lo, running, hi+1, strings.Join(ctx, "\n"))
+					i, e.Msg, pid, serving, lo-len(crashed), running, hi+1, strings.Join(ctx, "\n"))
 			}
 		}
 	}

@@ -62,6 +62,12 @@ type Status struct {
 	Upgrade *UpgradeStatus `json:"upgrade"`
 	// Generations are the files the primary keeps to deploy again.
 	Generations GenerationsStatus `json:"generations"`
+	// Balance is how new connections are spread over the workers:
+	// "round-robin", "random" (each worker has a socket of its own that
+	// the primary steers) or "shared" (every worker accepts from one
+	// socket); BalanceReason says why that mode.
+	Balance       string `json:"balance"`
+	BalanceReason string `json:"balance_reason,omitempty"`
 }
 
 // GenerationsStatus is what the workers run now, and what `handoff
@@ -139,6 +145,14 @@ type WorkerStatus struct {
 	Restarts int `json:"restarts"`
 	// RSSBytes is the resident set size; 0 if it could not be read.
 	RSSBytes int64 `json:"rss_bytes"`
+	// Queue is the number of connections waiting in the accept queue of
+	// the worker's own socket(s); absent in shared mode, where workers
+	// have none of their own.
+	Queue *int `json:"queue,omitempty"`
+	// Given counts the connections the round-robin program gave the
+	// worker's socket(s) since they were made (a restarted worker's slot
+	// keeps its socket, and the count); absent in other modes.
+	Given *uint64 `json:"given,omitempty"`
 }
 
 // UpgradeStatus is a deploy in progress.

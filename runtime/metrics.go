@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/handoff-dev/handoff/internal/drain"
+	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -97,9 +98,10 @@ func newMetrics() *metrics {
 	return m
 }
 
-// collect adds what is read from pool at scrape time.
-func (m *metrics) collect(pool *workerpool.Pool) {
-	m.reg.MustRegister(poolCollector{pool})
+// collect adds what is read from pool at scrape time; balance is the
+// balance mode's name.
+func (m *metrics) collect(pool *workerpool.Pool, balance string) {
+	m.reg.MustRegister(poolCollector{pool: pool, balance: balance})
 }
 
 // The workerpool.Observer side.
@@ -139,8 +141,12 @@ func (m *metrics) setGeneration(gen int) {
 }
 
 // poolCollector reads the pool at scrape time: workers by state, the
-// desired count, and each slot's resident memory.
-type poolCollector struct{ pool *workerpool.Pool }
+// desired count, each slot's resident memory, and with a socket per
+// worker, each slot's accept queue and the connections steered to it.
+type poolCollector struct {
+	pool    *workerpool.Pool
+	balance string
+}
 
 var (
 	workersDesc = prometheus.NewDesc("handoff_workers",
@@ -151,6 +157,12 @@ var (
 		"Slots served by a ready worker that is not draining; /readyz answers 200 when it equals handoff_workers_desired.", nil, nil)
 	rssDesc = prometheus.NewDesc("handoff_worker_resident_memory_bytes",
 		"Resident set size of each slot's current worker process (VmRSS; not its children).", []string{"slot"}, nil)
+	balanceDesc = prometheus.NewDesc("handoff_balance_mode",
+		"1 for the way new connections are spread over the workers: round-robin or random (a socket per worker, steered by the primary), shared (one socket every worker accepts from).", []string{"mode"}, nil)
+	queueDesc = prometheus.NewDesc("handoff_worker_accept_queue",
+		"Connections waiting in the accept queue of each slot's own socket(s); absent in shared mode.", []string{"slot"}, nil)
+	givenDesc = prometheus.NewDesc("handoff_worker_connections_given_total",
+		"Connections the round-robin program steered to each slot's socket(s) since the slot's socket was made; round-robin mode only.", []string{"slot"}, nil)
 )
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -158,6 +170,9 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- desiredDesc
 	ch <- readySlotsDesc
 	ch <- rssDesc
+	ch <- balanceDesc
+	ch <- queueDesc
+	ch <- givenDesc
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -167,10 +182,19 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		if !w.Current || w.Draining {
 			continue
 		}
+		slot := strconv.Itoa(w.Slot)
 		if rss, err := workerpool.RSS(w.Pid); err == nil {
-			ch <- prometheus.MustNewConstMetric(rssDesc, prometheus.GaugeValue, float64(rss), strconv.Itoa(w.Slot))
+			ch <- prometheus.MustNewConstMetric(rssDesc, prometheus.GaugeValue, float64(rss), slot)
+		}
+		if s, ok := w.Socks.(*memberSet); ok {
+			queue, given := s.Queue()
+			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(queue), slot)
+			if c.balance == steer.RoundRobin.String() {
+				ch <- prometheus.MustNewConstMetric(givenDesc, prometheus.CounterValue, float64(given), slot)
+			}
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(balanceDesc, prometheus.GaugeValue, 1, c.balance)
 	for state, n := range counts {
 		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(n), state)
 	}

@@ -344,7 +344,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	p.pool = workerpool.New(poolCfg)
 	if metricsLn != nil {
-		p.metrics.collect(p.pool)
+		p.metrics.collect(p.pool, p.balance.mode.String())
 		p.web = &metricsServer{m: p.metrics, pool: p.pool}
 	}
 	res.stopReaper = p.startReaper()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -36,9 +37,18 @@ func (p *primary) status() Status {
 	st.Workers = []WorkerStatus{}
 	for _, w := range p.pool.Workers() {
 		rss, _ := workerpool.RSS(w.Pid)
-		st.Workers = append(st.Workers, WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
-			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss})
+		ws := WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
+			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss}
+		if s, ok := w.Socks.(*memberSet); ok {
+			queue, given := s.Queue()
+			ws.Queue = &queue
+			if p.balance.mode == steer.RoundRobin {
+				ws.Given = &given
+			}
+		}
+		st.Workers = append(st.Workers, ws)
 	}
+	st.Balance, st.BalanceReason = p.balance.mode.String(), p.balance.why
 	return st
 }
 

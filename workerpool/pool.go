@@ -297,6 +297,9 @@ func (p *Pool) Workers() []WorkerInfo {
 		s := p.slots[w.slot]
 		info := WorkerInfo{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, Ready: w.ready, ReadyAt: w.readyAt,
 			Draining: w.retiring, Started: w.started, Current: s.cur == w, Restarts: s.restarts}
+		if w.socks != nil {
+			info.Socks = w.socks.s
+		}
 		if wd, ok := w.proc.(WatchdogReporter); ok {
 			info.Watchdog, info.WatchdogTrigger = wd.Watchdog()
 		}
@@ -328,6 +331,9 @@ type WorkerInfo struct {
 	// WatchdogTrigger is set once it sent WATCHDOG=trigger.
 	Watchdog        time.Time
 	WatchdogTrigger bool
+	// Socks are the worker's own listening sockets (Config.Sockets); nil
+	// when it accepts from the sockets every worker shares.
+	Socks Socks
 }
 
 // WatchdogReporter is implemented by a Process that reports the sd_notify

@@ -278,13 +278,24 @@ func (p *Pool) retireWithin(w *worker, reason string, drain time.Duration) {
 		p.stop(w, reason, drain)
 		return
 	}
-	// Steered away above; it stops once nothing more can reach it.
+	// Steered away above: it is retiring from now on, and gets the stop
+	// signal once nothing more can reach it.
+	w.log.Info("worker retiring", append(p.retireFields(reason, drain), zap.Bool("steered_away", true))...)
 	p.monitors.Add(1)
 	go func() {
 		defer p.monitors.Done()
 		p.drainSocks(w)
-		p.stop(w, reason, drain)
+		p.signalStop(w, drain)
 	}()
+}
+
+// retireFields are the fields of a "worker retiring" event.
+func (p *Pool) retireFields(reason string, drain time.Duration) []zap.Field {
+	fields := []zap.Field{zap.String("reason", reason)}
+	if drain != p.cfg.DrainTimeout {
+		fields = append(fields, zap.Duration("drain_timeout", drain))
+	}
+	return fields
 }
 
 // stop sends w the stop signal, and SIGKILL if it has not exited drain
@@ -293,11 +304,16 @@ func (p *Pool) stop(w *worker, reason string, drain time.Duration) {
 	if exited(w) {
 		return
 	}
-	fields := []zap.Field{zap.String("reason", reason)}
-	if drain != p.cfg.DrainTimeout {
-		fields = append(fields, zap.Duration("drain_timeout", drain))
+	w.log.Info("worker retiring", p.retireFields(reason, drain)...)
+	p.signalStop(w, drain)
+}
+
+// signalStop sends w the stop signal, and SIGKILL if it has not exited
+// drain later.
+func (p *Pool) signalStop(w *worker, drain time.Duration) {
+	if exited(w) {
+		return
 	}
-	w.log.Info("worker retiring", fields...)
 	if err := w.proc.Signal(p.cfg.StopSignal); err != nil {
 		return
 	}

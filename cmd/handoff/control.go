@@ -190,6 +190,9 @@ func printStatus(w io.Writer, st *runtime.Status) {
 	pr := st.Primary
 	fmt.Fprintf(w, "primary %d: generation %d, %d workers, up %s\n", pr.Pid, pr.Generation, pr.Workers, roundDuration(pr.UptimeSeconds))
 	fmt.Fprintf(w, "listening %s; control %s\n", strings.Join(pr.Listeners, ", "), pr.Control)
+	if st.Balance != "" {
+		fmt.Fprintf(w, "balance %s (%s)\n", st.Balance, st.BalanceReason)
+	}
 	printGenerations(w, st.Generations)
 	if u := st.Upgrade; u != nil {
 		kind := u.Kind
@@ -206,12 +209,20 @@ func printStatus(w io.Writer, st *runtime.Status) {
 		fmt.Fprintf(w, "upgrade to generation %d (%s): %s, %s elapsed\n", u.Generation, kind, step, roundDuration(u.ElapsedSeconds))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tRSS")
+	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tRSS\tQUEUE\tGIVEN")
 	for _, wk := range st.Workers {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
-			roundDuration(wk.UptimeSeconds), wk.Restarts, formatBytes(wk.RSSBytes))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
+			roundDuration(wk.UptimeSeconds), wk.Restarts, formatBytes(wk.RSSBytes), optional(wk.Queue), optional(wk.Given))
 	}
 	tw.Flush()
+}
+
+// optional is a number of status, or "-" where it does not apply.
+func optional[T int | uint64](n *T) string {
+	if n == nil {
+		return "-"
+	}
+	return fmt.Sprint(*n)
 }
 
 // printGenerations shows what the workers run and what a rollback would
