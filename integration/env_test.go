@@ -248,8 +248,15 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 	}
 	wantFDs := baseline
 	listenerInodes := primaryListenerInodes(t, p.PID, web, sock)
-	if len(listenerInodes) != nListeners {
-		t.Errorf("found listening sockets %v of the primary, want %d", listenerInodes, nListeners)
+	// The unix listener is one socket; the TCP one is one socket too, or
+	// with a socket per worker (a steered balance mode), one per worker.
+	steered := p.statusJSON()["balance"] != "shared"
+	wantSockets := nListeners
+	if steered {
+		wantSockets = nListeners - 1 + p.Workers
+	}
+	if len(listenerInodes) != wantSockets {
+		t.Errorf("found listening sockets %v of the primary, want %d (steered: %v)", listenerInodes, wantSockets, steered)
 	}
 
 	seen := map[int]envReply{}
@@ -271,6 +278,7 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 	}
 	spawned := p.LiveWorkers()
 	notify := map[string]int{}
+	holders := map[string]int{} // listening socket → workers holding it
 	for pid, r := range seen {
 		t.Logf("worker %d: LISTEN_FDS=%s LISTEN_FDNAMES=%s LISTEN_PID=%s HANDOFF_WORKER=%s HANDOFF_GENERATION=%s NOTIFY_SOCKET=%s fds=%v fds_now=%v",
 			pid, r.Env["LISTEN_FDS"], r.Env["LISTEN_FDNAMES"], r.Env["LISTEN_PID"], r.Env["HANDOFF_WORKER"],
@@ -322,7 +330,14 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 			t.Errorf("worker %d: fds open at start %v, want %v (as the testserver alone with %d inherited sockets)",
 				pid, r.FDs, wantFDs, nListeners)
 		}
-		checkSharedFiles(t, pid, p.PID, listenerInodes, canary.Name())
+		for ino := range checkSharedFiles(t, pid, p.PID, listenerInodes, canary.Name()) {
+			holders[ino]++
+		}
+	}
+	// Each worker has a TCP socket of its own when steered, and shares the
+	// unix one.
+	if len(seen) == p.Workers && steered && len(holders) != 1+p.Workers {
+		t.Errorf("the workers hold listening sockets %v (socket → workers), want a TCP socket each and the unix one shared", holders)
 	}
 
 	// The listeners are in blocking mode at exec, as systemd passes them:
@@ -392,17 +407,17 @@ func kcmpFile(pid1, pid2, fd1, fd2 int) (bool, error) {
 
 // checkSharedFiles checks that worker shares no open file with primary
 // beyond stdio and the listening sockets, and holds every listener.
-func checkSharedFiles(t *testing.T, worker, primary int, listeners map[string]bool, canary string) {
+func checkSharedFiles(t *testing.T, worker, primary int, listeners map[string]bool, canary string) map[string]bool {
 	t.Helper()
 	wl, err := fdLinks(worker)
 	if err != nil {
 		t.Errorf("worker %d: %v", worker, err)
-		return
+		return nil
 	}
 	pl, err := fdLinks(primary)
 	if err != nil {
 		t.Errorf("primary %d: %v", primary, err)
-		return
+		return nil
 	}
 	held := map[string]bool{}
 	for wfd, l := range wl {
@@ -427,14 +442,15 @@ func checkSharedFiles(t *testing.T, worker, primary int, listeners map[string]bo
 				} else {
 					t.Logf("kcmp unavailable (%v): shared files not checked", err)
 				}
-				return
+				return held
 			}
 			if err == nil && same {
 				t.Errorf("worker %d: fd %d (%s) is the primary's fd %d", worker, wfd, l, pfd)
 			}
 		}
 	}
-	if len(held) != len(listeners) {
-		t.Errorf("worker %d holds listeners %v of %v", worker, held, listeners)
+	if len(held) != nListeners {
+		t.Errorf("worker %d holds listeners %v of %v, want %d", worker, held, listeners, nListeners)
 	}
+	return held
 }

@@ -79,6 +79,7 @@ func TestMain(m *testing.M) {
 	// As a wrapper that runs a process as on an old kernel, it only execs.
 	testutil.OldKernelMain()
 	testutil.NoSeccompMain()
+	testutil.NoReusePortMain()
 	testutil.NoPtraceMain()
 	// As another user's fake control server, it only serves.
 	fakeControlMain()

@@ -550,17 +550,43 @@ func oldAnswersAfter(t *testing.T, rec *samples, since time.Time, version string
 }
 
 // TestDeployOldVersionAnswersNoMore: a 2-worker deploy with the default
-// --min-uptime, under new-connection load: the last slot's old worker
-// retires as soon as its replacement is ready (it has exited long before
-// the deploy finishes, after the probation), so that once the new version
-// has taken over the old one answers no more; no request fails.
+// --min-uptime, under new-connection load, on one shared socket
+// (--balance shared): the last slot's old worker retires as soon as its
+// replacement is ready (it has exited long before the deploy finishes,
+// after the probation), so that once the new version has taken over the
+// old one answers no more; no request fails.
 func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 	t.Parallel()
+	oldVersionAnswersNoMore(t, "shared")
+}
+
+// TestDeployStandbyAtWeightZero: the same deploy with a socket per worker
+// (the default balance where groups work): the last slot's old worker
+// stands by through the probation, alive, at weight 0: from the moment
+// the new version has taken over, every new connection is answered by it
+// and none by the old one; the standing worker exits only once the
+// probation is over.
+func TestDeployStandbyAtWeightZero(t *testing.T) {
+	t.Parallel()
+	needGroups(t)
+	oldVersionAnswersNoMore(t, "auto")
+}
+
+func oldVersionAnswersNoMore(t *testing.T, balance string) {
+	t.Helper()
 	// The time the old worker may take to stop accepting after the primary
-	// logged its replacement ready: the stop signal's way, on a loaded
-	// machine. The probation (5s) is far longer.
-	const grace = 2 * time.Second
-	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s"})
+	// logged its replacement ready: on one shared socket the stop signal's
+	// way, on a loaded machine; steered, the steering change after the
+	// log line. The probation (5s) is far longer.
+	grace := 2 * time.Second
+	if balance != "shared" {
+		grace = 500 * time.Millisecond
+	}
+	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Flags: []string{"--balance", balance}})
+	steered := p.statusJSON()["balance"] != "shared"
+	if steered != (balance != "shared") {
+		t.Fatalf("--balance %s: status says balance %v", balance, p.statusJSON()["balance"])
+	}
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	old, ok := p.Log.Wait(0, 0, func(e Event) bool {
 		return e.Msg == "worker ready" && e.Int0("generation") == 1 && e.Int0("slot") == 1
@@ -580,11 +606,18 @@ func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 		t.Fatalf("the last slot's new worker is not ready\n%s", p.Tail(30))
 	}
 	tookOver := time.Now()
+	if steered {
+		// Halfway through the probation the old worker still runs.
+		time.Sleep(2 * time.Second)
+		if !alive(old.Int0("pid")) {
+			t.Errorf("slot 1's old worker (pid %d) is gone during the probation: it should stand by", old.Int0("pid"))
+		}
+	}
 	u := p.AwaitUpgrade(mark, 30*time.Second)
 	if u.Aborted() {
 		t.Fatalf("deploy: %s", u.End.Raw)
 	}
-	if took := time.Since(tookOver); took < 3*time.Second {
+	if took := time.Since(tookOver); !steered && took < 3*time.Second {
 		t.Errorf("the deploy finished %v after the last new worker was ready, before its probation of 5s", took)
 	}
 	res := load.Stop()
@@ -592,10 +625,16 @@ func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 	if res.Failures != 0 {
 		t.Errorf("%d of %d requests failed: %v %q", res.Failures, res.Requests, res.FailuresByKind, res.FirstErrors)
 	}
-	// The last old worker was gone before the probation was over.
-	exited, ok := p.Log.Wait(mark, 0, func(e Event) bool { return e.Msg == "worker exited" && e.Int0("pid") == old.Int0("pid") })
-	if !ok || exited.Seq > u.End.Seq {
+	exited, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "worker exited" && e.Int0("pid") == old.Int0("pid") })
+	switch {
+	case !steered && (!ok || exited.Seq > u.End.Seq):
+		// On one shared socket the last old worker was gone before the
+		// probation was over.
 		t.Errorf("slot 1's old worker (pid %d) exited after the deploy finished: it served through the probation", old.Int0("pid"))
+	case steered && ok && exited.Seq < u.End.Seq:
+		t.Errorf("slot 1's old worker (pid %d) exited before the deploy finished: it did not stand by", old.Int0("pid"))
+	case steered && !ok:
+		t.Errorf("slot 1's old worker (pid %d) did not exit after the deploy finished", old.Int0("pid"))
 	}
 	if e, ok := p.Log.Wait(mark, 0, isMsg("upgrade took over")); !ok || e.Seq < ready.Seq || e.Seq > u.End.Seq {
 		t.Errorf("\"upgrade took over\" %v, want it between the last new worker's readiness and the end", e.Raw)
@@ -615,15 +654,57 @@ func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 	checkInvariant(t, p.Log.Events(), p.Workers)
 }
 
-// TestProbationOneWorkerCrashRefilled: with --workers 1 the old worker
-// retires once the new one is ready; a new version that exits within its
-// probation has the slot refilled with the old version at once (no
-// restart backoff), and meanwhile the connections wait in the listening
-// socket's queue, which the primary holds: under new-connection load no
-// request fails, and the old version serves again.
+// TestProbationOneWorkerCrashRefilled: with --workers 1 on one shared
+// socket (--balance shared) the old worker retires once the new one is
+// ready; a new version that exits within its probation has the slot
+// refilled with the old version at once (no restart backoff), and
+// meanwhile the connections wait in the listening socket's queue, which
+// the primary holds: under new-connection load no request fails, and the
+// old version serves again.
 func TestProbationOneWorkerCrashRefilled(t *testing.T) {
 	t.Parallel()
-	p := StartPrimary(t, Options{Workers: 1, MinUptime: "5s", Args: []string{"--crash-after", "1s", "--crash-drain"}})
+	p, failed, load := oneWorkerCrashAfterReady(t, "shared")
+	refill, ok := p.Log.Wait(failed.Seq, 0, func(e Event) bool { return e.Msg == "worker spawned" })
+	if !ok || refill.Int0("generation") != 1 {
+		t.Fatalf("after the failure: %v, want a worker of generation 1 spawned", refill.Raw)
+	}
+	for _, e := range p.Log.Events()[failed.Seq:refill.Seq] {
+		if e.Msg == "worker restart scheduled" {
+			t.Errorf("a restart with backoff before the refill: %s", e.Raw)
+		}
+	}
+	oneWorkerServesAgain(t, p, load)
+}
+
+// TestProbationStandbyReinstated: the same with a socket per worker: the
+// old worker stood by at weight 0, and when the new version exits within
+// its probation it takes its slot back at once ("worker reinstated", no
+// new worker spawned), steered to again: no request fails, and the old
+// version serves again.
+func TestProbationStandbyReinstated(t *testing.T) {
+	t.Parallel()
+	needGroups(t)
+	p, failed, load := oneWorkerCrashAfterReady(t, "auto")
+	// Reinstated in the very step that saw the new worker exit, which the
+	// log may show just before the failure.
+	back, ok := p.Log.Wait(0, 5*time.Second, isMsg("worker reinstated"))
+	if !ok || back.Int0("generation") != 1 {
+		t.Fatalf("after the failure (%s): %v, want the old worker of generation 1 reinstated", failed.Raw, back.Raw)
+	}
+	oneWorkerServesAgain(t, p, load)
+	if e, ok := p.Log.Wait(back.Seq, 0, isMsg("worker spawned")); ok {
+		t.Errorf("a worker spawned after the reinstatement: %s", e.Raw)
+	}
+}
+
+// oneWorkerCrashAfterReady deploys, to one worker under new-connection
+// load with the given --balance, a version that exits 1s after it is
+// ready, within its probation of 5s: the deploy is rolled back. It returns
+// the "worker failed probation" event.
+func oneWorkerCrashAfterReady(t *testing.T, balance string) (*Primary, Event, *loadgen.Run) {
+	t.Helper()
+	p := StartPrimary(t, Options{Workers: 1, MinUptime: "5s", Args: []string{"--crash-after", "1s", "--crash-drain"},
+		Flags: []string{"--balance", balance}})
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	load, _ := startNewConnLoad(t, p.URL())
 
@@ -638,15 +719,13 @@ func TestProbationOneWorkerCrashRefilled(t *testing.T) {
 	if !ok {
 		t.Fatalf("no \"worker failed probation\"")
 	}
-	refill, ok := p.Log.Wait(failed.Seq, 0, func(e Event) bool { return e.Msg == "worker spawned" })
-	if !ok || refill.Int0("generation") != 1 {
-		t.Fatalf("after the failure: %v, want a worker of generation 1 spawned", refill.Raw)
-	}
-	for _, e := range p.Log.Events()[failed.Seq:refill.Seq] {
-		if e.Msg == "worker restart scheduled" {
-			t.Errorf("a restart with backoff before the refill: %s", e.Raw)
-		}
-	}
+	return p, failed, load
+}
+
+// oneWorkerServesAgain checks the end of oneWorkerCrashAfterReady: the old
+// version serves alone, and no request failed.
+func oneWorkerServesAgain(t *testing.T, p *Primary, load *loadgen.Run) {
+	t.Helper()
 	p.WaitServing(p.URL(), "v1", 20*time.Second)
 	res := load.Stop()
 	t.Logf("load: %s", res)

@@ -92,8 +92,11 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			why = "taken over from the previous primary"
 		}
 	}
-	if p.sockets == nil && p.upg.HasParent() {
+	switch {
+	case p.sockets == nil && p.upg.HasParent():
 		why = "taken over from the previous primary, which shared its sockets"
+	case p.sockets == nil && mode != steer.Shared:
+		why = "no TCP listener: a unix listener is one socket every worker shares"
 	}
 	p.balance = balanceInfo{mode: layer.mode, why: why}
 	return fds, names, nil

@@ -44,6 +44,9 @@ type socketLayer struct {
 	// (oldGone), not before, so that no draining worker's accept fails.
 	fromOld  []*memberSet
 	oldAlive bool
+	// pending are closed sockets still the only ones served: they close
+	// at the next Serve that steers elsewhere.
+	pending []*memberSet
 }
 
 // balanceInfo is how connections are spread, and why: for the log,
@@ -165,6 +168,7 @@ func (l *socketLayer) Serve(serving []workerpool.Socks) {
 		}
 		l.serving[i] = set
 	}
+	l.closePendingLocked()
 }
 
 // Close closes a worker's members: no worker accepts from them any more.
@@ -183,6 +187,9 @@ func (l *socketLayer) Close(ws workerpool.Socks) {
 	s.closeLocked()
 }
 
+// closeLocked closes s's members. One that is still the only one served
+// (nothing else to steer to yet) stays until a Serve steers elsewhere:
+// closing it would leave the group nothing to steer to.
 func (s *memberSet) closeLocked() {
 	if s.closed {
 		return
@@ -192,9 +199,28 @@ func (s *memberSet) closeLocked() {
 		if m == nil {
 			continue
 		}
-		if err := s.l.groups[i].Close(m); err != nil && !errors.Is(err, steer.ErrNotMember) {
+		err := s.l.groups[i].Close(m)
+		switch {
+		case errors.Is(err, steer.ErrNoServing):
+			s.closed = false
+			continue
+		case err != nil && !errors.Is(err, steer.ErrNotMember):
 			s.l.log.Warn("cannot close a worker socket", zap.String("addr", s.l.groups[i].Addr().String()), zap.Error(err))
 		}
+		s.members[i] = nil
+	}
+	if !s.closed && !slices.Contains(s.l.pending, s) {
+		s.l.pending = append(s.l.pending, s)
+	}
+}
+
+// closePendingLocked closes the members that waited for a Serve to steer
+// elsewhere.
+func (l *socketLayer) closePendingLocked() {
+	pending := l.pending
+	l.pending = nil
+	for _, s := range pending {
+		s.closeLocked()
 	}
 }
 

@@ -132,6 +132,12 @@ func (p *Pool) Reclaim(ctx context.Context, spec *Spec) (ready int) {
 			if s.spec == nil {
 				s.spec = spec
 			}
+			// The other primary is gone: the slot's sockets are this
+			// pool's now, and its new worker serves what queued on them
+			// since their worker died.
+			if s.socks != nil {
+				s.socks.foreign = false
+			}
 			slots = append(slots, i)
 		}
 	}

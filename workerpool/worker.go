@@ -157,9 +157,10 @@ func (p *Pool) monitor(w *worker) {
 	}
 	restart := lost && !failed
 	// Its sockets: kept by a slot that waits for a restart, with what
-	// queues on them meanwhile, else closed.
-	p.releaseSocksLocked(w.socks)
+	// queues on them meanwhile, else closed once steered away from (a
+	// socket that is the only one served cannot close).
 	p.steerLocked()
+	p.releaseSocksLocked(w.socks)
 	fields := []zap.Field{zap.String("status", exit.Status), zap.Duration("uptime", exit.Uptime)}
 	if unexpected && exit.StderrTail != "" {
 		fields = append(fields, zap.String("stderr", exit.StderrTail))

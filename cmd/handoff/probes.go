@@ -58,5 +58,5 @@ func (p *probeFlags) refuse(flagName, v string) error {
 	if (scheme != "http" && scheme != "https") || !strings.HasPrefix(path, "/") {
 		return fmt.Errorf("%s %q: use http:PATH or https:PATH with PATH starting with /, e.g. http:/healthz", flagName, v)
 	}
-	return fmt.Errorf("%s %s needs a socket per worker, to probe each worker through its own; every worker accepts from one shared socket in this version: use --ready notify, bind or delay:DURATION", flagName, v)
+	return fmt.Errorf("%s %s needs a socket per worker, to probe each worker through its own, and this version does not probe through one yet: use --ready notify, bind or delay:DURATION", flagName, v)
 }

@@ -142,17 +142,17 @@ func listenSocket(fam int, sa unix.Sockaddr, reusePort bool) (int, error) {
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
-	opt := func(level, name, v int) {
+	opt := func(level, name, v int, what string) {
 		if err == nil {
-			err = os.NewSyscallError("setsockopt", unix.SetsockoptInt(fd, level, name, v))
+			err = os.NewSyscallError("setsockopt "+what, unix.SetsockoptInt(fd, level, name, v))
 		}
 	}
-	opt(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	opt(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1, "SO_REUSEADDR")
 	if reusePort {
-		opt(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		opt(unix.SOL_SOCKET, unix.SO_REUSEPORT, 1, "SO_REUSEPORT")
 	}
 	if sa6, ok := sa.(*unix.SockaddrInet6); ok && sa6.Addr == [16]byte{} {
-		opt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+		opt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0, "IPV6_V6ONLY")
 	}
 	if err == nil {
 		err = os.NewSyscallError("bind", unix.Bind(fd, sa))
