@@ -240,11 +240,8 @@ func TestAdoptGoListenAndServe(t *testing.T) {
 
 	// A worker killed is replaced, and its replacement's bind adopted too.
 	mark := p.Log.Len()
-	var victim int
-	for pid := range p.LiveWorkers() {
-		victim = pid
-		break
-	}
+	// A slot's current worker: an old one may still drain its socket.
+	victim := p.readyWorker()
 	p.Signal(victim, syscall.SIGKILL)
 	if _, ok := p.Log.Wait(mark, 20*time.Second, func(e Event) bool {
 		return e.Msg == "worker bind adopted" && e.Int0("pid") != victim

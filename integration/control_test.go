@@ -91,6 +91,19 @@ func (p *Primary) Status() runtime.Status {
 	return st
 }
 
+// readyWorker is the pid of a worker that holds its slot, ready and not
+// draining, as status shows it (a retired one may still drain a while).
+func (p *Primary) readyWorker() int {
+	p.t.Helper()
+	for _, w := range p.Status().Workers {
+		if w.State == "ready" {
+			return w.Pid
+		}
+	}
+	p.t.Fatalf("no ready worker in status")
+	return 0
+}
+
 // ControlPath is the primary's control socket.
 func (p *Primary) ControlPath() string {
 	p.t.Helper()
