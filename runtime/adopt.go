@@ -76,7 +76,10 @@ func (p *primary) startAdoption(fds []int, cred *syscall.Credential) (*adopt.Sup
 	ls := make([]adopt.Listener, len(fds))
 	for i, fd := range fds {
 		l := p.cfg.Listeners[i]
-		ls[i] = adopt.Listener{Name: l.Name, Network: l.Network, Addr: p.addrs[i], FD: fd}
+		// Shared: not a steered group, so one socket every worker accepts
+		// from (a unix listener, or every listener in shared mode).
+		shared := p.sockets == nil || p.sockets.groups[i] == nil
+		ls[i] = adopt.Listener{Name: l.Name, Network: l.Network, Addr: p.addrs[i], FD: fd, Shared: shared}
 	}
 	return adopt.NewSupervisor(ls, p.log)
 }

@@ -15,9 +15,10 @@ import (
 const Supported = true
 
 // filter is the BPF program: a call of this build's ABI to bind or listen
-// (and, with unlink, to unlink and unlinkat) goes to the supervisor;
-// everything else, calls of another ABI included, runs untouched.
-func filter(unlink bool) []unix.SockFilter {
+// (and, with tr.Unlink, to unlink and unlinkat; with tr.Guard, to shutdown
+// and connect) goes to the supervisor; everything else, calls of another
+// ABI included, runs untouched.
+func filter(tr Traps) []unix.SockFilter {
 	const (
 		ldAbs = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
 		jeq   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
@@ -27,8 +28,11 @@ func filter(unlink bool) []unix.SockFilter {
 		offArch = 4
 	)
 	nrs := []uint32{unix.SYS_BIND, unix.SYS_LISTEN}
-	if unlink {
+	if tr.Unlink {
 		nrs = append(nrs, unlinkCalls...)
+	}
+	if tr.Guard {
+		nrs = append(nrs, unix.SYS_SHUTDOWN, unix.SYS_CONNECT)
 	}
 	prog := []unix.SockFilter{
 		{Code: ldAbs, K: offArch},
@@ -50,11 +54,11 @@ func filter(unlink bool) []unix.SockFilter {
 // thread and execs on it: the filter is this thread's alone (a filter with
 // a listener cannot be synchronised to the other threads), and execve keeps
 // it.
-func install(unlink bool) (int, error) {
+func install(tr Traps) (int, error) {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return -1, fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}
-	prog := filter(unlink)
+	prog := filter(tr)
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	// WAIT_KILLABLE_RECV (Linux 6.0): once the primary has read a
 	// notification, a signal other than a fatal one no longer interrupts
@@ -98,12 +102,12 @@ func installError(errno unix.Errno) error {
 // error when it could not, after telling the primary why. A filter that was
 // installed but could not be sent would fail every bind with ENOSYS: the
 // caller must not exec then (fatal is true).
-func Worker(sock int, unlink bool) (fatal bool, err error) {
+func Worker(sock int, tr Traps) (fatal bool, err error) {
 	defer unix.Close(sock)
 	// Never unlocked: the filter belongs to this thread, which must be
 	// the one that execs.
 	runtime.LockOSThread()
-	nfd, err := install(unlink)
+	nfd, err := install(tr)
 	if err != nil {
 		unix.Sendmsg(sock, []byte("error: "+err.Error()), nil, nil, 0)
 		return false, err

@@ -47,6 +47,10 @@ const EnvFD = "HANDOFF_ADOPT_FD"
 type Listener struct {
 	// Name is the listener's name (LISTEN_FDNAMES), for the logs.
 	Name string
+	// Shared: every worker accepts from this one socket (not a socket of
+	// its own): a worker's shutdown() or connect(AF_UNSPEC) on it is
+	// answered as done, without effect, since it would stop it for all.
+	Shared bool
 	// Network is "tcp" or "unix".
 	Network string
 	// Addr is what the socket is bound to: HOST:PORT for tcp as the socket

@@ -124,16 +124,16 @@ func TestParseSockaddr(t *testing.T) {
 
 func TestEnv(t *testing.T) {
 	for _, tc := range []struct {
-		n      int
-		unlink bool
-	}{{5, false}, {7, true}} {
-		kv := Env(tc.n, tc.unlink)
-		fd, unlink, err := ParseEnv(kv[len(EnvFD)+1:])
-		if err != nil || fd != tc.n || unlink != tc.unlink {
-			t.Errorf("ParseEnv(Env(%d, %v) = %q) = %d, %v, %v", tc.n, tc.unlink, kv, fd, unlink, err)
+		n  int
+		tr Traps
+	}{{5, Traps{}}, {7, Traps{Unlink: true}}, {8, Traps{Guard: true}}, {9, Traps{Unlink: true, Guard: true}}} {
+		kv := Env(tc.n, tc.tr)
+		fd, tr, err := ParseEnv(kv[len(EnvFD)+1:])
+		if err != nil || fd != tc.n || tr != tc.tr {
+			t.Errorf("ParseEnv(Env(%d, %+v) = %q) = %d, %+v, %v", tc.n, tc.tr, kv, fd, tr, err)
 		}
 	}
-	for _, bad := range []string{"", "x", "1", "5,other"} {
+	for _, bad := range []string{"", "x", "1", "5,other", "5,unlink,", "5,guard,x"} {
 		if _, _, err := ParseEnv(bad); err == nil {
 			t.Errorf("ParseEnv(%q) accepted", bad)
 		}

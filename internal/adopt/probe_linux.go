@@ -313,7 +313,7 @@ func probeProcess(v string) int {
 // the result, "ok" or "error: REASON"; then it closes sock.
 func probeTarget(sock, lfd, port int) {
 	defer unix.Close(sock)
-	nfd, err := install(false)
+	nfd, err := install(Traps{})
 	if err != nil {
 		unix.Sendmsg(sock, []byte("error: "+err.Error()), nil, nil, 0)
 		return

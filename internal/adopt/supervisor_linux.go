@@ -59,10 +59,11 @@ type notifSizes struct {
 // once, with system calls that never wait on the worker.
 type Supervisor struct {
 	targets []target
-	// unlink: there is a unix listener, whose socket file workers'
-	// unlink calls must not remove.
-	unlink bool
-	log    *zap.Logger
+	// traps: the calls besides bind and listen the workers' filters send
+	// here (a unix listener's unlink; a shared listener's shutdown and
+	// connect).
+	traps Traps
+	log   *zap.Logger
 	// Buffer sizes of the ioctls, at least our structures' (the kernel
 	// writes its own size, which a newer kernel may have grown).
 	recvSize, respSize int
@@ -77,8 +78,9 @@ type Supervisor struct {
 	// sharedPort lists, for each target, the other TCP targets on its
 	// port: a program that binds the port once adopts only one of them.
 	sharedPort [][]int
-	// warnings rate-limits the per-call warnings.
-	warnings limiter
+	// warnings rate-limits the per-call warnings; guards, those of
+	// guardCall.
+	warnings, guards limiter
 
 	mu     sync.Mutex
 	closed bool
@@ -126,6 +128,7 @@ func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) {
 		keepLeft:   defaultKeepLeft,
 		shareGrace: defaultShareGrace,
 		warnings:   limiter{every: defaultWarnEvery},
+		guards:     limiter{every: defaultWarnEvery},
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -141,8 +144,9 @@ func NewSupervisor(ls []Listener, log *zap.Logger) (*Supervisor, error) {
 			return nil, fmt.Errorf("listener %s: %w", l.Addr, err)
 		}
 		t.dev, t.ino = st.Dev, st.Ino
+		s.traps.Guard = s.traps.Guard || l.Shared
 		if t.addr.Unix && !t.addr.Abstract {
-			s.unlink = true
+			s.traps.Unlink = true
 			if unix.Lstat(t.addr.Path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
 				t.fileDev, t.fileIno = st.Dev, st.Ino
 			}
@@ -223,7 +227,7 @@ func (s *Supervisor) PrepareWith(slot int, fds []int) (*Pending, error) {
 
 // Env is the environment entry that names the worker's end, which is fd n
 // in the worker.
-func (p *Pending) Env(n int) string { return Env(n, p.s.unlink) }
+func (p *Pending) Env(n int) string { return Env(n, p.s.traps) }
 
 // Started is called once the fork is over, with the worker's pid, or 0 if
 // it did not start. It closes FD. With a pid, the Supervisor then answers
@@ -313,6 +317,7 @@ func (s *Supervisor) Close() {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.warnings.flush()
+	s.guards.flush()
 }
 
 // stopLocked has w's goroutine answer what is pending on its notification
@@ -557,8 +562,11 @@ func (s *Supervisor) handle(nfd int, w *worker) error {
 		case nr == unix.SYS_LISTEN:
 			s.listenCall(nfd, n, w)
 			return nil
-		case s.unlink && isUnlink(nr):
+		case s.traps.Unlink && isUnlink(nr):
 			return s.unlinkCall(nfd, n, w.log)
+		case s.traps.Guard && (nr == unix.SYS_SHUTDOWN || nr == unix.SYS_CONNECT):
+			s.guardCall(nfd, n, w)
+			return nil
 		}
 	}
 	s.proceed(nfd, n.ID)
@@ -784,6 +792,48 @@ func (s *Supervisor) listenCall(nfd int, n *notif, w *worker) {
 				return
 			}
 		}
+	}
+	s.proceed(nfd, n.ID)
+}
+
+// guardCall answers a shutdown() of a listener every worker shares, or a
+// connect(AF_UNSPEC) on it (which some runtimes use to wake a blocked
+// accept), as done, without doing it: on the one socket all workers
+// accept from, either would refuse every client of every worker. Any
+// other shutdown or connect runs as it is.
+func (s *Supervisor) guardCall(nfd int, n *notif, w *worker) {
+	call := "shutdown"
+	if uint32(n.Data.Nr) == unix.SYS_CONNECT {
+		call = "connect(AF_UNSPEC)"
+		var fam [2]byte
+		if n.Data.Args[2] < 2 {
+			s.proceed(nfd, n.ID)
+			return
+		}
+		if got, err := readMem(int(n.Pid), n.Data.Args[1], fam[:]); err != nil || got < 2 ||
+			*(*uint16)(unsafe.Pointer(&fam[0])) != unix.AF_UNSPEC {
+			s.proceed(nfd, n.ID)
+			return
+		}
+	}
+	dup, _, _ := s.peerFD(nfd, n, int(int32(n.Data.Args[0])))
+	if dup < 0 {
+		s.proceed(nfd, n.ID)
+		return
+	}
+	defer unix.Close(dup)
+	for i := range w.targets {
+		t := &w.targets[i]
+		if !t.Shared || !t.is(dup) {
+			continue
+		}
+		if s.idValid(nfd, n.ID) != nil {
+			return
+		}
+		s.respond(nfd, &notifResp{ID: n.ID})
+		s.guards.warn(w.log, "worker "+call+" of a shared listener ignored", zap.String("listener", t.Name),
+			zap.String("why", "every worker accepts from this socket: it would stop it for all"))
+		return
 	}
 	s.proceed(nfd, n.ID)
 }

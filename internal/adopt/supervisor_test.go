@@ -38,12 +38,12 @@ func TestMain(m *testing.M) {
 	testutil.NoPtraceMain()
 	switch os.Getenv(roleEnv) {
 	case "shim":
-		fd, unlink, err := ParseEnv(os.Getenv(EnvFD))
+		fd, traps, err := ParseEnv(os.Getenv(EnvFD))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		if fatal, err := Worker(fd, unlink); err != nil {
+		if fatal, err := Worker(fd, traps); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			if fatal {
 				os.Exit(126)
@@ -125,6 +125,28 @@ func bindOne(spec string) string {
 		d, _ := time.ParseDuration(addr)
 		time.Sleep(d)
 		return "ok"
+	case "guard":
+		// Binds the unix path addr (adopted: the shared listener), then
+		// shuts it down and disconnects it (connect with AF_UNSPEC), as
+		// some runtimes do to wake a blocked accept; then shuts down a
+		// socket of its own, not connected (ENOTCONN when it runs).
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return "err " + err.Error()
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: addr}); err != nil {
+			return "err " + err.Error()
+		}
+		res := []string{"shutdown=" + errString(unix.Shutdown(fd, unix.SHUT_RDWR))}
+		unspec := [16]byte{} // sa_family AF_UNSPEC
+		_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&unspec[0])), uintptr(len(unspec)))
+		res = append(res, "unspec="+errString(errnoErr(errno)))
+		own, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return "err " + err.Error()
+		}
+		res = append(res, "own="+errString(unix.Shutdown(own, unix.SHUT_RDWR)))
+		return strings.Join(res, " ")
 	}
 	domain, typ, flags := unix.AF_INET, unix.SOCK_STREAM, unix.SOCK_CLOEXEC
 	var sa unix.Sockaddr
@@ -175,6 +197,20 @@ func bindOne(spec string) string {
 	fl, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
 	status, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	return fmt.Sprintf("ok ino=%d cloexec=%v nonblock=%v", st.Ino, fl&unix.FD_CLOEXEC != 0, status&unix.O_NONBLOCK != 0)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
+
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
 }
 
 func denySeccomp() error {
@@ -323,6 +359,44 @@ func TestBindsAdoptedOrLeftAlone(t *testing.T) {
 		t.Errorf("the listener's backlog is %d after the worker's listen(fd, 128)", info.Sacked)
 	}
 	waitUntracked(t, s)
+}
+
+// A listener every worker shares: a worker's shutdown() of it and its
+// connect(AF_UNSPEC) on it succeed without effect (it still takes
+// connections after), and are logged; a shutdown of another socket runs.
+// The same listener not shared is left to the worker's calls.
+func TestSharedListenerGuarded(t *testing.T) {
+	if err := Probe(); err != nil {
+		testutil.Need(t, "bind adoption unavailable here: %v", err)
+	}
+	for _, shared := range []bool{true, false} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "app.sock")
+		fd, _, _ := listener(t, "unix", path)
+		s, logs := newSupervisor(t, Listener{Name: "sock", Network: "unix", Addr: path, FD: fd, Shared: shared})
+		got := runWorker(t, s, dir, "guard "+path)[0]
+		c, dialErr := net.DialTimeout("unix", path, time.Second)
+		if c != nil {
+			c.Close()
+		}
+		ignored := len(logs.FilterMessageSnippet("of a shared listener ignored").All())
+		if shared {
+			if got != "shutdown=ok unspec=ok own=transport endpoint is not connected" {
+				t.Errorf("shared: the worker got %q", got)
+			}
+			if dialErr != nil {
+				t.Errorf("shared: the listener refuses connections after the worker's shutdown: %v", dialErr)
+			}
+			if ignored == 0 {
+				t.Errorf("shared: no \"... of a shared listener ignored\" logged")
+			}
+		} else {
+			if !strings.HasPrefix(got, "shutdown=ok") || dialErr == nil || ignored != 0 {
+				t.Errorf("not shared: the worker got %q, a connection after: %v, %d logged; want its shutdown to run", got, dialErr, ignored)
+			}
+		}
+		waitUntracked(t, s)
+	}
 }
 
 // The unix listener's path, given relative to the worker's directory or
@@ -492,7 +566,7 @@ func TestStopLetsPendingCallsRun(t *testing.T) {
 	binds := make(chan error, 2)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the filter is this thread's
-		nfd, err := install(false)
+		nfd, err := install(Traps{})
 		nfds <- nfd
 		if err != nil {
 			binds <- err
@@ -678,7 +752,7 @@ func BenchmarkSyscall(b *testing.B) {
 				// Never unlocked: a filtered thread ends with its goroutine.
 				runtime.LockOSThread()
 				if filtered {
-					nfd, err := install(false)
+					nfd, err := install(Traps{})
 					if err != nil {
 						done <- err
 						return
@@ -737,7 +811,7 @@ func BenchmarkBind(b *testing.B) {
 					defer runtime.UnlockOSThread()
 					nfds <- -1
 				} else {
-					nfd, err := install(false)
+					nfd, err := install(Traps{})
 					if err != nil {
 						nfds <- -1
 						done <- err

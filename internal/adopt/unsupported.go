@@ -29,7 +29,7 @@ type ProbeOptions struct {
 func ProbeWorker(o ProbeOptions) error { return errUnsupported }
 
 // Worker is never called where binds cannot be adopted.
-func Worker(sock int, unlink bool) (fatal bool, err error) { return false, errUnsupported }
+func Worker(sock int, tr Traps) (fatal bool, err error) { return false, errUnsupported }
 
 // Supervisor cannot be made here.
 type Supervisor struct{}

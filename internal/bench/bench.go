@@ -639,18 +639,18 @@ func (b *bencher) primaryTable() {
 		for _, r := range b.loadRSS {
 			maxRSS = max(maxRSS, r)
 		}
-		t.Notes = append(t.Notes, fmt.Sprintf("Under the keep-alive load of benchmark 1 (the CLI with 1 and 2 workers): CPU median %.2f%% of a core (max %.2f%%), RSS at most %s. The primary never touches a request: the workers accept on the shared socket themselves.",
+		t.Notes = append(t.Notes, fmt.Sprintf("Under the keep-alive load of benchmark 1 (the CLI with 1 and 2 workers): CPU median %.2f%% of a core (max %.2f%%), RSS at most %s. The primary never touches a request: the workers accept on their sockets themselves, and the steering program runs in the kernel.",
 			100*median(b.loadCPU), 100*maxF(b.loadCPU), fmtBytes(maxRSS)))
 	}
 	b.r.Tables = append(b.r.Tables, t)
 }
 
-// 6. Balance across workers on the shared socket.
+// 6. Balance across workers with the default --balance.
 func (b *bencher) balance(ctx context.Context) error {
 	t := Table{
-		Title:  "6. Balance across workers on the shared socket",
+		Title:  "6. Balance across workers (default --balance)",
 		Header: []string{"workers", "load", "fair share", "busiest worker", "idlest worker", "failed"},
-		Notes: []string{fmt.Sprintf("Share of the requests each worker answered (the pid in every answer), %d clients for %v. With keep-alive a connection stays with the worker that accepted it, so the split is made once per connection; with a new connection per request it is made per request.",
+		Notes: []string{fmt.Sprintf("Share of the requests each worker answered (the pid in every answer), %d clients for %v, with handoff's default --balance (auto: round-robin where eBPF may be loaded, random elsewhere). With keep-alive a connection stays with the worker that accepted it, so the split is made once per connection; with a new connection per request it is made per request.",
 			b.cfg.Clients, b.cfg.Steady)},
 	}
 	for _, n := range b.cfg.Balance {

@@ -28,14 +28,14 @@ func adoptBinds(env []string) ([]string, bool) {
 	if !found {
 		return env, true
 	}
-	fd, unlink, err := adopt.ParseEnv(value)
+	fd, traps, err := adopt.ParseEnv(value)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "handoff: %v\n", err)
 		return out, true
 	}
 	// A failure that leaves no filter is the primary's to report (it
 	// gets the reason); the command runs without adoption.
-	if fatal, err := adopt.Worker(fd, unlink); fatal {
+	if fatal, err := adopt.Worker(fd, traps); fatal {
 		fmt.Fprintf(os.Stderr, "handoff: %v\n", err)
 		return out, false
 	}
