@@ -769,6 +769,19 @@ func (p *Primary) cleanup() {
 		t.Errorf("cleanup: primary's stdout/stderr still open")
 	}
 	checkNoRace(t, strings.Join(p.Log.Lines(), "\n"))
+	checkSteering(t, p.Log.Events())
+}
+
+// checkSteering fails the test if a primary could not steer its groups
+// or close a worker's socket: every test runs with the socket layer its
+// machine allows, and none may leave a group steered wrong.
+func checkSteering(t *testing.T, events []Event) {
+	t.Helper()
+	for _, e := range events {
+		if e.Msg == "cannot steer connections" || e.Msg == "cannot close a worker socket" {
+			t.Errorf("socket layer: %s", e.Raw)
+		}
+	}
 }
 
 // waitStreams waits up to d until the primary's stdout and stderr have
