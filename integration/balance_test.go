@@ -96,14 +96,12 @@ func TestBalanceRoundRobinKeepAlive(t *testing.T) {
 			t.Errorf("worker %d took %d of 8 connections, want 2: %v", pid, n, by)
 		}
 	}
-	st := p.statusJSON()
-	for _, w := range st["workers"].([]any) {
-		w := w.(map[string]any)
-		if _, ok := w["queue"]; !ok {
-			t.Errorf("status --json: worker without \"queue\": %v", w)
+	for _, w := range p.Status().Workers {
+		if w.Queue == nil {
+			t.Errorf("status --json: worker %d without \"queue\"", w.Pid)
 		}
-		if g, _ := w["given"].(json.Number).Int64(); g < 2 {
-			t.Errorf("status --json: worker %v was given %d connections, want at least 2", w["pid"], g)
+		if w.Given == nil || *w.Given < 2 {
+			t.Errorf("status --json: worker %d was given %v connections, want at least 2", w.Pid, w.Given)
 		}
 	}
 	human := p.CtlOK("status").stdout
@@ -191,7 +189,7 @@ func TestBalanceNoReusePort(t *testing.T) {
 	if !ok || ev.Str("mode") != "shared" || !strings.Contains(ev.Str("reason"), "SO_REUSEPORT") {
 		t.Errorf("without SO_REUSEPORT: %v, want \"balancing\" mode shared, with SO_REUSEPORT in the reason", ev.Raw)
 	}
-	if b := p.statusJSON()["balance"]; b != "shared" {
+	if b := p.Status().Balance; b != "shared" {
 		t.Errorf("status --json: balance %v, want shared", b)
 	}
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
@@ -243,7 +241,7 @@ func TestBalance64Workers(t *testing.T) {
 	needGroups(t)
 	const n = 64
 	p := StartPrimary(t, Options{Workers: n, Flags: []string{"--surge", "16"}})
-	mode := p.statusJSON()["balance"]
+	mode := p.Status().Balance
 	pids := keepAlivePIDs(t, p.Addr(), n)
 	by := spread(pids)
 	t.Logf("balance %v: %d connections reached %d workers", mode, n, len(by))

@@ -250,7 +250,7 @@ func checkWorkerEnvironment(t *testing.T, old oldKernel) {
 	listenerInodes := primaryListenerInodes(t, p.PID, web, sock)
 	// The unix listener is one socket; the TCP one is one socket too, or
 	// with a socket per worker (a steered balance mode), one per worker.
-	steered := p.statusJSON()["balance"] != "shared"
+	steered := p.Status().Balance != "shared"
 	wantSockets := nListeners
 	if steered {
 		wantSockets = nListeners - 1 + p.Workers

@@ -3,8 +3,6 @@
 package integration
 
 import (
-	"encoding/json"
-	"strings"
 	"testing"
 	"time"
 
@@ -31,19 +29,6 @@ func needGroups(t *testing.T) {
 	}
 }
 
-// statusJSON is `handoff status --json`, as a user's script reads it.
-func (p *Primary) statusJSON() map[string]any {
-	p.t.Helper()
-	r := p.CtlOK("status", "--json")
-	dec := json.NewDecoder(strings.NewReader(r.stdout))
-	dec.UseNumber()
-	var st map[string]any
-	if err := dec.Decode(&st); err != nil {
-		p.t.Fatalf("status --json: %v\n%s", err, r.stdout)
-	}
-	return st
-}
-
 // checkBalanced fails the test unless the primary said at start how it
 // balances (one "balancing" event, with "mode" and "reason"), status
 // --json names the same mode as "balance", and that mode is not "shared".
@@ -61,7 +46,7 @@ func checkBalanced(t *testing.T, p *Primary) {
 	if n := len(p.Log.Filter("balancing")); n > 1 {
 		t.Errorf("%d \"balancing\" events, want one", n)
 	}
-	mode, _ := p.statusJSON()["balance"].(string)
+	mode := p.Status().Balance
 	switch {
 	case mode == "":
 		t.Errorf("status --json has no \"balance\"")

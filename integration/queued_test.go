@@ -70,9 +70,7 @@ func TestQueuedConnectionsSurviveAWorkerKill(t *testing.T) {
 			t.Fatalf("%d connections queued on port %d, want %d: %v", queued, port, n, listeningSockets(port))
 		}
 	}
-	if st := p.statusJSON(); st["workers"] != nil {
-		t.Logf("status --json workers with %d queued: %v", queued, st["workers"])
-	}
+	t.Logf("status --json workers with %d queued: %+v", queued, p.Status().Workers)
 
 	mark := p.Log.Len()
 	p.Signal(victim, syscall.SIGKILL)

@@ -583,9 +583,9 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 		grace = 500 * time.Millisecond
 	}
 	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Flags: []string{"--balance", balance}})
-	steered := p.statusJSON()["balance"] != "shared"
+	steered := p.Status().Balance != "shared"
 	if steered != (balance != "shared") {
-		t.Fatalf("--balance %s: status says balance %v", balance, p.statusJSON()["balance"])
+		t.Fatalf("--balance %s: status says balance %v", balance, p.Status().Balance)
 	}
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	old, ok := p.Log.Wait(0, 0, func(e Event) bool {
