@@ -992,8 +992,9 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 			lo, hi = e.Int0("from"), e.Int0("from")
 		case "worker spawned":
 			if hasPID {
-				w := get(pid)
-				w.spawned, w.primary, w.slot = true, e.Int0("primary"), e.Int0("slot")
+				// A new process: its pid may be that of one long gone
+				// (pids wrap in a long run).
+				workers[pid] = &ws{spawned: true, primary: e.Int0("primary"), slot: e.Int0("slot")}
 			}
 		case "worker ready":
 			if hasPID {

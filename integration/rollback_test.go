@@ -557,22 +557,31 @@ func oldAnswersAfter(t *testing.T, rec *samples, since time.Time, version string
 // old one answers no more; no request fails.
 func TestDeployOldVersionAnswersNoMore(t *testing.T) {
 	t.Parallel()
-	oldVersionAnswersNoMore(t, "shared")
+	oldVersionAnswersNoMore(t, "shared", false)
+}
+
+// TestDeployOldVersionAnswersNoMoreSteered: the same with a socket per
+// worker (the default balance where groups work) and no --standby: the
+// last slot's old worker retires too, before the probation is over, so
+// that no old worker is left to answer even an open connection.
+func TestDeployOldVersionAnswersNoMoreSteered(t *testing.T) {
+	t.Parallel()
+	needGroups(t)
+	oldVersionAnswersNoMore(t, "auto", false)
 }
 
 // TestDeployStandbyAtWeightZero: the same deploy with a socket per worker
-// (the default balance where groups work): the last slot's old worker
-// stands by through the probation, alive, at weight 0: from the moment
-// the new version has taken over, every new connection is answered by it
-// and none by the old one; the standing worker exits only once the
-// probation is over.
+// and --standby: the last slot's old worker stands by through the
+// probation, alive, at weight 0: from the moment the new version has
+// taken over, every new connection is answered by it and none by the old
+// one; the standing worker exits only once the probation is over.
 func TestDeployStandbyAtWeightZero(t *testing.T) {
 	t.Parallel()
 	needGroups(t)
-	oldVersionAnswersNoMore(t, "auto")
+	oldVersionAnswersNoMore(t, "auto", true)
 }
 
-func oldVersionAnswersNoMore(t *testing.T, balance string) {
+func oldVersionAnswersNoMore(t *testing.T, balance string, standby bool) {
 	t.Helper()
 	// The time the old worker may take to stop accepting after the primary
 	// logged its replacement ready: on one shared socket the stop signal's
@@ -582,7 +591,11 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 	if balance != "shared" {
 		grace = 500 * time.Millisecond
 	}
-	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Flags: []string{"--balance", balance}})
+	flags := []string{"--balance", balance}
+	if standby {
+		flags = append(flags, "--standby")
+	}
+	p := StartPrimary(t, Options{Workers: 2, MinUptime: "5s", Flags: flags})
 	steered := p.Status().Balance != "shared"
 	if steered != (balance != "shared") {
 		t.Fatalf("--balance %s: status says balance %v", balance, p.Status().Balance)
@@ -606,7 +619,7 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 		t.Fatalf("the last slot's new worker is not ready\n%s", p.Tail(30))
 	}
 	tookOver := time.Now()
-	if steered {
+	if standby {
 		// Halfway through the probation the old worker still runs.
 		time.Sleep(2 * time.Second)
 		if !alive(old.Int0("pid")) {
@@ -617,7 +630,7 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 	if u.Aborted() {
 		t.Fatalf("deploy: %s", u.End.Raw)
 	}
-	if took := time.Since(tookOver); !steered && took < 3*time.Second {
+	if took := time.Since(tookOver); !standby && took < 3*time.Second {
 		t.Errorf("the deploy finished %v after the last new worker was ready, before its probation of 5s", took)
 	}
 	res := load.Stop()
@@ -627,13 +640,13 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 	}
 	exited, ok := p.Log.Wait(mark, 10*time.Second, func(e Event) bool { return e.Msg == "worker exited" && e.Int0("pid") == old.Int0("pid") })
 	switch {
-	case !steered && (!ok || exited.Seq > u.End.Seq):
-		// On one shared socket the last old worker was gone before the
+	case !standby && (!ok || exited.Seq > u.End.Seq):
+		// Without a standby the last old worker was gone before the
 		// probation was over.
 		t.Errorf("slot 1's old worker (pid %d) exited after the deploy finished: it served through the probation", old.Int0("pid"))
-	case steered && ok && exited.Seq < u.End.Seq:
+	case standby && ok && exited.Seq < u.End.Seq:
 		t.Errorf("slot 1's old worker (pid %d) exited before the deploy finished: it did not stand by", old.Int0("pid"))
-	case steered && !ok:
+	case standby && !ok:
 		t.Errorf("slot 1's old worker (pid %d) did not exit after the deploy finished", old.Int0("pid"))
 	}
 	if e, ok := p.Log.Wait(mark, 0, isMsg("upgrade took over")); !ok || e.Seq < ready.Seq || e.Seq > u.End.Seq {
@@ -663,7 +676,21 @@ func oldVersionAnswersNoMore(t *testing.T, balance string) {
 // old version serves again.
 func TestProbationOneWorkerCrashRefilled(t *testing.T) {
 	t.Parallel()
-	p, failed, load := oneWorkerCrashAfterReady(t, "shared")
+	oneWorkerCrashRefilled(t, "shared")
+}
+
+// TestProbationOneWorkerCrashRefilledSteered: the same with a socket per
+// worker and no --standby: the refill of the previous version takes the
+// slot's socket, and what queued on it while the slot had no worker.
+func TestProbationOneWorkerCrashRefilledSteered(t *testing.T) {
+	t.Parallel()
+	needGroups(t)
+	oneWorkerCrashRefilled(t, "auto")
+}
+
+func oneWorkerCrashRefilled(t *testing.T, balance string) {
+	t.Helper()
+	p, failed, load := oneWorkerCrashAfterReady(t, balance)
 	refill, ok := p.Log.Wait(failed.Seq, 0, func(e Event) bool { return e.Msg == "worker spawned" })
 	if !ok || refill.Int0("generation") != 1 {
 		t.Fatalf("after the failure: %v, want a worker of generation 1 spawned", refill.Raw)
@@ -676,15 +703,15 @@ func TestProbationOneWorkerCrashRefilled(t *testing.T) {
 	oneWorkerServesAgain(t, p, load)
 }
 
-// TestProbationStandbyReinstated: the same with a socket per worker: the
-// old worker stood by at weight 0, and when the new version exits within
+// TestProbationStandbyReinstated: the same with a socket per worker and
+// --standby: the old worker stood by at weight 0, and when the new version exits within
 // its probation it takes its slot back at once ("worker reinstated", no
 // new worker spawned), steered to again: no request fails, and the old
 // version serves again.
 func TestProbationStandbyReinstated(t *testing.T) {
 	t.Parallel()
 	needGroups(t)
-	p, failed, load := oneWorkerCrashAfterReady(t, "auto")
+	p, failed, load := oneWorkerCrashAfterReady(t, "auto", "--standby")
 	// Reinstated in the very step that saw the new worker exit, which the
 	// log may show just before the failure.
 	back, ok := p.Log.Wait(0, 5*time.Second, isMsg("worker reinstated"))
@@ -701,10 +728,10 @@ func TestProbationStandbyReinstated(t *testing.T) {
 // load with the given --balance, a version that exits 1s after it is
 // ready, within its probation of 5s: the deploy is rolled back. It returns
 // the "worker failed probation" event.
-func oneWorkerCrashAfterReady(t *testing.T, balance string) (*Primary, Event, *loadgen.Run) {
+func oneWorkerCrashAfterReady(t *testing.T, balance string, flags ...string) (*Primary, Event, *loadgen.Run) {
 	t.Helper()
 	p := StartPrimary(t, Options{Workers: 1, MinUptime: "5s", Args: []string{"--crash-after", "1s", "--crash-drain"},
-		Flags: []string{"--balance", balance}})
+		Flags: append([]string{"--balance", balance}, flags...)})
 	p.WaitServing(p.URL(), "v1", 10*time.Second)
 	load, _ := startNewConnLoad(t, p.URL())
 

@@ -42,6 +42,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -120,6 +121,15 @@ type Config struct {
 	// more than Workers+Surge live, never fewer than Workers ready. 0
 	// means 1; more than Workers means all.
 	Surge int
+	// Standby (the CLI's --standby) keeps, with a probation and a socket
+	// per worker, the last slot's old worker standing by through the
+	// probation, steered away (no new connection reaches it, its open
+	// ones go on), so that a failed deploy gives it its slot back at
+	// once. Off (the default), it retires like every other old worker,
+	// and once a deploy has rolled only the new version answers, on old
+	// keep-alive connections too; a failed probation starts the previous
+	// generation again.
+	Standby bool
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
 	// Control is the path of the control socket (see ControlRequest);
@@ -277,6 +287,15 @@ func (c *Config) setDefaults() {
 
 // Validate reports the first problem with c as an error that names the
 // setting and says what to do.
+// CheckStandby refuses Standby where no worker can have a socket of its
+// own: --balance shared, or no TCP listener.
+func (c *Config) CheckStandby() error {
+	if !c.Standby || c.Balance != "shared" && slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.Network == "tcp" }) {
+		return nil
+	}
+	return errors.New("--standby needs a socket per worker to keep the standing worker from new connections, and with --balance shared or only unix listeners every worker shares one: drop --standby, or use a TCP listener with --balance auto")
+}
+
 func (c *Config) Validate() error {
 	if len(c.Command) == 0 || c.Command[0] == "" {
 		return errors.New("no worker command given: put it after --, e.g. handoff run --listen :8080 -- ./server")
@@ -310,6 +329,9 @@ func (c *Config) Validate() error {
 	case "", "auto", "round-robin", "random", "shared":
 	default:
 		return fmt.Errorf("--balance %q: use round-robin, random, shared or auto", c.Balance)
+	}
+	if err := c.CheckStandby(); err != nil {
+		return err
 	}
 	if c.Metrics != "" {
 		if err := checkHostPort(c.Metrics); err != nil {

@@ -95,13 +95,14 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		MinUptime:    p.cfg.MinUptime,
 		EndProbation: newer,
 		RollBackTo:   to,
-		// With a socket per worker, the last slot's old worker stands by
-		// through the probation at weight 0: steered away, it keeps its
-		// open connections and gets no new ones, and is steered back at
-		// once if the deploy fails. On one shared socket none can be kept
-		// from new connections, so none stands by (the old version would
-		// go on answering).
-		Standby: p.sockets != nil,
+		// With --standby and a socket per worker, the last slot's old
+		// worker stands by through the probation at weight 0: steered
+		// away, it keeps its open connections and gets no new ones, and
+		// is steered back at once if the deploy fails. Otherwise it
+		// retires like the others, so that once the roll is done only the
+		// new version answers, on open keep-alive connections too; and on
+		// one shared socket none could be kept from new connections.
+		Standby: p.cfg.Standby && p.sockets != nil,
 		Rolled: func() {
 			tookOver = time.Since(d.start)
 			p.logTookOver(next.gen, tookOver)

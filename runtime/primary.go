@@ -291,6 +291,9 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	p.logListening()
 	p.logBalance(p.balance.mode, p.balance.why)
+	if p.cfg.Standby && p.sockets == nil {
+		p.log.Warn("no standby", zap.String("reason", "--standby needs a socket per worker and balancing is shared ("+p.balance.why+"): the last old worker of a deploy retires like the others"))
+	}
 	p.cfg.logWorkers(p.log)
 
 	p.dir, err = privateDir()

@@ -85,6 +85,13 @@ Flags:
                            within DURATION of getting ready fails the deploy,
                            which is rolled back as a whole (default 5s; 0
                            turns probation off)
+  --standby                through a deploy's probation, keep the last old
+                           worker standing by, steered away from new
+                           connections, to take its slot back at once if the
+                           deploy fails; it goes on answering its open
+                           keep-alive connections until the probation ends
+                           (default off: it retires like the others, and a
+                           failure starts the previous version again)
   --surge K                a deploy starts up to K new workers at once (never
                            more than N+K live, never fewer than N ready); its
                            roll-back goes K at a time too (default 1; more
@@ -232,6 +239,7 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	fs.StringVar(&adoptB, "adopt-bind", "auto", "")
 	fs.StringVar(&cfg.Balance, "balance", "auto", "")
 	fs.IntVar(&cfg.Surge, "surge", 1, "")
+	fs.BoolVar(&cfg.Standby, "standby", false, "")
 	probes.define(fs)
 	check := c.flags(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
@@ -348,6 +356,9 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	case "auto", "round-robin", "random", "shared":
 	default:
 		return fail("--balance %q: use round-robin, random, shared or auto", cfg.Balance)
+	}
+	if err := cfg.CheckStandby(); err != nil {
+		return cfg, lc, usageError{err}
 	}
 	if flagSet(fs, "watchdog") && cfg.Watchdog < time.Millisecond {
 		return fail("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", cfg.Watchdog)

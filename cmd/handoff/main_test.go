@@ -59,6 +59,8 @@ func TestUsageErrors(t *testing.T) {
 		{"health interval alone", []string{"run", "--listen", ":0", "--health-interval", "5s", "--", "true"}, "--health-interval without --health"},
 		{"zero health threshold", []string{"run", "--listen", ":0", "--health-threshold", "0", "--", "true"}, "--health-threshold 0: must be at least 1"},
 		{"zero surge", []string{"run", "--listen", ":0", "--surge", "0", "--", "true"}, "--surge 0: must be at least 1"},
+		{"standby shared", []string{"run", "--listen", ":0", "--balance", "shared", "--standby", "--", "true"}, "--standby needs a socket per worker"},
+		{"standby unix", []string{"run", "--listen", "unix:/tmp/h.sock", "--standby", "--", "true"}, "--standby needs a socket per worker"},
 		{"bad surge", []string{"run", "--listen", ":0", "--surge", "many", "--", "true"}, `--surge "many": not a valid value`},
 		{"bad ready delay", []string{"run", "--listen", ":0", "--ready", "delay:soon", "--", "true"}, "the delay must be a positive duration"},
 		{"zero ready delay", []string{"run", "--listen", ":0", "--ready", "delay:0s", "--", "true"}, "the delay must be a positive duration"},
