@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -69,14 +70,28 @@ type memberSet struct {
 func (s *memberSet) FDs() []int { return s.fds }
 
 // Drain waits until each of the worker's members has been steered away
-// and its queue is empty.
+// and its queue is empty. Frozen (handed over), the new primary has
+// steered it away already: it waits the settle time from now, then for
+// empty queues.
 func (s *memberSet) Drain(ctx context.Context) error {
 	l := s.l
 	l.mu.Lock()
 	frozen := l.frozen
 	l.mu.Unlock()
 	if frozen {
-		return nil // the new primary steers, and drained it before asking
+		// The new primary steers: it steered the worker away before it
+		// asked for the retire, now. Handshakes begun before may still
+		// land.
+		since := time.Now()
+		for i, m := range s.members {
+			if m == nil {
+				continue
+			}
+			if err := l.groups[i].DrainSteered(ctx, m, since); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	for i, m := range s.members {
 		if m == nil {

@@ -280,6 +280,11 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 	if o.Progress != nil {
 		begin = func(i int) { o.Progress(i+1, size) }
 	}
+	// A slot held by another primary (a hand-over): that primary retires
+	// its worker at once (it is steered away already, and drains it before
+	// the stop signal), and the next slot starts while its sockets drain.
+	var remoteDrains sync.WaitGroup
+	defer remoteDrains.Wait()
 	touched, err = inBatches(rctx, slots, o.Surge, begin, func(i int) error {
 		return p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
 			// Under the pool's lock.
@@ -307,12 +312,15 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 		}
 		if remote[i] && o.Remote != nil {
 			// ctx, not rctx: a retire asked for is seen through.
-			if err := p.retireRemote(ctx, i, remoteSocks[i], o.Remote); err != nil {
+			err := o.Remote(ctx, i)
+			remoteDrains.Go(func() { p.drainRemote(ctx, i, remoteSocks[i]) })
+			if err != nil {
 				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 			}
 		}
 		return nil
 	})
+	remoteDrains.Wait()
 	if err == nil && o.Rolled != nil {
 		o.Rolled()
 	}

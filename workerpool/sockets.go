@@ -200,22 +200,31 @@ func (p *Pool) remoteSocksLocked(s *slot) *sockRef {
 }
 
 // retireRemote has the other primary retire its worker of slot i (the
-// slot's new worker holds it already), once that worker's sockets r, if
-// known, have been steered away and drained.
+// slot's new worker holds it already, and the steering left that worker's
+// sockets r out when it was installed), then waits until r has drained.
 func (p *Pool) retireRemote(ctx context.Context, i int, r *sockRef, remote RetireHook) error {
-	if r != nil {
-		dctx, cancel := context.WithTimeout(ctx, drainBound)
-		if err := r.s.Drain(dctx); err != nil && ctx.Err() == nil {
-			p.log.Warn("worker socket not drained", zap.Int("slot", i), zap.String("reason", err.Error()))
-		}
-		cancel()
-		defer func() {
-			p.mu.Lock()
-			p.releaseSocksLocked(r)
-			p.mu.Unlock()
-		}()
+	err := remote(ctx, i)
+	p.drainRemote(ctx, i, r)
+	return err
+}
+
+// drainRemote waits (bounded) until r, the sockets of slot i's worker of
+// another primary, which was steered away and asked to retire, has
+// drained, then releases them. The other primary drains them too before
+// it sends the stop signal (see memberSet.Drain); they are closed only
+// once both have.
+func (p *Pool) drainRemote(ctx context.Context, i int, r *sockRef) {
+	if r == nil {
+		return
 	}
-	return remote(ctx, i)
+	dctx, cancel := context.WithTimeout(ctx, drainBound)
+	if err := r.s.Drain(dctx); err != nil && ctx.Err() == nil {
+		p.log.Warn("worker socket not drained", zap.Int("slot", i), zap.String("reason", err.Error()))
+	}
+	cancel()
+	p.mu.Lock()
+	p.releaseSocksLocked(r)
+	p.mu.Unlock()
 }
 
 // SlotSockets returns the sockets each slot's worker accepts from (nil

@@ -408,6 +408,27 @@ func (g *Group) Drain(ctx context.Context, m *Member) error {
 	if g.mode == Shared {
 		return nil
 	}
+	return g.drain(ctx, m, func() (bool, time.Time) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return slices.Contains(g.serving, m) || g.serving == nil, m.steeredAt
+	})
+}
+
+// DrainSteered is Drain for a member that another process steered away
+// at since (a previous primary's group, after the hand-over: this
+// group's own steering no longer applies): it waits until the Settle time
+// has passed since then and m's queue is empty.
+func (g *Group) DrainSteered(ctx context.Context, m *Member, since time.Time) error {
+	if g.mode == Shared {
+		return nil
+	}
+	return g.drain(ctx, m, func() (bool, time.Time) { return false, since })
+}
+
+// drain waits until state says m is steered away, the Settle time has
+// passed since, and m's queue is empty.
+func (g *Group) drain(ctx context.Context, m *Member, state func() (serving bool, since time.Time)) error {
 	settle := g.Settle
 	if settle <= 0 {
 		settle = DefaultSettle
@@ -417,8 +438,9 @@ func (g *Group) Drain(ctx context.Context, m *Member) error {
 	why := "it is still serving"
 	for {
 		g.mu.Lock()
-		closed, serving, since := m.closed, slices.Contains(g.serving, m) || g.serving == nil, m.steeredAt
+		closed := m.closed
 		g.mu.Unlock()
+		serving, since := state()
 		switch {
 		case closed:
 			return fmt.Errorf("steer: drain %v: %w", m, ErrClosed)

@@ -36,8 +36,11 @@ func (g *Group) SetProbe(port uint16, m *Member) error      { return errLinux }
 func (g *Group) ClearProbe(port uint16) error               { return errLinux }
 func (g *Group) Queue(m *Member) (int, error)               { return 0, errLinux }
 func (g *Group) Drain(ctx context.Context, m *Member) error { return errLinux }
-func (g *Group) Close(m *Member) error                      { return errLinux }
-func (g *Group) CloseAll() error                            { return nil }
-func (g *Group) Release() error                             { return nil }
-func (g *Group) Given(m *Member) (uint64, error)            { return 0, errLinux }
-func (g *Group) Export() ([]*os.File, []byte, error)        { return nil, nil, errLinux }
+func (g *Group) DrainSteered(ctx context.Context, m *Member, since time.Time) error {
+	return errLinux
+}
+func (g *Group) Close(m *Member) error               { return errLinux }
+func (g *Group) CloseAll() error                     { return nil }
+func (g *Group) Release() error                      { return nil }
+func (g *Group) Given(m *Member) (uint64, error)     { return 0, errLinux }
+func (g *Group) Export() ([]*os.File, []byte, error) { return nil, nil, errLinux }
