@@ -51,6 +51,12 @@ func randomProgram(serving []int, probes map[uint16]int) []unix.SockFilter {
 		}
 	}
 	n := len(serving)
+	if n == 0 {
+		// No member serves yet (probes only): an index past the group's
+		// sockets makes the kernel fall back to its hash, as with no
+		// program.
+		return append(p, stmt(unix.BPF_RET|unix.BPF_K, ^uint32(0)))
+	}
 	if n == 1 {
 		return append(p, ret(serving[0]))
 	}

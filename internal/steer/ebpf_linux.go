@@ -198,6 +198,10 @@ func (rr *rrState) load(serving []int, probes map[uint16]int) (*ebpf.Program, er
 // can be selected (no turn counter, or an empty slot) the program passes
 // and the kernel falls back to its hash.
 func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instructions {
+	if len(serving) == 0 && len(probes) == 0 {
+		// Nothing to select: the kernel's hash for every connection.
+		return asm.Instructions{asm.Mov.Imm(asm.R0, skPass), asm.Return()}
+	}
 	in := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)} // R6: the context
 	if len(probes) > 0 {
 		in = append(in,
@@ -221,14 +225,19 @@ func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instruction
 		}
 		in = append(in, jumpTable(asm.R2, "probe", values, targets, "turn")...)
 	}
-	in = append(in, asm.StoreImm(asm.RFP, keyOff, 0, asm.Word).WithSymbol("turn"))
-	in = append(in, bump(rr.turn, keyOff, "pass", fetchAdd(asm.R0, asm.R1))...) // R1: this connection's turn
-	in = append(in, asm.Mod.Imm(asm.R1, int32(len(serving))))
-	turns := make([]int32, len(serving))
-	for i := range serving {
-		turns[i] = int32(i)
+	if len(serving) == 0 {
+		// No member serves yet (probes only): the kernel's hash.
+		in = append(in, asm.Ja.Label("pass").WithSymbol("turn"))
+	} else {
+		in = append(in, asm.StoreImm(asm.RFP, keyOff, 0, asm.Word).WithSymbol("turn"))
+		in = append(in, bump(rr.turn, keyOff, "pass", fetchAdd(asm.R0, asm.R1))...) // R1: this connection's turn
+		in = append(in, asm.Mod.Imm(asm.R1, int32(len(serving))))
+		turns := make([]int32, len(serving))
+		for i := range serving {
+			turns[i] = int32(i)
+		}
+		in = append(in, jumpTable(asm.R1, "serve", turns, serving, "pass")...)
 	}
-	in = append(in, jumpTable(asm.R1, "serve", turns, serving, "pass")...)
 	in = append(in, asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("select"))
 	in = append(in, bump(rr.given, slotOff, "pick", asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0))...)
 	in = append(in,

@@ -339,9 +339,9 @@ func (g *Group) probeTargets(probes map[uint16]int, target func(*Member) int) ma
 
 // SetProbe sends every new connection whose source port is port to m,
 // whether m serves or not (a readiness probe through m's own socket; the
-// prober binds its socket to that local port before connecting). It takes
-// effect with the next program, which SetProbe attaches at once if
-// SetServing has been called.
+// prober binds its socket to that local port before connecting), from the
+// moment it returns. Before the first SetServing, every other connection
+// goes where the kernel's hash sends it, as with no program.
 func (g *Group) SetProbe(port uint16, m *Member) error {
 	return g.changeProbe(port, m)
 }
@@ -373,6 +373,12 @@ func (g *Group) changeProbe(port uint16, m *Member) error {
 		probes[port] = m.id
 	}
 	if g.serving == nil {
+		// Nothing serves yet (a primary's first workers): a program of
+		// probe rules alone, which leaves every other connection to the
+		// kernel's hash, as no program does.
+		if err := g.attach(nil, probes); err != nil {
+			return err
+		}
 		g.probes = probes
 		return nil
 	}

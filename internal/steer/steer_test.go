@@ -416,6 +416,51 @@ func TestProbeRule(t *testing.T) {
 	}
 }
 
+// TestProbeBeforeServing: a probe rule set before the first SetServing
+// (a primary probing its first workers) reaches its member, and every
+// other connection is still answered (the kernel's hash); SetServing
+// keeps the rule.
+func TestProbeBeforeServing(t *testing.T) {
+	eachMode(t, func(t *testing.T, mode Mode) {
+		g, err := New("127.0.0.1:0", mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.CloseAll()
+		a, b, c := add(t, g), add(t, g), add(t, g)
+		for _, m := range []*Member{a, b, c} {
+			port := freePort(t, "127.0.0.1")
+			if err := g.SetProbe(uint16(port), m); err != nil {
+				t.Fatal(err)
+			}
+			for range 5 {
+				if id, err := ask(g.Addr(), port); err != nil || id != m.ID() {
+					t.Fatalf("before SetServing, from the probe's port: member %d, %v; want %d", id, err, m.ID())
+				}
+			}
+			if err := g.ClearProbe(uint16(port)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		port := freePort(t, "127.0.0.1")
+		if err := g.SetProbe(uint16(port), c); err != nil {
+			t.Fatal(err)
+		}
+		if hits := askAll(t, g, 30, true); hits[a.ID()]+hits[b.ID()]+hits[c.ID()] != 30 {
+			t.Errorf("other connections before SetServing: %v, want all 30 answered", hits)
+		}
+		if err := g.SetServing(a); err != nil {
+			t.Fatal(err)
+		}
+		if id, err := ask(g.Addr(), port); err != nil || id != c.ID() {
+			t.Errorf("after SetServing, from the probe's port: member %d, %v; want %d", id, err, c.ID())
+		}
+		if hits := askAll(t, g, 20, true); hits[a.ID()] != 20 {
+			t.Errorf("after SetServing: %v, want all 20 at %d", hits, a.ID())
+		}
+	})
+}
+
 func TestSixtyFourMembers(t *testing.T) {
 	eachMode(t, func(t *testing.T, mode Mode) {
 		g, ms := newGroup(t, "127.0.0.1:0", mode, 64)
@@ -607,7 +652,7 @@ func TestUnprivileged(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-test.count=1", "-test.v",
-		"-test.run=^(TestRandomSpread|TestSteeredAwayGetsNone|TestCloseKeepsSteering|TestQueueAndDrain|TestProbeRule|TestSixtyFourMembers|TestExportImport|TestImportInAnotherProcess|TestShared|TestDetect)$")
+		"-test.run=^(TestRandomSpread|TestSteeredAwayGetsNone|TestCloseKeepsSteering|TestQueueAndDrain|TestProbeRule|TestProbeBeforeServing|TestSixtyFourMembers|TestExportImport|TestImportInAnotherProcess|TestShared|TestDetect)$")
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
