@@ -204,6 +204,12 @@ func TestBalanceNoReusePort(t *testing.T) {
 		!strings.Contains(r.stderr, "--balance random cannot work here") {
 		t.Errorf("--balance random without SO_REUSEPORT: %s; want a non-zero exit and one line", r)
 	}
+	r = runHandoff(t, self, append(wrap.Env, "TMPDIR="+dir, "HANDOFF_CONTROL_DIR="+dir),
+		nil, handoffBin, "run", "--ready", "http:/healthz", "--listen", "127.0.0.1:0", "--", servers["v1"])
+	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 ||
+		!strings.Contains(r.stderr, "HTTP probes (--ready http:, --health) go through each worker's own socket") {
+		t.Errorf("--ready http: without SO_REUSEPORT: %s; want a non-zero exit and one line", r)
+	}
 }
 
 // TestBalanceUnixBesideGroup: a unix listener beside a TCP one stays one

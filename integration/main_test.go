@@ -56,6 +56,8 @@ var serverVariants = []serverVariant{
 	{"noready", "vnoready", "noready", ""},
 	{"slowready", "vslow", "slowready", ""},
 	{"crashlater", "vcrashlater", "crashlater", ""},
+	// Serves, but /healthz answers 500.
+	{"sick", "vsick", "sick", ""},
 	// Crashes at start in slot 1 only (HANDOFF_WORKER=1), serves elsewhere.
 	{"crashslot", "vcrashslot", "crashslot", ""},
 	// The example README.md and 'make run' show.

@@ -50,6 +50,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/handoff-dev/handoff/internal/cpus"
+	"github.com/handoff-dev/handoff/internal/probe"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -103,6 +104,25 @@ type Config struct {
 	// sent READY=1 by then counts as ready too (the default of 'handoff dev');
 	// 0 waits for the bind.
 	ReadyDelay time.Duration
+	// ReadyProbe, if not nil (the CLI's --ready http:PATH), makes a new
+	// worker ready only once a GET of it, sent through that worker's own
+	// socket, answers 2xx: every ReadyInterval, each bounded by
+	// ProbeTimeout. Ready and ReadyDelay are then not used. It needs a
+	// socket per worker (a TCP listener, --balance other than shared).
+	ReadyProbe *probe.Spec
+	// ReadyInterval is the time between readiness probes; default
+	// DefaultReadyInterval.
+	ReadyInterval time.Duration
+	// Health, if not nil (--health http:PATH), probes every ready worker
+	// through its own socket each HealthInterval (default 10s); one that
+	// fails HealthThreshold (default 3) probes in a row is replaced,
+	// start-new-then-retire, or, on probation, fails its deploy.
+	Health          *probe.Spec
+	HealthInterval  time.Duration
+	HealthThreshold int
+	// ProbeTimeout bounds one HTTP probe, readiness or health (the CLI's
+	// --health-timeout); default 2s.
+	ProbeTimeout time.Duration
 	// ReadyTimeout bounds how long a new worker may take to become ready;
 	// default 60s.
 	ReadyTimeout time.Duration
@@ -240,6 +260,12 @@ const (
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultReadyDelay   = 1 * time.Second
 	DefaultMinUptime    = 5 * time.Second
+	// HTTP probes: --ready-interval, --health-interval, --health-timeout,
+	// --health-threshold.
+	DefaultReadyInterval   = 200 * time.Millisecond
+	DefaultHealthInterval  = 10 * time.Second
+	DefaultProbeTimeout    = 2 * time.Second
+	DefaultHealthThreshold = 3
 )
 
 func (c *Config) setDefaults() {
@@ -258,6 +284,18 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.ReadyInterval <= 0 {
+		c.ReadyInterval = DefaultReadyInterval
+	}
+	if c.HealthInterval <= 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.ProbeTimeout <= 0 {
+		c.ProbeTimeout = DefaultProbeTimeout
+	}
+	if c.HealthThreshold <= 0 {
+		c.HealthThreshold = DefaultHealthThreshold
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
@@ -290,10 +328,30 @@ func (c *Config) setDefaults() {
 // CheckStandby refuses Standby where no worker can have a socket of its
 // own: --balance shared, or no TCP listener.
 func (c *Config) CheckStandby() error {
-	if !c.Standby || c.Balance != "shared" && slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.Network == "tcp" }) {
+	return c.checkOwnSockets(c.Standby, "--standby", "to keep the standing worker from new connections")
+}
+
+// CheckProbes refuses HTTP probes where no worker can have a socket of
+// its own to be probed through.
+func (c *Config) CheckProbes() error {
+	if c.ReadyProbe != nil {
+		if err := c.checkOwnSockets(true, "--ready "+c.ReadyProbe.String(), "to probe each worker through its own"); err != nil {
+			return err
+		}
+	}
+	if c.Health != nil {
+		return c.checkOwnSockets(true, "--health "+c.Health.String(), "to probe each worker through its own")
+	}
+	return nil
+}
+
+// checkOwnSockets refuses what (when asked) if no worker can have a socket
+// of its own: --balance shared, or no TCP listener.
+func (c *Config) checkOwnSockets(asked bool, what, why string) error {
+	if !asked || c.Balance != "shared" && slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.Network == "tcp" }) {
 		return nil
 	}
-	return errors.New("--standby needs a socket per worker to keep the standing worker from new connections, and with --balance shared or only unix listeners every worker shares one: drop --standby, or use a TCP listener with --balance auto")
+	return fmt.Errorf("%s needs a socket per worker %s, and with --balance shared or only unix listeners every worker shares one: drop %s, or use a TCP listener with --balance auto", what, why, what)
 }
 
 func (c *Config) Validate() error {
@@ -331,6 +389,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--balance %q: use round-robin, random, shared or auto", c.Balance)
 	}
 	if err := c.CheckStandby(); err != nil {
+		return err
+	}
+	if err := c.CheckProbes(); err != nil {
 		return err
 	}
 	if c.Metrics != "" {

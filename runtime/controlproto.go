@@ -153,6 +153,24 @@ type WorkerStatus struct {
 	// worker's socket(s) since they were made (a restarted worker's slot
 	// keeps its socket, and the count); absent in other modes.
 	Given *uint64 `json:"given,omitempty"`
+	// Probe is the worker's last HTTP probe (--ready http:, --health);
+	// absent without them.
+	Probe *ProbeStatus `json:"probe,omitempty"`
+}
+
+// ProbeStatus is one HTTP probe of a worker, through its own socket.
+type ProbeStatus struct {
+	// Kind is "ready" (--ready http:) or "health" (--health).
+	Kind string    `json:"kind"`
+	At   time.Time `json:"at"`
+	// OK: the answer was 2xx.
+	OK bool `json:"ok"`
+	// Result says what came back: "200 ok", "503 warming up",
+	// "timeout after 2s", "connection refused".
+	Result      string  `json:"result"`
+	TookSeconds float64 `json:"took_seconds"`
+	// Failures counts the health probes failed in a row (0 after a pass).
+	Failures int `json:"failures,omitempty"`
 }
 
 // UpgradeStatus is a deploy in progress.

@@ -256,7 +256,13 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueu
 	wctx, cancelRecycling := context.WithCancel(ctx)
 	recycleDone := make(chan struct{})
 	defer func() { cancelRecycling(); <-recycleDone }()
-	go func() { defer close(recycleDone); p.watchWorkers(wctx) }()
+	go func() {
+		defer close(recycleDone)
+		var wg sync.WaitGroup
+		wg.Go(func() { p.watchHealth(wctx) })
+		p.watchWorkers(wctx)
+		wg.Wait()
+	}()
 	shutdown := func() error {
 		cancelRecycling()
 		if p.successor != nil {

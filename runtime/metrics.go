@@ -35,6 +35,7 @@ type metrics struct {
 	upgrades     *prometheus.CounterVec
 	upgradeSecs  *prometheus.HistogramVec
 	recycles     *prometheus.CounterVec
+	probes       *prometheus.CounterVec
 	lastUpgrade  prometheus.Gauge
 	generation   prometheus.Gauge
 }
@@ -74,8 +75,11 @@ func newMetrics() *metrics {
 		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}},
 		[]string{"kind", "outcome"})
 	m.recycles = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricNamespace,
-		Name: "worker_recycles_total", Help: "Workers replaced one at a time because of --max-memory (memory) or --watchdog (watchdog)."},
+		Name: "worker_recycles_total", Help: "Workers replaced one at a time because of --max-memory (memory), --watchdog (watchdog) or --health (health)."},
 		[]string{"reason"})
+	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricNamespace,
+		Name: "probes_total", Help: "HTTP probes sent through a worker's own socket, by kind (ready: --ready http:, health: --health) and result (ok: 2xx; fail)."},
+		[]string{"kind", "result"})
 	m.lastUpgrade = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
 		Name: "last_upgrade_successful", Help: "1 if the last deploy this primary ran (or took over by) finished, 0 if it was aborted or rolled back."})
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricNamespace,
@@ -89,19 +93,30 @@ func newMetrics() *metrics {
 			m.upgrades.WithLabelValues(k, o)
 		}
 	}
-	for _, r := range []string{recycleMemory, recycleWatchdog} {
+	for _, r := range []string{recycleMemory, recycleWatchdog, recycleHealth} {
 		m.recycles.WithLabelValues(r)
 	}
-	m.reg.MustRegister(m.starts, m.restarts, m.exits, m.readySeconds, m.upgrades, m.upgradeSecs, m.recycles,
+	m.reg.MustRegister(m.starts, m.restarts, m.exits, m.readySeconds, m.upgrades, m.upgradeSecs, m.recycles, m.probes,
 		m.lastUpgrade, m.generation,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // collect adds what is read from pool at scrape time; balance is the
-// balance mode's name.
-func (m *metrics) collect(pool *workerpool.Pool, balance string) {
-	m.reg.MustRegister(poolCollector{pool: pool, balance: balance})
+// balance mode's name, probes the workers' last HTTP probes.
+func (m *metrics) collect(pool *workerpool.Pool, balance string, probes *probeBook) {
+	m.reg.MustRegister(poolCollector{pool: pool, balance: balance, probes: probes})
+}
+
+// probed counts one HTTP probe of kind.
+func (m *metrics) probed(kind string, ok bool) {
+	if m != nil {
+		result := "fail"
+		if ok {
+			result = "ok"
+		}
+		m.probes.WithLabelValues(kind, result).Inc()
+	}
 }
 
 // The workerpool.Observer side.
@@ -146,6 +161,7 @@ func (m *metrics) setGeneration(gen int) {
 type poolCollector struct {
 	pool    *workerpool.Pool
 	balance string
+	probes  *probeBook
 }
 
 var (
@@ -161,6 +177,10 @@ var (
 		"1 for the way new connections are spread over the workers: round-robin or random (a socket per worker, steered by the primary), shared (one socket every worker accepts from).", []string{"mode"}, nil)
 	queueDesc = prometheus.NewDesc("handoff_worker_accept_queue",
 		"Connections waiting in the accept queue of each slot's own socket(s); absent in shared mode.", []string{"slot"}, nil)
+	probeOKDesc = prometheus.NewDesc("handoff_worker_last_probe_ok",
+		"1 if each slot's worker passed its last HTTP probe (kind: ready or health), 0 if it failed; only with --ready http: or --health.", []string{"slot", "kind"}, nil)
+	probeAtDesc = prometheus.NewDesc("handoff_worker_last_probe_timestamp_seconds",
+		"When each slot's worker was last probed (Unix time); only with --ready http: or --health.", []string{"slot", "kind"}, nil)
 	givenDesc = prometheus.NewDesc("handoff_worker_connections_given_total",
 		"Connections the round-robin program steered to each slot's socket(s) since the slot's socket was made; round-robin mode only.", []string{"slot"}, nil)
 )
@@ -172,6 +192,8 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- rssDesc
 	ch <- balanceDesc
 	ch <- queueDesc
+	ch <- probeOKDesc
+	ch <- probeAtDesc
 	ch <- givenDesc
 }
 
@@ -185,6 +207,14 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		slot := strconv.Itoa(w.Slot)
 		if rss, err := workerpool.RSS(w.Pid); err == nil {
 			ch <- prometheus.MustNewConstMetric(rssDesc, prometheus.GaugeValue, float64(rss), slot)
+		}
+		if pr := c.probes.get(w.Pid); pr != nil {
+			ok := 0.0
+			if pr.OK {
+				ok = 1
+			}
+			ch <- prometheus.MustNewConstMetric(probeOKDesc, prometheus.GaugeValue, ok, slot, pr.Kind)
+			ch <- prometheus.MustNewConstMetric(probeAtDesc, prometheus.GaugeValue, float64(pr.At.UnixNano())/1e9, slot, pr.Kind)
 		}
 		if s, ok := w.Socks.(*memberSet); ok {
 			queue, given := s.Queue()

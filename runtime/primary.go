@@ -28,7 +28,9 @@ import (
 )
 
 type primary struct {
-	cfg    Config
+	cfg Config
+	// probes are the workers' last HTTP probes (--ready http:, --health).
+	probes probeBook
 	log    *zap.Logger
 	upg    *tableflip.Upgrader
 	pool   *workerpool.Pool
@@ -282,6 +284,9 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		return "", nil, err
 	}
 	res.fds = fds
+	if (p.cfg.ReadyProbe != nil || p.cfg.Health != nil) && p.sockets == nil {
+		return "", nil, fmt.Errorf("HTTP probes (--ready http:, --health) go through each worker's own socket, and here every worker shares one (%s): use --ready notify, bind or delay:DURATION", p.balance.why)
+	}
 	p.ctl, err = p.listenControl(cfg.Listeners[0].Network, p.addrs[0])
 	if err != nil {
 		return "", nil, err
@@ -328,6 +333,9 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if cfg.IPC || cfg.Hub != nil {
 		launcher.Channel = true
 	}
+	if cfg.ReadyProbe != nil {
+		launcher.Ready, launcher.Probe = workerpool.ReadyProbe, p.readyProbe
+	}
 	res.output = launcher.Output
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
@@ -347,7 +355,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	p.pool = workerpool.New(poolCfg)
 	if metricsLn != nil {
-		p.metrics.collect(p.pool, p.balance.mode.String())
+		p.metrics.collect(p.pool, p.balance.mode.String(), &p.probes)
 		p.web = &metricsServer{m: p.metrics, pool: p.pool}
 	}
 	res.stopReaper = p.startReaper()

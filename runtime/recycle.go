@@ -46,7 +46,7 @@ func (p *primary) watchWorkers(ctx context.Context) {
 		return
 	}
 	over := map[int]int{} // pid -> samples in a row above MaxMemory
-	failures := 0
+	var rf replaceFailures
 	t := time.NewTicker(p.cfg.SampleInterval)
 	defer t.Stop()
 	for {
@@ -69,40 +69,55 @@ func (p *primary) watchWorkers(ctx context.Context) {
 		}
 		log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
 		log.Warn("worker recycle", append(fields, zap.String("reason", reason))...)
-		done := make(chan error, 1)
-		// Not p.ask: the loop waits for this goroutine once it stops
-		// reading requests, so a send must end with ctx.
-		select {
-		case p.reqs <- request{op: "recycle", done: done, run: func(ctx context.Context) error {
-			return p.pool.Replace(ctx, w.Slot, w.Pid, reason, drain)
-		}}:
-		case <-ctx.Done():
+		if !p.replaceWorker(ctx, w, reason, drain, log, &rf) {
 			return
-		}
-		var err error
-		select {
-		case err = <-done:
-		case <-ctx.Done():
-			return
-		}
-		switch {
-		case err == nil:
-			failures = 0
-			p.metrics.recycled(reason)
-		case errors.Is(err, workerpool.ErrStale), errors.Is(err, ErrShuttingDown), errors.Is(err, errHandedOver),
-			errors.Is(err, workerpool.ErrClosing), ctx.Err() != nil:
-			// The worker went another way meanwhile.
-		default:
-			failures++
-			pause := workerpool.Backoff(failures+1, recycleBackoff.min, recycleBackoff.max)
-			log.Error("worker recycle failed", zap.String("reason", reason), zap.Error(err), zap.Duration("backoff", pause))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(pause):
-			}
 		}
 	}
+}
+
+// replaceFailures counts the replacements in a row that failed to start.
+type replaceFailures int
+
+// replaceWorker has w replaced through the primary's loop (Pool.Replace:
+// the job runs in turn with deploys, never beside one) and waits for the
+// outcome: counted in the metrics under reason, or, if the new worker did
+// not start, logged and followed by a pause that grows with the failures
+// in a row (rf). It returns false once ctx has ended.
+func (p *primary) replaceWorker(ctx context.Context, w workerpool.WorkerInfo, reason string, drain time.Duration, log *zap.Logger, rf *replaceFailures) bool {
+	done := make(chan error, 1)
+	// Not p.ask: the loop waits for this goroutine once it stops
+	// reading requests, so a send must end with ctx.
+	select {
+	case p.reqs <- request{op: "recycle", done: done, run: func(ctx context.Context) error {
+		return p.pool.Replace(ctx, w.Slot, w.Pid, reason, drain)
+	}}:
+	case <-ctx.Done():
+		return false
+	}
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return false
+	}
+	switch {
+	case err == nil:
+		*rf = 0
+		p.metrics.recycled(reason)
+	case errors.Is(err, workerpool.ErrStale), errors.Is(err, ErrShuttingDown), errors.Is(err, errHandedOver),
+		errors.Is(err, workerpool.ErrClosing), ctx.Err() != nil:
+		// The worker went another way meanwhile.
+	default:
+		*rf++
+		pause := workerpool.Backoff(int(*rf)+1, recycleBackoff.min, recycleBackoff.max)
+		log.Error("worker recycle failed", zap.String("reason", reason), zap.Error(err), zap.Duration("backoff", pause))
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(pause):
+		}
+	}
+	return true
 }
 
 // recycleCandidate returns the first worker to recycle and why ("" for

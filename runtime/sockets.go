@@ -126,6 +126,14 @@ func (s *memberSet) Queue() (queue int, given uint64) {
 	return queue, given
 }
 
+// isFrozen says whether the groups were handed to a new primary, which
+// steers them from now on.
+func (l *socketLayer) isFrozen() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.frozen
+}
+
 // New makes a member of each group for a new worker.
 func (l *socketLayer) New(int) (workerpool.Socks, error) {
 	l.mu.Lock()

@@ -46,6 +46,7 @@ func (p *primary) status() Status {
 				ws.Given = &given
 			}
 		}
+		ws.Probe = p.probes.get(w.Pid)
 		st.Workers = append(st.Workers, ws)
 	}
 	st.Balance, st.BalanceReason = p.balance.mode.String(), p.balance.why

@@ -39,6 +39,12 @@ type OSLauncher struct {
 	// Ready and ReadyDelay select how readiness is learnt.
 	Ready      ReadyMode
 	ReadyDelay time.Duration
+	// Probe, with ReadyProbe, decides when a worker is ready: it probes
+	// the worker pid, whose own listening sockets are listeners (the
+	// launcher's when nil), until it passes (true) or done is closed (the
+	// worker exited: false), telling note, after each failure, why it is
+	// not ready yet.
+	Probe func(pid int, listeners []int, done <-chan struct{}, note func(string)) bool
 	// NotifyDir holds the workers' notify sockets; it should be a private
 	// directory of mode 0700.
 	NotifyDir string
@@ -236,6 +242,7 @@ func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, err
 		ready:   make(chan struct{}),
 		done:    make(chan struct{}),
 		started: time.Now(),
+		probed:  l.Ready == ReadyProbe && l.Probe != nil,
 		sock:    sock,
 		log:     log.With(zap.Int("slot", slot), zap.Int("generation", spec.Generation)),
 		opened:  make(chan struct{}),
@@ -276,6 +283,14 @@ func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, err
 	go p.readNotify()
 	if l.Ready == ReadyDelay || (l.Ready == ReadyBind && l.ReadyDelay > 0) {
 		go p.readyAfter(l.ReadyDelay)
+	}
+	if p.probed {
+		go func() {
+			note := func(s string) { p.notReady.Store(&s) }
+			if l.Probe(p.pid, listeners, p.done, note) {
+				p.readyOnce.Do(func() { close(p.ready) })
+			}
+		}()
 	}
 	return p, nil
 }

@@ -38,9 +38,16 @@ type ProbationError struct {
 	ReadyFor  time.Duration
 	MinUptime time.Duration
 	Exit      Exit
+	// Unhealthy: the worker did not exit but failed its health checks
+	// (Exit.Status says how); see FailProbation.
+	Unhealthy bool
 }
 
 func (e *ProbationError) Error() string {
+	if e.Unhealthy {
+		return fmt.Sprintf("worker %d (pid %d) failed its health checks %s after it was ready (min uptime %s): %s",
+			e.Slot, e.Pid, e.ReadyFor.Round(time.Millisecond), e.MinUptime, e.Exit.Status)
+	}
 	return fmt.Sprintf("worker %d (pid %d) exited %s after it was ready (min uptime %s): %s",
 		e.Slot, e.Pid, e.ReadyFor.Round(time.Millisecond), e.MinUptime, e.Exit.Status)
 }
@@ -187,14 +194,38 @@ func (pr *probation) fails(w *worker, now time.Time) bool {
 }
 
 // failProbation records that w failed the probation (the first failure
-// is the roll's). Call with p.mu held.
-func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.Duration) {
+// is the roll's): it exited, or, unhealthy, failed its health checks.
+// Call with p.mu held.
+func (p *Pool) failProbation(pr *probation, w *worker, exit Exit, readyFor time.Duration, unhealthy bool) {
 	w.log.Warn("worker failed probation", zap.Duration("ready_for", readyFor), zap.Duration("min_uptime", pr.d),
 		zap.String("status", exit.Status))
 	if pr.err == nil {
-		pr.err = &ProbationError{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, ReadyFor: readyFor, MinUptime: pr.d, Exit: exit}
+		pr.err = &ProbationError{Slot: w.slot, Pid: w.proc.Pid(), Generation: w.gen, ReadyFor: readyFor, MinUptime: pr.d,
+			Exit: exit, Unhealthy: unhealthy}
 		close(pr.failed)
 	}
+}
+
+// FailProbation fails the probation of the deploy running now because of
+// its worker pid, alive but unhealthy (why says how), as its exit would.
+// It reports whether pid is a slot's current worker of that deploy, within
+// its probation: the deploy then rolls back, which replaces it. Otherwise
+// nothing changes.
+func (p *Pool) FailProbation(pid int, why string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	for w := range p.all {
+		if w.proc.Pid() != pid {
+			continue
+		}
+		if p.slots[w.slot].cur != w || w.retiring || !p.prob.fails(w, now) {
+			return false
+		}
+		p.failProbation(p.prob, w, Exit{Status: why, Code: -1, Uptime: now.Sub(w.started)}, now.Sub(w.readyAt), true)
+		return true
+	}
+	return false
 }
 
 // takeBack gives the slot of w, a worker of the new generation that has

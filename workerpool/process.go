@@ -65,10 +65,14 @@ type osProcess struct {
 	// triggered is set at WATCHDOG=trigger.
 	watchdog  atomic.Int64
 	triggered atomic.Bool
-	mu        sync.Mutex
-	exited    bool // the worker has exited; its pid may not be signalled
-	exit      Exit
-	tail      tailBuffer
+	// probed: only the launcher's Probe makes the worker ready
+	// (ReadyProbe); notReady is its last word on why not yet.
+	probed   bool
+	notReady atomic.Pointer[string]
+	mu       sync.Mutex
+	exited   bool // the worker has exited; its pid may not be signalled
+	exit     Exit
+	tail     tailBuffer
 }
 
 func (p *osProcess) Pid() int               { return p.pid }
@@ -107,8 +111,21 @@ func (p *osProcess) Kill() {
 	}
 }
 
+// markReady is the worker's own word that it is ready (READY=1, its
+// bind, its delay), which a probed worker's readiness does not take.
 func (p *osProcess) markReady() {
-	p.readyOnce.Do(func() { close(p.ready) })
+	if !p.probed {
+		p.readyOnce.Do(func() { close(p.ready) })
+	}
+}
+
+// NotReady says why the worker is not ready yet, as its probe last saw
+// it; "" if nothing is known.
+func (p *osProcess) NotReady() string {
+	if s := p.notReady.Load(); s != nil {
+		return *s
+	}
+	return ""
 }
 
 // StatusString describes a wait status as os.ProcessState does:

@@ -57,4 +57,8 @@ const (
 	// long (a worker that takes its socket from LISTEN_FDS and says
 	// nothing).
 	ReadyBind
+	// ReadyProbe counts a worker ready once OSLauncher.Probe says so (an
+	// HTTP GET through the worker's own socket answered 2xx); READY=1, a
+	// bind or a delay do not.
+	ReadyProbe
 )

@@ -168,7 +168,7 @@ func (p *Pool) monitor(w *worker) {
 	switch {
 	case failed:
 		w.log.Warn("worker exited", fields...)
-		p.failProbation(p.prob, w, exit, now.Sub(w.readyAt))
+		p.failProbation(p.prob, w, exit, now.Sub(w.readyAt), false)
 	case restart:
 		w.log.Warn("worker exited", fields...)
 		if exit.Uptime >= p.cfg.StableAfter {
@@ -200,6 +200,9 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 	case <-w.proc.Done():
 		return "exited"
 	case <-deadline:
+		if nr, ok := w.proc.(interface{ NotReady() string }); ok && nr.NotReady() != "" {
+			return fmt.Sprintf("not ready within %s (%s)", p.cfg.ReadyTimeout, nr.NotReady())
+		}
 		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
 	case <-ctx.Done():
 		return "cancelled: " + context.Cause(ctx).Error()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -209,12 +210,43 @@ func printStatus(w io.Writer, st *runtime.Status) {
 		fmt.Fprintf(w, "upgrade to generation %d (%s): %s, %s elapsed\n", u.Generation, kind, step, roundDuration(u.ElapsedSeconds))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tRSS\tQUEUE\tGIVEN")
+	probed := slices.ContainsFunc(st.Workers, func(wk runtime.WorkerStatus) bool { return wk.Probe != nil })
+	head := "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tRSS\tQUEUE\tGIVEN"
+	if probed {
+		head += "\tLAST PROBE"
+	}
+	fmt.Fprintln(tw, head)
+	now := time.Now()
 	for _, wk := range st.Workers {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", wk.Slot, wk.Pid, wk.Generation, wk.State,
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s", wk.Slot, wk.Pid, wk.Generation, wk.State,
 			roundDuration(wk.UptimeSeconds), wk.Restarts, formatBytes(wk.RSSBytes), optional(wk.Queue), optional(wk.Given))
+		if probed {
+			fmt.Fprintf(tw, "\t%s", describeProbe(wk.Probe, now))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+}
+
+// describeProbe is a worker's last HTTP probe in a few words: "health ok,
+// 3s ago: 200 ok", "ready failing, 0s ago: 503 warming up".
+func describeProbe(p *runtime.ProbeStatus, now time.Time) string {
+	if p == nil {
+		return "-"
+	}
+	state := "ok"
+	switch {
+	case p.OK:
+	case p.Failures > 1:
+		state = fmt.Sprintf("failed %d in a row", p.Failures)
+	default:
+		state = "failed"
+	}
+	result := p.Result
+	if len(result) > 48 {
+		result = result[:45] + "..."
+	}
+	return fmt.Sprintf("%s %s, %s ago: %s", p.Kind, state, roundDuration(now.Sub(p.At).Seconds()), result)
 }
 
 // optional is a number of status, or "-" where it does not apply.

@@ -296,16 +296,16 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 		}
 		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, d
 	case strings.HasPrefix(ready, "http:"), strings.HasPrefix(ready, "https:"):
-		if err := probes.refuse("--ready", ready); err != nil {
+		if err := probes.readyProbe(ready, &cfg); err != nil {
 			return cfg, lc, usageError{err}
 		}
 	default:
-		return fail("--ready %q: use notify, bind or delay:DURATION (e.g. delay:1s)", ready)
+		return fail("--ready %q: use notify, bind, delay:DURATION (e.g. delay:1s) or http:PATH", ready)
 	}
 	if cfg.Surge < 1 {
 		return fail("--surge %d: must be at least 1 (new workers started at once in a deploy)", cfg.Surge)
 	}
-	if err := probes.check(fs); err != nil {
+	if err := probes.check(fs, &cfg); err != nil {
 		return cfg, lc, usageError{err}
 	}
 	if cfg.ReadyTimeout <= 0 {

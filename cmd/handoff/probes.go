@@ -4,17 +4,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"strings"
 	"time"
+
+	httpprobe "github.com/handoff-dev/handoff/internal/probe"
+	"github.com/handoff-dev/handoff/runtime"
 )
 
-// probeFlags are the flags of HTTP probes (--ready http:PATH, --health).
-// An HTTP probe must reach one worker and no other, through that worker's
-// own socket; every worker accepts from one shared socket here, so they
-// are checked and then refused at start with what to use instead.
+// probeFlags are the flags of HTTP probes (--ready http:PATH, --health),
+// which reach one worker and no other, through that worker's own socket.
 type probeFlags struct {
 	host      string
 	health    string
+	ready     time.Duration
 	interval  time.Duration
 	timeout   time.Duration
 	threshold int
@@ -22,15 +23,28 @@ type probeFlags struct {
 
 func (p *probeFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&p.host, "ready-host", "localhost", "")
+	fs.DurationVar(&p.ready, "ready-interval", runtime.DefaultReadyInterval, "")
 	fs.StringVar(&p.health, "health", "", "")
-	fs.DurationVar(&p.interval, "health-interval", 10*time.Second, "")
-	fs.DurationVar(&p.timeout, "health-timeout", 2*time.Second, "")
-	fs.IntVar(&p.threshold, "health-threshold", 3, "")
+	fs.DurationVar(&p.interval, "health-interval", runtime.DefaultHealthInterval, "")
+	fs.DurationVar(&p.timeout, "health-timeout", runtime.DefaultProbeTimeout, "")
+	fs.IntVar(&p.threshold, "health-threshold", runtime.DefaultHealthThreshold, "")
 }
 
-// check validates the health flags, and refuses --health.
-func (p *probeFlags) check(fs *flag.FlagSet) error {
+// readyProbe parses --ready http:PATH (or https:PATH) into cfg.
+func (p *probeFlags) readyProbe(v string, cfg *runtime.Config) error {
+	s, err := httpprobe.Parse("--ready", v, p.host)
+	if err != nil {
+		return err
+	}
+	cfg.ReadyProbe = &s
+	return nil
+}
+
+// check validates the probe flags and sets cfg's.
+func (p *probeFlags) check(fs *flag.FlagSet, cfg *runtime.Config) error {
 	switch {
+	case p.ready <= 0:
+		return fmt.Errorf("--ready-interval %s: must be positive, e.g. --ready-interval 200ms", p.ready)
 	case p.interval <= 0:
 		return fmt.Errorf("--health-interval %s: must be positive", p.interval)
 	case p.timeout <= 0:
@@ -40,23 +54,28 @@ func (p *probeFlags) check(fs *flag.FlagSet) error {
 	case p.host == "":
 		return errors.New("--ready-host: must not be empty")
 	}
+	if flagSet(fs, "ready-host") && cfg.ReadyProbe == nil && p.health == "" {
+		return errors.New("--ready-host without an HTTP probe: add --ready http:/healthz (or --health http:PATH), or drop it")
+	}
+	if flagSet(fs, "ready-interval") && cfg.ReadyProbe == nil {
+		return errors.New("--ready-interval without --ready http:PATH: add --ready http:/healthz, or drop it")
+	}
+	cfg.ReadyInterval, cfg.ProbeTimeout = p.ready, p.timeout
 	if p.health == "" {
-		for _, name := range []string{"health-interval", "health-timeout", "health-threshold"} {
+		for _, name := range []string{"health-interval", "health-threshold"} {
 			if flagSet(fs, name) {
 				return fmt.Errorf("--%s without --health http:PATH: add --health http:/healthz, or drop it", name)
 			}
 		}
-		return nil
+		if flagSet(fs, "health-timeout") && cfg.ReadyProbe == nil {
+			return errors.New("--health-timeout without an HTTP probe: add --health http:/healthz, or drop it")
+		}
+		return cfg.CheckProbes()
 	}
-	return p.refuse("--health", p.health)
-}
-
-// refuse checks the form of an HTTP probe (http:PATH or https:PATH, PATH
-// starting with /), then says why it cannot run here.
-func (p *probeFlags) refuse(flagName, v string) error {
-	scheme, path, _ := strings.Cut(v, ":")
-	if (scheme != "http" && scheme != "https") || !strings.HasPrefix(path, "/") {
-		return fmt.Errorf("%s %q: use http:PATH or https:PATH with PATH starting with /, e.g. http:/healthz", flagName, v)
+	s, err := httpprobe.Parse("--health", p.health, p.host)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("%s %s needs a socket per worker, to probe each worker through its own, and this version does not probe through one yet: use --ready notify, bind or delay:DURATION", flagName, v)
+	cfg.Health, cfg.HealthInterval, cfg.HealthThreshold = &s, p.interval, p.threshold
+	return cfg.CheckProbes()
 }

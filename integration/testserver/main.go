@@ -17,6 +17,8 @@
 //	            --crash-drain it drains first, as on SIGTERM (what it
 //	            accepted is answered), then exits 4
 //	slowready   like ok, sends READY=1 only after --ready-after (default 2s)
+//	sick        like ok, but /healthz answers 500 (from the start, or
+//	            after --healthz-fail-after)
 //	crashslot   like crash in slot --crash-slot (HANDOFF_WORKER, default 1),
 //	            like ok in every other slot
 //
@@ -37,6 +39,11 @@
 // the fds open now (includes the runtime's own, e.g. epoll) and
 // "nonblocking=" with those of its inherited fds past stdio that were in
 // non-blocking mode (O_NONBLOCK) when it started, before it took them.
+//
+// --warmup D: every request is answered 503 ("warming up …") for D after
+// the start, as a server that binds at once but is not ready yet.
+// --healthz-fail-after D: /healthz is answered 500 ("sick since …") once
+// the process has been up D; every other path as usual.
 //
 // --stall-accept-file PATH: while PATH exists, the server does not call
 // Accept (it looks every 10 ms), so connections wait in its socket's accept
@@ -114,7 +121,7 @@ const (
 
 func main() {
 	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
-	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready|crashslot (overrides HANDOFF_TEST_MODE and the build-time mode)")
+	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready|crashslot|sick (overrides HANDOFF_TEST_MODE and the build-time mode)")
 	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
 	drainTimeout := fs.Duration("drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
 	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
@@ -124,6 +131,8 @@ func main() {
 	chatterEvery := fs.Duration("chatter", 0, "write numbered lines to stdout and stderr this often")
 	chatterDrain := fs.Duration("chatter-drain", 0, "with --chatter: go on this long after the stop signal")
 	stallFile := fs.String("stall-accept-file", "", "while this file exists, do not accept: connections wait in the socket's queue")
+	warmup := fs.Duration("warmup", 0, "answer every request 503 for this long after start (a server that binds at once and warms up)")
+	sickAfter := fs.Duration("healthz-fail-after", 0, "answer /healthz 500 once up this long (other paths as usual)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(exitUsage)
 	}
@@ -143,6 +152,10 @@ func main() {
 	}
 	switch m {
 	case "ok", "noready", "crashlater", "slowready":
+	case "sick":
+		if *sickAfter <= 0 {
+			*sickAfter = time.Nanosecond
+		}
 	case "crash":
 		fmt.Fprintf(os.Stderr, "testserver: crashing at start (mode=%s)\n", m)
 		os.Exit(exitCrash)
@@ -176,6 +189,9 @@ func main() {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	h := handler(fmt.Sprintf("%s pid=%d worker=%s gen=%s\n", version, os.Getpid(), worker, gen))
+	if *warmup > 0 || *sickAfter > 0 {
+		h = phases(h, time.Now(), *warmup, *sickAfter)
+	}
 	done := make(chan error, len(lns))
 	for _, ln := range lns {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Minute}
@@ -183,7 +199,7 @@ func main() {
 	}
 
 	switch m {
-	case "ok", "crashlater":
+	case "ok", "crashlater", "sick":
 		notifyReady()
 	case "slowready":
 		go func() {
@@ -314,6 +330,25 @@ func notifyReady() {
 	if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady); !ok || err != nil {
 		fmt.Fprintf(os.Stderr, "testserver: READY=1 not sent: sent=%v err=%v\n", ok, err)
 	}
+}
+
+// phases answers every request 503 until warmup has passed since start,
+// and /healthz 500 once sickAfter (if positive) has.
+func phases(h http.Handler, start time.Time, warmup, sickAfter time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up := time.Since(start)
+		switch {
+		case up < warmup:
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "warming up (%s of %s)\n", up.Round(time.Millisecond), warmup)
+		case sickAfter > 0 && up >= sickAfter && r.URL.Path == "/healthz":
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprintf(w, "sick since %s\n", (up - sickAfter).Round(time.Millisecond))
+		default:
+			h.ServeHTTP(w, r)
+		}
+	})
 }
 
 func handler(reply string) http.Handler {

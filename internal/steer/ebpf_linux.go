@@ -223,7 +223,7 @@ func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instruction
 			values = append(values, int32(binary.NativeEndian.Uint16(be[:])))
 			targets = append(targets, probes[port])
 		}
-		in = append(in, jumpTable(asm.R2, "probe", values, targets, "turn")...)
+		in = append(in, jumpTable(asm.R2, "probe", values, targets, "turn", "probed")...)
 	}
 	if len(serving) == 0 {
 		// No member serves yet (probes only): the kernel's hash.
@@ -236,10 +236,18 @@ func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instruction
 		for i := range serving {
 			turns[i] = int32(i)
 		}
-		in = append(in, jumpTable(asm.R1, "serve", turns, serving, "pass")...)
+		in = append(in, jumpTable(asm.R1, "serve", turns, serving, "pass", "select")...)
 	}
-	in = append(in, asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("select"))
-	in = append(in, bump(rr.given, slotOff, "pick", asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0))...)
+	if len(probes) > 0 {
+		// A probe's connection is not counted as given.
+		in = append(in,
+			asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("probed"),
+			asm.Ja.Label("pick"))
+	}
+	if len(serving) > 0 {
+		in = append(in, asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("select"))
+		in = append(in, bump(rr.given, slotOff, "pick", asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0))...)
+	}
 	in = append(in,
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("pick"),
 		asm.LoadMapPtr(asm.R2, rr.socks.FD()),
@@ -267,9 +275,9 @@ func bump(m *ebpf.Map, off int16, missing string, add asm.Instruction) asm.Instr
 	}
 }
 
-// jumpTable sets R7 to slots[i] and jumps to "select" when reg equals
+// jumpTable sets R7 to slots[i] and jumps to then when reg equals
 // values[i], and jumps to otherwise when it equals none.
-func jumpTable(reg asm.Register, name string, values []int32, slots []int, otherwise string) asm.Instructions {
+func jumpTable(reg asm.Register, name string, values []int32, slots []int, otherwise, then string) asm.Instructions {
 	var in asm.Instructions
 	for i, v := range values {
 		in = append(in, asm.JEq.Imm(reg, v, fmt.Sprintf("%s%d", name, i)))
@@ -278,7 +286,7 @@ func jumpTable(reg asm.Register, name string, values []int32, slots []int, other
 	for i, slot := range slots {
 		in = append(in,
 			asm.Mov.Imm(asm.R7, int32(slot)).WithSymbol(fmt.Sprintf("%s%d", name, i)),
-			asm.Ja.Label("select"))
+			asm.Ja.Label(then))
 	}
 	return in
 }

@@ -428,18 +428,25 @@ func TestProbeBeforeServing(t *testing.T) {
 		}
 		defer g.CloseAll()
 		a, b, c := add(t, g), add(t, g), add(t, g)
-		for _, m := range []*Member{a, b, c} {
-			port := freePort(t, "127.0.0.1")
-			if err := g.SetProbe(uint16(port), m); err != nil {
-				t.Fatal(err)
-			}
-			for range 5 {
+		for range 3 {
+			for _, m := range []*Member{a, b, c} {
+				port := freePort(t, "127.0.0.1")
+				if err := g.SetProbe(uint16(port), m); err != nil {
+					t.Fatal(err)
+				}
 				if id, err := ask(g.Addr(), port); err != nil || id != m.ID() {
 					t.Fatalf("before SetServing, from the probe's port: member %d, %v; want %d", id, err, m.ID())
 				}
+				if err := g.ClearProbe(uint16(port)); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if err := g.ClearProbe(uint16(port)); err != nil {
-				t.Fatal(err)
+		}
+		if mode == RoundRobin {
+			for _, m := range []*Member{a, b, c} {
+				if n, err := g.Given(m); err != nil || n != 0 {
+					t.Errorf("member %d: given %d, %v after probes alone; want 0 (a probe is not a connection given)", m.ID(), n, err)
+				}
 			}
 		}
 		port := freePort(t, "127.0.0.1")

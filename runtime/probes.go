@@ -1,0 +1,292 @@
+//go:build linux
+
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/probe"
+	"github.com/handoff-dev/handoff/internal/steer"
+	"github.com/handoff-dev/handoff/workerpool"
+)
+
+// HTTP probes (--ready http:PATH, --health http:PATH) go to one worker and
+// no other, through that worker's own socket: the prober binds its socket
+// to a port of its own, has the group steer that source port to the
+// worker's member (steer.Group.SetProbe), connects, and clears the rule as
+// soon as the connection is made. A probe thus reaches a worker that is
+// not served yet (a new one, before any traffic), and only it.
+
+// Probe kinds: the kind label of handoff_probes_total, ProbeStatus.Kind.
+const (
+	probeReady  = "ready"
+	probeHealth = "health"
+)
+
+// recycleHealth is the reason of a worker replaced for its health checks.
+const recycleHealth = "health"
+
+// probeTarget is where a worker's probes go: a member of a group.
+type probeTarget struct {
+	g *steer.Group
+	m *steer.Member
+}
+
+// probeTarget finds, among fds (a worker's listening sockets, by
+// listener), the first that is a member of a group.
+func (l *socketLayer) probeTarget(fds []int) (probeTarget, error) {
+	if l == nil {
+		return probeTarget{}, errNoOwnSocket
+	}
+	for i, g := range l.groups {
+		if g == nil || i >= len(fds) {
+			continue
+		}
+		for _, m := range g.Members() {
+			if m.Fd() == fds[i] {
+				return probeTarget{g, m}, nil
+			}
+		}
+	}
+	return probeTarget{}, errNoOwnSocket
+}
+
+var errNoOwnSocket = errors.New("the worker has no socket of its own to probe through")
+
+// probeOnce sends one probe of spec through t, bounded by timeout.
+func probeOnce(ctx context.Context, spec probe.Spec, t probeTarget, timeout time.Duration) probe.Result {
+	begin := time.Now()
+	addr, ok := t.g.Addr().(*net.TCPAddr)
+	if !ok {
+		return probe.Result{At: begin, Err: "not a TCP listener"}
+	}
+	ip := addr.IP
+	if ip.IsUnspecified() {
+		ip = net.IPv6loopback
+		if ip4 := addr.IP.To4(); ip4 != nil {
+			ip = net.IPv4(127, 0, 0, 1)
+		}
+	}
+	var port uint16
+	d := net.Dialer{Timeout: timeout, ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+		// Bound before the connect, so that the group knows the source
+		// port before the SYN leaves.
+		var err error
+		cerr := c.Control(func(fd uintptr) {
+			var sa unix.Sockaddr = &unix.SockaddrInet6{}
+			if ip.To4() != nil {
+				sa = &unix.SockaddrInet4{}
+			}
+			if err = unix.Bind(int(fd), sa); err != nil {
+				err = os.NewSyscallError("bind", err)
+				return
+			}
+			var got unix.Sockaddr
+			if got, err = unix.Getsockname(int(fd)); err != nil {
+				err = os.NewSyscallError("getsockname", err)
+				return
+			}
+			switch a := got.(type) {
+			case *unix.SockaddrInet4:
+				port = uint16(a.Port)
+			case *unix.SockaddrInet6:
+				port = uint16(a.Port)
+			}
+		})
+		if err = errors.Join(cerr, err); err != nil {
+			return err
+		}
+		return t.g.SetProbe(port, t.m)
+	}}
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(addr.Port)))
+	if port != 0 {
+		t.g.ClearProbe(port)
+	}
+	return probe.Do(ctx, spec, conn, err, begin, timeout)
+}
+
+// probeBook keeps each live worker's last probe, by pid, for status and
+// the metrics.
+type probeBook struct {
+	mu   sync.Mutex
+	last map[int]ProbeStatus
+}
+
+func (b *probeBook) record(pid int, kind string, r probe.Result, failures int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last == nil {
+		b.last = map[int]ProbeStatus{}
+	}
+	b.last[pid] = ProbeStatus{Kind: kind, At: r.At, OK: r.OK(), Result: r.String(), TookSeconds: r.Took.Seconds(), Failures: failures}
+}
+
+func (b *probeBook) get(pid int) *ProbeStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s, ok := b.last[pid]; ok {
+		return &s
+	}
+	return nil
+}
+
+// keep forgets the workers not in live.
+func (b *probeBook) keep(live map[int]bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for pid := range b.last {
+		if !live[pid] {
+			delete(b.last, pid)
+		}
+	}
+}
+
+// readyProbe is OSLauncher.Probe for --ready http:PATH: it probes the
+// worker pid through its own socket every ReadyInterval until a 2xx.
+func (p *primary) readyProbe(pid int, fds []int, done <-chan struct{}, note func(string)) bool {
+	spec := *p.cfg.ReadyProbe
+	t, err := p.sockets.probeTarget(fds)
+	if err != nil {
+		note(err.Error())
+		return false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	tick := time.NewTicker(p.cfg.ReadyInterval)
+	defer tick.Stop()
+	for {
+		r := probeOnce(ctx, spec, t, p.cfg.ProbeTimeout)
+		p.probes.record(pid, probeReady, r, 0)
+		p.metrics.probed(probeReady, r.OK())
+		if r.OK() {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		note(fmt.Sprintf("last probe, GET %s: %s", spec.Path, r))
+		p.log.Debug("worker not ready", zap.Int("pid", pid), zap.String("probe", spec.String()), zap.String("result", r.String()))
+		select {
+		case <-done:
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// watchHealth probes every ready worker through its own socket each
+// HealthInterval until ctx ends. A worker whose probe fails
+// HealthThreshold times in a row is sick: on probation it fails its
+// deploy (which rolls back); otherwise it is replaced through the loop,
+// start-new-then-retire, as --max-memory does, so that as many workers as
+// there are slots stay ready.
+func (p *primary) watchHealth(ctx context.Context) {
+	if p.cfg.Health == nil || p.sockets == nil {
+		return
+	}
+	spec := *p.cfg.Health
+	fails := map[int]int{} // pid -> failures in a row
+	// The replacements run beside the probes (the loop runs them one at
+	// a time), so that one does not delay finding the next sick worker.
+	var (
+		replacing sync.Map // pid -> true while its replacement is asked for
+		wg        sync.WaitGroup
+	)
+	defer wg.Wait()
+	t := time.NewTicker(p.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p.sockets.isFrozen() {
+			continue // handed over: the new primary steers, and probes
+		}
+		var ws []workerpool.WorkerInfo
+		live := map[int]bool{}
+		for _, w := range p.pool.Workers() {
+			live[w.Pid] = true
+			if _, busy := replacing.Load(w.Pid); !busy && w.Current && w.Ready && !w.Draining {
+				ws = append(ws, w)
+			}
+		}
+		for pid := range fails {
+			if !live[pid] {
+				delete(fails, pid)
+			}
+		}
+		p.probes.keep(live)
+		results := make([]probe.Result, len(ws))
+		var wg sync.WaitGroup
+		for i, w := range ws {
+			s, ok := w.Socks.(*memberSet)
+			if !ok {
+				continue
+			}
+			target, err := p.sockets.probeTarget(s.FDs())
+			if err != nil {
+				continue
+			}
+			wg.Go(func() { results[i] = probeOnce(ctx, spec, target, p.cfg.ProbeTimeout) })
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		for i, w := range ws {
+			r := results[i]
+			if r.At.IsZero() {
+				continue
+			}
+			if r.OK() {
+				fails[w.Pid] = 0
+			} else {
+				fails[w.Pid]++
+			}
+			p.probes.record(w.Pid, probeHealth, r, fails[w.Pid])
+			p.metrics.probed(probeHealth, r.OK())
+			if r.OK() {
+				continue
+			}
+			log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
+			if fails[w.Pid] < p.cfg.HealthThreshold {
+				log.Info("worker health check failed", zap.String("probe", spec.String()), zap.String("result", r.String()),
+					zap.Int("failures", fails[w.Pid]), zap.Int("threshold", p.cfg.HealthThreshold))
+				continue
+			}
+			reason := fmt.Sprintf("GET %s: %s", spec.Path, r)
+			log.Warn("worker unhealthy", zap.String("probe", spec.String()), zap.String("result", r.String()),
+				zap.Int("failures", fails[w.Pid]))
+			delete(fails, w.Pid)
+			if p.pool.FailProbation(w.Pid, "unhealthy: "+reason) {
+				continue // its deploy rolls back, which replaces it
+			}
+			replacing.Store(w.Pid, true)
+			wg.Go(func() {
+				defer replacing.Delete(w.Pid)
+				var rf replaceFailures
+				p.replaceWorker(ctx, w, recycleHealth, 0, log, &rf)
+			})
+		}
+	}
+}
