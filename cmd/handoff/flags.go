@@ -70,13 +70,14 @@ Flags:
                                              sent READY=1
                              delay:DURATION  it has stayed up that long (a
                                              READY=1 sent earlier counts too)
-                             http:PATH       GET PATH through the worker's own
-                             https:PATH      socket answers 2xx (https: TLS,
-                                             unverified); needs a socket per
-                                             worker, which this version does
-                                             not give yet: refused at start
-  --ready-host HOST        Host header of --ready http: probes (default
-                           localhost)
+                             http:PATH       GET PATH, sent through the
+                             https:PATH      worker's own socket before it
+                                             gets any traffic, answers 2xx
+                                             (https: TLS, unverified); needs
+                                             a socket per worker
+  --ready-host HOST        Host header of HTTP probes (default localhost)
+  --ready-interval DURATION  time between --ready http: probes (default
+                           200ms)
   --ready-timeout DURATION a new worker not ready by then is stopped and the
                            deploy aborted (default 60s)
   --drain-timeout DURATION time a retiring worker has after the stop signal
@@ -96,12 +97,14 @@ Flags:
                            more than N+K live, never fewer than N ready); its
                            roll-back goes K at a time too (default 1; more
                            than --workers means all)
-  --health http:PATH       replace a worker whose GET PATH, through its own
-                           socket, fails --health-threshold times in a row;
-                           needs a socket per worker, which this version does
-                           not give yet: refused at start
+  --health http:PATH       probe every ready worker with GET PATH through its
+                           own socket (https:PATH: TLS, unverified); one that
+                           fails --health-threshold times in a row is
+                           replaced, a new one first (on probation, it fails
+                           its deploy); needs a socket per worker
   --health-interval DURATION  time between health probes (default 10s)
-  --health-timeout DURATION   a health probe's bound (default 2s)
+  --health-timeout DURATION   one HTTP probe's bound, --ready http: too
+                           (default 2s)
   --health-threshold N     failures in a row that make a worker sick
                            (default 3)
   --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
