@@ -963,6 +963,13 @@ func checkPrimaryField(t *testing.T, events []Event, pids ...int) {
 // after "scale finished" n is the new size ("scale aborted": the old one).
 func checkInvariant(t *testing.T, events []Event, n int) {
 	t.Helper()
+	checkInvariantSurge(t, events, n, 1)
+}
+
+// checkInvariantSurge is checkInvariant for a primary run with --surge k:
+// at most n+k spawned and neither retiring nor exited.
+func checkInvariantSurge(t *testing.T, events []Event, n, k int) {
+	t.Helper()
 	type ws struct {
 		spawned, ready, retiring, exited bool
 		primary, slot                    int
@@ -1044,7 +1051,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 				serving++
 			}
 		}
-		if serving < lo-len(crashed) || running > hi+1 {
+		if serving < lo-len(crashed) || running > hi+k {
 			violations++
 			if violations <= 3 {
 				var ctx []string
@@ -1052,7 +1059,7 @@ func checkInvariant(t *testing.T, events []Event, n int) {
 					ctx = append(ctx, "  "+c.Raw)
 				}
 				t.Errorf("invariant broken at event %d (%q pid=%d): ready-and-serving=%d (want >= %d), spawned-and-not-retiring=%d (want <= %d); events up to it:\n%s",
-					i, e.Msg, pid, serving, lo-len(crashed), running, hi+1, strings.Join(ctx, "\n"))
+					i, e.Msg, pid, serving, lo-len(crashed), running, hi+k, strings.Join(ctx, "\n"))
 			}
 		}
 	}

@@ -3,6 +3,8 @@
 package integration
 
 import (
+	"fmt"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -43,4 +45,37 @@ func spawnedBeforeRetire(p *Primary, mark, pid, gen int) int {
 		}
 	}
 	return spawned
+}
+
+// TestSurgeHalvesSlowRolls: 8 workers that each take 1 s to get ready,
+// deployed under keep-alive load with --surge 1 and with --surge 4, in one
+// run: the second roll takes at most 45% of the first's time; no request
+// fails; never fewer than 8 workers ready, never more than 8+K live.
+func TestSurgeHalvesSlowRolls(t *testing.T) {
+	t.Parallel()
+	const n = 8
+	slow := []string{"--mode", "slowready", "--ready-after", "1s"}
+	roll := map[int]time.Duration{}
+	for _, k := range []int{1, 4} {
+		p, load := servingUnderLoad(t, Options{Workers: n, Args: slow, Flags: []string{"--surge", fmt.Sprint(k)}})
+		mark, _ := p.beginDeploy("v2", false)
+		u := p.AwaitUpgrade(mark, 2*time.Minute)
+		if u.Aborted() {
+			t.Fatalf("--surge %d: deploy: %s\n%s", k, u.End.Raw, p.Tail(40))
+		}
+		took, ok := p.Log.Wait(mark, 0, isMsg("upgrade took over"))
+		if !ok {
+			t.Fatalf("--surge %d: no \"upgrade took over\"", k)
+		}
+		roll[k], _ = took.Duration("duration")
+		p.WaitServing(p.URL(), "v2", 20*time.Second)
+		checkLoad(t, load, "v2")
+		checkInvariantSurge(t, p.Log.Events(), n, k)
+		p.Signal(p.Current(), syscall.SIGTERM) // its workers off the CPUs before the next roll
+		p.WaitExit(time.Minute)
+	}
+	t.Logf("8 workers of 1 s: roll %s with --surge 1, %s with --surge 4 (%.0f%%)", roll[1], roll[4], 100*roll[4].Seconds()/roll[1].Seconds())
+	if roll[1] == 0 || roll[4] > roll[1]*45/100 {
+		t.Errorf("--surge 4 rolled in %s, --surge 1 in %s: want at most 45%%", roll[4], roll[1])
+	}
 }
