@@ -54,7 +54,7 @@ type Config struct {
 	ClusterRounds int
 
 	// Only names the benchmarks to run (overhead, disruption, scaling,
-	// devloop, balance, output, adoption, cluster); empty runs them all. The primary's cost comes
+	// surge, devloop, balance, output, adoption, cluster); empty runs them all. The primary's cost comes
 	// from overhead and scaling.
 	Only []string
 
@@ -62,7 +62,7 @@ type Config struct {
 }
 
 // Names of the benchmarks, for Config.Only.
-var Names = []string{"overhead", "disruption", "scaling", "devloop", "balance", "output", "adoption", "cluster"}
+var Names = []string{"overhead", "disruption", "scaling", "surge", "devloop", "balance", "output", "adoption", "cluster"}
 
 // Full is the configuration of 'make bench'.
 var Full = Config{
@@ -150,6 +150,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"overhead", "steady-state overhead and the primary's cost under load", b.overhead},
 		{"disruption", "deploy disruption", b.disruption},
 		{"scaling", "upgrade duration against workers, and the primary's cost per worker", b.scaling},
+		{"surge", "upgrade duration with --surge K, and what HTTP probes cost", b.surge},
 		{"devloop", "dev loop", b.devLoop},
 		{"balance", "balance across workers", b.balance},
 		{"output", "worker output", b.output},
