@@ -39,7 +39,7 @@ func (b *bencher) surge(ctx context.Context) error {
 	t := Table{
 		Title:  "3b. Upgrade duration with --surge K",
 		Header: []string{"workers", "--surge 1", "--surge 2", "--surge 4", fmt.Sprintf("⌈N/4⌉ × %v", delay)},
-		Notes: []string{fmt.Sprintf("The app of benchmark 3 that takes %v to get ready; time from SIGHUP to the primary's \"upgrade finished\", no load, median of %d deploys. Up to K new workers start at once beside the N that serve (never more than N+K live, never fewer than N ready), so a deploy takes about ⌈N/K⌉ start times.", delay, b.cfg.Deploys)},
+		Notes:  []string{fmt.Sprintf("The app of benchmark 3 that takes %v to get ready; time from SIGHUP to the primary's \"upgrade finished\", no load, median of %d deploys. Up to K new workers start at once beside the N that serve (never more than N+K live, never fewer than N ready), so a deploy takes about ⌈N/K⌉ start times.", delay, b.cfg.Deploys)},
 	}
 	for i, n := range b.cfg.Workers {
 		row := []string{fmt.Sprint(n)}
