@@ -55,7 +55,7 @@ func saveSource(t *testing.T, dir, name, src string) {
 	}
 }
 
-// startDevNode runs the README's replacement for nodemon:
+// startDevNode runs the replacement for nodemon that docs/development.md shows:
 // handoff dev --listen ADDR --include '*.js' -- node server.js (the
 // harness adds --log-format json, --workers 1, --ready delay:1s, which is
 // dev's default, and a pid file). With notify, the server says when it
@@ -235,7 +235,7 @@ func TestDevTakesOverAtOnce(t *testing.T) {
 
 // TestDevVsNodemon measures what a developer sees on each save of a Node
 // server under load: requests failed per save, and the time from the save
-// to the new code answering, for 'handoff dev' (the README's command) and
+// to the new code answering, for 'handoff dev' (the command docs/development.md shows) and
 // for nodemon (NODEMON=path, or nodemon in PATH; without it, the same
 // kill-and-restart a restarter does: SIGUSR2, as nodemon sends, then
 // start). It reports, and asserts only that handoff dev fails no request.
@@ -251,7 +251,7 @@ func TestDevVsNodemon(t *testing.T) {
 		saves = n
 	}
 
-	// handoff dev, as the README shows it, and with the server saying
+	// handoff dev, as docs/development.md shows it, and with the server saying
 	// when it is ready.
 	var h [2]saveStats
 	for i, notify := range []bool{false, true} {

@@ -49,7 +49,7 @@ func (p *Primary) beginSelfUpgrade(old int, variant string, n int, d time.Durati
 
 // TestDeployDuringHandOverProbation: a HUP sent to the old primary (the pid
 // file still names it) while the new primary's last worker is in its
-// probation ends that probation, as the README says of any deploy asked
+// probation ends that probation, as docs/deploys.md says of any deploy asked
 // for during one: the new primary takes over at once, not after
 // --min-uptime, and deploys the newer build next, once; no request fails.
 func TestDeployDuringHandOverProbation(t *testing.T) {

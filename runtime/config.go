@@ -225,8 +225,8 @@ type Config struct {
 	// itself (a server written to run alone: listen(3000)) gets the
 	// primary's socket at that fd instead (Linux 5.9+, amd64 and arm64;
 	// workers then run with no_new_privs). The zero value is AdoptOff;
-	// the CLI's default is AdoptAuto. See README "Wrapping a server that
-	// binds its own port".
+	// the CLI's default is AdoptAuto. See docs/wrapping.md, "Wrapping a
+	// server that binds its own port".
 	AdoptBind AdoptMode
 	// Balance says how new connections to a TCP listener are spread over
 	// the workers: "round-robin" (each worker has a socket of its own; an
@@ -234,8 +234,8 @@ type Config struct {
 	// CAP_SYS_ADMIN), "random" (a socket each; classic BPF picks one at
 	// random among those serving; no privilege), "shared" (one socket
 	// every worker accepts from, no steering). "" or "auto": the best this
-	// process can use. unix: listeners are always shared. See README
-	// "Balancing".
+	// process can use. unix: listeners are always shared. See
+	// docs/deploys.md, "Balancing".
 	Balance string
 	// SampleInterval is how often worker memory and watchdogs are checked;
 	// default one second (or a quarter of Watchdog if that is shorter).

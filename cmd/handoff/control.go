@@ -34,7 +34,7 @@ Flags:
   --control PATH  the primary's control socket (default: the one primary
                   found in the default directory, see 'handoff help')
   --json          print the status as JSON (field names are stable; see
-                  README.md)
+                  docs/operations.md)
 `
 
 const reloadUsage = `Usage: handoff reload [--control PATH]

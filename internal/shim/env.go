@@ -16,7 +16,8 @@ var ChannelEnv = []string{EnvChannelFD, "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALI
 // watchdog (meant for the primary), the worker contract's variables
 // (each worker gets its own), Node's channel, handoff's internal ones
 // (the exec step, the hand-over socket, runtime.EnvStandalone) and
-// tableflip's marker. README ("What a worker gets") lists them for users.
+// tableflip's marker. docs/worker-contract.md ("What a worker gets")
+// lists them for users.
 var primaryOnly = struct{ prefixes, keys []string }{
 	prefixes: []string{"LISTEN_", "WATCHDOG_", "NODE_CHANNEL_"},
 	keys: []string{"NOTIFY_SOCKET", "HANDOFF_WORKER", "HANDOFF_GENERATION", EnvMarker, EnvChannelFD,
