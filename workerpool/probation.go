@@ -569,10 +569,12 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 			if p.closing {
 				return ErrClosing
 			}
-			if s.cur != nil && s.cur.gen != gen {
-				// A restart refilled it meanwhile.
+			if c := s.cur; c != nil && c.gen != gen && (c.ready || c.retiring) {
+				// A restart refilled it meanwhile, and serves.
 				return errSlotTaken
 			}
+			// A restart that is not ready yet gives way to nw, which is:
+			// the slot is not left without a ready worker meanwhile.
 			old, _ := p.installLocked(s, nw, to)
 			mu.Lock()
 			olds[i] = old
@@ -580,7 +582,11 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 			return nil
 		})
 	}, func(i int) error {
-		if old := olds[i]; old != nil {
+		switch old := olds[i]; {
+		case old == nil:
+		case old.gen != gen:
+			p.retire(old, "not needed: a ready worker took its slot")
+		default:
 			p.retire(old, "rolled back")
 		}
 		return nil

@@ -218,8 +218,8 @@ func (p *Pool) drainRemote(ctx context.Context, i int, r *sockRef) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, drainBound)
-	if err := r.s.Drain(dctx); err != nil && ctx.Err() == nil {
-		p.log.Warn("worker socket not drained", zap.Int("slot", i), zap.String("reason", err.Error()))
+	if err := r.s.Drain(dctx); err != nil && ctx.Err() == nil && !p.isClosing() {
+		p.log.Warn("slot socket not drained", zap.Int("slot", i), zap.String("reason", err.Error()))
 	}
 	cancel()
 	p.mu.Lock()
@@ -247,4 +247,11 @@ func (p *Pool) Steer() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.steerLocked()
+}
+
+// isClosing says whether Shutdown has begun.
+func (p *Pool) isClosing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing
 }
