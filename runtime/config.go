@@ -323,8 +323,6 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate reports the first problem with c as an error that names the
-// setting and says what to do.
 // CheckStandby refuses Standby where no worker can have a socket of its
 // own: --balance shared, or no TCP listener.
 func (c *Config) CheckStandby() error {
@@ -354,6 +352,8 @@ func (c *Config) checkOwnSockets(asked bool, what, why string) error {
 	return fmt.Errorf("%s needs a socket per worker %s, and with --balance shared or only unix listeners every worker shares one: drop %s, or use a TCP listener with --balance auto", what, why, what)
 }
 
+// Validate reports the first problem with c as an error that names the
+// setting and says what to do.
 func (c *Config) Validate() error {
 	if len(c.Command) == 0 || c.Command[0] == "" {
 		return errors.New("no worker command given: put it after --, e.g. handoff run --listen :8080 -- ./server")

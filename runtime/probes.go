@@ -237,7 +237,7 @@ func (p *primary) watchHealth(ctx context.Context) {
 		}
 		p.probes.keep(live)
 		results := make([]probe.Result, len(ws))
-		var wg sync.WaitGroup
+		var probing sync.WaitGroup
 		for i, w := range ws {
 			s, ok := w.Socks.(*memberSet)
 			if !ok {
@@ -247,9 +247,9 @@ func (p *primary) watchHealth(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			wg.Go(func() { results[i] = probeOnce(ctx, spec, target, p.cfg.ProbeTimeout) })
+			probing.Go(func() { results[i] = probeOnce(ctx, spec, target, p.cfg.ProbeTimeout) })
 		}
-		wg.Wait()
+		probing.Wait()
 		if ctx.Err() != nil {
 			return
 		}

@@ -315,7 +315,6 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 	// its worker at once (it is steered away already, and drains it before
 	// the stop signal), and the next slot starts while its sockets drain.
 	var remoteDrains sync.WaitGroup
-	defer remoteDrains.Wait()
 	touched, err = inBatches(rctx, slots, o.Surge, begin, func(i int) error {
 		return p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
 			// Under the pool's lock.
