@@ -17,22 +17,24 @@ import (
 // followed through symlinks now, so that a `current -> releases/42` switch
 // is seen by the next deploy.
 func ResolveCommand(name string) (string, error) {
+	bad := func(why string) error { return fmt.Errorf("worker command %q: %s", name, why) }
+	const notExecutable = "not executable (chmod +x it)"
 	path, err := exec.LookPath(name)
 	if err != nil {
 		var ee *exec.Error
 		switch {
 		case errors.As(err, &ee) && errors.Is(ee.Err, exec.ErrNotFound) && !strings.Contains(name, "/"):
-			return "", fmt.Errorf("worker command %q: not found in PATH", name)
+			return "", bad("not found in PATH")
 		case errors.Is(err, fs.ErrNotExist):
-			return "", fmt.Errorf("worker command %q: no such file", name)
+			return "", bad("no such file")
 		case errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EACCES):
-			return "", fmt.Errorf("worker command %q: not executable (chmod +x it)", name)
+			return "", bad(notExecutable)
 		}
-		return "", fmt.Errorf("worker command %q: %v", name, unwrapAll(err))
+		return "", bad(unwrapAll(err).Error())
 	}
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return "", fmt.Errorf("worker command %q: %v", name, unwrapAll(err))
+		return "", bad(unwrapAll(err).Error())
 	}
 	real, err = filepath.Abs(real)
 	if err != nil {
@@ -40,13 +42,13 @@ func ResolveCommand(name string) (string, error) {
 	}
 	fi, err := os.Stat(real)
 	if err != nil {
-		return "", fmt.Errorf("worker command %q: %v", name, unwrapAll(err))
+		return "", bad(unwrapAll(err).Error())
 	}
 	if fi.IsDir() {
-		return "", fmt.Errorf("worker command %q: is a directory", name)
+		return "", bad("is a directory")
 	}
 	if unix.Access(real, unix.X_OK) != nil {
-		return "", fmt.Errorf("worker command %q: not executable (chmod +x it)", name)
+		return "", bad(notExecutable)
 	}
 	return real, nil
 }

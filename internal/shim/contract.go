@@ -1,5 +1,10 @@
 package shim
 
+import (
+	"fmt"
+	"os"
+)
+
 // The exec step's contract with the primary, on every platform: the
 // primary that starts it (shim.go) runs on Linux only, but library mode and
 // the CLI name these everywhere.
@@ -35,3 +40,10 @@ const EnvExecVia = "HANDOFF_SHIM_EXEC_VIA"
 // exec (PTRACE_TRACEME): the exec then stops the worker before it runs,
 // for the primary to verify that it executes the pinned content.
 const EnvExecTrace = "HANDOFF_SHIM_EXEC_TRACE"
+
+// cannotExec is the one line a shim that cannot exec its command writes
+// to stderr (the worker's output), before it exits with ExitNotFound or
+// ExitCannotExec.
+func cannotExec(path string, why any) {
+	fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, why)
+}

@@ -93,7 +93,7 @@ func run(path string, argv, environ []string) int {
 	// close-on-exec marking: see pinned.go).
 	exe, env, trace, err := pinnedExec(path, env)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
+		cannotExec(path, err)
 		return ExitCannotExec
 	}
 	// Last before the exec, on this goroutine's thread, which it locks.
@@ -113,7 +113,7 @@ func run(path string, argv, environ []string) int {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: %v\n", path, err)
+		cannotExec(path, err)
 		if errors.Is(err, syscall.ENOENT) {
 			return ExitNotFound
 		}

@@ -2,10 +2,7 @@
 
 package shim
 
-import (
-	"fmt"
-	"os"
-)
+import "os"
 
 // Main returns at once: without Linux there is no primary to start this
 // process as a worker's exec step. A process started with EnvMarker set
@@ -15,6 +12,6 @@ func Main() {
 	if !ok {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "handoff: cannot exec worker command %s: the exec step needs Linux\n", path)
+	cannotExec(path, "the exec step needs Linux")
 	os.Exit(ExitCannotExec)
 }

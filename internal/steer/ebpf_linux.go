@@ -64,7 +64,7 @@ func (rr *rrState) probe() error {
 	if err != nil {
 		rr.migrate = false
 		if p, err = rr.load([]int{0}, nil); err != nil {
-			return fmt.Errorf("steer: round-robin: load the eBPF program: %w", err)
+			return err
 		}
 	}
 	return p.Close()
@@ -163,7 +163,7 @@ func (rr *rrState) close() error {
 func (rr *rrState) attach(fd int, serving []int, probes map[uint16]int) error {
 	p, err := rr.load(serving, probes)
 	if err != nil {
-		return fmt.Errorf("steer: round-robin: load the eBPF program: %w", err)
+		return err
 	}
 	defer p.Close() // the group holds its own reference
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_EBPF, p.FD()); err != nil {
@@ -184,12 +184,16 @@ func (rr *rrState) load(serving []int, probes map[uint16]int) (*ebpf.Program, er
 	if rr.migrate {
 		at = ebpf.AttachSkReuseportSelectOrMigrate
 	}
-	return ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+	p, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
 		Type:         ebpf.SkReuseport,
 		AttachType:   at,
 		Instructions: rr.program(serving, probes),
 		License:      "Dual MIT/GPL",
 	}, ebpf.ProgramOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("steer: round-robin: load the eBPF program: %w", err)
+	}
+	return p, nil
 }
 
 // program: a probe rule's source port selects its slot; any other
