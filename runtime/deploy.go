@@ -182,7 +182,7 @@ func (p *primary) endDeploy(ctx context.Context, d *deployRun, outcome string, e
 	if ctx.Err() == nil {
 		notifySystemd(deployedState(p.serving(), d.gen, err))
 	}
-	p.metrics.deployed(d.kind, outcome, time.Since(d.start), p.serving())
+	p.metrics.Deployed(d.kind, outcome, time.Since(d.start), p.serving())
 }
 
 // logTookOver logs that every slot runs generation gen, took after the

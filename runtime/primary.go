@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/reload"
@@ -79,8 +80,8 @@ type primary struct {
 	servingGen int            // generation of the last start or deploy that finished
 	deploying  *UpgradeStatus // the deploy in progress, if any
 	// metrics and web are nil without --metrics.
-	metrics *metrics
-	web     *metricsServer
+	metrics *metrics.Set
+	web     *metrics.Server
 	// binds: PORT and bind adoption (adopt.go).
 	binds bindState
 }
@@ -189,7 +190,7 @@ func (r *resources) close() {
 		r.stopReaper()
 	}
 	if p != nil {
-		p.web.close()
+		p.web.Close()
 	}
 	// The workers' last lines (after a hand-over, those of the old
 	// workers that drained): the workers are gone, their pipes end.
@@ -350,13 +351,13 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	}
 	if metricsLn != nil {
 		p.log.Info("metrics listening", zap.String("addr", metricsLn.Addr().String()))
-		p.metrics = newMetrics()
+		p.metrics = metrics.New()
 		poolCfg.Observer = p.metrics
 	}
 	p.pool = workerpool.New(poolCfg)
 	if metricsLn != nil {
-		p.metrics.collect(p.pool, p.balance.mode.String(), &p.probes)
-		p.web = &metricsServer{m: p.metrics, pool: p.pool}
+		p.metrics.Collect(p.pool, p.balance.mode, p.probes.lastProbe)
+		p.web = metrics.NewServer(p.metrics, p.pool)
 	}
 	res.stopReaper = p.startReaper()
 	if cfg.Hub != nil {
@@ -372,7 +373,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 	if metricsLn != nil {
 		// From the start: /healthz answers, /readyz says 503 until the
 		// first workers are ready.
-		p.web.serve(metricsLn, p.log)
+		p.web.Serve(metricsLn, p.log)
 	}
 
 	p.owner = true
@@ -403,7 +404,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 	p.keepGenerations()
 	p.setServingGen(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
-	p.metrics.setGeneration(p.gen)
+	p.metrics.SetGeneration(p.gen)
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))
 	return p.loop(ctx, sigs, queue)
 }
@@ -427,7 +428,7 @@ func (p *primary) closeUpgrader() {
 func (p *primary) shutdown() error {
 	notifySystemd("STOPPING=1")
 	if p.web != nil {
-		p.web.stopping.Store(true)
+		p.web.ShuttingDown()
 	}
 	p.pool.Shutdown()
 	if p.cfg.PIDFile != "" {

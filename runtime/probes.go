@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/internal/probe"
 	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
@@ -35,7 +36,7 @@ const (
 )
 
 // recycleHealth is the reason of a worker replaced for its health checks.
-const recycleHealth = "health"
+const recycleHealth = metrics.RecycleHealth
 
 // probeTarget is where a worker's probes go: a member of a group.
 type probeTarget struct {
@@ -175,7 +176,7 @@ func (p *primary) readyProbe(pid int, fds []int, done <-chan struct{}, note func
 	for {
 		r := probeOnce(ctx, spec, t, p.cfg.ProbeTimeout)
 		p.probes.record(pid, probeReady, r, 0)
-		p.metrics.probed(probeReady, r.OK())
+		p.metrics.Probed(probeReady, r.OK())
 		if r.OK() {
 			return true
 		}
@@ -264,7 +265,7 @@ func (p *primary) watchHealth(ctx context.Context) {
 				fails[w.Pid]++
 			}
 			p.probes.record(w.Pid, probeHealth, r, fails[w.Pid])
-			p.metrics.probed(probeHealth, r.OK())
+			p.metrics.Probed(probeHealth, r.OK())
 			if r.OK() {
 				continue
 			}

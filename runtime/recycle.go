@@ -9,14 +9,15 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
 // Why a worker is recycled: the reason label of
 // handoff_worker_recycles_total and of "worker recycle" events.
 const (
-	recycleMemory   = "memory"
-	recycleWatchdog = "watchdog"
+	recycleMemory   = metrics.RecycleMemory
+	recycleWatchdog = metrics.RecycleWatchdog
 )
 
 // memorySamples is how many samples in a row a worker's resident set must
@@ -103,7 +104,7 @@ func (p *primary) replaceWorker(ctx context.Context, w workerpool.WorkerInfo, re
 	switch {
 	case err == nil:
 		*rf = 0
-		p.metrics.recycled(reason)
+		p.metrics.Recycled(reason)
 	case errors.Is(err, workerpool.ErrStale), errors.Is(err, ErrShuttingDown), errors.Is(err, errHandedOver),
 		errors.Is(err, workerpool.ErrClosing), ctx.Err() != nil:
 		// The worker went another way meanwhile.

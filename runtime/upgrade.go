@@ -521,9 +521,9 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// The old primary answered until now and stops at the hand-over;
 		// both accept on the one socket meanwhile, so no scrape or probe
 		// finds it closed.
-		p.web.serve(metricsLn, p.log)
+		p.web.Serve(metricsLn, p.log)
 	}
-	p.metrics.deployed(kindPrimary, outcomeDone, time.Since(start), p.gen)
+	p.metrics.Deployed(kindPrimary, outcomeDone, time.Since(start), p.gen)
 	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	if pr != nil {
@@ -720,7 +720,7 @@ func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal
 	p.ctl.handedOver(succ.pid)
 	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
-	p.web.close()
+	p.web.Close()
 	defer succ.release()
 	stopping := false
 	forward := func(sig os.Signal) {
