@@ -185,6 +185,15 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 	})
 }
 
+// slotRange is the slots from to to-1, in order.
+func slotRange(from, to int) []int {
+	slots := make([]int, 0, max(0, to-from))
+	for i := from; i < to; i++ {
+		slots = append(slots, i)
+	}
+	return slots
+}
+
 // batch says how startBatch treats its workers.
 type batch struct {
 	// hold is the state each slot takes with its new worker at launch

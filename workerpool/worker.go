@@ -209,6 +209,17 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 	}
 }
 
+// waitEachReady waits, under one ReadyTimeout, until each of ws in turn
+// is ready, and tells each the worker and why it is not ("" once it is;
+// see waitReady).
+func (p *Pool) waitEachReady(ctx context.Context, ws []*worker, each func(w *worker, reason string)) {
+	deadline := time.NewTimer(p.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	for _, w := range ws {
+		each(w, p.waitReady(ctx, w, deadline.C))
+	}
+}
+
 // launchReady starts a worker for slot i that does not hold the slot yet,
 // waits until it is ready (see awaitReady), then runs take with p.mu held,
 // so that the worker takes the slot (take calls the slot's install) before
