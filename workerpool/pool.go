@@ -166,11 +166,7 @@ var errSlotTaken = errors.New("slot taken")
 // is returned. If ctx ends first, the workers are left running and ctx's cause
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
-	slots := make([]int, p.Size())
-	for i := range slots {
-		slots[i] = i
-	}
-	return p.startBatch(ctx, slots, spec, batch{
+	return p.startBatch(ctx, slotRange(0, p.Size()), spec, batch{
 		hold:    slotStarting,
 		aborted: "start aborted",
 		// Left running: Shutdown drains them with the others.

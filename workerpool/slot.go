@@ -250,7 +250,7 @@ func (p *Pool) restart(i int) *worker {
 		s.failures++
 		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
 		if !p.closing {
-			p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+			p.scheduleBackoffLocked(i)
 		}
 		p.mu.Unlock()
 	}

@@ -201,7 +201,7 @@ func (p *Pool) monitor(w *worker) {
 			s.failures = 0
 		}
 		s.failures++
-		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+		p.scheduleBackoffLocked(w.slot)
 	default:
 		w.log.Info("worker exited", fields...)
 	}
