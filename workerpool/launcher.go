@@ -94,134 +94,202 @@ var errNotStarted = errors.New("worker did not start")
 
 // Launch starts one worker and returns once it has been forked. Its
 // listeners are fds 3, 4, …: listeners if not nil, else l.Listeners.
+//
+// Its steps, in order: the pinned file, the extra fd (PrepareFD) and the
+// stdout pipe; the worker's own descriptors (openFDs); its environment
+// and fd table (command, with execPinned); the fork (start); then what
+// follows the worker from the primary's side (wire, watchReady).
 func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, error) {
 	if listeners == nil {
 		listeners = l.Listeners
 	}
-	log := l.Logger
-	if log == nil {
-		log = zap.NewNop()
-	}
-	self := l.Self
-	if self == "" {
-		self = "/proc/self/exe"
-	}
-	stdout := l.Stdout
-	if stdout == nil {
-		stdout = os.Stdout
-	}
+	w := &launching{l: l, slot: slot, spec: spec, listeners: listeners, argv: spec.Args, chanFD: -1, execFD: -1}
 	// The generation's pinned file: open before anything else, so that a
 	// pin that cannot be exec'd any more fails the launch with nothing to
 	// undo. Its descriptor is the worker's until the fork.
 	var exe *os.File
-	argv, note := spec.Args, ""
+	var err error
 	if spec.Pin != nil {
-		var err error
-		if exe, argv, note, err = spec.Pin.Exec(spec.Args); err != nil {
+		if exe, w.argv, w.note, err = spec.Pin.Exec(spec.Args); err != nil {
 			return nil, err
 		}
 		if exe != nil {
 			defer exe.Close()
 		}
 	}
-	extra, err := l.prepareFD(slot, spec.Generation, listeners)
-	if err != nil {
+	if w.extra, err = l.prepareFD(slot, spec.Generation, listeners); err != nil {
 		return nil, err
 	}
-	defer extra.release()
-
-	wout, err := l.Output.stdoutPipe()
-	if err != nil {
+	defer w.extra.release()
+	if w.wout, err = l.Output.stdoutPipe(); err != nil {
 		return nil, err
 	}
-	defer wout.close()
-
-	sockPath := filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", slot, l.seq.Add(1)))
-	sock, err := sdnotify.Listen(sockPath)
-	if err != nil {
+	defer w.wout.close()
+	if err := w.openFDs(); err != nil {
 		return nil, err
+	}
+	defer unix.Close(w.devnull)
+
+	w.command(exe)
+	attr := w.procAttr()
+	p := w.newProcess()
+	if err := w.start(p, attr); err != nil {
+		return nil, err
+	}
+	w.wire(p)
+	return p, nil
+}
+
+// launching is one Launch under way: the worker it starts, and what is
+// opened and built for it, step by step.
+type launching struct {
+	l         *OSLauncher
+	slot      int
+	spec      *Spec
+	listeners []int
+	argv      []string // what the shim execs (the pin's, with a pin)
+	note      string   // why a pinned script runs from its path (see Pinned.Exec)
+	extra     *ExtraFD
+	wout      *workerStdout
+
+	// openFDs
+	sockPath  string
+	sock      *sdnotify.Socket
+	devnull   int
+	stderr    [2]int // the worker's stderr pipe: the primary's end, the worker's
+	chanFD    int    // the primary's end of the message channel; -1 for none
+	workerEnd int    // the worker's end of it
+
+	// command
+	env    []string
+	files  []uintptr
+	verify func(pid int) error // checks the pinned file at its exec (traceExec)
+	passed *os.File            // the launcher's descriptor of that file
+	execFD int                 // its descriptor in the shim; -1 for none
+}
+
+// self is the shim executable.
+func (l *OSLauncher) self() string {
+	if l.Self == "" {
+		return "/proc/self/exe"
+	}
+	return l.Self
+}
+
+// stdout is what a worker without a stdout pipe inherits.
+func (l *OSLauncher) stdout() *os.File {
+	if l.Stdout == nil {
+		return os.Stdout
+	}
+	return l.Stdout
+}
+
+// openFDs opens the worker's own descriptors: its notify socket (the
+// worker's user's, with Credential), its stdin (/dev/null), its stderr
+// pipe and, with Channel, its message channel. If one fails, those opened
+// before are closed.
+func (w *launching) openFDs() error {
+	l := w.l
+	w.sockPath = filepath.Join(l.NotifyDir, fmt.Sprintf("w%d-%d.sock", w.slot, l.seq.Add(1)))
+	sock, err := sdnotify.Listen(w.sockPath)
+	if err != nil {
+		return err
 	}
 	if c := l.Credential; c != nil {
-		if err := os.Chown(sockPath, int(c.Uid), int(c.Gid)); err != nil {
+		if err := os.Chown(w.sockPath, int(c.Uid), int(c.Gid)); err != nil {
 			sock.Close()
-			return nil, fmt.Errorf("notify socket: %w", err)
+			return fmt.Errorf("notify socket: %w", err)
 		}
 	}
 	devnull, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		sock.Close()
-		return nil, err
+		return err
 	}
-	defer unix.Close(devnull)
-	var pipe [2]int
-	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+	if err := unix.Pipe2(w.stderr[:], unix.O_CLOEXEC); err != nil {
 		sock.Close()
-		return nil, err
+		unix.Close(devnull)
+		return err
 	}
-	chanFD := -1 // the primary's end of the message channel
-	var workerEnd int
 	if l.Channel {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			sock.Close()
-			unix.Close(pipe[0])
-			unix.Close(pipe[1])
-			return nil, fmt.Errorf("message channel: %v", err)
+			unix.Close(w.stderr[0])
+			unix.Close(w.stderr[1])
+			unix.Close(devnull)
+			return fmt.Errorf("message channel: %v", err)
 		}
-		chanFD, workerEnd = fds[0], fds[1]
+		w.chanFD, w.workerEnd = fds[0], fds[1]
 	}
+	w.sock, w.devnull = sock, devnull
+	return nil
+}
 
+// command builds the worker's environment and fd table: stdin, stdout,
+// stderr, the listeners, the message channel, the pinned file exe (if not
+// nil: execPinned), the extra fd.
+func (w *launching) command(exe *os.File) {
+	l, spec := w.l, w.spec
 	env := make([]string, 0, len(spec.Env)+6)
 	env = append(env, spec.Env...)
 	env = append(env,
-		"LISTEN_FDS="+strconv.Itoa(len(listeners)),
+		"LISTEN_FDS="+strconv.Itoa(len(w.listeners)),
 		"LISTEN_FDNAMES="+strings.Join(l.Names, ":"),
-		"NOTIFY_SOCKET="+sockPath,
-		"HANDOFF_WORKER="+strconv.Itoa(slot),
+		"NOTIFY_SOCKET="+w.sockPath,
+		"HANDOFF_WORKER="+strconv.Itoa(w.slot),
 		"HANDOFF_GENERATION="+strconv.Itoa(spec.Generation),
 		shim.EnvMarker+"="+spec.Path,
 	)
 	if l.Watchdog > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(l.Watchdog.Microseconds(), 10))
 	}
-	files := []uintptr{uintptr(devnull), wout.fd(stdout), uintptr(pipe[1])}
-	for _, fd := range listeners {
+	files := []uintptr{uintptr(w.devnull), w.wout.fd(l.stdout()), uintptr(w.stderr[1])}
+	for _, fd := range w.listeners {
 		files = append(files, uintptr(fd))
 	}
-	if chanFD >= 0 {
+	if w.chanFD >= 0 {
 		n := strconv.Itoa(len(files))
-		files = append(files, uintptr(workerEnd))
+		files = append(files, uintptr(w.workerEnd))
 		env = append(env, shim.EnvChannelFD+"="+n, "NODE_CHANNEL_FD="+n, "NODE_CHANNEL_SERIALIZATION_MODE=json")
 	}
-	var verify func(pid int) error
-	var passed *os.File
-	execFD := -1
+	w.files, w.env = files, env
 	if exe != nil {
-		// Past the listeners and the channel: the shim execs it (see
-		// internal/shim's pinned.go), through a link named like the
-		// command so that the worker is named after it, and stops right
-		// after the exec for the pin to verify what it runs (traceExec).
-		n := len(files)
-		files = append(files, exe.Fd())
-		env = append(env, shim.EnvExecFD+"="+strconv.Itoa(n), shim.EnvExecTrace+"=1")
-		if link, err := pin.ExecLink(l.NotifyDir, n, filepath.Base(spec.Path)); err == nil {
-			env = append(env, shim.EnvExecVia+"="+link)
-		}
-		// A descriptor of what the shim execs outlives this call: the
-		// check at the exec looks at it where it may not look at the
-		// worker (pin.File.VerifyExec).
-		if fd, err := unix.FcntlInt(exe.Fd(), unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			passed = os.NewFile(uintptr(fd), exe.Name())
-		}
-		pinned := spec.Pin
-		verify = func(pid int) error { return pinned.VerifyExec(pid, passed) }
-		execFD = n
+		w.execPinned(exe)
 	}
-	files, env = extra.add(files, env)
-	attr := &syscall.ProcAttr{
-		Dir:   spec.Dir,
-		Env:   env,
-		Files: files,
+	w.files, w.env = w.extra.add(w.files, w.env)
+}
+
+// execPinned passes exe, the pinned file, past the listeners and the
+// channel: the shim execs it (see internal/shim's pinned.go), through a
+// link named like the command so that the worker is named after it, and
+// stops right after the exec for the pin to verify what it runs
+// (traceExec).
+func (w *launching) execPinned(exe *os.File) {
+	n := len(w.files)
+	w.files = append(w.files, exe.Fd())
+	w.env = append(w.env, shim.EnvExecFD+"="+strconv.Itoa(n), shim.EnvExecTrace+"=1")
+	if link, err := pin.ExecLink(w.l.NotifyDir, n, filepath.Base(w.spec.Path)); err == nil {
+		w.env = append(w.env, shim.EnvExecVia+"="+link)
+	}
+	// A descriptor of what the shim execs outlives Launch: the check at
+	// the exec looks at it where it may not look at the worker
+	// (pin.File.VerifyExec).
+	if fd, err := unix.FcntlInt(exe.Fd(), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		w.passed = os.NewFile(uintptr(fd), exe.Name())
+	}
+	pinned, passed := w.spec.Pin, w.passed
+	w.verify = func(pid int) error { return pinned.VerifyExec(pid, passed) }
+	w.execFD = n
+}
+
+// procAttr is how the worker is forked: in the spec's directory, with
+// command's environment and fd table.
+func (w *launching) procAttr() *syscall.ProcAttr {
+	return &syscall.ProcAttr{
+		Dir:   w.spec.Dir,
+		Env:   w.env,
+		Files: w.files,
 		Sys: &syscall.SysProcAttr{
 			// A worker leads its own process group: a Ctrl-C at a terminal
 			// reaches only the primary, which drains the workers in order,
@@ -232,54 +300,84 @@ func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, err
 			Pdeathsig: syscall.SIGKILL,
 			// Go switches the user before it sets Pdeathsig, which the
 			// switch would otherwise clear.
-			Credential: l.Credential,
+			Credential: w.l.Credential,
 		},
 	}
+}
 
-	p := &osProcess{
-		execFD:  execFD,
-		passed:  passed,
+// newProcess is the worker's osProcess, before the fork.
+func (w *launching) newProcess() *osProcess {
+	l := w.l
+	log := l.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &osProcess{
+		execFD:  w.execFD,
+		passed:  w.passed,
 		ready:   make(chan struct{}),
 		done:    make(chan struct{}),
 		started: time.Now(),
 		probed:  l.Ready == ReadyProbe && l.Probe != nil,
-		sock:    sock,
-		log:     log.With(zap.Int("slot", slot), zap.Int("generation", spec.Generation)),
+		sock:    w.sock,
+		log:     log.With(zap.Int("slot", w.slot), zap.Int("generation", w.spec.Generation)),
 		opened:  make(chan struct{}),
 	}
+}
+
+// start forks the worker as p (forkAndWait, on a goroutine of its own)
+// and waits for the fork. The worker's ends of its stderr pipe and
+// channel are closed then, and if the fork failed, every descriptor
+// opened for the worker.
+func (w *launching) start(p *osProcess, attr *syscall.ProcAttr) error {
+	self := w.l.self()
 	forked := make(chan error, 1)
 	// The shim execs its argv[1:] (see internal/shim): argv[0] is its own.
-	go p.forkAndWait(self, append([]string{self}, argv...), attr, verify, forked)
-	err = <-forked
-	unix.Close(pipe[1])
-	if chanFD >= 0 {
-		unix.Close(workerEnd)
+	go p.forkAndWait(self, append([]string{self}, w.argv...), attr, w.verify, forked)
+	err := <-forked
+	unix.Close(w.stderr[1])
+	if w.chanFD >= 0 {
+		unix.Close(w.workerEnd)
 	}
 	if err != nil {
-		unix.Close(pipe[0])
-		sock.Close()
-		if chanFD >= 0 {
-			unix.Close(chanFD)
+		unix.Close(w.stderr[0])
+		w.sock.Close()
+		if w.chanFD >= 0 {
+			unix.Close(w.chanFD)
 		}
-		return nil, fmt.Errorf("%w: %v", errNotStarted, err)
+		return fmt.Errorf("%w: %v", errNotStarted, err)
 	}
+	return nil
+}
+
+// wire follows p, forked, from the primary's side: its pid in its log
+// fields, the extra fd handed over, the message channel, its stderr (and
+// stdout) forwarded, then what makes it ready (watchReady).
+func (w *launching) wire(p *osProcess) {
+	l := w.l
 	p.log = p.log.With(zap.Int("pid", p.pid))
-	if note != "" {
-		p.log.Warn("worker script changed", zap.String("path", spec.Path), zap.String("reason", note+": running it from its path"))
+	if w.note != "" {
+		p.log.Warn("worker script changed", zap.String("path", w.spec.Path), zap.String("reason", w.note+": running it from its path"))
 	}
-	extra.forked(p.pid, p.markReady)
-	if chanFD >= 0 {
-		p.openChannel(chanFD, slot, spec.Generation, l.OnMessage)
+	w.extra.forked(p.pid, p.markReady)
+	if w.chanFD >= 0 {
+		p.openChannel(w.chanFD, w.slot, w.spec.Generation, l.OnMessage)
 	}
 	// Before opened: the reaper reads it once opened is closed.
 	p.copied = make(chan struct{})
 	close(p.opened)
 
 	if l.Output != nil {
-		l.Output.forward(p, slot, spec.Generation, wout, os.NewFile(uintptr(pipe[0]), "worker-stderr"))
+		l.Output.forward(p, w.slot, w.spec.Generation, w.wout, os.NewFile(uintptr(w.stderr[0]), "worker-stderr"))
 	} else {
-		go p.copyStderr(os.NewFile(uintptr(pipe[0]), "worker-stderr"), l.stderrWriter())
+		go p.copyStderr(os.NewFile(uintptr(w.stderr[0]), "worker-stderr"), l.stderrWriter())
 	}
+	l.watchReady(p, w.listeners)
+}
+
+// watchReady reads p's notify socket, and starts what else makes it
+// ready as l.Ready says: a delay, or the probe (through listeners).
+func (l *OSLauncher) watchReady(p *osProcess, listeners []int) {
 	go p.readNotify()
 	if l.Ready == ReadyDelay || (l.Ready == ReadyBind && l.ReadyDelay > 0) {
 		go p.readyAfter(l.ReadyDelay)
@@ -292,7 +390,6 @@ func (l *OSLauncher) Launch(slot int, spec *Spec, listeners []int) (Process, err
 			}
 		}()
 	}
-	return p, nil
 }
 
 // forkAndWait forks the worker and waits for it on one locked OS thread, so
@@ -315,7 +412,15 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 	if p.passed != nil {
 		p.passed.Close()
 	}
+	ws := p.reap()
+	uptime := time.Since(p.started)
+	p.finish(ws, uptime)
+}
 
+// reap waits for the worker's exit, kills what it started in its process
+// group, and reaps it.
+func (p *osProcess) reap() unix.WaitStatus {
+	pid := p.pid
 	// Wait for the exit without reaping: until the reap the pid cannot be
 	// reused, so Signal and Kill never reach another process.
 	var info unix.Siginfo
@@ -326,6 +431,7 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 		}
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	// What the worker started in its process group goes with it: an orphan
 	// would keep the listening socket open.
 	unix.Kill(-pid, unix.SIGKILL)
@@ -337,9 +443,13 @@ func (p *osProcess) forkAndWait(self string, argv []string, attr *syscall.ProcAt
 		}
 	}
 	p.exited = true
-	p.mu.Unlock()
-	uptime := time.Since(p.started)
+	return ws
+}
 
+// finish ends the worker's life as a process, reaped with ws after
+// uptime: its notify socket closes, what it sent on its channel and wrote
+// to its stderr is read (bounded), then its Exit is set and Done closed.
+func (p *osProcess) finish(ws unix.WaitStatus, uptime time.Duration) {
 	p.sock.Close()
 	<-p.opened
 	if p.ch != nil {

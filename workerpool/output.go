@@ -282,36 +282,13 @@ const initialBuffer = 16 << 10
 func (o *Output) copy(r *os.File, l *label, w *outWriter, tail func([]byte)) {
 	defer r.Close()
 	maxLine := o.maxLine()
-	// One byte more than a piece: a line of exactly maxLine bytes and its
-	// newline fit, and are not cut.
-	limit := maxLine + 1
-	buf := make([]byte, min(initialBuffer, limit))
-	n := 0         // bytes held in buf: the start of a line
-	cont := false  // buf holds the rest of a line cut before
-	var out []byte // formatted lines not written yet
-	var scratch []byte
-	var now time.Time // when the lines were read, one clock reading per read
-	emit := func(line []byte, partial bool) {
-		before := len(out)
-		out, scratch = o.appendLine(out, scratch, l, line, now, cont, partial)
-		cont = partial
-		if len(out) > writeChunk && before > 0 {
-			// Write what came before; this line starts the next write.
-			w.write(out[:before])
-			out = append(out[:0], out[before:]...)
-		}
-	}
-	flush := func() {
-		if len(out) > 0 {
-			w.write(out)
-			o.progress.Add(1)
-			out = out[:0]
-		}
-	}
+	buf := make([]byte, min(initialBuffer, maxLine+1))
+	n := 0 // bytes held in buf: the start of a line
+	c := &lineCopy{o: o, l: l, w: w}
 	for {
 		m, err := r.Read(buf[n:])
 		if o.Mode == OutputJSON {
-			now = time.Now()
+			c.now = time.Now()
 		}
 		if m > 0 {
 			o.progress.Add(1)
@@ -319,35 +296,79 @@ func (o *Output) copy(r *os.File, l *label, w *outWriter, tail func([]byte)) {
 				tail(buf[n : n+m])
 			}
 		}
-		n += m
-		start := 0
-		for {
-			i := bytes.IndexByte(buf[start:n], '\n')
-			if i < 0 {
-				break
-			}
-			emit(buf[start:start+i], false)
-			start += i + 1
-		}
-		switch {
-		case start > 0:
-			n = copy(buf, buf[start:n])
-		case n == len(buf) && n < limit:
-			buf = append(buf, make([]byte, min(2*len(buf), limit)-len(buf))...)
-		case n == len(buf):
-			// A line longer than maxLine: a piece goes now.
-			emit(buf[:maxLine], true)
-			buf[0] = buf[maxLine]
-			n = 1
-		}
+		buf, n = c.lines(buf, n+m, maxLine)
 		if err != nil {
 			if n > 0 {
-				emit(buf[:n], false)
+				c.emit(buf[:n], false)
 			}
-			flush()
+			c.flush()
 			return
 		}
-		flush()
+		c.flush()
+	}
+}
+
+// lineCopy is the writing side of one copy: the lines formatted and not
+// written yet, and what the next line continues.
+type lineCopy struct {
+	o       *Output
+	l       *label
+	w       *outWriter
+	out     []byte // formatted lines not written yet
+	scratch []byte
+	now     time.Time // when the lines were read, one clock reading per read
+	cont    bool      // the next line is the rest of a line cut before
+}
+
+// lines emits every whole line of buf[:n], and makes room for more: the
+// rest moves to the start of buf; a buf full without a newline grows, up
+// to one byte more than maxLine (a line of exactly maxLine bytes and its
+// newline fit, and are not cut), and past that a piece of maxLine bytes
+// goes now. It returns buf and how many bytes it holds.
+func (c *lineCopy) lines(buf []byte, n, maxLine int) ([]byte, int) {
+	limit := maxLine + 1
+	start := 0
+	for {
+		i := bytes.IndexByte(buf[start:n], '\n')
+		if i < 0 {
+			break
+		}
+		c.emit(buf[start:start+i], false)
+		start += i + 1
+	}
+	switch {
+	case start > 0:
+		n = copy(buf, buf[start:n])
+	case n == len(buf) && n < limit:
+		buf = append(buf, make([]byte, min(2*len(buf), limit)-len(buf))...)
+	case n == len(buf):
+		// A line longer than maxLine: a piece goes now.
+		c.emit(buf[:maxLine], true)
+		buf[0] = buf[maxLine]
+		n = 1
+	}
+	return buf, n
+}
+
+// emit formats line (partial: a piece of a longer line) after the lines
+// not written yet; past writeChunk bytes, those are written first.
+func (c *lineCopy) emit(line []byte, partial bool) {
+	before := len(c.out)
+	c.out, c.scratch = c.o.appendLine(c.out, c.scratch, c.l, line, c.now, c.cont, partial)
+	c.cont = partial
+	if len(c.out) > writeChunk && before > 0 {
+		// Write what came before; this line starts the next write.
+		c.w.write(c.out[:before])
+		c.out = append(c.out[:0], c.out[before:]...)
+	}
+}
+
+// flush writes the lines not written yet.
+func (c *lineCopy) flush() {
+	if len(c.out) > 0 {
+		c.w.write(c.out)
+		c.o.progress.Add(1)
+		c.out = c.out[:0]
 	}
 }
 

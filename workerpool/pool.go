@@ -166,11 +166,7 @@ var errSlotTaken = errors.New("slot taken")
 // is returned. If ctx ends first, the workers are left running and ctx's cause
 // is returned: call Shutdown to drain them.
 func (p *Pool) Start(ctx context.Context, spec *Spec) error {
-	slots := make([]int, p.Size())
-	for i := range slots {
-		slots[i] = i
-	}
-	return p.startBatch(ctx, slots, spec, batch{
+	return p.startBatch(ctx, slotRange(0, p.Size()), spec, batch{
 		hold:    slotStarting,
 		aborted: "start aborted",
 		// Left running: Shutdown drains them with the others.
@@ -183,6 +179,15 @@ func (p *Pool) Start(ctx context.Context, spec *Spec) error {
 			return nil
 		},
 	})
+}
+
+// slotRange is the slots from to to-1, in order.
+func slotRange(from, to int) []int {
+	slots := make([]int, 0, max(0, to-from))
+	for i := from; i < to; i++ {
+		slots = append(slots, i)
+	}
+	return slots
 }
 
 // batch says how startBatch treats its workers.

@@ -11,7 +11,63 @@ import (
 	"go.uber.org/zap"
 )
 
-// A deploy's probation and its roll-back as a whole (RollWith).
+// A deploy's roll with its probation and roll-back (RollWith), phase by
+// phase. One rollState holds the roll; RollWith's goroutine runs these
+// phases in order, each a method of rollState (only the steps of a batch
+// run beside each other). "Sends" names the pool's log events (each with
+// the worker's slot, pid and generation) and RollOptions' callbacks.
+//
+//  1. beginRoll: with a MinUptime, opens the probation (Pool.prob: from
+//     now on monitor judges the exits of the new generation) and starts a
+//     watcher that cancels the forward steps at its first failure.
+//     Sends nothing. Ends at once.
+//  2. replaceSlots: every slot, Surge at a time (inBatches), through
+//     startReplacement (a new worker starts, is waited for, and takes the
+//     slot: install, steering) and retireOld (the old worker retires; or,
+//     the last slot's with Standby and a MinUptime, stands by; a slot
+//     held by another primary: the Remote hook, then its sockets drain).
+//     Sends Progress(step, steps) as a batch begins; "worker spawned",
+//     "worker ready", "worker retiring" ("replaced"; "not started: …" for
+//     a new worker that exits or is not ready within ReadyTimeout), "slot
+//     socket not drained"; Rolled() once every slot is replaced.
+//     Ends when every slot is replaced, or at the first failure: a
+//     *StartError, the Remote hook's error, ctx done, a probation failure
+//     (errProbationFailed).
+//  3. passProbation (with a MinUptime): waits until the last new worker
+//     has been ready MinUptime, then closes the probation. Meanwhile
+//     monitor fails it for a new worker that exits unasked within its
+//     MinUptime (FailProbation for one that fails its health checks),
+//     restarts no such worker, and gives its slot back to the standing
+//     worker, if any (takeBack). Sends "worker exited", "worker failed
+//     probation", "worker reinstated". Ends when that time has passed or
+//     EndProbation is closed (passed), at a failure (*ProbationError), or
+//     when ctx is done.
+//  4. commit: the standing worker retires; the other primary retires its
+//     worker of the last slot (the Remote hook). Sends "worker retiring"
+//     ("replaced"). RollWith returns nil (or the hook's error).
+//
+// On a failure of 2 or 3:
+//
+//  5. settle: picks the failure to report (the probation's, if any) and
+//     whether to roll back: not when ctx is done (shutting down: ctx's
+//     cause, nothing undone), nor when no slot took a new worker, nor
+//     without RollBackTo (the caller undoes the roll; the standing worker
+//     takes its slot back first: reinstate). Sends "worker reinstated",
+//     "worker retiring" ("rolled back"). RollWith returns the failure.
+//  6. rollBack: OnRollBack(cause), then retarget (restarts of the touched
+//     slots run RollBackTo; exits no longer fail the probation), refill
+//     (slots whose new worker failed probation get a worker of RollBackTo
+//     at once, all together, waited for under one ReadyTimeout),
+//     reinstate (the standing worker takes its slot back), replaceBack
+//     (the other slots, Surge at a time, start-new-then-retire). Sends
+//     "worker spawned", "worker ready", "worker restart scheduled" (a
+//     refill that cannot start), "worker reinstated", "worker retiring"
+//     ("rolled back"; "not needed: a ready worker took its slot" for a
+//     restart not ready yet). Ends when every slot is back, or at the
+//     first failure of a worker of RollBackTo, or when ctx is done.
+//     RollWith returns a *RolledBackError.
+//  7. end, whatever the outcome: the watcher stops; the probation, if
+//     still open, closes.
 //
 // While a roll with a MinUptime runs, the pool watches the workers of the
 // new generation: one that exits unasked within MinUptime of getting
@@ -264,23 +320,70 @@ var errProbationFailed = errors.New("a new worker failed its probation")
 // if ctx ends first (the pool is then shutting down: nothing is undone).
 // Like Roll, it must not run at the same time as Start, Roll, Scale or
 // Replace.
+//
+// It runs the phases listed at the top of this file, in order.
 func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
-	var pr *probation
+	r := p.beginRoll(ctx, spec, o)
+	defer r.end()
+	err := r.replaceSlots()
+	if err == nil {
+		err = r.passProbation()
+	}
+	if err == nil {
+		return r.commit()
+	}
+	undo, cause := r.settle(err)
+	if !undo {
+		return cause
+	}
+	return r.rollBack(cause)
+}
+
+// rollState is one RollWith: what it was asked, and the state its phases
+// hand on to each other. RollWith's goroutine runs the phases one after
+// the other; the steps of a batch run beside each other, and write only
+// their own slot's entries, or under p.mu.
+type rollState struct {
+	p    *Pool
+	spec *Spec
+	o    RollOptions
+	size int
+	// ctx is the caller's: the retire hooks, the drains of the other
+	// primary's sockets and the roll-back run under it. rctx ends with it
+	// or at the first probation failure (cancel): the forward steps run
+	// under rctx.
+	ctx, rctx context.Context
+	cancel    context.CancelCauseFunc
+	pr        *probation // nil without a MinUptime
+
+	// Per slot, set under p.mu as its new worker takes it: the worker it
+	// replaced, whether that one was another primary's, and its sockets.
+	olds        []*worker
+	remote      []bool
+	remoteSocks []*sockRef
+	lastReady   time.Time // when the last new worker got ready
+
+	touched      []int          // the slots that took a new worker, in order
+	standing     *worker        // the last slot's old worker, standing by during probation
+	oldSpec      *Spec          // what standing runs
+	remoteEnd    int            // the last slot, held by another primary until probation ends; -1 if none
+	remoteDrains sync.WaitGroup // the other primary's sockets of the slots replaced, draining
+}
+
+// beginRoll is phase 1: with a MinUptime, the probation opens (p.prob),
+// and a watcher cancels the forward steps at its first failure.
+func (p *Pool) beginRoll(ctx context.Context, spec *Spec, o RollOptions) *rollState {
+	r := &rollState{p: p, spec: spec, o: o, ctx: ctx, remoteEnd: -1}
 	if o.MinUptime > 0 {
-		pr = &probation{gen: spec.Generation, d: o.MinUptime, failed: make(chan struct{})}
+		r.pr = &probation{gen: spec.Generation, d: o.MinUptime, failed: make(chan struct{})}
 		p.mu.Lock()
-		p.prob = pr
+		p.prob = r.pr
 		p.mu.Unlock()
-		defer func() {
-			p.mu.Lock()
-			p.prob = nil
-			p.mu.Unlock()
-		}()
 	}
 	// The steps end as soon as a new worker fails probation.
 	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	if pr != nil {
+	r.rctx, r.cancel = rctx, cancel
+	if pr := r.pr; pr != nil {
 		go func() {
 			select {
 			case <-pr.failed:
@@ -289,117 +392,159 @@ func (p *Pool) RollWith(ctx context.Context, spec *Spec, o RollOptions) error {
 			}
 		}()
 	}
+	r.size = p.Size()
+	r.olds = make([]*worker, r.size)
+	r.remote = make([]bool, r.size)
+	r.remoteSocks = make([]*sockRef, r.size)
+	return r
+}
 
-	size := p.Size()
-	var (
-		touched   []int   // the slots that took a new worker, in order
-		standing  *worker // the last slot's old worker, standing by during probation
-		oldSpec   *Spec   // what standing runs
-		remoteEnd = -1    // the last slot, held by another primary until probation ends
-		lastReady time.Time
-		err       error
-	)
-	slots := make([]int, size)
-	olds := make([]*worker, size)
-	remote := make([]bool, size)
-	remoteSocks := make([]*sockRef, size)
-	for i := range slots {
-		slots[i] = i
+// end is the last phase, whatever the outcome: the watcher stops, and the
+// probation, if still open, closes.
+func (r *rollState) end() {
+	r.cancel(nil)
+	if r.pr != nil {
+		r.p.mu.Lock()
+		r.p.prob = nil
+		r.p.mu.Unlock()
 	}
-	standsBy := func(i int) bool { return pr != nil && o.Standby && i == size-1 }
+}
+
+// standsBy reports whether slot i's old worker stands by until the
+// probation is over rather than retiring: the last slot's, with Standby.
+func (r *rollState) standsBy(i int) bool {
+	return r.pr != nil && r.o.Standby && i == r.size-1
+}
+
+// replaceSlots is phase 2: every slot, Surge at a time (inBatches), gets
+// its replacement (startReplacement), then its old worker retires
+// (retireOld). Once every slot is replaced, and the other primary's
+// sockets of the slots it held have drained, Rolled is called.
+func (r *rollState) replaceSlots() error {
 	var begin func(i int)
-	if o.Progress != nil {
-		begin = func(i int) { o.Progress(i+1, size) }
+	if r.o.Progress != nil {
+		begin = func(i int) { r.o.Progress(i+1, r.size) }
 	}
-	// A slot held by another primary (a hand-over): that primary retires
-	// its worker at once (it is steered away already, and drains it before
-	// the stop signal), and the next slot starts while its sockets drain.
-	var remoteDrains sync.WaitGroup
-	touched, err = inBatches(rctx, slots, o.Surge, begin, func(i int) error {
-		return p.launchReady(rctx, i, spec, func(s *slot, w *worker) error {
-			// Under the pool's lock.
-			was := s.spec
-			remoteSocks[i] = p.remoteSocksLocked(s)
-			olds[i], remote[i] = p.installLocked(s, w, spec)
-			lastReady = later(lastReady, w.readyAt)
-			if standsBy(i) && olds[i] != nil {
-				oldSpec = was
-				pr.standing, pr.standingSpec = olds[i], was
-			}
-			return nil
-		})
-	}, func(i int) error {
-		if standsBy(i) {
-			// Stands by until the probation is over.
-			standing = olds[i]
-			if remote[i] {
-				remoteEnd = i
-			}
-			return nil
-		}
-		if olds[i] != nil {
-			p.retire(olds[i], "replaced")
-		}
-		if remote[i] && o.Remote != nil {
-			// ctx, not rctx: a retire asked for is seen through.
-			err := o.Remote(ctx, i)
-			remoteDrains.Go(func() { p.drainRemote(ctx, i, remoteSocks[i]) })
-			if err != nil {
-				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
-			}
+	var err error
+	r.touched, err = inBatches(r.rctx, slotRange(0, r.size), r.o.Surge, begin, r.startReplacement, r.retireOld)
+	r.remoteDrains.Wait()
+	if err == nil && r.o.Rolled != nil {
+		r.o.Rolled()
+	}
+	return err
+}
+
+// startReplacement is phase 2's first step for slot i: a new worker of
+// the roll's spec starts, and once it is ready takes the slot (see
+// launchReady); the slot's old worker is noted, for retireOld.
+func (r *rollState) startReplacement(i int) error {
+	return r.p.launchReady(r.rctx, i, r.spec, func(s *slot, w *worker) error {
+		// Under the pool's lock.
+		was := s.spec
+		r.remoteSocks[i] = r.p.remoteSocksLocked(s)
+		r.olds[i], r.remote[i] = r.p.installLocked(s, w, r.spec)
+		r.lastReady = later(r.lastReady, w.readyAt)
+		if r.standsBy(i) && r.olds[i] != nil {
+			r.oldSpec = was
+			r.pr.standing, r.pr.standingSpec = r.olds[i], was
 		}
 		return nil
 	})
-	remoteDrains.Wait()
-	if err == nil && o.Rolled != nil {
-		o.Rolled()
-	}
-	if err == nil && pr != nil {
-		err = p.awaitProbation(rctx, pr, lastReady, o.EndProbation)
-		if err == nil {
-			// Over: from now on a worker of spec that exits is restarted.
-			// A failure up to this moment still counts (it may have given
-			// the last slot back to the standing worker).
-			p.mu.Lock()
-			p.prob = nil
-			err = pr.failure()
-			p.mu.Unlock()
-		}
-	}
-	if err == nil {
-		if standing != nil {
-			p.retire(standing, "replaced")
-		}
-		if remoteEnd >= 0 && o.Remote != nil {
-			if err := p.retireRemote(ctx, remoteEnd, remoteSocks[remoteEnd], o.Remote); err != nil {
-				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", remoteEnd, err)
-			}
+}
+
+// retireOld is phase 2's second step for slot i, once its new worker
+// holds it: its old worker retires, or stands by until the probation is
+// over. A slot held by another primary (a hand-over): that primary
+// retires its worker at once (it is steered away already, and drains it
+// before the stop signal), and the next slot starts while its sockets
+// drain.
+func (r *rollState) retireOld(i int) error {
+	if r.standsBy(i) {
+		// Stands by until the probation is over.
+		r.standing = r.olds[i]
+		if r.remote[i] {
+			r.remoteEnd = i
 		}
 		return nil
 	}
-	if ctx.Err() != nil {
-		// Shutting down: every worker drains, the standing one with them.
-		return context.Cause(ctx)
+	if r.olds[i] != nil {
+		r.p.retire(r.olds[i], "replaced")
 	}
-	if pr != nil && pr.failure() != nil {
-		err = pr.failure()
+	if r.remote[i] && r.o.Remote != nil {
+		// ctx, not rctx: a retire asked for is seen through.
+		err := r.o.Remote(r.ctx, i)
+		r.remoteDrains.Go(func() { r.p.drainRemote(r.ctx, i, r.remoteSocks[i]) })
+		if err != nil {
+			return remoteRetireError(i, err)
+		}
 	}
-	if len(touched) == 0 {
+	return nil
+}
+
+// passProbation is phase 3, with a MinUptime: it waits until the last new
+// worker has been ready MinUptime (see awaitProbation), then closes the
+// probation. A failure up to that moment still counts (it may have given
+// the last slot back to the standing worker).
+func (r *rollState) passProbation() error {
+	if r.pr == nil {
+		return nil
+	}
+	if err := r.p.awaitProbation(r.rctx, r.pr, r.lastReady, r.o.EndProbation); err != nil {
 		return err
 	}
-	if o.RollBackTo == nil {
+	// Over: from now on a worker of spec that exits is restarted.
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	r.p.prob = nil
+	return r.pr.failure()
+}
+
+// commit is phase 4, once the roll and its probation passed: the standing
+// worker retires, and the other primary retires its worker of the last
+// slot.
+func (r *rollState) commit() error {
+	if r.standing != nil {
+		r.p.retire(r.standing, "replaced")
+	}
+	if i := r.remoteEnd; i >= 0 && r.o.Remote != nil {
+		if err := r.p.retireRemote(r.ctx, i, r.remoteSocks[i], r.o.Remote); err != nil {
+			return remoteRetireError(i, err)
+		}
+	}
+	return nil
+}
+
+// settle is phase 5, after err failed the roll: it reports whether to
+// roll back, and the failure to report (a probation failure rather than
+// what it cut short). Shutting down, nothing is undone; nor when no slot
+// took a new worker; without RollBackTo, the caller undoes the roll, and
+// the standing worker takes its slot back.
+func (r *rollState) settle(err error) (undo bool, cause error) {
+	if r.ctx.Err() != nil {
+		// Shutting down: every worker drains, the standing one with them.
+		return false, context.Cause(r.ctx)
+	}
+	if r.pr != nil && r.pr.failure() != nil {
+		err = r.pr.failure()
+	}
+	if len(r.touched) == 0 {
+		return false, err
+	}
+	if r.o.RollBackTo == nil {
 		// The caller undoes the roll; the last slot's old worker serves
 		// again meanwhile.
-		if standing != nil {
-			p.reinstate(standing, oldSpec, spec.Generation)
+		if r.standing != nil {
+			r.p.reinstate(r.standing, r.oldSpec, r.spec.Generation)
 		}
-		return err
+		return false, err
 	}
-	if o.OnRollBack != nil {
-		o.OnRollBack(err)
-	}
-	rbErr := p.rollBack(ctx, pr, spec.Generation, o.RollBackTo, touched, standing, o.Surge)
-	return &RolledBackError{Cause: err, Slots: len(touched), Err: rbErr}
+	return true, err
+}
+
+// remoteRetireError is the failure of the other primary to retire its
+// worker of slot i: going on could leave both primaries serving the slot.
+func remoteRetireError(i int, err error) error {
+	return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
 }
 
 // later is the later of a and b.
@@ -482,45 +627,65 @@ func (p *Pool) reinstate(old *worker, spec *Spec, gen int) bool {
 	return true
 }
 
-// rollBack returns every slot of touched to spec to, keeping as many ready
-// workers as it can and never more than one worker beyond the slots:
-//
-//  1. From now on a crash restart of these slots runs to.
-//  2. Slots whose new worker died get a worker of to at once, all
-//     together (each fills an empty slot, as a crash restart would), and
-//     rollBack waits until they are ready.
-//  3. The last slot's old worker, standing by, takes its slot back; that
-//     slot's new worker retires.
-//  4. The other slots, one at a time, get a worker of to, which takes the
-//     slot once ready; then the new worker retires.
-//
-// It returns the first failure of a worker of to; the slots not rolled
-// back by then keep their new worker, whose restarts run to.
-func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, touched []int, standing *worker, surge int) error {
-	p.mu.Lock()
-	if pr != nil {
-		pr.rollingBack = true
+// rollBack is phase 6: every slot the roll touched goes back to
+// RollBackTo, keeping as many ready workers as it can and never more than
+// one worker beyond the slots, in four steps (see the top of this file).
+// Its *RolledBackError holds the first failure of a worker of RollBackTo;
+// the slots not rolled back by then keep their new worker, whose restarts
+// run RollBackTo.
+func (r *rollState) rollBack(cause error) error {
+	if r.o.OnRollBack != nil {
+		r.o.OnRollBack(cause)
 	}
-	var vacant []int
-	for _, i := range touched {
+	err := r.refill(r.retarget())
+	if r.standing != nil {
+		r.p.reinstate(r.standing, r.o.RollBackTo, r.spec.Generation)
+	}
+	if err == nil {
+		err = r.replaceBack()
+	}
+	return &RolledBackError{Cause: cause, Slots: len(r.touched), Err: err}
+}
+
+// retarget is the roll-back's first step: the probation no longer fails
+// a worker that exits, and every touched slot that runs the roll's
+// generation gets RollBackTo as its spec. It returns the slots left
+// without a worker: their worker failed probation, and no restart was
+// scheduled.
+func (r *rollState) retarget() (vacant []int) {
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.pr != nil {
+		r.pr.rollingBack = true
+	}
+	for _, i := range r.touched {
 		s := p.slots[i]
 		if i >= p.size {
 			continue
 		}
-		if s.spec != nil && s.spec.Generation == gen {
-			s.spec = to
+		if s.spec != nil && s.spec.Generation == r.spec.Generation {
+			s.spec = r.o.RollBackTo
 		}
 		if s.state == slotRestarting && s.restart == nil {
 			// Its worker failed probation: no restart was scheduled.
 			vacant = append(vacant, i)
 		}
 	}
-	p.mu.Unlock()
+	return vacant
+}
 
+// refill is the roll-back's second step: a worker of RollBackTo for each
+// of the vacant slots, all at once, holding its slot from its launch as a
+// restart's does; one that cannot be launched is restarted after its
+// backoff. It returns the first failure, once every one launched is ready
+// (see awaitRefills).
+func (r *rollState) refill(vacant []int) error {
+	p := r.p
 	var failed error
 	var refills []*worker
 	for _, i := range vacant {
-		w, err := p.launch(i, to, slotServing)
+		w, err := p.launch(i, r.o.RollBackTo, slotServing)
 		switch {
 		case errors.Is(err, errSlotTaken):
 		case err != nil:
@@ -528,69 +693,88 @@ func (p *Pool) rollBack(ctx context.Context, pr *probation, gen int, to *Spec, t
 			p.mu.Lock()
 			if s := p.slots[i]; s.state == slotRestarting && s.restart == nil && !p.closing {
 				s.failures++
-				p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+				p.scheduleBackoffLocked(i)
 			}
 			p.mu.Unlock()
 		default:
 			refills = append(refills, w)
 		}
 	}
-	deadline := time.NewTimer(p.cfg.ReadyTimeout)
-	defer deadline.Stop()
-	for _, w := range refills {
-		// One that exits is restarted as any other; one that is not ready
-		// in time keeps its slot, as a restart would.
-		if reason := p.waitReady(ctx, w, deadline.C); reason != "" && failed == nil {
+	return cmp.Or(failed, p.awaitRefills(r.ctx, refills))
+}
+
+// awaitRefills waits, under one ReadyTimeout, until each of ws, the
+// refill of a vacant slot, is ready, and returns the first that is not as
+// a *StartError. One that exits is restarted as any other; one that is
+// not ready in time keeps its slot, as a restart would.
+func (p *Pool) awaitRefills(ctx context.Context, ws []*worker) error {
+	var failed error
+	p.waitEachReady(ctx, ws, func(w *worker, reason string) {
+		if reason != "" && failed == nil {
 			se := &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason}
 			if reason == "exited" {
 				se.Exit = w.proc.Exit()
 			}
 			failed = se
 		}
-	}
-	if standing != nil {
-		p.reinstate(standing, to, gen)
-	}
-	if failed != nil {
-		return failed
-	}
+	})
+	return failed
+}
+
+// replaceBack is the roll-back's last step: every touched slot whose
+// worker still runs the roll's generation, Surge at a time, gets a worker
+// of RollBackTo, start-new-then-retire. The new worker it replaces
+// retires as rolled back; a restart of the slot that was not ready yet
+// retires as not needed.
+func (r *rollState) replaceBack() error {
+	gen := r.spec.Generation
 	olds := map[int]*worker{}
 	var mu sync.Mutex
-	_, err := inBatches(ctx, touched, surge, nil, func(i int) error {
-		p.mu.Lock()
-		w := p.slots[i].cur
-		due := i < p.size && w != nil && w.gen == gen && !w.retiring
-		p.mu.Unlock()
-		if !due {
-			return errSlotTaken
-		}
-		return p.launchReady(ctx, i, to, func(s *slot, nw *worker) error {
-			if p.closing {
-				return ErrClosing
-			}
-			if c := s.cur; c != nil && c.gen != gen && (c.ready || c.retiring) {
-				// A restart refilled it meanwhile, and serves.
-				return errSlotTaken
-			}
-			// A restart that is not ready yet gives way to nw, which is:
-			// the slot is not left without a ready worker meanwhile.
-			old, _ := p.installLocked(s, nw, to)
-			mu.Lock()
-			olds[i] = old
-			mu.Unlock()
-			return nil
-		})
+	_, err := inBatches(r.ctx, r.touched, r.o.Surge, nil, func(i int) error {
+		old, err := r.replaceBackSlot(i)
+		mu.Lock()
+		olds[i] = old
+		mu.Unlock()
+		return err
 	}, func(i int) error {
 		switch old := olds[i]; {
 		case old == nil:
 		case old.gen != gen:
-			p.retire(old, "not needed: a ready worker took its slot")
+			r.p.retire(old, "not needed: a ready worker took its slot")
 		default:
-			p.retire(old, "rolled back")
+			r.p.retire(old, "rolled back")
 		}
 		return nil
 	})
 	return err
+}
+
+// replaceBackSlot starts a worker of RollBackTo for slot i, if its worker
+// still runs the roll's generation, and once it is ready installs it (see
+// replaceBack). It returns the worker the new one replaced.
+func (r *rollState) replaceBackSlot(i int) (old *worker, err error) {
+	p, gen, to := r.p, r.spec.Generation, r.o.RollBackTo
+	p.mu.Lock()
+	w := p.slots[i].cur
+	due := i < p.size && w != nil && w.gen == gen && !w.retiring
+	p.mu.Unlock()
+	if !due {
+		return nil, errSlotTaken
+	}
+	err = p.launchReady(r.ctx, i, to, func(s *slot, nw *worker) error {
+		if p.closing {
+			return ErrClosing
+		}
+		if c := s.cur; c != nil && c.gen != gen && (c.ready || c.retiring) {
+			// A restart refilled it meanwhile, and serves.
+			return errSlotTaken
+		}
+		// A restart that is not ready yet gives way to nw, which is:
+		// the slot is not left without a ready worker meanwhile.
+		old, _ = p.installLocked(s, nw, to)
+		return nil
+	})
+	return old, err
 }
 
 // Specs returns the spec of every slot (what a restart of it runs), one

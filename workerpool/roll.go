@@ -34,11 +34,7 @@ type RetireHook func(ctx context.Context, slot int) error
 // retired there through remote. progress, if not nil, is told each step as
 // it begins.
 func (p *Pool) Roll(ctx context.Context, spec *Spec, remote RetireHook, progress func(step, steps int)) error {
-	slots := make([]int, p.Size())
-	for i := range slots {
-		slots[i] = i
-	}
-	return p.roll(ctx, slots, func(int) *Spec { return spec }, remote, progress)
+	return p.roll(ctx, slotRange(0, p.Size()), func(int) *Spec { return spec }, remote, progress)
 }
 
 // RollBack refills, one at a time, the slots given away by HandOver with
@@ -85,8 +81,7 @@ func (p *Pool) roll(ctx context.Context, slots []int, specFor func(int) *Spec, r
 		}
 		if wasRemote && remote != nil {
 			if err := p.retireRemote(ctx, i, remoteSocks, remote); err != nil {
-				// Going on could leave both primaries serving this slot.
-				return fmt.Errorf("the other primary did not retire its worker of slot %d: %w", i, err)
+				return remoteRetireError(i, err)
 			}
 		}
 	}
@@ -148,13 +143,11 @@ func (p *Pool) Reclaim(ctx context.Context, spec *Spec) (ready int) {
 			ws = append(ws, w)
 		}
 	}
-	deadline := time.NewTimer(p.cfg.ReadyTimeout)
-	defer deadline.Stop()
-	for _, w := range ws {
-		if p.waitReady(ctx, w, deadline.C) == "" {
+	p.waitEachReady(ctx, ws, func(_ *worker, reason string) {
+		if reason == "" {
 			ready++
 		}
-	}
+	})
 	return ready
 }
 

@@ -67,11 +67,7 @@ func (p *Pool) Scale(ctx context.Context, n int, spec *Spec) error {
 // grow fills slots old..n-1 (not yet counted in size) and counts them once
 // all their workers are ready.
 func (p *Pool) grow(ctx context.Context, old, n int, spec *Spec) error {
-	var slots []int
-	for i := old; i < n; i++ {
-		slots = append(slots, i)
-	}
-	return p.startBatch(ctx, slots, spec, batch{
+	return p.startBatch(ctx, slotRange(old, n), spec, batch{
 		hold:    slotEmpty,
 		aborted: "scale aborted",
 		cancelled: func(ws []*worker) {

@@ -224,6 +224,12 @@ func (p *Pool) scheduleLocked(i int, delay time.Duration) {
 	s.restart = time.AfterFunc(delay, func() { p.restart(i) })
 }
 
+// scheduleBackoffLocked schedules the restart of slot i after the
+// backoff its failures in a row call for. Call with p.mu held.
+func (p *Pool) scheduleBackoffLocked(i int) {
+	p.scheduleLocked(i, Backoff(p.slots[i].failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+}
+
 // restart launches a worker for a restarting slot i, unless something
 // else has filled it meanwhile, and returns it (nil if none was launched).
 func (p *Pool) restart(i int) *worker {
@@ -244,7 +250,7 @@ func (p *Pool) restart(i int) *worker {
 		s.failures++
 		p.log.Error("worker restart failed", zap.Int("slot", i), zap.Error(err))
 		if !p.closing {
-			p.scheduleLocked(i, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+			p.scheduleBackoffLocked(i)
 		}
 		p.mu.Unlock()
 	}

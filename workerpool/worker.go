@@ -59,33 +59,14 @@ func (p *Pool) noteReady(w *worker) {
 func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 	w := &worker{slot: i, gen: spec.Generation, reaped: make(chan struct{})}
 	p.mu.Lock()
-	if p.closing {
-		p.mu.Unlock()
-		return nil, ErrClosing
-	}
-	var prev slotState
-	if hold != slotEmpty {
-		if !p.slots[i].vacant() {
-			// A roll or a hand-over took the slot since the restart was
-			// decided.
-			p.mu.Unlock()
-			return nil, errSlotTaken
-		}
-		prev = p.slots[i].reserve(w, hold)
-	}
-	socks, err := p.newSocksLocked(i, hold)
+	prev, err := p.reserveLocked(w, hold)
 	if err != nil {
-		if hold != slotEmpty {
-			p.slots[i].unreserve(w, hold, prev)
-		}
 		p.mu.Unlock()
-		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
+		return nil, err
 	}
-	w.socks = socks
-	useSocksLocked(socks)
 	var fds []int
-	if socks != nil {
-		fds = socks.s.FDs()
+	if w.socks != nil {
+		fds = w.socks.s.FDs()
 	}
 	// Shutdown waits for this launch, and so for the worker it forks.
 	p.monitors.Add(1)
@@ -94,31 +75,10 @@ func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 
 	proc, err := p.cfg.Launcher.Launch(i, spec, fds)
 
-	p.mu.Lock()
-	s := p.slots[i]
-	if err != nil {
-		if hold != slotEmpty {
-			s.unreserve(w, hold, prev)
-		}
-		p.releaseSocksLocked(socks)
-		p.mu.Unlock()
-		return nil, &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
-	}
-	w.proc, w.started = proc, time.Now()
-	w.log = p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))
-	p.all[w] = struct{}{}
-	taken := hold != slotEmpty && !s.reservedFor(w, hold)
-	if hold != slotEmpty && !taken {
-		s.hold(w, spec, hold)
-		p.keepSocksLocked(s, socks)
-	}
-	closing := p.closing
-	w.log.Info("worker spawned")
-	p.cfg.Observer.WorkerStarted(i)
-	p.monitors.Add(1)
-	go p.monitor(w)
-	p.mu.Unlock()
+	closing, taken, err := p.record(w, spec, hold, prev, proc, err)
 	switch {
+	case err != nil:
+		return nil, err
 	case closing:
 		p.retire(w, "shutdown")
 		return nil, ErrClosing
@@ -127,6 +87,72 @@ func (p *Pool) launch(i int, spec *Spec, hold slotState) (*worker, error) {
 		return nil, errSlotTaken
 	}
 	return w, nil
+}
+
+// reserveLocked is launch's first step, with p.mu held: unless hold is
+// slotEmpty, slot w.slot is reserved for w (prev is its state before),
+// and w gets its own sockets.
+func (p *Pool) reserveLocked(w *worker, hold slotState) (prev slotState, err error) {
+	i := w.slot
+	if p.closing {
+		return prev, ErrClosing
+	}
+	if hold != slotEmpty {
+		if !p.slots[i].vacant() {
+			// A roll or a hand-over took the slot since the restart was
+			// decided.
+			return prev, errSlotTaken
+		}
+		prev = p.slots[i].reserve(w, hold)
+	}
+	socks, err := p.newSocksLocked(i, hold)
+	if err != nil {
+		if hold != slotEmpty {
+			p.slots[i].unreserve(w, hold, prev)
+		}
+		return prev, cannotStart(i, err)
+	}
+	w.socks = socks
+	useSocksLocked(socks)
+	return prev, nil
+}
+
+// record is launch's last step, once w is forked as proc (or failed to
+// be: err): w becomes one of the pool's workers, holds its slot if still
+// reserved for it, and is monitored. It reports whether the pool is
+// closing, and whether the slot was taken meanwhile (w is then retired by
+// launch).
+func (p *Pool) record(w *worker, spec *Spec, hold, prev slotState, proc Process, err error) (closing, taken bool, _ error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := w.slot
+	s := p.slots[i]
+	if err != nil {
+		if hold != slotEmpty {
+			s.unreserve(w, hold, prev)
+		}
+		p.releaseSocksLocked(w.socks)
+		return false, false, cannotStart(i, err)
+	}
+	w.proc, w.started = proc, time.Now()
+	w.log = p.log.With(zap.Int("slot", i), zap.Int("pid", proc.Pid()), zap.Int("generation", spec.Generation))
+	p.all[w] = struct{}{}
+	taken = hold != slotEmpty && !s.reservedFor(w, hold)
+	if hold != slotEmpty && !taken {
+		s.hold(w, spec, hold)
+		p.keepSocksLocked(s, w.socks)
+	}
+	closing = p.closing
+	w.log.Info("worker spawned")
+	p.cfg.Observer.WorkerStarted(i)
+	p.monitors.Add(1)
+	go p.monitor(w)
+	return closing, taken, nil
+}
+
+// cannotStart is the failure of slot i's launch before a worker forked.
+func cannotStart(i int, err error) *StartError {
+	return &StartError{Slot: i, Reason: "cannot start: " + err.Error()}
 }
 
 // monitor follows one worker from start to reap.
@@ -175,7 +201,7 @@ func (p *Pool) monitor(w *worker) {
 			s.failures = 0
 		}
 		s.failures++
-		p.scheduleLocked(w.slot, Backoff(s.failures, p.cfg.BackoffMin, p.cfg.BackoffMax))
+		p.scheduleBackoffLocked(w.slot)
 	default:
 		w.log.Info("worker exited", fields...)
 	}
@@ -206,6 +232,17 @@ func (p *Pool) waitReady(ctx context.Context, w *worker, deadline <-chan time.Ti
 		return fmt.Sprintf("not ready within %s", p.cfg.ReadyTimeout)
 	case <-ctx.Done():
 		return "cancelled: " + context.Cause(ctx).Error()
+	}
+}
+
+// waitEachReady waits, under one ReadyTimeout, until each of ws in turn
+// is ready, and tells each the worker and why it is not ("" once it is;
+// see waitReady).
+func (p *Pool) waitEachReady(ctx context.Context, ws []*worker, each func(w *worker, reason string)) {
+	deadline := time.NewTimer(p.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	for _, w := range ws {
+		each(w, p.waitReady(ctx, w, deadline.C))
 	}
 }
 
