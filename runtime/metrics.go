@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/handoff-dev/handoff/internal/drain"
+	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -216,7 +217,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(probeOKDesc, prometheus.GaugeValue, ok, slot, pr.Kind)
 			ch <- prometheus.MustNewConstMetric(probeAtDesc, prometheus.GaugeValue, float64(pr.At.UnixNano())/1e9, slot, pr.Kind)
 		}
-		if s, ok := w.Socks.(*memberSet); ok {
+		if s, ok := w.Socks.(*sockets.Set); ok {
 			queue, given := s.Queue()
 			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(queue), slot)
 			if c.balance == steer.RoundRobin.String() {
