@@ -78,7 +78,7 @@ func (p *primary) startAdoption(fds []int, cred *syscall.Credential) (*adopt.Sup
 		l := p.cfg.Listeners[i]
 		// Shared: not a steered group, so one socket every worker accepts
 		// from (a unix listener, or every listener in shared mode).
-		shared := p.sockets == nil || p.sockets.groups[i] == nil
+		shared := p.sockets.Shared(i)
 		ls[i] = adopt.Listener{Name: l.Name, Network: l.Network, Addr: p.addrs[i], FD: fd, Shared: shared}
 	}
 	return adopt.NewSupervisor(ls, p.log)

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/internal/steer"
 )
 
@@ -25,7 +26,7 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 				syscall.Close(fd)
 			}
 			if p.sockets != nil {
-				p.sockets.closeAll(p.upg.HasParent())
+				p.sockets.CloseAll(p.upg.HasParent())
 				p.sockets = nil
 			}
 		}
@@ -36,31 +37,28 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			return nil, nil, err
 		}
 	}
-	n := len(p.cfg.Listeners)
-	layer := &socketLayer{log: p.log, mode: steer.Shared, groups: make([]*steer.Group, n), shared: make([]int, n),
-		keys: make([]string, n), serving: make([][]*steer.Member, n)}
-	first := &memberSet{l: layer, members: make([]*steer.Member, n), fds: make([]int, n)}
-	imported := map[int]*memberSet{} // a new primary's: by slot, the old workers' sockets
+	// Passed to a new primary as files (see listenfd.go).
+	keys := make([]string, len(p.cfg.Listeners))
 	seen := map[string]int{}
 	for i, l := range p.cfg.Listeners {
-		// Passed to a new primary as files (see listenfd.go).
-		key := listenerKey(l, seen[l.Network+" "+l.Address])
+		keys[i] = listenerKey(l, seen[l.Network+" "+l.Address])
 		seen[l.Network+" "+l.Address]++
-		layer.keys[i] = key
+	}
+	layer := sockets.NewLayer(p.log, keys)
+	for i, l := range p.cfg.Listeners {
 		if l.Network == "tcp" && (mode != steer.Shared || p.upg.HasParent()) {
-			g, m, slots, ok, err := p.bindGroup(l, key, mode)
+			g, m, slots, ok, err := p.bindGroup(l, keys[i], mode)
 			if err != nil {
 				return fds, nil, err
 			}
 			if ok {
-				layer.groups[i], layer.mode = g, g.Mode()
 				p.sockets = layer
-				fd := -1
+				var fd int
 				if m != nil {
-					first.members[i], first.fds[i] = m, m.Fd()
+					layer.AddGroup(i, g, m)
 					fd = m.Fd()
 				} else {
-					fd = importSlots(layer, imported, i, g, slots)
+					fd = layer.AddImported(i, g, slots)
 				}
 				dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
 				if err != nil {
@@ -72,25 +70,19 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 				continue
 			}
 		}
-		fd, addr, err := p.bindListener(l, key)
+		fd, addr, err := p.bindListener(l, keys[i])
 		if err != nil {
 			return fds, nil, err
 		}
-		layer.shared[i], first.fds[i] = fd, fd
-		for _, s := range imported {
-			s.fds[i] = fd
-		}
+		layer.AddShared(i, fd)
 		fds = append(fds, fd)
 		names = append(names, l.Name)
 		addrs = append(addrs, addr)
 	}
 	p.addrs = addrs
-	if p.sockets != nil {
-		layer.first = first
-		if p.upg.HasParent() {
-			layer.first, layer.oldAlive, p.imported = nil, true, imported
-			why = "taken over from the previous primary"
-		}
+	if p.sockets != nil && p.upg.HasParent() {
+		p.imported = layer.Imported()
+		why = "taken over from the previous primary"
 	}
 	switch {
 	case p.sockets == nil && p.upg.HasParent():
@@ -98,30 +90,8 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 	case p.sockets == nil && mode != steer.Shared:
 		why = "no TCP listener: a unix listener is one socket every worker shares"
 	}
-	p.balance = balanceInfo{mode: layer.mode, why: why}
+	p.balance = balanceInfo{mode: layer.Mode(), why: why}
 	return fds, names, nil
-}
-
-// importSlots records, for each slot of the previous primary, the member
-// of group g (listener i) its worker accepts from, and returns a fd of
-// the group for the Supervisor to know the listener by.
-func importSlots(l *socketLayer, imported map[int]*memberSet, i int, g *steer.Group, slots []int) int {
-	members := g.Members()
-	for slot, id := range slots {
-		for _, m := range members {
-			if m.ID() != id {
-				continue
-			}
-			s := imported[slot]
-			if s == nil {
-				n := len(l.groups)
-				s = &memberSet{l: l, members: make([]*steer.Member, n), fds: make([]int, n), fromOld: true}
-				imported[slot] = s
-			}
-			s.members[i], s.fds[i] = m, m.Fd()
-		}
-	}
-	return members[0].Fd()
 }
 
 // logListening logs the bound listeners, once the control socket is set

@@ -2,7 +2,10 @@
 
 package runtime
 
-import "github.com/handoff-dev/handoff/internal/metrics"
+import (
+	"github.com/handoff-dev/handoff/internal/metrics"
+	"github.com/handoff-dev/handoff/internal/sockets"
+)
 
 // Deploy kinds and outcomes, as the metrics label them.
 const (
@@ -15,7 +18,7 @@ const (
 )
 
 // The metrics read each slot's accept queue from its worker's sockets.
-var _ metrics.Queuer = (*memberSet)(nil)
+var _ metrics.Queuer = (*sockets.Set)(nil)
 
 // lastProbe is the metrics' view of b: the worker pid's last probe.
 func (b *probeBook) lastProbe(pid int) (metrics.Probe, bool) {

@@ -24,6 +24,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/shim"
+	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/reload"
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -43,9 +44,9 @@ type primary struct {
 	successor *process
 	// sockets are the workers' steered sockets (nil: every listener is
 	// one shared socket); balance says how connections are spread.
-	sockets  *socketLayer
+	sockets  *sockets.Layer
 	balance  balanceInfo
-	imported map[int]*memberSet // a new primary's: the old workers' sockets, by slot
+	imported map[int]*sockets.Set // a new primary's: the old workers' sockets, by slot
 	// sockFiles are the unix socket files of the worker listeners.
 	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the
@@ -206,7 +207,7 @@ func (r *resources) close() {
 	if p != nil && p.sockets != nil {
 		// Left to a new primary that took over, or to the old one that
 		// serves on if this one never did.
-		p.sockets.closeAll(p.successor != nil || (!p.owner && p.upg.HasParent()))
+		p.sockets.CloseAll(p.successor != nil || (!p.owner && p.upg.HasParent()))
 	}
 	if r.metricsLn != nil {
 		r.metricsLn.Close()

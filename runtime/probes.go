@@ -18,7 +18,7 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/internal/probe"
-	"github.com/handoff-dev/handoff/internal/steer"
+	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -38,37 +38,10 @@ const (
 // recycleHealth is the reason of a worker replaced for its health checks.
 const recycleHealth = metrics.RecycleHealth
 
-// probeTarget is where a worker's probes go: a member of a group.
-type probeTarget struct {
-	g *steer.Group
-	m *steer.Member
-}
-
-// probeTarget finds, among fds (a worker's listening sockets, by
-// listener), the first that is a member of a group.
-func (l *socketLayer) probeTarget(fds []int) (probeTarget, error) {
-	if l == nil {
-		return probeTarget{}, errNoOwnSocket
-	}
-	for i, g := range l.groups {
-		if g == nil || i >= len(fds) {
-			continue
-		}
-		for _, m := range g.Members() {
-			if m.Fd() == fds[i] {
-				return probeTarget{g, m}, nil
-			}
-		}
-	}
-	return probeTarget{}, errNoOwnSocket
-}
-
-var errNoOwnSocket = errors.New("the worker has no socket of its own to probe through")
-
 // probeOnce sends one probe of spec through t, bounded by timeout.
-func probeOnce(ctx context.Context, spec probe.Spec, t probeTarget, timeout time.Duration) probe.Result {
+func probeOnce(ctx context.Context, spec probe.Spec, t sockets.Target, timeout time.Duration) probe.Result {
 	begin := time.Now()
-	addr, ok := t.g.Addr().(*net.TCPAddr)
+	addr, ok := t.Group.Addr().(*net.TCPAddr)
 	if !ok {
 		return probe.Result{At: begin, Err: "not a TCP listener"}
 	}
@@ -108,11 +81,11 @@ func probeOnce(ctx context.Context, spec probe.Spec, t probeTarget, timeout time
 		if err = errors.Join(cerr, err); err != nil {
 			return err
 		}
-		return t.g.SetProbe(port, t.m)
+		return t.Group.SetProbe(port, t.Member)
 	}}
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), strconv.Itoa(addr.Port)))
 	if port != 0 {
-		t.g.ClearProbe(port)
+		t.Group.ClearProbe(port)
 	}
 	return probe.Do(ctx, spec, conn, err, begin, timeout)
 }
@@ -157,7 +130,7 @@ func (b *probeBook) keep(live map[int]bool) {
 // worker pid through its own socket every ReadyInterval until a 2xx.
 func (p *primary) readyProbe(pid int, fds []int, done <-chan struct{}, note func(string)) bool {
 	spec := *p.cfg.ReadyProbe
-	t, err := p.sockets.probeTarget(fds)
+	t, err := p.sockets.ProbeTarget(fds)
 	if err != nil {
 		note(err.Error())
 		return false
@@ -220,7 +193,7 @@ func (p *primary) watchHealth(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if p.sockets.isFrozen() {
+		if p.sockets.Frozen() {
 			continue // handed over: the new primary steers, and probes
 		}
 		var ws []workerpool.WorkerInfo
@@ -240,11 +213,11 @@ func (p *primary) watchHealth(ctx context.Context) {
 		results := make([]probe.Result, len(ws))
 		var probing sync.WaitGroup
 		for i, w := range ws {
-			s, ok := w.Socks.(*memberSet)
+			s, ok := w.Socks.(*sockets.Set)
 			if !ok {
 				continue
 			}
-			target, err := p.sockets.probeTarget(s.FDs())
+			target, err := p.sockets.ProbeTarget(s.FDs())
 			if err != nil {
 				continue
 			}

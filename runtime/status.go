@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -39,7 +40,7 @@ func (p *primary) status() Status {
 		rss, _ := workerpool.RSS(w.Pid)
 		ws := WorkerStatus{Slot: w.Slot, Pid: w.Pid, Generation: w.Generation, State: w.State(),
 			Started: w.Started, UptimeSeconds: now.Sub(w.Started).Seconds(), Restarts: w.Restarts, RSSBytes: rss}
-		if s, ok := w.Socks.(*memberSet); ok {
+		if s, ok := w.Socks.(*sockets.Set); ok {
 			queue, given := s.Queue()
 			ws.Queue = &queue
 			if p.balance.mode == steer.RoundRobin {

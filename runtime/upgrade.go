@@ -172,7 +172,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 		}
 		p.upg.Stop()
 	}()
-	upErr := p.exportGroups()
+	upErr := p.sockets.Export(p.upg.Fds.AddFile, p.pool.SlotSockets())
 	if upErr == nil {
 		upErr = p.upg.Upgrade()
 	}
@@ -211,7 +211,7 @@ func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
 	}
 	ho.proc.release()
 	// The new primary is gone: this one steers its sockets again.
-	p.sockets.thaw()
+	p.sockets.Thaw()
 	p.pool.Steer()
 	// tableflip drops, without closing them, the pipe ends it gave the
 	// new primary: their finalizers close them once collected. Collect
@@ -447,7 +447,7 @@ func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path stri
 		// gone.
 		go func() {
 			if p.upg.WaitForParent(ctx) == nil || ctx.Err() == nil {
-				p.sockets.oldGone()
+				p.sockets.OldGone()
 			}
 		}()
 	}

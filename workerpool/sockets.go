@@ -211,7 +211,7 @@ func (p *Pool) retireRemote(ctx context.Context, i int, r *sockRef, remote Retir
 // drainRemote waits (bounded) until r, the sockets of slot i's worker of
 // another primary, which was steered away and asked to retire, has
 // drained, then releases them. The other primary drains them too before
-// it sends the stop signal (see memberSet.Drain); they are closed only
+// it sends the stop signal (see sockets.Set.Drain); they are closed only
 // once both have.
 func (p *Pool) drainRemote(ctx context.Context, i int, r *sockRef) {
 	if r == nil {
