@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -24,7 +23,12 @@ import (
 	"github.com/handoff-dev/handoff/runtime"
 )
 
-const devUsage = `Usage: handoff dev [flags] [--build 'CMD'] -- COMMAND [ARG...]
+var devCmd = command[runOptions]{
+	name: "dev", head: devHead, tail: devTail, column: flagColumn, flags: devFlags,
+	also: without(runFlags, "workers", "watch", "watch-path"),
+}
+
+const devHead = `Usage: handoff dev [flags] [--build 'CMD'] -- COMMAND [ARG...]
 
 The edit-serve loop: serves COMMAND as 'handoff run' does, watches the
 source tree, and rolls every change out one worker at a time, so the port
@@ -38,34 +42,84 @@ Node, Python or Ruby server, which needs none), a change rolls out at once:
 
   handoff dev --listen :3000 --include '*.js' -- node server.js
 
-Flags:
-  --build CMD              the build command, run with sh -c in the current
-                           directory; it must write COMMAND. Runs at start
-                           when COMMAND does not exist yet
-  --watch-path PATH        source directory (watched recursively, new
-                           subdirectories included) or file to watch;
-                           repeatable (default: the current directory)
-  --include GLOB           files that count, matched against the base name
-                           or the path relative to the watched directory;
-                           repeatable, replaces the default, which is
-                           with --build:   *.go go.mod go.sum
-                           without, by what COMMAND runs:
-                             node, npm, npx, yarn, pnpm, *.js:
-                                           *.js *.mjs *.cjs *.json
-                             bun, deno, tsx, ts-node, *.ts: those and
-                                           *.ts *.mts *.cts *.tsx *.jsx
-                             python, uvicorn, gunicorn, flask, *.py: *.py
-                             ruby, bundle, rails, puma, rackup, *.rb:
-                                           *.rb *.ru
-                             anything else: COMMAND's executable alone,
-                                           as 'handoff run --watch'
-  --exclude GLOB           files and directories to ignore, repeatable, added
-                           to the default: .git vendor node_modules .venv
-                           __pycache__, editor swap and backup files (*.swp
-                           *.swo *.swx *~ .#* #*# 4913 *.tmp), and with
-                           --build COMMAND itself
-  --workers N              worker processes (default %d)
+`
 
+// devFlags are the flags of 'handoff dev' of its own, in the order of its
+// --help; it takes those of 'handoff run' too (devCmd).
+var devFlags = []flagSpec[runOptions]{
+	{
+		name: "build", arg: "CMD",
+		value: func(o *runOptions) any { return &o.dev.build },
+		help: `the build command, run with sh -c in the current
+directory; it must write COMMAND. Runs at start
+when COMMAND does not exist yet`,
+		check: func(o *runOptions) error {
+			if o.given["build"] && strings.TrimSpace(o.dev.build) == "" {
+				return errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")
+			}
+			return nil
+		},
+	},
+	{
+		name: "watch-path", arg: "PATH",
+		value: func(o *runOptions) any { return &o.watchPaths },
+		help: `source directory (watched recursively, new
+subdirectories included) or file to watch;
+repeatable (default: the current directory)`,
+		check: func(o *runOptions) error {
+			o.dev.paths = o.watchPaths.values
+			return checkPaths(o.dev.paths)
+		},
+	},
+	{
+		name: "include", arg: "GLOB",
+		value: func(o *runOptions) any { return &o.includes },
+		help: `files that count, matched against the base name
+or the path relative to the watched directory;
+repeatable, replaces the default, which is
+with --build:   *.go go.mod go.sum
+without, by what COMMAND runs:
+  node, npm, npx, yarn, pnpm, *.js:
+                *.js *.mjs *.cjs *.json
+  bun, deno, tsx, ts-node, *.ts: those and
+                *.ts *.mts *.cts *.tsx *.jsx
+  python, uvicorn, gunicorn, flask, *.py: *.py
+  ruby, bundle, rails, puma, rackup, *.rb:
+                *.rb *.ru
+  anything else: COMMAND's executable alone,
+                as 'handoff run --watch'`,
+		check: func(o *runOptions) error {
+			o.dev.include = o.includes.values
+			return checkGlobs(o.dev.include)
+		},
+	},
+	{
+		name: "exclude", arg: "GLOB",
+		value: func(o *runOptions) any { return &o.excludes },
+		help: `files and directories to ignore, repeatable, added
+to the default: .git vendor node_modules .venv
+__pycache__, editor swap and backup files (*.swp
+*.swo *.swx *~ .#* #*# 4913 *.tmp), and with
+--build COMMAND itself`,
+		check: func(o *runOptions) error {
+			o.dev.exclude = o.excludes.values
+			return checkGlobs(o.dev.exclude)
+		},
+	},
+	workersFlag(1, "worker processes (default %d)"),
+}
+
+// checkGlobs refuses an --include or --exclude that does not parse.
+func checkGlobs(globs []string) error {
+	for _, g := range globs {
+		if err := reload.CheckGlob(g); err != nil {
+			return fmt.Errorf("--include/--exclude: %v (see filepath.Match)", err)
+		}
+	}
+	return nil
+}
+
+const devTail = `
 Every other flag of 'handoff run' works the same: --listen (required),
 --ready, timeouts, signals, pid file, logs and the rest (see 'handoff run
 --help'); --watch-path here names sources, and --watch does not apply.
@@ -159,49 +213,32 @@ func sourcesOf(command []string) []string {
 }
 
 func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devConfig, error) {
-	var dc devConfig
-	c := command{name: "dev", usage: devUsage, workers: 1, flags: func(fs *flag.FlagSet, cfg *runtime.Config) func() error {
-		var paths, incl, excl listenFlag
-		fs.StringVar(&dc.build, "build", "", "")
-		fs.Var(&paths, "watch-path", "")
-		fs.Var(&incl, "include", "")
-		fs.Var(&excl, "exclude", "")
-		return func() error {
-			if flagSet(fs, "build") && strings.TrimSpace(dc.build) == "" {
-				return usageError{errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")}
-			}
-			for _, p := range paths.values {
-				if p == "" {
-					return usageError{errors.New("--watch-path needs a file or directory")}
-				}
-			}
-			for _, g := range append(append([]string(nil), incl.values...), excl.values...) {
-				if err := reload.CheckGlob(g); err != nil {
-					return usageError{fmt.Errorf("--include/--exclude: %v (see filepath.Match)", err)}
-				}
-			}
-			dc.paths, dc.include, dc.exclude = paths.values, incl.values, excl.values
-			if flagSet(fs, "ready") {
-				dc.ready = fs.Lookup("ready").Value.String()
-			}
-			if len(dc.include) == 0 {
-				if dc.build != "" {
-					dc.include = goIncludes
-				} else {
-					dc.include = sourcesOf(cfg.Command)
-				}
-			}
-			// A command of no known kind: its executable is what changes.
-			dc.exe = len(dc.include) == 0
-			if len(dc.paths) == 0 && !dc.exe {
-				dc.paths = []string{"."}
-			}
-			dc.exclude = append(slices.Clone(defaultExcludes), dc.exclude...)
-			return nil
+	o, err := parseCommand(devCmd, args, stdout)
+	if err == nil {
+		o.devDefaults()
+	}
+	return o.cfg, o.log, o.dev, err
+}
+
+// devDefaults completes o.dev with what was not given.
+func (o *runOptions) devDefaults() {
+	dc := &o.dev
+	if o.given["ready"] {
+		dc.ready = o.ready
+	}
+	if len(dc.include) == 0 {
+		if dc.build != "" {
+			dc.include = goIncludes
+		} else {
+			dc.include = sourcesOf(o.cfg.Command)
 		}
-	}}
-	cfg, lc, err := parseCommand(c, args, stdout)
-	return cfg, lc, dc, err
+	}
+	// A command of no known kind: its executable is what changes.
+	dc.exe = len(dc.include) == 0
+	if len(dc.paths) == 0 && !dc.exe {
+		dc.paths = []string{"."}
+	}
+	dc.exclude = append(slices.Clone(defaultExcludes), dc.exclude...)
 }
 
 // devReadyDelay is how long a worker of 'handoff dev' that neither binds
