@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
 	"github.com/handoff-dev/handoff/reload"
@@ -309,92 +310,29 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return usageError{err}
 	}
-	var builder *reload.Builder
-	if dc.build != "" {
-		builder = &reload.Builder{Command: dc.build}
-		if err := builder.Check(); err != nil {
-			return fmt.Errorf("--build: %v", err)
-		}
+	builder, err := devBuilder(dc.build)
+	if err != nil {
+		return err
 	}
 	exe := cfg.Command[0]
-	excludes := dc.exclude
-	if builder != nil && strings.Contains(exe, "/") {
-		// What the build writes is no source.
-		if abs, err := filepath.Abs(exe); err == nil {
-			excludes = append(excludes, abs)
-		}
-	}
-	wcfg := reload.Config{Include: dc.include, Exclude: excludes, Quiet: devQuiet, Logger: log}
-	wcfg.Files, wcfg.Trees, err = reload.SplitPaths(dc.paths)
+	watcher, watched, err := devWatcher(exe, dc, builder != nil, log)
 	if err != nil {
-		return fmt.Errorf("--watch-path %v; give an existing directory or file", err)
-	}
-	watched := strings.Join(dc.paths, " ")
-	if dc.exe {
-		path, err := exec.LookPath(exe)
-		if err != nil {
-			return fmt.Errorf("%s: not found: put the server's executable after --, or give --build to build it", exe)
-		}
-		if path, err = filepath.Abs(path); err == nil {
-			wcfg.Executables = []string{path}
-		}
-		watched = strings.TrimSpace(path + " " + watched)
-	}
-	watcher, err := reload.New(wcfg)
-	if err != nil {
-		return fmt.Errorf("--watch-path: %v", err)
+		return err
 	}
 
-	d := &dev{log: log, exe: exe, results: make(chan reload.Result)}
-	ctx, cancel := context.WithCancel(context.Background())
-	changes := make(chan reload.Change)
-	var wg sync.WaitGroup
+	d := &dev{log: log, exe: exe, results: make(chan reload.Result), changes: make(chan reload.Change)}
+	var cancel context.CancelFunc
+	d.ctx, cancel = context.WithCancel(context.Background())
 	defer func() {
 		cancel()
-		wg.Wait()
+		d.wg.Wait()
 	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		watcher.Run(ctx, func(c reload.Change) {
-			select {
-			case changes <- c:
-			case <-ctx.Done():
-			}
-		})
-	}()
-	// rebuild asks for a build, as a change does, without blocking.
-	rebuild := func(c reload.Change) {}
-	// sourceChanges: the changes this loop acts on itself (no --build).
-	sourceChanges := changes
+	d.watch(watcher)
+	// sourceChanges: the changes the loop acts on itself (no --build).
+	sourceChanges := d.changes
 	if builder != nil {
 		sourceChanges = nil
-		loop := &reload.BuildLoop{
-			Build:     builder.Run,
-			Started:   d.started,
-			Cancelled: func(c reload.Change) { log.Info("build cancelled", zap.String("why", "a newer change came")) },
-			Done: func(r reload.Result) {
-				select {
-				case d.results <- r:
-				case <-ctx.Done():
-				}
-			},
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			loop.Run(ctx, changes)
-		}()
-		rebuild = func(c reload.Change) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				select {
-				case changes <- c:
-				case <-ctx.Done():
-				}
-			}()
-		}
+		d.startBuilds(builder)
 	}
 	ready := dc.ready
 	if ready == "" {
@@ -407,66 +345,144 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 		d.last = statExe(exe)
 		if !d.last.ok {
 			// Nothing to serve yet: build first.
-			rebuild(reload.Change{Paths: []string{exe + " (missing)"}})
+			d.rebuild(reload.Change{Paths: []string{exe + " (missing)"}})
 		}
 	}
-
-	// The primary's signals: every one reaches it, in order, also those
-	// sent before it runs (it reads them once it does).
-	runSigs := make(chan os.Signal, 16)
-	toPrimary := newSignalQueue(runSigs)
-	defer toPrimary.close()
-	logTo(&cfg, log, ws)
-	cfg.Signals = runSigs
-	var primaryDone chan error
-	start := func() {
-		primaryDone = make(chan error, 1)
-		go func() { primaryDone <- runtime.Run(context.Background(), cfg) }()
-	}
+	p := newDevPrimary(cfg, log, ws)
+	defer p.queue.close()
 	if builder == nil || d.last.ok {
-		start()
+		p.start()
 	}
+	return d.loop(sigs, sourceChanges, p)
+}
+
+// devBuilder is the build of --build; nil without one.
+func devBuilder(build string) (*reload.Builder, error) {
+	if build == "" {
+		return nil, nil
+	}
+	b := &reload.Builder{Command: build}
+	if err := b.Check(); err != nil {
+		return nil, fmt.Errorf("--build: %v", err)
+	}
+	return b, nil
+}
+
+// devWatcher watches the sources dc names and, for a command of no known
+// kind, its executable exe; watched is what it watches, in words.
+// building: exe is what --build writes, and no source.
+func devWatcher(exe string, dc devConfig, building bool, log *zap.Logger) (w *reload.Watcher, watched string, err error) {
+	excludes := dc.exclude
+	if building && strings.Contains(exe, "/") {
+		// What the build writes is no source.
+		if abs, err := filepath.Abs(exe); err == nil {
+			excludes = append(excludes, abs)
+		}
+	}
+	wcfg := reload.Config{Include: dc.include, Exclude: excludes, Quiet: devQuiet, Logger: log}
+	wcfg.Files, wcfg.Trees, err = reload.SplitPaths(dc.paths)
+	if err != nil {
+		return nil, "", fmt.Errorf("--watch-path %v; give an existing directory or file", err)
+	}
+	watched = strings.Join(dc.paths, " ")
+	if dc.exe {
+		path, err := exec.LookPath(exe)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: not found: put the server's executable after --, or give --build to build it", exe)
+		}
+		if path, err = filepath.Abs(path); err == nil {
+			wcfg.Executables = []string{path}
+		}
+		watched = strings.TrimSpace(path + " " + watched)
+	}
+	if w, err = reload.New(wcfg); err != nil {
+		return nil, "", fmt.Errorf("--watch-path: %v", err)
+	}
+	return w, watched, nil
+}
+
+// devPrimary is the primary of 'handoff dev' and the queue of the signals
+// for it: every one reaches it, in order, also those sent before it runs
+// (it reads them once it does).
+type devPrimary struct {
+	cfg   runtime.Config
+	queue *signalQueue
+	done  chan error // nil until it starts
+}
+
+func newDevPrimary(cfg runtime.Config, log *zap.Logger, ws zapcore.WriteSyncer) *devPrimary {
+	sigs := make(chan os.Signal, 16)
+	logTo(&cfg, log, ws)
+	cfg.Signals = sigs
+	return &devPrimary{cfg: cfg, queue: newSignalQueue(sigs)}
+}
+
+func (p *devPrimary) start() {
+	done := make(chan error, 1)
+	p.done = done
+	go func() { done <- runtime.Run(context.Background(), p.cfg) }()
+}
+
+// loop runs 'handoff dev' until it stops: it passes the signals on to the
+// primary p, and rolls out the changes (without --build) and the builds.
+func (d *dev) loop(sigs <-chan os.Signal, sourceChanges <-chan reload.Change, p *devPrimary) error {
 	for {
 		select {
 		case sig := <-sigs:
-			switch {
-			case primaryDone != nil:
-				toPrimary.send(sig)
-			case sig == syscall.SIGTERM || sig == syscall.SIGINT:
-				log.Info("shutdown finished")
+			if d.signal(sig, p) {
+				d.log.Info("shutdown finished")
 				return nil
-			case sig == syscall.SIGHUP:
-				// Nothing serves yet: build again now.
-				rebuild(reload.Change{Paths: []string{"SIGHUP"}})
-			default:
-				// TTIN, TTOU: for the primary once it runs.
-				toPrimary.send(sig)
 			}
 		case c := <-sourceChanges:
 			// No build: the change is the new version.
-			log.Info("change detected", zap.String("paths", c.String()))
-			toPrimary.send(syscall.SIGHUP)
+			d.log.Info("change detected", zap.String("paths", c.String()))
+			p.queue.send(syscall.SIGHUP)
 		case r := <-d.results:
-			ok, changed := d.built(r)
-			if !ok {
-				continue
+			if err := d.rollOut(r, p); err != nil {
+				return err
 			}
-			if primaryDone == nil {
-				if !d.last.ok {
-					return fmt.Errorf("the build command succeeded but did not write %s: make --build write COMMAND", exe)
-				}
-				start()
-				continue
-			}
-			if changed {
-				// A deploy, exactly as a HUP asks for one; one already
-				// queued takes this one in.
-				toPrimary.send(syscall.SIGHUP)
-			}
-		case err := <-primaryDone:
+		case err := <-p.done:
 			return err
 		}
 	}
+}
+
+// signal passes sig on to the primary p, or acts on it while none runs;
+// stop: 'handoff dev' is to stop now.
+func (d *dev) signal(sig os.Signal, p *devPrimary) (stop bool) {
+	switch {
+	case p.done != nil:
+		p.queue.send(sig)
+	case sig == syscall.SIGTERM || sig == syscall.SIGINT:
+		return true
+	case sig == syscall.SIGHUP:
+		// Nothing serves yet: build again now.
+		d.rebuild(reload.Change{Paths: []string{"SIGHUP"}})
+	default:
+		// TTIN, TTOU: for the primary once it runs.
+		p.queue.send(sig)
+	}
+	return false
+}
+
+// rollOut acts on a build's result r: the first build that succeeds
+// starts the primary p, a later one that changed the executable is
+// deployed.
+func (d *dev) rollOut(r reload.Result, p *devPrimary) error {
+	ok, changed := d.built(r)
+	switch {
+	case !ok:
+	case p.done == nil:
+		if !d.last.ok {
+			return fmt.Errorf("the build command succeeded but did not write %s: make --build write COMMAND", d.exe)
+		}
+		p.start()
+	case changed:
+		// A deploy, exactly as a HUP asks for one; one already queued
+		// takes this one in.
+		p.queue.send(syscall.SIGHUP)
+	}
+	return nil
 }
 
 // signalQueue passes signals on to the primary's channel in the order
@@ -529,6 +545,66 @@ type dev struct {
 	exe     string
 	results chan reload.Result
 	last    exeState // the executable after the last build that succeeded
+
+	// ctx ends the watch and the builds, which wg waits for.
+	ctx context.Context
+	wg  sync.WaitGroup
+	// changes are the watch's; with --build (building) the builds read
+	// them.
+	changes  chan reload.Change
+	building bool
+}
+
+// watch runs w until d.ctx ends, its changes going to d.changes.
+func (d *dev) watch(w *reload.Watcher) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		w.Run(d.ctx, d.send)
+	}()
+}
+
+// send passes c on to d.changes, unless d.ctx ends first.
+func (d *dev) send(c reload.Change) {
+	select {
+	case d.changes <- c:
+	case <-d.ctx.Done():
+	}
+}
+
+// startBuilds runs b for the changes until d.ctx ends, the results going
+// to d.results.
+func (d *dev) startBuilds(b *reload.Builder) {
+	d.building = true
+	loop := &reload.BuildLoop{
+		Build:     b.Run,
+		Started:   d.started,
+		Cancelled: func(reload.Change) { d.log.Info("build cancelled", zap.String("why", "a newer change came")) },
+		Done: func(r reload.Result) {
+			select {
+			case d.results <- r:
+			case <-d.ctx.Done():
+			}
+		},
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		loop.Run(d.ctx, d.changes)
+	}()
+}
+
+// rebuild asks for a build, as a change does, without blocking; nothing
+// without --build.
+func (d *dev) rebuild(c reload.Change) {
+	if !d.building {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.send(c)
+	}()
 }
 
 func (d *dev) started(c reload.Change) {
