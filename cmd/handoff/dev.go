@@ -557,11 +557,7 @@ type dev struct {
 
 // watch runs w until d.ctx ends, its changes going to d.changes.
 func (d *dev) watch(w *reload.Watcher) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		w.Run(d.ctx, d.send)
-	}()
+	d.wg.Go(func() { w.Run(d.ctx, d.send) })
 }
 
 // send passes c on to d.changes, unless d.ctx ends first.
@@ -587,11 +583,7 @@ func (d *dev) startBuilds(b *reload.Builder) {
 			}
 		},
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		loop.Run(d.ctx, d.changes)
-	}()
+	d.wg.Go(func() { loop.Run(d.ctx, d.changes) })
 }
 
 // rebuild asks for a build, as a change does, without blocking; nothing
@@ -600,11 +592,7 @@ func (d *dev) rebuild(c reload.Change) {
 	if !d.building {
 		return
 	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.send(c)
-	}()
+	d.wg.Go(func() { d.send(c) })
 }
 
 func (d *dev) started(c reload.Change) {
