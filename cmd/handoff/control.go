@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,32 +22,51 @@ import (
 
 // The commands that talk to a running primary over its control socket.
 
-const statusUsage = `Usage: handoff status [--control PATH] [--json]
+// controlOptions are the flags of a control command as given.
+type controlOptions struct {
+	path   string // --control; "" to find the socket (callPrimary)
+	asJSON bool   // --json
+}
+
+// controlFlag is every control command's --control.
+var controlFlag = flagSpec[controlOptions]{
+	name: "control", arg: "PATH",
+	value: func(o *controlOptions) any { return &o.path },
+	help:  "the primary's control socket (default: see 'handoff help')",
+}
+
+// controlCommand is a control command, its --help head and its flags.
+func controlCommand(name, head string, flags ...flagSpec[controlOptions]) command[controlOptions] {
+	return command[controlOptions]{name: name, head: head, column: 16, flags: flags}
+}
+
+var statusCmd = controlCommand("status", `Usage: handoff status [--control PATH] [--json]
 
 Shows the running primary: the current and previous generations (the file
 each runs: path, size, modification time, SHA-256), its workers (slot, pid,
 generation, state, uptime, crash restarts, resident memory) and the deploy
 in progress, if any.
 
-Flags:
-  --control PATH  the primary's control socket (default: the one primary
-                  found in the default directory, see 'handoff help')
-  --json          print the status as JSON (field names are stable; see
-                  docs/operations.md)
-`
+`,
+	controlFlag.withHelp(`the primary's control socket (default: the one primary
+found in the default directory, see 'handoff help')`),
+	flagSpec[controlOptions]{
+		name:  "json",
+		value: func(o *controlOptions) any { return &o.asJSON },
+		help: `print the status as JSON (field names are stable; see
+docs/operations.md)`,
+	})
 
-const reloadUsage = `Usage: handoff reload [--control PATH]
+var reloadCmd = controlCommand("reload", `Usage: handoff reload [--control PATH]
 
 Deploys what is on disk now, as SIGHUP does, waits for the outcome
 (probation included, see --min-uptime) and prints it in one line: exit 0
 when the deploy finished, 1 when it was aborted or rolled back (the reason
 follows) or the primary cannot be reached.
 
-Flags:
-  --control PATH  the primary's control socket (default: see 'handoff help')
-`
+`, controlFlag)
 
-const rollbackUsage = `Usage: handoff rollback [--control PATH]
+var rollbackCmd = controlCommand("rollback", `Usage: handoff rollback [--control PATH]
 
 Deploys the previous generation again: the very file it ran, pinned when it
 was deployed (even if it has been replaced or deleted since), one worker at
@@ -59,55 +77,41 @@ aborted (the reason follows), or the primary cannot be reached. A rollback
 makes the generation it replaces the previous one: a second rollback goes
 forward again. The next SIGHUP or reload deploys what is on disk, as always.
 
-Flags:
-  --control PATH  the primary's control socket (default: see 'handoff help')
-`
+`, controlFlag)
 
-const scaleUsage = `Usage: handoff scale [--control PATH] N|+N|-N
+var scaleCmd = controlCommand("scale", `Usage: handoff scale [--control PATH] N|+N|-N
 
 Sets the number of workers to N, or changes it by +N or -N (SIGTTIN and
 SIGTTOU to the primary are +1 and -1). New workers start at once and count
 once ready; removed ones (the highest slots) drain. Exits 0 once done.
 
-Flags:
-  --control PATH  the primary's control socket (default: see 'handoff help')
-`
+`, controlFlag)
 
-const stopUsage = `Usage: handoff stop [--control PATH]
+var stopCmd = controlCommand("stop", `Usage: handoff stop [--control PATH]
 
 Shuts the primary down gracefully, as SIGTERM does: every worker drains,
 then the primary exits. Returns once it has exited.
 
-Flags:
-  --control PATH  the primary's control socket (default: see 'handoff help')
-`
+`, controlFlag)
 
-// controlArgs parses the flags of a control command; positional are the
-// arguments that are not flags (a signed number such as -1 is one). path
-// is "" without --control: callPrimary then finds the socket.
-func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON bool) (path string, asJSON bool, positional []string, err error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&path, "control", "", "")
-	if withJSON {
-		fs.BoolVar(&asJSON, "json", false, "")
-	}
-	signed := regexp.MustCompile(`^[+-][0-9]+$`)
+// signedNumber is an argument such as -1 or +2: no flag.
+var signedNumber = regexp.MustCompile(`^[+-][0-9]+$`)
+
+// parseControl reads the flags of the control command c; positional are
+// the arguments that are not flags (a signed number such as -1 is one).
+func parseControl(c command[controlOptions], args []string, stdout io.Writer) (o controlOptions, positional []string, err error) {
+	fs := c.flagSet(&o)
 	var rest []string
 	for _, a := range args {
-		if signed.MatchString(a) {
+		if signedNumber.MatchString(a) {
 			positional = append(positional, a)
 			continue
 		}
 		rest = append(rest, a)
 	}
 	for {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, usage)
-				return "", false, nil, errHelp
-			}
-			return "", false, nil, usageError{flagError(name, err)}
+		if err := parseFlags(fs, rest, stdout, c.usage); err != nil {
+			return controlOptions{}, nil, err
 		}
 		if fs.NArg() == 0 {
 			break
@@ -116,7 +120,7 @@ func controlArgs(name, usage string, args []string, stdout io.Writer, withJSON b
 		positional = append(positional, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	return path, asJSON, positional, nil
+	return o, positional, c.check(&o)
 }
 
 // noArgs refuses the arguments of a command that takes none.
@@ -164,21 +168,21 @@ func (r refusal) Error() string { return r.msg }
 const statusTimeout = 10 * time.Second
 
 func statusCommand(args []string, stdout io.Writer) error {
-	path, asJSON, pos, err := controlArgs("status", statusUsage, args, stdout, true)
+	o, pos, err := parseControl(statusCmd, args, stdout)
 	if err != nil {
 		return err
 	}
 	if err := noArgs("status", pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(path, runtime.ControlRequest{Op: "status"}, statusTimeout)
+	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: "status"}, statusTimeout)
 	if err != nil {
 		return err
 	}
 	if rep.Status == nil {
 		return errors.New("the primary answered without a status")
 	}
-	if asJSON {
+	if o.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep.Status)
@@ -318,24 +322,25 @@ func formatBytes(n int64) string {
 }
 
 func reloadCommand(args []string, stdout io.Writer) error {
-	return deployCommand("reload", reloadUsage, args, stdout)
+	return deployCommand(reloadCmd, args, stdout)
 }
 
 func rollbackCommand(args []string, stdout io.Writer) error {
-	return deployCommand("rollback", rollbackUsage, args, stdout)
+	return deployCommand(rollbackCmd, args, stdout)
 }
 
 // deployCommand asks for a deploy-like job (reload, rollback: the op is
 // the command's name), waits for it and prints its outcome in one line.
-func deployCommand(name, usage string, args []string, stdout io.Writer) error {
-	path, _, pos, err := controlArgs(name, usage, args, stdout, false)
+func deployCommand(c command[controlOptions], args []string, stdout io.Writer) error {
+	name := c.name
+	o, pos, err := parseControl(c, args, stdout)
 	if err != nil {
 		return err
 	}
 	if err := noArgs(name, pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(path, runtime.ControlRequest{Op: name}, 0)
+	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: name}, 0)
 	if errors.As(err, new(refusal)) {
 		for _, outcome := range []string{"aborted", "refused", "rolled back"} {
 			if strings.HasPrefix(err.Error(), outcome) {
@@ -351,7 +356,7 @@ func deployCommand(name, usage string, args []string, stdout io.Writer) error {
 }
 
 func scaleCommand(args []string, stdout io.Writer) error {
-	path, _, pos, err := controlArgs("scale", scaleUsage, args, stdout, false)
+	o, pos, err := parseControl(scaleCmd, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -375,7 +380,7 @@ func scaleCommand(args []string, stdout io.Writer) error {
 		}
 		req.Workers = n
 	}
-	rep, err := callPrimary(path, req, 0)
+	rep, err := callPrimary(o.path, req, 0)
 	if err != nil {
 		return err
 	}
@@ -388,14 +393,14 @@ func scaleCommand(args []string, stdout io.Writer) error {
 }
 
 func stopCommand(args []string, stdout io.Writer) error {
-	path, _, pos, err := controlArgs("stop", stopUsage, args, stdout, false)
+	o, pos, err := parseControl(stopCmd, args, stdout)
 	if err != nil {
 		return err
 	}
 	if err := noArgs("stop", pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(path, runtime.ControlRequest{Op: "stop"}, 0)
+	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: "stop"}, 0)
 	if err != nil {
 		return err
 	}

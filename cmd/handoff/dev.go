@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,13 +17,19 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
 	"github.com/handoff-dev/handoff/reload"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
-const devUsage = `Usage: handoff dev [flags] [--build 'CMD'] -- COMMAND [ARG...]
+var devCmd = command[runOptions]{
+	name: "dev", head: devHead, tail: devTail, column: flagColumn, flags: devFlags,
+	also: without(runFlags, "workers", "watch", "watch-path"),
+}
+
+const devHead = `Usage: handoff dev [flags] [--build 'CMD'] -- COMMAND [ARG...]
 
 The edit-serve loop: serves COMMAND as 'handoff run' does, watches the
 source tree, and rolls every change out one worker at a time, so the port
@@ -38,34 +43,84 @@ Node, Python or Ruby server, which needs none), a change rolls out at once:
 
   handoff dev --listen :3000 --include '*.js' -- node server.js
 
-Flags:
-  --build CMD              the build command, run with sh -c in the current
-                           directory; it must write COMMAND. Runs at start
-                           when COMMAND does not exist yet
-  --watch-path PATH        source directory (watched recursively, new
-                           subdirectories included) or file to watch;
-                           repeatable (default: the current directory)
-  --include GLOB           files that count, matched against the base name
-                           or the path relative to the watched directory;
-                           repeatable, replaces the default, which is
-                           with --build:   *.go go.mod go.sum
-                           without, by what COMMAND runs:
-                             node, npm, npx, yarn, pnpm, *.js:
-                                           *.js *.mjs *.cjs *.json
-                             bun, deno, tsx, ts-node, *.ts: those and
-                                           *.ts *.mts *.cts *.tsx *.jsx
-                             python, uvicorn, gunicorn, flask, *.py: *.py
-                             ruby, bundle, rails, puma, rackup, *.rb:
-                                           *.rb *.ru
-                             anything else: COMMAND's executable alone,
-                                           as 'handoff run --watch'
-  --exclude GLOB           files and directories to ignore, repeatable, added
-                           to the default: .git vendor node_modules .venv
-                           __pycache__, editor swap and backup files (*.swp
-                           *.swo *.swx *~ .#* #*# 4913 *.tmp), and with
-                           --build COMMAND itself
-  --workers N              worker processes (default %d)
+`
 
+// devFlags are the flags of 'handoff dev' of its own, in the order of its
+// --help; it takes those of 'handoff run' too (devCmd).
+var devFlags = []flagSpec[runOptions]{
+	{
+		name: "build", arg: "CMD",
+		value: func(o *runOptions) any { return &o.dev.build },
+		help: `the build command, run with sh -c in the current
+directory; it must write COMMAND. Runs at start
+when COMMAND does not exist yet`,
+		check: func(o *runOptions) error {
+			if o.given["build"] && strings.TrimSpace(o.dev.build) == "" {
+				return errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")
+			}
+			return nil
+		},
+	},
+	{
+		name: "watch-path", arg: "PATH",
+		value: func(o *runOptions) any { return &o.watchPaths },
+		help: `source directory (watched recursively, new
+subdirectories included) or file to watch;
+repeatable (default: the current directory)`,
+		check: func(o *runOptions) error {
+			o.dev.paths = o.watchPaths.values
+			return checkPaths(o.dev.paths)
+		},
+	},
+	{
+		name: "include", arg: "GLOB",
+		value: func(o *runOptions) any { return &o.includes },
+		help: `files that count, matched against the base name
+or the path relative to the watched directory;
+repeatable, replaces the default, which is
+with --build:   *.go go.mod go.sum
+without, by what COMMAND runs:
+  node, npm, npx, yarn, pnpm, *.js:
+                *.js *.mjs *.cjs *.json
+  bun, deno, tsx, ts-node, *.ts: those and
+                *.ts *.mts *.cts *.tsx *.jsx
+  python, uvicorn, gunicorn, flask, *.py: *.py
+  ruby, bundle, rails, puma, rackup, *.rb:
+                *.rb *.ru
+  anything else: COMMAND's executable alone,
+                as 'handoff run --watch'`,
+		check: func(o *runOptions) error {
+			o.dev.include = o.includes.values
+			return checkGlobs(o.dev.include)
+		},
+	},
+	{
+		name: "exclude", arg: "GLOB",
+		value: func(o *runOptions) any { return &o.excludes },
+		help: `files and directories to ignore, repeatable, added
+to the default: .git vendor node_modules .venv
+__pycache__, editor swap and backup files (*.swp
+*.swo *.swx *~ .#* #*# 4913 *.tmp), and with
+--build COMMAND itself`,
+		check: func(o *runOptions) error {
+			o.dev.exclude = o.excludes.values
+			return checkGlobs(o.dev.exclude)
+		},
+	},
+	workersFlag(1, "worker processes (default %d)"),
+}
+
+// checkGlobs refuses an --include or --exclude that does not parse.
+func checkGlobs(globs []string) error {
+	for _, g := range globs {
+		if err := reload.CheckGlob(g); err != nil {
+			return fmt.Errorf("--include/--exclude: %v (see filepath.Match)", err)
+		}
+	}
+	return nil
+}
+
+const devTail = `
 Every other flag of 'handoff run' works the same: --listen (required),
 --ready, timeouts, signals, pid file, logs and the rest (see 'handoff run
 --help'); --watch-path here names sources, and --watch does not apply.
@@ -159,49 +214,32 @@ func sourcesOf(command []string) []string {
 }
 
 func parseDev(args []string, stdout io.Writer) (runtime.Config, logConfig, devConfig, error) {
-	var dc devConfig
-	c := command{name: "dev", usage: devUsage, workers: 1, flags: func(fs *flag.FlagSet, cfg *runtime.Config) func() error {
-		var paths, incl, excl listenFlag
-		fs.StringVar(&dc.build, "build", "", "")
-		fs.Var(&paths, "watch-path", "")
-		fs.Var(&incl, "include", "")
-		fs.Var(&excl, "exclude", "")
-		return func() error {
-			if flagSet(fs, "build") && strings.TrimSpace(dc.build) == "" {
-				return usageError{errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")}
-			}
-			for _, p := range paths.values {
-				if p == "" {
-					return usageError{errors.New("--watch-path needs a file or directory")}
-				}
-			}
-			for _, g := range append(append([]string(nil), incl.values...), excl.values...) {
-				if err := reload.CheckGlob(g); err != nil {
-					return usageError{fmt.Errorf("--include/--exclude: %v (see filepath.Match)", err)}
-				}
-			}
-			dc.paths, dc.include, dc.exclude = paths.values, incl.values, excl.values
-			if flagSet(fs, "ready") {
-				dc.ready = fs.Lookup("ready").Value.String()
-			}
-			if len(dc.include) == 0 {
-				if dc.build != "" {
-					dc.include = goIncludes
-				} else {
-					dc.include = sourcesOf(cfg.Command)
-				}
-			}
-			// A command of no known kind: its executable is what changes.
-			dc.exe = len(dc.include) == 0
-			if len(dc.paths) == 0 && !dc.exe {
-				dc.paths = []string{"."}
-			}
-			dc.exclude = append(slices.Clone(defaultExcludes), dc.exclude...)
-			return nil
+	o, err := parseCommand(devCmd, args, stdout)
+	if err == nil {
+		o.devDefaults()
+	}
+	return o.cfg, o.log, o.dev, err
+}
+
+// devDefaults completes o.dev with what was not given.
+func (o *runOptions) devDefaults() {
+	dc := &o.dev
+	if o.given["ready"] {
+		dc.ready = o.ready
+	}
+	if len(dc.include) == 0 {
+		if dc.build != "" {
+			dc.include = goIncludes
+		} else {
+			dc.include = sourcesOf(o.cfg.Command)
 		}
-	}}
-	cfg, lc, err := parseCommand(c, args, stdout)
-	return cfg, lc, dc, err
+	}
+	// A command of no known kind: its executable is what changes.
+	dc.exe = len(dc.include) == 0
+	if len(dc.paths) == 0 && !dc.exe {
+		dc.paths = []string{"."}
+	}
+	dc.exclude = append(slices.Clone(defaultExcludes), dc.exclude...)
 }
 
 // devReadyDelay is how long a worker of 'handoff dev' that neither binds
@@ -272,92 +310,29 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 	if err != nil {
 		return usageError{err}
 	}
-	var builder *reload.Builder
-	if dc.build != "" {
-		builder = &reload.Builder{Command: dc.build}
-		if err := builder.Check(); err != nil {
-			return fmt.Errorf("--build: %v", err)
-		}
+	builder, err := devBuilder(dc.build)
+	if err != nil {
+		return err
 	}
 	exe := cfg.Command[0]
-	excludes := dc.exclude
-	if builder != nil && strings.Contains(exe, "/") {
-		// What the build writes is no source.
-		if abs, err := filepath.Abs(exe); err == nil {
-			excludes = append(excludes, abs)
-		}
-	}
-	wcfg := reload.Config{Include: dc.include, Exclude: excludes, Quiet: devQuiet, Logger: log}
-	wcfg.Files, wcfg.Trees, err = reload.SplitPaths(dc.paths)
+	watcher, watched, err := devWatcher(exe, dc, builder != nil, log)
 	if err != nil {
-		return fmt.Errorf("--watch-path %v; give an existing directory or file", err)
-	}
-	watched := strings.Join(dc.paths, " ")
-	if dc.exe {
-		path, err := exec.LookPath(exe)
-		if err != nil {
-			return fmt.Errorf("%s: not found: put the server's executable after --, or give --build to build it", exe)
-		}
-		if path, err = filepath.Abs(path); err == nil {
-			wcfg.Executables = []string{path}
-		}
-		watched = strings.TrimSpace(path + " " + watched)
-	}
-	watcher, err := reload.New(wcfg)
-	if err != nil {
-		return fmt.Errorf("--watch-path: %v", err)
+		return err
 	}
 
-	d := &dev{log: log, exe: exe, results: make(chan reload.Result)}
-	ctx, cancel := context.WithCancel(context.Background())
-	changes := make(chan reload.Change)
-	var wg sync.WaitGroup
+	d := &dev{log: log, exe: exe, results: make(chan reload.Result), changes: make(chan reload.Change)}
+	var cancel context.CancelFunc
+	d.ctx, cancel = context.WithCancel(context.Background())
 	defer func() {
 		cancel()
-		wg.Wait()
+		d.wg.Wait()
 	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		watcher.Run(ctx, func(c reload.Change) {
-			select {
-			case changes <- c:
-			case <-ctx.Done():
-			}
-		})
-	}()
-	// rebuild asks for a build, as a change does, without blocking.
-	rebuild := func(c reload.Change) {}
-	// sourceChanges: the changes this loop acts on itself (no --build).
-	sourceChanges := changes
+	d.watch(watcher)
+	// sourceChanges: the changes the loop acts on itself (no --build).
+	sourceChanges := d.changes
 	if builder != nil {
 		sourceChanges = nil
-		loop := &reload.BuildLoop{
-			Build:     builder.Run,
-			Started:   d.started,
-			Cancelled: func(c reload.Change) { log.Info("build cancelled", zap.String("why", "a newer change came")) },
-			Done: func(r reload.Result) {
-				select {
-				case d.results <- r:
-				case <-ctx.Done():
-				}
-			},
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			loop.Run(ctx, changes)
-		}()
-		rebuild = func(c reload.Change) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				select {
-				case changes <- c:
-				case <-ctx.Done():
-				}
-			}()
-		}
+		d.startBuilds(builder)
 	}
 	ready := dc.ready
 	if ready == "" {
@@ -370,66 +345,144 @@ func devCommand(args []string, sigs chan os.Signal, stdout, stderr io.Writer) er
 		d.last = statExe(exe)
 		if !d.last.ok {
 			// Nothing to serve yet: build first.
-			rebuild(reload.Change{Paths: []string{exe + " (missing)"}})
+			d.rebuild(reload.Change{Paths: []string{exe + " (missing)"}})
 		}
 	}
-
-	// The primary's signals: every one reaches it, in order, also those
-	// sent before it runs (it reads them once it does).
-	runSigs := make(chan os.Signal, 16)
-	toPrimary := newSignalQueue(runSigs)
-	defer toPrimary.close()
-	logTo(&cfg, log, ws)
-	cfg.Signals = runSigs
-	var primaryDone chan error
-	start := func() {
-		primaryDone = make(chan error, 1)
-		go func() { primaryDone <- runtime.Run(context.Background(), cfg) }()
-	}
+	p := newDevPrimary(cfg, log, ws)
+	defer p.queue.close()
 	if builder == nil || d.last.ok {
-		start()
+		p.start()
 	}
+	return d.loop(sigs, sourceChanges, p)
+}
+
+// devBuilder is the build of --build; nil without one.
+func devBuilder(build string) (*reload.Builder, error) {
+	if build == "" {
+		return nil, nil
+	}
+	b := &reload.Builder{Command: build}
+	if err := b.Check(); err != nil {
+		return nil, fmt.Errorf("--build: %v", err)
+	}
+	return b, nil
+}
+
+// devWatcher watches the sources dc names and, for a command of no known
+// kind, its executable exe; watched is what it watches, in words.
+// building: exe is what --build writes, and no source.
+func devWatcher(exe string, dc devConfig, building bool, log *zap.Logger) (w *reload.Watcher, watched string, err error) {
+	excludes := dc.exclude
+	if building && strings.Contains(exe, "/") {
+		// What the build writes is no source.
+		if abs, err := filepath.Abs(exe); err == nil {
+			excludes = append(excludes, abs)
+		}
+	}
+	wcfg := reload.Config{Include: dc.include, Exclude: excludes, Quiet: devQuiet, Logger: log}
+	wcfg.Files, wcfg.Trees, err = reload.SplitPaths(dc.paths)
+	if err != nil {
+		return nil, "", fmt.Errorf("--watch-path %v; give an existing directory or file", err)
+	}
+	watched = strings.Join(dc.paths, " ")
+	if dc.exe {
+		path, err := exec.LookPath(exe)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: not found: put the server's executable after --, or give --build to build it", exe)
+		}
+		if path, err = filepath.Abs(path); err == nil {
+			wcfg.Executables = []string{path}
+		}
+		watched = strings.TrimSpace(path + " " + watched)
+	}
+	if w, err = reload.New(wcfg); err != nil {
+		return nil, "", fmt.Errorf("--watch-path: %v", err)
+	}
+	return w, watched, nil
+}
+
+// devPrimary is the primary of 'handoff dev' and the queue of the signals
+// for it: every one reaches it, in order, also those sent before it runs
+// (it reads them once it does).
+type devPrimary struct {
+	cfg   runtime.Config
+	queue *signalQueue
+	done  chan error // nil until it starts
+}
+
+func newDevPrimary(cfg runtime.Config, log *zap.Logger, ws zapcore.WriteSyncer) *devPrimary {
+	sigs := make(chan os.Signal, 16)
+	logTo(&cfg, log, ws)
+	cfg.Signals = sigs
+	return &devPrimary{cfg: cfg, queue: newSignalQueue(sigs)}
+}
+
+func (p *devPrimary) start() {
+	done := make(chan error, 1)
+	p.done = done
+	go func() { done <- runtime.Run(context.Background(), p.cfg) }()
+}
+
+// loop runs 'handoff dev' until it stops: it passes the signals on to the
+// primary p, and rolls out the changes (without --build) and the builds.
+func (d *dev) loop(sigs <-chan os.Signal, sourceChanges <-chan reload.Change, p *devPrimary) error {
 	for {
 		select {
 		case sig := <-sigs:
-			switch {
-			case primaryDone != nil:
-				toPrimary.send(sig)
-			case sig == syscall.SIGTERM || sig == syscall.SIGINT:
-				log.Info("shutdown finished")
+			if d.signal(sig, p) {
+				d.log.Info("shutdown finished")
 				return nil
-			case sig == syscall.SIGHUP:
-				// Nothing serves yet: build again now.
-				rebuild(reload.Change{Paths: []string{"SIGHUP"}})
-			default:
-				// TTIN, TTOU: for the primary once it runs.
-				toPrimary.send(sig)
 			}
 		case c := <-sourceChanges:
 			// No build: the change is the new version.
-			log.Info("change detected", zap.String("paths", c.String()))
-			toPrimary.send(syscall.SIGHUP)
+			d.log.Info("change detected", zap.String("paths", c.String()))
+			p.queue.send(syscall.SIGHUP)
 		case r := <-d.results:
-			ok, changed := d.built(r)
-			if !ok {
-				continue
+			if err := d.rollOut(r, p); err != nil {
+				return err
 			}
-			if primaryDone == nil {
-				if !d.last.ok {
-					return fmt.Errorf("the build command succeeded but did not write %s: make --build write COMMAND", exe)
-				}
-				start()
-				continue
-			}
-			if changed {
-				// A deploy, exactly as a HUP asks for one; one already
-				// queued takes this one in.
-				toPrimary.send(syscall.SIGHUP)
-			}
-		case err := <-primaryDone:
+		case err := <-p.done:
 			return err
 		}
 	}
+}
+
+// signal passes sig on to the primary p, or acts on it while none runs;
+// stop: 'handoff dev' is to stop now.
+func (d *dev) signal(sig os.Signal, p *devPrimary) (stop bool) {
+	switch {
+	case p.done != nil:
+		p.queue.send(sig)
+	case sig == syscall.SIGTERM || sig == syscall.SIGINT:
+		return true
+	case sig == syscall.SIGHUP:
+		// Nothing serves yet: build again now.
+		d.rebuild(reload.Change{Paths: []string{"SIGHUP"}})
+	default:
+		// TTIN, TTOU: for the primary once it runs.
+		p.queue.send(sig)
+	}
+	return false
+}
+
+// rollOut acts on a build's result r: the first build that succeeds
+// starts the primary p, a later one that changed the executable is
+// deployed.
+func (d *dev) rollOut(r reload.Result, p *devPrimary) error {
+	ok, changed := d.built(r)
+	switch {
+	case !ok:
+	case p.done == nil:
+		if !d.last.ok {
+			return fmt.Errorf("the build command succeeded but did not write %s: make --build write COMMAND", d.exe)
+		}
+		p.start()
+	case changed:
+		// A deploy, exactly as a HUP asks for one; one already queued
+		// takes this one in.
+		p.queue.send(syscall.SIGHUP)
+	}
+	return nil
 }
 
 // signalQueue passes signals on to the primary's channel in the order
@@ -492,6 +545,54 @@ type dev struct {
 	exe     string
 	results chan reload.Result
 	last    exeState // the executable after the last build that succeeded
+
+	// ctx ends the watch and the builds, which wg waits for.
+	ctx context.Context
+	wg  sync.WaitGroup
+	// changes are the watch's; with --build (building) the builds read
+	// them.
+	changes  chan reload.Change
+	building bool
+}
+
+// watch runs w until d.ctx ends, its changes going to d.changes.
+func (d *dev) watch(w *reload.Watcher) {
+	d.wg.Go(func() { w.Run(d.ctx, d.send) })
+}
+
+// send passes c on to d.changes, unless d.ctx ends first.
+func (d *dev) send(c reload.Change) {
+	select {
+	case d.changes <- c:
+	case <-d.ctx.Done():
+	}
+}
+
+// startBuilds runs b for the changes until d.ctx ends, the results going
+// to d.results.
+func (d *dev) startBuilds(b *reload.Builder) {
+	d.building = true
+	loop := &reload.BuildLoop{
+		Build:     b.Run,
+		Started:   d.started,
+		Cancelled: func(reload.Change) { d.log.Info("build cancelled", zap.String("why", "a newer change came")) },
+		Done: func(r reload.Result) {
+			select {
+			case d.results <- r:
+			case <-d.ctx.Done():
+			}
+		},
+	}
+	d.wg.Go(func() { loop.Run(d.ctx, d.changes) })
+}
+
+// rebuild asks for a build, as a change does, without blocking; nothing
+// without --build.
+func (d *dev) rebuild(c reload.Change) {
+	if !d.building {
+		return
+	}
+	d.wg.Go(func() { d.send(c) })
 }
 
 func (d *dev) started(c reload.Change) {

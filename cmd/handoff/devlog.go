@@ -98,77 +98,14 @@ func indent(text string) string {
 
 // devLine renders one event, or "" to leave it out.
 func devLine(e zapcore.Entry, f devFields, all bool) string {
-	switch e.Message {
-	case "dev watching":
-		ready := ""
-		if r := f.str("ready"); r != "" {
-			ready = "; ready: " + r
-		}
-		if f.str("build") == "" {
-			what := f.str("paths")
-			if inc := f.str("include"); inc != "" {
-				what += " (" + inc + ")"
-			}
-			return fmt.Sprintf("watching %s; serve: %s%s; every change rolls out", what, f.str("command"), ready)
-		}
-		return fmt.Sprintf("watching %s (%s); build: %s; serve: %s%s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"), ready)
-	case "change detected":
-		// Paths below the current directory, as the developer named them.
-		paths := f.str("paths")
-		if wd, err := os.Getwd(); err == nil {
-			paths = strings.ReplaceAll(paths, wd+string(os.PathSeparator), "")
-		}
-		return "changed: " + paths
-	case "build finished":
-		if f["changed"] == false {
-			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))
-		}
-		return fmt.Sprintf("build ok in %s", f.dur("duration"))
-	case "build failed":
-		out := indent(f.str("output"))
-		if out == "" {
-			out = ": " + f.str("reason")
-		} else if strings.Contains(f.str("reason"), "could not start") {
-			out = ": " + f.str("reason") + out
-		}
-		return fmt.Sprintf("build failed in %s%s", f.dur("duration"), out)
-	case "listening":
-		return "listening on " + f.str("addr")
-	case "primary ready":
-		return fmt.Sprintf("serving: %s worker(s), generation %s", f.str("workers"), f.str("generation"))
-	case "upgrade took over":
-		if _, ok := f["probation"]; !ok {
-			return "" // "upgrade finished" follows at once
-		}
-		return fmt.Sprintf("rollout: generation %s serving in %s, on probation for %s", f.str("generation"), f.dur("duration"), f.dur("probation"))
-	case "upgrade finished":
-		took, done := f.dur("took_over"), f.dur("duration")
-		if _, ok := f["took_over"]; !ok || took == done {
-			return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), done)
-		}
-		passed := "passed probation at " + done
-		if f.str("probation") != "" {
-			passed = "probation " + f.str("probation") + " at " + done
-		}
-		return fmt.Sprintf("rollout ok: generation %s took over in %s, %s", f.str("generation"), took, passed)
-	case "upgrade aborted":
-		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
-	case "upgrade rolling back":
-		return "" // "upgrade rolled back" follows, with the reason
-	case "upgrade rolled back":
-		return fmt.Sprintf("rollout rolled back: generation %s: %s; generation %s serving%s", f.str("generation"), f.str("reason"), f.str("to"), indent(f.str("stderr")))
-	case "shutdown started":
-		return "shutting down"
-	case "shutdown finished":
-		return "stopped"
-	case "worker exited":
-		if e.Level < zapcore.WarnLevel && !all {
-			return ""
-		}
-		return fmt.Sprintf("worker %s (pid %s) exited: %s%s", f.str("slot"), f.str("pid"), f.str("status"), indent(f.str("stderr")))
+	if render, ok := devLines[e.Message]; ok {
+		return render(f)
 	}
 	if e.Level < zapcore.WarnLevel && !all {
 		return ""
+	}
+	if e.Message == "worker exited" {
+		return fmt.Sprintf("worker %s (pid %s) exited: %s%s", f.str("slot"), f.str("pid"), f.str("status"), indent(f.str("stderr")))
 	}
 	keys := make([]string, 0, len(f))
 	for k := range f {
@@ -183,4 +120,85 @@ func devLine(e zapcore.Entry, f devFields, all bool) string {
 		fmt.Fprintf(&b, " %s=%s", k, f.str(k))
 	}
 	return b.String()
+}
+
+// devLines render the events a developer follows, by message, whatever
+// their level ("": left out).
+var devLines = map[string]func(devFields) string{
+	"dev watching":    devWatchingLine,
+	"change detected": devChangeLine,
+	"build finished": func(f devFields) string {
+		if f["changed"] == false {
+			return fmt.Sprintf("build ok in %s, executable unchanged: nothing to roll out", f.dur("duration"))
+		}
+		return fmt.Sprintf("build ok in %s", f.dur("duration"))
+	},
+	"build failed": devBuildFailedLine,
+	"listening":    func(f devFields) string { return "listening on " + f.str("addr") },
+	"primary ready": func(f devFields) string {
+		return fmt.Sprintf("serving: %s worker(s), generation %s", f.str("workers"), f.str("generation"))
+	},
+	"upgrade took over": func(f devFields) string {
+		if _, ok := f["probation"]; !ok {
+			return "" // "upgrade finished" follows at once
+		}
+		return fmt.Sprintf("rollout: generation %s serving in %s, on probation for %s", f.str("generation"), f.dur("duration"), f.dur("probation"))
+	},
+	"upgrade finished": devUpgradeFinishedLine,
+	"upgrade aborted": func(f devFields) string {
+		return fmt.Sprintf("rollout failed: generation %s: %s; the old version keeps serving%s", f.str("generation"), f.str("reason"), indent(f.str("stderr")))
+	},
+	// "upgrade rolled back" follows, with the reason.
+	"upgrade rolling back": func(devFields) string { return "" },
+	"upgrade rolled back": func(f devFields) string {
+		return fmt.Sprintf("rollout rolled back: generation %s: %s; generation %s serving%s", f.str("generation"), f.str("reason"), f.str("to"), indent(f.str("stderr")))
+	},
+	"shutdown started":  func(devFields) string { return "shutting down" },
+	"shutdown finished": func(devFields) string { return "stopped" },
+}
+
+func devWatchingLine(f devFields) string {
+	ready := ""
+	if r := f.str("ready"); r != "" {
+		ready = "; ready: " + r
+	}
+	if f.str("build") == "" {
+		what := f.str("paths")
+		if inc := f.str("include"); inc != "" {
+			what += " (" + inc + ")"
+		}
+		return fmt.Sprintf("watching %s; serve: %s%s; every change rolls out", what, f.str("command"), ready)
+	}
+	return fmt.Sprintf("watching %s (%s); build: %s; serve: %s%s", f.str("paths"), f.str("include"), f.str("build"), f.str("command"), ready)
+}
+
+func devChangeLine(f devFields) string {
+	// Paths below the current directory, as the developer named them.
+	paths := f.str("paths")
+	if wd, err := os.Getwd(); err == nil {
+		paths = strings.ReplaceAll(paths, wd+string(os.PathSeparator), "")
+	}
+	return "changed: " + paths
+}
+
+func devBuildFailedLine(f devFields) string {
+	out := indent(f.str("output"))
+	if out == "" {
+		out = ": " + f.str("reason")
+	} else if strings.Contains(f.str("reason"), "could not start") {
+		out = ": " + f.str("reason") + out
+	}
+	return fmt.Sprintf("build failed in %s%s", f.dur("duration"), out)
+}
+
+func devUpgradeFinishedLine(f devFields) string {
+	took, done := f.dur("took_over"), f.dur("duration")
+	if _, ok := f["took_over"]; !ok || took == done {
+		return fmt.Sprintf("rollout ok: generation %s in %s", f.str("generation"), done)
+	}
+	passed := "passed probation at " + done
+	if f.str("probation") != "" {
+		passed = "probation " + f.str("probation") + " at " + done
+	}
+	return fmt.Sprintf("rollout ok: generation %s took over in %s, %s", f.str("generation"), took, passed)
 }

@@ -1,46 +1,97 @@
 package main
 
 import (
+	"flag"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 )
 
-// TestRunFlagsDocumented: the flags 'handoff run --help' lists and those
-// of the flag table in docs/wrapping.md are the same, so that neither
-// lags behind the other.
-func TestRunFlagsDocumented(t *testing.T) {
-	code, stdout, _ := runArgs("run", "--help")
-	if code != 0 {
-		t.Fatalf("run --help: exit %d", code)
+// TestFlagsDocumented: for every command, the flags its table declares,
+// those its --help lists and those of its flag table in the docs are the
+// same, so that none lags behind the others.
+func TestFlagsDocumented(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		flags []string // from the command's table
+		doc   string
+		least int // flags there must be at least: the patterns still match
+	}{
+		{"run", specNames(runCmd.flags), "docs/wrapping.md", 20},
+		{"dev", specNames(devCmd.flags), "docs/development.md", 5},
+		{"status", specNames(statusCmd.flags), "docs/operations.md", 2},
+		{"reload", specNames(reloadCmd.flags), "docs/operations.md", 1},
+		{"rollback", specNames(rollbackCmd.flags), "docs/operations.md", 1},
+		{"scale", specNames(scaleCmd.flags), "docs/operations.md", 1},
+		{"stop", specNames(stopCmd.flags), "docs/operations.md", 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, stdout, _ := runArgs(c.name, "--help")
+			if code != 0 {
+				t.Fatalf("%s --help: exit %d", c.name, code)
+			}
+			help := names(regexp.MustCompile(`(?m)^  (--[a-z-]+)`), stdout)
+			doc, err := os.ReadFile("../../" + c.doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			table := docFlags(string(doc), c.name)
+			if len(c.flags) < c.least || len(help) < c.least || len(table) < c.least {
+				t.Fatalf("%d flags in the table, %d in --help, %d in the docs: the patterns no longer match",
+					len(c.flags), len(help), len(table))
+			}
+			same(t, c.flags, "the flags of 'handoff "+c.name+"'", help, "'handoff "+c.name+" --help'")
+			same(t, help, "'handoff "+c.name+" --help'", table, "the flag table of "+c.doc)
+		})
 	}
-	help := names(regexp.MustCompile(`(?m)^  (--[a-z-]+)`), stdout)
-	doc, err := os.ReadFile("../../docs/wrapping.md")
-	if err != nil {
-		t.Fatal(err)
+}
+
+// same reports the names in one of a and b but not the other.
+func same(t *testing.T, a []string, aName string, b []string, bName string) {
+	t.Helper()
+	for _, f := range a {
+		if !slices.Contains(b, f) {
+			t.Errorf("%s is in %s but not in %s", f, aName, bName)
+		}
 	}
+	for _, f := range b {
+		if !slices.Contains(a, f) {
+			t.Errorf("%s is in %s but not in %s", f, bName, aName)
+		}
+	}
+}
+
+// specNames are the flags of specs, as "--name", sorted.
+func specNames[T any](specs []flagSpec[T]) []string {
+	var out []string
+	for _, s := range specs {
+		out = append(out, "--"+s.name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// docFlags are the flags that the first cells of doc's flag tables name
+// (rows that begin "| `--"), for the command cmd: where a table has a
+// "commands" column, only its rows that name cmd there.
+func docFlags(doc, cmd string) []string {
 	var cells []string
-	for _, line := range strings.Split(string(doc), "\n") {
-		if strings.HasPrefix(line, "| `--") {
-			cells = append(cells, strings.Split(line, " | ")[0])
+	perCommand := false
+	lines := strings.Split(doc, "\n")
+	for i, line := range lines {
+		row := strings.Split(line, " | ")
+		if i+1 < len(lines) && strings.HasPrefix(lines[i+1], "| ---") && len(row) > 1 {
+			perCommand = row[1] == "commands" // a table's head
 		}
-	}
-	table := names(regexp.MustCompile("`(--[a-z-]+)"), strings.Join(cells, "\n"))
-	if len(help) < 20 || len(table) < 20 {
-		t.Fatalf("found %d flags in --help and %d in the table: the patterns no longer match", len(help), len(table))
-	}
-	for _, f := range help {
-		if !slices.Contains(table, f) {
-			t.Errorf("%s is in 'handoff run --help' but not in the flag table of docs/wrapping.md", f)
+		if !strings.HasPrefix(line, "| `--") || (perCommand && !strings.Contains(row[1], "`"+cmd+"`")) {
+			continue
 		}
+		cells = append(cells, row[0])
 	}
-	for _, f := range table {
-		if !slices.Contains(help, f) {
-			t.Errorf("%s is in the flag table of docs/wrapping.md but not in 'handoff run --help'", f)
-		}
-	}
+	return names(regexp.MustCompile("`(--[a-z-]+)"), strings.Join(cells, "\n"))
 }
 
 // names returns the first groups of re's matches in s, sorted, once each.
@@ -51,4 +102,83 @@ func names(re *regexp.Regexp, s string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// TestFlagDefaultsInHelp: where --help says "(default X)" of a flag, X is
+// the default its table gives it, read as the flag reads a value.
+func TestFlagDefaultsInHelp(t *testing.T) {
+	said := regexp.MustCompile(`\(default:? ([^;,)\s]+)`)
+	for _, c := range []command[runOptions]{runCmd, devCmd} {
+		_, help, _ := runArgs(c.name, "--help")
+		for _, s := range c.flags {
+			if s.def == nil || reflect.ValueOf(s.def).IsZero() {
+				continue // help says it in words
+			}
+			m := said.FindStringSubmatch(flagHelp(help, s.label()))
+			if m == nil {
+				t.Errorf("handoff %s --help: %s does not say its default", c.name, s.label())
+				continue
+			}
+			fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+			s.define(fs, &runOptions{})
+			f := fs.Lookup(s.name)
+			if err := f.Value.Set(strings.TrimSuffix(m[1], ":")); err != nil || f.Value.String() != f.DefValue {
+				t.Errorf("handoff %s --help: %s says its default is %s, its table %s", c.name, s.label(), m[1], f.DefValue)
+			}
+		}
+	}
+	_, help, _ := runArgs("dev", "--help")
+	for _, g := range append(slices.Clone(goIncludes), defaultExcludes...) {
+		if !regexp.MustCompile(`[ (]` + regexp.QuoteMeta(g) + `[ ),\n]`).MatchString(help) {
+			t.Errorf("handoff dev --help does not name the default %s", g)
+		}
+	}
+}
+
+// flagHelp is the text beside and under label in help, on one line.
+func flagHelp(help, label string) string {
+	var text []string
+	in := false
+	for _, line := range strings.Split(help, "\n") {
+		switch {
+		case strings.HasPrefix(line, "  "+label+" "):
+			in = true
+			text = append(text, strings.TrimPrefix(line, "  "+label))
+		case in && strings.HasPrefix(line, "   "):
+			text = append(text, line)
+		default:
+			in = false
+		}
+	}
+	return strings.Join(strings.Fields(strings.Join(text, " ")), " ")
+}
+
+// TestWriteFlags: each flag's help starts at the column, its further lines
+// under it; a flag that reaches the column has its help two spaces after
+// it, aligned with that of the flags next to it that reach it too.
+func TestWriteFlags(t *testing.T) {
+	type o struct{}
+	spec := func(name, arg, help string) flagSpec[o] { return flagSpec[o]{name: name, arg: arg, help: help} }
+	var b strings.Builder
+	writeFlags(&b, []flagSpec[o]{
+		spec("a", "N", "one\ntwo\n  three"),
+		spec("longer", "DURATION", "four"),
+		spec("b", "", "five"),
+		spec("long-ish", "VALUE", "six\nseven"),
+		spec("long-ish-er", "VALUE", "eight"),
+		spec("c", "X", "nine"),
+	}, 12)
+	want := `  --a N       one
+              two
+                three
+  --longer DURATION  four
+  --b         five
+  --long-ish VALUE     six
+              seven
+  --long-ish-er VALUE  eight
+  --c X       nine
+`
+	if b.String() != want {
+		t.Errorf("writeFlags:\n%s\nwant:\n%s", b.String(), want)
+	}
 }

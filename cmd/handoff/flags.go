@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,132 +25,529 @@ type logConfig struct {
 	format, level string
 }
 
-type listenFlag struct{ values []string }
+// flagSpec is one flag of a command, declared once: its name, its
+// default, its lines in --help and the check of its value. T is what the
+// command reads its flags into.
+type flagSpec[T any] struct {
+	name string // without the dashes
+	arg  string // its value in --help: "N", "DURATION"; "" for a switch
+	// value points into T, to a string, bool, int, time.Duration or
+	// flag.Value (a repeatable flag).
+	value func(*T) any
+	// def is the default, of the type value points to; nil for its zero
+	// value. help says it in words.
+	def any
+	// help is the flag's text in --help as it prints, wrapped: the first
+	// line goes beside the flag, the others under it.
+	help string
+	// check runs once the whole command line is read, in the order of the
+	// command's flags: it refuses a bad value in one line that names the
+	// flag, and sets what the flag configures. nil: any value does.
+	check func(*T) error
+}
 
-func (l *listenFlag) String() string     { return strings.Join(l.values, ",") }
-func (l *listenFlag) Set(v string) error { l.values = append(l.values, v); return nil }
+// withHelp is s with another help text.
+func (s flagSpec[T]) withHelp(help string) flagSpec[T] {
+	s.help = help
+	return s
+}
 
-const runUsage = `Usage: handoff run [flags] -- COMMAND [ARG...]
+func (s flagSpec[T]) label() string {
+	if s.arg == "" {
+		return "--" + s.name
+	}
+	return "--" + s.name + " " + s.arg
+}
+
+// define adds s to fs, its value going into into.
+func (s flagSpec[T]) define(fs *flag.FlagSet, into *T) {
+	switch p := s.value(into).(type) {
+	case *string:
+		fs.StringVar(p, s.name, defaultOf[string](s.def), "")
+	case *bool:
+		fs.BoolVar(p, s.name, defaultOf[bool](s.def), "")
+	case *int:
+		fs.IntVar(p, s.name, defaultOf[int](s.def), "")
+	case *time.Duration:
+		fs.DurationVar(p, s.name, defaultOf[time.Duration](s.def), "")
+	case flag.Value:
+		fs.Var(p, s.name, "")
+	default:
+		panic(fmt.Sprintf("--%s: no flag of type %T", s.name, p))
+	}
+}
+
+func defaultOf[V any](def any) V {
+	if def == nil {
+		var zero V
+		return zero
+	}
+	return def.(V)
+}
+
+// command is a subcommand and its flags. T is what its flags are read
+// into.
+type command[T any] struct {
+	name string
+	// head and tail are its --help before and after the list of flags.
+	head, tail string
+	// column is where the flags' help texts start in --help, past the
+	// indent of two spaces.
+	column int
+	// flags are listed in --help, and checked, in this order. also are
+	// accepted too, and checked after them, but not listed: head or tail
+	// says what they are.
+	flags, also []flagSpec[T]
+}
+
+func (c command[T]) all() []flagSpec[T] {
+	return append(slices.Clip(c.flags), c.also...)
+}
+
+// usage is c's --help.
+func (c command[T]) usage() string {
+	var b strings.Builder
+	b.WriteString(c.head)
+	b.WriteString("Flags:\n")
+	writeFlags(&b, c.flags, c.column)
+	b.WriteString(c.tail)
+	return b.String()
+}
+
+// writeFlags lists specs as --help shows them: the flag and its value,
+// then its help from column on, the help's further lines indented to
+// column. A flag that reaches column has its help two spaces after it,
+// aligned with that of the flags next to it that reach column too.
+func writeFlags[T any](b *strings.Builder, specs []flagSpec[T], column int) {
+	long := func(i int) bool { return i >= 0 && i < len(specs) && len(specs[i].label()) >= column }
+	for i, s := range specs {
+		at := column
+		if long(i) {
+			first, last := i, i
+			for long(first - 1) {
+				first--
+			}
+			for long(last + 1) {
+				last++
+			}
+			for _, n := range specs[first : last+1] {
+				at = max(at, len(n.label())+2)
+			}
+		}
+		lines := strings.Split(s.help, "\n")
+		fmt.Fprintf(b, "  %-*s%s\n", at, s.label(), lines[0])
+		for _, l := range lines[1:] {
+			fmt.Fprintf(b, "  %*s%s\n", column, "", l)
+		}
+	}
+}
+
+// flagSet is a FlagSet of c's flags that reads them into into.
+func (c command[T]) flagSet(into *T) *flag.FlagSet {
+	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, s := range c.all() {
+		s.define(fs, into)
+	}
+	return fs
+}
+
+// check runs the checks of c's flags on what they were read into.
+func (c command[T]) check(into *T) error {
+	for _, s := range c.all() {
+		if s.check == nil {
+			continue
+		}
+		if err := s.check(into); err != nil {
+			return usageError{err}
+		}
+	}
+	return nil
+}
+
+// parseFlags reads args with fs: --help prints usage() to stdout and is
+// errHelp, a mistake is one line.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer, usage func() string) error {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage())
+		return errHelp
+	}
+	if err != nil {
+		return usageError{flagError(fs.Name(), err)}
+	}
+	return nil
+}
+
+// given returns the names of the flags on fs's command line.
+func given(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
+}
+
+// without is specs less those named.
+func without[T any](specs []flagSpec[T], names ...string) []flagSpec[T] {
+	return slices.DeleteFunc(slices.Clone(specs), func(s flagSpec[T]) bool { return slices.Contains(names, s.name) })
+}
+
+// listFlag is a repeatable flag: every value given, in order.
+type listFlag struct{ values []string }
+
+func (l *listFlag) String() string     { return strings.Join(l.values, ",") }
+func (l *listFlag) Set(v string) error { l.values = append(l.values, v); return nil }
+
+// runOptions are the flags of 'handoff run' and 'handoff dev' as given,
+// and the configuration their checks make of them.
+type runOptions struct {
+	given map[string]bool // the flags on the command line
+	cfg   runtime.Config
+	log   logConfig
+	dev   devConfig
+
+	listens, watchPaths, includes, excludes listFlag
+
+	ready, stopSignal, maxMemory, adoptBind, output string
+	minUptime                                       time.Duration
+	probes                                          probeFlags
+}
+
+// flagColumn is where the help of a flag of run and dev starts.
+const flagColumn = 25
+
+var runCmd = command[runOptions]{name: "run", head: runHead, tail: runTail, column: flagColumn, flags: runFlags}
+
+const runHead = `Usage: handoff run [flags] -- COMMAND [ARG...]
 
 Runs COMMAND as --workers worker processes that share the listening sockets.
 
-Flags:
-  --listen [NAME=]ADDR     socket to listen on, repeatable: HOST:PORT (TCP) or
-                           unix:PATH. Workers get them as fds 3, 4, ... in this
-                           order; NAME goes into LISTEN_FDNAMES (default
-                           listener0, listener1, ...)
-  --workers N              worker processes (default: the CPUs the process may
-                           use, cgroup CPU quota included, %d here)
-  --adopt-bind MODE        auto, on or off (default auto): a worker that binds
-                           a --listen address itself, as a server written to
-                           run alone does (listen(3000)), gets the primary's
-                           socket at that fd instead, and accepts from it as
-                           a LISTEN_FDS worker does. Every other bind runs
-                           untouched. Linux 5.9+ (seccomp user notification);
-                           workers then run with no_new_privs. auto: on where
-                           the system allows it, else off (one info line says
-                           why); on: a start-up error where it cannot work
-  --balance MODE           how new TCP connections reach the workers (default
-                           auto: the best available, named in one line at
-                           start):
-                             round-robin  each worker has a socket of its
-                                          own; the primary gives them new
-                                          connections in turn (eBPF: root,
-                                          CAP_BPF or CAP_SYS_ADMIN)
-                             random       a socket each; a random one of
-                                          the serving workers (no privilege)
-                             shared       one socket every worker accepts
-                                          from (unix: listeners always)
-                           With a socket each, a worker being replaced gets no
-                           new connection and is stopped only once its queue
-                           is empty.
-  --ready MODE             how a worker tells it is ready (default delay:1s):
-                             notify          it sends READY=1 to $NOTIFY_SOCKET
-                             bind            it has bound a --listen address
-                                             itself (see --adopt-bind), or
-                                             sent READY=1
-                             delay:DURATION  it has stayed up that long (a
-                                             READY=1 sent earlier counts too)
-                             http:PATH       GET PATH, sent through the
-                             https:PATH      worker's own socket before it
-                                             gets any traffic, answers 2xx
-                                             (https: TLS, unverified); needs
-                                             a socket per worker
-  --ready-host HOST        Host header of HTTP probes (default localhost)
-  --ready-interval DURATION  time between --ready http: probes (default
-                           200ms)
-  --ready-timeout DURATION a new worker not ready by then is stopped and the
-                           deploy aborted (default 60s)
-  --drain-timeout DURATION time a retiring worker has after the stop signal
-                           before SIGKILL (default 30s)
-  --min-uptime DURATION    probation of a deploy: a new worker that exits
-                           within DURATION of getting ready fails the deploy,
-                           which is rolled back as a whole (default 5s; 0
-                           turns probation off)
-  --standby                through a deploy's probation, keep the last old
-                           worker standing by, steered away from new
-                           connections, to take its slot back at once if the
-                           deploy fails; it goes on answering its open
-                           keep-alive connections until the probation ends
-                           (default off: it retires like the others, and a
-                           failure starts the previous version again)
-  --surge K                a deploy starts up to K new workers at once (never
-                           more than N+K live, never fewer than N ready); its
-                           roll-back goes K at a time too (default 1; more
-                           than --workers means all)
-  --health http:PATH       probe every ready worker with GET PATH through its
-                           own socket (https:PATH: TLS, unverified); one that
-                           fails --health-threshold times in a row is
-                           replaced, a new one first (on probation, it fails
-                           its deploy); needs a socket per worker
-  --health-interval DURATION  time between health probes (default 10s)
-  --health-timeout DURATION   one HTTP probe's bound, --ready http: too
-                           (default 2s)
-  --health-threshold N     failures in a row that make a worker sick
-                           (default 3)
-  --stop-signal SIGNAL     signal that asks a worker to drain (default TERM)
-  --pid-file PATH          file holding the pid of the primary that owns the
-                           listeners now, replaced atomically on each upgrade
-  --watch                  deploy, as HUP does, whenever COMMAND's executable
-                           changes (replaced by rename, rewritten, chmodded);
-                           a half-written file is waited for, never started
-  --watch-path PATH        also deploy when PATH changes (a file, or a
-                           directory watched recursively); repeatable,
-                           implies --watch
-  --ipc                    give every worker a message channel: a unix stream
-                           socket after the listeners, named in
-                           HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
-                           process.send works on it); {"handoff":"ready"} on
-                           it counts as READY=1
-  --control PATH           control socket for handoff status/reload/rollback/
-                           scale/stop
-                           (default: a socket named after the first listener
-                           in a private directory, see 'handoff help')
-  --metrics ADDR           serve Prometheus /metrics, /healthz and /readyz on
-                           HOST:PORT (kept across self-upgrades, never passed
-                           to workers)
-  --user USER[:GROUP]      run the workers as USER (and GROUP, else USER's
-                           group; supplementary groups are USER's); the
-                           primary stays root and binds the listeners
-  --max-memory SIZE        replace a worker whose resident memory stays above
-                           SIZE (512M, 1G, 200MiB, or bytes), one at a time
-  --watchdog DURATION      workers get WATCHDOG_USEC and WATCHDOG_PID; one that
-                           sends no WATCHDOG=1 for longer (counted from its
-                           readiness), or sends WATCHDOG=trigger, is hung: it
-                           is replaced, then drains for DURATION at most
-  --log-format FORMAT      console or json (default console)
-  --log-level LEVEL        debug, info, warn or error (default info)
-  --worker-output MODE     how the workers' stdout and stderr lines are
-                           written (default json with --log-format json,
-                           else prefix):
-                             prefix  "w0:4242| line": slot and pid in front,
-                                     stdout lines to stdout, stderr to stderr
-                             json    one JSON event per line ("worker
-                                     output": slot, pid, generation,
-                                     stream, line)
-                             raw     untouched: the workers inherit stdout,
-                                     stderr lines pass as they are
+`
 
+// runFlags are the flags of 'handoff run', in the order of its --help;
+// 'handoff dev' takes them too, but for --watch and --watch-path, and
+// with a --workers of its own.
+var runFlags = []flagSpec[runOptions]{
+	{
+		name: "listen", arg: "[NAME=]ADDR",
+		value: func(o *runOptions) any { return &o.listens },
+		help: `socket to listen on, repeatable: HOST:PORT (TCP) or
+unix:PATH. Workers get them as fds 3, 4, ... in this
+order; NAME goes into LISTEN_FDNAMES (default
+listener0, listener1, ...)`,
+		check: (*runOptions).checkListen,
+	},
+	workersFlag(0, `worker processes (default: the CPUs the process may
+use, cgroup CPU quota included, %d here)`),
+	{
+		name: "adopt-bind", arg: "MODE", def: "auto",
+		value: func(o *runOptions) any { return &o.adoptBind },
+		help: `auto, on or off (default auto): a worker that binds
+a --listen address itself, as a server written to
+run alone does (listen(3000)), gets the primary's
+socket at that fd instead, and accepts from it as
+a LISTEN_FDS worker does. Every other bind runs
+untouched. Linux 5.9+ (seccomp user notification);
+workers then run with no_new_privs. auto: on where
+the system allows it, else off (one info line says
+why); on: a start-up error where it cannot work`,
+		check: func(o *runOptions) (err error) {
+			o.cfg.AdoptBind, err = runtime.ParseAdoptMode(o.adoptBind)
+			return err
+		},
+	},
+	{
+		name: "balance", arg: "MODE", def: "auto",
+		value: func(o *runOptions) any { return &o.cfg.Balance },
+		help: `how new TCP connections reach the workers (default
+auto: the best available, named in one line at
+start):
+  round-robin  each worker has a socket of its
+               own; the primary gives them new
+               connections in turn (eBPF: root,
+               CAP_BPF or CAP_SYS_ADMIN)
+  random       a socket each; a random one of
+               the serving workers (no privilege)
+  shared       one socket every worker accepts
+               from (unix: listeners always)
+With a socket each, a worker being replaced gets no
+new connection and is stopped only once its queue
+is empty.`,
+		check: func(o *runOptions) error {
+			switch o.cfg.Balance {
+			case "auto", "round-robin", "random", "shared":
+				return nil
+			}
+			return fmt.Errorf("--balance %q: use round-robin, random, shared or auto", o.cfg.Balance)
+		},
+	},
+	{
+		name: "ready", arg: "MODE", def: "delay:1s",
+		value: func(o *runOptions) any { return &o.ready },
+		help: `how a worker tells it is ready (default delay:1s):
+  notify          it sends READY=1 to $NOTIFY_SOCKET
+  bind            it has bound a --listen address
+                  itself (see --adopt-bind), or
+                  sent READY=1
+  delay:DURATION  it has stayed up that long (a
+                  READY=1 sent earlier counts too)
+  http:PATH       GET PATH, sent through the
+  https:PATH      worker's own socket before it
+                  gets any traffic, answers 2xx
+                  (https: TLS, unverified); needs
+                  a socket per worker`,
+		check: (*runOptions).checkReady,
+	},
+	{
+		name: "ready-host", arg: "HOST", def: "localhost",
+		value: func(o *runOptions) any { return &o.probes.host },
+		help:  `Host header of HTTP probes (default localhost)`,
+		check: (*runOptions).checkReadyHost,
+	},
+	{
+		name: "ready-interval", arg: "DURATION", def: runtime.DefaultReadyInterval,
+		value: func(o *runOptions) any { return &o.probes.ready },
+		help: `time between --ready http: probes (default
+200ms)`,
+		check: (*runOptions).checkReadyInterval,
+	},
+	{
+		name: "ready-timeout", arg: "DURATION", def: runtime.DefaultReadyTimeout,
+		value: func(o *runOptions) any { return &o.cfg.ReadyTimeout },
+		help: `a new worker not ready by then is stopped and the
+deploy aborted (default 60s)`,
+		check: (*runOptions).checkReadyTimeout,
+	},
+	{
+		name: "drain-timeout", arg: "DURATION", def: runtime.DefaultDrainTimeout,
+		value: func(o *runOptions) any { return &o.cfg.DrainTimeout },
+		help: `time a retiring worker has after the stop signal
+before SIGKILL (default 30s)`,
+		check: func(o *runOptions) error { return positive("drain-timeout", o.cfg.DrainTimeout) },
+	},
+	{
+		name: "min-uptime", arg: "DURATION", def: runtime.DefaultMinUptime,
+		value: func(o *runOptions) any { return &o.minUptime },
+		help: `probation of a deploy: a new worker that exits
+within DURATION of getting ready fails the deploy,
+which is rolled back as a whole (default 5s; 0
+turns probation off)`,
+		check: (*runOptions).checkMinUptime,
+	},
+	{
+		name:  "standby",
+		value: func(o *runOptions) any { return &o.cfg.Standby },
+		help: `through a deploy's probation, keep the last old
+worker standing by, steered away from new
+connections, to take its slot back at once if the
+deploy fails; it goes on answering its open
+keep-alive connections until the probation ends
+(default off: it retires like the others, and a
+failure starts the previous version again)`,
+		check: func(o *runOptions) error { return o.cfg.CheckStandby() },
+	},
+	{
+		name: "surge", arg: "K", def: 1,
+		value: func(o *runOptions) any { return &o.cfg.Surge },
+		help: `a deploy starts up to K new workers at once (never
+more than N+K live, never fewer than N ready); its
+roll-back goes K at a time too (default 1; more
+than --workers means all)`,
+		check: func(o *runOptions) error {
+			if o.cfg.Surge < 1 {
+				return fmt.Errorf("--surge %d: must be at least 1 (new workers started at once in a deploy)", o.cfg.Surge)
+			}
+			return nil
+		},
+	},
+	{
+		name: "health", arg: "http:PATH",
+		value: func(o *runOptions) any { return &o.probes.health },
+		help: `probe every ready worker with GET PATH through its
+own socket (https:PATH: TLS, unverified); one that
+fails --health-threshold times in a row is
+replaced, a new one first (on probation, it fails
+its deploy); needs a socket per worker`,
+		check: (*runOptions).checkHealth,
+	},
+	{
+		name: "health-interval", arg: "DURATION", def: runtime.DefaultHealthInterval,
+		value: func(o *runOptions) any { return &o.probes.interval },
+		help:  `time between health probes (default 10s)`,
+		check: (*runOptions).checkHealthInterval,
+	},
+	{
+		name: "health-timeout", arg: "DURATION", def: runtime.DefaultProbeTimeout,
+		value: func(o *runOptions) any { return &o.probes.timeout },
+		help: `one HTTP probe's bound, --ready http: too
+(default 2s)`,
+		check: (*runOptions).checkHealthTimeout,
+	},
+	{
+		name: "health-threshold", arg: "N", def: runtime.DefaultHealthThreshold,
+		value: func(o *runOptions) any { return &o.probes.threshold },
+		help: `failures in a row that make a worker sick
+(default 3)`,
+		check: (*runOptions).checkHealthThreshold,
+	},
+	{
+		name: "stop-signal", arg: "SIGNAL", def: "TERM",
+		value: func(o *runOptions) any { return &o.stopSignal },
+		help:  `signal that asks a worker to drain (default TERM)`,
+		check: func(o *runOptions) (err error) {
+			o.cfg.StopSignal, err = parseSignal(o.stopSignal)
+			return err
+		},
+	},
+	{
+		name: "pid-file", arg: "PATH",
+		value: func(o *runOptions) any { return &o.cfg.PIDFile },
+		help: `file holding the pid of the primary that owns the
+listeners now, replaced atomically on each upgrade`,
+	},
+	{
+		name:  "watch",
+		value: func(o *runOptions) any { return &o.cfg.Watch },
+		help: `deploy, as HUP does, whenever COMMAND's executable
+changes (replaced by rename, rewritten, chmodded);
+a half-written file is waited for, never started`,
+	},
+	{
+		name: "watch-path", arg: "PATH",
+		value: func(o *runOptions) any { return &o.watchPaths },
+		help: `also deploy when PATH changes (a file, or a
+directory watched recursively); repeatable,
+implies --watch`,
+		check: func(o *runOptions) error {
+			o.cfg.WatchPaths = o.watchPaths.values
+			if len(o.cfg.WatchPaths) > 0 {
+				o.cfg.Watch = true
+			}
+			return checkPaths(o.cfg.WatchPaths)
+		},
+	},
+	{
+		name:  "ipc",
+		value: func(o *runOptions) any { return &o.cfg.IPC },
+		help: `give every worker a message channel: a unix stream
+socket after the listeners, named in
+HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
+process.send works on it); {"handoff":"ready"} on
+it counts as READY=1`,
+	},
+	{
+		name: "control", arg: "PATH",
+		value: func(o *runOptions) any { return &o.cfg.Control },
+		help: `control socket for handoff status/reload/rollback/
+scale/stop
+(default: a socket named after the first listener
+in a private directory, see 'handoff help')`,
+		check: (*runOptions).checkControl,
+	},
+	{
+		name: "metrics", arg: "ADDR",
+		value: func(o *runOptions) any { return &o.cfg.Metrics },
+		help: `serve Prometheus /metrics, /healthz and /readyz on
+HOST:PORT (kept across self-upgrades, never passed
+to workers)`,
+		check: (*runOptions).checkMetrics,
+	},
+	{
+		name: "user", arg: "USER[:GROUP]",
+		value: func(o *runOptions) any { return &o.cfg.User },
+		help: `run the workers as USER (and GROUP, else USER's
+group; supplementary groups are USER's); the
+primary stays root and binds the listeners`,
+		check: func(o *runOptions) error {
+			name, group, ok := strings.Cut(o.cfg.User, ":")
+			if o.given["user"] && (name == "" || (ok && group == "")) {
+				return fmt.Errorf("--user %q: give USER or USER:GROUP, e.g. --user www-data or --user www-data:www-data", o.cfg.User)
+			}
+			return nil
+		},
+	},
+	{
+		name: "max-memory", arg: "SIZE",
+		value: func(o *runOptions) any { return &o.maxMemory },
+		help: `replace a worker whose resident memory stays above
+SIZE (512M, 1G, 200MiB, or bytes), one at a time`,
+		check: func(o *runOptions) (err error) {
+			if !o.given["max-memory"] {
+				return nil
+			}
+			if o.cfg.MaxMemory, err = parseSize(o.maxMemory); err != nil {
+				return fmt.Errorf("--max-memory %q: %v", o.maxMemory, err)
+			}
+			return nil
+		},
+	},
+	{
+		name: "watchdog", arg: "DURATION",
+		value: func(o *runOptions) any { return &o.cfg.Watchdog },
+		help: `workers get WATCHDOG_USEC and WATCHDOG_PID; one that
+sends no WATCHDOG=1 for longer (counted from its
+readiness), or sends WATCHDOG=trigger, is hung: it
+is replaced, then drains for DURATION at most`,
+		check: func(o *runOptions) error {
+			if o.given["watchdog"] && o.cfg.Watchdog < time.Millisecond {
+				return fmt.Errorf("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", o.cfg.Watchdog)
+			}
+			return nil
+		},
+	},
+	{
+		name: "log-format", arg: "FORMAT", def: "console",
+		value: func(o *runOptions) any { return &o.log.format },
+		help:  `console or json (default console)`,
+		check: func(o *runOptions) error { return checkLogFormat(o.log.format) },
+	},
+	{
+		name: "log-level", arg: "LEVEL", def: "info",
+		value: func(o *runOptions) any { return &o.log.level },
+		help:  `debug, info, warn or error (default info)`,
+		check: func(o *runOptions) error {
+			_, err := parseLevel(o.log)
+			return err
+		},
+	},
+	{
+		name: "worker-output", arg: "MODE",
+		value: func(o *runOptions) any { return &o.output },
+		help: `how the workers' stdout and stderr lines are
+written (default json with --log-format json,
+else prefix):
+  prefix  "w0:4242| line": slot and pid in front,
+          stdout lines to stdout, stderr to stderr
+  json    one JSON event per line ("worker
+          output": slot, pid, generation,
+          stream, line)
+  raw     untouched: the workers inherit stdout,
+          stderr lines pass as they are`,
+		check: (*runOptions).checkWorkerOutput,
+	},
+}
+
+// workersFlag is --workers with the default def (0: the CPUs this
+// process may use, which runtime.Run finds and logs); %d in help is the
+// default.
+func workersFlag(def int, help string) flagSpec[runOptions] {
+	return flagSpec[runOptions]{
+		name: "workers", arg: "N", def: def,
+		value: func(o *runOptions) any { return &o.cfg.Workers },
+		help:  help,
+		check: func(o *runOptions) error {
+			n := o.cfg.Workers
+			if n < 1 && o.given["workers"] {
+				return fmt.Errorf("--workers %d: must be at least 1", n)
+			}
+			if n > workerpool.MaxSize {
+				return fmt.Errorf("--workers %d: at most %d", n, workerpool.MaxSize)
+			}
+			return nil
+		},
+	}
+}
+
+const runTail = `
 Signals to the primary:
   HUP        deploy what is on disk now: replace the workers one at a time
              (and the primary first, when its own executable changed)
@@ -164,129 +562,62 @@ with --watchdog also WATCHDOG_USEC and WATCHDOG_PID. Otherwise workers inherit t
 primary's environment, less its own LISTEN_*, NOTIFY_SOCKET and WATCHDOG_*.
 `
 
-// command is a subcommand that takes the flags of 'handoff run'.
-type command struct {
-	name string
-	// usage is the --help text; %d in it is the default worker count.
-	usage string
-	// workers is the default of --workers; 0 means defaultWorkers().
-	workers int
-	// flags adds the command's own flags; the check it returns runs once
-	// the rest is parsed.
-	flags func(fs *flag.FlagSet, cfg *runtime.Config) (check func() error)
-}
-
-var runCmd = command{name: "run", usage: runUsage, flags: watchFlags}
-
 // parseRun reads the flags of 'handoff run'.
 func parseRun(args []string, stdout io.Writer) (runtime.Config, logConfig, error) {
-	return parseCommand(runCmd, args, stdout)
+	o, err := parseCommand(runCmd, args, stdout)
+	return o.cfg, o.log, err
 }
 
-// watchFlags are --watch and --watch-path.
-func watchFlags(fs *flag.FlagSet, cfg *runtime.Config) func() error {
-	var watches listenFlag
-	fs.BoolVar(&cfg.Watch, "watch", false, "")
-	fs.Var(&watches, "watch-path", "")
-	return func() error {
-		for _, w := range watches.values {
-			if w == "" {
-				return usageError{errors.New("--watch-path needs a file or directory")}
-			}
-		}
-		cfg.WatchPaths = watches.values
-		if len(cfg.WatchPaths) > 0 {
-			cfg.Watch = true
-		}
-		return nil
+// parseCommand reads the command line of run or dev, c: its flags, then
+// COMMAND.
+func parseCommand(c command[runOptions], args []string, stdout io.Writer) (*runOptions, error) {
+	o := &runOptions{}
+	fs := c.flagSet(o)
+	if err := parseFlags(fs, args, stdout, func() string { return runHelp(c) }); err != nil {
+		return o, err
 	}
+	o.given = given(fs)
+	o.cfg.Command = fs.Args()
+	if len(o.cfg.Command) == 0 || o.cfg.Command[0] == "" {
+		return o, usageError{fmt.Errorf("no worker command: put it after --, e.g. handoff %s --listen :8080 -- ./server", c.name)}
+	}
+	return o, c.check(o)
 }
 
-// parseCommand reads the run flags and c's own.
-func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, logConfig, error) {
-	var (
-		cfg     runtime.Config
-		lc      logConfig
-		listens listenFlag
-		ready   string
-		stop    string
-		maxMem  string
-		uptime  time.Duration
-		output  string
-		adoptB  string
-		probes  probeFlags
-	)
-	workers := c.workers
-	if workers == 0 {
-		workers = defaultWorkers()
-	}
-	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Var(&listens, "listen", "")
-	fs.IntVar(&cfg.Workers, "workers", 0, "")
-	fs.StringVar(&ready, "ready", "delay:1s", "")
-	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", runtime.DefaultReadyTimeout, "")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", runtime.DefaultDrainTimeout, "")
-	fs.DurationVar(&uptime, "min-uptime", runtime.DefaultMinUptime, "")
-	fs.StringVar(&stop, "stop-signal", "TERM", "")
-	fs.StringVar(&cfg.PIDFile, "pid-file", "", "")
-	fs.BoolVar(&cfg.IPC, "ipc", false, "")
-	fs.StringVar(&cfg.Control, "control", "", "")
-	fs.StringVar(&lc.format, "log-format", "console", "")
-	fs.StringVar(&lc.level, "log-level", "info", "")
-	fs.StringVar(&output, "worker-output", "", "")
-	fs.StringVar(&cfg.Metrics, "metrics", "", "")
-	fs.StringVar(&cfg.User, "user", "", "")
-	fs.StringVar(&maxMem, "max-memory", "", "")
-	fs.DurationVar(&cfg.Watchdog, "watchdog", 0, "")
-	fs.StringVar(&adoptB, "adopt-bind", "auto", "")
-	fs.StringVar(&cfg.Balance, "balance", "auto", "")
-	fs.IntVar(&cfg.Surge, "surge", 1, "")
-	fs.BoolVar(&cfg.Standby, "standby", false, "")
-	probes.define(fs)
-	check := c.flags(fs, &cfg)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, c.usage, workers)
-			return cfg, lc, errHelp
+// runHelp is the --help of run or dev, c, with its default number of
+// workers in place of %d.
+func runHelp(c command[runOptions]) string {
+	n := defaultWorkers()
+	for _, s := range c.flags {
+		if s.name == "workers" && s.def.(int) > 0 {
+			n = s.def.(int)
 		}
-		return cfg, lc, usageError{flagError(c.name, err)}
 	}
+	return fmt.Sprintf(c.usage(), n)
+}
 
-	fail := func(format string, a ...any) (runtime.Config, logConfig, error) {
-		return cfg, lc, usageError{fmt.Errorf(format, a...)}
-	}
-	cfg.Command = fs.Args()
-	if len(cfg.Command) == 0 || cfg.Command[0] == "" {
-		return fail("no worker command: put it after --, e.g. handoff %s --listen :8080 -- ./server", c.name)
-	}
-	if len(listens.values) == 0 {
-		return fail("no --listen given: add --listen HOST:PORT or --listen unix:PATH")
+func (o *runOptions) checkListen() error {
+	if len(o.listens.values) == 0 {
+		return errors.New("no --listen given: add --listen HOST:PORT or --listen unix:PATH")
 	}
 	seen := map[string]bool{}
-	for i, v := range listens.values {
+	for i, v := range o.listens.values {
 		l, err := runtime.ParseListen(v, i)
 		if err != nil {
-			return cfg, lc, usageError{err}
+			return err
 		}
 		// Port 0 asks for a new port each time: never the same socket.
 		if seen[l.Network+" "+l.Address] && !strings.HasSuffix(l.Address, ":0") {
-			return fail("--listen %s is given twice", l.Address)
+			return fmt.Errorf("--listen %s is given twice", l.Address)
 		}
 		seen[l.Network+" "+l.Address] = true
-		cfg.Listeners = append(cfg.Listeners, l)
+		o.cfg.Listeners = append(o.cfg.Listeners, l)
 	}
-	if cfg.Workers < 0 || (cfg.Workers == 0 && flagSet(fs, "workers")) {
-		return fail("--workers %d: must be at least 1", cfg.Workers)
-	}
-	if cfg.Workers > workerpool.MaxSize {
-		return fail("--workers %d: at most %d", cfg.Workers, workerpool.MaxSize)
-	}
-	if cfg.Workers == 0 {
-		// 0 leaves the default to runtime.Run, which logs where it comes
-		// from (a cgroup CPU quota, the CPU affinity).
-		cfg.Workers = c.workers
-	}
+	return nil
+}
+
+func (o *runOptions) checkReady() error {
+	cfg, ready := &o.cfg, o.ready
 	switch {
 	case ready == "notify":
 		cfg.Ready = runtime.ReadyNotify
@@ -295,104 +626,108 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 	case strings.HasPrefix(ready, "delay:"):
 		d, err := time.ParseDuration(strings.TrimPrefix(ready, "delay:"))
 		if err != nil || d <= 0 {
-			return fail("--ready %q: the delay must be a positive duration such as delay:1s", ready)
+			return fmt.Errorf("--ready %q: the delay must be a positive duration such as delay:1s", ready)
 		}
 		cfg.Ready, cfg.ReadyDelay = runtime.ReadyDelay, d
 	case strings.HasPrefix(ready, "http:"), strings.HasPrefix(ready, "https:"):
-		if err := probes.readyProbe(ready, &cfg); err != nil {
-			return cfg, lc, usageError{err}
-		}
+		return o.probes.readyProbe(ready, cfg)
 	default:
-		return fail("--ready %q: use notify, bind, delay:DURATION (e.g. delay:1s) or http:PATH", ready)
+		return fmt.Errorf("--ready %q: use notify, bind, delay:DURATION (e.g. delay:1s) or http:PATH", ready)
 	}
-	if cfg.Surge < 1 {
-		return fail("--surge %d: must be at least 1 (new workers started at once in a deploy)", cfg.Surge)
+	return nil
+}
+
+func (o *runOptions) checkReadyTimeout() error {
+	if err := positive("ready-timeout", o.cfg.ReadyTimeout); err != nil {
+		return err
 	}
-	if err := probes.check(fs, &cfg); err != nil {
-		return cfg, lc, usageError{err}
+	if o.cfg.Ready == runtime.ReadyDelay && o.cfg.ReadyDelay >= o.cfg.ReadyTimeout {
+		return fmt.Errorf("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", o.ready, o.cfg.ReadyTimeout)
 	}
-	if cfg.ReadyTimeout <= 0 {
-		return fail("--ready-timeout %s: must be positive", cfg.ReadyTimeout)
+	return nil
+}
+
+// positive refuses a duration d of flag name that is not above zero.
+func positive(name string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("--%s %s: must be positive", name, d)
 	}
-	if cfg.DrainTimeout <= 0 {
-		return fail("--drain-timeout %s: must be positive", cfg.DrainTimeout)
-	}
-	switch {
-	case uptime < 0:
-		return fail("--min-uptime %s: must be 0 (no probation) or more, e.g. --min-uptime 5s", uptime)
-	case uptime == 0:
-		cfg.MinUptime = -1 // off (Config's 0 is the default)
+	return nil
+}
+
+func (o *runOptions) checkMinUptime() error {
+	switch u := o.minUptime; {
+	case u < 0:
+		return fmt.Errorf("--min-uptime %s: must be 0 (no probation) or more, e.g. --min-uptime 5s", u)
+	case u == 0:
+		o.cfg.MinUptime = -1 // off (Config's 0 is the default)
 	default:
-		cfg.MinUptime = uptime
+		o.cfg.MinUptime = u
 	}
-	if cfg.Ready == runtime.ReadyDelay && cfg.ReadyDelay >= cfg.ReadyTimeout {
-		return fail("--ready %s is not shorter than --ready-timeout %s: no worker could ever be ready", ready, cfg.ReadyTimeout)
+	return nil
+}
+
+// checkPaths refuses an empty --watch-path.
+func checkPaths(paths []string) error {
+	if slices.Contains(paths, "") {
+		return errors.New("--watch-path needs a file or directory")
 	}
-	if err := check(); err != nil {
-		return cfg, lc, err
+	return nil
+}
+
+func (o *runOptions) checkControl() error {
+	if o.cfg.Control == "" {
+		return nil
 	}
-	if cfg.Control != "" {
-		abs, err := filepath.Abs(cfg.Control)
-		if err != nil {
-			return fail("--control %s: %v", cfg.Control, err)
-		}
-		if len(abs) > 107 {
-			return fail("--control %s: a unix socket path may have at most 107 bytes", cfg.Control)
-		}
-		// A new primary after an upgrade resolves it the same way.
-		cfg.Control = abs
-	}
-	sig, err := parseSignal(stop)
+	abs, err := filepath.Abs(o.cfg.Control)
 	if err != nil {
-		return cfg, lc, usageError{err}
+		return fmt.Errorf("--control %s: %v", o.cfg.Control, err)
 	}
-	cfg.StopSignal = sig
-	if flagSet(fs, "max-memory") {
-		if cfg.MaxMemory, err = parseSize(maxMem); err != nil {
-			return fail("--max-memory %q: %v", maxMem, err)
-		}
+	if len(abs) > 107 {
+		return fmt.Errorf("--control %s: a unix socket path may have at most 107 bytes", o.cfg.Control)
 	}
-	if cfg.AdoptBind, err = runtime.ParseAdoptMode(adoptB); err != nil {
-		return cfg, lc, usageError{err}
+	// A new primary after an upgrade resolves it the same way.
+	o.cfg.Control = abs
+	return nil
+}
+
+func (o *runOptions) checkMetrics() error {
+	if !o.given["metrics"] {
+		return nil
 	}
-	switch cfg.Balance {
-	case "auto", "round-robin", "random", "shared":
-	default:
-		return fail("--balance %q: use round-robin, random, shared or auto", cfg.Balance)
+	// A config of the metrics alone fails only for them.
+	only := runtime.Config{Command: o.cfg.Command, Listeners: o.cfg.Listeners, Metrics: o.cfg.Metrics}
+	if err := only.Validate(); err != nil {
+		return err
 	}
-	if err := cfg.CheckStandby(); err != nil {
-		return cfg, lc, usageError{err}
+	onListener := slices.ContainsFunc(o.cfg.Listeners, func(l runtime.Listener) bool {
+		return l.Network == "tcp" && l.Address == o.cfg.Metrics
+	})
+	if onListener && !strings.HasSuffix(o.cfg.Metrics, ":0") {
+		return fmt.Errorf("--metrics %s is also a --listen address: give the metrics their own port", o.cfg.Metrics)
 	}
-	if flagSet(fs, "watchdog") && cfg.Watchdog < time.Millisecond {
-		return fail("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", cfg.Watchdog)
-	}
-	if flagSet(fs, "metrics") {
-		if err := cfg.Validate(); err != nil && strings.HasPrefix(err.Error(), "--metrics") {
-			return cfg, lc, usageError{err}
-		}
-		if seen["tcp "+cfg.Metrics] && !strings.HasSuffix(cfg.Metrics, ":0") {
-			return fail("--metrics %s is also a --listen address: give the metrics their own port", cfg.Metrics)
-		}
-	}
+	return nil
+}
+
+func (o *runOptions) checkWorkerOutput() error {
+	output := o.output
 	if output == "" {
 		// One JSON object per line throughout when the log is JSON.
 		output = "prefix"
-		if lc.format == "json" {
+		if o.log.format == "json" {
 			output = "json"
 		}
 	}
 	mode, ok := workerpool.ParseOutputMode(output)
 	if !ok {
-		return fail("--worker-output %q: use prefix, json or raw", output)
+		return fmt.Errorf("--worker-output %q: use prefix, json or raw", output)
 	}
-	cfg.WorkerOutput = mode
-	if flagSet(fs, "user") {
-		if name, group, ok := strings.Cut(cfg.User, ":"); name == "" || (ok && group == "") {
-			return fail("--user %q: give USER or USER:GROUP, e.g. --user www-data or --user www-data:www-data", cfg.User)
-		}
-	}
-	return cfg, lc, nil
+	o.cfg.WorkerOutput = mode
+	return nil
 }
+
+// sizeUsage is what a bad --max-memory is told.
+const sizeUsage = "use bytes or a number with K, M, G or T, e.g. 512M, 1G, 200MiB"
 
 // parseSize reads a memory size: bytes, or a number (a fraction allowed)
 // with K, M, G or T, optionally followed by B or iB, in any case. Every
@@ -401,11 +736,11 @@ func parseCommand(c command, args []string, stdout io.Writer) (runtime.Config, l
 func parseSize(s string) (int64, error) {
 	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil || (m[2] == "" && m[3] != "") {
-		return 0, errors.New("use bytes or a number with K, M, G or T, e.g. 512M, 1G, 200MiB")
+		return 0, errors.New(sizeUsage)
 	}
 	v, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
-		return 0, errors.New("use bytes or a number with K, M, G or T, e.g. 512M, 1G, 200MiB")
+		return 0, errors.New(sizeUsage)
 	}
 	shift := map[string]uint{"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[strings.ToUpper(m[2])]
 	bytes := v * float64(int64(1)<<shift)
@@ -419,12 +754,6 @@ func parseSize(s string) (int64, error) {
 }
 
 var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)((?:[iI]?[bB])?)$`)
-
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
 
 // flagError rewrites the flag package's errors into one line that says
 // what to do.

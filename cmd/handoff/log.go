@@ -41,16 +41,14 @@ func newLogger(lc logConfig, ws zapcore.WriteSyncer) (*zap.Logger, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkLogFormat(lc.format); err != nil {
+		return nil, err
+	}
 	ec := encoderConfig()
-	var enc zapcore.Encoder
-	switch lc.format {
-	case "json":
-		enc = zapcore.NewJSONEncoder(ec)
-	case "console":
+	enc := zapcore.NewJSONEncoder(ec)
+	if lc.format == "console" {
 		ec.EncodeLevel = zapcore.CapitalLevelEncoder
 		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		return nil, fmt.Errorf("--log-format %q: use console or json", lc.format)
 	}
 	return zap.New(zapcore.NewCore(enc, ws, level), zap.ErrorOutput(ws)), nil
 }
@@ -61,6 +59,14 @@ func logTo(cfg *runtime.Config, log *zap.Logger, ws zapcore.WriteSyncer) {
 	cfg.Logger = log
 	cfg.WorkerStderr = ws
 	cfg.WorkerOutputEncoder = zapcore.NewJSONEncoder(encoderConfig())
+}
+
+// checkLogFormat refuses a --log-format other than console and json.
+func checkLogFormat(format string) error {
+	if format != "console" && format != "json" {
+		return fmt.Errorf("--log-format %q: use console or json", format)
+	}
+	return nil
 }
 
 func parseLevel(lc logConfig) (zapcore.Level, error) {

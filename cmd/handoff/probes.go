@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 // probeFlags are the flags of HTTP probes (--ready http:PATH, --health),
 // which reach one worker and no other, through that worker's own socket.
+// Their specs are in runFlags; their checks are here.
 type probeFlags struct {
 	host      string
 	health    string
@@ -19,15 +19,6 @@ type probeFlags struct {
 	interval  time.Duration
 	timeout   time.Duration
 	threshold int
-}
-
-func (p *probeFlags) define(fs *flag.FlagSet) {
-	fs.StringVar(&p.host, "ready-host", "localhost", "")
-	fs.DurationVar(&p.ready, "ready-interval", runtime.DefaultReadyInterval, "")
-	fs.StringVar(&p.health, "health", "", "")
-	fs.DurationVar(&p.interval, "health-interval", runtime.DefaultHealthInterval, "")
-	fs.DurationVar(&p.timeout, "health-timeout", runtime.DefaultProbeTimeout, "")
-	fs.IntVar(&p.threshold, "health-threshold", runtime.DefaultHealthThreshold, "")
 }
 
 // readyProbe parses --ready http:PATH (or https:PATH) into cfg.
@@ -40,42 +31,75 @@ func (p *probeFlags) readyProbe(v string, cfg *runtime.Config) error {
 	return nil
 }
 
-// check validates the probe flags and sets cfg's.
-func (p *probeFlags) check(fs *flag.FlagSet, cfg *runtime.Config) error {
+func (o *runOptions) checkReadyHost() error {
 	switch {
-	case p.ready <= 0:
-		return fmt.Errorf("--ready-interval %s: must be positive, e.g. --ready-interval 200ms", p.ready)
-	case p.interval <= 0:
-		return fmt.Errorf("--health-interval %s: must be positive", p.interval)
-	case p.timeout <= 0:
-		return fmt.Errorf("--health-timeout %s: must be positive", p.timeout)
-	case p.threshold < 1:
-		return fmt.Errorf("--health-threshold %d: must be at least 1", p.threshold)
-	case p.host == "":
+	case o.probes.host == "":
 		return errors.New("--ready-host: must not be empty")
-	}
-	if flagSet(fs, "ready-host") && cfg.ReadyProbe == nil && p.health == "" {
+	case o.given["ready-host"] && o.cfg.ReadyProbe == nil && o.probes.health == "":
 		return errors.New("--ready-host without an HTTP probe: add --ready http:/healthz (or --health http:PATH), or drop it")
 	}
-	if flagSet(fs, "ready-interval") && cfg.ReadyProbe == nil {
+	return nil
+}
+
+func (o *runOptions) checkReadyInterval() error {
+	switch {
+	case o.probes.ready <= 0:
+		return fmt.Errorf("--ready-interval %s: must be positive, e.g. --ready-interval 200ms", o.probes.ready)
+	case o.given["ready-interval"] && o.cfg.ReadyProbe == nil:
 		return errors.New("--ready-interval without --ready http:PATH: add --ready http:/healthz, or drop it")
 	}
-	cfg.ReadyInterval, cfg.ProbeTimeout = p.ready, p.timeout
-	if p.health == "" {
-		for _, name := range []string{"health-interval", "health-threshold"} {
-			if flagSet(fs, name) {
-				return fmt.Errorf("--%s without --health http:PATH: add --health http:/healthz, or drop it", name)
-			}
+	o.cfg.ReadyInterval = o.probes.ready
+	return nil
+}
+
+// checkHealth reads --health, and refuses HTTP probes where workers share
+// a socket.
+func (o *runOptions) checkHealth() error {
+	if o.probes.health != "" {
+		s, err := httpprobe.Parse("--health", o.probes.health, o.probes.host)
+		if err != nil {
+			return err
 		}
-		if flagSet(fs, "health-timeout") && cfg.ReadyProbe == nil {
-			return errors.New("--health-timeout without an HTTP probe: add --health http:/healthz, or drop it")
-		}
-		return cfg.CheckProbes()
+		o.cfg.Health = &s
 	}
-	s, err := httpprobe.Parse("--health", p.health, p.host)
-	if err != nil {
+	return o.cfg.CheckProbes()
+}
+
+func (o *runOptions) checkHealthInterval() error {
+	if err := positive("health-interval", o.probes.interval); err != nil {
 		return err
 	}
-	cfg.Health, cfg.HealthInterval, cfg.HealthThreshold = &s, p.interval, p.threshold
-	return cfg.CheckProbes()
+	if o.probes.health != "" {
+		o.cfg.HealthInterval = o.probes.interval
+	}
+	return o.withoutHealth("health-interval")
+}
+
+func (o *runOptions) checkHealthTimeout() error {
+	if err := positive("health-timeout", o.probes.timeout); err != nil {
+		return err
+	}
+	if o.given["health-timeout"] && o.probes.health == "" && o.cfg.ReadyProbe == nil {
+		return errors.New("--health-timeout without an HTTP probe: add --health http:/healthz, or drop it")
+	}
+	o.cfg.ProbeTimeout = o.probes.timeout
+	return nil
+}
+
+func (o *runOptions) checkHealthThreshold() error {
+	if o.probes.threshold < 1 {
+		return fmt.Errorf("--health-threshold %d: must be at least 1", o.probes.threshold)
+	}
+	if o.probes.health != "" {
+		o.cfg.HealthThreshold = o.probes.threshold
+	}
+	return o.withoutHealth("health-threshold")
+}
+
+// withoutHealth refuses the flag name, given without --health.
+func (o *runOptions) withoutHealth(name string) error {
+	if o.given[name] && o.probes.health == "" {
+		return fmt.Errorf("--%s without --health http:PATH: add --health http:/healthz, or drop it", name)
+	}
+	return nil
 }
