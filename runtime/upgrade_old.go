@@ -23,10 +23,11 @@ import (
 // of upgrade.go), then, once the loop has ended, retireAfterHandOver.
 
 // oldSide is one self-upgrade as the old primary runs it: what its phases
-// share. While upgrade runs, three goroutines use it: upgradeSelf's (in
-// tableflip's Upgrade), accept's (then the hand-over connection's reader,
-// which calls handOver and rollBack) and guard's; the fields say which
-// lock, if any, guards them.
+// share. While upgrade waits in tableflip's Upgrade, other goroutines use
+// it too: accept's, then the hand-over connection's (its reader calls
+// handOver, a roll-back rollBack; passNewer), and guard's. Two locks guard
+// what they change; the other fields are set before they start, or are
+// upgradeSelf's own (timedOut, guard's, it reads once guard has ended).
 type oldSide struct {
 	p   *primary
 	ctx context.Context
@@ -39,11 +40,11 @@ type oldSide struct {
 	// that the new primary cannot become ready (and take over) as it is
 	// being killed.
 	bound   time.Duration
-	hmu     sync.Mutex
+	hmu     sync.Mutex // guards expired
 	expired bool
 
-	mu      sync.Mutex
-	newProc *process // the connected new primary, unless ctx ended first
+	mu      sync.Mutex // guards newProc, rolledBack, rollbackErr
+	newProc *process   // the connected new primary, unless ctx ended first
 	// rolledBack counts the slots the new primary had taken over when it
 	// asked for a roll-back; rollbackErr is how that went.
 	rolledBack  int
