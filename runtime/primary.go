@@ -245,6 +245,28 @@ func (r *resources) close() {
 // directory and the pool. It returns the resolved command and the metrics
 // listener (nil without --metrics).
 func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, err error) {
+	path, cred, err := p.setUpCommand(res)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := p.setUpUpgrader(res); err != nil {
+		return "", nil, err
+	}
+	fds, names, err := p.bindAll(res, cred)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := p.makeDir(res, cred); err != nil {
+		return "", nil, err
+	}
+	p.makePool(res, p.newLauncher(res, fds, names, cred), res.metricsLn)
+	return path, res.metricsLn, nil
+}
+
+// setUpCommand resolves the worker command, checks the pid file's
+// directory, makes the watcher (--watch) and the workers' credential
+// (--user) and environment.
+func (p *primary) setUpCommand(res *resources) (path string, cred *syscall.Credential, err error) {
 	cfg := p.cfg
 	path, err = ResolveCommand(cfg.Command[0])
 	if err != nil {
@@ -261,40 +283,55 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		return "", nil, err
 	}
 	p.env = replaceEnv(p.env, userEnv)
-	// tableflip's own upgrade bound is fixed here, for every upgrade; the
-	// real one depends on the pool's size when an upgrade starts, which
-	// scaling changes: upgradeSelf enforces it (upgradeBound).
+	return path, cred, nil
+}
+
+// setUpUpgrader sets up tableflip. Its own upgrade bound is fixed here,
+// for every upgrade; the real one depends on the pool's size when an
+// upgrade starts, which scaling changes: upgradeSelf enforces it
+// (upgradeBound).
+func (p *primary) setUpUpgrader(res *resources) error {
+	var err error
 	p.upg, err = tableflip.New(tableflip.Options{
-		PIDFile:        cfg.PIDFile,
+		PIDFile:        p.cfg.PIDFile,
 		UpgradeTimeout: tableflipNever,
 	})
 	if err != nil {
-		return "", nil, fmt.Errorf("cannot set up upgrades: %v", err)
+		return fmt.Errorf("cannot set up upgrades: %v", err)
 	}
 	res.upgrader = true
+	return nil
+}
 
+// bindAll binds (or inherits from tableflip) the metrics socket
+// (res.metricsLn), the listeners (the workers' fds, res.fds, and their
+// names) and the control socket, sets up bind adoption (res.adopter) and
+// logs what listens and how it is balanced.
+func (p *primary) bindAll(res *resources, cred *syscall.Credential) (fds []int, names []string, err error) {
+	cfg := p.cfg
 	// The metrics socket first: its bind error is the one line of a
 	// failed start, before any "listening" event.
 	if cfg.Metrics != "" {
-		if metricsLn, err = p.listenMetrics(); err != nil {
-			return "", nil, err
+		metricsLn, err := p.listenMetrics()
+		if err != nil {
+			return nil, nil, err
 		}
 		res.metricsLn = metricsLn
 	}
-	fds, names, err := p.listen()
+	fds, names, err = p.listen()
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	res.fds = fds
 	if (p.cfg.ReadyProbe != nil || p.cfg.Health != nil) && p.sockets == nil {
-		return "", nil, fmt.Errorf("HTTP probes (--ready http:, --health) go through each worker's own socket, and here every worker shares one (%s): use --ready notify, bind or delay:DURATION", p.balance.why)
+		return nil, nil, fmt.Errorf("HTTP probes (--ready http:, --health) go through each worker's own socket, and here every worker shares one (%s): use --ready notify, bind or delay:DURATION", p.balance.why)
 	}
 	p.ctl, err = p.listenControl(cfg.Listeners[0].Network, p.addrs[0])
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	if res.adopter, err = p.setUpBinds(fds, cred); err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
 	p.logListening()
 	p.logBalance(p.balance.mode, p.balance.why)
@@ -302,10 +339,16 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		p.log.Warn("no standby", zap.String("reason", "--standby needs a socket per worker and balancing is shared ("+p.balance.why+"): the last old worker of a deploy retires like the others"))
 	}
 	p.cfg.logWorkers(p.log)
+	return fds, names, nil
+}
 
+// makeDir makes the private directory (res.dir) for the workers' notify
+// sockets and the hand-over socket, open to the workers' user (--user).
+func (p *primary) makeDir(res *resources, cred *syscall.Credential) error {
+	var err error
 	p.dir, err = privateDir()
 	if err != nil {
-		return "", nil, fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
+		return fmt.Errorf("cannot create a private directory for worker sockets: %v", err)
 	}
 	res.dir = p.dir
 	if cred != nil {
@@ -313,11 +356,18 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		// own (mode 0600); it may not list the directory. The hand-over
 		// socket there accepts only this primary's user.
 		if err := os.Chmod(p.dir, 0o711); err != nil {
-			return "", nil, fmt.Errorf("cannot open the private directory to the workers' user: %v", err)
+			return fmt.Errorf("cannot open the private directory to the workers' user: %v", err)
 		}
-		p.log.Info("workers run as", zap.String("user", cfg.User), zap.Uint32("uid", cred.Uid), zap.Uint32("gid", cred.Gid))
+		p.log.Info("workers run as", zap.String("user", p.cfg.User), zap.Uint32("uid", cred.Uid), zap.Uint32("gid", cred.Gid))
 	}
+	return nil
+}
 
+// newLauncher is the launcher of the workers: the listeners' fds, the
+// readiness, the output, the credential and bind adoption; res.output is
+// its output.
+func (p *primary) newLauncher(res *resources, fds []int, names []string, cred *syscall.Credential) *workerpool.OSLauncher {
+	cfg := p.cfg
 	launcher := &workerpool.OSLauncher{
 		Listeners:  fds,
 		Names:      names,
@@ -339,6 +389,14 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		launcher.Ready, launcher.Probe = workerpool.ReadyProbe, p.readyProbe
 	}
 	res.output = launcher.Output
+	return launcher
+}
+
+// makePool makes the pool over launcher, with the metrics (with
+// metricsLn) and the message hub (library mode) attached, and starts the
+// orphan reaper (res.stopReaper).
+func (p *primary) makePool(res *resources, launcher *workerpool.OSLauncher, metricsLn net.Listener) {
+	cfg := p.cfg
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,
 		Launcher:     launcher,
@@ -365,7 +423,6 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 		launcher.OnMessage = cfg.Hub.deliver
 		cfg.Hub.attach(p.pool, p.log, p.upg.Fds)
 	}
-	return path, metricsLn, nil
 }
 
 // start is a first primary: it fills every slot with a worker of

@@ -3,233 +3,121 @@
 package runtime
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	goruntime "runtime"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/handoff-dev/handoff/internal/pin"
-	"github.com/handoff-dev/handoff/workerpool"
 )
 
-// upgradeSelf starts the executable now on disk as a new primary through
-// tableflip and hands the workers over to it, slot by slot. It returns nil
-// once the new primary owns everything.
-func (p *primary) upgradeSelf(ctx context.Context, gen int) error {
-	if err := p.upg.WaitForParent(ctx); err != nil {
-		return fmt.Errorf("the previous primary has not exited yet: %v", err)
-	}
-	ln, err := listenHandover(p.dir)
-	if err != nil {
-		return err
-	}
-	// The new primary keeps this one's generations, pinned files and all.
-	curToken, prevToken := p.exportGenerations()
-	os.Setenv(envHandover, ln.Addr().String())
-	defer os.Unsetenv(envHandover)
-	// The state again, for a new primary that finds this one dead before
-	// it could ask.
-	os.Setenv(envHandoverState, encodeState(os.Getpid(), gen, p.pool.Size()))
-	defer os.Unsetenv(envHandoverState)
-
-	// The bound is the pool's as the upgrade starts, scaled or not. Once
-	// it has passed, no more slot is handed over, so that the new primary
-	// cannot become ready (and take over) as it is being killed.
-	bound := p.upgradeBound()
-	var (
-		hmu     sync.Mutex
-		expired bool
-	)
-	handOver := func(slot int) error {
-		hmu.Lock()
-		defer hmu.Unlock()
-		if expired {
-			return fmt.Errorf("the upgrade took longer than %s", bound)
-		}
-		return p.pool.HandOver(slot)
-	}
-
-	type handover struct {
-		peer *peer
-		proc *process
-	}
-	accepted := make(chan handover, 1)
-	acceptDone := make(chan struct{})
-	var (
-		mu      sync.Mutex
-		newProc *process // the connected new primary, unless ctx ended first
-		// rolledBack counts the slots the new primary had taken over
-		// when it asked for a roll-back; rollbackErr is how that went.
-		rolledBack  int
-		rollbackErr error
-	)
-	go func() {
-		defer close(acceptDone)
-		conn, pid, err := acceptHandover(ln)
-		if err != nil {
-			return
-		}
-		proc := openProcess(pid)
-		mu.Lock()
-		if ctx.Err() != nil {
-			mu.Unlock()
-			conn.Close()
-			proc.release()
-			return
-		}
-		newProc = proc
-		mu.Unlock()
-		p.stmu.Lock()
-		if p.deploying != nil {
-			p.deploying.NewPrimary = pid
-		}
-		p.stmu.Unlock()
-		var pr *peer
-		pr = newPeer(conn, handOver, func() error {
-			if err := ctx.Err(); err != nil {
-				// Shutting down: the new primary drains what it has.
-				return err
-			}
-			p.log.Info("rolling back a failed hand-over", zap.Int("new_primary", pid))
-			n := p.pool.Remote()
-			err := p.pool.RollBack(ctx, pr.retire)
-			mu.Lock()
-			rolledBack, rollbackErr = n, err
-			mu.Unlock()
-			return err
-		}, p.deployStep)
-		accepted <- handover{pr, proc}
-		pr.send(message{Op: "state", Generation: gen, Size: p.pool.Size(), Current: curToken, Previous: prevToken})
-		// A deploy asked for here (the pid file still names this
-		// primary) ends the new primary's probation, as it would this
-		// one's: it takes over at once, and the deploy, passed on at the
-		// hand-over (or asked of it again: see retireAfterHandOver),
-		// runs there next.
-		go func() {
-			select {
-			case <-newerDeploy(ctx):
-				p.log.Info("ending the new primary's probation: a newer deploy was asked for", zap.Int("new_primary", pid))
-				pr.send(message{Op: "newer"})
-			case <-pr.closed: // closed as upgradeSelf returns
-			}
-		}()
-	}()
-
-	// tableflip's Upgrade takes no context. On a shutdown asked for
-	// meanwhile, a connected new primary gets TERM: it ends the hand-over
-	// and drains its workers like any primary that shuts down. Only one
-	// that has not connected yet (it has no worker), or does not exit in
-	// time, is killed, with its workers, by stopping the upgrader. One
-	// that is not ready within the bound is killed (its workers die with
-	// it), as tableflip's own bound would.
-	upgraded := make(chan struct{})
-	watchDone := make(chan struct{})
-	var timedOut bool // read once watchDone is closed
-	connected := func() *process {
-		mu.Lock()
-		defer mu.Unlock()
-		return newProc
-	}
-	go func() {
-		defer close(watchDone)
-		deadline := time.NewTimer(bound)
-		defer deadline.Stop()
-		select {
-		case <-ctx.Done():
-		case <-deadline.C:
-			timedOut = p.killLateNewPrimary(connected(), ln.Addr().String(), bound, p.stopGrace(), upgraded, func() bool {
-				hmu.Lock()
-				defer hmu.Unlock()
-				// Every slot handed over: its Ready is on its way.
-				expired = p.pool.Remote() < p.pool.Size()
-				return expired
-			})
-			return
-		case <-upgraded:
-			return
-		}
-		proc := connected()
-		if proc != nil && proc.signal(syscall.SIGTERM) == nil {
-			p.log.Info("stopping the new primary", zap.Int("new_primary", proc.pid))
-			t := time.NewTimer(2*p.cfg.DrainTimeout + 10*time.Second)
-			defer t.Stop()
-			select {
-			case <-upgraded:
-				return
-			case <-t.C:
-				p.log.Warn("the new primary did not exit in time, killing it", zap.Int("new_primary", proc.pid))
-			}
-		}
-		p.upg.Stop()
-	}()
-	upErr := p.sockets.Export(p.upg.Fds.AddFile, p.pool.SlotSockets())
-	if upErr == nil {
-		upErr = p.upg.Upgrade()
-	}
-	close(upgraded)
-	// Nothing signals the new primary from here on: its pidfd may close.
-	<-watchDone
-	if upErr != nil && timedOut {
-		upErr = fmt.Errorf("not ready within %s: %v", bound, upErr)
-	}
-	ln.Close()
-	<-acceptDone
-	var ho handover
-	select {
-	case ho = <-accepted: // always, if the new primary became ready
-	default:
-	}
-	if upErr == nil && ho.proc != nil {
-		// Still the main process to systemd, this primary hands that
-		// over itself, so its exit is never taken for the service's
-		// (NotifyAccess=main accepts only the main process's messages),
-		// then lets the new primary say READY=1.
-		notifySystemd("MAINPID=" + strconv.Itoa(ho.proc.pid))
-		if ho.peer != nil {
-			ho.peer.send(message{Op: "mainpid"})
-		}
-	}
-	if ho.peer != nil {
-		// Nothing from the hand-over may act on the pool once this
-		// returns: close it and wait for its reader and any roll-back.
-		ho.peer.close()
-		ho.peer.wait()
-	}
-	if upErr == nil {
-		p.successor = ho.proc
-		return nil
-	}
-	ho.proc.release()
-	// The new primary is gone: this one steers its sockets again.
-	p.sockets.Thaw()
-	p.pool.Steer()
-	// tableflip drops, without closing them, the pipe ends it gave the
-	// new primary: their finalizers close them once collected. Collect
-	// now, or every failed upgrade leaves two descriptors more.
-	goruntime.GC()
-	// The new primary is gone, and its workers with it: refill whatever
-	// it had taken over and did not roll back.
-	if n := p.pool.Remote(); n > 0 && ctx.Err() == nil {
-		p.log.Warn("reclaiming slots from the failed new primary", zap.Int("slots", n))
-		p.pool.Reclaim(ctx, nil)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if rolledBack > 0 {
-		return &workerpool.RolledBackError{Cause: fmt.Errorf("new primary: %w", upErr), Slots: rolledBack, Err: rollbackErr}
-	}
-	return upErr
-}
+// A self-upgrade is two small machines, one in each primary, each a
+// function that runs its phases in order: upgradeSelf in the old primary
+// (upgrade_old.go: a deploy job of its loop), takeOver in the new one
+// (upgrade_new.go: its Run). They talk over the hand-over socket
+// (handover.go: the messages, named below as op{fields}); tableflip
+// carries the listeners, the pins and the environment across, and tells
+// each side of the other (Upgrade returns, Ready, WaitForParent). Below,
+// for each phase: what it does and sends ("quoted": the log events), and
+// what ends it, → the phase next.
+//
+// The old primary, upgradeSelf:
+//
+//  1. (WaitForParent) A primary that took over itself waits until its own
+//     old primary has exited. Ends: it has → offerHandOver; ctx ends →
+//     returns "the previous primary has not exited yet: ...".
+//  2. offerHandOver: opens handover.sock in the private directory, exports
+//     the generations' pins into tableflip's descriptors, sets
+//     HANDOFF_HANDOVER and HANDOFF_HANDOVER_STATE (until upgradeSelf
+//     returns), fixes the bound (upgradeBound, for the pool's size now).
+//     Ends: → upgrade; the socket cannot be opened → returns why.
+//  3. upgrade: the socket layer exported (sockets.Layer.Export, which
+//     freezes it), then tableflip's Upgrade, which starts the new primary
+//     and returns once that has called Ready (nil) or exited.
+//     Two goroutines run meanwhile:
+//     - accept: takes the new primary's connection (its own uid only),
+//       sends state{generation, size, current, previous}, then its reader
+//       answers retire{slot} with retired{slot} (Pool.HandOver; an error
+//       once the bound has expired), step{i, N} into status, rollback with
+//       Pool.RollBack ("rolling back a failed hand-over"; it asks
+//       retire{slot} in turn) then rolledback; passNewer sends newer on a
+//       deploy asked for meanwhile ("ending the new primary's probation:
+//       ..."). Ends: the socket closes (settle); a connection made after
+//       ctx ended is dropped; the reader ends with the connection
+//       (handedOver, takeBack).
+//     - guard: ends as Upgrade returns; or ctx ends (stopOnShutdown): TERM
+//       to the connected new primary ("stopping the new primary"), and
+//       tableflip's Stop, which kills it, if none is connected or it has
+//       not exited 2×DrainTimeout+10s later ("the new primary did not exit
+//       in time, killing it"); or the bound passes (killLateNewPrimary): no
+//       slot is handed over from then on (expire) unless the new primary has
+//       every slot, which then has upgradeSlack more to be ready; TERM
+//       ("the new primary is not ready in time, stopping it"), SIGKILL if
+//       it still runs stopGrace later ("..., killing it").
+//     Ends: Upgrade returns → settle.
+//  4. settle: waits for guard (Upgrade's error past the bound becomes
+//     "not ready within BOUND: ..."), closes the socket, waits for accept.
+//     Ends: → handedOver if Upgrade returned nil, else takeBack.
+//  5. handedOver: MAINPID=new to systemd, sends mainpid, closes the
+//     connection and waits for its reader. Ends: returns nil; the deploy
+//     ends with errHandedOver, the job loop returns → retire.
+//  6. takeBack: closes the connection and waits for its reader (and a
+//     roll-back), steers its own sockets again, collects the pipes
+//     tableflip dropped, Reclaims the slots the new primary had and did
+//     not roll back ("reclaiming slots from the failed new primary").
+//     Ends: returns Upgrade's error (a RolledBackError after a
+//     roll-back); the loop serves on.
+//  7. retire (retireAfterHandOver): "handed over"; the control socket
+//     tells clients to retry there, --metrics stops; the queued jobs'
+//     signals, then HUP, TTIN and TTOU as they come, are passed on
+//     ("passed on to the new primary"), a TERM, INT or the end of ctx as
+//     TERM ("stopping the new primary"); requests are answered
+//     errHandedOver. Ends: the draining workers are gone (and, if
+//     stopping, the new primary too, or 2×DrainTimeout+10s passed: "the
+//     new primary did not exit in time") → "old primary exiting", Run
+//     returns.
+//
+// The new primary, takeOver:
+//
+//  1. inherit: reads and clears HANDOFF_HANDOVER and
+//     HANDOFF_HANDOVER_STATE, watches the old primary through tableflip's
+//     pipe (watchOldPrimary). Ends: → hello; no socket named → returns
+//     "started by an upgrade but no hand-over socket was given".
+//  2. hello: dials the socket, sends hello{pid}, awaits state. Ends: state
+//     → prepare; the dial fails, the connection ends or ctx ends →
+//     prepare without a connection, from the environment's state, if the
+//     old primary is gone within oldPrimaryGrace, else returns the error.
+//  3. prepare: the generation, the command pinned, the old generations
+//     imported, "taking over", the pool scaled to the old size. Ends: →
+//     adopt; a failure → returns "upgrade aborted: ...", nothing taken.
+//  4. adopt: every slot remote (Pool.Adopt), the old workers' sockets
+//     steered to until replaced (closed once the old primary has exited:
+//     oldGone), the spec. Ends: → roll.
+//  5. roll, under signals (HUP, TTIN, TTOU and requests are queued for the
+//     loop: "upgrade queued"): rollFrom, RollWith with the old primary
+//     retiring each slot (sends retire{slot}, awaits retired{slot}) and
+//     step{i, N} at each step; its probation ends early on newer or a
+//     deploy asked of this primary. Ends: every slot its own → ready; the
+//     old primary gone (its pipe closed: errOldPrimaryGone) → reclaimFrom,
+//     every remote slot refilled at once ("old primary gone") → ready;
+//     TERM, INT or ctx ends → abort ("shutdown asked for (SIG)"); a
+//     failure → abort.
+//  6. ready (readyAfterTakeOver): tableflip's Ready writes the pid file and
+//     tells the old primary (its Upgrade returns). Ends: → serve; a
+//     failure while the old primary lives → abort ("--pid-file ..."); with
+//     it gone, the failure is ignored → serve.
+//  7. abort: queued requests refused, "upgrade aborted"; with slots its
+//     own and the old primary connected and alive, handBack: sends
+//     rollback, awaits rolledback within (Size+1)×ReadyTimeout ("roll-back
+//     incomplete"). Ends: after a stop, a graceful shutdown (returns nil);
+//     else the workers drain and it returns "upgrade aborted: ...".
+//  8. serve: owns the listeners and the generations; awaits mainpid (up to
+//     mainPIDWait, or the connection's end); stops watching the old
+//     primary; MAINPID and READY=1 to systemd; serves --metrics; "upgrade
+//     finished", "primary ready"; closes the connection; serves the
+//     control socket. Ends: → the job loop.
 
 // Keys under which a primary hands its generations' pinned files to a new
 // one: fixed, since tableflip keeps what it is given until it stops, and
@@ -329,447 +217,6 @@ func upgradeBound(size int, ready, drain time.Duration) time.Duration {
 // (--min-uptime: its last worker's, and a roll-back's margin).
 func (p *primary) upgradeBound() time.Duration {
 	return upgradeBound(p.pool.Size(), p.cfg.ReadyTimeout, p.cfg.DrainTimeout) + 2*max(p.cfg.MinUptime, 0)
-}
-
-// killLateNewPrimary stops a new primary that is not ready within bound:
-// proc if it has connected, else the child found by its hand-over socket
-// addr. stopHandOver stops handing over slots and reports whether the new
-// primary still lacks some, i.e. cannot become ready before it stops; if
-// it lacks none, its Ready is on its way, and it is stopped only if it has
-// not come upgradeSlack later (upgraded closed: it came). It gets TERM
-// first, which a new primary takes like any stop during a take-over: it
-// asks this primary to roll its slots back, one at a time, then drains its
-// workers and exits (upgraded closes). Only one still running grace later
-// is killed, its workers with it (Pdeathsig; upgradeSelf then reclaims
-// their slots at once). It reports whether it stopped the new primary.
-func (p *primary) killLateNewPrimary(proc *process, addr string, bound, grace time.Duration, upgraded <-chan struct{}, stopHandOver func() bool) bool {
-	if !stopHandOver() && closedWithin(upgraded, upgradeSlack) {
-		return false
-	}
-	if proc == nil {
-		if proc = findNewPrimary(addr); proc == nil {
-			p.log.Error("the new primary is not ready in time and cannot be found", zap.Duration("timeout", bound))
-			return false
-		}
-		defer proc.release()
-	}
-	p.log.Warn("the new primary is not ready in time, stopping it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound))
-	if proc.signal(syscall.SIGTERM) != nil {
-		return false
-	}
-	if closedWithin(upgraded, grace) {
-		return true
-	}
-	p.log.Warn("the new primary is not ready in time, killing it", zap.Int("new_primary", proc.pid), zap.Duration("timeout", bound+grace))
-	return proc.signal(syscall.SIGKILL) == nil
-}
-
-// closedWithin reports whether ch closes within d.
-func closedWithin(ch <-chan struct{}, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ch:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
-// stopGrace is how long a new primary told to stop during a take-over may
-// take: the old primary rolls every slot back, a worker of its own ready
-// in each, and the new one drains its workers.
-func (p *primary) stopGrace() time.Duration {
-	return time.Duration(p.pool.Size()+1)*p.cfg.ReadyTimeout + 2*p.cfg.DrainTimeout + 10*time.Second
-}
-
-// takeOver is a new primary started by tableflip: it fills every slot
-// while the old primary retires its workers one at a time, then becomes
-// the primary that owns the listeners.
-//
-// If the old primary dies meanwhile (an OOM kill, kill -9), its workers
-// die with it, but this primary holds the listeners: it carries on. It
-// fills at once every slot it has not taken over yet (Reclaim), then
-// writes the pid file, tells systemd its pid and serves.
-func (p *primary) takeOver(ctx context.Context, sigs <-chan os.Signal, path string, metricsLn net.Listener) error {
-	addr := os.Getenv(envHandover)
-	os.Unsetenv(envHandover)
-	st := handoverState(os.Getenv(envHandoverState), p.cfg.Workers)
-	os.Unsetenv(envHandoverState)
-	if addr == "" {
-		return errors.New("started by an upgrade but no hand-over socket was given")
-	}
-	old := p.watchOldPrimary(st.Pid)
-	defer old.stop()
-	pr, err := p.connect(ctx, addr)
-	if pr != nil {
-		// Its reader may be retiring a worker: it ends before Run returns.
-		defer func(pr *peer) { pr.close(); pr.wait() }(pr)
-	}
-	if err == nil {
-		var m message
-		if m, err = pr.await(ctx, "state"); err == nil {
-			st = m
-		}
-	}
-	if err != nil {
-		if !old.goneAfter(pr) {
-			return err
-		}
-		// Dead before it told its state: the one it put in the
-		// environment says the same.
-		pr = nil
-	}
-	p.gen = st.Generation
-	start := time.Now()
-	pf, err := p.pinCommand(path)
-	if err != nil {
-		return fmt.Errorf("upgrade aborted: cannot pin the worker command: %v", err)
-	}
-	// The old primary's generations: what a rollback goes back to.
-	oldCur, oldPrev := p.importGeneration(st.Current), p.importGeneration(st.Previous)
-	p.log.Info("taking over", zap.Int("generation", p.gen), zap.Int("old_primary", old.pid), zap.Int("workers", st.Size))
-	if st.Size > 0 && st.Size != p.pool.Size() {
-		// The old primary's pool, scaled or not.
-		if err := p.pool.Scale(ctx, st.Size, nil); err != nil {
-			return fmt.Errorf("upgrade aborted: %v", err)
-		}
-	}
-
-	p.pool.Adopt()
-	for slot, s := range p.imported {
-		// Steered to until this primary's worker replaces it.
-		p.pool.AdoptSockets(slot, s)
-	}
-	if p.sockets != nil {
-		// The old workers' sockets close once nothing can accept from
-		// them: when the old primary, which waits for its workers, is
-		// gone.
-		go func() {
-			if p.upg.WaitForParent(ctx) == nil || ctx.Err() == nil {
-				p.sockets.OldGone()
-			}
-		}()
-	}
-	spec := p.spec(path, p.gen)
-	spec.Pin = pf
-	// A TERM or INT ends the roll; the slots taken are handed back (unless
-	// the old primary is shutting down too, or is gone) and the workers
-	// drained.
-	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is taking over", func(ctx context.Context) error {
-		if pr != nil {
-			err := p.rollFrom(ctx, pr, old, spec)
-			if err == nil || !old.goneAfter(pr) {
-				return err
-			}
-		}
-		return p.reclaimFrom(ctx, old, spec)
-	})
-	if old.isGone() {
-		// Nobody else will close the listeners, nor remove the unix
-		// socket files, when this primary stops.
-		p.owner = true
-	}
-	if shutdownSig != nil {
-		// Told to stop: this primary does not take over, even if every
-		// slot is already its own.
-		err = fmt.Errorf("shutdown asked for (%v)", shutdownSig)
-	}
-	if err == nil {
-		err = p.readyAfterTakeOver(old)
-	}
-	if err != nil {
-		queue.finish(ErrShuttingDown)
-		p.logAbort(p.gen, err)
-		if p.pool.Remote() < p.pool.Size() && pr != nil && !old.isGone() {
-			// Some slots are ours already: the old primary takes them
-			// back one at a time before this one goes.
-			rctx, cancel := context.WithTimeout(ctx, time.Duration(p.pool.Size()+1)*p.cfg.ReadyTimeout)
-			if serr := pr.send(message{Op: "rollback"}); serr == nil {
-				if _, rerr := pr.await(rctx, "rolledback"); rerr != nil {
-					p.log.Warn("roll-back incomplete", zap.Error(rerr))
-				}
-			}
-			cancel()
-		}
-		if shutdownSig != nil {
-			return p.shutdown()
-		}
-		p.pool.Shutdown()
-		return fmt.Errorf("upgrade aborted: %v", err)
-	}
-	p.owner = true
-	p.cur = &generation{gen: p.gen, spec: spec}
-	// The old primary's current generation is the previous one, unless
-	// this one runs the same file (only handoff itself changed).
-	p.prev = oldCur
-	if sameBuild(p.cur, oldCur) {
-		p.prev = oldPrev
-	}
-	p.keepGenerations()
-	p.setServingGen(p.gen)
-	if pr != nil {
-		// systemd takes this primary's READY=1 once the old one has made
-		// it the main process (or has gone: then MAINPID= below does).
-		actx, cancel := context.WithTimeout(ctx, mainPIDWait)
-		pr.await(actx, "mainpid")
-		cancel()
-	}
-	old.stop()
-	notifySystemd("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1\nSTATUS=serving generation " + strconv.Itoa(p.gen))
-	if metricsLn != nil {
-		// The old primary answered until now and stops at the hand-over;
-		// both accept on the one socket meanwhile, so no scrape or probe
-		// finds it closed.
-		p.web.Serve(metricsLn, p.log)
-	}
-	p.metrics.Deployed(kindPrimary, outcomeDone, time.Since(start), p.gen)
-	p.log.Info("upgrade finished", zap.Int("generation", p.gen), zap.Duration("duration", time.Since(start)))
-	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
-	if pr != nil {
-		pr.close()
-	}
-	// The old primary has stopped accepting on the control socket, or
-	// will once it sees this primary ready: answer it from now on.
-	p.ctl.serve()
-	return p.loop(ctx, sigs, queue)
-}
-
-// mainPIDWait bounds how long a new primary that became ready waits for
-// the old one to tell systemd its pid (the "mainpid" message; an old
-// primary that does not send it closes the connection as it goes).
-const mainPIDWait = 10 * time.Second
-
-// readyAfterTakeOver calls tableflip's Ready once every slot is this
-// primary's: it writes the pid file, then tells the old primary, which
-// then stops waiting in Upgrade. If the pid file cannot be written while
-// the old primary lives, the take-over fails (the old primary, named in
-// the pid file, takes the slots back and serves on); with the old primary
-// gone, Ready fails only to tell it, or this primary is the only one left
-// to serve: it carries on.
-func (p *primary) readyAfterTakeOver(old *oldPrimary) error {
-	err := p.upg.Ready()
-	if err == nil {
-		return nil
-	}
-	if old.goneAfter(nil) {
-		if !p.pidFileIsMine() {
-			p.log.Error("cannot write the pid file", zap.Error(err))
-		}
-		return nil
-	}
-	return fmt.Errorf("--pid-file %s: %v", p.cfg.PIDFile, unwrapAll(err))
-}
-
-// connect opens the hand-over connection to the old primary and says
-// hello.
-func (p *primary) connect(ctx context.Context, addr string) (*peer, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", addr)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the old primary: %v", err)
-	}
-	pr := newPeer(conn, p.pool.HandOver, nil, nil)
-	pr.send(message{Op: "hello", Pid: os.Getpid()})
-	return pr, nil
-}
-
-// rollFrom rolls every slot from the old primary's workers to this one's,
-// asking the old primary to retire each as its replacement is ready. If
-// the old primary dies meanwhile, the roll stops at once (its worker
-// starting is retired: Reclaim starts one with the others).
-func (p *primary) rollFrom(ctx context.Context, pr *peer, old *oldPrimary, spec *workerpool.Spec) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-old.gone:
-			cancel(errOldPrimaryGone)
-		case <-ctx.Done():
-		}
-	}()
-	if n, ok := ctx.Value(newerKey{}).(*newer); ok {
-		// A deploy asked for of the old primary ends the probation too.
-		go func() {
-			select {
-			case <-pr.newer:
-				n.close()
-			case <-ctx.Done():
-			}
-		}()
-	}
-	progress := p.progress(p.gen)
-	// With its probation, before tableflip's Ready: a new build that dies
-	// soon after it is ready is still rolled back by the old primary.
-	return p.pool.RollWith(ctx, spec, workerpool.RollOptions{
-		Surge:  p.cfg.Surge,
-		Remote: pr.retire,
-		Progress: func(step, steps int) {
-			progress(step, steps)
-			pr.send(message{Op: "step", Slot: step, Steps: steps})
-		},
-		MinUptime:    p.cfg.MinUptime,
-		EndProbation: newerDeploy(ctx),
-	})
-}
-
-// reclaimFrom fills, all at once, the slots the old primary, now gone,
-// still held, and waits until their workers are ready (or ReadyTimeout).
-// One that fails to start is restarted with backoff like any crashed
-// worker: this primary owns the listeners and is the only one left to
-// serve them.
-func (p *primary) reclaimFrom(ctx context.Context, old *oldPrimary, spec *workerpool.Spec) error {
-	n := p.pool.Remote()
-	p.log.Warn("old primary gone", zap.Int("old_primary", old.pid), zap.Int("slots", n))
-	if ready := p.pool.Reclaim(ctx, spec); ready < n && ctx.Err() == nil {
-		p.log.Warn("reclaimed slots not all ready", zap.Int("ready", ready), zap.Int("slots", n))
-	}
-	return context.Cause(ctx)
-}
-
-// errOldPrimaryGone ends a roll of a take-over whose old primary died.
-var errOldPrimaryGone = errors.New("the old primary is gone")
-
-// oldPrimary is the primary a new one takes over from, watched through
-// tableflip: its end of the pipe tableflip gave this process closes when
-// it dies, and only then until this process is ready.
-type oldPrimary struct {
-	pid  int
-	gone chan struct{} // closed once it has exited
-	stop func()        // ends the watch (again: no-op); gone stays open if it has not
-}
-
-// watchOldPrimary watches the old primary, pid (0: this process's parent).
-func (p *primary) watchOldPrimary(pid int) *oldPrimary {
-	if pid <= 0 {
-		pid = os.Getppid()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	o := &oldPrimary{pid: pid, gone: make(chan struct{})}
-	done := make(chan struct{})
-	var once sync.Once
-	o.stop = func() { once.Do(func() { cancel(); <-done }) }
-	go func() {
-		defer close(done)
-		if p.upg.WaitForParent(ctx) == nil || ctx.Err() == nil {
-			close(o.gone)
-		}
-	}()
-	return o
-}
-
-// isGone reports whether the old primary has been seen to exit.
-func (o *oldPrimary) isGone() bool {
-	select {
-	case <-o.gone:
-		return true
-	default:
-		return false
-	}
-}
-
-// oldPrimaryGrace bounds how long after its hand-over connection broke
-// (or could not be made) the old primary's death may take to show on
-// tableflip's pipe: both close as the process exits.
-const oldPrimaryGrace = 5 * time.Second
-
-// goneAfter reports whether the old primary is gone, once pr (nil: no
-// connection could be made) shows it may be: a connection that ended,
-// or none. A connection still open means it is alive.
-func (o *oldPrimary) goneAfter(pr *peer) bool {
-	if pr != nil {
-		select {
-		case <-pr.closed:
-		default:
-			return o.isGone()
-		}
-	}
-	t := time.NewTimer(oldPrimaryGrace)
-	defer t.Stop()
-	select {
-	case <-o.gone:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
-// pidFileIsMine reports whether the pid file (if any) names this process.
-func (p *primary) pidFileIsMine() bool {
-	if p.cfg.PIDFile == "" {
-		return true
-	}
-	b, err := os.ReadFile(p.cfg.PIDFile)
-	return err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid())
-}
-
-// retireAfterHandOver waits for the workers still draining, then returns
-// so the old primary exits. Whatever still reaches this primary is passed
-// on to the new one, which owns the listeners: pass (the signals of the
-// jobs that were queued, see jobLoop), then HUP, TTIN and TTOU as they
-// come; a TERM or INT, or the end of ctx (a stop asked for on the control
-// socket before it stopped accepting), stops the new primary, and this
-// one returns only once that has exited too (or did not in time), so
-// that a stop answered means both have. A request that waits for an
-// answer is told to ask the new primary (errHandedOver, see
-// controlServer.retry); a watched change is not passed on, since the new
-// primary watches the same files.
-func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal, pass []os.Signal) error {
-	succ := p.successor
-	p.log.Info("handed over", zap.Int("new_primary", succ.pid))
-	p.ctl.handedOver(succ.pid)
-	p.cfg.Hub.handedOver()
-	// The new primary serves --metrics now.
-	p.web.Close()
-	defer succ.release()
-	stopping := false
-	forward := func(sig os.Signal) {
-		s, ok := sig.(syscall.Signal)
-		if !ok {
-			return
-		}
-		if s == syscall.SIGTERM || s == syscall.SIGINT {
-			if stopping {
-				return
-			}
-			stopping = true
-			p.log.Info("stopping the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
-		} else {
-			p.log.Info("passed on to the new primary", zap.Int("new_primary", succ.pid), zap.String("signal", s.String()))
-		}
-		succ.signal(s)
-	}
-	for _, sig := range pass {
-		forward(sig)
-	}
-	done := make(chan struct{})
-	go func() {
-		p.pool.Shutdown()
-		close(done)
-	}()
-	ctxDone := ctx.Done()
-	for {
-		select {
-		case sig := <-sigs:
-			forward(sig)
-		case <-ctxDone:
-			ctxDone = nil
-			forward(syscall.SIGTERM)
-		case r := <-p.reqs:
-			if r.run == nil && r.done == nil && r.op != opWatch {
-				forward(syscall.SIGHUP)
-			}
-			if r.done != nil {
-				r.done <- errHandedOver
-			}
-		case <-done:
-			if stopping && !succ.wait(2*p.cfg.DrainTimeout+10*time.Second) {
-				p.log.Warn("the new primary did not exit in time", zap.Int("new_primary", succ.pid))
-			}
-			p.log.Info("old primary exiting")
-			return nil
-		}
-	}
 }
 
 // selfChanged reports whether the executable tableflip would start now is
