@@ -58,7 +58,7 @@ func (p *primary) deploySelf(ctx context.Context, gen int) error {
 		err = p.upgradeSelf(ctx, gen)
 	}
 	if err == nil {
-		p.setServingGen(gen)
+		p.book.setServing(gen)
 		p.endDeploy(ctx, d, "", errHandedOver)
 		return errHandedOver
 	}
@@ -66,7 +66,7 @@ func (p *primary) deploySelf(ctx context.Context, gen int) error {
 	// rolled back to this primary's workers (upgradeSelf).
 	var rb *workerpool.RolledBackError
 	if errors.As(err, &rb) && ctx.Err() == nil {
-		err = &rolledBack{gen: gen, serving: p.serving(), err: rb}
+		err = &rolledBack{gen: gen, serving: p.book.servingGen(), err: rb}
 		p.logRolledBack(gen, time.Since(d.start), rb)
 		p.endDeploy(ctx, d, outcomeRolledBack, err)
 		return err
@@ -109,11 +109,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		},
 		OnRollBack: func(cause error) {
 			p.log.Warn("upgrade rolling back", zap.Int("generation", next.gen), zap.String("reason", failureLine(cause)))
-			p.stmu.Lock()
-			if p.deploying != nil {
-				p.deploying.RollingBack = true
-			}
-			p.stmu.Unlock()
+			p.book.updateDeploy(func(u *UpgradeStatus) { u.RollingBack = true })
 		},
 	})
 	var rb *workerpool.RolledBackError
@@ -123,7 +119,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 			p.prev = p.cur
 		}
 		p.cur = next
-		p.setServingGen(next.gen)
+		p.book.setServing(next.gen)
 		fields := []zap.Field{zap.Int("generation", next.gen), zap.Duration("duration", time.Since(d.start)),
 			zap.Duration("took_over", tookOver)}
 		if p.cfg.MinUptime > 0 && closed(newer) {
@@ -132,7 +128,7 @@ func (p *primary) rollGeneration(ctx context.Context, d *deployRun, next *genera
 		p.log.Info("upgrade finished", fields...)
 		p.endDeploy(ctx, d, outcomeDone, nil)
 	case errors.As(err, &rb) && ctx.Err() == nil:
-		err = &rolledBack{gen: next.gen, serving: p.serving(), err: rb}
+		err = &rolledBack{gen: next.gen, serving: p.book.servingGen(), err: rb}
 		p.logRolledBack(next.gen, time.Since(d.start), rb)
 		p.endDeploy(ctx, d, outcomeRolledBack, err)
 	default:
@@ -165,7 +161,7 @@ type deployRun struct {
 func (p *primary) beginDeploy(gen int, kind string, fields ...zap.Field) *deployRun {
 	d := &deployRun{gen: gen, kind: kind, start: time.Now()}
 	notifySystemd(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=deploying generation %d", monotonicUsec(), gen))
-	p.setDeploying(&UpgradeStatus{Generation: gen, Kind: kind, Started: d.start})
+	p.book.setDeploying(&UpgradeStatus{Generation: gen, Kind: kind, Started: d.start})
 	p.log.Info("upgrade started", append([]zap.Field{zap.Int("generation", gen), zap.String("kind", kind)}, fields...)...)
 	return d
 }
@@ -175,14 +171,14 @@ func (p *primary) beginDeploy(gen int, kind string, fields ...zap.Field) *deploy
 // After a hand-over, the new primary, now the main process, does both; a
 // deploy cancelled by a shutdown tells systemd nothing (it is stopping).
 func (p *primary) endDeploy(ctx context.Context, d *deployRun, outcome string, err error) {
-	p.setDeploying(nil)
+	p.book.setDeploying(nil)
 	if errors.Is(err, errHandedOver) {
 		return
 	}
 	if ctx.Err() == nil {
-		notifySystemd(deployedState(p.serving(), d.gen, err))
+		notifySystemd(deployedState(p.book.servingGen(), d.gen, err))
 	}
-	p.metrics.Deployed(d.kind, outcome, time.Since(d.start), p.serving())
+	p.metrics.Deployed(d.kind, outcome, time.Since(d.start), p.book.servingGen())
 }
 
 // logTookOver logs that every slot runs generation gen, took after the
@@ -197,7 +193,7 @@ func (p *primary) logTookOver(gen int, took time.Duration) {
 
 func (p *primary) progress(gen int) func(step, steps int) {
 	return func(step, steps int) {
-		p.deployStep(step, steps)
+		p.book.deployStep(step, steps)
 		p.log.Info("upgrade step", zap.Int("generation", gen), zap.Int("step", step), zap.Int("steps", steps))
 	}
 }
@@ -224,7 +220,7 @@ func (s *controlServer) deployReply(err error) ControlReply {
 	case err != nil:
 		return ControlReply{Error: "aborted: " + failureLine(err) + s.p.bindAdvice(err)}
 	}
-	gen := s.p.serving()
+	gen := s.p.book.servingGen()
 	return ControlReply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
 }
 
@@ -252,7 +248,7 @@ func (p *primary) logAbort(gen int, err error) {
 // logRolledBack logs the end of a deploy that was rolled back.
 func (p *primary) logRolledBack(gen int, took time.Duration, rb *workerpool.RolledBackError) {
 	fields := []zap.Field{zap.Int("generation", gen), zap.String("reason", failureLine(rb.Cause)),
-		zap.Int("to", p.serving()), zap.Int("slots", rb.Slots), zap.Duration("duration", took)}
+		zap.Int("to", p.book.servingGen()), zap.Int("slots", rb.Slots), zap.Duration("duration", took)}
 	fields = append(fields, workerFields(rb.Cause)...)
 	if rb.Err != nil {
 		fields = append(fields, zap.String("error", failureLine(rb.Err)))

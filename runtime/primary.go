@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -22,7 +21,6 @@ import (
 
 	"github.com/handoff-dev/handoff/internal/adopt"
 	"github.com/handoff-dev/handoff/internal/metrics"
-	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/reload"
@@ -67,19 +65,16 @@ type primary struct {
 	cur, prev *generation
 	// pins are the pinned files the primary holds open (see
 	// releasePins).
-	pinsMu sync.Mutex
-	pins   map[*pin.File]struct{}
+	pins pinHold
 	// gens is what status and rollback know of the generations kept.
 	gens generations
 	// pinStore exports the generations' pins to tableflip (exportOnce).
 	pinStore *exportOnce
 
-	// For status, under stmu.
-	stmu       sync.Mutex
-	started    time.Time
-	addrs      []string
-	servingGen int            // generation of the last start or deploy that finished
-	deploying  *UpgradeStatus // the deploy in progress, if any
+	// book is what status reports that changes while the primary runs.
+	book statusBook
+	// addrs are the listeners' bound addresses, set once they are bound.
+	addrs []string
 	// metrics and web are nil without --metrics.
 	metrics *metrics.Set
 	web     *metrics.Server
@@ -129,7 +124,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	p := &primary{cfg: cfg, log: cfg.Logger.With(zap.Int("primary", os.Getpid())), env: shim.WorkerEnv(os.Environ()),
-		reqs: make(chan request), closed: make(chan struct{}), askShutdown: cancel, started: time.Now()}
+		reqs: make(chan request), closed: make(chan struct{}), askShutdown: cancel}
+	p.book.started = time.Now()
 	res.p, res.cancel = p, cancel
 	p.selfID, _ = statID("/proc/self/exe")
 
@@ -218,7 +214,7 @@ func (r *resources) close() {
 	if p != nil {
 		// The workers are gone, and tableflip holds its own copies of
 		// what was handed to a new primary.
-		p.closePins()
+		p.pins.closeAll()
 	}
 	if p != nil {
 		p.ctl.close()
@@ -460,7 +456,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 	}
 	p.cur = &generation{gen: p.gen, spec: spec}
 	p.keepGenerations()
-	p.setServingGen(p.gen)
+	p.book.setServing(p.gen)
 	p.log.Info("primary ready", zap.Int("workers", p.pool.Size()), zap.Int("generation", p.gen))
 	p.metrics.SetGeneration(p.gen)
 	notifySystemd("READY=1\nSTATUS=serving generation 1\nMAINPID=" + strconv.Itoa(os.Getpid()))

@@ -75,15 +75,12 @@ func sameBuild(a, b *generation) bool {
 // one of those pins holds unchanged (an interpreter, a command deployed
 // again) is not read again.
 func (p *primary) pinCommand(path string) (*pin.File, error) {
-	p.pinsMu.Lock()
-	known := slices.Collect(maps.Keys(p.pins))
-	p.pinsMu.Unlock()
-	f, err := pin.Pin(path, pin.Options{PATH: envValue(p.env, "PATH"), Known: known})
+	f, err := pin.Pin(path, pin.Options{PATH: envValue(p.env, "PATH"), Known: p.pins.known()})
 	if err != nil {
 		return nil, err
 	}
 	p.log.Info("command pinned", zap.Int("generation", p.gen), zap.String("path", path), zap.String("pinned", f.Describe()))
-	p.keepPin(f)
+	p.pins.keep(f)
 	return f, nil
 }
 
@@ -97,14 +94,44 @@ func envValue(env []string, key string) string {
 	return ""
 }
 
-func (p *primary) keepPin(f *pin.File) {
-	p.pinsMu.Lock()
-	defer p.pinsMu.Unlock()
-	if p.pins == nil {
-		p.pins = map[*pin.File]struct{}{}
-	}
-	p.pins[f] = struct{}{}
+// pinHold is the set of pinned files the primary holds open: those its
+// generations and slots run, and those a job has just made.
+type pinHold struct {
+	mu    sync.Mutex
+	files map[*pin.File]struct{}
 }
+
+// known lists the pins held.
+func (h *pinHold) known() []*pin.File {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Collect(maps.Keys(h.files))
+}
+
+// keep holds f.
+func (h *pinHold) keep(f *pin.File) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.files == nil {
+		h.files = map[*pin.File]struct{}{}
+	}
+	h.files[f] = struct{}{}
+}
+
+// closeUnused closes the pins held that used does not name.
+func (h *pinHold) closeUnused(used map[*pin.File]bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for f := range h.files {
+		if !used[f] {
+			f.Close()
+			delete(h.files, f)
+		}
+	}
+}
+
+// closeAll closes every pin held, as Run returns.
+func (h *pinHold) closeAll() { h.closeUnused(nil) }
 
 // releasePins closes the pins that neither a generation kept nor a slot
 // (whose restart runs its spec) refers to any more. Jobs run one at a
@@ -122,24 +149,7 @@ func (p *primary) releasePins() {
 			used[f] = true
 		}
 	}
-	p.pinsMu.Lock()
-	defer p.pinsMu.Unlock()
-	for f := range p.pins {
-		if !used[f] {
-			f.Close()
-			delete(p.pins, f)
-		}
-	}
-}
-
-// closePins closes every pin, as Run returns.
-func (p *primary) closePins() {
-	p.pinsMu.Lock()
-	defer p.pinsMu.Unlock()
-	for f := range p.pins {
-		f.Close()
-	}
-	p.pins = nil
+	p.pins.closeUnused(used)
 }
 
 // keepGenerations makes what the primary holds follow its generation

@@ -82,7 +82,7 @@ func TestRollbackRunsInTurnAndReports(t *testing.T) {
 		}
 		err := <-outcome
 		if err == nil {
-			s.p.setServingGen(4)
+			s.p.book.setServing(4)
 		}
 		return err
 	})

@@ -189,7 +189,7 @@ func (p *primary) importGeneration(t *generationToken) *generation {
 		p.log.Warn("cannot take over a generation", zap.Int("generation", t.Generation), zap.Error(err))
 		return nil
 	}
-	p.keepPin(f)
+	p.pins.keep(f)
 	spec := p.spec(t.Pin.Identity.Path, t.Generation)
 	spec.Pin = f
 	return &generation{gen: t.Generation, spec: spec, rollbackOf: t.RollbackOf}

@@ -298,7 +298,7 @@ func (s *newSide) serve() error {
 		p.prev = s.oldPrev
 	}
 	p.keepGenerations()
-	p.setServingGen(p.gen)
+	p.book.setServing(p.gen)
 	if s.pr != nil {
 		// systemd takes this primary's READY=1 once the old one has made
 		// it the main process (or has gone: then MAINPID= below does).

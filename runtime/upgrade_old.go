@@ -135,13 +135,9 @@ func (s *oldSide) accept() {
 		proc.release()
 		return
 	}
-	p.stmu.Lock()
-	if p.deploying != nil {
-		p.deploying.NewPrimary = pid
-	}
-	p.stmu.Unlock()
+	p.book.updateDeploy(func(u *UpgradeStatus) { u.NewPrimary = pid })
 	var pr *peer
-	pr = newPeer(conn, s.handOver, func() error { return s.rollBack(pr, pid) }, p.deployStep)
+	pr = newPeer(conn, s.handOver, func() error { return s.rollBack(pr, pid) }, p.book.deployStep)
 	s.accepted <- newPrimaryConn{pr, proc}
 	pr.send(message{Op: "state", Generation: s.gen, Size: p.pool.Size(), Current: s.cur, Previous: s.prev})
 	go s.passNewer(pr, pid)
