@@ -183,68 +183,96 @@ var errStale = errors.New("a newer change came")
 // Run builds on every change from changes until ctx ends; then it stops a
 // running build and returns once it has gone.
 func (l *BuildLoop) Run(ctx context.Context, changes <-chan Change) {
-	type outcome struct {
-		out  []byte
-		err  error
-		took time.Duration
-	}
-	var (
-		done    = make(chan outcome, 1)
-		running bool
-		bctx    context.Context
-		cancel  context.CancelCauseFunc
-		current Change // what the running build is for
-		pending *Change
-	)
-	start := func() {
-		current, pending = *pending, nil
-		bctx, cancel = context.WithCancelCause(ctx)
-		running = true
-		if l.Started != nil {
-			l.Started(current)
-		}
-		go func(ctx context.Context) {
-			t0 := time.Now()
-			out, err := l.Build(ctx)
-			done <- outcome{out, err, time.Since(t0)}
-		}(bctx)
-	}
+	r := &buildRuns{l: l, ctx: ctx, done: make(chan buildOutcome, 1)}
 	for {
 		select {
 		case c := <-changes:
-			if pending == nil {
-				pending = &Change{}
-			}
-			merged := merge(*pending, c)
-			pending = &merged
-			if running {
-				cancel(errStale)
-				continue
-			}
-			start()
-		case o := <-done:
-			running = false
-			stale := errors.Is(context.Cause(bctx), errStale)
-			cancel(nil)
-			if stale {
-				if l.Cancelled != nil {
-					l.Cancelled(current)
-				}
-				merged := merge(current, *pending)
-				pending = &merged
-			} else if l.Done != nil {
-				l.Done(Result{Change: current, Output: o.out, Err: o.err, Took: o.took})
-			}
-			if pending != nil {
-				start()
-			}
+			r.changed(c)
+		case o := <-r.done:
+			r.finished(o)
 		case <-ctx.Done():
-			if running {
-				cancel(ctx.Err())
-				<-done
-			}
+			r.stop()
 			return
 		}
+	}
+}
+
+// buildOutcome is how a build ended.
+type buildOutcome struct {
+	out  []byte
+	err  error
+	took time.Duration
+}
+
+// buildRuns is Run's state: the build that runs, if one does, and the
+// change that waits for the next one.
+type buildRuns struct {
+	l       *BuildLoop
+	ctx     context.Context
+	done    chan buildOutcome
+	running bool
+	bctx    context.Context
+	cancel  context.CancelCauseFunc
+	current Change // what the running build is for
+	pending *Change
+}
+
+// start builds for the pending change.
+func (r *buildRuns) start() {
+	r.current, r.pending = *r.pending, nil
+	r.bctx, r.cancel = context.WithCancelCause(r.ctx)
+	r.running = true
+	if r.l.Started != nil {
+		r.l.Started(r.current)
+	}
+	go func(ctx context.Context) {
+		t0 := time.Now()
+		out, err := r.l.Build(ctx)
+		r.done <- buildOutcome{out, err, time.Since(t0)}
+	}(r.bctx)
+}
+
+// changed adds c to the pending change, and starts a build for it, or
+// cancels the running one, made stale.
+func (r *buildRuns) changed(c Change) {
+	if r.pending == nil {
+		r.pending = &Change{}
+	}
+	merged := merge(*r.pending, c)
+	r.pending = &merged
+	if r.running {
+		r.cancel(errStale)
+		return
+	}
+	r.start()
+}
+
+// finished reports the build that ended with o, as Done, or as Cancelled
+// if a newer change made it stale (its change is then pending again), and
+// starts the next build if a change is pending.
+func (r *buildRuns) finished(o buildOutcome) {
+	r.running = false
+	stale := errors.Is(context.Cause(r.bctx), errStale)
+	r.cancel(nil)
+	if stale {
+		if r.l.Cancelled != nil {
+			r.l.Cancelled(r.current)
+		}
+		merged := merge(r.current, *r.pending)
+		r.pending = &merged
+	} else if r.l.Done != nil {
+		r.l.Done(Result{Change: r.current, Output: o.out, Err: o.err, Took: o.took})
+	}
+	if r.pending != nil {
+		r.start()
+	}
+}
+
+// stop cancels the running build, if one runs, and waits for it.
+func (r *buildRuns) stop() {
+	if r.running {
+		r.cancel(r.ctx.Err())
+		<-r.done
 	}
 }
 

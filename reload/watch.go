@@ -116,42 +116,59 @@ func New(cfg Config) (w *Watcher, err error) {
 			fw.Close()
 		}
 	}()
-	for i, list := range [][]string{cfg.Executables, cfg.Files} {
+	if err := w.watchFiles(); err != nil {
+		return nil, err
+	}
+	w.retarget()
+	if err := w.watchTrees(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// watchFiles watches the directories of the Executables and Files, which
+// must exist, and makes the Executables' paths absolute.
+func (w *Watcher) watchFiles() error {
+	for i, list := range [][]string{w.cfg.Executables, w.cfg.Files} {
 		for j, f := range list {
 			abs, err := filepath.Abs(f)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			if i == 0 {
 				w.cfg.Executables[j] = abs
 			}
 			if _, err := os.Stat(abs); err != nil {
-				return nil, fmt.Errorf("%s: %v", f, describe(err))
+				return fmt.Errorf("%s: %v", f, describe(err))
 			}
-			if err := fw.Add(filepath.Dir(abs)); err != nil {
-				return nil, fmt.Errorf("cannot watch %s: %v", filepath.Dir(abs), describe(err))
+			if err := w.fw.Add(filepath.Dir(abs)); err != nil {
+				return fmt.Errorf("cannot watch %s: %v", filepath.Dir(abs), describe(err))
 			}
 			w.files[abs] = true
 		}
 	}
-	w.retarget()
-	for _, t := range cfg.Trees {
+	return nil
+}
+
+// watchTrees watches the Trees, which must be directories, recursively.
+func (w *Watcher) watchTrees() error {
+	for _, t := range w.cfg.Trees {
 		abs, err := filepath.Abs(t)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		fi, err := os.Stat(abs)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", t, describe(err))
+			return fmt.Errorf("%s: %v", t, describe(err))
 		}
 		if !fi.IsDir() {
-			return nil, fmt.Errorf("%s: not a directory", t)
+			return fmt.Errorf("%s: not a directory", t)
 		}
 		if _, err := w.addTree(abs, abs); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return w, nil
+	return nil
 }
 
 func describe(err error) string {
@@ -248,35 +265,19 @@ func (w *Watcher) Close() error {
 // not block for long: events wait meanwhile.
 func (w *Watcher) Run(ctx context.Context, changed func(Change)) error {
 	defer w.Close()
-	var (
-		pending = map[string]bool{}
-		lost    int
-		timer   = time.NewTimer(time.Hour)
-		wait    = w.cfg.Quiet // the next re-check of an incomplete executable
-		waiting string        // why the last check did not report, logged once
-	)
-	timer.Stop()
-	arm := func(d time.Duration) { timer.Reset(d) }
-	note := func(path string) {
-		if !pending[path] && len(pending) >= 20 {
-			lost++
-		} else {
-			pending[path] = true
-		}
-		wait = w.cfg.Quiet
-		arm(w.cfg.Quiet)
-	}
+	d := &debounce{quiet: w.cfg.Quiet, pending: map[string]bool{}, timer: time.NewTimer(time.Hour), wait: w.cfg.Quiet}
+	d.timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			timer.Stop()
+			d.timer.Stop()
 			return nil
 		case ev, ok := <-w.fw.Events:
 			if !ok {
 				return nil
 			}
 			for _, p := range w.relevant(ev) {
-				note(p)
+				d.note(p)
 			}
 		case err, ok := <-w.fw.Errors:
 			if !ok {
@@ -284,35 +285,66 @@ func (w *Watcher) Run(ctx context.Context, changed func(Change)) error {
 			}
 			w.log.Warn("file watch error", zap.Error(err))
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				lost++
-				arm(w.cfg.Quiet)
+				d.lost++
+				d.timer.Reset(d.quiet)
 			}
-		case <-timer.C:
-			if len(pending) == 0 && lost == 0 {
-				continue
+		case <-d.timer.C:
+			if c, ok := w.settled(d); ok {
+				changed(c)
 			}
-			if err := w.executablesComplete(); err != nil {
-				if msg := err.Error(); msg != waiting {
-					w.log.Debug("waiting for the executable", zap.String("reason", msg))
-					waiting = msg
-				}
-				arm(wait)
-				wait = min(2*wait, maxPoll)
-				continue
-			}
-			waiting = ""
-			w.retarget()
-			c := Change{Lost: lost}
-			for p := range pending {
-				c.Paths = append(c.Paths, p)
-			}
-			sort.Strings(c.Paths)
-			clear(pending)
-			lost = 0
-			w.log.Debug("change", zap.Strings("paths", c.Paths), zap.Int("more", c.Lost))
-			changed(c)
 		}
 	}
+}
+
+// debounce is Run's state: the changes not reported yet, and its timer.
+type debounce struct {
+	quiet   time.Duration
+	pending map[string]bool // the changed paths, at most 20
+	lost    int             // the changes past those
+	timer   *time.Timer
+	wait    time.Duration // the next re-check of an incomplete executable
+	waiting string        // why the last check did not report, logged once
+}
+
+// note adds path to the pending changes, and waits for quiet again.
+func (d *debounce) note(path string) {
+	if !d.pending[path] && len(d.pending) >= 20 {
+		d.lost++
+	} else {
+		d.pending[path] = true
+	}
+	d.wait = d.quiet
+	d.timer.Reset(d.quiet)
+}
+
+// settled is called when d's timer fires. It returns the pending change
+// and true once every executable is complete, and false when nothing is
+// pending or an executable is not complete yet: it is then checked again
+// after a wait that doubles up to maxPoll.
+func (w *Watcher) settled(d *debounce) (Change, bool) {
+	if len(d.pending) == 0 && d.lost == 0 {
+		return Change{}, false
+	}
+	if err := w.executablesComplete(); err != nil {
+		if msg := err.Error(); msg != d.waiting {
+			w.log.Debug("waiting for the executable", zap.String("reason", msg))
+			d.waiting = msg
+		}
+		d.timer.Reset(d.wait)
+		d.wait = min(2*d.wait, maxPoll)
+		return Change{}, false
+	}
+	d.waiting = ""
+	w.retarget()
+	c := Change{Lost: d.lost}
+	for p := range d.pending {
+		c.Paths = append(c.Paths, p)
+	}
+	sort.Strings(c.Paths)
+	clear(d.pending)
+	d.lost = 0
+	w.log.Debug("change", zap.Strings("paths", c.Paths), zap.Int("more", c.Lost))
+	return c, true
 }
 
 // retarget follows each executable that is a symlink to its file now,

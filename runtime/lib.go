@@ -371,6 +371,31 @@ func runStandalone(ctx context.Context, app App, why error) error {
 			ln.Close()
 		}
 	}()
+	if err := w.listenStandalone(&cfg); err != nil {
+		return err
+	}
+
+	// The message channel, looped back: the same code on both ends as
+	// with a primary.
+	fd, err := w.loopBackChannel()
+	if err != nil {
+		return err
+	}
+	defer w.ch.Close()
+	hub := NewHub(app.OnMessage)
+	hub.log = cfg.Logger
+	primaryEnd, err := hub.standaloneEnd(fd)
+	if err != nil {
+		return err
+	}
+	defer primaryEnd.Close()
+	hub.local = primaryEnd.SendRaw
+	return withPrimary(wctx, cfg.Logger, app.Primary, hub, func() error { return app.Worker(wctx, w) })
+}
+
+// listenStandalone binds cfg's listeners, in order, as w's (a stale unix
+// socket file removed first).
+func (w *Worker) listenStandalone(cfg *Config) error {
 	for _, l := range cfg.Listeners {
 		if l.Network == "unix" {
 			if err := removeStaleSocket(l.Address); err != nil {
@@ -386,31 +411,33 @@ func runStandalone(ctx context.Context, app App, why error) error {
 		w.listeners = append(w.listeners, ln)
 		w.names = append(w.names, l.Name)
 	}
+	return nil
+}
 
-	// The message channel, looped back: the same code on both ends as
-	// with a primary.
+// loopBackChannel opens w's message channel on one end of a socket pair
+// and returns the other end's fd: the primary's end, in this process.
+func (w *Worker) loopBackChannel() (int, error) {
 	fds, err := socketpair()
 	if err != nil {
-		return fmt.Errorf("message channel: %v", err)
+		return -1, fmt.Errorf("message channel: %v", err)
 	}
 	if w.ch, err = channel.FromFD(fds[1], channel.Options{OnMessage: w.receive}); err != nil {
 		unix.Close(fds[0])
-		return err
+		return -1, err
 	}
-	defer w.ch.Close()
-	hub := NewHub(app.OnMessage)
-	hub.log = cfg.Logger
-	var primaryEnd *channel.Conn
-	primaryEnd, err = channel.FromFD(fds[0], channel.Options{OnMessage: func(line []byte) {
+	return fds[0], nil
+}
+
+// standaloneEnd opens the primary's end of a standalone worker's message
+// channel on fd: the worker's messages go to h, its control lines nowhere,
+// and replies go back on the same end.
+func (h *Hub) standaloneEnd(fd int) (*channel.Conn, error) {
+	var end *channel.Conn
+	end, err := channel.FromFD(fd, channel.Options{OnMessage: func(line []byte) {
 		if _, ok := workerpool.ParseControl(line); ok {
 			return
 		}
-		hub.deliver(workerpool.Message{Slot: 0, Pid: os.Getpid(), Data: line, Reply: primaryEnd.SendRaw})
+		h.deliver(workerpool.Message{Slot: 0, Pid: os.Getpid(), Data: line, Reply: end.SendRaw})
 	}})
-	if err != nil {
-		return err
-	}
-	defer primaryEnd.Close()
-	hub.local = primaryEnd.SendRaw
-	return withPrimary(wctx, cfg.Logger, app.Primary, hub, func() error { return app.Worker(wctx, w) })
+	return end, err
 }

@@ -178,75 +178,106 @@ func (q *jobQueue) take() *job {
 func jobLoop(ctx context.Context, log *zap.Logger, sigs <-chan os.Signal, reqs <-chan request, queue jobQueue,
 	deploy func(context.Context) error, scale func(delta int) func(context.Context) error,
 	shutdown func() error, handedOver func(pass []os.Signal) error) error {
-	var (
-		done    = make(chan error, 1)
-		running *job
-		cancel  context.CancelFunc = func() {}
-	)
-	next := func() {
-		if running != nil || len(queue) == 0 {
-			return
-		}
-		running = queue.take()
-		run := running.run
-		if run == nil {
-			run = deploy
-		}
-		running.newer = newNewer()
-		if queue.hasDeploy() {
-			running.newer.close()
-		}
-		var jctx context.Context
-		jctx, cancel = context.WithCancel(ctx)
-		jctx = withNewer(jctx, running.newer)
-		go func() { done <- run(jctx) }()
-	}
-	add := func(r request) {
-		isNew := queue.add(r)
-		if running != nil && isNew && r.run == nil {
-			log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
-		}
-		if running != nil && r.isDeploy() {
-			running.newer.close()
-		}
-		next()
-	}
-	shutDown := func(why zap.Field) error {
-		log.Info("shutdown started", why)
-		if running != nil {
-			cancel()
-			running.finish(<-done)
-		}
-		queue.finish(ErrShuttingDown)
-		return shutdown()
-	}
-	next()
+	l := &jobRunner{ctx: ctx, log: log, queue: queue, deploy: deploy, shutdown: shutdown,
+		done: make(chan error, 1), cancel: func() {}}
+	l.next()
 	for {
 		select {
 		case sig := <-sigs:
 			r, ok := signalRequest(sig, scale)
 			if !ok {
-				return shutDown(zap.String("signal", sig.String()))
+				return l.shutDown(zap.String("signal", sig.String()))
 			}
-			add(r)
+			l.add(r)
 		case r := <-reqs:
-			add(r)
-		case err := <-done:
-			cancel()
-			j := running
-			running = nil
-			if errors.Is(err, errHandedOver) {
-				j.finish(nil)
-				pass := queue.passOn()
-				queue.finish(errHandedOver)
+			l.add(r)
+		case err := <-l.done:
+			if pass, handed := l.finished(err); handed {
 				return handedOver(pass)
 			}
-			j.finish(err)
-			next()
 		case <-ctx.Done():
-			return shutDown(zap.String("why", context.Cause(ctx).Error()))
+			return l.shutDown(zap.String("why", context.Cause(ctx).Error()))
 		}
 	}
+}
+
+// jobRunner is jobLoop's state: the queue, and the job that runs, if one
+// does.
+type jobRunner struct {
+	ctx      context.Context
+	log      *zap.Logger
+	queue    jobQueue
+	deploy   func(context.Context) error
+	shutdown func() error
+	// done receives the outcome of the running job.
+	done    chan error
+	running *job
+	// cancel cancels the running job's context.
+	cancel context.CancelFunc
+}
+
+// next starts the first queued job unless one runs already.
+func (l *jobRunner) next() {
+	if l.running != nil || len(l.queue) == 0 {
+		return
+	}
+	l.running = l.queue.take()
+	run := l.running.run
+	if run == nil {
+		run = l.deploy
+	}
+	l.running.newer = newNewer()
+	if l.queue.hasDeploy() {
+		l.running.newer.close()
+	}
+	var jctx context.Context
+	jctx, l.cancel = context.WithCancel(l.ctx)
+	jctx = withNewer(jctx, l.running.newer)
+	go func() { l.done <- run(jctx) }()
+}
+
+// add queues r and starts it if nothing runs; a deploy or a rollback
+// asked for while a job runs ends that job's probation (see newerDeploy).
+func (l *jobRunner) add(r request) {
+	isNew := l.queue.add(r)
+	if l.running != nil && isNew && r.run == nil {
+		l.log.Info("upgrade queued", zap.String("why", "an upgrade is running"))
+	}
+	if l.running != nil && r.isDeploy() {
+		l.running.newer.close()
+	}
+	l.next()
+}
+
+// finished answers those who wait for the running job, which ended in
+// err, and starts the next one. If err is errHandedOver, it answers every
+// queued job with errHandedOver instead of starting one, and returns the
+// signals to pass on to the new primary and true.
+func (l *jobRunner) finished(err error) ([]os.Signal, bool) {
+	l.cancel()
+	j := l.running
+	l.running = nil
+	if errors.Is(err, errHandedOver) {
+		j.finish(nil)
+		pass := l.queue.passOn()
+		l.queue.finish(errHandedOver)
+		return pass, true
+	}
+	j.finish(err)
+	l.next()
+	return nil, false
+}
+
+// shutDown cancels the running job and waits for it, answers every queued
+// one with ErrShuttingDown, and returns shutdown().
+func (l *jobRunner) shutDown(why zap.Field) error {
+	l.log.Info("shutdown started", why)
+	if l.running != nil {
+		l.cancel()
+		l.running.finish(<-l.done)
+	}
+	l.queue.finish(ErrShuttingDown)
+	return l.shutdown()
 }
 
 // loop acts on signals and requests and runs their jobs one at a time; a

@@ -176,15 +176,8 @@ func (p *primary) watchHealth(ctx context.Context) {
 	if p.cfg.Health == nil || p.sockets == nil {
 		return
 	}
-	spec := *p.cfg.Health
-	fails := map[int]int{} // pid -> failures in a row
-	// The replacements run beside the probes (the loop runs them one at
-	// a time), so that one does not delay finding the next sick worker.
-	var (
-		replacing sync.Map // pid -> true while its replacement is asked for
-		wg        sync.WaitGroup
-	)
-	defer wg.Wait()
+	h := &healthWatch{p: p, spec: *p.cfg.Health, fails: map[int]int{}}
+	defer h.wg.Wait()
 	t := time.NewTicker(p.cfg.HealthInterval)
 	defer t.Stop()
 	for {
@@ -196,71 +189,112 @@ func (p *primary) watchHealth(ctx context.Context) {
 		if p.sockets.Frozen() {
 			continue // handed over: the new primary steers, and probes
 		}
-		var ws []workerpool.WorkerInfo
-		live := map[int]bool{}
-		for _, w := range p.pool.Workers() {
-			live[w.Pid] = true
-			if _, busy := replacing.Load(w.Pid); !busy && w.Current && w.Ready && !w.Draining {
-				ws = append(ws, w)
-			}
-		}
-		for pid := range fails {
-			if !live[pid] {
-				delete(fails, pid)
-			}
-		}
-		p.probes.keep(live)
-		results := make([]probe.Result, len(ws))
-		var probing sync.WaitGroup
-		for i, w := range ws {
-			s, ok := w.Socks.(*sockets.Set)
-			if !ok {
-				continue
-			}
-			target, err := p.sockets.ProbeTarget(s.FDs())
-			if err != nil {
-				continue
-			}
-			probing.Go(func() { results[i] = probeOnce(ctx, spec, target, p.cfg.ProbeTimeout) })
-		}
-		probing.Wait()
+		ws := h.probeable()
+		results := h.probeAll(ctx, ws)
 		if ctx.Err() != nil {
 			return
 		}
 		for i, w := range ws {
-			r := results[i]
-			if r.At.IsZero() {
-				continue
-			}
-			if r.OK() {
-				fails[w.Pid] = 0
-			} else {
-				fails[w.Pid]++
-			}
-			p.probes.record(w.Pid, probeHealth, r, fails[w.Pid])
-			p.metrics.Probed(probeHealth, r.OK())
-			if r.OK() {
-				continue
-			}
-			log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
-			if fails[w.Pid] < p.cfg.HealthThreshold {
-				log.Info("worker health check failed", zap.String("probe", spec.String()), zap.String("result", r.String()),
-					zap.Int("failures", fails[w.Pid]), zap.Int("threshold", p.cfg.HealthThreshold))
-				continue
-			}
-			reason := fmt.Sprintf("GET %s: %s", spec.Path, r)
-			log.Warn("worker unhealthy", zap.String("probe", spec.String()), zap.String("result", r.String()),
-				zap.Int("failures", fails[w.Pid]))
-			delete(fails, w.Pid)
-			if p.pool.FailProbation(w.Pid, "unhealthy: "+reason) {
-				continue // its deploy rolls back, which replaces it
-			}
-			replacing.Store(w.Pid, true)
-			wg.Go(func() {
-				defer replacing.Delete(w.Pid)
-				var rf replaceFailures
-				p.replaceWorker(ctx, w, recycleHealth, 0, log, &rf)
-			})
+			h.judge(ctx, w, results[i])
 		}
 	}
+}
+
+// healthWatch is what watchHealth keeps from one round of probes to the
+// next.
+type healthWatch struct {
+	p     *primary
+	spec  probe.Spec
+	fails map[int]int // pid -> failures in a row
+	// The replacements run beside the probes (the loop runs them one at
+	// a time), so that one does not delay finding the next sick worker.
+	replacing sync.Map // pid -> true while its replacement is asked for
+	wg        sync.WaitGroup
+}
+
+// probeable returns the workers to probe this round (each slot's current,
+// ready, not draining worker not being replaced already), and forgets the
+// failures and last probes of the workers gone.
+func (h *healthWatch) probeable() []workerpool.WorkerInfo {
+	var ws []workerpool.WorkerInfo
+	live := map[int]bool{}
+	for _, w := range h.p.pool.Workers() {
+		live[w.Pid] = true
+		if _, busy := h.replacing.Load(w.Pid); !busy && w.Current && w.Ready && !w.Draining {
+			ws = append(ws, w)
+		}
+	}
+	for pid := range h.fails {
+		if !live[pid] {
+			delete(h.fails, pid)
+		}
+	}
+	h.p.probes.keep(live)
+	return ws
+}
+
+// probeAll probes ws at once, each through its own socket, and returns
+// their results in the same order; a worker that has no socket to probe
+// through gets a zero Result.
+func (h *healthWatch) probeAll(ctx context.Context, ws []workerpool.WorkerInfo) []probe.Result {
+	results := make([]probe.Result, len(ws))
+	var probing sync.WaitGroup
+	for i, w := range ws {
+		s, ok := w.Socks.(*sockets.Set)
+		if !ok {
+			continue
+		}
+		target, err := h.p.sockets.ProbeTarget(s.FDs())
+		if err != nil {
+			continue
+		}
+		probing.Go(func() { results[i] = probeOnce(ctx, h.spec, target, h.p.cfg.ProbeTimeout) })
+	}
+	probing.Wait()
+	return results
+}
+
+// judge counts w's probe result r (none if r is zero) and, once w has
+// failed HealthThreshold times in a row, fails its probation or has it
+// replaced.
+func (h *healthWatch) judge(ctx context.Context, w workerpool.WorkerInfo, r probe.Result) {
+	p := h.p
+	if r.At.IsZero() {
+		return
+	}
+	if r.OK() {
+		h.fails[w.Pid] = 0
+	} else {
+		h.fails[w.Pid]++
+	}
+	p.probes.record(w.Pid, probeHealth, r, h.fails[w.Pid])
+	p.metrics.Probed(probeHealth, r.OK())
+	if r.OK() {
+		return
+	}
+	log := p.log.With(zap.Int("slot", w.Slot), zap.Int("pid", w.Pid), zap.Int("generation", w.Generation))
+	if h.fails[w.Pid] < p.cfg.HealthThreshold {
+		log.Info("worker health check failed", zap.String("probe", h.spec.String()), zap.String("result", r.String()),
+			zap.Int("failures", h.fails[w.Pid]), zap.Int("threshold", p.cfg.HealthThreshold))
+		return
+	}
+	reason := fmt.Sprintf("GET %s: %s", h.spec.Path, r)
+	log.Warn("worker unhealthy", zap.String("probe", h.spec.String()), zap.String("result", r.String()),
+		zap.Int("failures", h.fails[w.Pid]))
+	delete(h.fails, w.Pid)
+	if p.pool.FailProbation(w.Pid, "unhealthy: "+reason) {
+		return // its deploy rolls back, which replaces it
+	}
+	h.replace(ctx, w, log)
+}
+
+// replace has the sick worker w replaced through the loop, beside the
+// probes; w is not probed again meanwhile.
+func (h *healthWatch) replace(ctx context.Context, w workerpool.WorkerInfo, log *zap.Logger) {
+	h.replacing.Store(w.Pid, true)
+	h.wg.Go(func() {
+		defer h.replacing.Delete(w.Pid)
+		var rf replaceFailures
+		h.p.replaceWorker(ctx, w, recycleHealth, 0, log, &rf)
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -394,14 +395,7 @@ var errGone = errors.New("gone")
 
 func (s *Supervisor) serve(sock int, w *worker) {
 	defer s.wg.Done()
-	defer func() {
-		s.mu.Lock()
-		if w.pidfd >= 0 {
-			unix.Close(w.pidfd)
-			w.pidfd = -1
-		}
-		s.mu.Unlock()
-	}()
+	defer s.closePidfd(w)
 	log := w.log
 	nfd, err := s.handshake(sock)
 	if err != nil {
@@ -423,10 +417,26 @@ func (s *Supervisor) serve(sock int, w *worker) {
 		return
 	}
 	defer s.done(w)
-	// Answer every pending notification, then wait in the netpoller; end
-	// when the fd hangs up (every process under the filter is gone), or
-	// when asked to stop (the read deadline is then set).
-	hup := false
+	if hup, err := s.answer(rc, w); !hup {
+		s.stopped(rc, w, err)
+	}
+}
+
+// closePidfd closes w's pidfd, if it has one still.
+func (s *Supervisor) closePidfd(w *worker) {
+	s.mu.Lock()
+	if w.pidfd >= 0 {
+		unix.Close(w.pidfd)
+		w.pidfd = -1
+	}
+	s.mu.Unlock()
+}
+
+// answer answers every pending notification on w's notification fd (rc),
+// then waits in the netpoller for more. It returns hup true when the fd
+// hangs up (every process under the filter is gone), and false when asked
+// to stop (the read deadline is then set) or when the wait failed (err).
+func (s *Supervisor) answer(rc syscall.RawConn, w *worker) (hup bool, err error) {
 	err = rc.Read(func(fd uintptr) bool {
 		for {
 			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -438,7 +448,7 @@ func (s *Supervisor) serve(sock int, w *worker) {
 			switch {
 			case pfd[0].Revents&unix.POLLIN != 0:
 				if err := s.handle(int(fd), w); err != nil {
-					s.warnings.warn(log, "worker bind not adopted", zap.String("reason", err.Error()))
+					s.warnings.warn(w.log, "worker bind not adopted", zap.String("reason", err.Error()))
 				}
 			case pfd[0].Revents&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0:
 				hup = true
@@ -448,11 +458,13 @@ func (s *Supervisor) serve(sock int, w *worker) {
 			}
 		}
 	})
-	if hup {
-		return
-	}
-	// Asked to stop, or failed: what is pending runs as if there were no
-	// filter; later calls fail with ENOSYS.
+	return hup, err
+}
+
+// stopped ends the serving of w's notification fd (rc), asked to stop or
+// failed (err): what is pending runs as if there were no filter; later
+// calls fail with ENOSYS, which it logs unless the Supervisor was closed.
+func (s *Supervisor) stopped(rc syscall.RawConn, w *worker, err error) {
 	rc.Control(func(fd uintptr) { drain(int(fd), s) })
 	s.mu.Lock()
 	why := w.stop
@@ -460,9 +472,9 @@ func (s *Supervisor) serve(sock int, w *worker) {
 	switch {
 	case why == "closed":
 	case why != "":
-		log.Warn("bind adoption stopped", zap.String("reason", why+"; their bind, listen and unlink calls fail with ENOSYS from now on"))
+		w.log.Warn("bind adoption stopped", zap.String("reason", why+"; their bind, listen and unlink calls fail with ENOSYS from now on"))
 	case err != nil:
-		log.Warn("bind adoption stopped", zap.String("reason", err.Error()+"; the bind, listen and unlink calls of the worker fail with ENOSYS from now on"))
+		w.log.Warn("bind adoption stopped", zap.String("reason", err.Error()+"; the bind, listen and unlink calls of the worker fail with ENOSYS from now on"))
 	}
 }
 

@@ -31,20 +31,9 @@ func (b *bencher) adoption(ctx context.Context) error {
 	for round := 0; round < b.cfg.Starts; round++ {
 		for k := range modes {
 			i := (k + round) % len(modes)
-			p := prims[i]
-			from := p.next()
-			if _, _, err := p.deploy(ctx); err != nil {
-				return fmt.Errorf("%s: %w", modes[i].name, err)
-			}
-			at, err := p.wait(ctx, from, time.Minute, func(e event) bool { return e.msg == "worker ready" })
+			d, err := workerStart(ctx, prims[i])
 			if err != nil {
 				return fmt.Errorf("%s: %w", modes[i].name, err)
-			}
-			p.mu.Lock()
-			d, err := time.ParseDuration(p.events[at].str("took"))
-			p.mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("%s: worker ready: took: %w", modes[i].name, err)
 			}
 			took[i] = append(took[i], d)
 		}
@@ -67,4 +56,24 @@ func (b *bencher) adoption(ctx context.Context) error {
 	}
 	b.r.Tables = append(b.r.Tables, t)
 	return nil
+}
+
+// workerStart deploys p's one worker anew and returns the new worker's
+// start: the took of its "worker ready".
+func workerStart(ctx context.Context, p *primary) (time.Duration, error) {
+	from := p.next()
+	if _, _, err := p.deploy(ctx); err != nil {
+		return 0, err
+	}
+	at, err := p.wait(ctx, from, time.Minute, func(e event) bool { return e.msg == "worker ready" })
+	if err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	d, err := time.ParseDuration(p.events[at].str("took"))
+	p.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("worker ready: took: %w", err)
+	}
+	return d, nil
 }

@@ -212,15 +212,45 @@ func (b *bencher) measure(ctx context.Context, addr string, newConn bool) loadge
 
 // 1. Steady-state overhead (and item 5's figures under load).
 func (b *bencher) overhead(ctx context.Context) error {
-	type setup struct {
-		name    string
-		workers int // 0: direct
-		library bool
-		procs1  bool // GOMAXPROCS=1 in every process
-		// flags go to handoff, args to the server: bind adoption.
-		flags, args []string
+	setups := b.overheadSetups()
+	// Every set-up is started once and stays up (idle, it costs nothing);
+	// the load moves from one to the next, round after round, so that a
+	// drift in the machine's load hits them all alike.
+	rig := &overheadRig{setups: setups, addrs: make([]string, len(setups)),
+		prims: make([]*primary, len(setups)), pids: make([][]int, len(setups))}
+	defer rig.stop()
+	for i := range setups {
+		if err := b.startOverheadSetup(ctx, rig, i); err != nil {
+			return err
+		}
 	}
-	setups := []setup{
+	samples := b.overheadRounds(ctx, rig)
+	b.overheadTable(setups, samples)
+	return nil
+}
+
+// overheadSetup is one set-up of benchmark 1.
+type overheadSetup struct {
+	name    string
+	workers int // 0: direct
+	library bool
+	procs1  bool // GOMAXPROCS=1 in every process
+	// flags go to handoff, args to the server: bind adoption.
+	flags, args []string
+}
+
+// overheadSample is one set-up's figures in one round of benchmark 1.
+type overheadSample struct {
+	rps      float64
+	p50, p99 time.Duration
+	failures int64
+	requests int64
+	cpu      time.Duration // of the server's processes, primary included
+}
+
+// overheadSetups are the set-ups benchmark 1 compares, direct first.
+func (b *bencher) overheadSetups() []overheadSetup {
+	setups := []overheadSetup{
 		{name: "direct (one process)"},
 		{name: "handoff, 1 worker", workers: 1},
 		{name: "handoff, 2 workers", workers: 2},
@@ -236,91 +266,142 @@ func (b *bencher) overhead(ctx context.Context) error {
 			flags: []string{"--adopt-bind", "on"}, args: []string{"--bind"}},
 	}
 	if b.cfg.Hello != "" {
-		setups = append(setups, setup{name: "library mode (examples/hello), 2 workers", workers: 2, library: true})
+		setups = append(setups, overheadSetup{name: "library mode (examples/hello), 2 workers", workers: 2, library: true})
 	}
-	type sample struct {
-		rps      float64
-		p50, p99 time.Duration
-		failures int64
-		requests int64
-		cpu      time.Duration // of the server's processes, primary included
+	return setups
+}
+
+// overheadRig is benchmark 1's set-ups, started: by set-up, the address
+// it serves on, its primary (nil for direct), every process of it.
+type overheadRig struct {
+	setups []overheadSetup
+	addrs  []string
+	prims  []*primary
+	pids   [][]int
+	stops  []func() // in the order started
+}
+
+// stop stops every set-up started, the last started first.
+func (r *overheadRig) stop() {
+	for i := len(r.stops) - 1; i >= 0; i-- {
+		r.stops[i]()
 	}
-	// Every set-up is started once and stays up (idle, it costs nothing);
-	// the load moves from one to the next, round after round, so that a
-	// drift in the machine's load hits them all alike.
-	addrs := make([]string, len(setups))
-	prims := make([]*primary, len(setups))
-	pids := make([][]int, len(setups)) // every process of the set-up
-	for i, s := range setups {
-		if s.workers > 0 {
-			start := func() (*primary, string, error) {
-				return startPrimaryWith(ctx, b.cfg.Handoff, s.flags, b.cfg.Server, s.workers, s.args...)
-			}
-			if s.procs1 {
-				start = func() (*primary, string, error) {
-					cmd := handoffCmd(b.cfg.Handoff, nil, b.cfg.Server, s.workers)
-					cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-					return startPrimaryCmd(ctx, cmd)
-				}
-			}
-			if s.library {
-				start = func() (*primary, string, error) { return startLibrary(ctx, b.cfg.Hello, s.workers) }
-			}
-			p, addr, err := start()
-			if err != nil {
-				return err
-			}
-			defer p.stop()
-			prims[i], addrs[i] = p, addr
-			pids[i] = append(p.workerPIDs(), p.pid())
-			continue
-		}
-		addr, err := freeAddr()
+}
+
+// startOverheadSetup starts set-up i of rig and waits until it answers.
+func (b *bencher) startOverheadSetup(ctx context.Context, rig *overheadRig, i int) error {
+	s := rig.setups[i]
+	if s.workers > 0 {
+		p, addr, err := b.startOverheadPrimary(ctx, s)
 		if err != nil {
 			return err
 		}
-		srv, err := startServer(b.cfg.Server, "--listen", addr)
-		if err != nil {
-			return err
-		}
-		defer srv.stop(sigTERM)
-		if err := waitAnswer(ctx, addr, time.Minute, func(string) bool { return true }); err != nil {
-			return fmt.Errorf("%w (server: %s)", err, srv.stderr)
-		}
-		addrs[i] = addr
-		pids[i] = []int{srv.cmd.Process.Pid}
+		rig.stops = append(rig.stops, p.stop)
+		rig.prims[i], rig.addrs[i] = p, addr
+		rig.pids[i] = append(p.workerPIDs(), p.pid())
+		return nil
 	}
-	samples := make([][]sample, len(setups))
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	srv, err := startServer(b.cfg.Server, "--listen", addr)
+	if err != nil {
+		return err
+	}
+	rig.stops = append(rig.stops, func() { srv.stop(sigTERM) })
+	if err := waitAnswer(ctx, addr, time.Minute, func(string) bool { return true }); err != nil {
+		return fmt.Errorf("%w (server: %s)", err, srv.stderr)
+	}
+	rig.addrs[i] = addr
+	rig.pids[i] = []int{srv.cmd.Process.Pid}
+	return nil
+}
+
+// startOverheadPrimary starts the handoff set-up s: the CLI, with its
+// flags and GOMAXPROCS=1 if asked for, or library mode.
+func (b *bencher) startOverheadPrimary(ctx context.Context, s overheadSetup) (*primary, string, error) {
+	switch {
+	case s.library:
+		return startLibrary(ctx, b.cfg.Hello, s.workers)
+	case s.procs1:
+		cmd := handoffCmd(b.cfg.Handoff, nil, b.cfg.Server, s.workers)
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+		return startPrimaryCmd(ctx, cmd)
+	}
+	return startPrimaryWith(ctx, b.cfg.Handoff, s.flags, b.cfg.Server, s.workers, s.args...)
+}
+
+// overheadRounds loads each set-up of rig for a slice, round after round,
+// and returns the samples by set-up.
+func (b *bencher) overheadRounds(ctx context.Context, rig *overheadRig) [][]overheadSample {
+	samples := make([][]overheadSample, len(rig.setups))
 	for round := 1; round <= b.cfg.Rounds; round++ {
 		// Each round starts with another set-up, so that none always runs
 		// first (or last).
-		for k := range setups {
-			i := (k + round - 1) % len(setups)
-			p := prims[i]
-			if setups[i].library {
-				p = nil // its primary is the application too: not the CLI's cost
-			}
-			b.load(ctx, addrs[i], false, b.cfg.Warmup).Wait()
-			var cpu0 time.Duration
-			if p != nil {
-				cpu0, _ = procCPU(p.pid())
-			}
-			all0 := sumCPU(pids[i])
-			res := b.load(ctx, addrs[i], false, b.cfg.Slice).Wait()
-			all1 := sumCPU(pids[i])
-			if p != nil {
-				cpu1, _ := procCPU(p.pid())
-				b.loadCPU = append(b.loadCPU, (cpu1-cpu0).Seconds()/res.Elapsed.Seconds())
-				if rss, err := procRSS(p.pid()); err == nil {
-					b.loadRSS = append(b.loadRSS, rss)
-				}
-			}
-			sm := sample{rps: float64(res.Requests) / res.Elapsed.Seconds(), p50: res.P50, p99: res.P99,
-				failures: res.Failures, requests: res.Requests, cpu: all1 - all0}
+		for k := range rig.setups {
+			i := (k + round - 1) % len(rig.setups)
+			sm := b.overheadSlice(ctx, rig, i)
 			samples[i] = append(samples[i], sm)
-			b.progress("round %d %-22s %8.0f req/s p50 %-9v p99 %-9v failed %d", round, setups[i].name, sm.rps, sm.p50, sm.p99, sm.failures)
+			b.progress("round %d %-22s %8.0f req/s p50 %-9v p99 %-9v failed %d", round, rig.setups[i].name, sm.rps, sm.p50, sm.p99, sm.failures)
 		}
 	}
+	return samples
+}
+
+// overheadSlice warms set-up i of rig up, then loads it for cfg.Slice, and
+// returns what that measured; the CLI's primary's CPU and RSS under the
+// load go to the primary's cost.
+func (b *bencher) overheadSlice(ctx context.Context, rig *overheadRig, i int) overheadSample {
+	p := rig.prims[i]
+	if rig.setups[i].library {
+		p = nil // its primary is the application too: not the CLI's cost
+	}
+	b.load(ctx, rig.addrs[i], false, b.cfg.Warmup).Wait()
+	var cpu0 time.Duration
+	if p != nil {
+		cpu0, _ = procCPU(p.pid())
+	}
+	all0 := sumCPU(rig.pids[i])
+	res := b.load(ctx, rig.addrs[i], false, b.cfg.Slice).Wait()
+	all1 := sumCPU(rig.pids[i])
+	if p != nil {
+		cpu1, _ := procCPU(p.pid())
+		b.loadCPU = append(b.loadCPU, (cpu1-cpu0).Seconds()/res.Elapsed.Seconds())
+		if rss, err := procRSS(p.pid()); err == nil {
+			b.loadRSS = append(b.loadRSS, rss)
+		}
+	}
+	return overheadSample{rps: float64(res.Requests) / res.Elapsed.Seconds(), p50: res.P50, p99: res.P99,
+		failures: res.Failures, requests: res.Requests, cpu: all1 - all0}
+}
+
+// overheadTotals is one set-up's figures over all rounds of benchmark 1.
+type overheadTotals struct {
+	rps, ratio       []float64 // ratio: to direct, round by round
+	p50, p99         []time.Duration
+	failed, requests int64
+	cpu              time.Duration
+}
+
+// totalOverhead sums up a set-up's samples, and those of direct, taken
+// in the same rounds.
+func totalOverhead(samples, direct []overheadSample) overheadTotals {
+	var tot overheadTotals
+	for round, sm := range samples {
+		tot.rps = append(tot.rps, sm.rps)
+		tot.ratio = append(tot.ratio, sm.rps/direct[round].rps)
+		tot.p50, tot.p99 = append(tot.p50, sm.p50), append(tot.p99, sm.p99)
+		tot.failed += sm.failures
+		tot.requests += sm.requests
+		tot.cpu += sm.cpu
+	}
+	return tot
+}
+
+// overheadTable adds benchmark 1's table, from the samples of each of
+// setups, and its verdict.
+func (b *bencher) overheadTable(setups []overheadSetup, samples [][]overheadSample) {
 	t := Table{
 		Title:  "1. Steady-state overhead (keep-alive load)",
 		Header: []string{"set-up", "req/s", "vs direct", "vs direct, middle half of rounds", "p50", "p99", "failed", "server CPU per request", "vs direct"},
@@ -331,36 +412,25 @@ func (b *bencher) overhead(ctx context.Context) error {
 	// CPU per request over all rounds; [0] is direct.
 	cpuPerReq := make([]time.Duration, len(setups))
 	for i, s := range setups {
-		var rps, ratio []float64
-		var p50, p99 []time.Duration
-		var failed, requests int64
-		var cpu time.Duration
-		for round, sm := range samples[i] { // samples[0] is direct
-			rps = append(rps, sm.rps)
-			ratio = append(ratio, sm.rps/samples[0][round].rps)
-			p50, p99 = append(p50, sm.p50), append(p99, sm.p99)
-			failed += sm.failures
-			requests += sm.requests
-			cpu += sm.cpu
-		}
+		tot := totalOverhead(samples[i], samples[0]) // samples[0] is direct
 		cpuVs := "1"
-		if requests > 0 {
-			cpuPerReq[i] = cpu / time.Duration(requests)
+		if tot.requests > 0 {
+			cpuPerReq[i] = tot.cpu / time.Duration(tot.requests)
 		}
 		if i > 0 && cpuPerReq[i] > 0 {
 			cpuVs = fmt.Sprintf("%.3f", float64(cpuPerReq[i])/float64(cpuPerReq[0]))
 		}
 		vs, iqr := "1", "—"
 		if i > 0 {
-			iqr = fmt.Sprintf("%.2f – %.2f", quantile(ratio, 0.25), quantile(ratio, 0.75))
-			m := median(ratio)
+			iqr = fmt.Sprintf("%.2f – %.2f", quantile(tot.ratio, 0.25), quantile(tot.ratio, 0.75))
+			m := median(tot.ratio)
 			if !s.procs1 {
 				worst = math.Min(worst, m)
 			}
 			vs = fmt.Sprintf("%.3f", m)
 		}
-		t.Rows = append(t.Rows, []string{s.name, fmt.Sprintf("%.0f", median(rps)), vs, iqr,
-			fmtDur(medianDur(p50)), fmtDur(medianDur(p99)), fmt.Sprint(failed), fmtDur(cpuPerReq[i]), cpuVs})
+		t.Rows = append(t.Rows, []string{s.name, fmt.Sprintf("%.0f", median(tot.rps)), vs, iqr,
+			fmtDur(medianDur(tot.p50)), fmtDur(medianDur(tot.p99)), fmt.Sprint(tot.failed), fmtDur(cpuPerReq[i]), cpuVs})
 	}
 	t.Notes = append(t.Notes, "The handoff rows run with --adopt-bind auto (the default) unless they say otherwise: the workers take their socket from LISTEN_FDS, under the seccomp filter that sends their bind() and listen() calls to the primary, which every system call of theirs passes through. The --adopt-bind off row has no filter; in the last row the server binds :$PORT itself and is given the primary's socket (bind adoption), then serves exactly as a LISTEN_FDS worker does.")
 	t.Notes = append(t.Notes, "The GOMAXPROCS=1 row is not a target: it runs each worker's Go runtime on one thread, to tell whether what 2 workers cost beyond 1 comes from two runtimes each scheduling (and spinning) for every core of the machine. The verdict takes the worst of the other handoff rows.")
@@ -371,7 +441,6 @@ func (b *bencher) overhead(ctx context.Context) error {
 		Measured: fmt.Sprintf("worst set-up %.3f", worst),
 		Met:      worst >= 0.97,
 	})
-	return nil
 }
 
 // 2. Deploy disruption.
@@ -386,20 +455,40 @@ func (b *bencher) disruption(ctx context.Context) error {
 			"handoff runs 2 workers with --ready notify; the naive restarter sends SIGTERM (the server drains), waits for the exit, starts the new process; the tableflip process does Upgrade on SIGHUP and http.Server.Shutdown once Exit() fires.",
 		},
 	}
-	systems := func() []system {
-		sys := []system{&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2}}
-		if b.cfg.Hello != "" {
-			sys = append(sys, &handoffSystem{bin: b.cfg.Hello, workers: 2, library: true})
-		}
-		return append(sys, &naiveSystem{server: b.cfg.Server}, &tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir})
+	rows, err := b.disruptionRuns(ctx)
+	if err != nil {
+		return err
 	}
-	type runs struct {
-		sys  system
-		mode string
-		res  []loadgen.Result
-		took []time.Duration
+	for _, r := range rows {
+		b.disruptionRow(&t, r)
 	}
-	var rows []*runs
+	b.r.Tables = append(b.r.Tables, t)
+	return nil
+}
+
+// disruptRuns are the runs of one row of benchmark 2: a system under one
+// load.
+type disruptRuns struct {
+	sys  system
+	mode string
+	res  []loadgen.Result
+	took []time.Duration
+}
+
+// disruptionSystems are the systems benchmark 2 compares, new ones for
+// each run.
+func (b *bencher) disruptionSystems() []system {
+	sys := []system{&handoffSystem{bin: b.cfg.Handoff, server: b.cfg.Server, workers: 2}}
+	if b.cfg.Hello != "" {
+		sys = append(sys, &handoffSystem{bin: b.cfg.Hello, workers: 2, library: true})
+	}
+	return append(sys, &naiveSystem{server: b.cfg.Server}, &tableflipSystem{server: b.cfg.Server, dir: b.cfg.Dir})
+}
+
+// disruptionRuns runs every system under each load, cfg.DisruptRuns
+// times, in turn, and returns the runs by row.
+func (b *bencher) disruptionRuns(ctx context.Context) ([]*disruptRuns, error) {
+	var rows []*disruptRuns
 	for run := 0; run < b.cfg.DisruptRuns; run++ {
 		k := 0
 		for _, newConn := range []bool{false, true} {
@@ -407,13 +496,13 @@ func (b *bencher) disruption(ctx context.Context) error {
 			if newConn {
 				mode = "new connection"
 			}
-			for _, sys := range systems() {
+			for _, sys := range b.disruptionSystems() {
 				res, took, err := b.disrupt(ctx, sys, newConn)
 				if err != nil {
-					return fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
+					return nil, fmt.Errorf("%s, %s: %w", sys.name(), mode, err)
 				}
 				if run == 0 {
-					rows = append(rows, &runs{sys: sys, mode: mode})
+					rows = append(rows, &disruptRuns{sys: sys, mode: mode})
 				}
 				rows[k].res = append(rows[k].res, res)
 				rows[k].took = append(rows[k].took, took...)
@@ -421,42 +510,44 @@ func (b *bencher) disruption(ctx context.Context) error {
 			}
 		}
 	}
-	for _, r := range rows {
-		var failed, requests int64
-		allKinds := map[string]int64{}
-		var steady, window, window999 []time.Duration
-		var p99Ratio, rpsRatio []float64
-		for _, res := range r.res {
-			failed += res.Failures
-			requests += res.Requests
-			for k, v := range res.FailuresByKind {
-				allKinds[k] += v
-			}
-			steady, window, window999 = append(steady, res.Steady.P99), append(window, res.Windows.P99), append(window999, res.Windows.P999)
-			p99Ratio = append(p99Ratio, float64(res.Windows.P99)/float64(res.Steady.P99))
-			rpsRatio = append(rpsRatio, res.Windows.RPS()/res.Steady.RPS())
+	return rows, nil
+}
+
+// disruptionRow adds r's row to t, and for handoff its verdicts: no
+// request lost, p99 in the upgrade windows within twice the steady one.
+func (b *bencher) disruptionRow(t *Table, r *disruptRuns) {
+	var failed, requests int64
+	allKinds := map[string]int64{}
+	var steady, window, window999 []time.Duration
+	var p99Ratio, rpsRatio []float64
+	for _, res := range r.res {
+		failed += res.Failures
+		requests += res.Requests
+		for k, v := range res.FailuresByKind {
+			allKinds[k] += v
 		}
-		t.Rows = append(t.Rows, []string{r.sys.name(), r.mode, fmt.Sprint(len(r.took)),
-			fmt.Sprintf("%d of %d", failed, requests), kinds(allKinds),
-			spreadDur(steady), spreadDur(window), spreadDur(window999),
-			spread(p99Ratio), spread(rpsRatio), fmtDur(medianDur(r.took))})
-		h, ok := r.sys.(*handoffSystem)
-		if !ok {
-			continue
-		}
-		label := r.mode
-		if h.library {
-			label += ", library mode"
-		}
-		ratio := median(p99Ratio)
-		b.r.Verdicts = append(b.r.Verdicts,
-			Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", failed, requests), Met: failed == 0},
-			Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99",
-				Measured: fmt.Sprintf("%.2fx (%s; %s vs %s)", ratio, runsOf(len(p99Ratio)), fmtDur(medianDur(window)), fmtDur(medianDur(steady))),
-				Met:      math.Round(ratio*100) <= 200}) // judged as shown: latency buckets are 1/16 wide
+		steady, window, window999 = append(steady, res.Steady.P99), append(window, res.Windows.P99), append(window999, res.Windows.P999)
+		p99Ratio = append(p99Ratio, float64(res.Windows.P99)/float64(res.Steady.P99))
+		rpsRatio = append(rpsRatio, res.Windows.RPS()/res.Steady.RPS())
 	}
-	b.r.Tables = append(b.r.Tables, t)
-	return nil
+	t.Rows = append(t.Rows, []string{r.sys.name(), r.mode, fmt.Sprint(len(r.took)),
+		fmt.Sprintf("%d of %d", failed, requests), kinds(allKinds),
+		spreadDur(steady), spreadDur(window), spreadDur(window999),
+		spread(p99Ratio), spread(rpsRatio), fmtDur(medianDur(r.took))})
+	h, ok := r.sys.(*handoffSystem)
+	if !ok {
+		return
+	}
+	label := r.mode
+	if h.library {
+		label += ", library mode"
+	}
+	ratio := median(p99Ratio)
+	b.r.Verdicts = append(b.r.Verdicts,
+		Verdict{Target: "deploys (" + label + "): handoff loses 0 requests", Measured: fmt.Sprintf("%d failed of %d", failed, requests), Met: failed == 0},
+		Verdict{Target: "deploys (" + label + "): handoff p99 in upgrade windows within 2x steady p99",
+			Measured: fmt.Sprintf("%.2fx (%s; %s vs %s)", ratio, runsOf(len(p99Ratio)), fmtDur(medianDur(window)), fmtDur(medianDur(steady))),
+			Met:      math.Round(ratio*100) <= 200}) // judged as shown: latency buckets are 1/16 wide
 }
 
 func runsOf(n int) string {
@@ -521,31 +612,10 @@ func (b *bencher) scaling(ctx context.Context) error {
 	med := make([][]time.Duration, len(delays))
 	for di, delay := range delays {
 		for _, n := range b.cfg.Workers {
-			p, _, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, n, "--ready-delay", delay.String())
+			took, err := b.upgradeTimes(ctx, n, delay)
 			if err != nil {
 				return err
 			}
-			if delay == 0 {
-				if err := b.idleCost(ctx, p, n); err != nil {
-					p.stop()
-					return err
-				}
-			}
-			var took []time.Duration
-			cpu0, _ := procCPU(p.pid())
-			for d := 0; d < b.cfg.Deploys; d++ {
-				dur, _, err := p.deploy(ctx)
-				if err != nil {
-					p.stop()
-					return fmt.Errorf("%d workers, ready after %v: %w", n, delay, err)
-				}
-				took = append(took, dur)
-			}
-			cpu1, _ := procCPU(p.pid())
-			if delay == 0 {
-				b.deployMs = append(b.deployMs, float64((cpu1-cpu0).Milliseconds())/float64(b.cfg.Deploys))
-			}
-			p.stop()
 			med[di] = append(med[di], medianDur(took))
 			b.progress("%2d workers, ready after %-6v: upgrade %v (median of %d)", n, delay, medianDur(took), len(took))
 		}
@@ -558,37 +628,76 @@ func (b *bencher) scaling(ctx context.Context) error {
 	for i, n := range b.cfg.Workers {
 		t.Rows = append(t.Rows, []string{fmt.Sprint(n), fmtDur(med[0][i]), fmtDur(med[1][i]), fmtDur(time.Duration(n) * b.cfg.ReadyDelay)})
 	}
+	for di, delay := range delays {
+		b.scalingFit(&t, delay, med[di])
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	return nil
+}
+
+// upgradeTimes starts a primary of n workers ready after delay, and
+// returns how long each of cfg.Deploys deploys took. With no delay it
+// also records the primary's idle cost and its CPU per deploy.
+func (b *bencher) upgradeTimes(ctx context.Context, n int, delay time.Duration) ([]time.Duration, error) {
+	p, _, err := startPrimary(ctx, b.cfg.Handoff, b.cfg.Server, n, "--ready-delay", delay.String())
+	if err != nil {
+		return nil, err
+	}
+	if delay == 0 {
+		if err := b.idleCost(ctx, p, n); err != nil {
+			p.stop()
+			return nil, err
+		}
+	}
+	var took []time.Duration
+	cpu0, _ := procCPU(p.pid())
+	for d := 0; d < b.cfg.Deploys; d++ {
+		dur, _, err := p.deploy(ctx)
+		if err != nil {
+			p.stop()
+			return nil, fmt.Errorf("%d workers, ready after %v: %w", n, delay, err)
+		}
+		took = append(took, dur)
+	}
+	cpu1, _ := procCPU(p.pid())
+	if delay == 0 {
+		b.deployMs = append(b.deployMs, float64((cpu1-cpu0).Milliseconds())/float64(b.cfg.Deploys))
+	}
+	p.stop()
+	return took, nil
+}
+
+// scalingFit notes on t the least-squares fit of the upgrade times med
+// (one per cfg.Workers) with workers ready after delay, and judges it when
+// delay is not zero.
+func (b *bencher) scalingFit(t *Table, delay time.Duration, med []time.Duration) {
 	ns := make([]float64, len(b.cfg.Workers))
 	for i, n := range b.cfg.Workers {
 		ns[i] = float64(n)
 	}
-	for di, delay := range delays {
-		ys := make([]float64, len(med[di]))
-		for i, d := range med[di] {
-			ys[i] = d.Seconds()
-		}
-		slope, icept, r2 := linearFit(ns, ys)
-		what := "ready at once"
-		if delay > 0 {
-			what = fmt.Sprintf("ready after %v", delay)
-		}
-		sign := "+"
-		if icept < 0 {
-			sign, icept = "−", -icept
-		}
-		t.Notes = append(t.Notes, fmt.Sprintf("%s: least-squares fit %s per worker %s %s (R² %.3f).", what,
-			fmtDur(time.Duration(slope*float64(time.Second))), sign, fmtDur(time.Duration(icept*float64(time.Second))), r2))
-		if delay > 0 {
-			perWorker := time.Duration(slope * float64(time.Second))
-			b.r.Verdicts = append(b.r.Verdicts, Verdict{
-				Target:   fmt.Sprintf("upgrade time linear in N, near N × time-to-ready (%v)", delay),
-				Measured: fmt.Sprintf("%s per worker, R² %.3f", fmtDur(perWorker), r2),
-				Met:      r2 >= 0.98 && perWorker >= delay && perWorker <= delay*3/2,
-			})
-		}
+	ys := make([]float64, len(med))
+	for i, d := range med {
+		ys[i] = d.Seconds()
 	}
-	b.r.Tables = append(b.r.Tables, t)
-	return nil
+	slope, icept, r2 := linearFit(ns, ys)
+	what := "ready at once"
+	if delay > 0 {
+		what = fmt.Sprintf("ready after %v", delay)
+	}
+	sign := "+"
+	if icept < 0 {
+		sign, icept = "−", -icept
+	}
+	t.Notes = append(t.Notes, fmt.Sprintf("%s: least-squares fit %s per worker %s %s (R² %.3f).", what,
+		fmtDur(time.Duration(slope*float64(time.Second))), sign, fmtDur(time.Duration(icept*float64(time.Second))), r2))
+	if delay > 0 {
+		perWorker := time.Duration(slope * float64(time.Second))
+		b.r.Verdicts = append(b.r.Verdicts, Verdict{
+			Target:   fmt.Sprintf("upgrade time linear in N, near N × time-to-ready (%v)", delay),
+			Measured: fmt.Sprintf("%s per worker, R² %.3f", fmtDur(perWorker), r2),
+			Met:      r2 >= 0.98 && perWorker >= delay && perWorker <= delay*3/2,
+		})
+	}
 }
 
 // idleCost records the primary's RSS and its CPU over cfg.Gap of idling.

@@ -72,6 +72,30 @@ func (b *bencher) cluster(ctx context.Context) error {
 		return err
 	}
 
+	systems := b.clusterSystems(ctx, &t, &verdict)
+	up, err := b.startClusterSystems(ctx, node, script, systems, &t)
+	defer stopClusterSystems(up)
+	if err != nil {
+		return err
+	}
+
+	rrRatio := map[int]float64{}
+	for _, conns := range clusterConns {
+		results := b.clusterRounds(ctx, up, conns)
+		b.clusterRows(&t, up, conns, results, rrRatio)
+	}
+	if !verdict.Skipped {
+		judgeCluster(&verdict, rrRatio)
+	}
+	b.r.Tables = append(b.r.Tables, t)
+	b.r.Verdicts = append(b.r.Verdicts, verdict)
+	return nil
+}
+
+// clusterSystems are the set-ups of benchmark 9: Node's cluster first,
+// then handoff with each --balance mode, or with none if this handoff has
+// no --balance (noted on t, and the verdict skipped).
+func (b *bencher) clusterSystems(ctx context.Context, t *Table, verdict *Verdict) []*clusterSystem {
 	systems := []*clusterSystem{{name: "Node cluster"}}
 	help, _ := exec.CommandContext(ctx, b.cfg.Handoff, "run", "--help").CombinedOutput()
 	if strings.Contains(string(help), "--balance") {
@@ -83,6 +107,14 @@ func (b *bencher) cluster(ctx context.Context) error {
 		t.Notes = append(t.Notes, "This handoff has no --balance: its workers share one socket, the only row of it here.")
 		verdict.Measured, verdict.Skipped = "needs handoff run --balance", true
 	}
+	return systems
+}
+
+// startClusterSystems starts systems, running script with node, and
+// returns those that started, also on error. A --balance mode that does
+// not start is noted on t and left out; any other set-up that does not
+// start is an error.
+func (b *bencher) startClusterSystems(ctx context.Context, node, script string, systems []*clusterSystem, t *Table) ([]*clusterSystem, error) {
 	var up []*clusterSystem
 	for _, s := range systems {
 		var err error
@@ -93,81 +125,100 @@ func (b *bencher) cluster(ctx context.Context) error {
 		}
 		if err != nil {
 			if s.balance == "" || s.name == "Node cluster" {
-				return fmt.Errorf("%s: %w", s.name, err)
+				return up, fmt.Errorf("%s: %w", s.name, err)
 			}
 			// A mode this machine cannot give is a row of its own.
 			t.Notes = append(t.Notes, fmt.Sprintf("%s did not start: %v.", s.name, err))
 			b.progress("%s did not start: %v", s.name, err)
 			continue
 		}
-		defer s.stop()
 		up = append(up, s)
 	}
+	return up, nil
+}
 
-	type result struct {
-		rps    []float64
-		ratio  []float64
-		shares []float64 // summed over rounds, busiest first
-		failed int64
+// stopClusterSystems stops up, the last started first.
+func stopClusterSystems(up []*clusterSystem) {
+	for i := len(up) - 1; i >= 0; i-- {
+		up[i].stop()
 	}
-	rrRatio := map[int]float64{}
-	for _, conns := range clusterConns {
-		results := make([]result, len(up))
-		for round := range b.cfg.ClusterRounds {
-			rps := make([]float64, len(up))
-			for k := range up {
-				i := (k + round) % len(up)
-				s := up[i]
-				b.clusterLoad(ctx, s.addr, conns, b.cfg.Warmup).Wait()
-				res := b.clusterLoad(ctx, s.addr, conns, b.cfg.Steady).Wait()
-				rps[i] = float64(res.Requests-res.Failures) / res.Elapsed.Seconds()
-				shares := workerShares(res, s.pids())
-				r := &results[i]
-				r.rps = append(r.rps, rps[i])
-				r.failed += res.Failures
-				if r.shares == nil {
-					r.shares = make([]float64, len(shares))
-				}
-				for j, sh := range shares {
-					r.shares[j] += sh
-				}
-				b.progress("round %d %-42s %d conns %6.0f req/s shares %v failed %d", round+1, s.name, conns, rps[i], fmtShares(shares), res.Failures)
+}
+
+// clusterResult is one set-up's figures over the rounds of benchmark 9,
+// with one number of connections.
+type clusterResult struct {
+	rps    []float64
+	ratio  []float64
+	shares []float64 // summed over rounds, busiest first
+	failed int64
+}
+
+// clusterRounds loads each of up with conns connections, in turn, for
+// cfg.ClusterRounds rounds, and returns the results by set-up.
+func (b *bencher) clusterRounds(ctx context.Context, up []*clusterSystem, conns int) []clusterResult {
+	results := make([]clusterResult, len(up))
+	for round := range b.cfg.ClusterRounds {
+		rps := make([]float64, len(up))
+		for k := range up {
+			i := (k + round) % len(up)
+			s := up[i]
+			b.clusterLoad(ctx, s.addr, conns, b.cfg.Warmup).Wait()
+			res := b.clusterLoad(ctx, s.addr, conns, b.cfg.Steady).Wait()
+			rps[i] = float64(res.Requests-res.Failures) / res.Elapsed.Seconds()
+			shares := workerShares(res, s.pids())
+			r := &results[i]
+			r.rps = append(r.rps, rps[i])
+			r.failed += res.Failures
+			if r.shares == nil {
+				r.shares = make([]float64, len(shares))
 			}
-			for i := range up {
-				results[i].ratio = append(results[i].ratio, rps[i]/rps[0])
+			for j, sh := range shares {
+				r.shares[j] += sh
 			}
+			b.progress("round %d %-42s %d conns %6.0f req/s shares %v failed %d", round+1, s.name, conns, rps[i], fmtShares(shares), res.Failures)
 		}
-		for i, s := range up {
-			r := results[i]
-			for j := range r.shares {
-				r.shares[j] /= float64(b.cfg.ClusterRounds)
-			}
-			vs := "1"
-			if i > 0 {
-				vs = fmt.Sprintf("%.3f", median(r.ratio))
-			}
-			if s.balance == "round-robin" && (s.actual == "" || s.actual == s.balance) {
-				rrRatio[conns] = median(r.ratio)
-			}
-			t.Rows = append(t.Rows, []string{s.name, fmt.Sprint(conns), fmt.Sprintf("%.0f", median(r.rps)), vs, fmtShares(r.shares), fmt.Sprint(r.failed)})
+		for i := range up {
+			results[i].ratio = append(results[i].ratio, rps[i]/rps[0])
 		}
 	}
-	if !verdict.Skipped {
-		if len(rrRatio) < len(clusterConns) {
-			verdict.Measured, verdict.Skipped = "round-robin did not start here", true
-		} else {
-			var parts []string
-			worst := math.Inf(1)
-			for _, c := range clusterConns {
-				parts = append(parts, fmt.Sprintf("%.3f with %d", rrRatio[c], c))
-				worst = math.Min(worst, rrRatio[c])
-			}
-			verdict.Measured, verdict.Met = strings.Join(parts, ", "), worst >= 0.95
+	return results
+}
+
+// clusterRows adds to t the rows of up with conns connections, and notes
+// in rrRatio round-robin's ratio to Node's cluster, if handoff balanced
+// with it.
+func (b *bencher) clusterRows(t *Table, up []*clusterSystem, conns int, results []clusterResult, rrRatio map[int]float64) {
+	for i, s := range up {
+		r := results[i]
+		for j := range r.shares {
+			r.shares[j] /= float64(b.cfg.ClusterRounds)
 		}
+		vs := "1"
+		if i > 0 {
+			vs = fmt.Sprintf("%.3f", median(r.ratio))
+		}
+		if s.balance == "round-robin" && (s.actual == "" || s.actual == s.balance) {
+			rrRatio[conns] = median(r.ratio)
+		}
+		t.Rows = append(t.Rows, []string{s.name, fmt.Sprint(conns), fmt.Sprintf("%.0f", median(r.rps)), vs, fmtShares(r.shares), fmt.Sprint(r.failed)})
 	}
-	b.r.Tables = append(b.r.Tables, t)
-	b.r.Verdicts = append(b.r.Verdicts, verdict)
-	return nil
+}
+
+// judgeCluster judges round-robin's ratios to Node's cluster's req/s
+// (rrRatio, by connections): at least 0.95 with each number of
+// connections.
+func judgeCluster(verdict *Verdict, rrRatio map[int]float64) {
+	if len(rrRatio) < len(clusterConns) {
+		verdict.Measured, verdict.Skipped = "round-robin did not start here", true
+		return
+	}
+	var parts []string
+	worst := math.Inf(1)
+	for _, c := range clusterConns {
+		parts = append(parts, fmt.Sprintf("%.3f with %d", rrRatio[c], c))
+		worst = math.Min(worst, rrRatio[c])
+	}
+	verdict.Measured, verdict.Met = strings.Join(parts, ", "), worst >= 0.95
 }
 
 // clusterLoad is conns keep-alive clients against addr for d.
@@ -241,20 +292,7 @@ func (b *bencher) startNodeCluster(ctx context.Context, node, script string, s *
 	exited := make(chan struct{})
 	listening := make(chan []int, 1)
 	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if rest, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
-				var pids []int
-				for _, f := range strings.Fields(rest) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						pids = append(pids, pid)
-					}
-				}
-				listening <- pids
-				break
-			}
-		}
-		io.Copy(io.Discard, out)
+		readListening(out, listening)
 		cmd.Wait()
 		close(exited)
 	}()
@@ -284,6 +322,25 @@ func (b *bencher) startNodeCluster(ctx context.Context, node, script string, s *
 	s.addr = addr
 	s.pids = func() []int { return pids }
 	return nil
+}
+
+// readListening reads the cluster primary's stdout, out, to its end, and
+// sends the worker pids of its "listening" line, the first, to listening.
+func readListening(out io.Reader, listening chan<- []int) {
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+			var pids []int
+			for _, f := range strings.Fields(rest) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, pid)
+				}
+			}
+			listening <- pids
+			break
+		}
+	}
+	io.Copy(io.Discard, out)
 }
 
 // startNodeHandoff runs the script as clusterWorkers workers of handoff,

@@ -47,23 +47,9 @@ func (b *bencher) devLoop(ctx context.Context) error {
 	defer p.stop()
 	var took []time.Duration
 	for k := 1; k <= b.cfg.Reloads; k++ {
-		version := fmt.Sprintf("r%d", k)
-		tmp := filepath.Join(dir, ".app.tmp")
-		if err := b.writeVersion(tmp, version); err != nil {
-			return err
-		}
-		from := p.next()
-		start := time.Now()
-		if err := os.Rename(tmp, app); err != nil {
-			return err
-		}
-		d, _, err := p.awaitDeploy(ctx, from, start)
+		d, err := b.devReload(ctx, p, addr, app, k)
 		if err != nil {
-			return fmt.Errorf("reload %d: %w", k, err)
-		}
-		// Every slot has a worker of the new version now: check one answer.
-		if err := waitAnswer(ctx, addr, 10*time.Second, func(s string) bool { return strings.HasPrefix(s, version+" ") }); err != nil {
-			return fmt.Errorf("reload %d: %w", k, err)
+			return err
 		}
 		took = append(took, d)
 		b.progress("reload %d: new version on every worker after %v", k, d)
@@ -79,6 +65,31 @@ func (b *bencher) devLoop(ctx context.Context) error {
 	b.r.Tables = append(b.r.Tables, t)
 	b.r.Verdicts = append(b.r.Verdicts, Verdict{Target: "dev loop: median at most 300 ms (debounce included)", Measured: fmtDur(med), Met: med <= 300*time.Millisecond})
 	return nil
+}
+
+// devReload lands version k of the app at app, as a build does (written
+// beside it, renamed over it), and returns how long the deploy it started
+// took, once an answer of the new version came from addr.
+func (b *bencher) devReload(ctx context.Context, p *primary, addr, app string, k int) (time.Duration, error) {
+	version := fmt.Sprintf("r%d", k)
+	tmp := filepath.Join(filepath.Dir(app), ".app.tmp")
+	if err := b.writeVersion(tmp, version); err != nil {
+		return 0, err
+	}
+	from := p.next()
+	start := time.Now()
+	if err := os.Rename(tmp, app); err != nil {
+		return 0, err
+	}
+	d, _, err := p.awaitDeploy(ctx, from, start)
+	if err != nil {
+		return 0, fmt.Errorf("reload %d: %w", k, err)
+	}
+	// Every slot has a worker of the new version now: check one answer.
+	if err := waitAnswer(ctx, addr, 10*time.Second, func(s string) bool { return strings.HasPrefix(s, version+" ") }); err != nil {
+		return 0, fmt.Errorf("reload %d: %w", k, err)
+	}
+	return d, nil
 }
 
 // landVersion puts a copy of the bench server answering version at path.

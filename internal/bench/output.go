@@ -65,26 +65,8 @@ func (b *bencher) outputRun(ctx context.Context, mode string) (outputResult, err
 		return outputResult{}, err
 	}
 	defer p.stop()
-	want := int64(outputWorkers * b.cfg.OutputLines)
-	var lines atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		buf := make([]byte, 256<<10)
-		closed := false
-		for {
-			n, err := stdout.Read(buf)
-			if lines.Add(int64(bytes.Count(buf[:n], []byte("\n")))) >= want && !closed {
-				closed = true
-				close(done)
-			}
-			if err != nil {
-				if err != io.EOF && !closed {
-					close(done)
-				}
-				return
-			}
-		}
-	}()
+	c := &lineCounter{want: int64(outputWorkers * b.cfg.OutputLines), done: make(chan struct{})}
+	go c.count(stdout)
 	res := outputResult{}
 	cpu0, _ := procCPU(p.pid())
 	start := time.Now()
@@ -93,23 +75,8 @@ func (b *bencher) outputRun(ctx context.Context, mode string) (outputResult, err
 			return res, err
 		}
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(5 * time.Minute)
-wait:
-	for {
-		select {
-		case <-done:
-			break wait
-		case <-tick.C:
-			if rss, err := procRSS(p.pid()); err == nil {
-				res.rss = max(res.rss, rss)
-			}
-		case <-timeout:
-			return res, fmt.Errorf("%d of %d lines after 5 minutes", lines.Load(), want)
-		case <-ctx.Done():
-			return res, ctx.Err()
-		}
+	if err := c.wait(ctx, p, &res); err != nil {
+		return res, err
 	}
 	res.took = time.Since(start)
 	cpu1, _ := procCPU(p.pid())
@@ -117,8 +84,58 @@ wait:
 	if rss, err := procRSS(p.pid()); err == nil {
 		res.rss = max(res.rss, rss)
 	}
-	if res.lines = lines.Load(); res.lines < want {
-		return res, fmt.Errorf("%d of %d lines came out", res.lines, want)
+	if res.lines = c.lines.Load(); res.lines < c.want {
+		return res, fmt.Errorf("%d of %d lines came out", res.lines, c.want)
 	}
 	return res, nil
+}
+
+// lineCounter counts the lines of handoff's stdout until want have come.
+type lineCounter struct {
+	want  int64
+	lines atomic.Int64
+	// done is closed once want lines have come, or the output ended
+	// early with an error.
+	done chan struct{}
+}
+
+// count reads r until it ends, counting its lines.
+func (c *lineCounter) count(r io.Reader) {
+	buf := make([]byte, 256<<10)
+	closed := false
+	for {
+		n, err := r.Read(buf)
+		if c.lines.Add(int64(bytes.Count(buf[:n], []byte("\n")))) >= c.want && !closed {
+			closed = true
+			close(c.done)
+		}
+		if err != nil {
+			if err != io.EOF && !closed {
+				close(c.done)
+			}
+			return
+		}
+	}
+}
+
+// wait waits for done, for 5 minutes at most, sampling the primary's RSS
+// into res every 20 ms meanwhile.
+func (c *lineCounter) wait(ctx context.Context, p *primary, res *outputResult) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(5 * time.Minute)
+	for {
+		select {
+		case <-c.done:
+			return nil
+		case <-tick.C:
+			if rss, err := procRSS(p.pid()); err == nil {
+				res.rss = max(res.rss, rss)
+			}
+		case <-timeout:
+			return fmt.Errorf("%d of %d lines after 5 minutes", c.lines.Load(), c.want)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

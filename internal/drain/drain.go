@@ -94,24 +94,7 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.
 	}
 
 	var draining atomic.Bool
-	next := srv.Handler
-	if next == nil {
-		next = http.DefaultServeMux
-	}
-	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if draining.Load() && r.ProtoMajor == 1 {
-			w.Header().Set("Connection", "close")
-		}
-		next.ServeHTTP(w, r)
-	})
-	tr := newTracker()
-	userHook := srv.ConnState
-	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		tr.hook(c, st)
-		if userHook != nil {
-			userHook(c, st)
-		}
-	}
+	tr := takeOver(srv, &draining)
 
 	dl := &listener{Listener: ln}
 	served := make(chan error, 1)
@@ -140,6 +123,39 @@ func Serve(ctx context.Context, srv *http.Server, ln net.Listener, timeout time.
 	// (4) Let the connections end, closing idle ones after a grace.
 	left := tr.windDown(start, deadline, grace)
 	// (5) Shutdown with what is left, Close after that.
+	return closeRest(srv, tr, left, deadline, timeout, serveErr)
+}
+
+// takeOver wraps srv's Handler, to add Connection: close to every HTTP/1
+// response once draining is set, and its ConnState, to track the
+// connections in the returned tracker (the original hook is still called).
+func takeOver(srv *http.Server, draining *atomic.Bool) *tracker {
+	next := srv.Handler
+	if next == nil {
+		next = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() && r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
+	tr := newTracker()
+	userHook := srv.ConnState
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		tr.hook(c, st)
+		if userHook != nil {
+			userHook(c, st)
+		}
+	}
+	return tr
+}
+
+// closeRest ends the drain once the wind-down has left left connections:
+// srv.Shutdown until deadline if none is left, then srv.Close. It returns
+// Serve's outcome: serveErr unless it is expected, joined with a
+// DeadlineExceeded error if connections were still open at the bound.
+func closeRest(srv *http.Server, tr *tracker, left int, deadline time.Time, timeout time.Duration, serveErr error) error {
 	if left == 0 {
 		sctx, cancel := context.WithDeadline(context.Background(), deadline)
 		err := srv.Shutdown(sctx)

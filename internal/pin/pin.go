@@ -261,17 +261,10 @@ func Pin(path string, opt Options) (*File, error) {
 func (f *File) pin(readable bool, copyMax int64, known []*File) ([]byte, error) {
 	for attempt := 1; ; attempt++ {
 		t0 := coarseNow()
-		before, err := fstat(f.orig)
+		before, err := f.identify()
 		if err != nil {
 			return nil, err
 		}
-		if before.Mode&unix.S_IFMT != unix.S_IFREG {
-			return nil, errors.New("not a regular file")
-		}
-		f.dev, f.ino = uint64(before.Dev), before.Ino
-		f.id.Size = before.Size
-		f.id.ModTime = time.Unix(before.Mtim.Unix()).UTC()
-		f.seen = metaOf(&before)
 		if !readable {
 			f.copyErr = errors.New("the file is not readable")
 			return nil, nil
@@ -283,49 +276,77 @@ func (f *File) pin(readable bool, copyMax int64, known []*File) ([]byte, error) 
 		if testHookRead != nil {
 			testHookRead(f.id.Path)
 		}
-		var mem *os.File
-		var w io.Writer
-		if wantCopy {
-			mem, err = newMemfd(filepath.Base(f.id.Path))
-			if err != nil {
-				f.copyErr = fmt.Errorf("no in-memory copy: %v", err)
-			} else {
-				w = mem
-			}
-		} else {
-			f.copyErr = ErrNoCopy
+		head, err := f.readWhole(before.Size, wantCopy, t0)
+		if errors.Is(err, errChanging) && attempt < pinRetries {
+			time.Sleep(50 * time.Millisecond)
+			continue
 		}
-		sum, head, err := hashCopy(f.orig, before.Size, w)
-		if err == nil {
-			var after unix.Stat_t
-			after, err = fstat(f.orig)
-			if err == nil && metaOf(&after) != f.seen {
-				err = errChanging
-			}
-		}
-		if err == nil {
-			f.verified = t0
-		}
-		if err == nil && mem != nil {
-			mem, err = seal(mem)
-		}
-		if err != nil {
-			if mem != nil {
-				mem.Close()
-			}
-			if errors.Is(err, errChanging) && attempt < pinRetries {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return nil, err
-		}
-		f.id.SHA256 = sum
-		f.script = bytes.HasPrefix(head, []byte("#!"))
-		if mem != nil {
-			f.copy, f.copyErr = mem, nil
-		}
-		return head, nil
+		return head, err
 	}
+}
+
+// identify stats the file, which must be a regular one, and sets f's
+// device and inode, identity (size, modification time) and seen metadata
+// from what it finds, which it returns.
+func (f *File) identify() (unix.Stat_t, error) {
+	st, err := fstat(f.orig)
+	if err != nil {
+		return st, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return st, errors.New("not a regular file")
+	}
+	f.dev, f.ino = uint64(st.Dev), st.Ino
+	f.id.Size = st.Size
+	f.id.ModTime = time.Unix(st.Mtim.Unix()).UTC()
+	f.seen = metaOf(&st)
+	return st, nil
+}
+
+// readWhole hashes the whole file (size bytes) and, when wantCopy, copies it
+// into a sealed in-memory file, f's copy; the file's metadata must still
+// be what identify saw after that (else errChanging), and f is then
+// verified as of t0. It returns the file's first bytes (none on error).
+func (f *File) readWhole(size int64, wantCopy bool, t0 int64) ([]byte, error) {
+	var mem *os.File
+	var w io.Writer
+	if wantCopy {
+		var err error
+		mem, err = newMemfd(filepath.Base(f.id.Path))
+		if err != nil {
+			f.copyErr = fmt.Errorf("no in-memory copy: %v", err)
+		} else {
+			w = mem
+		}
+	} else {
+		f.copyErr = ErrNoCopy
+	}
+	sum, head, err := hashCopy(f.orig, size, w)
+	if err == nil {
+		var after unix.Stat_t
+		after, err = fstat(f.orig)
+		if err == nil && metaOf(&after) != f.seen {
+			err = errChanging
+		}
+	}
+	if err == nil {
+		f.verified = t0
+	}
+	if err == nil && mem != nil {
+		mem, err = seal(mem)
+	}
+	if err != nil {
+		if mem != nil {
+			mem.Close()
+		}
+		return nil, err
+	}
+	f.id.SHA256 = sum
+	f.script = bytes.HasPrefix(head, []byte("#!"))
+	if mem != nil {
+		f.copy, f.copyErr = mem, nil
+	}
+	return head, nil
 }
 
 // testHookRead, when set, is called each time Pin reads a whole file.

@@ -56,28 +56,7 @@ func run(path string, argv, environ []string) int {
 	if len(argv) == 0 {
 		argv = []string{path}
 	}
-	env := make([]string, 0, len(environ)+1)
-	nfds, chanFD := 0, -1
-	watchdog := false
-	for _, kv := range environ {
-		switch {
-		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"), hasKey(kv, "WATCHDOG_PID"):
-			continue
-		case hasKey(kv, "LISTEN_FDS"):
-			nfds, _ = strconv.Atoi(kv[len("LISTEN_FDS="):])
-		case hasKey(kv, EnvChannelFD):
-			chanFD, _ = strconv.Atoi(kv[len(EnvChannelFD)+1:])
-		case hasKey(kv, "WATCHDOG_USEC"):
-			watchdog = true
-		}
-		env = append(env, kv)
-	}
-	if nfds > 0 {
-		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
-	}
-	if watchdog {
-		env = append(env, "WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
-	}
+	env, nfds, chanFD := commandEnv(environ)
 	// Nothing past stdio and the listeners (and the message channel, which
 	// comes right after them) reaches the command, even an fd that was
 	// inherited by the primary without close-on-exec.
@@ -105,7 +84,43 @@ func run(path string, argv, environ []string) int {
 		runtime.LockOSThread()
 		traceMe()
 	}
+	return execCommand(path, exe, argv, env)
+}
 
+// commandEnv is the command's environment made from the shim's, environ:
+// without EnvMarker, with LISTEN_PID and WATCHDOG_PID set to this pid (if
+// LISTEN_FDS, WATCHDOG_USEC are given); with the number of listeners
+// (LISTEN_FDS) and the message channel's fd (EnvChannelFD, -1 if none).
+func commandEnv(environ []string) (env []string, nfds, chanFD int) {
+	env = make([]string, 0, len(environ)+1)
+	chanFD = -1
+	watchdog := false
+	for _, kv := range environ {
+		switch {
+		case hasKey(kv, EnvMarker), hasKey(kv, "LISTEN_PID"), hasKey(kv, "WATCHDOG_PID"):
+			continue
+		case hasKey(kv, "LISTEN_FDS"):
+			nfds, _ = strconv.Atoi(kv[len("LISTEN_FDS="):])
+		case hasKey(kv, EnvChannelFD):
+			chanFD, _ = strconv.Atoi(kv[len(EnvChannelFD)+1:])
+		case hasKey(kv, "WATCHDOG_USEC"):
+			watchdog = true
+		}
+		env = append(env, kv)
+	}
+	if nfds > 0 {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	if watchdog {
+		env = append(env, "WATCHDOG_PID="+strconv.Itoa(os.Getpid()))
+	}
+	return env, nfds, chanFD
+}
+
+// execCommand execs exe (the command path names), retrying for
+// textBusyRetry while the file is busy, and returns the exit code of the
+// failure.
+func execCommand(path, exe string, argv, env []string) int {
 	deadline := time.Now().Add(textBusyRetry)
 	for {
 		err := syscall.Exec(exe, argv, env)

@@ -200,7 +200,9 @@ func (rr *rrState) load(serving []int, probes map[uint16]int) (*ebpf.Program, er
 // connection takes the next turn, turn mod len(serving) picks the serving
 // slot; the slot's count is bumped and its socket selected. When nothing
 // can be selected (no turn counter, or an empty slot) the program passes
-// and the kernel falls back to its hash.
+// and the kernel falls back to its hash. Its parts jump to one another by
+// label: matchProbes to "turn" or "probed", takeTurn (at "turn") to
+// "select" or "pass", and selectSlot has the rest.
 func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instructions {
 	if len(serving) == 0 && len(probes) == 0 {
 		// Nothing to select: the kernel's hash for every connection.
@@ -208,51 +210,73 @@ func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instruction
 	}
 	in := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)} // R6: the context
 	if len(probes) > 0 {
-		in = append(in,
-			asm.Mov.Reg(asm.R1, asm.R6),
-			asm.Mov.Imm(asm.R2, 0), // the TCP header starts the data
-			asm.Mov.Reg(asm.R3, asm.RFP),
-			asm.Add.Imm(asm.R3, portOff),
-			asm.Mov.Imm(asm.R4, 2),
-			asm.FnSkbLoadBytes.Call(),
-			asm.JNE.Imm(asm.R0, 0, "turn"),
-			asm.LoadMem(asm.R2, asm.RFP, portOff, asm.Half),
-		)
-		ports := slices.Sorted(maps.Keys(probes))
-		var values []int32
-		var targets []int
-		for _, port := range ports {
-			var be [2]byte // the port as the packet has it, read as a native u16
-			binary.BigEndian.PutUint16(be[:], port)
-			values = append(values, int32(binary.NativeEndian.Uint16(be[:])))
-			targets = append(targets, probes[port])
-		}
-		in = append(in, jumpTable(asm.R2, "probe", values, targets, "turn", "probed")...)
+		in = append(in, matchProbes(probes)...)
 	}
+	in = append(in, rr.takeTurn(serving)...)
+	return append(in, rr.selectSlot(len(serving) > 0, len(probes) > 0)...)
+}
+
+// matchProbes reads the connection's TCP source port and, if a probe rule
+// has it, sets R7 to the rule's slot and jumps to "probed"; otherwise (or
+// if the port cannot be read) it jumps to "turn".
+func matchProbes(probes map[uint16]int) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0), // the TCP header starts the data
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, portOff),
+		asm.Mov.Imm(asm.R4, 2),
+		asm.FnSkbLoadBytes.Call(),
+		asm.JNE.Imm(asm.R0, 0, "turn"),
+		asm.LoadMem(asm.R2, asm.RFP, portOff, asm.Half),
+	}
+	ports := slices.Sorted(maps.Keys(probes))
+	var values []int32
+	var targets []int
+	for _, port := range ports {
+		var be [2]byte // the port as the packet has it, read as a native u16
+		binary.BigEndian.PutUint16(be[:], port)
+		values = append(values, int32(binary.NativeEndian.Uint16(be[:])))
+		targets = append(targets, probes[port])
+	}
+	return append(in, jumpTable(asm.R2, "probe", values, targets, "turn", "probed")...)
+}
+
+// takeTurn, at "turn", takes the next turn from the turn counter and sets
+// R7 to the serving slot it picks (turn mod len(serving)), then jumps to
+// "select"; with no serving slot, or no counter, it jumps to "pass".
+func (rr *rrState) takeTurn(serving []int) asm.Instructions {
 	if len(serving) == 0 {
 		// No member serves yet (probes only): the kernel's hash.
-		in = append(in, asm.Ja.Label("pass").WithSymbol("turn"))
-	} else {
-		in = append(in, asm.StoreImm(asm.RFP, keyOff, 0, asm.Word).WithSymbol("turn"))
-		in = append(in, bump(rr.turn, keyOff, "pass", fetchAdd(asm.R0, asm.R1))...) // R1: this connection's turn
-		in = append(in, asm.Mod.Imm(asm.R1, int32(len(serving))))
-		turns := make([]int32, len(serving))
-		for i := range serving {
-			turns[i] = int32(i)
-		}
-		in = append(in, jumpTable(asm.R1, "serve", turns, serving, "pass", "select")...)
+		return asm.Instructions{asm.Ja.Label("pass").WithSymbol("turn")}
 	}
-	if len(probes) > 0 {
+	in := asm.Instructions{asm.StoreImm(asm.RFP, keyOff, 0, asm.Word).WithSymbol("turn")}
+	in = append(in, bump(rr.turn, keyOff, "pass", fetchAdd(asm.R0, asm.R1))...) // R1: this connection's turn
+	in = append(in, asm.Mod.Imm(asm.R1, int32(len(serving))))
+	turns := make([]int32, len(serving))
+	for i := range serving {
+		turns[i] = int32(i)
+	}
+	return append(in, jumpTable(asm.R1, "serve", turns, serving, "pass", "select")...)
+}
+
+// selectSlot stores R7 as the slot, at "probed" for a probe's connection
+// (if probed) and at "select" for a serving one (if serving, which also
+// counts the connection as given), selects the slot's socket at "pick",
+// and passes at "pass".
+func (rr *rrState) selectSlot(serving, probed bool) asm.Instructions {
+	var in asm.Instructions
+	if probed {
 		// A probe's connection is not counted as given.
 		in = append(in,
 			asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("probed"),
 			asm.Ja.Label("pick"))
 	}
-	if len(serving) > 0 {
+	if serving {
 		in = append(in, asm.StoreMem(asm.RFP, slotOff, asm.R7, asm.Word).WithSymbol("select"))
 		in = append(in, bump(rr.given, slotOff, "pick", asm.AddAtomic.Mem(asm.R0, asm.R1, asm.DWord, 0))...)
 	}
-	in = append(in,
+	return append(in,
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("pick"),
 		asm.LoadMapPtr(asm.R2, rr.socks.FD()),
 		asm.Mov.Reg(asm.R3, asm.RFP),
@@ -262,7 +286,6 @@ func (rr *rrState) program(serving []int, probes map[uint16]int) asm.Instruction
 		asm.Mov.Imm(asm.R0, skPass).WithSymbol("pass"),
 		asm.Return(),
 	)
-	return in
 }
 
 // bump adds one to m's value at the key on the stack at off, with add (an

@@ -79,27 +79,56 @@ func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 	if err := json.Unmarshal(stateJSON, &st); err != nil {
 		return nil, fmt.Errorf("steer: import: state: %w", err)
 	}
-	want, first := len(st.Members), 0
+	socks, mapFiles, err := st.importFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	fds, sa, err := dupListeners(socks)
+	if err != nil {
+		return nil, fmt.Errorf("steer: import: %w", err)
+	}
+	g, err := importGroup(&st, socks, mapFiles, fds, sa)
+	if err != nil {
+		closeFDs(fds)
+		return nil, fmt.Errorf("steer: import: %w", err)
+	}
+	if st.Serving != nil {
+		if err := g.serveImported(st.Serving); err != nil {
+			g.Release()
+			return nil, err
+		}
+	}
+	return g, nil
+}
+
+// importFiles splits files as Export gave them for st into the sockets (in
+// Shared mode the shared socket first) and, in RoundRobin mode, the maps'
+// files, checking that their numbers match st.
+func (st *state) importFiles(files []*os.File) (socks, mapFiles []*os.File, err error) {
+	want := len(st.Members)
 	if st.Mode == Shared {
 		want++
-		first = 1
 	}
-	var mapFiles []*os.File
 	if st.Mode == RoundRobin {
 		if len(st.Slots) != len(st.Members) || len(files) != want+rrFiles {
-			return nil, fmt.Errorf("steer: import: %d files for a round-robin group of %d members", len(files), len(st.Members))
+			return nil, nil, fmt.Errorf("steer: import: %d files for a round-robin group of %d members", len(files), len(st.Members))
 		}
 		files, mapFiles = files[:want], files[want:]
 	}
 	if len(files) != want || want == 0 {
-		return nil, fmt.Errorf("steer: import: %d sockets for a %s group of %d members", len(files), st.Mode, len(st.Members))
+		return nil, nil, fmt.Errorf("steer: import: %d sockets for a %s group of %d members", len(files), st.Mode, len(st.Members))
 	}
+	return files, mapFiles, nil
+}
+
+// dupListeners duplicates the descriptors of files, which must be
+// listening sockets all bound to one address, and returns the duplicates
+// and that address. On error it closes the duplicates made so far.
+func dupListeners(files []*os.File) ([]int, unix.Sockaddr, error) {
 	fds := make([]int, 0, len(files))
-	fail := func(err error) (*Group, error) {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-		return nil, fmt.Errorf("steer: import: %w", err)
+	fail := func(err error) ([]int, unix.Sockaddr, error) {
+		closeFDs(fds)
+		return nil, nil, err
 	}
 	var sa unix.Sockaddr
 	for _, f := range files {
@@ -120,6 +149,20 @@ func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 		}
 		sa = got
 	}
+	return fds, sa, nil
+}
+
+// closeFDs closes each of fds.
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// importGroup makes the group of st from fds, the duplicated descriptors
+// of socks (bound to sa), and in RoundRobin mode takes over the maps of
+// mapFiles. The members own fds once it returns without an error.
+func importGroup(st *state, socks, mapFiles []*os.File, fds []int, sa unix.Sockaddr) (*Group, error) {
 	g := &Group{mode: st.Mode, sa: sa, fam: unix.AF_INET, nextID: st.NextID, Settle: st.Settle, probes: st.Probes}
 	if _, ok := sa.(*unix.SockaddrInet6); ok {
 		g.fam = unix.AF_INET6
@@ -130,37 +173,41 @@ func Import(files []*os.File, stateJSON []byte) (*Group, error) {
 	if st.Mode == RoundRobin {
 		rr, err := importRR(mapFiles)
 		if err != nil {
-			return fail(err)
+			return nil, err
 		}
 		g.ebpf = rr
 	}
+	first := 0
 	if st.Mode == Shared {
-		g.shared = os.NewFile(uintptr(fds[0]), files[0].Name())
+		g.shared = os.NewFile(uintptr(fds[0]), socks[0].Name())
+		first = 1
 	}
 	for i, fd := range fds[first:] {
-		m := &Member{id: st.Members[i], slot: -1, spare: st.Members[i] < 0, f: os.NewFile(uintptr(fd), files[first+i].Name())}
+		m := &Member{id: st.Members[i], slot: -1, spare: st.Members[i] < 0, f: os.NewFile(uintptr(fd), socks[first+i].Name())}
 		if g.ebpf != nil {
 			m.slot = st.Slots[i]
 		}
 		g.order = append(g.order, m)
 	}
-	if st.Serving != nil {
-		var set []*Member
-		for _, id := range st.Serving {
-			m := g.byID(id)
-			if m == nil {
-				g.Release()
-				return nil, fmt.Errorf("steer: import: serving member %d is not in the group", id)
-			}
-			set = append(set, m)
-		}
-		g.mu.Lock()
-		err := g.program(set, g.probes)
-		g.mu.Unlock()
-		if err != nil {
-			g.Release()
-			return nil, fmt.Errorf("steer: import: %w", err)
-		}
-	}
 	return g, nil
+}
+
+// serveImported attaches the group's own program for the serving members
+// of ids, and the probe rules taken over.
+func (g *Group) serveImported(ids []int) error {
+	var set []*Member
+	for _, id := range ids {
+		m := g.byID(id)
+		if m == nil {
+			return fmt.Errorf("steer: import: serving member %d is not in the group", id)
+		}
+		set = append(set, m)
+	}
+	g.mu.Lock()
+	err := g.program(set, g.probes)
+	g.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("steer: import: %w", err)
+	}
+	return nil
 }

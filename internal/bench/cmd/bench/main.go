@@ -36,26 +36,9 @@ func main() {
 	if *quick {
 		cfg = bench.Quick
 	}
-	for _, p := range []*string{handoff, server, hello} {
-		if *p == "" {
-			continue
-		}
-		abs, err := filepath.Abs(*p)
-		if err != nil {
-			fail(err)
-		}
-		if _, err := os.Stat(abs); err != nil {
-			fail(fmt.Errorf("%s: build it first (make bench does)", abs))
-		}
-		*p = abs
-	}
+	makeAbsolute(handoff, server, hello)
 	if *only != "" {
-		for _, name := range strings.Split(*only, ",") {
-			if !slices.Contains(bench.Names, name) {
-				fail(fmt.Errorf("--only %s: no such benchmark; use %s", name, strings.Join(bench.Names, ", ")))
-			}
-			cfg.Only = append(cfg.Only, name)
-		}
+		cfg.Only = onlyBenchmarks(*only)
 	}
 	cfg.Handoff, cfg.Server, cfg.Hello, cfg.Node = *handoff, *server, *hello, *node
 	dir, err := os.MkdirTemp("", "handoff-bench-")
@@ -76,23 +59,60 @@ func main() {
 		os.RemoveAll(dir)
 		fail(err)
 	}
-	rep.WriteText(os.Stdout, *command)
+	writeResults(rep, *command, *out, *doc)
+}
+
+// makeAbsolute makes each executable given (not "") an absolute path, and
+// fails unless it exists.
+func makeAbsolute(paths ...*string) {
+	for _, p := range paths {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			fail(err)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			fail(fmt.Errorf("%s: build it first (make bench does)", abs))
+		}
+		*p = abs
+	}
+}
+
+// onlyBenchmarks is the benchmarks of --only (a comma-separated list); it
+// fails at a name that is not one.
+func onlyBenchmarks(list string) []string {
+	var names []string
+	for _, name := range strings.Split(list, ",") {
+		if !slices.Contains(bench.Names, name) {
+			fail(fmt.Errorf("--only %s: no such benchmark; use %s", name, strings.Join(bench.Names, ", ")))
+		}
+		names = append(names, name)
+	}
+	return names
+}
+
+// writeResults prints rep, naming command, and writes it as markdown to
+// out and into the results section of doc, those given.
+func writeResults(rep *bench.Report, command, out, doc string) {
+	rep.WriteText(os.Stdout, command)
 	var md bytes.Buffer
-	rep.WriteMarkdown(&md, *command)
-	if *out != "" {
-		if err := os.WriteFile(*out, md.Bytes(), 0o644); err != nil {
+	rep.WriteMarkdown(&md, command)
+	if out != "" {
+		if err := os.WriteFile(out, md.Bytes(), 0o644); err != nil {
 			fail(err)
 		}
 	}
-	if *doc != "" {
-		old, err := os.ReadFile(*doc)
+	if doc != "" {
+		old, err := os.ReadFile(doc)
 		if err != nil && !os.IsNotExist(err) {
 			fail(err)
 		}
-		if err := os.WriteFile(*doc, []byte(bench.ReplaceResults(string(old), md.String())), 0o644); err != nil {
+		if err := os.WriteFile(doc, []byte(bench.ReplaceResults(string(old), md.String())), 0o644); err != nil {
 			fail(err)
 		}
-		fmt.Fprintf(os.Stderr, "bench: results written to %s\n", *doc)
+		fmt.Fprintf(os.Stderr, "bench: results written to %s\n", doc)
 	}
 }
 
