@@ -71,17 +71,6 @@ const (
 	ReadyBind = workerpool.ReadyBind
 )
 
-// Listener is one socket the primary binds and hands to every worker.
-type Listener struct {
-	// Name goes into LISTEN_FDNAMES; empty means "listener0",
-	// "listener1", ... by position.
-	Name string
-	// Network is "tcp" (the default) or "unix".
-	Network string
-	// Address is HOST:PORT for tcp and a file system path for unix.
-	Address string
-}
-
 // Config is what a primary runs. The zero values of the optional fields take
 // the defaults documented on each field, which are also the CLI's defaults.
 type Config struct {

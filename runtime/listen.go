@@ -91,3 +91,14 @@ func listenError(l Listener, err error) error {
 	}
 	return fmt.Errorf("listen %s: %v", l.Address, unwrapAll(err))
 }
+
+// Listener is one socket the primary binds and hands to every worker.
+type Listener struct {
+	// Name goes into LISTEN_FDNAMES; empty means "listener0",
+	// "listener1", ... by position.
+	Name string
+	// Network is "tcp" (the default) or "unix".
+	Network string
+	// Address is HOST:PORT for tcp and a file system path for unix.
+	Address string
+}

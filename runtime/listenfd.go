@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -162,4 +163,31 @@ func (p *primary) removeSocketFiles() {
 			os.Remove(path)
 		}
 	}
+}
+
+// rawFd returns a close-on-exec duplicate of a listener's fd, taken without
+// os.File.Fd, which would put the socket into blocking mode for every
+// process that shares it (golang/go#43894).
+func rawFd(ln net.Listener) (int, error) {
+	sc, ok := ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no file descriptor", ln)
+	}
+	return dupConn(sc)
+}
+
+// dupConn returns a close-on-exec duplicate of c's fd, taken through
+// RawConn.Control, which leaves the file's mode alone.
+func dupConn(c syscall.Conn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+	}); err != nil {
+		return -1, err
+	}
+	return dup, derr
 }

@@ -90,42 +90,6 @@ func probeOnce(ctx context.Context, spec probe.Spec, t sockets.Target, timeout t
 	return probe.Do(ctx, spec, conn, err, begin, timeout)
 }
 
-// probeBook keeps each live worker's last probe, by pid, for status and
-// the metrics.
-type probeBook struct {
-	mu   sync.Mutex
-	last map[int]ProbeStatus
-}
-
-func (b *probeBook) record(pid int, kind string, r probe.Result, failures int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.last == nil {
-		b.last = map[int]ProbeStatus{}
-	}
-	b.last[pid] = ProbeStatus{Kind: kind, At: r.At, OK: r.OK(), Result: r.String(), TookSeconds: r.Took.Seconds(), Failures: failures}
-}
-
-func (b *probeBook) get(pid int) *ProbeStatus {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if s, ok := b.last[pid]; ok {
-		return &s
-	}
-	return nil
-}
-
-// keep forgets the workers not in live.
-func (b *probeBook) keep(live map[int]bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for pid := range b.last {
-		if !live[pid] {
-			delete(b.last, pid)
-		}
-	}
-}
-
 // readyProbe is OSLauncher.Probe for --ready http:PATH: it probes the
 // worker pid through its own socket every ReadyInterval until a 2xx.
 func (p *primary) readyProbe(pid int, fds []int, done <-chan struct{}, note func(string)) bool {

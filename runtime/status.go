@@ -4,71 +4,12 @@ package runtime
 
 import (
 	"os"
-	"sync"
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/internal/steer"
 	"github.com/handoff-dev/handoff/workerpool"
 )
-
-// statusBook is what status reports of the primary that changes while
-// it runs: the generation serving and the deploy in progress. Any
-// goroutine may read it; the deploying one writes it.
-type statusBook struct {
-	mu        sync.Mutex
-	started   time.Time
-	serving   int            // generation of the last start or deploy that finished
-	deploying *UpgradeStatus // the deploy in progress, if any
-}
-
-// setServing records the generation now serving.
-func (b *statusBook) setServing(gen int) {
-	b.mu.Lock()
-	b.serving = gen
-	b.mu.Unlock()
-}
-
-// servingGen is the generation serving.
-func (b *statusBook) servingGen() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.serving
-}
-
-// setDeploying records the deploy in progress (nil: none).
-func (b *statusBook) setDeploying(u *UpgradeStatus) {
-	b.mu.Lock()
-	b.deploying = u
-	b.mu.Unlock()
-}
-
-// updateDeploy changes the deploy in progress, if any.
-func (b *statusBook) updateDeploy(change func(*UpgradeStatus)) {
-	b.mu.Lock()
-	if b.deploying != nil {
-		change(b.deploying)
-	}
-	b.mu.Unlock()
-}
-
-// deployStep records the step of the deploy in progress.
-func (b *statusBook) deployStep(step, steps int) {
-	b.updateDeploy(func(u *UpgradeStatus) { u.Step, u.Steps = step, steps })
-}
-
-// snapshot fills st's primary and upgrade as of now.
-func (b *statusBook) snapshot(st *Status, now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st.Primary.Generation, st.Primary.Started = b.serving, b.started
-	st.Primary.UptimeSeconds = now.Sub(b.started).Seconds()
-	if u := b.deploying; u != nil {
-		cp := *u
-		cp.ElapsedSeconds = now.Sub(u.Started).Seconds()
-		st.Upgrade = &cp
-	}
-}
 
 // status is a snapshot of the primary for the control socket.
 func (p *primary) status() Status {

@@ -150,33 +150,6 @@ func (p *primary) exportGenerations() (cur, prev *generationToken) {
 	return export(p.cur, pinKeyCurrent), export(p.prev, pinKeyPrevious)
 }
 
-// exportOnce is the pin.Store through which a primary exports its
-// generations: it gives tableflip a file only if tableflip does not hold
-// that very file under that key already. tableflip duplicates every file
-// it is given and, given another under the same key, drops its earlier
-// duplicate without closing it (the garbage collector does, some time
-// later): re-exporting the same generations on every self-upgrade that
-// failed would pile up descriptors, and memfd copies of whole executables.
-type exportOnce struct {
-	fds  pin.Store
-	held map[string]*os.File // key → the file tableflip holds a duplicate of
-}
-
-func (s *exportOnce) AddFile(key string, f *os.File) error {
-	if s.held[key] == f {
-		return nil
-	}
-	if err := s.fds.AddFile(key, f); err != nil {
-		return err
-	}
-	// The pin stays referenced here, so no later file can take its
-	// address while tableflip holds its duplicate.
-	s.held[key] = f
-	return nil
-}
-
-func (s *exportOnce) File(key string) (*os.File, error) { return s.fds.File(key) }
-
 // importGeneration takes over a generation of the old primary, its pinned
 // file from tableflip's descriptors (nil if none was handed over, or it
 // cannot be imported: a warning says why).
