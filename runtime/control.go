@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // controlServer answers the control socket (see ControlRequest). The
@@ -111,9 +113,9 @@ func (p *primary) listenControl(network, addr string) (*controlServer, error) {
 	}
 	lock, err := claimControl(path)
 	if err != nil {
-		var live *liveSocketError
+		var live *unixsock.LiveError
 		switch {
-		case errors.Is(err, errNotSocket):
+		case errors.Is(err, unixsock.ErrNotSocket):
 			return nil, fmt.Errorf("%s: the path exists and is not a socket: remove it or give another --control path", flag)
 		case errors.As(err, &live):
 			return nil, fmt.Errorf("%s: %v (another handoff primary?): stop it, or give this one another --control path", flag, live)
@@ -310,7 +312,7 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		b, _ := json.Marshal(r)
 		c.Write(append(b, '\n'))
 	}
-	cred, err := peerCred(c)
+	cred, err := unixsock.PeerCred(c)
 	if err != nil {
 		reply(ControlReply{Error: "cannot tell who is asking: " + err.Error()})
 		return

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // maxReplyLine bounds a reply line (a status of MaxSize workers fits).
@@ -114,7 +116,7 @@ func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 // answer is believed: any user may have made a socket that a search, or
 // a --control path in a directory others can write, leads to.
 func checkServer(c *net.UnixConn, path string) error {
-	uid, err := peerUID(c)
+	uid, err := unixsock.PeerUID(c)
 	if err != nil {
 		return fmt.Errorf("%s: cannot tell who listens there: %v", path, unwrapAll(err))
 	}

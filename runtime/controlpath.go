@@ -5,13 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -119,59 +116,4 @@ func prepareControlDir(dir string, isDefault bool) error {
 		}
 	}
 	return nil
-}
-
-// errNotSocket and errSocketLive are what probeSocket finds at a path
-// that a new socket cannot take.
-var errNotSocket = errors.New("the path exists and is not a socket")
-
-type liveSocketError struct{ pid int }
-
-func (e *liveSocketError) Error() string {
-	if e.pid > 0 {
-		return fmt.Sprintf("another process (pid %d) is listening there", e.pid)
-	}
-	return "another process is listening there"
-}
-
-// errStaleSocket is a socket file that nobody listens on.
-var errStaleSocket = errors.New("nobody listens on the socket")
-
-// probeSocket tells what is at path: nil for nothing, errNotSocket for a
-// file that is not a socket, errStaleSocket for a socket nobody listens
-// on (left by a process that died), a *liveSocketError naming its
-// listener's pid when it can be told for one that answers.
-func probeSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return errNotSocket
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		defer c.Close()
-		live := &liveSocketError{}
-		if uc, ok := c.(*net.UnixConn); ok {
-			live.pid = peerPID(uc)
-		}
-		return live
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return errStaleSocket
-	}
-	return nil
-}
-
-// removeStaleSocket removes a unix socket file that nobody listens on, left
-// behind by a process that died. Anything else at path is left alone: a
-// file that is not a socket is errNotSocket, a socket that answers a
-// *liveSocketError naming its listener's pid when it can be told.
-func removeStaleSocket(path string) error {
-	err := probeSocket(path)
-	if errors.Is(err, errStaleSocket) {
-		return os.Remove(path)
-	}
-	return err
 }

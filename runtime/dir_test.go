@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 func TestRemoveStaleDirs(t *testing.T) {
@@ -69,7 +71,7 @@ func TestRemoveStaleDirsByLock(t *testing.T) {
 		return d
 	}
 	elsewhere := mk("handoff-" + strconv.Itoa(deadPid(t)) + "-1")
-	held, err := lockFile(filepath.Join(elsewhere, dirLockName), false)
+	held, err := unixsock.LockFile(filepath.Join(elsewhere, dirLockName), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,13 +149,13 @@ func TestClaimControl(t *testing.T) {
 	stale() // the first primary's, not listening yet
 	ownControl(first)
 	second, err := claimControl(path)
-	var live *liveSocketError
+	var live *unixsock.LiveError
 	if !errors.As(err, &live) {
 		second.Close()
-		t.Fatalf("second claim: %v, want a *liveSocketError", err)
+		t.Fatalf("second claim: %v, want a *unixsock.LiveError", err)
 	}
-	if live.pid != os.Getpid() {
-		t.Errorf("the refusal names pid %d, want the lock holder's %d", live.pid, os.Getpid())
+	if live.Pid != os.Getpid() {
+		t.Errorf("the refusal names pid %d, want the lock holder's %d", live.Pid, os.Getpid())
 	}
 	if _, err := os.Lstat(path); err != nil {
 		t.Fatalf("the second primary removed the first's socket: %v", err)
@@ -191,8 +193,8 @@ func TestLockControlRemovedFile(t *testing.T) {
 	if !sameFile(b, controlLockPath(path)) {
 		t.Errorf("the lock is not on the file at the path")
 	}
-	if _, err := lockControl(path); !errors.Is(err, errLocked) {
-		t.Errorf("a second lock: %v, want errLocked", err)
+	if _, err := lockControl(path); !errors.Is(err, unixsock.ErrLocked) {
+		t.Errorf("a second lock: %v, want unixsock.ErrLocked", err)
 	}
 }
 
@@ -200,7 +202,7 @@ func TestLockControlRemovedFile(t *testing.T) {
 // holds it (controlAlive), does not stop a primary from taking it.
 func TestLockControlWaitsForProbe(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.sock")
-	probe, err := lockFile(controlLockPath(path), true)
+	probe, err := unixsock.LockFile(controlLockPath(path), true)
 	if err != nil {
 		t.Fatal(err)
 	}

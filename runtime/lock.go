@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // A live primary proves it is alive by holding flock(2) locks, which work
@@ -24,33 +24,6 @@ import (
 //     path is checked, cleared of a stale socket or bound, and passed to
 //     the new primary of a self-upgrade through tableflip (the same open
 //     file description, so the lock holds while either primary runs).
-
-// errLocked is a lock held by another process.
-var errLocked = errors.New("locked by another process")
-
-// lockFile opens path (creating it, mode 0600, if create) and takes an
-// exclusive flock on it without waiting: errLocked when another open file
-// holds it. The returned file is close-on-exec: no worker or new primary
-// inherits it unless passed on explicitly.
-func lockFile(path string, create bool) (*os.File, error) {
-	flags := os.O_RDWR | unix.O_NOFOLLOW
-	if create {
-		flags |= os.O_CREATE
-	}
-	f, err := os.OpenFile(path, flags, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	// A regular file: Fd does not touch any socket's mode.
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, errLocked
-		}
-		return nil, err
-	}
-	return f, nil
-}
 
 // controlLockKey names the control socket's lock among tableflip's files.
 const controlLockKey = "handoff-control-lock"
@@ -71,8 +44,8 @@ func lockControl(path string) (*os.File, error) {
 	// for an instant: only a lock held longer belongs to a primary.
 	deadline := time.Now().Add(lockPatience)
 	for i := 0; ; i++ {
-		f, err := lockFile(lp, true)
-		if errors.Is(err, errLocked) && time.Now().Before(deadline) {
+		f, err := unixsock.LockFile(lp, true)
+		if errors.Is(err, unixsock.ErrLocked) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
@@ -112,9 +85,9 @@ func controlAlive(path string) bool {
 		return false
 	}
 	lp := controlLockPath(path)
-	lock, err := lockFile(lp, false)
+	lock, err := unixsock.LockFile(lp, false)
 	switch {
-	case errors.Is(err, errLocked):
+	case errors.Is(err, unixsock.ErrLocked):
 		return true
 	case err == nil:
 		if sameFile(lock, lp) {
@@ -133,23 +106,23 @@ func controlAlive(path string) bool {
 }
 
 // claimControl makes path this primary's control socket path: it takes
-// the path's lock (errLocked becomes a *liveSocketError naming the
+// the path's lock (unixsock.ErrLocked becomes a *unixsock.LiveError naming the
 // primary that answers there, when one does), then removes a stale socket
 // file. Nothing is removed without the lock: two primaries starting at
 // once cannot remove each other's socket.
 func claimControl(path string) (*os.File, error) {
 	lock, err := lockControl(path)
-	if errors.Is(err, errLocked) {
+	if errors.Is(err, unixsock.ErrLocked) {
 		// Held by a primary that may not listen yet: whatever is at path
 		// is left alone.
-		live := &liveSocketError{}
-		errors.As(probeSocket(path), &live)
+		live := &unixsock.LiveError{}
+		errors.As(unixsock.Probe(path), &live)
 		// The pid that answers there, as the lock file names it: the
 		// socket's peer credentials name the primary that first
 		// listened, which may have handed over since.
 		if b, err := os.ReadFile(controlLockPath(path)); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-				live.pid = pid
+				live.Pid = pid
 			}
 		}
 		return nil, live
@@ -157,7 +130,7 @@ func claimControl(path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %v", controlLockPath(path), unwrapAll(err))
 	}
-	if err := removeStaleSocket(path); err != nil {
+	if err := unixsock.RemoveStale(path); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -194,12 +167,12 @@ const dirLockName = "lock"
 // primary: its lock is held. A directory with no lock file was left by a
 // handoff that did not lock its directories; it is judged by its pid.
 func dirLive(dir string, pid int) bool {
-	f, err := lockFile(dir+"/"+dirLockName, false)
+	f, err := unixsock.LockFile(dir+"/"+dirLockName, false)
 	switch {
 	case err == nil:
 		f.Close()
 		return false
-	case errors.Is(err, errLocked):
+	case errors.Is(err, unixsock.ErrLocked):
 		return true
 	case errors.Is(err, os.ErrNotExist):
 		return pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH
