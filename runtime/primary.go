@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-dev/handoff/internal/adopt"
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/internal/shim"
 	"github.com/handoff-dev/handoff/reload"
@@ -57,7 +58,7 @@ type primary struct {
 	// askShutdown ends Run's context: a graceful shutdown asked for on
 	// the control socket.
 	askShutdown context.CancelCauseFunc
-	ctl         *controlServer
+	ctl         *control.Server
 	// cur is the generation of the last start or deploy that finished
 	// (what new slots run), prev the one before it (what a rollback
 	// deploys). Only the loop's jobs (and the start or take-over before
@@ -219,7 +220,7 @@ func (r *resources) close() {
 		p.closePins()
 	}
 	if p != nil {
-		p.ctl.close()
+		p.closeControl()
 	}
 	if r.stopWatch != nil {
 		r.stopWatch()
@@ -383,7 +384,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 		return fmt.Errorf("cannot pin the worker command: %v", err)
 	}
 	spec.Pin = pf
-	p.ctl.serve()
+	p.ctl.Serve()
 	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
 	})

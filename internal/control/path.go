@@ -1,4 +1,4 @@
-package runtime
+package control
 
 import (
 	"crypto/sha256"
@@ -13,25 +13,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EnvControlDir, when set, is the directory of default control sockets,
+// EnvDir, when set, is the directory of default control sockets,
 // for the primary and the client alike.
-const EnvControlDir = "HANDOFF_CONTROL_DIR"
+const EnvDir = "HANDOFF_CONTROL_DIR"
 
-// maxSocketPath is the longest path a unix socket may have on Linux.
-const maxSocketPath = 107
+// maxPath is the longest path a unix socket may have on Linux.
+const maxPath = 107
 
-// DefaultControlDir is the directory of a primary's control socket when
+// DefaultDir is the directory of a primary's control socket when
 // none is given: $HANDOFF_CONTROL_DIR; else /run/handoff for root; else
 // $XDG_RUNTIME_DIR/handoff; else $TMPDIR/handoff-UID.
-func DefaultControlDir() string {
-	return controlDirs()[0]
+func DefaultDir() string {
+	return searchDirs()[0]
 }
 
-// controlDirs lists the directories a client searches, the primary's
+// searchDirs lists the directories a client searches, the primary's
 // default first: a primary started with another environment (a systemd
 // service has no XDG_RUNTIME_DIR) used one of the others.
-func controlDirs() []string {
-	if d := os.Getenv(EnvControlDir); d != "" {
+func searchDirs() []string {
+	if d := os.Getenv(EnvDir); d != "" {
 		return []string{d}
 	}
 	var dirs []string
@@ -45,13 +45,13 @@ func controlDirs() []string {
 	return slices.Compact(dirs)
 }
 
-// DefaultControlPath is the control socket of a primary whose first
-// listener is bound to addr: DefaultControlDir()/tcp-HOST:PORT.sock, or
+// DefaultPath is the control socket of a primary whose first
+// listener is bound to addr: DefaultDir()/tcp-HOST:PORT.sock, or
 // unix-NAME-HASH.sock for a unix listener, so that several primaries on
 // one machine each have their own. A path that would be too long for a
 // unix socket gets a hash for a name.
-func DefaultControlPath(network, addr string) string {
-	dir := DefaultControlDir()
+func DefaultPath(network, addr string) string {
+	dir := DefaultDir()
 	sum := sha256.Sum256([]byte(network + " " + addr))
 	hash := hex.EncodeToString(sum[:])
 	name := "tcp-" + addr + ".sock"
@@ -59,19 +59,19 @@ func DefaultControlPath(network, addr string) string {
 		name = "unix-" + filepath.Base(addr) + "-" + hash[:8] + ".sock"
 	}
 	path := filepath.Join(dir, name)
-	if len(path) > maxSocketPath {
+	if len(path) > maxPath {
 		path = filepath.Join(dir, network+"-"+hash[:16]+".sock")
 	}
 	return path
 }
 
-// prepareControlDir makes sure dir exists, creating it with mode 0700
+// prepareDir makes sure dir exists, creating it with mode 0700
 // (and its missing parents). The default directory must be a directory
 // of this user's, not a symbolic link (another user may have planted one
 // where the primary looks), and is made 0700 if it is not: it is checked
 // and changed through one descriptor opened without following a link. A
 // directory named by --control is used as it is.
-func prepareControlDir(dir string, isDefault bool) error {
+func prepareDir(dir string, isDefault bool) error {
 	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 			return fmt.Errorf("cannot create the directory %s: %v", filepath.Dir(dir), unwrapAll(err))

@@ -1,6 +1,6 @@
 //go:build linux
 
-package runtime
+package control
 
 import (
 	"bufio"
@@ -14,18 +14,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// TestControlConnectionBound: the server holds at most maxControlConns
-// connections. One more, while all are fresh, is told to retry and
-// closed; once the oldest has stayed silent past controlIdleGrace, a new
-// one takes its place (the oldest is told to retry) and is served.
-func TestControlConnectionBound(t *testing.T) {
+// TestConnectionBound: the server holds at most maxConns connections. One
+// more, while all are fresh, is told to retry and closed; once the oldest
+// has stayed silent past idleGrace, a new one takes its place (the oldest
+// is told to retry) and is served.
+func TestConnectionBound(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := (&primary{log: zap.NewNop()}).newControlServer(path, ln)
-	s.serve()
+	s := newServer(path, ln, nil, zap.NewNop())
+	s.Serve()
 	var conns []net.Conn
 	t.Cleanup(func() {
 		ln.Close()
@@ -43,9 +43,9 @@ func TestControlConnectionBound(t *testing.T) {
 		conns = append(conns, c)
 		return c
 	}
-	readReply := func(c net.Conn) ControlReply {
+	readReply := func(c net.Conn) Reply {
 		t.Helper()
-		var rep ControlReply
+		var rep Reply
 		line, err := bufio.NewReader(c).ReadBytes('\n')
 		if err != nil || json.Unmarshal(line, &rep) != nil {
 			t.Fatalf("no reply: %q, %v", line, err)
@@ -53,7 +53,7 @@ func TestControlConnectionBound(t *testing.T) {
 		return rep
 	}
 	first := time.Now()
-	for i := 0; i < maxControlConns; i++ {
+	for i := 0; i < maxConns; i++ {
 		dial()
 	}
 	end := time.Now().Add(20 * time.Second)
@@ -61,22 +61,22 @@ func TestControlConnectionBound(t *testing.T) {
 		s.mu.Lock()
 		n := len(s.conns)
 		s.mu.Unlock()
-		if n == maxControlConns {
+		if n == maxConns {
 			break
 		}
 		if time.Now().After(end) {
-			t.Fatalf("the server holds %d connections, want %d", n, maxControlConns)
+			t.Fatalf("the server holds %d connections, want %d", n, maxConns)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if time.Since(first) < controlIdleGrace {
+	if time.Since(first) < idleGrace {
 		rep := readReply(dial())
 		if rep.OK || !rep.Retry || !strings.Contains(rep.Error, "busy") {
 			t.Errorf("a connection past the bound: %+v, want a busy reply that asks to retry", rep)
 		}
 	}
 	// Past the grace, a new connection evicts the oldest silent one.
-	time.Sleep(time.Until(first.Add(controlIdleGrace)))
+	time.Sleep(time.Until(first.Add(idleGrace)))
 	for {
 		c := dial()
 		c.Write([]byte("garbage\n"))
@@ -95,7 +95,7 @@ func TestControlConnectionBound(t *testing.T) {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
-	if n > maxControlConns {
-		t.Errorf("the server holds %d connections, more than %d", n, maxControlConns)
+	if n > maxConns {
+		t.Errorf("the server holds %d connections, more than %d", n, maxConns)
 	}
 }
