@@ -10,9 +10,10 @@
 //     or root, and Find, which looks for the one live primary in the
 //     default directories (DefaultDir, EnvDir) that no other user could
 //     have made or changed;
-//   - the socket's path rules: DefaultPath, the private directory, the
-//     lock file beside the socket (PATH.lock) that proves its primary
-//     alive, and the removal of a socket left by a primary that died;
+//   - the socket's path rules: DefaultPath, the default directory made
+//     private (0700), the lock file beside the socket (PATH.lock) that
+//     proves its primary alive, and the removal of a socket left by a
+//     primary that died;
 //   - the server (Linux): Listen (the socket inherited across a
 //     self-upgrade through tableflip's files, see Fds, or bound anew), the
 //     bound on connections, peer credentials, reading a request, replying,
