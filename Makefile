@@ -121,4 +121,4 @@ bench:
 # Fuzz the control socket's request decoder (its seeds run in 'make test').
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseControlRequest -fuzztime $(FUZZTIME) ./runtime/
+	$(GO) test -run '^$$' -fuzz FuzzParseRequest -fuzztime $(FUZZTIME) ./internal/control/

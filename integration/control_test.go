@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/testutil"
 	"github.com/handoff-dev/handoff/runtime"
 )
@@ -334,7 +335,7 @@ func TestControlAcrossSelfUpgrade(t *testing.T) {
 			default:
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			rep, err := runtime.Call(ctx, path, runtime.ControlRequest{Op: "status"})
+			rep, err := control.Call(ctx, path, control.Request{Op: "status"})
 			cancel()
 			mu.Lock()
 			switch {
@@ -590,7 +591,7 @@ func TestControlMistakes(t *testing.T) {
 			}
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			c.Write([]byte(line))
-			var rep runtime.ControlReply
+			var rep control.Reply
 			err = json.NewDecoder(c).Decode(&rep)
 			c.Close()
 			if err != nil || rep.OK || !strings.HasPrefix(rep.Error, "bad request: ") {

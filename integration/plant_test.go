@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
@@ -39,7 +40,7 @@ func fakeControlMain() {
 	}
 	os.Chmod(path, 0o777)
 	st := &runtime.Status{Primary: runtime.PrimaryStatus{Pid: os.Getpid(), Generation: 99, Control: path}}
-	reply, _ := json.Marshal(runtime.ControlReply{OK: true, Message: "done: generation 99 serving", Pid: os.Getpid(), Generation: 99, Status: st})
+	reply, _ := json.Marshal(control.Reply{OK: true, Message: "done: generation 99 serving", Pid: os.Getpid(), Generation: 99, Status: st})
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -179,16 +180,16 @@ func TestControlClientTrustsNoPlant(t *testing.T) {
 		}
 		oneLine(t, what, r.stderr, sock, "uid "+strconv.Itoa(int(cred.Uid)))
 	}
-	// runtime.Call, which scripts and library users call, refuses it too.
+	// control.Call, the commands' client, refuses it too.
 	if rep, err := callOnce(sock, "reload"); err == nil {
-		t.Errorf("runtime.Call believed a server run by nobody: %+v", rep)
+		t.Errorf("control.Call believed a server run by nobody: %+v", rep)
 	}
 }
 
-// callOnce sends op to the control socket at path with runtime.Call,
+// callOnce sends op to the control socket at path with control.Call,
 // bounded by ten seconds.
-func callOnce(path, op string) (runtime.ControlReply, error) {
+func callOnce(path, op string) (control.Reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return runtime.Call(ctx, path, runtime.ControlRequest{Op: op})
+	return control.Call(ctx, path, control.Request{Op: op})
 }

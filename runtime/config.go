@@ -141,9 +141,12 @@ type Config struct {
 	Standby bool
 	// StopSignal is sent to retire a worker; default SIGTERM.
 	StopSignal syscall.Signal
-	// Control is the path of the control socket (see ControlRequest);
-	// "" means DefaultControlPath for the first listener. A directory
-	// that does not exist is created with mode 0700.
+	// Control is the path of the control socket (`handoff status`,
+	// `reload`, `rollback`, `scale`, `stop`; see docs/operations.md); ""
+	// means the default path for the first listener, in
+	// $HANDOFF_CONTROL_DIR, /run/handoff for root, $XDG_RUNTIME_DIR/handoff
+	// or $TMPDIR/handoff-UID. A directory that does not exist is created
+	// with mode 0700.
 	Control string
 	// PIDFile, if set, always holds the pid of the primary that owns the
 	// listeners now; it is replaced atomically.

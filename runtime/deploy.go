@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/workerpool"
 	"go.uber.org/zap"
@@ -212,16 +213,16 @@ func (e *rolledBack) Error() string {
 func (e *rolledBack) Unwrap() error { return e.err }
 
 // deployReply answers a reload or a rollback with the outcome of its job.
-func (s *controlServer) deployReply(err error) ControlReply {
+func (h controlHandler) deployReply(err error) control.Reply {
 	var rb *rolledBack
 	switch {
 	case errors.As(err, &rb):
-		return ControlReply{Error: rb.Error()}
+		return control.Reply{Error: rb.Error()}
 	case err != nil:
-		return ControlReply{Error: "aborted: " + failureLine(err) + s.p.bindAdvice(err)}
+		return control.Reply{Error: "aborted: " + failureLine(err) + h.p.bindAdvice(err)}
 	}
-	gen := s.p.book.servingGen()
-	return ControlReply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
+	gen := h.p.book.servingGen()
+	return control.Reply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
 }
 
 // workerFields are the log fields of a worker's failure in err (none if

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // dirPrefix starts the name of a primary's private directory (mode 0700, in
@@ -41,7 +43,7 @@ func privateDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	lock, err := lockFile(filepath.Join(work, dirLockName), true)
+	lock, err := unixsock.LockFile(filepath.Join(work, dirLockName), true)
 	if err != nil {
 		os.RemoveAll(work)
 		return "", err

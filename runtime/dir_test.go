@@ -3,7 +3,6 @@
 package runtime
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 func TestRemoveStaleDirs(t *testing.T) {
@@ -69,7 +68,7 @@ func TestRemoveStaleDirsByLock(t *testing.T) {
 		return d
 	}
 	elsewhere := mk("handoff-" + strconv.Itoa(deadPid(t)) + "-1")
-	held, err := lockFile(filepath.Join(elsewhere, dirLockName), false)
+	held, err := unixsock.LockFile(filepath.Join(elsewhere, dirLockName), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,148 +115,5 @@ func TestPrivateDirLocked(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Dir(dir)); len(ents) != 1 {
 		t.Errorf("TMPDIR holds %v, want the one directory", ents)
-	}
-}
-
-// Two primaries starting at once on one control path: the second, finding
-// the path's lock held, leaves alone what is there, even a socket that
-// does not answer yet (the first has bound it and not listened, or is
-// between removing a stale one and binding), and is refused.
-func TestClaimControl(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.sock")
-	stale := func() {
-		t.Helper()
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stale() // left by a primary that was killed
-	first, err := claimControl(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(path); !os.IsNotExist(err) {
-		t.Fatalf("the stale socket was not removed: %v", err)
-	}
-	stale() // the first primary's, not listening yet
-	ownControl(first)
-	second, err := claimControl(path)
-	var live *liveSocketError
-	if !errors.As(err, &live) {
-		second.Close()
-		t.Fatalf("second claim: %v, want a *liveSocketError", err)
-	}
-	if live.pid != os.Getpid() {
-		t.Errorf("the refusal names pid %d, want the lock holder's %d", live.pid, os.Getpid())
-	}
-	if _, err := os.Lstat(path); err != nil {
-		t.Fatalf("the second primary removed the first's socket: %v", err)
-	}
-	// The first stops for good: its lock file goes, and the path is free.
-	releaseControl(first, path, true)
-	if _, err := os.Lstat(controlLockPath(path)); !os.IsNotExist(err) {
-		t.Errorf("lock file left: %v", err)
-	}
-	third, err := claimControl(path)
-	if err != nil {
-		t.Fatalf("claim after the first stopped: %v", err)
-	}
-	releaseControl(third, path, false)
-	if _, err := os.Lstat(controlLockPath(path)); err != nil {
-		t.Errorf("a primary that hands over removed the lock file: %v", err)
-	}
-}
-
-// A lock taken on a lock file that was removed meanwhile is dropped, and
-// the file at the path locked instead.
-func TestLockControlRemovedFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.sock")
-	a, err := lockControl(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Remove(controlLockPath(path))
-	b, err := lockControl(path)
-	if err != nil {
-		t.Fatalf("lock after the file was removed: %v", err)
-	}
-	defer b.Close()
-	a.Close()
-	if !sameFile(b, controlLockPath(path)) {
-		t.Errorf("the lock is not on the file at the path")
-	}
-	if _, err := lockControl(path); !errors.Is(err, errLocked) {
-		t.Errorf("a second lock: %v, want errLocked", err)
-	}
-}
-
-// A lock held for an instant, as a command looking for live primaries
-// holds it (controlAlive), does not stop a primary from taking it.
-func TestLockControlWaitsForProbe(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.sock")
-	probe, err := lockFile(controlLockPath(path), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.AfterFunc(50*time.Millisecond, func() { probe.Close() })
-	f, err := lockControl(path)
-	if err != nil {
-		t.Fatalf("lock while a probe held it for 50ms: %v", err)
-	}
-	f.Close()
-}
-
-// controlAlive tells a live primary's socket by its held lock, removes a
-// dead one's socket and lock file, and dials a socket without a lock
-// file.
-func TestControlAlive(t *testing.T) {
-	dir := t.TempDir()
-	bound := func(name string, listen bool) string {
-		t.Helper()
-		path := filepath.Join(dir, name)
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
-			t.Fatal(err)
-		}
-		if listen {
-			unix.Listen(fd, 1)
-			t.Cleanup(func() { unix.Close(fd) })
-		} else {
-			unix.Close(fd)
-		}
-		return path
-	}
-	live := bound("live.sock", false)
-	lock, err := lockControl(live)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if !controlAlive(live) {
-		t.Error("a socket whose lock is held: not alive")
-	}
-	dead := bound("dead.sock", true)
-	os.WriteFile(controlLockPath(dead), nil, 0o600)
-	if controlAlive(dead) {
-		t.Error("a socket whose lock nobody holds: alive")
-	}
-	for _, f := range []string{dead, controlLockPath(dead)} {
-		if _, err := os.Lstat(f); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left: %v", f, err)
-		}
-	}
-	if old := bound("old.sock", true); !controlAlive(old) {
-		t.Error("a socket without a lock file that answers: not alive")
-	}
-	if gone := bound("gone.sock", false); controlAlive(gone) {
-		t.Error("a socket without a lock file that nobody listens on: alive")
 	}
 }

@@ -12,9 +12,8 @@ import (
 	"os"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/handoff-dev/handoff/internal/pin"
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // envHandover names the unix socket on which an old primary waits for the
@@ -231,26 +230,11 @@ func acceptHandover(ln *net.UnixListener) (*net.UnixConn, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		cred, err := peerCred(c)
+		cred, err := unixsock.PeerCred(c)
 		if err != nil || cred.Uid != uint32(os.Getuid()) {
 			c.Close()
 			continue
 		}
 		return c, int(cred.Pid), nil
 	}
-}
-
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
 }

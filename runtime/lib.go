@@ -22,6 +22,7 @@ import (
 	"github.com/handoff-dev/handoff/internal/channel"
 	"github.com/handoff-dev/handoff/internal/drain"
 	"github.com/handoff-dev/handoff/internal/shim"
+	"github.com/handoff-dev/handoff/internal/unixsock"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
@@ -398,7 +399,7 @@ func runStandalone(ctx context.Context, app App, why error) error {
 func (w *Worker) listenStandalone(cfg *Config) error {
 	for _, l := range cfg.Listeners {
 		if l.Network == "unix" {
-			if err := removeStaleSocket(l.Address); err != nil {
+			if err := unixsock.RemoveStale(l.Address); err != nil {
 				return err
 			}
 		}

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // The workers' listening sockets are in blocking mode, as systemd passes
@@ -72,7 +74,7 @@ func (p *primary) bindListener(l Listener, key string) (fd int, addr string, err
 			return fd, addr, nil
 		}
 	} else if l.Network == "unix" {
-		if err := removeStaleSocket(l.Address); err != nil {
+		if err := unixsock.RemoveStale(l.Address); err != nil {
 			return -1, "", fmt.Errorf("listen unix:%s: %v", l.Address, err)
 		}
 	}

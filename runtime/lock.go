@@ -2,15 +2,10 @@ package runtime
 
 import (
 	"errors"
-	"fmt"
-	"net"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // A live primary proves it is alive by holding flock(2) locks, which work
@@ -23,169 +18,8 @@ import (
 //   - on PATH.lock beside its control socket, taken before the socket
 //     path is checked, cleared of a stale socket or bound, and passed to
 //     the new primary of a self-upgrade through tableflip (the same open
-//     file description, so the lock holds while either primary runs).
-
-// errLocked is a lock held by another process.
-var errLocked = errors.New("locked by another process")
-
-// lockFile opens path (creating it, mode 0600, if create) and takes an
-// exclusive flock on it without waiting: errLocked when another open file
-// holds it. The returned file is close-on-exec: no worker or new primary
-// inherits it unless passed on explicitly.
-func lockFile(path string, create bool) (*os.File, error) {
-	flags := os.O_RDWR | unix.O_NOFOLLOW
-	if create {
-		flags |= os.O_CREATE
-	}
-	f, err := os.OpenFile(path, flags, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	// A regular file: Fd does not touch any socket's mode.
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, errLocked
-		}
-		return nil, err
-	}
-	return f, nil
-}
-
-// controlLockKey names the control socket's lock among tableflip's files.
-const controlLockKey = "handoff-control-lock"
-
-// lockPatience is how long lockControl retries a held lock.
-const lockPatience = 300 * time.Millisecond
-
-// controlLockPath is the lock file of the control socket at path.
-func controlLockPath(path string) string { return path + ".lock" }
-
-// lockControl takes the lock of the control socket at path. A primary
-// that stops for good removes the lock file; a lock taken on a file that
-// was removed meanwhile is dropped and the file opened anew, so that two
-// primaries never hold two different files of the one path.
-func lockControl(path string) (*os.File, error) {
-	lp := controlLockPath(path)
-	// A command looking for live primaries (controlAlive) holds a lock
-	// for an instant: only a lock held longer belongs to a primary.
-	deadline := time.Now().Add(lockPatience)
-	for i := 0; ; i++ {
-		f, err := lockFile(lp, true)
-		if errors.Is(err, errLocked) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if sameFile(f, lp) {
-			return f, nil
-		}
-		f.Close()
-		if i == 10 {
-			return nil, fmt.Errorf("%s keeps being replaced", lp)
-		}
-	}
-}
-
-// sameFile reports whether path names the file f has open.
-func sameFile(f *os.File, path string) bool {
-	fi, err := f.Stat()
-	if err != nil {
-		return false
-	}
-	pi, err := os.Lstat(path)
-	return err == nil && os.SameFile(fi, pi)
-}
-
-// controlAlive reports whether the control socket at path belongs to a
-// live primary, without dialing it: the primary holds its lock file. A
-// socket whose lock nobody holds was left by a primary that died: it is
-// removed with its lock file, under the lock (a primary starting on the
-// path meanwhile waits for it, see lockControl, then takes a new file).
-// A socket without a lock file (from a handoff that did not lock the
-// path) is dialed.
-func controlAlive(path string) bool {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return false
-	}
-	lp := controlLockPath(path)
-	lock, err := lockFile(lp, false)
-	switch {
-	case errors.Is(err, errLocked):
-		return true
-	case err == nil:
-		if sameFile(lock, lp) {
-			os.Remove(path)
-			os.Remove(lp)
-		}
-		lock.Close()
-		return false
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
-// claimControl makes path this primary's control socket path: it takes
-// the path's lock (errLocked becomes a *liveSocketError naming the
-// primary that answers there, when one does), then removes a stale socket
-// file. Nothing is removed without the lock: two primaries starting at
-// once cannot remove each other's socket.
-func claimControl(path string) (*os.File, error) {
-	lock, err := lockControl(path)
-	if errors.Is(err, errLocked) {
-		// Held by a primary that may not listen yet: whatever is at path
-		// is left alone.
-		live := &liveSocketError{}
-		errors.As(probeSocket(path), &live)
-		// The pid that answers there, as the lock file names it: the
-		// socket's peer credentials name the primary that first
-		// listened, which may have handed over since.
-		if b, err := os.ReadFile(controlLockPath(path)); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-				live.pid = pid
-			}
-		}
-		return nil, live
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %v", controlLockPath(path), unwrapAll(err))
-	}
-	if err := removeStaleSocket(path); err != nil {
-		lock.Close()
-		return nil, err
-	}
-	return lock, nil
-}
-
-// ownControl writes this process's pid into the control socket's lock
-// file: the primary that answers on the socket from now on.
-func ownControl(lock *os.File) {
-	if lock == nil {
-		return
-	}
-	lock.Truncate(0)
-	lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-}
-
-// releaseControl lets go of the control socket's lock; remove also
-// removes the lock file, as the socket file goes: this primary stops for
-// good.
-func releaseControl(lock *os.File, path string, remove bool) {
-	if lock == nil {
-		return
-	}
-	if remove && sameFile(lock, controlLockPath(path)) {
-		os.Remove(controlLockPath(path))
-	}
-	lock.Close()
-}
+//     file description, so the lock holds while either primary runs): see
+//     internal/control.
 
 // dirLockName is the lock file inside a primary's private directory.
 const dirLockName = "lock"
@@ -194,12 +28,12 @@ const dirLockName = "lock"
 // primary: its lock is held. A directory with no lock file was left by a
 // handoff that did not lock its directories; it is judged by its pid.
 func dirLive(dir string, pid int) bool {
-	f, err := lockFile(dir+"/"+dirLockName, false)
+	f, err := unixsock.LockFile(dir+"/"+dirLockName, false)
 	switch {
 	case err == nil:
 		f.Close()
 		return false
-	case errors.Is(err, errLocked):
+	case errors.Is(err, unixsock.ErrLocked):
 		return true
 	case errors.Is(err, os.ErrNotExist):
 		return pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH

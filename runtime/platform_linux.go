@@ -1,10 +1,6 @@
 package runtime
 
-import (
-	"net"
-
-	"golang.org/x/sys/unix"
-)
+import "golang.org/x/sys/unix"
 
 // The primary (primary.go and the files it needs, each marked
 // "//go:build linux") runs on Linux only: it forks workers with
@@ -19,27 +15,8 @@ import (
 // (TestNoPrimaryServesStandalone).
 var errNoPrimary error
 
-// peerPID is the pid of the process at the other end of c, 0 if unknown.
-func peerPID(c *net.UnixConn) int {
-	cred, err := peerCred(c)
-	if err != nil {
-		return 0
-	}
-	return int(cred.Pid)
-}
-
 // socketpair returns a connected pair of unix stream sockets, both
 // close-on-exec.
 func socketpair() ([2]int, error) {
 	return unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-}
-
-// peerUID is the uid of the process at the other end of c (SO_PEERCRED:
-// for a listening socket, the process that called listen).
-func peerUID(c *net.UnixConn) (int, error) {
-	cred, err := peerCred(c)
-	if err != nil {
-		return -1, err
-	}
-	return int(cred.Uid), nil
 }

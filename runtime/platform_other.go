@@ -5,7 +5,6 @@ package runtime
 import (
 	"context"
 	"fmt"
-	"net"
 	goruntime "runtime"
 	"syscall"
 
@@ -25,9 +24,6 @@ func Run(ctx context.Context, cfg Config) error {
 	return errNoPrimary
 }
 
-// peerPID is 0: the peer's pid is only known on Linux.
-func peerPID(*net.UnixConn) int { return 0 }
-
 // socketpair returns a connected pair of unix stream sockets, both
 // close-on-exec (under syscall.ForkLock: no SOCK_CLOEXEC here).
 func socketpair() ([2]int, error) {
@@ -40,24 +36,4 @@ func socketpair() ([2]int, error) {
 	unix.CloseOnExec(fds[0])
 	unix.CloseOnExec(fds[1])
 	return fds, nil
-}
-
-// peerUID is the uid of the process at the other end of c
-// (LOCAL_PEERCRED).
-func peerUID(c *net.UnixConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	uid := -1
-	var xerr error
-	if err := rc.Control(func(fd uintptr) {
-		var xu *unix.Xucred
-		if xu, xerr = unix.GetsockoptXucred(int(fd), unix.SOL_LOCAL, unix.LOCAL_PEERCRED); xerr == nil {
-			uid = int(xu.Uid)
-		}
-	}); err != nil {
-		return -1, err
-	}
-	return uid, xerr
 }

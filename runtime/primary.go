@@ -9,6 +9,7 @@ import (
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/metrics"
 	"github.com/handoff-dev/handoff/internal/sockets"
 	"github.com/handoff-dev/handoff/workerpool"
@@ -44,7 +45,7 @@ type primary struct {
 	// askShutdown ends Run's context: a graceful shutdown asked for on
 	// the control socket.
 	askShutdown context.CancelCauseFunc
-	ctl         *controlServer
+	ctl         *control.Server
 	// cur is the generation of the last start or deploy that finished
 	// (what new slots run), prev the one before it (what a rollback
 	// deploys). Only the loop's jobs (and the start or take-over before

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/pin"
 )
 
@@ -153,17 +154,17 @@ func (p *primary) rollbackJob() func(context.Context) error {
 	}
 }
 
-// rollback answers a rollback request once its job has run: done, with the
+// Rollback answers a rollback request once its job has run: done, with the
 // generation serving; refused (nothing to roll back to); or aborted, with
 // the reason.
-func (s *controlServer) rollback() ControlReply {
+func (h controlHandler) Rollback(ctx context.Context) control.Reply {
 	done := make(chan error, 1)
-	err, retry := s.await(request{op: opRollback, run: s.p.rollbackJob(), done: done}, done)
+	err, retry := h.await(ctx, request{op: opRollback, run: h.p.rollbackJob(), done: done}, done)
 	switch {
 	case retry:
-		return s.retryReply()
+		return retryReply
 	case errors.Is(err, errNoPrevious), errors.Is(err, errNotAsDeployed):
-		return ControlReply{Error: "refused: " + err.Error()}
+		return control.Reply{Error: "refused: " + err.Error()}
 	}
-	return s.deployReply(err)
+	return h.deployReply(err)
 }

@@ -5,6 +5,7 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,46 +18,47 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/workerpool"
 )
 
-// rollbackServer is a control server whose primary's requests go to a
-// deploy loop with fake deploys (see startLoop).
-func rollbackServer(t *testing.T) (*controlServer, *loopRun, *observer.ObservedLogs) {
+// rollbackHandler is the control handler of a primary whose requests go
+// to a deploy loop with fake deploys (see startLoop).
+func rollbackHandler(t *testing.T) (controlHandler, *loopRun, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zapcore.InfoLevel)
 	r := startLoop(t, false)
 	p := &primary{log: zap.New(core), reqs: r.reqs, closed: make(chan struct{}), pool: workerpool.New(workerpool.Config{})}
-	s := &controlServer{p: p, quit: make(chan struct{})}
+	h := controlHandler{p}
 	t.Cleanup(func() {
 		r.sigs <- syscall.SIGTERM
 		<-r.stopped
 		r.end(t)
 		close(p.closed)
 	})
-	return s, r, logs
+	return h, r, logs
 }
 
 // Until a previous generation is kept, with its rollback job, a rollback
 // is refused: one line saying so, and the "rollback refused" event.
 func TestRollbackRefusedWithoutPrevious(t *testing.T) {
-	s, _, logs := rollbackServer(t)
+	h, _, logs := rollbackHandler(t)
 	ran := false
 	for _, setup := range []func(){
 		func() {},
 		// A previous generation without a job to deploy it.
 		func() {
-			s.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, &GenerationStatus{Generation: 1, Path: "/a"})
+			h.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, &GenerationStatus{Generation: 1, Path: "/a"})
 		},
 		// A job without a previous generation.
 		func() {
-			s.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, nil)
-			s.p.gens.setRollback(func(context.Context) error { ran = true; return nil })
+			h.p.gens.set(&GenerationStatus{Generation: 2, Path: "/b"}, nil)
+			h.p.gens.setRollback(func(context.Context) error { ran = true; return nil })
 		},
 	} {
 		setup()
-		rep := s.rollback()
+		rep := h.Rollback(context.Background())
 		if rep.OK || rep.Error != "refused: no previous generation to roll back to" {
 			t.Errorf("rollback: %+v", rep)
 		}
@@ -73,24 +75,24 @@ func TestRollbackRefusedWithoutPrevious(t *testing.T) {
 // its outcome is the reply: done with the generation now serving, or
 // aborted with the worker's failure.
 func TestRollbackRunsInTurnAndReports(t *testing.T) {
-	s, r, _ := rollbackServer(t)
-	s.p.gens.set(&GenerationStatus{Generation: 3, Path: "/b"}, &GenerationStatus{Generation: 2, Path: "/a"})
+	h, r, _ := rollbackHandler(t)
+	h.p.gens.set(&GenerationStatus{Generation: 3, Path: "/b"}, &GenerationStatus{Generation: 2, Path: "/a"})
 	outcome := make(chan error, 1)
-	s.p.gens.setRollback(func(ctx context.Context) error {
+	h.p.gens.setRollback(func(ctx context.Context) error {
 		if r.deploys.runningNow() != 0 {
 			t.Error("the rollback ran beside a deploy")
 		}
 		err := <-outcome
 		if err == nil {
-			s.p.book.setServing(4)
+			h.p.book.setServing(4)
 		}
 		return err
 	})
 
 	r.sigs <- syscall.SIGHUP
 	r.deploys.awaitBegun(t)
-	replies := make(chan ControlReply, 1)
-	go func() { replies <- s.rollback() }()
+	replies := make(chan control.Reply, 1)
+	go func() { replies <- h.Rollback(context.Background()) }()
 	select {
 	case rep := <-replies:
 		t.Fatalf("rollback answered during a deploy: %+v", rep)
@@ -104,26 +106,55 @@ func TestRollbackRunsInTurnAndReports(t *testing.T) {
 	}
 
 	outcome <- &workerpool.StartError{Slot: 0, Pid: 12, Reason: "exited", Exit: workerpool.Exit{Status: "exit status 1", StderrTail: "x\nboom"}}
-	rep = s.rollback()
+	rep = h.Rollback(context.Background())
 	if rep.OK || rep.Error != "aborted: worker 0 (pid 12) exited at start: exit status 1; its stderr ends: x | boom" {
 		t.Errorf("failed rollback: %+v", rep)
 	}
 }
 
 // A rollback asked for of a primary that has handed over is answered
-// "retry", so the client asks the new primary.
+// "retry", so the client asks the new primary: the control server names
+// it.
 func TestRollbackAfterHandOverRetries(t *testing.T) {
 	p := &primary{log: zap.NewNop(), reqs: make(chan request), closed: make(chan struct{})}
-	s := &controlServer{p: p, quit: make(chan struct{}), successor: 42}
+	path := filepath.Join(t.TempDir(), "c.sock")
+	s, err := control.Listen(control.Config{Path: path, Fds: plainFds{}, Handler: controlHandler{p}, Log: p.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Serve()
+	t.Cleanup(func() { s.Close(true) })
 	go func() {
 		r := <-p.reqs
+		s.HandedOver(42)
 		r.done <- errHandedOver
 	}()
-	rep := s.rollback()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte(`{"op":"rollback"}` + "\n"))
+	var rep control.Reply
+	if err := json.NewDecoder(c).Decode(&rep); err != nil {
+		t.Fatal(err)
+	}
 	if !rep.Retry || !strings.Contains(rep.Error, "pid 42") {
 		t.Errorf("rollback after a hand-over: %+v", rep)
 	}
 }
+
+// plainFds is a control.Fds without tableflip: nothing inherited, nothing
+// passed on.
+type plainFds struct{}
+
+func (plainFds) Listener(network, addr string) (net.Listener, error) { return nil, nil }
+func (plainFds) ListenWithCallback(network, addr string, callback func(network, addr string) (net.Listener, error)) (net.Listener, error) {
+	return callback(network, addr)
+}
+func (plainFds) File(name string) (*os.File, error)    { return nil, nil }
+func (plainFds) AddFile(name string, f *os.File) error { return nil }
 
 // Status shows the generation records the loop publishes: before the
 // first workers none; a generation without a pin by its path; pinned ones

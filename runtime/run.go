@@ -145,7 +145,7 @@ func (r *resources) close() {
 		p.pins.closeAll()
 	}
 	if p != nil {
-		p.ctl.close()
+		p.closeControl()
 	}
 	if r.stopWatch != nil {
 		r.stopWatch()
@@ -366,7 +366,7 @@ func (p *primary) start(ctx context.Context, sigs <-chan os.Signal, path string,
 		return fmt.Errorf("cannot pin the worker command: %v", err)
 	}
 	spec.Pin = pf
-	p.ctl.serve()
+	p.ctl.Serve()
 	queue, shutdownSig, err := p.underSignals(ctx, sigs, "the primary is starting", func(ctx context.Context) error {
 		return p.pool.Start(ctx, spec)
 	})

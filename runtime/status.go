@@ -18,7 +18,7 @@ func (p *primary) status() Status {
 	p.book.snapshot(&st, now)
 	st.Generations = p.gens.status()
 	if p.ctl != nil {
-		st.Primary.Control = p.ctl.path
+		st.Primary.Control = p.ctl.Path()
 	}
 	st.Primary.Workers = p.pool.Size()
 	st.Workers = []WorkerStatus{}

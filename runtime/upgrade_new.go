@@ -322,7 +322,7 @@ func (s *newSide) serve() error {
 	}
 	// The old primary has stopped accepting on the control socket, or
 	// will once it sees this primary ready: answer it from now on.
-	p.ctl.serve()
+	p.ctl.Serve()
 	return p.loop(s.ctx, s.sigs, s.queue)
 }
 

@@ -335,12 +335,12 @@ func (s *oldSide) closeConn() {
 // one returns only once that has exited too (or did not in time), so
 // that a stop answered means both have. A request that waits for an
 // answer is told to ask the new primary (errHandedOver, see
-// controlServer.retry); a watched change is not passed on, since the new
-// primary watches the same files.
+// control.Server.HandedOver); a watched change is not passed on, since
+// the new primary watches the same files.
 func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal, pass []os.Signal) error {
 	succ := p.successor
 	p.log.Info("handed over", zap.Int("new_primary", succ.pid))
-	p.ctl.handedOver(succ.pid)
+	p.ctl.HandedOver(succ.pid)
 	p.cfg.Hub.handedOver()
 	// The new primary serves --metrics now.
 	p.web.Close()

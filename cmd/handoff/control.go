@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/runtime"
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -132,13 +133,13 @@ func noArgs(name string, pos []string) error {
 }
 
 // callPrimary sends req to the control socket at path (found with
-// runtime.FindControl if "") and turns a refusal into an error; Ctrl-C
+// control.Find if "") and turns a refusal into an error; Ctrl-C
 // ends the wait.
-func callPrimary(path string, req runtime.ControlRequest, timeout time.Duration) (runtime.ControlReply, error) {
+func callPrimary(path string, req control.Request, timeout time.Duration) (control.Reply, error) {
 	if path == "" {
-		found, err := runtime.FindControl()
+		found, err := control.Find()
 		if err != nil {
-			return runtime.ControlReply{}, err
+			return control.Reply{}, err
 		}
 		path = found
 	}
@@ -149,7 +150,7 @@ func callPrimary(path string, req runtime.ControlRequest, timeout time.Duration)
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	rep, err := runtime.Call(ctx, path, req)
+	rep, err := control.Call(ctx, path, req)
 	if err != nil {
 		return rep, err
 	}
@@ -175,7 +176,7 @@ func statusCommand(args []string, stdout io.Writer) error {
 	if err := noArgs("status", pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: "status"}, statusTimeout)
+	rep, err := callPrimary(o.path, control.Request{Op: "status"}, statusTimeout)
 	if err != nil {
 		return err
 	}
@@ -340,7 +341,7 @@ func deployCommand(c command[controlOptions], args []string, stdout io.Writer) e
 	if err := noArgs(name, pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: name}, 0)
+	rep, err := callPrimary(o.path, control.Request{Op: name}, 0)
 	if errors.As(err, new(refusal)) {
 		for _, outcome := range []string{"aborted", "refused", "rolled back"} {
 			if strings.HasPrefix(err.Error(), outcome) {
@@ -363,7 +364,7 @@ func scaleCommand(args []string, stdout io.Writer) error {
 	if len(pos) != 1 {
 		return usageError{errors.New("scale needs one number of workers, N, +N or -N: e.g. handoff scale 4")}
 	}
-	req := runtime.ControlRequest{Op: "scale"}
+	req := control.Request{Op: "scale"}
 	arg := pos[0]
 	n, convErr := strconv.Atoi(arg)
 	switch {
@@ -400,7 +401,7 @@ func stopCommand(args []string, stdout io.Writer) error {
 	if err := noArgs("stop", pos); err != nil {
 		return err
 	}
-	rep, err := callPrimary(o.path, runtime.ControlRequest{Op: "stop"}, 0)
+	rep, err := callPrimary(o.path, control.Request{Op: "stop"}, 0)
 	if err != nil {
 		return err
 	}

@@ -10,19 +10,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/runtime"
 )
 
 // fakePrimary answers one control request with rep and sends the request
 // it got on the returned channel.
-func fakePrimary(t *testing.T, rep runtime.ControlReply) (string, <-chan runtime.ControlRequest) {
+func fakePrimary(t *testing.T, rep control.Reply) (string, <-chan control.Request) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan runtime.ControlRequest, 1)
+	got := make(chan control.Request, 1)
 	done := make(chan struct{})
 	t.Cleanup(func() { ln.Close(); <-done })
 	go func() {
@@ -34,7 +35,7 @@ func fakePrimary(t *testing.T, rep runtime.ControlReply) (string, <-chan runtime
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		line, _ := bufio.NewReader(c).ReadBytes('\n')
-		var req runtime.ControlRequest
+		var req control.Request
 		json.Unmarshal(line, &req)
 		got <- req
 		b, _ := json.Marshal(rep)
@@ -48,25 +49,25 @@ func fakePrimary(t *testing.T, rep runtime.ControlReply) (string, <-chan runtime
 func TestRollbackCommand(t *testing.T) {
 	for _, c := range []struct {
 		name         string
-		rep          runtime.ControlReply
+		rep          control.Reply
 		code         int
 		stdout, line string
 	}{
-		{"done", runtime.ControlReply{OK: true, Pid: 42, Generation: 4, Message: "done: generation 4 serving"}, 0,
+		{"done", control.Reply{OK: true, Pid: 42, Generation: 4, Message: "done: generation 4 serving"}, 0,
 			"rollback done: generation 4 serving (primary 42)\n", ""},
-		{"refused", runtime.ControlReply{Pid: 42, Error: "refused: no previous generation to roll back to"}, 1,
+		{"refused", control.Reply{Pid: 42, Error: "refused: no previous generation to roll back to"}, 1,
 			"", "handoff: rollback refused: no previous generation to roll back to\n"},
-		{"aborted", runtime.ControlReply{Pid: 42, Error: "aborted: worker 0 (pid 7) exited at start: exit status 1"}, 1,
+		{"aborted", control.Reply{Pid: 42, Error: "aborted: worker 0 (pid 7) exited at start: exit status 1"}, 1,
 			"", "handoff: rollback aborted: worker 0 (pid 7) exited at start: exit status 1\n"},
-		{"rolled back", runtime.ControlReply{Pid: 42, Error: "rolled back: worker 1 (pid 8) exited 2s after it was ready; generation 3 serving"}, 1,
+		{"rolled back", control.Reply{Pid: 42, Error: "rolled back: worker 1 (pid 8) exited 2s after it was ready; generation 3 serving"}, 1,
 			"", "handoff: rollback rolled back: worker 1 (pid 8) exited 2s after it was ready; generation 3 serving\n"},
-		{"other refusal", runtime.ControlReply{Pid: 42, Error: "the primary is shutting down"}, 1,
+		{"other refusal", control.Reply{Pid: 42, Error: "the primary is shutting down"}, 1,
 			"", "handoff: the primary is shutting down\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path, got := fakePrimary(t, c.rep)
 			code, stdout, stderr := runArgs("rollback", "--control", path)
-			if req := <-got; req != (runtime.ControlRequest{Op: "rollback"}) {
+			if req := <-got; req != (control.Request{Op: "rollback"}) {
 				t.Errorf("request %+v", req)
 			}
 			if code != c.code || stdout != c.stdout || stderr != c.line {
@@ -158,7 +159,7 @@ func TestMinUptimeFlag(t *testing.T) {
 // handoff reload reports a deploy rolled back after its probation in one
 // line, exit 1.
 func TestReloadRolledBack(t *testing.T) {
-	path, got := fakePrimary(t, runtime.ControlReply{Pid: 42, Error: "rolled back: worker 0 (pid 9) exited 2s after it was ready; generation 3 serving"})
+	path, got := fakePrimary(t, control.Reply{Pid: 42, Error: "rolled back: worker 0 (pid 9) exited 2s after it was ready; generation 3 serving"})
 	code, stdout, stderr := runArgs("reload", "--control", path)
 	if req := <-got; req.Op != "reload" {
 		t.Errorf("request %+v", req)

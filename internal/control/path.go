@@ -1,40 +1,37 @@
-package runtime
+package control
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// EnvControlDir, when set, is the directory of default control sockets,
+// EnvDir, when set, is the directory of default control sockets,
 // for the primary and the client alike.
-const EnvControlDir = "HANDOFF_CONTROL_DIR"
+const EnvDir = "HANDOFF_CONTROL_DIR"
 
-// maxSocketPath is the longest path a unix socket may have on Linux.
-const maxSocketPath = 107
+// maxPath is the longest path a unix socket may have on Linux.
+const maxPath = 107
 
-// DefaultControlDir is the directory of a primary's control socket when
+// DefaultDir is the directory of a primary's control socket when
 // none is given: $HANDOFF_CONTROL_DIR; else /run/handoff for root; else
 // $XDG_RUNTIME_DIR/handoff; else $TMPDIR/handoff-UID.
-func DefaultControlDir() string {
-	return controlDirs()[0]
+func DefaultDir() string {
+	return searchDirs()[0]
 }
 
-// controlDirs lists the directories a client searches, the primary's
+// searchDirs lists the directories a client searches, the primary's
 // default first: a primary started with another environment (a systemd
 // service has no XDG_RUNTIME_DIR) used one of the others.
-func controlDirs() []string {
-	if d := os.Getenv(EnvControlDir); d != "" {
+func searchDirs() []string {
+	if d := os.Getenv(EnvDir); d != "" {
 		return []string{d}
 	}
 	var dirs []string
@@ -48,13 +45,13 @@ func controlDirs() []string {
 	return slices.Compact(dirs)
 }
 
-// DefaultControlPath is the control socket of a primary whose first
-// listener is bound to addr: DefaultControlDir()/tcp-HOST:PORT.sock, or
+// DefaultPath is the control socket of a primary whose first
+// listener is bound to addr: DefaultDir()/tcp-HOST:PORT.sock, or
 // unix-NAME-HASH.sock for a unix listener, so that several primaries on
 // one machine each have their own. A path that would be too long for a
 // unix socket gets a hash for a name.
-func DefaultControlPath(network, addr string) string {
-	dir := DefaultControlDir()
+func DefaultPath(network, addr string) string {
+	dir := DefaultDir()
 	sum := sha256.Sum256([]byte(network + " " + addr))
 	hash := hex.EncodeToString(sum[:])
 	name := "tcp-" + addr + ".sock"
@@ -62,19 +59,19 @@ func DefaultControlPath(network, addr string) string {
 		name = "unix-" + filepath.Base(addr) + "-" + hash[:8] + ".sock"
 	}
 	path := filepath.Join(dir, name)
-	if len(path) > maxSocketPath {
+	if len(path) > maxPath {
 		path = filepath.Join(dir, network+"-"+hash[:16]+".sock")
 	}
 	return path
 }
 
-// prepareControlDir makes sure dir exists, creating it with mode 0700
+// prepareDir makes sure dir exists, creating it with mode 0700
 // (and its missing parents). The default directory must be a directory
 // of this user's, not a symbolic link (another user may have planted one
 // where the primary looks), and is made 0700 if it is not: it is checked
 // and changed through one descriptor opened without following a link. A
 // directory named by --control is used as it is.
-func prepareControlDir(dir string, isDefault bool) error {
+func prepareDir(dir string, isDefault bool) error {
 	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 			return fmt.Errorf("cannot create the directory %s: %v", filepath.Dir(dir), unwrapAll(err))
@@ -119,59 +116,4 @@ func prepareControlDir(dir string, isDefault bool) error {
 		}
 	}
 	return nil
-}
-
-// errNotSocket and errSocketLive are what probeSocket finds at a path
-// that a new socket cannot take.
-var errNotSocket = errors.New("the path exists and is not a socket")
-
-type liveSocketError struct{ pid int }
-
-func (e *liveSocketError) Error() string {
-	if e.pid > 0 {
-		return fmt.Sprintf("another process (pid %d) is listening there", e.pid)
-	}
-	return "another process is listening there"
-}
-
-// errStaleSocket is a socket file that nobody listens on.
-var errStaleSocket = errors.New("nobody listens on the socket")
-
-// probeSocket tells what is at path: nil for nothing, errNotSocket for a
-// file that is not a socket, errStaleSocket for a socket nobody listens
-// on (left by a process that died), a *liveSocketError naming its
-// listener's pid when it can be told for one that answers.
-func probeSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return errNotSocket
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		defer c.Close()
-		live := &liveSocketError{}
-		if uc, ok := c.(*net.UnixConn); ok {
-			live.pid = peerPID(uc)
-		}
-		return live
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return errStaleSocket
-	}
-	return nil
-}
-
-// removeStaleSocket removes a unix socket file that nobody listens on, left
-// behind by a process that died. Anything else at path is left alone: a
-// file that is not a socket is errNotSocket, a socket that answers a
-// *liveSocketError naming its listener's pid when it can be told.
-func removeStaleSocket(path string) error {
-	err := probeSocket(path)
-	if errors.Is(err, errStaleSocket) {
-		return os.Remove(path)
-	}
-	return err
 }

@@ -1,58 +1,10 @@
-package runtime
+package control
 
-import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"time"
+import "time"
 
-	"github.com/handoff-dev/handoff/workerpool"
-)
-
-// The control protocol: over the primary's unix stream control socket, a
-// client sends one request, a JSON object on one line, and reads one reply
-// line (see ControlReply). A stop request's connection then stays open
-// until the primary has exited. Field names are a contract.
-//
-//	{"op":"status"}
-//	{"op":"reload"}
-//	{"op":"rollback"}
-//	{"op":"scale","workers":4}      {"op":"scale","delta":1}
-//	{"op":"stop"}
-
-// MaxControlLine bounds a request line; a longer one is refused.
-const MaxControlLine = 4096
-
-// ControlRequest is one request to the primary.
-type ControlRequest struct {
-	Op string `json:"op"`
-	// Workers is the number of workers a scale asks for; Delta, if not 0,
-	// asks for the current number plus Delta instead.
-	Workers int `json:"workers,omitempty"`
-	Delta   int `json:"delta,omitempty"`
-}
-
-// ControlReply is the primary's answer.
-type ControlReply struct {
-	OK bool `json:"ok"`
-	// Error says why not, in one line, when OK is false.
-	Error string `json:"error,omitempty"`
-	// Retry: this primary handed over to a new one while the request was
-	// pending; the same request should go to the control socket again,
-	// where the new primary answers.
-	Retry bool `json:"retry,omitempty"`
-	// Message is a one-line summary for people ("generation 3 serving").
-	Message string `json:"message,omitempty"`
-	// Pid is the primary that answered.
-	Pid int `json:"pid,omitempty"`
-	// Generation serving after a reload or a rollback.
-	Generation int `json:"generation,omitempty"`
-	// Workers is the number of workers after a scale.
-	Workers int `json:"workers,omitempty"`
-	// Status answers a status request.
-	Status *Status `json:"status,omitempty"`
-}
+// The status of a primary, the answer to a status request: what `handoff
+// status --json` prints. Field names are a contract. runtime re-exports
+// these types under the same names (runtime.Status, ...).
 
 // Status is what `handoff status --json` prints.
 type Status struct {
@@ -191,53 +143,3 @@ type UpgradeStatus struct {
 	// back to the previous generation.
 	RollingBack bool `json:"rolling_back,omitempty"`
 }
-
-// ParseControlRequest decodes and checks one request line (without its
-// newline). Unknown fields are ignored; anything else that is not one
-// valid request is an error that says what is wrong.
-func ParseControlRequest(line []byte) (ControlRequest, error) {
-	var r ControlRequest
-	if len(line) > MaxControlLine {
-		return r, fmt.Errorf("request longer than %d bytes", MaxControlLine)
-	}
-	dec := json.NewDecoder(bytes.NewReader(line))
-	if err := dec.Decode(&r); err != nil {
-		return ControlRequest{}, errors.New("not a JSON request object")
-	}
-	if dec.More() {
-		return ControlRequest{}, errors.New("more than one JSON value on the request line")
-	}
-	switch r.Op {
-	case "status", "reload", "rollback", "stop":
-		if r.Workers != 0 || r.Delta != 0 {
-			return ControlRequest{}, fmt.Errorf("%s takes no workers or delta", r.Op)
-		}
-	case "scale":
-		switch {
-		case r.Workers != 0 && r.Delta != 0:
-			return ControlRequest{}, errors.New("scale takes workers or delta, not both")
-		case r.Delta != 0:
-			if r.Delta < -workerpool.MaxSize || r.Delta > workerpool.MaxSize {
-				return ControlRequest{}, fmt.Errorf("scale delta %d: out of range", r.Delta)
-			}
-		case r.Workers < 1 || r.Workers > workerpool.MaxSize:
-			return ControlRequest{}, fmt.Errorf("scale to %d workers: the number must be from 1 to %d", r.Workers, workerpool.MaxSize)
-		}
-	case "":
-		return ControlRequest{}, errors.New("no op in the request")
-	default:
-		return ControlRequest{}, fmt.Errorf("unknown op %q (status, reload, rollback, scale, stop)", truncate(r.Op, 40))
-	}
-	return r, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
-}
-
-// ErrShuttingDown is the outcome of a request that the primary dropped
-// because it is shutting down.
-var ErrShuttingDown = errors.New("the primary is shutting down")

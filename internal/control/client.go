@@ -1,4 +1,4 @@
-package runtime
+package control
 
 import (
 	"bufio"
@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-dev/handoff/internal/unixsock"
 )
 
 // maxReplyLine bounds a reply line (a status of MaxSize workers fits).
@@ -25,7 +27,7 @@ const maxReplyLine = 4 << 20
 // retried until ctx ends. For a stop, Call returns once the
 // primary has exited. The error of a primary that cannot be reached says
 // why in one line; a refusal is a reply with OK false.
-func Call(ctx context.Context, path string, req ControlRequest) (ControlReply, error) {
+func Call(ctx context.Context, path string, req Request) (Reply, error) {
 	for {
 		rep, err := call(ctx, path, req)
 		if err != nil || !rep.Retry {
@@ -39,9 +41,9 @@ func Call(ctx context.Context, path string, req ControlRequest) (ControlReply, e
 	}
 }
 
-func call(ctx context.Context, path string, req ControlRequest) (ControlReply, error) {
-	var rep ControlReply
-	c, err := dialControl(ctx, path)
+func call(ctx context.Context, path string, req Request) (Reply, error) {
+	var rep Reply
+	c, err := dial(ctx, path)
 	if err != nil {
 		return rep, err
 	}
@@ -79,7 +81,7 @@ func call(ctx context.Context, path string, req ControlRequest) (ControlReply, e
 	return rep, nil
 }
 
-func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
+func dial(ctx context.Context, path string) (*net.UnixConn, error) {
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -114,7 +116,7 @@ func dialControl(ctx context.Context, path string) (*net.UnixConn, error) {
 // answer is believed: any user may have made a socket that a search, or
 // a --control path in a directory others can write, leads to.
 func checkServer(c *net.UnixConn, path string) error {
-	uid, err := peerUID(c)
+	uid, err := unixsock.PeerUID(c)
 	if err != nil {
 		return fmt.Errorf("%s: cannot tell who listens there: %v", path, unwrapAll(err))
 	}
@@ -124,18 +126,18 @@ func checkServer(c *net.UnixConn, path string) error {
 	return nil
 }
 
-// FindControl returns the control socket of the one primary running
-// with a default control path (see DefaultControlDir) that this user can
+// Find returns the control socket of the one primary running
+// with a default control path (see DefaultDir) that this user can
 // reach. With none or several, the error says so and lists them. A
 // directory that another user could have made or changed is not
-// searched (see checkControlDir); the socket files of primaries that died
-// are removed with their locks, without dialing them (see controlAlive).
-func FindControl() (string, error) {
-	dirs := controlDirs()
+// searched (see checkDir); the socket files of primaries that died
+// are removed with their locks, without dialing them (see alive).
+func Find() (string, error) {
+	dirs := searchDirs()
 	var live []string
 	var distrust error
 	for _, dir := range dirs {
-		if err := checkControlDir(dir); err != nil {
+		if err := checkDir(dir); err != nil {
 			if !errors.Is(err, os.ErrNotExist) && distrust == nil {
 				distrust = err
 			}
@@ -143,7 +145,7 @@ func FindControl() (string, error) {
 		}
 		paths, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
 		for _, path := range paths {
-			if controlAlive(path) && !slices.Contains(live, path) {
+			if alive(path) && !slices.Contains(live, path) {
 				live = append(live, path)
 			}
 		}
@@ -160,13 +162,13 @@ func FindControl() (string, error) {
 	return "", fmt.Errorf("%d primaries are running: pick one with --control: %s", len(live), strings.Join(live, ", "))
 }
 
-// checkControlDir returns why dir, a directory the commands search for
+// checkDir returns why dir, a directory the commands search for
 // control sockets, cannot be trusted, or nil: it must be a directory, not
 // a symbolic link, owned by this user or root, and writable by no one
 // else (otherwise another user may have made it, or put a socket in it,
 // to answer this user's commands). An error wrapping os.ErrNotExist is a
 // directory that does not exist.
-func checkControlDir(dir string) error {
+func checkDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
 		return err
