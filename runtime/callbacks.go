@@ -2,42 +2,12 @@ package runtime
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 
+	"github.com/handoff-dev/handoff/workerpool"
 	"go.uber.org/zap"
 )
-
-// protect runs fn, a callback of the program's own code in the primary
-// (App.Primary, App.OnMessage). A panic there would end the primary and,
-// through the parent-death signal, every worker: it is recovered, logged
-// as "callback panicked" with its stack, and returned as the callback's
-// error.
-func protect(log *zap.Logger, callback string, fn func(), fields ...zap.Field) (err error) {
-	defer func() {
-		v := recover()
-		if v == nil {
-			return
-		}
-		err = fmt.Errorf("%s panicked: %v", callback, v)
-		if log == nil {
-			log = zap.NewNop()
-		}
-		log.Error("callback panicked", append(fields, zap.String("callback", callback),
-			zap.String("panic", fmt.Sprint(v)), zap.String("stack", string(debug.Stack())))...)
-	}()
-	fn()
-	return nil
-}
-
-// fileStore is where a primary finds the files its predecessor passed on
-// and leaves its own for its successor: tableflip's Fds.
-type fileStore interface {
-	File(name string) (*os.File, error)
-	AddFile(name string, f *os.File) error
-}
 
 // appPrimaryKey names, among tableflip's files, the read end of a pipe
 // whose write end a primary holds while its App.Primary runs: the next
@@ -135,5 +105,17 @@ func (h *Hub) stopApp() {
 	if cancel != nil {
 		cancel()
 		<-done
+	}
+}
+
+// attach makes h the hub of a primary's pool, once the pool exists, and
+// starts App.Primary (see startApp).
+func (h *Hub) attach(p *workerpool.Pool, log *zap.Logger, fds fileStore) {
+	h.mu.Lock()
+	h.pool = p
+	h.log = log
+	h.mu.Unlock()
+	if h.app != nil {
+		h.startApp(fds)
 	}
 }

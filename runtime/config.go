@@ -411,3 +411,17 @@ func CatchSignals() chan os.Signal {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	return ch
 }
+
+// workerOutput is what forwards the workers' stdout and stderr.
+func (c *Config) workerOutput() *workerpool.Output {
+	var stdout io.Writer = os.Stdout
+	if c.WorkerStdout != nil {
+		stdout = c.WorkerStdout
+	}
+	stderr := c.WorkerStderr
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	return &workerpool.Output{Mode: c.WorkerOutput, Stdout: stdout, Stderr: stderr, Encoder: c.WorkerOutputEncoder,
+		Fields: []zap.Field{zap.Int("primary", os.Getpid())}}
+}

@@ -86,3 +86,31 @@ func (h controlHandler) await(ctx context.Context, r request, done <-chan error)
 		return ErrShuttingDown, false
 	}
 }
+
+// deployReply answers a reload or a rollback with the outcome of its job.
+func (h controlHandler) deployReply(err error) control.Reply {
+	var rb *rolledBack
+	switch {
+	case errors.As(err, &rb):
+		return control.Reply{Error: rb.Error()}
+	case err != nil:
+		return control.Reply{Error: "aborted: " + failureLine(err) + h.p.bindAdvice(err)}
+	}
+	gen := h.p.book.servingGen()
+	return control.Reply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
+}
+
+// Rollback answers a rollback request once its job has run: done, with the
+// generation serving; refused (nothing to roll back to); or aborted, with
+// the reason.
+func (h controlHandler) Rollback(ctx context.Context) control.Reply {
+	done := make(chan error, 1)
+	err, retry := h.await(ctx, request{op: opRollback, run: h.p.rollbackJob(), done: done}, done)
+	switch {
+	case retry:
+		return retryReply
+	case errors.Is(err, errNoPrevious), errors.Is(err, errNotAsDeployed):
+		return control.Reply{Error: "refused: " + err.Error()}
+	}
+	return h.deployReply(err)
+}

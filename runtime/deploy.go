@@ -10,16 +10,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-dev/handoff/internal/control"
 	"github.com/handoff-dev/handoff/internal/pin"
 	"github.com/handoff-dev/handoff/workerpool"
 	"go.uber.org/zap"
 )
-
-func (p *primary) spec(path string, gen int) *workerpool.Spec {
-	args := append([]string(nil), p.cfg.Command...)
-	return &workerpool.Spec{Path: path, Args: args, Env: p.env, Generation: gen}
-}
 
 // deploy rolls the workers onto the command now on disk, pinned, first
 // upgrading the primary itself when its executable has changed.
@@ -199,32 +193,6 @@ func (p *primary) progress(gen int) func(step, steps int) {
 	}
 }
 
-// rolledBack is a deploy that failed and was rolled back: every slot it
-// had replaced runs the generation before it again.
-type rolledBack struct {
-	gen, serving int
-	err          *workerpool.RolledBackError
-}
-
-func (e *rolledBack) Error() string {
-	return fmt.Sprintf("rolled back: %s; generation %d serving", failureLine(e.err), e.serving)
-}
-
-func (e *rolledBack) Unwrap() error { return e.err }
-
-// deployReply answers a reload or a rollback with the outcome of its job.
-func (h controlHandler) deployReply(err error) control.Reply {
-	var rb *rolledBack
-	switch {
-	case errors.As(err, &rb):
-		return control.Reply{Error: rb.Error()}
-	case err != nil:
-		return control.Reply{Error: "aborted: " + failureLine(err) + h.p.bindAdvice(err)}
-	}
-	gen := h.p.book.servingGen()
-	return control.Reply{OK: true, Generation: gen, Message: fmt.Sprintf("done: generation %d serving", gen)}
-}
-
 // workerFields are the log fields of a worker's failure in err (none if
 // it is not one).
 func workerFields(err error) []zap.Field {
@@ -255,30 +223,4 @@ func (p *primary) logRolledBack(gen int, took time.Duration, rb *workerpool.Roll
 		fields = append(fields, zap.String("error", failureLine(rb.Err)))
 	}
 	p.log.Error("upgrade rolled back", fields...)
-}
-
-// failureLine makes one line of a failed start, deploy or scale: the
-// worker's failure and the last lines of its stderr (see stderrEnd).
-func failureLine(err error) string {
-	var rb *workerpool.RolledBackError
-	if errors.As(err, &rb) {
-		msg := failureLine(rb.Cause)
-		if rb.Err != nil {
-			msg += "; rolling back failed: " + failureLine(rb.Err)
-		}
-		return msg
-	}
-	var se *workerpool.StartError
-	var pe *workerpool.ProbationError
-	msg, tail := err.Error(), ""
-	switch {
-	case errors.As(err, &pe):
-		msg, tail = pe.Error(), pe.Exit.StderrTail
-	case errors.As(err, &se):
-		msg, tail = se.Error(), se.Exit.StderrTail
-	}
-	if end := stderrEnd(tail); end != "" {
-		msg += "; its stderr ends: " + end
-	}
-	return msg
 }

@@ -4,6 +4,7 @@ package runtime
 
 import (
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 
@@ -106,4 +107,43 @@ func (p *primary) bindAdvice(err error) string {
 	}
 	return "; if it binds a --listen address itself, which the primary holds: bind adoption is off here (" +
 		p.binds.off + "), so have the program take its socket from fd 3 (LISTEN_FDS)"
+}
+
+// rolledBack is a deploy that failed and was rolled back: every slot it
+// had replaced runs the generation before it again.
+type rolledBack struct {
+	gen, serving int
+	err          *workerpool.RolledBackError
+}
+
+func (e *rolledBack) Error() string {
+	return fmt.Sprintf("rolled back: %s; generation %d serving", failureLine(e.err), e.serving)
+}
+
+func (e *rolledBack) Unwrap() error { return e.err }
+
+// failureLine makes one line of a failed start, deploy or scale: the
+// worker's failure and the last lines of its stderr (see stderrEnd).
+func failureLine(err error) string {
+	var rb *workerpool.RolledBackError
+	if errors.As(err, &rb) {
+		msg := failureLine(rb.Cause)
+		if rb.Err != nil {
+			msg += "; rolling back failed: " + failureLine(rb.Err)
+		}
+		return msg
+	}
+	var se *workerpool.StartError
+	var pe *workerpool.ProbationError
+	msg, tail := err.Error(), ""
+	switch {
+	case errors.As(err, &pe):
+		msg, tail = pe.Error(), pe.Exit.StderrTail
+	case errors.As(err, &se):
+		msg, tail = se.Error(), se.Exit.StderrTail
+	}
+	if end := stderrEnd(tail); end != "" {
+		msg += "; its stderr ends: " + end
+	}
+	return msg
 }

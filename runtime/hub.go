@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/debug"
 	"sync"
 
 	"go.uber.org/zap"
@@ -72,18 +74,6 @@ func (m Message) Reply(v any) error {
 // ErrNoPool is returned by a Hub that no running primary uses yet.
 var ErrNoPool = errors.New("no workers yet: the primary is not running")
 
-// attach makes h the hub of a primary's pool, once the pool exists, and
-// starts App.Primary (see startApp).
-func (h *Hub) attach(p *workerpool.Pool, log *zap.Logger, fds fileStore) {
-	h.mu.Lock()
-	h.pool = p
-	h.log = log
-	h.mu.Unlock()
-	if h.app != nil {
-		h.startApp(fds)
-	}
-}
-
 func (h *Hub) getPool() (*workerpool.Pool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -146,4 +136,33 @@ func (h *Hub) deliver(m workerpool.Message) {
 	protect(log, "OnMessage", func() {
 		h.onMessage(Message{Slot: m.Slot, Pid: m.Pid, Generation: m.Generation, Data: m.Data, reply: m.Reply})
 	}, zap.Int("slot", m.Slot), zap.Int("pid", m.Pid), zap.Int("generation", m.Generation))
+}
+
+// protect runs fn, a callback of the program's own code in the primary
+// (App.Primary, App.OnMessage). A panic there would end the primary and,
+// through the parent-death signal, every worker: it is recovered, logged
+// as "callback panicked" with its stack, and returned as the callback's
+// error.
+func protect(log *zap.Logger, callback string, fn func(), fields ...zap.Field) (err error) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		err = fmt.Errorf("%s panicked: %v", callback, v)
+		if log == nil {
+			log = zap.NewNop()
+		}
+		log.Error("callback panicked", append(fields, zap.String("callback", callback),
+			zap.String("panic", fmt.Sprint(v)), zap.String("stack", string(debug.Stack())))...)
+	}()
+	fn()
+	return nil
+}
+
+// fileStore is where a primary finds the files its predecessor passed on
+// and leaves its own for its successor: tableflip's Fds.
+type fileStore interface {
+	File(name string) (*os.File, error)
+	AddFile(name string, f *os.File) error
 }

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -156,4 +158,19 @@ func (p *primary) loop(ctx context.Context, sigs <-chan os.Signal, queue jobQueu
 		cancelRecycling()
 		return p.retireAfterHandOver(ctx, sigs, pass)
 	})
+}
+
+func (p *primary) shutdown() error {
+	notifySystemd("STOPPING=1")
+	if p.web != nil {
+		p.web.ShuttingDown()
+	}
+	p.pool.Shutdown()
+	if p.cfg.PIDFile != "" {
+		if b, err := os.ReadFile(p.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+			os.Remove(p.cfg.PIDFile)
+		}
+	}
+	p.log.Info("shutdown finished")
+	return nil
 }

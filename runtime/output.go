@@ -1,11 +1,7 @@
 package runtime
 
 import (
-	"io"
-	"os"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/handoff-dev/handoff/workerpool"
 )
@@ -31,17 +27,3 @@ const (
 // it gives up once no line has moved for that long (a destination that
 // blocks, a pipe held by a process a worker left behind).
 const outputIdle = 2 * time.Second
-
-// workerOutput is what forwards the workers' stdout and stderr.
-func (c *Config) workerOutput() *workerpool.Output {
-	var stdout io.Writer = os.Stdout
-	if c.WorkerStdout != nil {
-		stdout = c.WorkerStdout
-	}
-	stderr := c.WorkerStderr
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	return &workerpool.Output{Mode: c.WorkerOutput, Stdout: stdout, Stderr: stderr, Encoder: c.WorkerOutputEncoder,
-		Fields: []zap.Field{zap.Int("primary", os.Getpid())}}
-}

@@ -5,6 +5,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"syscall"
 
 	"github.com/cloudflare/tableflip"
 	"go.uber.org/zap"
@@ -85,3 +86,13 @@ func (p *primary) ask(r request) {
 // errHandedOver ends a deploy after which another primary owns the
 // listeners.
 var errHandedOver = errors.New("handed over to a new primary")
+
+type fileID struct{ dev, ino uint64 }
+
+func statID(path string) (fileID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}

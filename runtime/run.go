@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -405,21 +404,6 @@ func (p *primary) closeUpgrader() {
 	p.upg.Stop()
 	<-p.upg.Exit()
 	p.removeSocketFiles()
-}
-
-func (p *primary) shutdown() error {
-	notifySystemd("STOPPING=1")
-	if p.web != nil {
-		p.web.ShuttingDown()
-	}
-	p.pool.Shutdown()
-	if p.cfg.PIDFile != "" {
-		if b, err := os.ReadFile(p.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
-			os.Remove(p.cfg.PIDFile)
-		}
-	}
-	p.log.Info("shutdown finished")
-	return nil
 }
 
 // checkPIDFileDir fails early, before anything starts, when the pid file

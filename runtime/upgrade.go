@@ -5,7 +5,6 @@ package runtime
 import (
 	"os"
 	"os/exec"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -207,14 +206,4 @@ func (p *primary) selfChanged() bool {
 	}
 	id, err := statID(path)
 	return err == nil && id != p.selfID
-}
-
-type fileID struct{ dev, ino uint64 }
-
-func statID(path string) (fileID, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return fileID{}, err
-	}
-	return fileID{uint64(st.Dev), st.Ino}, nil
 }
