@@ -19,15 +19,6 @@ import (
 // they are. Tests put a refusal in its place.
 var probeAdoption = adopt.ProbeWorker
 
-// bindState is what the primary knows of bind adoption.
-type bindState struct {
-	// on: workers' binds are adopted; else off says why not.
-	on  bool
-	off string
-	// addrs are the listeners' bound addresses, for advice.
-	addrs []string
-}
-
 // setUpBinds prepares the workers to bind their port as they would alone:
 // PORT in their environment (the first TCP listener's port, unless the
 // primary's environment has PORT), and bind adoption as cfg.AdoptBind

@@ -45,13 +45,6 @@ func (p *primary) balanceMode() (steer.Mode, string, error) {
 // detectBalance is steer.Detect; tests put a lesser kernel in its place.
 var detectBalance = steer.Detect
 
-// balanceInfo is how connections are spread, and why: for the log,
-// status and metrics.
-type balanceInfo struct {
-	mode steer.Mode
-	why  string
-}
-
 // bindGroup makes listener l a steered group in mode, with one member
 // (the first worker's), or takes over the previous primary's group (then
 // the member is nil, and slots says which members its slots' workers

@@ -7,12 +7,15 @@ import (
 	"time"
 
 	"github.com/handoff-dev/handoff/internal/probe"
+	"github.com/handoff-dev/handoff/internal/steer"
 )
 
 // What the primary knows and tells: the status book (the generation
 // serving, the deploy in progress) and the probe book (each worker's last
-// HTTP probe). Any goroutine reads them; each has its own lock. Nothing
-// here calls the primary.
+// HTTP probe), which any goroutine reads, each under its own lock; how
+// connections are spread (balanceInfo) and what it knows of bind
+// adoption (bindState), both set once at start. Nothing here calls the
+// primary.
 
 // statusBook is what status reports of the primary that changes while
 // it runs: the generation serving and the deploy in progress. Any
@@ -106,4 +109,20 @@ func (b *probeBook) keep(live map[int]bool) {
 			delete(b.last, pid)
 		}
 	}
+}
+
+// balanceInfo is how connections are spread, and why: for the log,
+// status and metrics.
+type balanceInfo struct {
+	mode steer.Mode
+	why  string
+}
+
+// bindState is what the primary knows of bind adoption.
+type bindState struct {
+	// on: workers' binds are adopted; else off says why not.
+	on  bool
+	off string
+	// addrs are the listeners' bound addresses, for advice.
+	addrs []string
 }
