@@ -37,44 +37,19 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 			return nil, nil, err
 		}
 	}
-	// Passed to a new primary as files (see listenfd.go).
-	keys := make([]string, len(p.cfg.Listeners))
-	seen := map[string]int{}
-	for i, l := range p.cfg.Listeners {
-		keys[i] = listenerKey(l, seen[l.Network+" "+l.Address])
-		seen[l.Network+" "+l.Address]++
-	}
+	keys := listenerKeys(p.cfg.Listeners)
 	layer := sockets.NewLayer(p.log, keys)
 	for i, l := range p.cfg.Listeners {
-		if l.Network == "tcp" && (mode != steer.Shared || p.upg.HasParent()) {
-			g, m, slots, ok, err := p.bindGroup(l, keys[i], mode)
-			if err != nil {
-				return fds, nil, err
-			}
-			if ok {
-				p.sockets = layer
-				var fd int
-				if m != nil {
-					layer.AddGroup(i, g, m)
-					fd = m.Fd()
-				} else {
-					fd = layer.AddImported(i, g, slots)
-				}
-				dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
-				if err != nil {
-					return fds, nil, fmt.Errorf("listen %s: %v", l.Address, err)
-				}
-				fds = append(fds, dup)
-				names = append(names, l.Name)
-				addrs = append(addrs, g.Addr().String())
-				continue
-			}
-		}
-		fd, addr, err := p.bindListener(l, keys[i])
+		fd, addr, steered, err := p.bindSteered(layer, i, l, keys[i], mode)
 		if err != nil {
 			return fds, nil, err
 		}
-		layer.AddShared(i, fd)
+		if !steered {
+			if fd, addr, err = p.bindListener(l, keys[i]); err != nil {
+				return fds, nil, err
+			}
+			layer.AddShared(i, fd)
+		}
 		fds = append(fds, fd)
 		names = append(names, l.Name)
 		addrs = append(addrs, addr)
@@ -82,16 +57,65 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 	p.addrs = addrs
 	if p.sockets != nil && p.upg.HasParent() {
 		p.imported = layer.Imported()
-		why = "taken over from the previous primary"
 	}
-	switch {
-	case p.sockets == nil && p.upg.HasParent():
-		why = "taken over from the previous primary, which shared its sockets"
-	case p.sockets == nil && mode != steer.Shared:
-		why = "no TCP listener: a unix listener is one socket every worker shares"
-	}
-	p.balance = balanceInfo{mode: layer.Mode(), why: why}
+	p.balance = balanceInfo{mode: layer.Mode(), why: p.balanceWhy(mode, why)}
 	return fds, names, nil
+}
+
+// listenerKeys names each listener among the files passed to a new
+// primary (see listenfd.go).
+func listenerKeys(ls []Listener) []string {
+	keys := make([]string, len(ls))
+	seen := map[string]int{}
+	for i, l := range ls {
+		keys[i] = listenerKey(l, seen[l.Network+" "+l.Address])
+		seen[l.Network+" "+l.Address]++
+	}
+	return keys
+}
+
+// bindSteered makes TCP listener i a steered group of layer in mode, or
+// takes over the previous primary's, and returns a duplicate of the fd
+// the first worker (or the old primary's) accepts from, with the bound
+// address. steered is false for a listener that is one shared socket:
+// a unix one, every one in shared mode, or one the previous primary
+// passed as shared.
+func (p *primary) bindSteered(layer *sockets.Layer, i int, l Listener, key string, mode steer.Mode) (dup int, addr string, steered bool, err error) {
+	if l.Network != "tcp" || (mode == steer.Shared && !p.upg.HasParent()) {
+		return 0, "", false, nil
+	}
+	g, m, slots, ok, err := p.bindGroup(l, key, mode)
+	if err != nil || !ok {
+		return 0, "", false, err
+	}
+	p.sockets = layer
+	var fd int
+	if m != nil {
+		layer.AddGroup(i, g, m)
+		fd = m.Fd()
+	} else {
+		fd = layer.AddImported(i, g, slots)
+	}
+	dup, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return 0, "", false, fmt.Errorf("listen %s: %v", l.Address, err)
+	}
+	return dup, g.Addr().String(), true, nil
+}
+
+// balanceWhy is why connections are spread as they are, once every
+// listener is bound: why, the reason of the mode asked for, unless
+// something else decided.
+func (p *primary) balanceWhy(mode steer.Mode, why string) string {
+	switch {
+	case p.sockets != nil && p.upg.HasParent():
+		return "taken over from the previous primary"
+	case p.sockets == nil && p.upg.HasParent():
+		return "taken over from the previous primary, which shared its sockets"
+	case p.sockets == nil && mode != steer.Shared:
+		return "no TCP listener: a unix listener is one socket every worker shares"
+	}
+	return why
 }
 
 // logListening logs the bound listeners, once the control socket is set
