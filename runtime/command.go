@@ -13,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ResolveCommand finds the executable a deploy runs: looked up in PATH and
+// resolveCommand finds the executable a deploy runs: looked up in PATH and
 // followed through symlinks now, so that a `current -> releases/42` switch
 // is seen by the next deploy.
-func ResolveCommand(name string) (string, error) {
+func resolveCommand(name string) (string, error) {
 	bad := func(why string) error { return fmt.Errorf("worker command %q: %s", name, why) }
 	const notExecutable = "not executable (chmod +x it)"
 	path, err := exec.LookPath(name)

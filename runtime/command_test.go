@@ -13,7 +13,7 @@ import (
 )
 
 // realTempDir is a fresh directory with every symlink on its path
-// resolved, so that paths returned by ResolveCommand can be compared.
+// resolved, so that paths returned by resolveCommand can be compared.
 func realTempDir(t *testing.T) string {
 	t.Helper()
 	dir, err := filepath.EvalSymlinks(t.TempDir())
@@ -40,11 +40,11 @@ func TestResolveCommandFindsInPath(t *testing.T) {
 	dir := realTempDir(t)
 	writeExe(t, filepath.Join(dir, "bin", "myserver"), 0o755)
 	t.Setenv("PATH", filepath.Join(dir, "empty")+string(os.PathListSeparator)+filepath.Join(dir, "bin"))
-	got, err := ResolveCommand("myserver")
+	got, err := resolveCommand("myserver")
 	if err != nil || got != filepath.Join(dir, "bin", "myserver") {
-		t.Fatalf("ResolveCommand = %q, %v", got, err)
+		t.Fatalf("resolveCommand = %q, %v", got, err)
 	}
-	if _, err := ResolveCommand("no-such-server"); err == nil || !strings.Contains(err.Error(), `"no-such-server": not found in PATH`) {
+	if _, err := resolveCommand("no-such-server"); err == nil || !strings.Contains(err.Error(), `"no-such-server": not found in PATH`) {
 		t.Fatalf("missing from PATH: %v", err)
 	}
 }
@@ -61,8 +61,8 @@ func TestResolveCommandFollowsSymlinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{filepath.Join(dir, "current", "server"), filepath.Join(dir, "server")} {
-		if got, err := ResolveCommand(name); err != nil || got != target {
-			t.Fatalf("ResolveCommand(%q) = %q, %v; want %q", name, got, err, target)
+		if got, err := resolveCommand(name); err != nil || got != target {
+			t.Fatalf("resolveCommand(%q) = %q, %v; want %q", name, got, err, target)
 		}
 	}
 	// The switch is seen by the next resolution.
@@ -72,12 +72,12 @@ func TestResolveCommandFollowsSymlinks(t *testing.T) {
 	if err := os.Symlink(filepath.Join("releases", "43"), filepath.Join(dir, "current")); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := ResolveCommand(filepath.Join(dir, "server")); err != nil || got != target43 {
+	if got, err := resolveCommand(filepath.Join(dir, "server")); err != nil || got != target43 {
 		t.Fatalf("after the switch: %q, %v", got, err)
 	}
 	// A relative name becomes absolute.
 	t.Chdir(dir)
-	if got, err := ResolveCommand("./server"); err != nil || got != target43 {
+	if got, err := resolveCommand("./server"); err != nil || got != target43 {
 		t.Fatalf("relative: %q, %v", got, err)
 	}
 }
@@ -102,13 +102,13 @@ func TestResolveCommandErrors(t *testing.T) {
 		{"plain", "not found in PATH"},
 		{"adir", "not found in PATH"},
 	} {
-		got, err := ResolveCommand(c.name)
+		got, err := resolveCommand(c.name)
 		if err == nil {
-			t.Errorf("ResolveCommand(%q) = %q, want an error", c.name, got)
+			t.Errorf("resolveCommand(%q) = %q, want an error", c.name, got)
 			continue
 		}
 		if msg := err.Error(); !strings.HasPrefix(msg, "worker command ") || !strings.Contains(msg, c.want) {
-			t.Errorf("ResolveCommand(%q): %v, want %q", c.name, err, c.want)
+			t.Errorf("resolveCommand(%q): %v, want %q", c.name, err, c.want)
 		}
 	}
 }

@@ -24,7 +24,7 @@ func (p *primary) deploy(ctx context.Context) error {
 		return p.deploySelf(ctx, gen)
 	}
 	d := p.beginDeploy(gen, kindWorkers)
-	path, err := ResolveCommand(p.cfg.Command[0])
+	path, err := resolveCommand(p.cfg.Command[0])
 	var pf *pin.File
 	if err == nil {
 		pf, err = p.pinCommand(path)

@@ -191,7 +191,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 // (--user) and environment.
 func (p *primary) setUpCommand(res *resources) (path string, cred *syscall.Credential, err error) {
 	cfg := p.cfg
-	path, err = ResolveCommand(cfg.Command[0])
+	path, err = resolveCommand(cfg.Command[0])
 	if err != nil {
 		return "", nil, err
 	}
