@@ -37,7 +37,7 @@ type plainSocks struct{}
 func (plainSocks) FDs() []int                      { return nil }
 func (plainSocks) Drain(ctx context.Context) error { return nil }
 
-// queueSocks know it, as runtime's memberSet does.
+// queueSocks know it, as internal/sockets' Set does.
 type queueSocks struct {
 	plainSocks
 	queue int
