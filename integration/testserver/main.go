@@ -425,120 +425,161 @@ func phases(h http.Handler, start time.Time, warmup, sickAfter time.Duration) ht
 	})
 }
 
+// handler routes the requests; every path but those below answers reply.
 func handler(reply string) http.Handler {
+	rt := routes{reply: reply}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
-		t := time.NewTimer(time.Duration(ms) * time.Millisecond)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			return
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		env := slices.Clone(startEnv)
-		sort.Strings(env)
-		var b strings.Builder
-		for _, kv := range env {
-			b.WriteString(kv + "\n")
-		}
-		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
-		io.WriteString(w, b.String())
-	})
-	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, "write: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		var out *os.File
-		switch r.URL.Query().Get("stream") {
-		case "stdout":
-			out = os.Stdout
-		case "stderr":
-			out = os.Stderr
-		default:
-			http.Error(w, "write: want ?stream=stdout or stderr", http.StatusBadRequest)
-			return
-		}
-		if r.URL.Query().Get("at") == "exit" {
-			atExit.add(out, body)
-		} else if _, err := out.Write(body); err != nil {
-			http.Error(w, "write: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/grow", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
-		if err != nil || mb <= 0 || mb > 4096 {
-			http.Error(w, "grow: want ?mb=N (1-4096)", http.StatusBadRequest)
-			return
-		}
-		b := make([]byte, mb<<20)
-		for i := 0; i < len(b); i += 4096 {
-			b[i] = 1
-		}
-		grown.Lock()
-		grown.bufs = append(grown.bufs, b)
-		grown.Unlock()
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!").Output()
-		if err != nil {
-			http.Error(w, "orphan: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
-	})
-	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		cmd := exec.Command("sleep", "300")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			http.Error(w, "escape: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		go cmd.Wait()
-		fmt.Fprintf(w, "escaped=%d\n", cmd.Process.Pid)
-	})
-	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		watchdogHung.Store(true)
-		if r.URL.Query().Get("trigger") == "1" {
-			daemon.SdNotify(false, "WATCHDOG=trigger")
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		code, err := strconv.Atoi(r.URL.Query().Get("code"))
-		if err != nil {
-			http.Error(w, "exit: want ?code=N", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Connection", "close")
-		io.WriteString(w, reply)
-		http.NewResponseController(w).Flush()
-		fmt.Fprintf(os.Stderr, "testserver %s pid=%d: /exit, exiting %d\n", version, os.Getpid(), code)
-		go func() {
-			time.Sleep(50 * time.Millisecond)
-			os.Exit(code)
-		}()
-	})
+	mux.HandleFunc("/", rt.root)
+	mux.HandleFunc("/slow", rt.slow)
+	mux.HandleFunc("/env", rt.env)
+	mux.HandleFunc("/write", rt.write)
+	mux.HandleFunc("/grow", rt.grow)
+	mux.HandleFunc("/orphan", rt.orphan)
+	mux.HandleFunc("/escape", rt.escape)
+	mux.HandleFunc("/hang", rt.hang)
+	mux.HandleFunc("/exit", rt.exit)
 	return mux
+}
+
+// routes are the HTTP routes, one method each; reply is the answer of
+// those that answer as / does.
+type routes struct {
+	reply string
+}
+
+// root answers reply, after the body.
+func (rt routes) root(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	io.WriteString(w, rt.reply)
+}
+
+// slow answers reply after ?ms=N milliseconds, or nothing if the request
+// ends first.
+func (rt routes) slow(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		return
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// env answers the environment at start, sorted, and the fds: open at
+// start, open now, and non-blocking at start.
+func (rt routes) env(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	env := slices.Clone(startEnv)
+	sort.Strings(env)
+	var b strings.Builder
+	for _, kv := range env {
+		b.WriteString(kv + "\n")
+	}
+	fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
+	io.WriteString(w, b.String())
+}
+
+// write writes the body to ?stream=stdout|stderr, now or (&at=exit) as
+// the process exits, and answers reply.
+func (rt routes) write(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, "write: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var out *os.File
+	switch r.URL.Query().Get("stream") {
+	case "stdout":
+		out = os.Stdout
+	case "stderr":
+		out = os.Stderr
+	default:
+		http.Error(w, "write: want ?stream=stdout or stderr", http.StatusBadRequest)
+		return
+	}
+	if r.URL.Query().Get("at") == "exit" {
+		atExit.add(out, body)
+	} else if _, err := out.Write(body); err != nil {
+		http.Error(w, "write: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// grow allocates ?mb=N MiB, touches every page, keeps it and answers
+// reply.
+func (rt routes) grow(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
+	if err != nil || mb <= 0 || mb > 4096 {
+		http.Error(w, "grow: want ?mb=N (1-4096)", http.StatusBadRequest)
+		return
+	}
+	b := make([]byte, mb<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	grown.Lock()
+	grown.bufs = append(grown.bufs, b)
+	grown.Unlock()
+	io.WriteString(w, rt.reply)
+}
+
+// orphan leaves a short sleep whose shell has exited and answers its pid.
+func (rt routes) orphan(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!").Output()
+	if err != nil {
+		http.Error(w, "orphan: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
+}
+
+// escape starts a long sleep in a session of its own and answers its pid.
+func (rt routes) escape(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	cmd := exec.Command("sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		http.Error(w, "escape: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	go cmd.Wait()
+	fmt.Fprintf(w, "escaped=%d\n", cmd.Process.Pid)
+}
+
+// hang stops the watchdog pings (?trigger=1: and sends WATCHDOG=trigger)
+// and answers reply.
+func (rt routes) hang(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	watchdogHung.Store(true)
+	if r.URL.Query().Get("trigger") == "1" {
+		daemon.SdNotify(false, "WATCHDOG=trigger")
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// exit answers reply on a closing connection, then exits with ?code=N
+// 50ms later.
+func (rt routes) exit(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	code, err := strconv.Atoi(r.URL.Query().Get("code"))
+	if err != nil {
+		http.Error(w, "exit: want ?code=N", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Connection", "close")
+	io.WriteString(w, rt.reply)
+	http.NewResponseController(w).Flush()
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: /exit, exiting %d\n", version, os.Getpid(), code)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		os.Exit(code)
+	}()
 }
 
 // atExit holds what /write?at=exit asked for.
