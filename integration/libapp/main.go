@@ -61,79 +61,119 @@ type msg struct {
 	Panic   string `json:"panic,omitempty"`
 }
 
+// options are libapp's flags.
+type options struct {
+	listen    string
+	workers   int
+	pidFile   string
+	logFormat string
+	tick      time.Duration
+}
+
 func main() {
 	if mode == "crash" && os.Getenv("HANDOFF_WORKER") != "" {
 		fmt.Fprintln(os.Stderr, "libapp: crashing at start (mode=crash)")
 		os.Exit(3)
 	}
-	listen := flag.String("listen", "127.0.0.1:8080", "")
-	workers := flag.Int("workers", 2, "")
-	pidFile := flag.String("pid-file", "", "")
-	logFormat := flag.String("log-format", "json", "")
-	tick := flag.Duration("tick", 20*time.Millisecond, "")
-	flag.Parse()
-	l, err := runtime.ParseListen(*listen, 0)
+	o := parseFlags()
+	l, err := runtime.ParseListen(o.listen, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "libapp:", err)
 		os.Exit(2)
 	}
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	if *logFormat == "console" {
-		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
-	}
-	log := zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
-	panicPrimary := make(chan struct{}, 1)
+	log := newLogger(o.logFormat)
+	p := &primaryApp{log: log, tick: o.tick, workers: o.workers, panicPrimary: make(chan struct{}, 1)}
 
 	err = runtime.Main(context.Background(), runtime.App{
 		Config: runtime.Config{
 			Listeners: []runtime.Listener{l},
-			Workers:   *workers,
-			PIDFile:   *pidFile,
+			Workers:   o.workers,
+			PIDFile:   o.pidFile,
 			Logger:    log,
 		},
-		Primary: func(ctx context.Context, h *runtime.Hub) {
-			log.Info("app primary started", zap.Int("primary", os.Getpid()))
-			defer log.Info("app primary ended", zap.Int("primary", os.Getpid()))
-			t := time.NewTicker(*tick)
-			defer t.Stop()
-			for n := 1; ; n++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-panicPrimary:
-					panic("libapp: asked to panic in App.Primary")
-				case <-t.C:
-				}
-				h.Broadcast(msg{Tick: &n})
-				for i := 0; i < *workers; i++ {
-					h.Send(i, msg{Direct: &n, Slot: i})
-				}
-			}
-		},
-		OnMessage: func(m runtime.Message) {
-			var in msg
-			if err := m.Decode(&in); err == nil && in.Panic != "" {
-				if in.Panic == "primary" {
-					select {
-					case panicPrimary <- struct{}{}:
-					default:
-					}
-					return
-				}
-				panic("libapp: asked to panic in OnMessage")
-			}
-			if err := m.Decode(&in); err != nil || in.Ask == "" {
-				log.Warn("unexpected message", zap.ByteString("data", m.Data))
-				return
-			}
-			m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
-		},
-		Worker: worker,
+		// Closures of main, not method values: the stack of a panic in
+		// them names main.main (the library test looks for it).
+		Primary:   func(ctx context.Context, h *runtime.Hub) { p.run(ctx, h) },
+		OnMessage: func(m runtime.Message) { p.onMessage(m) },
+		Worker:    worker,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "libapp:", err)
 		os.Exit(1)
 	}
+}
+
+// parseFlags parses the command line into options (usage errors exit 2).
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.listen, "listen", "127.0.0.1:8080", "")
+	flag.IntVar(&o.workers, "workers", 2, "")
+	flag.StringVar(&o.pidFile, "pid-file", "", "")
+	flag.StringVar(&o.logFormat, "log-format", "json", "")
+	flag.DurationVar(&o.tick, "tick", 20*time.Millisecond, "")
+	flag.Parse()
+	return o
+}
+
+// newLogger logs to stderr as JSON, or for a person with "console".
+func newLogger(format string) *zap.Logger {
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	if format == "console" {
+		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
+}
+
+// primaryApp is what libapp does in its primary: App.Primary (run) and
+// App.OnMessage (onMessage).
+type primaryApp struct {
+	log          *zap.Logger
+	tick         time.Duration
+	workers      int
+	panicPrimary chan struct{} // {"panic":"primary"} asks run to panic
+}
+
+// run broadcasts {"tick":n} and sends each slot {"direct":n,"slot":i}
+// every tick, until ctx ends.
+func (p *primaryApp) run(ctx context.Context, h *runtime.Hub) {
+	p.log.Info("app primary started", zap.Int("primary", os.Getpid()))
+	defer p.log.Info("app primary ended", zap.Int("primary", os.Getpid()))
+	t := time.NewTicker(p.tick)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.panicPrimary:
+			panic("libapp: asked to panic in App.Primary")
+		case <-t.C:
+		}
+		h.Broadcast(msg{Tick: &n})
+		for i := 0; i < p.workers; i++ {
+			h.Send(i, msg{Direct: &n, Slot: i})
+		}
+	}
+}
+
+// onMessage answers {"ask":id}, and panics (or has run panic) on
+// {"panic":…}.
+func (p *primaryApp) onMessage(m runtime.Message) {
+	var in msg
+	if err := m.Decode(&in); err == nil && in.Panic != "" {
+		if in.Panic == "primary" {
+			select {
+			case p.panicPrimary <- struct{}{}:
+			default:
+			}
+			return
+		}
+		panic("libapp: asked to panic in OnMessage")
+	}
+	if err := m.Decode(&in); err != nil || in.Ask == "" {
+		p.log.Warn("unexpected message", zap.ByteString("data", m.Data))
+		return
+	}
+	m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
 }
 
 func worker(ctx context.Context, w *runtime.Worker) error {
