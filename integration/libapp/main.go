@@ -176,70 +176,96 @@ func (p *primaryApp) onMessage(m runtime.Message) {
 	m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
 }
 
+// worker serves HTTP in a worker: /ask, /panic, /stats and the rest (/).
 func worker(ctx context.Context, w *runtime.Worker) error {
-	var ticks, directs, mismatches atomic.Int64
-	var mu sync.Mutex
-	waiting := map[string]chan msg{}
-	w.OnMessage(func(data json.RawMessage) {
-		var m msg
-		if json.Unmarshal(data, &m) != nil {
-			mismatches.Add(1)
-			return
-		}
-		switch {
-		case m.Tick != nil:
-			ticks.Add(1)
-		case m.Direct != nil:
-			if m.Slot == w.Slot() {
-				directs.Add(1)
-			} else {
-				mismatches.Add(1)
-			}
-		case m.Answer != "":
-			if m.Pid != os.Getpid() || m.Slot != w.Slot() {
-				mismatches.Add(1)
-			}
-			mu.Lock()
-			ch := waiting[m.Answer]
-			delete(waiting, m.Answer)
-			mu.Unlock()
-			if ch != nil {
-				ch <- m
-			}
-		}
-	})
-	var seq atomic.Int64
+	wk := &workerApp{w: w, waiting: map[string]chan msg{}}
+	w.OnMessage(wk.onMessage)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/ask", func(rw http.ResponseWriter, r *http.Request) {
-		id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(seq.Add(1), 10)
-		ch := make(chan msg, 1)
-		mu.Lock()
-		waiting[id] = ch
-		mu.Unlock()
-		if err := w.Send(msg{Ask: id}); err != nil {
-			http.Error(rw, "send: "+err.Error(), 500)
-			return
-		}
-		select {
-		case m := <-ch:
-			fmt.Fprintf(rw, "answer primary=%d to=%d slot=%d\n", m.Primary, m.Pid, m.Slot)
-		case <-time.After(5 * time.Second):
-			http.Error(rw, "no answer from the primary", 500)
-		}
-	})
-	mux.HandleFunc("/panic", func(rw http.ResponseWriter, r *http.Request) {
-		if err := w.Send(msg{Panic: r.URL.Query().Get("in")}); err != nil {
-			http.Error(rw, "send: "+err.Error(), 500)
-			return
-		}
-		fmt.Fprintf(rw, "sent pid=%d\n", os.Getpid())
-	})
-	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", ticks.Load(), directs.Load(), mismatches.Load(), os.Getpid())
-	})
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), w.Slot(), w.Generation())
-	})
+	mux.HandleFunc("/ask", wk.ask)
+	mux.HandleFunc("/panic", wk.sendPanic)
+	mux.HandleFunc("/stats", wk.stats)
+	mux.HandleFunc("/", wk.root)
 	w.Notify("STATUS=libapp " + version + " serving")
 	return w.Serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil)
+}
+
+// workerApp is a worker's side: the messages it counted and the asks
+// waiting for their answer.
+type workerApp struct {
+	w                          *runtime.Worker
+	ticks, directs, mismatches atomic.Int64
+	seq                        atomic.Int64 // numbers the asks
+	mu                         sync.Mutex
+	waiting                    map[string]chan msg
+}
+
+// onMessage counts ticks and directs (a direct for another slot is a
+// mismatch, as is an answer naming another worker) and hands each answer
+// to the ask waiting for it.
+func (wk *workerApp) onMessage(data json.RawMessage) {
+	var m msg
+	if json.Unmarshal(data, &m) != nil {
+		wk.mismatches.Add(1)
+		return
+	}
+	switch {
+	case m.Tick != nil:
+		wk.ticks.Add(1)
+	case m.Direct != nil:
+		if m.Slot == wk.w.Slot() {
+			wk.directs.Add(1)
+		} else {
+			wk.mismatches.Add(1)
+		}
+	case m.Answer != "":
+		if m.Pid != os.Getpid() || m.Slot != wk.w.Slot() {
+			wk.mismatches.Add(1)
+		}
+		wk.mu.Lock()
+		ch := wk.waiting[m.Answer]
+		delete(wk.waiting, m.Answer)
+		wk.mu.Unlock()
+		if ch != nil {
+			ch <- m
+		}
+	}
+}
+
+// ask sends {"ask":id} to the primary and answers with its answer (500
+// without one in 5s).
+func (wk *workerApp) ask(rw http.ResponseWriter, r *http.Request) {
+	id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(wk.seq.Add(1), 10)
+	ch := make(chan msg, 1)
+	wk.mu.Lock()
+	wk.waiting[id] = ch
+	wk.mu.Unlock()
+	if err := wk.w.Send(msg{Ask: id}); err != nil {
+		http.Error(rw, "send: "+err.Error(), 500)
+		return
+	}
+	select {
+	case m := <-ch:
+		fmt.Fprintf(rw, "answer primary=%d to=%d slot=%d\n", m.Primary, m.Pid, m.Slot)
+	case <-time.After(5 * time.Second):
+		http.Error(rw, "no answer from the primary", 500)
+	}
+}
+
+// sendPanic (/panic?in=…) sends {"panic":…} to the primary.
+func (wk *workerApp) sendPanic(rw http.ResponseWriter, r *http.Request) {
+	if err := wk.w.Send(msg{Panic: r.URL.Query().Get("in")}); err != nil {
+		http.Error(rw, "send: "+err.Error(), 500)
+		return
+	}
+	fmt.Fprintf(rw, "sent pid=%d\n", os.Getpid())
+}
+
+// stats answers the counts of messages received.
+func (wk *workerApp) stats(rw http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", wk.ticks.Load(), wk.directs.Load(), wk.mismatches.Load(), os.Getpid())
+}
+
+// root answers the version, pid, slot and generation.
+func (wk *workerApp) root(rw http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), wk.w.Slot(), wk.w.Generation())
 }
