@@ -43,43 +43,77 @@ func main() {
 	if port == "" {
 		port = "8080"
 	}
-	var (
-		draining atomic.Bool
-		mu       sync.Mutex
-		ln       net.Listener
-		conns    = map[net.Conn]http.ConnState{}
-	)
-	srv := &http.Server{
-		Addr: ":" + port,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			// Read the request through: a server that answers before it
-			// has read the body may close the connection under a client
-			// still sending it.
-			io.Copy(io.Discard, r.Body)
-			if draining.Load() {
-				w.Header().Set("Connection", "close")
-			}
-			fmt.Fprintf(w, "%s pid=%d worker=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"))
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(l net.Listener) context.Context {
-			mu.Lock()
-			ln = l
-			mu.Unlock()
-			return context.Background()
-		},
-		ConnState: func(c net.Conn, st http.ConnState) {
-			mu.Lock()
-			if st == http.StateClosed || st == http.StateHijacked {
-				delete(conns, c)
-			} else {
-				conns[c] = st
-			}
-			mu.Unlock()
-		},
-	}
+	s := newServer(port)
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	served := s.start(port)
+	select {
+	case err := <-served:
+		log.Fatal(err)
+	case sig := <-stop:
+		log.Printf("%s: draining", sig)
+	}
+	s.drain(served)
+	log.Printf("drained")
+}
+
+// server is the HTTP server with what its drain needs: whether it is
+// draining, the listener it serves and its open connections.
+type server struct {
+	srv      *http.Server
+	draining atomic.Bool
+	mu       sync.Mutex
+	ln       net.Listener
+	conns    map[net.Conn]http.ConnState
+}
+
+func newServer(port string) *server {
+	s := &server{conns: map[net.Conn]http.ConnState{}}
+	s.srv = &http.Server{
+		Addr:              ":" + port,
+		Handler:           http.HandlerFunc(s.answer),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       s.keepListener,
+		ConnState:         s.trackConn,
+	}
+	return s
+}
+
+// answer answers every request with the version, pid and worker slot;
+// "Connection: close" once draining.
+func (s *server) answer(w http.ResponseWriter, r *http.Request) {
+	// Read the request through: a server that answers before it
+	// has read the body may close the connection under a client
+	// still sending it.
+	io.Copy(io.Discard, r.Body)
+	if s.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
+	fmt.Fprintf(w, "%s pid=%d worker=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"))
+}
+
+// keepListener (BaseContext) keeps the listener, for the drain to close.
+func (s *server) keepListener(l net.Listener) context.Context {
+	s.mu.Lock()
+	s.ln = l
+	s.mu.Unlock()
+	return context.Background()
+}
+
+// trackConn (ConnState) keeps the open connections.
+func (s *server) trackConn(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	if st == http.StateClosed || st == http.StateHijacked {
+		delete(s.conns, c)
+	} else {
+		s.conns[c] = st
+	}
+	s.mu.Unlock()
+}
+
+// start serves on $UNIX_SOCKET, or else binds :port itself; the end of
+// serving comes on the channel returned.
+func (s *server) start(port string) chan error {
 	served := make(chan error, 1)
 	if path := os.Getenv("UNIX_SOCKET"); path != "" {
 		os.Remove(path)
@@ -87,37 +121,36 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		go func() { served <- srv.Serve(ul) }()
+		go func() { served <- s.srv.Serve(ul) }()
 		log.Printf("serving on %s", path)
 	} else {
-		go func() { served <- srv.ListenAndServe() }()
+		go func() { served <- s.srv.ListenAndServe() }()
 		log.Printf("serving on :%s", port)
 	}
-	select {
-	case err := <-served:
-		log.Fatal(err)
-	case sig := <-stop:
-		log.Printf("%s: draining", sig)
+	return served
+}
+
+// drain stops accepting, answers with "Connection: close" from now on,
+// gives the open connections the grace to finish, then shuts down.
+func (s *server) drain(served chan error) {
+	s.draining.Store(true)
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
 	}
-	draining.Store(true)
-	mu.Lock()
-	if ln != nil {
-		ln.Close()
-	}
-	mu.Unlock()
+	s.mu.Unlock()
 	<-served // every accepted connection is tracked now
 	for end := time.Now().Add(grace); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		mu.Lock()
-		n := len(conns)
-		mu.Unlock()
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
 		if n == 0 {
 			break
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := s.srv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		log.Fatalf("shutdown: %v", err)
 	}
-	log.Printf("drained")
 }

@@ -61,74 +61,41 @@ type msg struct {
 	Panic   string `json:"panic,omitempty"`
 }
 
+// options are libapp's flags.
+type options struct {
+	listen    string
+	workers   int
+	pidFile   string
+	logFormat string
+	tick      time.Duration
+}
+
 func main() {
 	if mode == "crash" && os.Getenv("HANDOFF_WORKER") != "" {
 		fmt.Fprintln(os.Stderr, "libapp: crashing at start (mode=crash)")
 		os.Exit(3)
 	}
-	listen := flag.String("listen", "127.0.0.1:8080", "")
-	workers := flag.Int("workers", 2, "")
-	pidFile := flag.String("pid-file", "", "")
-	logFormat := flag.String("log-format", "json", "")
-	tick := flag.Duration("tick", 20*time.Millisecond, "")
-	flag.Parse()
-	l, err := runtime.ParseListen(*listen, 0)
+	o := parseFlags()
+	l, err := runtime.ParseListen(o.listen, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "libapp:", err)
 		os.Exit(2)
 	}
-	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
-	if *logFormat == "console" {
-		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
-	}
-	log := zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
-	panicPrimary := make(chan struct{}, 1)
+	log := newLogger(o.logFormat)
+	p := &primaryApp{log: log, tick: o.tick, workers: o.workers, panicPrimary: make(chan struct{}, 1)}
 
 	err = runtime.Main(context.Background(), runtime.App{
 		Config: runtime.Config{
 			Listeners: []runtime.Listener{l},
-			Workers:   *workers,
-			PIDFile:   *pidFile,
+			Workers:   o.workers,
+			PIDFile:   o.pidFile,
 			Logger:    log,
 		},
-		Primary: func(ctx context.Context, h *runtime.Hub) {
-			log.Info("app primary started", zap.Int("primary", os.Getpid()))
-			defer log.Info("app primary ended", zap.Int("primary", os.Getpid()))
-			t := time.NewTicker(*tick)
-			defer t.Stop()
-			for n := 1; ; n++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-panicPrimary:
-					panic("libapp: asked to panic in App.Primary")
-				case <-t.C:
-				}
-				h.Broadcast(msg{Tick: &n})
-				for i := 0; i < *workers; i++ {
-					h.Send(i, msg{Direct: &n, Slot: i})
-				}
-			}
-		},
-		OnMessage: func(m runtime.Message) {
-			var in msg
-			if err := m.Decode(&in); err == nil && in.Panic != "" {
-				if in.Panic == "primary" {
-					select {
-					case panicPrimary <- struct{}{}:
-					default:
-					}
-					return
-				}
-				panic("libapp: asked to panic in OnMessage")
-			}
-			if err := m.Decode(&in); err != nil || in.Ask == "" {
-				log.Warn("unexpected message", zap.ByteString("data", m.Data))
-				return
-			}
-			m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
-		},
-		Worker: worker,
+		// Closures of main, not method values: the stack of a panic in
+		// them names main.main (the library test looks for it).
+		Primary:   func(ctx context.Context, h *runtime.Hub) { p.run(ctx, h) },
+		OnMessage: func(m runtime.Message) { p.onMessage(m) },
+		Worker:    worker,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "libapp:", err)
@@ -136,70 +103,169 @@ func main() {
 	}
 }
 
-func worker(ctx context.Context, w *runtime.Worker) error {
-	var ticks, directs, mismatches atomic.Int64
-	var mu sync.Mutex
-	waiting := map[string]chan msg{}
-	w.OnMessage(func(data json.RawMessage) {
-		var m msg
-		if json.Unmarshal(data, &m) != nil {
-			mismatches.Add(1)
-			return
-		}
-		switch {
-		case m.Tick != nil:
-			ticks.Add(1)
-		case m.Direct != nil:
-			if m.Slot == w.Slot() {
-				directs.Add(1)
-			} else {
-				mismatches.Add(1)
-			}
-		case m.Answer != "":
-			if m.Pid != os.Getpid() || m.Slot != w.Slot() {
-				mismatches.Add(1)
-			}
-			mu.Lock()
-			ch := waiting[m.Answer]
-			delete(waiting, m.Answer)
-			mu.Unlock()
-			if ch != nil {
-				ch <- m
-			}
-		}
-	})
-	var seq atomic.Int64
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ask", func(rw http.ResponseWriter, r *http.Request) {
-		id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(seq.Add(1), 10)
-		ch := make(chan msg, 1)
-		mu.Lock()
-		waiting[id] = ch
-		mu.Unlock()
-		if err := w.Send(msg{Ask: id}); err != nil {
-			http.Error(rw, "send: "+err.Error(), 500)
-			return
-		}
+// parseFlags parses the command line into options (usage errors exit 2).
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.listen, "listen", "127.0.0.1:8080", "")
+	flag.IntVar(&o.workers, "workers", 2, "")
+	flag.StringVar(&o.pidFile, "pid-file", "", "")
+	flag.StringVar(&o.logFormat, "log-format", "json", "")
+	flag.DurationVar(&o.tick, "tick", 20*time.Millisecond, "")
+	flag.Parse()
+	return o
+}
+
+// newLogger logs to stderr as JSON, or for a person with "console".
+func newLogger(format string) *zap.Logger {
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	if format == "console" {
+		enc = zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), zap.InfoLevel))
+}
+
+// primaryApp is what libapp does in its primary: App.Primary (run) and
+// App.OnMessage (onMessage).
+type primaryApp struct {
+	log          *zap.Logger
+	tick         time.Duration
+	workers      int
+	panicPrimary chan struct{} // {"panic":"primary"} asks run to panic
+}
+
+// run broadcasts {"tick":n} and sends each slot {"direct":n,"slot":i}
+// every tick, until ctx ends.
+func (p *primaryApp) run(ctx context.Context, h *runtime.Hub) {
+	p.log.Info("app primary started", zap.Int("primary", os.Getpid()))
+	defer p.log.Info("app primary ended", zap.Int("primary", os.Getpid()))
+	t := time.NewTicker(p.tick)
+	defer t.Stop()
+	for n := 1; ; n++ {
 		select {
-		case m := <-ch:
-			fmt.Fprintf(rw, "answer primary=%d to=%d slot=%d\n", m.Primary, m.Pid, m.Slot)
-		case <-time.After(5 * time.Second):
-			http.Error(rw, "no answer from the primary", 500)
+		case <-ctx.Done():
+			return
+		case <-p.panicPrimary:
+			panic("libapp: asked to panic in App.Primary")
+		case <-t.C:
 		}
-	})
-	mux.HandleFunc("/panic", func(rw http.ResponseWriter, r *http.Request) {
-		if err := w.Send(msg{Panic: r.URL.Query().Get("in")}); err != nil {
-			http.Error(rw, "send: "+err.Error(), 500)
+		h.Broadcast(msg{Tick: &n})
+		for i := 0; i < p.workers; i++ {
+			h.Send(i, msg{Direct: &n, Slot: i})
+		}
+	}
+}
+
+// onMessage answers {"ask":id}, and panics (or has run panic) on
+// {"panic":…}.
+func (p *primaryApp) onMessage(m runtime.Message) {
+	var in msg
+	if err := m.Decode(&in); err == nil && in.Panic != "" {
+		if in.Panic == "primary" {
+			select {
+			case p.panicPrimary <- struct{}{}:
+			default:
+			}
 			return
 		}
-		fmt.Fprintf(rw, "sent pid=%d\n", os.Getpid())
-	})
-	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", ticks.Load(), directs.Load(), mismatches.Load(), os.Getpid())
-	})
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), w.Slot(), w.Generation())
-	})
+		panic("libapp: asked to panic in OnMessage")
+	}
+	if err := m.Decode(&in); err != nil || in.Ask == "" {
+		p.log.Warn("unexpected message", zap.ByteString("data", m.Data))
+		return
+	}
+	m.Reply(msg{Answer: in.Ask, Primary: os.Getpid(), Slot: m.Slot, Pid: m.Pid})
+}
+
+// worker serves HTTP in a worker: /ask, /panic, /stats and the rest (/).
+func worker(ctx context.Context, w *runtime.Worker) error {
+	wk := &workerApp{w: w, waiting: map[string]chan msg{}}
+	w.OnMessage(wk.onMessage)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ask", wk.ask)
+	mux.HandleFunc("/panic", wk.sendPanic)
+	mux.HandleFunc("/stats", wk.stats)
+	mux.HandleFunc("/", wk.root)
 	w.Notify("STATUS=libapp " + version + " serving")
 	return w.Serve(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil)
+}
+
+// workerApp is a worker's side: the messages it counted and the asks
+// waiting for their answer.
+type workerApp struct {
+	w                          *runtime.Worker
+	ticks, directs, mismatches atomic.Int64
+	seq                        atomic.Int64 // numbers the asks
+	mu                         sync.Mutex
+	waiting                    map[string]chan msg
+}
+
+// onMessage counts ticks and directs (a direct for another slot is a
+// mismatch, as is an answer naming another worker) and hands each answer
+// to the ask waiting for it.
+func (wk *workerApp) onMessage(data json.RawMessage) {
+	var m msg
+	if json.Unmarshal(data, &m) != nil {
+		wk.mismatches.Add(1)
+		return
+	}
+	switch {
+	case m.Tick != nil:
+		wk.ticks.Add(1)
+	case m.Direct != nil:
+		if m.Slot == wk.w.Slot() {
+			wk.directs.Add(1)
+		} else {
+			wk.mismatches.Add(1)
+		}
+	case m.Answer != "":
+		if m.Pid != os.Getpid() || m.Slot != wk.w.Slot() {
+			wk.mismatches.Add(1)
+		}
+		wk.mu.Lock()
+		ch := wk.waiting[m.Answer]
+		delete(wk.waiting, m.Answer)
+		wk.mu.Unlock()
+		if ch != nil {
+			ch <- m
+		}
+	}
+}
+
+// ask sends {"ask":id} to the primary and answers with its answer (500
+// without one in 5s).
+func (wk *workerApp) ask(rw http.ResponseWriter, r *http.Request) {
+	id := strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(wk.seq.Add(1), 10)
+	ch := make(chan msg, 1)
+	wk.mu.Lock()
+	wk.waiting[id] = ch
+	wk.mu.Unlock()
+	if err := wk.w.Send(msg{Ask: id}); err != nil {
+		http.Error(rw, "send: "+err.Error(), 500)
+		return
+	}
+	select {
+	case m := <-ch:
+		fmt.Fprintf(rw, "answer primary=%d to=%d slot=%d\n", m.Primary, m.Pid, m.Slot)
+	case <-time.After(5 * time.Second):
+		http.Error(rw, "no answer from the primary", 500)
+	}
+}
+
+// sendPanic (/panic?in=…) sends {"panic":…} to the primary.
+func (wk *workerApp) sendPanic(rw http.ResponseWriter, r *http.Request) {
+	if err := wk.w.Send(msg{Panic: r.URL.Query().Get("in")}); err != nil {
+		http.Error(rw, "send: "+err.Error(), 500)
+		return
+	}
+	fmt.Fprintf(rw, "sent pid=%d\n", os.Getpid())
+}
+
+// stats answers the counts of messages received.
+func (wk *workerApp) stats(rw http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(rw, "ticks=%d directs=%d mismatches=%d pid=%d\n", wk.ticks.Load(), wk.directs.Load(), wk.mismatches.Load(), os.Getpid())
+}
+
+// root answers the version, pid, slot and generation.
+func (wk *workerApp) root(rw http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(rw, "%s pid=%d worker=%d gen=%d\n", version, os.Getpid(), wk.w.Slot(), wk.w.Generation())
 }

@@ -119,32 +119,86 @@ const (
 	exitUsage      = 2
 )
 
+// options are testserver's flags.
+type options struct {
+	mode         string // --mode: overrides HANDOFF_TEST_MODE and the build-time mode
+	listen       string
+	drainTimeout time.Duration
+	crashAfter   time.Duration
+	crashDrain   bool
+	readyAfter   time.Duration
+	crashSlot    string
+	chatterEvery time.Duration
+	chatterDrain time.Duration
+	stallFile    string
+	warmup       time.Duration
+	sickAfter    time.Duration
+}
+
 func main() {
-	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
-	modeFlag := fs.String("mode", "", "ok|crash|noready|crashlater|slowready|crashslot|sick (overrides HANDOFF_TEST_MODE and the build-time mode)")
-	listen := fs.String("listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
-	drainTimeout := fs.Duration("drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
-	crashAfter := fs.Duration("crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
-	crashDrain := fs.Bool("crash-drain", false, "mode crashlater: drain before exiting 4")
-	readyAfter := fs.Duration("ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
-	crashSlot := fs.String("crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
-	chatterEvery := fs.Duration("chatter", 0, "write numbered lines to stdout and stderr this often")
-	chatterDrain := fs.Duration("chatter-drain", 0, "with --chatter: go on this long after the stop signal")
-	stallFile := fs.String("stall-accept-file", "", "while this file exists, do not accept: connections wait in the socket's queue")
-	warmup := fs.Duration("warmup", 0, "answer every request 503 for this long after start (a server that binds at once and warms up)")
-	sickAfter := fs.Duration("healthz-fail-after", 0, "answer /healthz 500 once up this long (other paths as usual)")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
 		os.Exit(exitUsage)
 	}
+	m := startMode(&o)
+
+	// Catch signals before anything can make the primary send one.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+
+	lns := openListeners(o)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := serve(ctx, lns, o)
+	announceReady(ctx, m, o.readyAfter)
+	var chatter *chatterer
+	if o.chatterEvery > 0 {
+		chatter = startChatter(o.chatterEvery)
+	}
+	if usec, err := daemon.SdWatchdogEnabled(false); err == nil && usec > 0 {
+		go pingWatchdog(usec / 3)
+	}
+	crashed := crashLater(m, o)
+
+	sig := awaitStop(sigs, crashed, done, cancel, len(lns))
+	drainAndExit(sig, o, cancel, done, len(lns), chatter)
+}
+
+// parseFlags parses the command line into options; the flag package has
+// reported an error by the time it returns one.
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("testserver", flag.ContinueOnError)
+	fs.StringVar(&o.mode, "mode", "", "ok|crash|noready|crashlater|slowready|crashslot|sick (overrides HANDOFF_TEST_MODE and the build-time mode)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on when no LISTEN_FDS are passed")
+	fs.DurationVar(&o.drainTimeout, "drain", 10*time.Second, "bound of the graceful drain on SIGTERM/SIGINT")
+	fs.DurationVar(&o.crashAfter, "crash-after", 300*time.Millisecond, "mode crashlater: exit 4 after being up this long")
+	fs.BoolVar(&o.crashDrain, "crash-drain", false, "mode crashlater: drain before exiting 4")
+	fs.DurationVar(&o.readyAfter, "ready-after", 2*time.Second, "mode slowready: send READY=1 after this long")
+	fs.StringVar(&o.crashSlot, "crash-slot", "1", "mode crashslot: the HANDOFF_WORKER value in which to crash at start")
+	fs.DurationVar(&o.chatterEvery, "chatter", 0, "write numbered lines to stdout and stderr this often")
+	fs.DurationVar(&o.chatterDrain, "chatter-drain", 0, "with --chatter: go on this long after the stop signal")
+	fs.StringVar(&o.stallFile, "stall-accept-file", "", "while this file exists, do not accept: connections wait in the socket's queue")
+	fs.DurationVar(&o.warmup, "warmup", 0, "answer every request 503 for this long after start (a server that binds at once and warms up)")
+	fs.DurationVar(&o.sickAfter, "healthz-fail-after", 0, "answer /healthz 500 once up this long (other paths as usual)")
+	err := fs.Parse(args)
+	return o, err
+}
+
+// startMode returns the mode to run in: --mode over HANDOFF_TEST_MODE over
+// the build-time mode. The modes decided at start end here: crash (and
+// crashslot in its slot) exits 3, an unknown mode exits 2; crashslot in
+// another slot runs as ok, and sick makes /healthz fail from the start
+// unless --healthz-fail-after says when.
+func startMode(o *options) string {
 	m := mode
 	if env := os.Getenv("HANDOFF_TEST_MODE"); env != "" {
 		m = env
 	}
-	if *modeFlag != "" {
-		m = *modeFlag
+	if o.mode != "" {
+		m = o.mode
 	}
 	if m == "crashslot" {
-		if w := os.Getenv("HANDOFF_WORKER"); w == *crashSlot {
+		if w := os.Getenv("HANDOFF_WORKER"); w == o.crashSlot {
 			fmt.Fprintf(os.Stderr, "testserver: crashing at start (mode=crashslot, worker=%s)\n", w)
 			os.Exit(exitCrash)
 		}
@@ -153,8 +207,8 @@ func main() {
 	switch m {
 	case "ok", "noready", "crashlater", "slowready":
 	case "sick":
-		if *sickAfter <= 0 {
-			*sickAfter = time.Nanosecond
+		if o.sickAfter <= 0 {
+			o.sickAfter = time.Nanosecond
 		}
 	case "crash":
 		fmt.Fprintf(os.Stderr, "testserver: crashing at start (mode=%s)\n", m)
@@ -163,77 +217,91 @@ func main() {
 		fmt.Fprintf(os.Stderr, "testserver: unknown mode %q\n", m)
 		os.Exit(exitUsage)
 	}
+	return m
+}
 
-	// Catch signals before anything can make the primary send one.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-
-	lns, err := listeners(*listen)
+// openListeners takes the listeners (exit 2 without one), wraps them for
+// --stall-accept-file and says where it listens.
+func openListeners(o options) []net.Listener {
+	lns, err := listeners(o.listen)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testserver: %v\n", err)
 		os.Exit(exitUsage)
 	}
-	if *stallFile != "" {
+	if o.stallFile != "" {
 		for i, ln := range lns {
-			lns[i] = &stallListener{Listener: ln, path: *stallFile, closed: make(chan struct{})}
+			lns[i] = &stallListener{Listener: ln, path: o.stallFile, closed: make(chan struct{})}
 		}
 	}
-	worker := os.Getenv("HANDOFF_WORKER")
-	gen := os.Getenv("HANDOFF_GENERATION")
 	var addrs []string
 	for _, ln := range lns {
 		addrs = append(addrs, ln.Addr().String())
 	}
 	fmt.Fprintf(os.Stderr, "testserver %s pid=%d worker=%s listening on %s\n",
-		version, os.Getpid(), worker, strings.Join(addrs, ","))
+		version, os.Getpid(), os.Getenv("HANDOFF_WORKER"), strings.Join(addrs, ","))
+	return lns
+}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	h := handler(fmt.Sprintf("%s pid=%d worker=%s gen=%s\n", version, os.Getpid(), worker, gen))
-	if *warmup > 0 || *sickAfter > 0 {
-		h = phases(h, time.Now(), *warmup, *sickAfter)
+// serve serves every listener until ctx ends, then drains it within
+// --drain; each one's end comes on the channel returned.
+func serve(ctx context.Context, lns []net.Listener, o options) chan error {
+	reply := fmt.Sprintf("%s pid=%d worker=%s gen=%s\n", version, os.Getpid(), os.Getenv("HANDOFF_WORKER"), os.Getenv("HANDOFF_GENERATION"))
+	h := handler(reply)
+	if o.warmup > 0 || o.sickAfter > 0 {
+		h = phases(h, time.Now(), o.warmup, o.sickAfter)
 	}
 	done := make(chan error, len(lns))
 	for _, ln := range lns {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: time.Minute}
-		go func() { done <- drain.Serve(ctx, srv, ln, *drainTimeout) }()
+		go func() { done <- drain.Serve(ctx, srv, ln, o.drainTimeout) }()
 	}
+	return done
+}
 
+// announceReady sends READY=1 as the mode says: at once, after
+// --ready-after (slowready, unless stopping by then) or never (noready).
+func announceReady(ctx context.Context, m string, readyAfter time.Duration) {
 	switch m {
 	case "ok", "crashlater", "sick":
 		notifyReady()
 	case "slowready":
 		go func() {
-			time.Sleep(*readyAfter)
+			time.Sleep(readyAfter)
 			if ctx.Err() == nil {
 				notifyReady()
 			}
 		}()
 	}
-	var chatter *chatterer
-	if *chatterEvery > 0 {
-		chatter = startChatter(*chatterEvery)
-	}
-	if usec, err := daemon.SdWatchdogEnabled(false); err == nil && usec > 0 {
-		go pingWatchdog(usec / 3)
-	}
-	crashed := make(chan struct{})
-	if m == "crashlater" {
-		go func() {
-			time.Sleep(*crashAfter)
-			fmt.Fprintf(os.Stderr, "testserver: crashing after %v (mode=crashlater)\n", *crashAfter)
-			if !*crashDrain {
-				os.Exit(exitCrashLater)
-			}
-			close(crashed)
-		}()
-	}
+}
 
+// crashLater, in mode crashlater, exits 4 after --crash-after; with
+// --crash-drain it closes the channel returned instead, for the drain.
+func crashLater(m string, o options) chan struct{} {
+	crashed := make(chan struct{})
+	if m != "crashlater" {
+		return crashed
+	}
+	go func() {
+		time.Sleep(o.crashAfter)
+		fmt.Fprintf(os.Stderr, "testserver: crashing after %v (mode=crashlater)\n", o.crashAfter)
+		if !o.crashDrain {
+			os.Exit(exitCrashLater)
+		}
+		close(crashed)
+	}()
+	return crashed
+}
+
+// awaitStop waits for the stop signal and returns it. A crash with
+// --crash-drain drains the n servers and exits 4; a server that fails on
+// its own exits 1.
+func awaitStop(sigs chan os.Signal, crashed chan struct{}, done chan error, cancel context.CancelFunc, n int) os.Signal {
 	var sig os.Signal
 	select {
 	case sig = <-sigs:
 	case <-crashed:
 		cancel()
-		for range lns {
+		for range n {
 			<-done
 		}
 		os.Exit(exitCrashLater)
@@ -243,11 +311,17 @@ func main() {
 		cancel()
 		os.Exit(1)
 	}
+	return sig
+}
+
+// drainAndExit drains the n servers on the stop signal, ends the chatter
+// (after --chatter-drain), writes what /write?at=exit left and exits 0.
+func drainAndExit(sig os.Signal, o options, cancel context.CancelFunc, done chan error, n int, chatter *chatterer) {
 	begin := time.Now()
-	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: %v, draining (bound %v)\n", version, os.Getpid(), sig, *drainTimeout)
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: %v, draining (bound %v)\n", version, os.Getpid(), sig, o.drainTimeout)
 	cancel() // further signals stay caught and are ignored: the drain is bounded
 	var errs []error
-	for range lns {
+	for range n {
 		if err := <-done; err != nil {
 			errs = append(errs, err)
 		}
@@ -257,7 +331,7 @@ func main() {
 	}
 	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: drained in %v, exiting 0\n", version, os.Getpid(), time.Since(begin).Round(time.Millisecond))
 	if chatter != nil {
-		time.Sleep(time.Until(begin.Add(*chatterDrain)))
+		time.Sleep(time.Until(begin.Add(o.chatterDrain)))
 		chatter.stop()
 	}
 	atExit.write()
@@ -351,120 +425,161 @@ func phases(h http.Handler, start time.Time, warmup, sickAfter time.Duration) ht
 	})
 }
 
+// handler routes the requests; every path but those below answers reply.
 func handler(reply string) http.Handler {
+	rt := routes{reply: reply}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
-		t := time.NewTimer(time.Duration(ms) * time.Millisecond)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			return
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		env := slices.Clone(startEnv)
-		sort.Strings(env)
-		var b strings.Builder
-		for _, kv := range env {
-			b.WriteString(kv + "\n")
-		}
-		fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
-		io.WriteString(w, b.String())
-	})
-	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, "write: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		var out *os.File
-		switch r.URL.Query().Get("stream") {
-		case "stdout":
-			out = os.Stdout
-		case "stderr":
-			out = os.Stderr
-		default:
-			http.Error(w, "write: want ?stream=stdout or stderr", http.StatusBadRequest)
-			return
-		}
-		if r.URL.Query().Get("at") == "exit" {
-			atExit.add(out, body)
-		} else if _, err := out.Write(body); err != nil {
-			http.Error(w, "write: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/grow", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
-		if err != nil || mb <= 0 || mb > 4096 {
-			http.Error(w, "grow: want ?mb=N (1-4096)", http.StatusBadRequest)
-			return
-		}
-		b := make([]byte, mb<<20)
-		for i := 0; i < len(b); i += 4096 {
-			b[i] = 1
-		}
-		grown.Lock()
-		grown.bufs = append(grown.bufs, b)
-		grown.Unlock()
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/orphan", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!").Output()
-		if err != nil {
-			http.Error(w, "orphan: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
-	})
-	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		cmd := exec.Command("sleep", "300")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			http.Error(w, "escape: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		go cmd.Wait()
-		fmt.Fprintf(w, "escaped=%d\n", cmd.Process.Pid)
-	})
-	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		watchdogHung.Store(true)
-		if r.URL.Query().Get("trigger") == "1" {
-			daemon.SdNotify(false, "WATCHDOG=trigger")
-		}
-		io.WriteString(w, reply)
-	})
-	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		code, err := strconv.Atoi(r.URL.Query().Get("code"))
-		if err != nil {
-			http.Error(w, "exit: want ?code=N", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Connection", "close")
-		io.WriteString(w, reply)
-		http.NewResponseController(w).Flush()
-		fmt.Fprintf(os.Stderr, "testserver %s pid=%d: /exit, exiting %d\n", version, os.Getpid(), code)
-		go func() {
-			time.Sleep(50 * time.Millisecond)
-			os.Exit(code)
-		}()
-	})
+	mux.HandleFunc("/", rt.root)
+	mux.HandleFunc("/slow", rt.slow)
+	mux.HandleFunc("/env", rt.env)
+	mux.HandleFunc("/write", rt.write)
+	mux.HandleFunc("/grow", rt.grow)
+	mux.HandleFunc("/orphan", rt.orphan)
+	mux.HandleFunc("/escape", rt.escape)
+	mux.HandleFunc("/hang", rt.hang)
+	mux.HandleFunc("/exit", rt.exit)
 	return mux
+}
+
+// routes are the HTTP routes, one method each; reply is the answer of
+// those that answer as / does.
+type routes struct {
+	reply string
+}
+
+// root answers reply, after the body.
+func (rt routes) root(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	io.WriteString(w, rt.reply)
+}
+
+// slow answers reply after ?ms=N milliseconds, or nothing if the request
+// ends first.
+func (rt routes) slow(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		return
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// env answers the environment at start, sorted, and the fds: open at
+// start, open now, and non-blocking at start.
+func (rt routes) env(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	env := slices.Clone(startEnv)
+	sort.Strings(env)
+	var b strings.Builder
+	for _, kv := range env {
+		b.WriteString(kv + "\n")
+	}
+	fmt.Fprintf(&b, "fds=%s\nfds_now=%s\nnonblocking=%s\n", joinInts(startFDs), joinInts(openFDs()), joinInts(startNonblocking))
+	io.WriteString(w, b.String())
+}
+
+// write writes the body to ?stream=stdout|stderr, now or (&at=exit) as
+// the process exits, and answers reply.
+func (rt routes) write(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, "write: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var out *os.File
+	switch r.URL.Query().Get("stream") {
+	case "stdout":
+		out = os.Stdout
+	case "stderr":
+		out = os.Stderr
+	default:
+		http.Error(w, "write: want ?stream=stdout or stderr", http.StatusBadRequest)
+		return
+	}
+	if r.URL.Query().Get("at") == "exit" {
+		atExit.add(out, body)
+	} else if _, err := out.Write(body); err != nil {
+		http.Error(w, "write: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// grow allocates ?mb=N MiB, touches every page, keeps it and answers
+// reply.
+func (rt routes) grow(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
+	if err != nil || mb <= 0 || mb > 4096 {
+		http.Error(w, "grow: want ?mb=N (1-4096)", http.StatusBadRequest)
+		return
+	}
+	b := make([]byte, mb<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	grown.Lock()
+	grown.bufs = append(grown.bufs, b)
+	grown.Unlock()
+	io.WriteString(w, rt.reply)
+}
+
+// orphan leaves a short sleep whose shell has exited and answers its pid.
+func (rt routes) orphan(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	out, err := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!").Output()
+	if err != nil {
+		http.Error(w, "orphan: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	fmt.Fprintf(w, "orphan=%s\n", strings.TrimSpace(string(out)))
+}
+
+// escape starts a long sleep in a session of its own and answers its pid.
+func (rt routes) escape(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	cmd := exec.Command("sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		http.Error(w, "escape: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	go cmd.Wait()
+	fmt.Fprintf(w, "escaped=%d\n", cmd.Process.Pid)
+}
+
+// hang stops the watchdog pings (?trigger=1: and sends WATCHDOG=trigger)
+// and answers reply.
+func (rt routes) hang(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	watchdogHung.Store(true)
+	if r.URL.Query().Get("trigger") == "1" {
+		daemon.SdNotify(false, "WATCHDOG=trigger")
+	}
+	io.WriteString(w, rt.reply)
+}
+
+// exit answers reply on a closing connection, then exits with ?code=N
+// 50ms later.
+func (rt routes) exit(w http.ResponseWriter, r *http.Request) {
+	io.Copy(io.Discard, r.Body)
+	code, err := strconv.Atoi(r.URL.Query().Get("code"))
+	if err != nil {
+		http.Error(w, "exit: want ?code=N", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Connection", "close")
+	io.WriteString(w, rt.reply)
+	http.NewResponseController(w).Flush()
+	fmt.Fprintf(os.Stderr, "testserver %s pid=%d: /exit, exiting %d\n", version, os.Getpid(), code)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		os.Exit(code)
+	}()
 }
 
 // atExit holds what /write?at=exit asked for.
