@@ -182,3 +182,50 @@ func TestWriteFlags(t *testing.T) {
 		t.Errorf("writeFlags:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
+
+// TestFlagTableMarkdown: a row per flag, or per value with docRows, its
+// first cell from arg or docArgs; docJoin goes on with the row before;
+// bars are escaped; a flag of several commands is one row that names
+// them, and must be documented alike in each.
+func TestFlagTableMarkdown(t *testing.T) {
+	type o struct{}
+	a := flagSpec[o]{name: "a", arg: "N", doc: "one", docDefault: "`1`"}
+	b := flagSpec[o]{name: "b", arg: "D", doc: "two", docDefault: "`2s`", docJoin: true}
+	c := flagSpec[o]{name: "c", docArgs: []string{"x|y"}, docDefault: "`x`"}
+	d := flagSpec[o]{name: "d", arg: "MODE", docRows: []flagDoc{
+		{args: []string{"p"}, doc: "p mode"},
+		{args: []string{"q:N", "r:N"}, doc: "q or r", def: "`q:1`"},
+	}}
+	got, err := flagTable(command[o]{name: "one", flags: []flagSpec[o]{a, b, c, d}})
+	want := "| flag | meaning | default |\n" +
+		"| --- | --- | --- |\n" +
+		"| `--a N`, `--b D` | one, two | `1`, `2s` |\n" +
+		"| `--c x\\|y` | | `x` |\n" +
+		"| `--d p` | p mode | |\n" +
+		"| `--d q:N`, `--d r:N` | q or r | `q:1` |\n"
+	if err != nil || got != want {
+		t.Errorf("flagTable: %v\n%s\nwant:\n%s", err, got, want)
+	}
+
+	got, err = flagTable(command[o]{name: "one", flags: []flagSpec[o]{a, c}}, command[o]{name: "two", flags: []flagSpec[o]{c}})
+	want = "| flag | commands | meaning | default |\n" +
+		"| --- | --- | --- | --- |\n" +
+		"| `--a N` | `one` | one | `1` |\n" +
+		"| `--c x\\|y` | `one`, `two` | | `x` |\n"
+	if err != nil || got != want {
+		t.Errorf("flagTable of two commands: %v\n%s\nwant:\n%s", err, got, want)
+	}
+
+	other := a
+	other.doc = "uno"
+	for i, bad := range [][]command[o]{
+		{{name: "one", flags: []flagSpec[o]{a}}, {name: "two", flags: []flagSpec[o]{other}}},
+		{{name: "one", flags: []flagSpec[o]{{name: "e"}}}},
+		{{name: "one", flags: []flagSpec[o]{b}}},
+		{{name: "one", flags: []flagSpec[o]{{name: "f", doc: "two\nlines"}}}},
+	} {
+		if got, err := flagTable(bad...); err == nil {
+			t.Errorf("flagTable of bad table %d: no error, table\n%s", i, got)
+		}
+	}
+}

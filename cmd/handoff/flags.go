@@ -44,6 +44,22 @@ type flagSpec[T any] struct {
 	// command's flags: it refuses a bad value in one line that names the
 	// flag, and sets what the flag configures. nil: any value does.
 	check func(*T) error
+
+	// The flag's row in its command's flag table in the docs, which
+	// TestFlagTables writes from these (flagdoc.go): Markdown as the
+	// cell reads, links included, a bar as it is (the table escapes it).
+	// doc is the meaning, docDefault the default; a row has one of them
+	// at least.
+	doc, docDefault string
+	// docArgs name the flag in the row's first cell, each as
+	// `--name ARG`, where arg would say too little there: the words a
+	// MODE takes, the forms of a value. nil: arg.
+	docArgs []string
+	// docJoin puts the flag in the row of the flag before it: each of
+	// the row's cells goes on with its own, after a comma.
+	docJoin bool
+	// docRows, in place of the row above: a row for each of its values.
+	docRows []flagDoc
 }
 
 // withHelp is s with another help text.
