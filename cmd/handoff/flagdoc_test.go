@@ -177,11 +177,8 @@ func TestFlagDefaultsInHelp(t *testing.T) {
 				t.Errorf("handoff %s --help: %s does not say its default", c.name, s.label())
 				continue
 			}
-			fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-			s.define(fs, &runOptions{})
-			f := fs.Lookup(s.name)
-			if err := f.Value.Set(strings.TrimSuffix(m[1], ":")); err != nil || f.Value.String() != f.DefValue {
-				t.Errorf("handoff %s --help: %s says its default is %s, its table %s", c.name, s.label(), m[1], f.DefValue)
+			if ok, def := isDefault(s, strings.TrimSuffix(m[1], ":")); !ok {
+				t.Errorf("handoff %s --help: %s says its default is %s, its table %s", c.name, s.label(), m[1], def)
 			}
 		}
 	}
@@ -191,6 +188,41 @@ func TestFlagDefaultsInHelp(t *testing.T) {
 			t.Errorf("handoff dev --help does not name the default %s", g)
 		}
 	}
+}
+
+// TestFlagDefaultsInDocs: where a flag of run or dev has a default, the
+// default cell of its row in the docs says it (in code or not), read as
+// the flag reads a value. (The control commands' flags have none.)
+func TestFlagDefaultsInDocs(t *testing.T) {
+	for _, c := range []command[runOptions]{runCmd, devCmd} {
+		for _, s := range c.flags {
+			if s.def == nil || reflect.ValueOf(s.def).IsZero() {
+				continue // the docs say it in words
+			}
+			var said []string
+			for _, cells := range s.docCells() {
+				if cells[2] != "" {
+					said = append(said, strings.Trim(cells[2], "`"))
+				}
+			}
+			if len(said) != 1 {
+				t.Errorf("handoff %s: %s has %d defaults in the docs, want 1: %q", c.name, s.label(), len(said), said)
+				continue
+			}
+			if ok, def := isDefault(s, said[0]); !ok {
+				t.Errorf("handoff %s: the docs say the default of %s is %s, its table %s", c.name, s.label(), said[0], def)
+			}
+		}
+	}
+}
+
+// isDefault tells whether s reads v as its default; def is its default as
+// the flag prints it.
+func isDefault[T any](s flagSpec[T], v string) (ok bool, def string) {
+	fs := flag.NewFlagSet(s.name, flag.ContinueOnError)
+	s.define(fs, new(T))
+	f := fs.Lookup(s.name)
+	return f.Value.Set(v) == nil && f.Value.String() == f.DefValue, f.DefValue
 }
 
 // flagHelp is the text beside and under label in help, on one line.
