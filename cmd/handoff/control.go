@@ -34,6 +34,9 @@ var controlFlag = flagSpec[controlOptions]{
 	name: "control", arg: "PATH",
 	value: func(o *controlOptions) any { return &o.path },
 	help:  "the primary's control socket (default: see 'handoff help')",
+	doc:   "the primary's control socket (the one `handoff run --control` names)",
+	docDefault: "the socket of the one primary found in the default " +
+		"directories, below",
 }
 
 // controlCommand is a control command, its --help head and its flags.
@@ -56,6 +59,8 @@ found in the default directory, see 'handoff help')`),
 		value: func(o *controlOptions) any { return &o.asJSON },
 		help: `print the status as JSON (field names are stable; see
 docs/operations.md)`,
+		doc:        "print the status as JSON, with the stable names below",
+		docDefault: "off: a table",
 	})
 
 var reloadCmd = controlCommand("reload", `Usage: handoff reload [--control PATH]

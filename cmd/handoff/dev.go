@@ -54,6 +54,9 @@ var devFlags = []flagSpec[runOptions]{
 		help: `the build command, run with sh -c in the current
 directory; it must write COMMAND. Runs at start
 when COMMAND does not exist yet`,
+		doc: "the build command, run with `sh -c` in the current directory; " +
+			"it must write COMMAND; runs at start when COMMAND does not exist yet",
+		docDefault: "none: a change rolls out as it is",
 		check: func(o *runOptions) error {
 			if o.given["build"] && strings.TrimSpace(o.dev.build) == "" {
 				return errors.New("--build is empty: give the build command, e.g. --build 'go build -o bin/server .', or leave --build out for code that needs no build")
@@ -67,6 +70,10 @@ when COMMAND does not exist yet`,
 		help: `source directory (watched recursively, new
 subdirectories included) or file to watch;
 repeatable (default: the current directory)`,
+		doc: "a source directory (watched recursively, new subdirectories " +
+			"included) or file; repeatable",
+		docDefault: "the current directory; for a COMMAND of no known kind, its " +
+			"executable alone",
 		check: func(o *runOptions) error {
 			o.dev.paths = o.watchPaths.values
 			return checkPaths(o.dev.paths)
@@ -89,6 +96,10 @@ without, by what COMMAND runs:
                 *.rb *.ru
   anything else: COMMAND's executable alone,
                 as 'handoff run --watch'`,
+		doc: "files that count, matched against the base name or the path " +
+			"relative to the watched directory; repeatable, replaces the default",
+		docDefault: "`*.go go.mod go.sum` with `--build`, else by what COMMAND runs " +
+			"(the table above)",
 		check: func(o *runOptions) error {
 			o.dev.include = o.includes.values
 			return checkGlobs(o.dev.include)
@@ -102,12 +113,15 @@ to the default: .git vendor node_modules .venv
 __pycache__, editor swap and backup files (*.swp
 *.swo *.swx *~ .#* #*# 4913 *.tmp), and with
 --build COMMAND itself`,
+		doc: "files and directories never watched; repeatable, added to the default",
+		docDefault: "`.git vendor node_modules .venv __pycache__`, editors' swap " +
+			"and backup files, and with `--build` COMMAND itself",
 		check: func(o *runOptions) error {
 			o.dev.exclude = o.excludes.values
 			return checkGlobs(o.dev.exclude)
 		},
 	},
-	workersFlag(1, "worker processes (default %d)"),
+	workersFlag(1, "worker processes (default %d)", "1"),
 }
 
 // checkGlobs refuses an --include or --exclude that does not parse.

@@ -44,6 +44,22 @@ type flagSpec[T any] struct {
 	// command's flags: it refuses a bad value in one line that names the
 	// flag, and sets what the flag configures. nil: any value does.
 	check func(*T) error
+
+	// The flag's row in its command's flag table in the docs, which
+	// TestFlagTables writes from these (flagdoc.go): Markdown as the
+	// cell reads, links included, a bar as it is (the table escapes it).
+	// doc is the meaning, docDefault the default; a row has one of them
+	// at least.
+	doc, docDefault string
+	// docArgs name the flag in the row's first cell, each as
+	// `--name ARG`, where arg would say too little there: the words a
+	// MODE takes, the forms of a value. nil: arg.
+	docArgs []string
+	// docJoin puts the flag in the row of the flag before it: each of
+	// the row's cells goes on with its own, after a comma.
+	docJoin bool
+	// docRows, in place of the row above: a row for each of its values.
+	docRows []flagDoc
 }
 
 // withHelp is s with another help text.
@@ -234,10 +250,21 @@ var runFlags = []flagSpec[runOptions]{
 unix:PATH. Workers get them as fds 3, 4, ... in this
 order; NAME goes into LISTEN_FDNAMES (default
 listener0, listener1, ...)`,
-		check: (*runOptions).checkListen,
+		doc: "socket to listen on, repeatable: `HOST:PORT` (TCP) or " +
+			"`unix:PATH`; workers get them as fds 3, 4, … in this order; " +
+			"NAME goes into `LISTEN_FDNAMES` (default `listener0`, " +
+			"`listener1`, …)",
+		docDefault: "required",
+		check:      (*runOptions).checkListen,
 	},
 	workersFlag(0, `worker processes (default: the CPUs the process may
-use, cgroup CPU quota included, %d here)`),
+use, cgroup CPU quota included, %d here)`,
+		"the CPUs the process may use: its CPU affinity, or its cgroup "+
+			"CPU quota (v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`, v2 "+
+			"`cpu.max`, the tightest of its cgroup and their parents) "+
+			"rounded up when that is less, at least 1; logged at start as "+
+			"`workers` with `from` (see "+
+			"[docs/containers.md](containers.md))"),
 	{
 		name: "adopt-bind", arg: "MODE", def: "auto",
 		value: func(o *runOptions) any { return &o.adoptBind },
@@ -250,6 +277,16 @@ untouched. Linux 5.9+ (seccomp user notification);
 workers then run with no_new_privs. auto: on where
 the system allows it, else off (one info line says
 why); on: a start-up error where it cannot work`,
+		docArgs: []string{"auto|on|off"},
+		doc: "a worker that binds a `--listen` address itself gets the " +
+			"primary's socket at that fd instead (see [Wrapping a server " +
+			"that binds its own " +
+			"port](#wrapping-a-server-that-binds-its-own-port)); workers " +
+			"then run with `no_new_privs`. `auto`: on where the kernel and " +
+			"the seccomp policy allow it, else off with one info line " +
+			"(`bind adoption off`) saying why; `on`: a start-up error where " +
+			"it cannot work",
+		docDefault: "`auto`",
 		check: func(o *runOptions) (err error) {
 			o.cfg.AdoptBind, err = runtime.ParseAdoptMode(o.adoptBind)
 			return err
@@ -272,6 +309,17 @@ start):
 With a socket each, a worker being replaced gets no
 new connection and is stopped only once its queue
 is empty.`,
+		docArgs: []string{"auto|round-robin|random|shared"},
+		doc: "how new connections are spread over the workers (see " +
+			"[Balancing](deploys.md#balancing-a-socket-per-worker)): " +
+			"`round-robin` and `random` give each worker a socket of its " +
+			"own in a `SO_REUSEPORT` group that the primary steers " +
+			"(`round-robin` needs CAP_BPF or CAP_SYS_ADMIN to load eBPF, " +
+			"`random` nothing); `shared` is one socket every worker accepts " +
+			"from; `auto` is the best this machine can do, logged at start " +
+			"as `balancing` with its reason. A mode the machine cannot do " +
+			"is a start-up error",
+		docDefault: "`auto`",
 		check: func(o *runOptions) error {
 			switch o.cfg.Balance {
 			case "auto", "round-robin", "random", "shared":
@@ -295,34 +343,70 @@ is empty.`,
                   gets any traffic, answers 2xx
                   (https: TLS, unverified); needs
                   a socket per worker`,
+		docRows: []flagDoc{
+			{
+				args: []string{"notify"},
+				doc:  "a worker is ready when it sends `READY=1` to `$NOTIFY_SOCKET`",
+			},
+			{
+				args: []string{"bind"},
+				doc: "a worker is ready once it has bound a `--listen` address " +
+					"itself, which the primary adopted (or at `READY=1`, if " +
+					"earlier); needs bind adoption (with `--adopt-bind auto`, a " +
+					"start-up error where it cannot work)",
+			},
+			{
+				args: []string{"delay:DURATION"},
+				doc: "a worker is ready once it has stayed up that long (or at " +
+					"`READY=1`, if earlier)",
+				def: "`delay:1s`",
+			},
+			{
+				args: []string{"http:PATH", "https:PATH"},
+				doc: "a worker is ready once `GET PATH`, sent through that worker's " +
+					"own socket before it gets any traffic, answers 2xx (`https:` " +
+					"without verification); see [Readiness and " +
+					"health](deploys.md#readiness-and-health-http-probes). Needs a " +
+					"socket per worker",
+			},
+		},
 		check: (*runOptions).checkReady,
 	},
 	{
 		name: "ready-host", arg: "HOST", def: "localhost",
-		value: func(o *runOptions) any { return &o.probes.host },
-		help:  `Host header of HTTP probes (default localhost)`,
-		check: (*runOptions).checkReadyHost,
+		value:      func(o *runOptions) any { return &o.probes.host },
+		help:       `Host header of HTTP probes (default localhost)`,
+		doc:        "the `Host` header (and TLS server name) of HTTP probes",
+		docDefault: "`localhost`",
+		check:      (*runOptions).checkReadyHost,
 	},
 	{
 		name: "ready-interval", arg: "DURATION", def: runtime.DefaultReadyInterval,
 		value: func(o *runOptions) any { return &o.probes.ready },
 		help: `time between --ready http: probes (default
 200ms)`,
-		check: (*runOptions).checkReadyInterval,
+		doc:        "time between `--ready http:` probes of a new worker",
+		docDefault: "`200ms`",
+		check:      (*runOptions).checkReadyInterval,
 	},
 	{
 		name: "ready-timeout", arg: "DURATION", def: runtime.DefaultReadyTimeout,
 		value: func(o *runOptions) any { return &o.cfg.ReadyTimeout },
 		help: `a new worker not ready by then is stopped and the
 deploy aborted (default 60s)`,
-		check: (*runOptions).checkReadyTimeout,
+		doc: "a new worker not ready by then is stopped (stop signal, then " +
+			"`SIGKILL` after `--drain-timeout`) and the deploy aborted",
+		docDefault: "`60s`",
+		check:      (*runOptions).checkReadyTimeout,
 	},
 	{
 		name: "drain-timeout", arg: "DURATION", def: runtime.DefaultDrainTimeout,
 		value: func(o *runOptions) any { return &o.cfg.DrainTimeout },
 		help: `time a retiring worker has after the stop signal
 before SIGKILL (default 30s)`,
-		check: func(o *runOptions) error { return positive("drain-timeout", o.cfg.DrainTimeout) },
+		doc:        "time a retiring worker has after the stop signal before `SIGKILL`",
+		docDefault: "`30s`",
+		check:      func(o *runOptions) error { return positive("drain-timeout", o.cfg.DrainTimeout) },
 	},
 	{
 		name: "min-uptime", arg: "DURATION", def: runtime.DefaultMinUptime,
@@ -331,7 +415,14 @@ before SIGKILL (default 30s)`,
 within DURATION of getting ready fails the deploy,
 which is rolled back as a whole (default 5s; 0
 turns probation off)`,
-		check: (*runOptions).checkMinUptime,
+		doc: "probation of a deploy: a new worker must stay up that long " +
+			"after it is ready; one that exits sooner fails the deploy, " +
+			"which is rolled back as a whole to the previous generation " +
+			"(see " +
+			"[Generations](deploys.md#generations-pinned-files-probation-rollback)). " +
+			"`0` turns probation off",
+		docDefault: "`5s`",
+		check:      (*runOptions).checkMinUptime,
 	},
 	{
 		name:  "standby",
@@ -343,7 +434,15 @@ deploy fails; it goes on answering its open
 keep-alive connections until the probation ends
 (default off: it retires like the others, and a
 failure starts the previous version again)`,
-		check: func(o *runOptions) error { return o.cfg.CheckStandby() },
+		doc: "through probation, keep the last slot's old worker standing by " +
+			"at weight 0 (steered away from new connections; its open ones " +
+			"go on) so that a failed deploy gives it its slot back at once, " +
+			"instead of starting the previous version again; needs a socket " +
+			"per worker: refused with `--balance shared` or only unix " +
+			"listeners (see " +
+			"[Generations](deploys.md#generations-pinned-files-probation-rollback))",
+		docDefault: "off",
+		check:      func(o *runOptions) error { return o.cfg.CheckStandby() },
 	},
 	{
 		name: "surge", arg: "K", def: 1,
@@ -352,6 +451,13 @@ failure starts the previous version again)`,
 more than N+K live, never fewer than N ready); its
 roll-back goes K at a time too (default 1; more
 than --workers means all)`,
+		doc: "a deploy starts up to K new workers at once beside the N that " +
+			"serve (never more than N+K live, never fewer than N ready), " +
+			"and retires the old ones as their replacements take their " +
+			"slots; its roll-back and a self-upgrade's roll go K at a time " +
+			"too; a deploy takes about ⌈N/K⌉ start times. More than " +
+			"`--workers` means all",
+		docDefault: "`1`",
 		check: func(o *runOptions) error {
 			if o.cfg.Surge < 1 {
 				return fmt.Errorf("--surge %d: must be at least 1 (new workers started at once in a deploy)", o.cfg.Surge)
@@ -367,32 +473,48 @@ own socket (https:PATH: TLS, unverified); one that
 fails --health-threshold times in a row is
 replaced, a new one first (on probation, it fails
 its deploy); needs a socket per worker`,
-		check: (*runOptions).checkHealth,
+		docArgs: []string{"http:PATH", "https:PATH"},
+		doc: "probe every ready worker with `GET PATH` through its own " +
+			"socket; one that fails `--health-threshold` times in a row is " +
+			"replaced, start-new-then-retire (on probation it fails its " +
+			"deploy, which rolls back). Needs a socket per worker",
+		docDefault: "none",
+		check:      (*runOptions).checkHealth,
 	},
 	{
 		name: "health-interval", arg: "DURATION", def: runtime.DefaultHealthInterval,
-		value: func(o *runOptions) any { return &o.probes.interval },
-		help:  `time between health probes (default 10s)`,
-		check: (*runOptions).checkHealthInterval,
+		value:      func(o *runOptions) any { return &o.probes.interval },
+		help:       `time between health probes (default 10s)`,
+		doc:        "time between health probes",
+		docDefault: "`10s`",
+		check:      (*runOptions).checkHealthInterval,
 	},
 	{
 		name: "health-timeout", arg: "DURATION", def: runtime.DefaultProbeTimeout,
 		value: func(o *runOptions) any { return &o.probes.timeout },
 		help: `one HTTP probe's bound, --ready http: too
 (default 2s)`,
-		check: (*runOptions).checkHealthTimeout,
+		docJoin:    true,
+		doc:        "one HTTP probe's bound (readiness probes' too)",
+		docDefault: "`2s`",
+		check:      (*runOptions).checkHealthTimeout,
 	},
 	{
 		name: "health-threshold", arg: "N", def: runtime.DefaultHealthThreshold,
 		value: func(o *runOptions) any { return &o.probes.threshold },
 		help: `failures in a row that make a worker sick
 (default 3)`,
-		check: (*runOptions).checkHealthThreshold,
+		docJoin:    true,
+		doc:        "failures in a row that make a worker sick",
+		docDefault: "`3`",
+		check:      (*runOptions).checkHealthThreshold,
 	},
 	{
 		name: "stop-signal", arg: "SIGNAL", def: "TERM",
-		value: func(o *runOptions) any { return &o.stopSignal },
-		help:  `signal that asks a worker to drain (default TERM)`,
+		value:      func(o *runOptions) any { return &o.stopSignal },
+		help:       `signal that asks a worker to drain (default TERM)`,
+		doc:        "signal that asks a worker to drain (`TERM`, `SIGTERM`, `15`, …)",
+		docDefault: "`TERM`",
 		check: func(o *runOptions) (err error) {
 			o.cfg.StopSignal, err = parseSignal(o.stopSignal)
 			return err
@@ -403,6 +525,9 @@ its deploy); needs a socket per worker`,
 		value: func(o *runOptions) any { return &o.cfg.PIDFile },
 		help: `file holding the pid of the primary that owns the
 listeners now, replaced atomically on each upgrade`,
+		doc: "always holds the pid of the primary that owns the listeners " +
+			"now; replaced atomically on each upgrade, removed on shutdown",
+		docDefault: "none",
 	},
 	{
 		name:  "watch",
@@ -410,6 +535,9 @@ listeners now, replaced atomically on each upgrade`,
 		help: `deploy, as HUP does, whenever COMMAND's executable
 changes (replaced by rename, rewritten, chmodded);
 a half-written file is waited for, never started`,
+		doc: "deploy, as `HUP` does, whenever COMMAND's executable changes " +
+			"(see [Development](development.md))",
+		docDefault: "off",
 	},
 	{
 		name: "watch-path", arg: "PATH",
@@ -417,6 +545,9 @@ a half-written file is waited for, never started`,
 		help: `also deploy when PATH changes (a file, or a
 directory watched recursively); repeatable,
 implies --watch`,
+		doc: "also deploy when PATH changes: a file, or a directory watched " +
+			"recursively; repeatable; implies `--watch`",
+		docDefault: "none",
 		check: func(o *runOptions) error {
 			o.cfg.WatchPaths = o.watchPaths.values
 			if len(o.cfg.WatchPaths) > 0 {
@@ -433,6 +564,10 @@ socket after the listeners, named in
 HANDOFF_CHANNEL_FD and NODE_CHANNEL_FD (Node's
 process.send works on it); {"handoff":"ready"} on
 it counts as READY=1`,
+		doc: "give every worker a message channel (see [the worker " +
+			"contract](worker-contract.md)): Node's `process.send` works on " +
+			"it, and `{\"handoff\":\"ready\"}` on it counts as `READY=1`",
+		docDefault: "off",
 	},
 	{
 		name: "control", arg: "PATH",
@@ -441,7 +576,11 @@ it counts as READY=1`,
 scale/stop
 (default: a socket named after the first listener
 in a private directory, see 'handoff help')`,
-		check: (*runOptions).checkControl,
+		doc: "the control socket that `status`, `reload`, `rollback`, " +
+			"`scale` and `stop` talk to (see [Controlling a running " +
+			"primary](operations.md#controlling-a-running-primary))",
+		docDefault: "one per primary in a private directory",
+		check:      (*runOptions).checkControl,
 	},
 	{
 		name: "metrics", arg: "ADDR",
@@ -449,7 +588,11 @@ in a private directory, see 'handoff help')`,
 		help: `serve Prometheus /metrics, /healthz and /readyz on
 HOST:PORT (kept across self-upgrades, never passed
 to workers)`,
-		check: (*runOptions).checkMetrics,
+		doc: "serve Prometheus `/metrics`, `/healthz` and `/readyz` on " +
+			"`HOST:PORT` (see [Monitoring](operations.md#monitoring)); the " +
+			"socket survives self-upgrades and never reaches a worker",
+		docDefault: "none",
+		check:      (*runOptions).checkMetrics,
 	},
 	{
 		name: "user", arg: "USER[:GROUP]",
@@ -457,6 +600,17 @@ to workers)`,
 		help: `run the workers as USER (and GROUP, else USER's
 group; supplementary groups are USER's); the
 primary stays root and binds the listeners`,
+		doc: "run the workers as `USER` (names or ids; the group is `GROUP`, " +
+			"else `USER`'s; supplementary groups are `USER`'s), as nginx " +
+			"does: the primary stays root and binds (ports below 1024 too). " +
+			"The workers get `USER`'s `HOME`, `USER`, `LOGNAME` and " +
+			"`SHELL`, as systemd's `User=` gives them. A numeric uid with " +
+			"no entry in the user database is taken as it is: its group is " +
+			"`GROUP`, else the gid of the same number, with no " +
+			"supplementary groups, `HOME=/`, `USER` and `LOGNAME` the " +
+			"number and no `SHELL`. A primary that is not root, or a user " +
+			"name or group name that does not exist, is a start-up error",
+		docDefault: "the primary's user",
 		check: func(o *runOptions) error {
 			name, group, ok := strings.Cut(o.cfg.User, ":")
 			if o.given["user"] && (name == "" || (ok && group == "")) {
@@ -470,6 +624,12 @@ primary stays root and binds the listeners`,
 		value: func(o *runOptions) any { return &o.maxMemory },
 		help: `replace a worker whose resident memory stays above
 SIZE (512M, 1G, 200MiB, or bytes), one at a time`,
+		doc: "a worker whose resident memory (`VmRSS`) is above `SIZE` on 3 " +
+			"samples in a row (one a second) is replaced " +
+			"start-new-then-retire, one at a time, as a deploy replaces it. " +
+			"`SIZE`: bytes, or `K`, `M`, `G`, `T` (powers of 1024; `512M`, " +
+			"`1G`, `200MiB`)",
+		docDefault: "none",
 		check: func(o *runOptions) (err error) {
 			if !o.given["max-memory"] {
 				return nil
@@ -487,6 +647,16 @@ SIZE (512M, 1G, 200MiB, or bytes), one at a time`,
 sends no WATCHDOG=1 for longer (counted from its
 readiness), or sends WATCHDOG=trigger, is hung: it
 is replaced, then drains for DURATION at most`,
+		doc: "workers get `WATCHDOG_USEC` and `WATCHDOG_PID` (systemd's " +
+			"watchdog protocol, as `sd_watchdog_enabled()` reads it); a " +
+			"worker that sends no `WATCHDOG=1` for longer than `DURATION` " +
+			"(counted from its readiness, then from its last ping), or " +
+			"sends `WATCHDOG=trigger`, is hung: a new worker is started, " +
+			"and once it is ready the hung one gets the stop signal and " +
+			"`DURATION` (at most `--drain-timeout`) to drain before " +
+			"`SIGKILL`. Only for workers that ping: one that never does is " +
+			"replaced every `DURATION`",
+		docDefault: "none",
 		check: func(o *runOptions) error {
 			if o.given["watchdog"] && o.cfg.Watchdog < time.Millisecond {
 				return fmt.Errorf("--watchdog %s: must be at least 1ms, e.g. --watchdog 10s", o.cfg.Watchdog)
@@ -496,14 +666,19 @@ is replaced, then drains for DURATION at most`,
 	},
 	{
 		name: "log-format", arg: "FORMAT", def: "console",
-		value: func(o *runOptions) any { return &o.log.format },
-		help:  `console or json (default console)`,
-		check: func(o *runOptions) error { return checkLogFormat(o.log.format) },
+		value:      func(o *runOptions) any { return &o.log.format },
+		help:       `console or json (default console)`,
+		docArgs:    []string{"console|json"},
+		doc:        "log encoding, to stderr",
+		docDefault: "`console`",
+		check:      func(o *runOptions) error { return checkLogFormat(o.log.format) },
 	},
 	{
 		name: "log-level", arg: "LEVEL", def: "info",
-		value: func(o *runOptions) any { return &o.log.level },
-		help:  `debug, info, warn or error (default info)`,
+		value:      func(o *runOptions) any { return &o.log.level },
+		help:       `debug, info, warn or error (default info)`,
+		docArgs:    []string{"debug|info|warn|error"},
+		docDefault: "`info`",
 		check: func(o *runOptions) error {
 			_, err := parseLevel(o.log)
 			return err
@@ -522,18 +697,26 @@ else prefix):
           stream, line)
   raw     untouched: the workers inherit stdout,
           stderr lines pass as they are`,
-		check: (*runOptions).checkWorkerOutput,
+		docArgs: []string{"prefix|json|raw"},
+		doc: "how the workers' stdout and stderr lines come out (see [Worker " +
+			"output](operations.md#worker-output)): `prefix` puts the " +
+			"worker's slot and pid in front of each line (`w0:4242| " +
+			"listening`), `json` makes each line a JSON event, `raw` leaves " +
+			"them untouched",
+		docDefault: "`json` with `--log-format json`, else `prefix`",
+		check:      (*runOptions).checkWorkerOutput,
 	},
 }
 
 // workersFlag is --workers with the default def (0: the CPUs this
 // process may use, which runtime.Run finds and logs); %d in help is the
-// default.
-func workersFlag(def int, help string) flagSpec[runOptions] {
+// default, docDefault says it in the docs.
+func workersFlag(def int, help, docDefault string) flagSpec[runOptions] {
 	return flagSpec[runOptions]{
 		name: "workers", arg: "N", def: def,
 		value: func(o *runOptions) any { return &o.cfg.Workers },
 		help:  help,
+		doc:   "worker processes", docDefault: docDefault,
 		check: func(o *runOptions) error {
 			n := o.cfg.Workers
 			if n < 1 && o.given["workers"] {
