@@ -45,10 +45,22 @@ func (s flagSpec[T]) docCells() [][3]string {
 // several commands is one row, documented alike in each; with more than
 // one command, a column names those that take it.
 func flagTable[T any](cmds ...command[T]) (string, error) {
-	type row struct {
-		cells [3]string // flag, meaning, default
-		cmds  []string
+	rows, err := docRows(cmds)
+	if err != nil {
+		return "", err
 	}
+	return writeTable(rows, len(cmds) > 1)
+}
+
+// row is one row of a flag table: its flag, meaning and default cells,
+// and the commands that take the flag.
+type row struct {
+	cells [3]string
+	cmds  []string
+}
+
+// docRows are the rows of the flags of cmds, in the order of --help.
+func docRows[T any](cmds []command[T]) ([]*row, error) {
 	var rows []*row
 	rowsOf := map[string][]*row{}
 	cellsOf := map[string][][3]string{}
@@ -60,13 +72,13 @@ func flagTable[T any](cmds ...command[T]) (string, error) {
 			switch {
 			case listed:
 				if !slices.Equal(cellsOf[s.name], cells) {
-					return "", fmt.Errorf("--%s of %s is documented unlike the same flag of %s", s.name, c.name, own[0].cmds[0])
+					return nil, fmt.Errorf("--%s of %s is documented unlike the same flag of %s", s.name, c.name, own[0].cmds[0])
 				}
 			case slices.ContainsFunc(cells, func(r [3]string) bool { return r[1] == "" && r[2] == "" }):
-				return "", fmt.Errorf("--%s of %s has no doc: give it doc or docDefault", s.name, c.name)
+				return nil, fmt.Errorf("--%s of %s has no doc: give it doc or docDefault", s.name, c.name)
 			case s.docJoin:
 				if len(before) == 0 || len(cells) != 1 {
-					return "", fmt.Errorf("--%s of %s: docJoin needs one row, and a flag before it", s.name, c.name)
+					return nil, fmt.Errorf("--%s of %s: docJoin needs one row, and a flag before it", s.name, c.name)
 				}
 				last := before[len(before)-1]
 				for i, cell := range cells[0] {
@@ -88,17 +100,22 @@ func flagTable[T any](cmds ...command[T]) (string, error) {
 			before = own
 		}
 	}
+	return rows, nil
+}
 
+// writeTable writes rows as Markdown, with a column of the commands that
+// take each flag when there are several.
+func writeTable(rows []*row, several bool) (string, error) {
 	var b strings.Builder
 	head := []string{"flag", "meaning", "default"}
-	if len(cmds) > 1 {
+	if several {
 		head = slices.Insert(head, 1, "commands")
 	}
 	writeCells(&b, head...)
 	writeCells(&b, slices.Repeat([]string{"---"}, len(head))...)
 	for _, r := range rows {
 		cells := r.cells[:]
-		if len(cmds) > 1 {
+		if several {
 			cells = slices.Insert(cells, 1, "`"+strings.Join(r.cmds, "`, `")+"`")
 		}
 		if slices.ContainsFunc(cells, func(cell string) bool { return strings.Contains(cell, "\n") }) {
