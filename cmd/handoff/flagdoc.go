@@ -52,20 +52,20 @@ func flagTable[T any](cmds ...command[T]) (string, error) {
 	return writeTable(rows, len(cmds) > 1)
 }
 
-// row is one row of a flag table: its flag, meaning and default cells,
+// docRow is one row of a flag table: its flag, meaning and default cells,
 // and the commands that take the flag.
-type row struct {
+type docRow struct {
 	cells [3]string
 	cmds  []string
 }
 
 // docRows are the rows of the flags of cmds, in the order of --help.
-func docRows[T any](cmds []command[T]) ([]*row, error) {
-	var rows []*row
-	rowsOf := map[string][]*row{}
+func docRows[T any](cmds []command[T]) ([]*docRow, error) {
+	var rows []*docRow
+	rowsOf := map[string][]*docRow{}
 	cellsOf := map[string][][3]string{}
 	for _, c := range cmds {
-		var before []*row // the rows of the flag before, in c
+		var before []*docRow // the rows of the flag before, in c
 		for _, s := range c.flags {
 			cells := s.docCells()
 			own, listed := rowsOf[s.name]
@@ -84,10 +84,10 @@ func docRows[T any](cmds []command[T]) ([]*row, error) {
 				for i, cell := range cells[0] {
 					last.cells[i] = joinCells(last.cells[i], cell)
 				}
-				own = []*row{last}
+				own = []*docRow{last}
 			default:
 				for _, cell := range cells {
-					own = append(own, &row{cells: cell})
+					own = append(own, &docRow{cells: cell})
 				}
 				rows = append(rows, own...)
 			}
@@ -105,7 +105,7 @@ func docRows[T any](cmds []command[T]) ([]*row, error) {
 
 // writeTable writes rows as Markdown, with a column of the commands that
 // take each flag when there are several.
-func writeTable(rows []*row, several bool) (string, error) {
+func writeTable(rows []*docRow, several bool) (string, error) {
 	var b strings.Builder
 	head := []string{"flag", "meaning", "default"}
 	if several {
