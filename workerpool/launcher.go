@@ -296,7 +296,7 @@ func (w *launching) procAttr() *syscall.ProcAttr {
 			// and a stuck worker is killed with all it started.
 			Setpgid: true,
 			// Fires when the thread that forked the worker exits, so that
-			// thread stays locked until the worker is reaped (see wait).
+			// thread stays locked until the worker is reaped (see forkAndWait).
 			Pdeathsig: syscall.SIGKILL,
 			// Go switches the user before it sets Pdeathsig, which the
 			// switch would otherwise clear.
@@ -344,6 +344,9 @@ func (w *launching) start(p *osProcess, attr *syscall.ProcAttr) error {
 		w.sock.Close()
 		if w.chanFD >= 0 {
 			unix.Close(w.chanFD)
+		}
+		if w.passed != nil {
+			w.passed.Close() // forkAndWait closes it only after a fork
 		}
 		return fmt.Errorf("%w: %v", errNotStarted, err)
 	}
