@@ -19,7 +19,8 @@ import (
 
 // statusBook is what status reports of the primary that changes while
 // it runs: the generation serving and the deploy in progress. Any
-// goroutine may read it; the deploying one writes it.
+// goroutine may read it; the deploying one writes it, and during a
+// self-upgrade so does the hand-over (the new primary's pid, its steps).
 type statusBook struct {
 	mu        sync.Mutex
 	started   time.Time

@@ -206,7 +206,7 @@ type Config struct {
 	// and must be root to switch. The supplementary groups are USER's.
 	User string
 	// MaxMemory, if positive, is a resident set size in bytes: a worker
-	// above it on MemorySamples samples in a row is replaced, one at a
+	// above it on memorySamples samples in a row is replaced, one at a
 	// time, the way a deploy replaces it.
 	MaxMemory int64
 	// Watchdog, if positive, reaches every worker as WATCHDOG_USEC: a

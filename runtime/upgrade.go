@@ -93,7 +93,7 @@ import (
 //     adopt; a failure → returns "upgrade aborted: ...", nothing taken.
 //  4. adopt: every slot remote (Pool.Adopt), the old workers' sockets
 //     steered to until replaced (closed once the old primary has exited:
-//     oldGone), the spec. Ends: → roll.
+//     sockets.Layer.OldGone), the spec. Ends: → roll.
 //  5. roll, under signals (HUP, TTIN, TTOU and requests are queued for the
 //     loop: "upgrade queued"): rollFrom, RollWith with the old primary
 //     retiring each slot (sends retire{slot}, awaits retired{slot}) and

@@ -334,8 +334,8 @@ func (s *oldSide) closeConn() {
 // socket before it stopped accepting), stops the new primary, and this
 // one returns only once that has exited too (or did not in time), so
 // that a stop answered means both have. A request that waits for an
-// answer is told to ask the new primary (errHandedOver, see
-// control.Server.HandedOver); a watched change is not passed on, since
+// answer is told to ask the new primary (errHandedOver: see
+// controlHandler.await); a watched change is not passed on, since
 // the new primary watches the same files.
 func (p *primary) retireAfterHandOver(ctx context.Context, sigs <-chan os.Signal, pass []os.Signal) error {
 	succ := p.successor

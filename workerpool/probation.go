@@ -84,7 +84,7 @@ import (
 // the last slot's old worker instead stands by (started, ready, not
 // retired: N+1 workers, as during any step) until the last new worker
 // has passed probation, and takes its slot back at once if that worker
-// fails it.
+// exits (one failed for its health is replaced in the roll-back).
 
 // ProbationError is a new worker that exited unasked within its
 // probation (RollOptions.MinUptime) after it got ready.
@@ -165,7 +165,8 @@ type RollOptions struct {
 	// connections (a socket of its own, steered away from it). With
 	// MinUptime, the last slot's old worker then stands by, kept from new
 	// connections, until the last new worker has passed probation, and
-	// takes its slot back at once if that worker fails it. Without it
+	// takes its slot back at once if that worker exits (one failed for
+	// its health, FailProbation, is replaced in the roll-back). Without it
 	// (workers sharing one socket, where a worker that runs accepts) the
 	// last slot's old worker retires as every other does, so that the old
 	// version answers no more once the roll is done.

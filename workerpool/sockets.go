@@ -189,8 +189,8 @@ func (p *Pool) installLocked(s *slot, w *worker, spec *Spec) (old *worker, wasRe
 }
 
 // remoteSocksLocked returns the sockets of slot s if another primary's
-// worker holds it, counted as used until retireRemote: they stay open
-// while that worker drains.
+// worker holds it, counted as used until retireRemote or drainRemote:
+// they stay open while that worker drains.
 func (p *Pool) remoteSocksLocked(s *slot) *sockRef {
 	if s.state != slotRemote || s.socks == nil {
 		return nil

@@ -24,7 +24,9 @@
 // Which listener is a group and in which mode (the configuration) is the
 // runtime's: it binds the groups and hands them to the layer. The package
 // imports internal/steer, workerpool (for the Sockets and Socks
-// interfaces) and zap, never runtime.
+// interfaces), golang.org/x/sys/unix (the memfd of a hand-over) and zap,
+// never runtime.
 //
-// Everything but this comment is Linux only, as internal/steer is.
+// Everything but this comment is Linux only, as internal/steer's groups
+// are (elsewhere it has only stubs).
 package sockets
