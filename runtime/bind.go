@@ -55,9 +55,6 @@ func (p *primary) listen() (fds []int, names []string, err error) {
 		addrs = append(addrs, addr)
 	}
 	p.addrs = addrs
-	if p.sockets != nil && p.upg.HasParent() {
-		p.imported = layer.Imported()
-	}
 	p.balance = balanceInfo{mode: layer.Mode(), why: p.balanceWhy(mode, why)}
 	return fds, names, nil
 }

@@ -31,9 +31,8 @@ type primary struct {
 	successor *process
 	// sockets are the workers' steered sockets (nil: every listener is
 	// one shared socket); balance says how connections are spread.
-	sockets  *sockets.Layer
-	balance  balanceInfo
-	imported map[int]*sockets.Set // a new primary's: the old workers' sockets, by slot
+	sockets *sockets.Layer
+	balance balanceInfo
 	// sockFiles are the unix socket files of the worker listeners.
 	sockFiles []string
 	// owner is set once this primary owns the listeners: at once for the

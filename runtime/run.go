@@ -182,7 +182,7 @@ func (p *primary) setUp(res *resources) (path string, metricsLn net.Listener, er
 	if err := p.makeDir(res, cred); err != nil {
 		return "", nil, err
 	}
-	p.makePool(res, p.newLauncher(res, fds, names, cred), res.metricsLn)
+	p.makePool(res, p.newLauncher(res, fds, names, cred))
 	return path, res.metricsLn, nil
 }
 
@@ -315,10 +315,11 @@ func (p *primary) newLauncher(res *resources, fds []int, names []string, cred *s
 	return launcher
 }
 
-// makePool makes the pool over launcher, with the metrics (with
-// metricsLn) and the message hub (library mode) attached, and starts the
+// makePool makes the pool over launcher, with the metrics (served on
+// res.metricsLn) and the message hub (library mode) attached, and starts the
 // orphan reaper (res.stopReaper).
-func (p *primary) makePool(res *resources, launcher *workerpool.OSLauncher, metricsLn net.Listener) {
+func (p *primary) makePool(res *resources, launcher *workerpool.OSLauncher) {
+	metricsLn := res.metricsLn
 	cfg := p.cfg
 	poolCfg := workerpool.Config{
 		Size:         cfg.Workers,

@@ -153,7 +153,7 @@ func (s *newSide) prepare() error {
 func (s *newSide) adopt() {
 	p := s.p
 	p.pool.Adopt()
-	for slot, set := range p.imported {
+	for slot, set := range p.sockets.Imported() {
 		// Steered to until this primary's worker replaces it.
 		p.pool.AdoptSockets(slot, set)
 	}

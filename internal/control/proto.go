@@ -53,13 +53,16 @@ type Reply struct {
 	Status *Status `json:"status,omitempty"`
 }
 
+// errLineTooLong is a request line longer than MaxLine.
+var errLineTooLong = fmt.Errorf("request longer than %d bytes", MaxLine)
+
 // ParseRequest decodes and checks one request line (without its
 // newline). Unknown fields are ignored; anything else that is not one
 // valid request is an error that says what is wrong.
 func ParseRequest(line []byte) (Request, error) {
 	var r Request
 	if len(line) > MaxLine {
-		return r, fmt.Errorf("request longer than %d bytes", MaxLine)
+		return r, errLineTooLong
 	}
 	dec := json.NewDecoder(bytes.NewReader(line))
 	if err := dec.Decode(&r); err != nil {

@@ -236,7 +236,7 @@ func (s *Server) Close(removeLock bool) {
 		if s.successor != 0 {
 			// Handed over: whatever was asked here and not answered yet
 			// is asked again of the new primary (the client retries).
-			tellRetry(c, fmt.Sprintf("handed over to the new primary (pid %d)", s.successor))
+			tellRetry(c, handedOverTo(s.successor))
 			continue
 		}
 		c.Close()
@@ -359,7 +359,13 @@ func (s *Server) retry() (Reply, bool) {
 	if s.successor == 0 {
 		return Reply{}, false
 	}
-	return Reply{Retry: true, Error: fmt.Sprintf("handed over to the new primary (pid %d)", s.successor)}, true
+	return Reply{Retry: true, Error: handedOverTo(s.successor)}, true
+}
+
+// handedOverTo is what a client is told once this primary has handed
+// over to the new one, pid: ask there.
+func handedOverTo(pid int) string {
+	return fmt.Sprintf("handed over to the new primary (pid %d)", pid)
 }
 
 // pending is the answer to a request the handler has answered r: a
@@ -375,8 +381,6 @@ func (s *Server) pending(r Reply) Reply {
 	return Reply{Retry: true, Error: "handed over to a new primary"}
 }
 
-// errLineTooLong is a request line longer than MaxLine.
-var errLineTooLong = fmt.Errorf("request longer than %d bytes", MaxLine)
 
 // readLine reads one line of at most max bytes, without its newline.
 func readLine(br *bufio.Reader, max int) ([]byte, error) {

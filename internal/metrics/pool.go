@@ -43,7 +43,7 @@ type LastProbe func(pid int) (Probe, bool)
 // connections are spread, probes the workers' last HTTP probes (nil:
 // none).
 func (m *Set) Collect(pool Pool, balance steer.Mode, probes LastProbe) {
-	m.reg.MustRegister(&poolCollector{pool: pool, balance: balance.String(), probes: probes})
+	m.reg.MustRegister(&poolCollector{pool: pool, balance: balance, probes: probes})
 }
 
 // poolCollector reads the pool at scrape time: workers by state, the
@@ -51,7 +51,7 @@ func (m *Set) Collect(pool Pool, balance steer.Mode, probes LastProbe) {
 // worker, each slot's accept queue and the connections steered to it.
 type poolCollector struct {
 	pool    Pool
-	balance string
+	balance steer.Mode
 	probes  LastProbe
 }
 
@@ -112,12 +112,12 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		if s, ok := w.Socks.(Queuer); ok {
 			queue, given := s.Queue()
 			ch <- prometheus.MustNewConstMetric(queueDesc, prometheus.GaugeValue, float64(queue), slot)
-			if c.balance == steer.RoundRobin.String() {
+			if c.balance == steer.RoundRobin {
 				ch <- prometheus.MustNewConstMetric(givenDesc, prometheus.CounterValue, float64(given), slot)
 			}
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(balanceDesc, prometheus.GaugeValue, 1, c.balance)
+	ch <- prometheus.MustNewConstMetric(balanceDesc, prometheus.GaugeValue, 1, c.balance.String())
 	for state, n := range counts {
 		ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(n), state)
 	}

@@ -114,7 +114,12 @@ func (l *Layer) AddShared(i int, fd int) {
 
 // Imported are, by slot, the sockets the previous primary's workers
 // accept from (AddImported); nil for a layer of this primary's own.
-func (l *Layer) Imported() map[int]*Set { return l.imported }
+func (l *Layer) Imported() map[int]*Set {
+	if l == nil {
+		return nil
+	}
+	return l.imported
+}
 
 // Mode is how the groups spread connections: Shared without a group.
 func (l *Layer) Mode() steer.Mode {
