@@ -45,7 +45,7 @@ func (s flagSpec[T]) docCells() [][3]string {
 // several commands is one row, documented alike in each; with more than
 // one command, a column names those that take it.
 func flagTable[T any](cmds ...command[T]) (string, error) {
-	rows, err := docRows(cmds)
+	rows, err := tableRows(cmds)
 	if err != nil {
 		return "", err
 	}
@@ -59,8 +59,8 @@ type docRow struct {
 	cmds  []string
 }
 
-// docRows are the rows of the flags of cmds, in the order of --help.
-func docRows[T any](cmds []command[T]) ([]*docRow, error) {
+// tableRows are the rows of the flags of cmds, in the order of --help.
+func tableRows[T any](cmds []command[T]) ([]*docRow, error) {
 	var rows []*docRow
 	rowsOf := map[string][]*docRow{}
 	cellsOf := map[string][][3]string{}

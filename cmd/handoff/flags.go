@@ -241,7 +241,11 @@ Runs COMMAND as --workers worker processes that share the listening sockets.
 
 // runFlags are the flags of 'handoff run', in the order of its --help;
 // 'handoff dev' takes them too, but for --watch and --watch-path, and
-// with a --workers of its own.
+// with a --workers of its own. Their checks run in this order, once the
+// whole command line is read: a check that reads what another sets
+// (--ready-host, --ready-interval and --health-timeout read the probes
+// --ready and --health make; --ready-timeout reads --ready; --health and
+// --metrics read --listen and --balance) comes after it.
 var runFlags = []flagSpec[runOptions]{
 	{
 		name: "listen", arg: "[NAME=]ADDR",

@@ -217,3 +217,22 @@ func TestRunNeedsLinux(t *testing.T) {
 		t.Errorf("on linux: %v", err)
 	}
 }
+
+// The probe flags' checks read what --ready and --health set: a valid
+// combination of them parses whatever order it is given in (the checks
+// run in the order of --help, see runFlags).
+func TestParseRunProbeFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--ready-host", "api", "--ready-interval", "50ms", "--ready", "http:/healthz", "--health", "http:/live", "--health-timeout", "1s"},
+		{"--health-timeout", "1s", "--health", "http:/live", "--ready", "http:/healthz", "--ready-interval", "50ms", "--ready-host", "api"},
+	} {
+		cfg, _, err := parseRun(append(append([]string{"--listen", "127.0.0.1:0", "--balance", "random"}, args...), "--", "true"), &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if cfg.ReadyProbe == nil || cfg.ReadyProbe.Host != "api" || cfg.ReadyProbe.Path != "/healthz" ||
+			cfg.Health == nil || cfg.Health.Host != "api" || cfg.ReadyInterval != 50*time.Millisecond || cfg.ProbeTimeout != time.Second {
+			t.Errorf("%q: ready %+v health %+v interval %s timeout %s", args, cfg.ReadyProbe, cfg.Health, cfg.ReadyInterval, cfg.ProbeTimeout)
+		}
+	}
+}
