@@ -381,7 +381,6 @@ func (s *Server) pending(r Reply) Reply {
 	return Reply{Retry: true, Error: "handed over to a new primary"}
 }
 
-
 // readLine reads one line of at most max bytes, without its newline.
 func readLine(br *bufio.Reader, max int) ([]byte, error) {
 	var line []byte
