@@ -166,11 +166,18 @@ func (p *primary) shutdown() error {
 		p.web.ShuttingDown()
 	}
 	p.pool.Shutdown()
-	if p.cfg.PIDFile != "" {
-		if b, err := os.ReadFile(p.cfg.PIDFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
-			os.Remove(p.cfg.PIDFile)
-		}
+	if p.cfg.PIDFile != "" && p.pidFileIsMine() {
+		os.Remove(p.cfg.PIDFile)
 	}
 	p.log.Info("shutdown finished")
 	return nil
+}
+
+// pidFileIsMine reports whether the pid file (if any) names this process.
+func (p *primary) pidFileIsMine() bool {
+	if p.cfg.PIDFile == "" {
+		return true
+	}
+	b, err := os.ReadFile(p.cfg.PIDFile)
+	return err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid())
 }

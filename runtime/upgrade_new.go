@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -430,13 +429,4 @@ func (o *oldPrimary) goneAfter(pr *peer) bool {
 	case <-t.C:
 		return false
 	}
-}
-
-// pidFileIsMine reports whether the pid file (if any) names this process.
-func (p *primary) pidFileIsMine() bool {
-	if p.cfg.PIDFile == "" {
-		return true
-	}
-	b, err := os.ReadFile(p.cfg.PIDFile)
-	return err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid())
 }
