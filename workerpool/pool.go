@@ -225,7 +225,7 @@ func (p *Pool) startBatch(ctx context.Context, slots []int, spec *Spec, b batch)
 		if w == nil {
 			return err
 		}
-		return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
+		return w.startError(reason)
 	}
 	for _, i := range slots {
 		w, err := p.launch(i, spec, b.hold)

@@ -264,7 +264,7 @@ func (p *Pool) launchReady(ctx context.Context, i int, spec *Spec, take func(s *
 	p.mu.Lock()
 	if _, alive := p.all[w]; !alive {
 		p.mu.Unlock()
-		return &StartError{Slot: i, Pid: w.proc.Pid(), Reason: "exited", Exit: w.proc.Exit()}
+		return w.startError("exited")
 	}
 	err = take(p.slots[i], w)
 	p.steerLocked()
@@ -293,6 +293,12 @@ func (p *Pool) awaitReady(ctx context.Context, w *worker) error {
 		return context.Cause(ctx)
 	}
 	p.retireAndWait([]*worker{w}, "not started: "+reason)
+	return w.startError(reason)
+}
+
+// startError is w, which did not get ready (reason), as its start's
+// failure, with how it exited if it did.
+func (w *worker) startError(reason string) *StartError {
 	return &StartError{Slot: w.slot, Pid: w.proc.Pid(), Reason: reason, Exit: w.proc.Exit()}
 }
 
