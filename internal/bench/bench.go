@@ -649,15 +649,11 @@ func (b *bencher) upgradeTimes(ctx context.Context, n int, delay time.Duration) 
 			return nil, err
 		}
 	}
-	var took []time.Duration
 	cpu0, _ := procCPU(p.pid())
-	for d := 0; d < b.cfg.Deploys; d++ {
-		dur, _, err := p.deploy(ctx)
-		if err != nil {
-			p.stop()
-			return nil, fmt.Errorf("%d workers, ready after %v: %w", n, delay, err)
-		}
-		took = append(took, dur)
+	took, err := p.deploys(ctx, b.cfg.Deploys)
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%d workers, ready after %v: %w", n, delay, err)
 	}
 	cpu1, _ := procCPU(p.pid())
 	if delay == 0 {

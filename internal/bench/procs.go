@@ -188,6 +188,20 @@ func (p *primary) lastLines() string {
 	return strings.Join(p.tail, " | ")
 }
 
+// deploys deploys n times in a row and returns how long each took
+// (deploy's took).
+func (p *primary) deploys(ctx context.Context, n int) ([]time.Duration, error) {
+	took := make([]time.Duration, 0, n)
+	for range n {
+		dur, _, err := p.deploy(ctx)
+		if err != nil {
+			return took, err
+		}
+		took = append(took, dur)
+	}
+	return took, nil
+}
+
 // deploy sends SIGHUP and returns when the upgrade finished (took: the
 // time from the signal) and when, in addition, every worker of an older
 // generation has exited (settled).

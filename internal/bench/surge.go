@@ -22,16 +22,11 @@ func (b *bencher) surge(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			var took []time.Duration
-			for d := 0; d < b.cfg.Deploys; d++ {
-				dur, _, err := p.deploy(ctx)
-				if err != nil {
-					p.stop()
-					return fmt.Errorf("%d workers, --surge %d: %w", n, k, err)
-				}
-				took = append(took, dur)
-			}
+			took, err := p.deploys(ctx, b.cfg.Deploys)
 			p.stop()
+			if err != nil {
+				return fmt.Errorf("%d workers, --surge %d: %w", n, k, err)
+			}
 			med[k] = append(med[k], medianDur(took))
 			b.progress("%2d workers, --surge %d: upgrade %v (median of %d)", n, k, medianDur(took), len(took))
 		}
@@ -107,16 +102,11 @@ func (b *bencher) probeCost(ctx context.Context) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		var took []time.Duration
-		for d := 0; d < b.cfg.Deploys; d++ {
-			dur, _, err := p.deploy(ctx)
-			if err != nil {
-				p.stop()
-				return nil, fmt.Errorf("--ready %s: %w", ready, err)
-			}
-			took = append(took, dur)
-		}
+		took, err := p.deploys(ctx, b.cfg.Deploys)
 		p.stop()
+		if err != nil {
+			return nil, fmt.Errorf("--ready %s: %w", ready, err)
+		}
 		deploys[ready] = medianDur(took)
 	}
 	return []string{
